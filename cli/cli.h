@@ -1,0 +1,37 @@
+/* Shared pieces of the natpunch command-line tool. The tool uses only the
+ * public API (it links the shared library); these helpers are CLI-only. */
+#ifndef NP_CLI_H
+#define NP_CLI_H
+
+#include "natpunch.h"
+
+/* Exit codes shared by every subcommand (documented in --help). */
+enum {
+  CLI_EXIT_OK = 0,
+  CLI_EXIT_FAIL = 1,  /* the operation failed (timeout, unreachable, ...) */
+  CLI_EXIT_USAGE = 2, /* bad command line */
+};
+
+/* Subcommand entry points; argv[0] is the subcommand name. */
+int cli_discovery_server(int argc, char **argv);
+int cli_probe(int argc, char **argv);
+
+/* Log sink writing "natpunch: LEVEL: msg" lines to stderr; user is unused.
+ * Thread-safe (one fprintf per line). */
+void cli_log_stderr(void *user, enum np_log_level level, const char *msg);
+
+/* Prints "natpunch CMD: " + message to stderr (no trailing newline needed)
+ * and returns CLI_EXIT_USAGE, for one-line usage errors. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Parses a whole decimal integer in [min, max]; returns 0 or -1. Unlike
+ * atoi it rejects empty strings, signs where min >= 0, and trailing junk. */
+int cli_parse_long(const char *s, long min, long max, long *out);
+
+/* Parses "IP:PORT" (or a bare IP when default_port != 0) for option opt of
+ * subcommand cmd; on failure prints an error quoting the input and returns
+ * -1. */
+int cli_parse_addr(const char *cmd, const char *opt, const char *s, uint16_t default_port,
+                   np_addr *out);
+
+#endif

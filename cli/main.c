@@ -1,0 +1,50 @@
+/* natpunch: one binary, a table of subcommands (wireguard-tools style). */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+struct command {
+  const char *name;
+  int (*main)(int argc, char **argv);
+  const char *summary;
+};
+
+static const struct command commands[] = {
+    {"discovery-server", cli_discovery_server, "run a STUN discovery server (RFC 8489/5780)"},
+    {"probe", cli_probe, "ask discovery servers what this host's NAT does"},
+};
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "Usage: natpunch COMMAND [OPTIONS]\n"
+          "       natpunch COMMAND --help\n\n"
+          "Direct UDP paths between peers behind NATs.\n\nCommands:\n");
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    fprintf(out, "  %-18s %s\n", commands[i].name, commands[i].summary);
+  fprintf(out,
+          "\nExit status: 0 success, 1 the operation failed, 2 bad command line.\n"
+          "natpunch %s\n",
+          NP_VERSION_STRING);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return CLI_EXIT_USAGE;
+  }
+  if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+    usage(stdout);
+    return CLI_EXIT_OK;
+  }
+  if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+    printf("natpunch %s\n", NP_VERSION_STRING);
+    return CLI_EXIT_OK;
+  }
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (!strcmp(argv[1], commands[i].name))
+      return commands[i].main(argc - 1, argv + 1);
+  fprintf(stderr, "natpunch: unknown command '%s'\n\n", argv[1]);
+  usage(stderr);
+  return CLI_EXIT_USAGE;
+}

@@ -1,0 +1,259 @@
+/*
+ * natpunch: direct UDP paths between peers behind NATs.
+ *
+ * This is the only public header of libnatpunch. Everything here carries the
+ * np_/NP_ prefix; nothing else is exported from the shared library.
+ *
+ * Conventions (libuv/curl style):
+ *  - Functions that can fail return 0 on success or a negative NP_ERR_* code;
+ *    np_strerror() turns a code into text.
+ *  - Objects are opaque handles made by np_xxx_new() from a zero-initialisable
+ *    config struct, released by np_xxx_free(), which accepts NULL.
+ *  - The library keeps no global state. A handle may be used from one thread
+ *    at a time unless its functions say otherwise.
+ */
+#ifndef NATPUNCH_H
+#define NATPUNCH_H
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(NP_BUILDING_LIBRARY) && defined(__GNUC__)
+#define NP_EXPORT __attribute__((visibility("default")))
+#else
+#define NP_EXPORT
+#endif
+
+#define NP_VERSION_STRING "0.1.0"
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* Fixed numbers: they are part of the ABI and may be logged or compared. */
+#define NP_ERRORS(X)                                                           \
+  X(NP_OK, 0, "success")                                                       \
+  X(NP_ERR_INVAL, -1, "invalid argument")                                      \
+  X(NP_ERR_NOMEM, -2, "out of memory")                                         \
+  X(NP_ERR_SYS, -3, "system call failed")                                      \
+  X(NP_ERR_TIMEOUT, -4, "timed out")                                           \
+  X(NP_ERR_PROTO, -5, "malformed or unexpected message")                       \
+  X(NP_ERR_NOSPACE, -6, "buffer too small")                                    \
+  X(NP_ERR_AUTH, -7, "authentication failed")                                  \
+  X(NP_ERR_UNREACHABLE, -8, "peer or server unreachable")                      \
+  X(NP_ERR_CANCELLED, -9, "cancelled")                                         \
+  X(NP_ERR_UNSUPPORTED, -10, "not supported")
+
+enum np_error {
+#define NP_ERROR_ENUM_(name, value, text) name = value,
+  NP_ERRORS(NP_ERROR_ENUM_)
+#undef NP_ERROR_ENUM_
+};
+
+/* Returns a static, human-readable sentence for an NP_ERR_* code (or
+ * "unknown error" for anything else). Never returns NULL. */
+NP_EXPORT const char *np_strerror(int err);
+
+/* Returns the symbolic name of an NP_ERR_* code ("NP_ERR_TIMEOUT"), or
+ * "NP_ERR_UNKNOWN"; useful in logs and machine-readable output. */
+NP_EXPORT const char *np_err_name(int err);
+
+/* ------------------------------------------------------------------------ */
+/* Logging                                                                   */
+/* ------------------------------------------------------------------------ */
+
+enum np_log_level { NP_LOG_ERROR = 0, NP_LOG_WARN, NP_LOG_INFO, NP_LOG_DEBUG };
+
+/* A log sink supplied by the application in each config struct. The message
+ * has no trailing newline. Called from whichever thread logs; must be
+ * thread-safe if the object runs threads (the discovery server does). */
+typedef void (*np_log_fn)(void *user, enum np_log_level level, const char *msg);
+
+/* ------------------------------------------------------------------------ */
+/* Addresses                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* An IPv4 or IPv6 transport address. family AF_UNSPEC means "not set". */
+typedef struct np_addr {
+  union {
+    struct sockaddr sa;
+    struct sockaddr_in in4;
+    struct sockaddr_in6 in6;
+  } u;
+} np_addr;
+
+/* Room for "[ffff:...:ffff%ifname]:65535" plus NUL. */
+#define NP_ADDRSTRLEN 72
+
+/* Parses "IPv4:PORT", "[IPv6]:PORT", or a bare IP when default_port is
+ * non-zero. Only numeric addresses are accepted: the library never resolves
+ * names, so parsing never blocks. Returns NP_ERR_INVAL on any malformed input
+ * (including ports outside 1..65535). */
+NP_EXPORT int np_addr_parse(const char *text, uint16_t default_port, np_addr *out);
+
+/* Formats addr as "ip:port" ("[ip]:port" for IPv6, "-" when unset) into buf
+ * and returns buf. Output is truncated, still NUL-terminated, if size is too
+ * small; NP_ADDRSTRLEN always suffices. */
+NP_EXPORT char *np_addr_format(const np_addr *addr, char *buf, size_t size);
+
+/* Returns true when both addresses have the same family, IP and port. */
+NP_EXPORT bool np_addr_equal(const np_addr *a, const np_addr *b);
+
+/* Returns true when both addresses have the same family and IP (ports ignored). */
+NP_EXPORT bool np_addr_same_ip(const np_addr *a, const np_addr *b);
+
+/* Returns the port in host byte order (0 when unset). */
+NP_EXPORT uint16_t np_addr_port(const np_addr *addr);
+
+/* Sets the port (host byte order) of an IPv4 or IPv6 address. */
+NP_EXPORT void np_addr_set_port(np_addr *addr, uint16_t port);
+
+/* Returns the sockaddr length for addr's family, 0 when unset; what bind()
+ * and sendto() want. */
+NP_EXPORT socklen_t np_addr_len(const np_addr *addr);
+
+/* ------------------------------------------------------------------------ */
+/* Discovery server (STUN, RFC 8489 + RFC 5780)                              */
+/* ------------------------------------------------------------------------ */
+
+typedef struct np_discovery_server np_discovery_server;
+
+typedef struct np_discovery_server_config {
+  /* Primary address (IP1:P1). Required. Port 0 picks an ephemeral port
+   * (np_discovery_server_local() tells which), handy for tests. */
+  np_addr listen;
+  /* Alternate IP (IP2) for RFC 5780; family AF_UNSPEC when absent. Its port
+   * is ignored. */
+  np_addr alt_ip;
+  /* Alternate port (P2) for RFC 5780; 0 when absent. RFC 5780 behaviour
+   * discovery (OTHER-ADDRESS, CHANGE-REQUEST) needs both alt_ip and alt_port:
+   * with only one of them the server still answers Binding requests on all
+   * its sockets but does not advertise OTHER-ADDRESS. */
+  uint16_t alt_port;
+  /* Worker threads, each with its own SO_REUSEPORT sockets. 0 means one per
+   * online CPU. */
+  int threads;
+  /* SOFTWARE attribute value; NULL for none (the default, which keeps
+   * responses small). */
+  const char *software;
+  np_log_fn log;
+  void *log_user;
+  enum np_log_level log_level;
+} np_discovery_server_config;
+
+/* Counters, summed over all worker threads. */
+typedef struct np_discovery_stats {
+  uint64_t received;        /* datagrams read */
+  uint64_t answered;        /* success responses sent */
+  uint64_t errors_sent;     /* error responses sent (e.g. 400, 420) */
+  uint64_t dropped_malformed; /* not STUN, bad length, bad FINGERPRINT */
+  uint64_t dropped_ignored; /* valid STUN we do not answer (responses,
+                               indications, unknown methods) */
+  uint64_t dropped_policy;  /* refused redirection (e.g. RESPONSE-PORT to a
+                               privileged port) */
+  uint64_t send_failures;
+} np_discovery_stats;
+
+/* Creates the server and binds all its sockets (so bind errors surface here,
+ * with a log line naming the address), but starts no thread. */
+NP_EXPORT int np_discovery_server_new(const np_discovery_server_config *cfg,
+                                      np_discovery_server **out);
+
+/* Runs the worker threads and blocks the calling thread until
+ * np_discovery_server_stop() is called. Returns 0 after a clean stop. */
+NP_EXPORT int np_discovery_server_run(np_discovery_server *srv);
+
+/* Asks a running server to stop. Async-signal-safe and thread-safe: it only
+ * writes to an eventfd, so it may be called from a signal handler. */
+NP_EXPORT void np_discovery_server_stop(np_discovery_server *srv);
+
+/* Copies the current counters. Thread-safe; may be called while running. */
+NP_EXPORT void np_discovery_server_stats(const np_discovery_server *srv,
+                                         np_discovery_stats *out);
+
+/* Returns the bound primary address (useful after binding port 0). */
+NP_EXPORT const np_addr *np_discovery_server_local(const np_discovery_server *srv);
+
+/* Frees the server; it must not be running. NULL is fine. */
+NP_EXPORT void np_discovery_server_free(np_discovery_server *srv);
+
+/* ------------------------------------------------------------------------ */
+/* NAT probe: what does my NAT do?                                           */
+/* ------------------------------------------------------------------------ */
+
+/* RFC 4787 / RFC 5780 behaviour classes, used for mapping and filtering. */
+enum np_nat_behavior {
+  NP_BEHAVIOR_UNKNOWN = 0,
+  NP_BEHAVIOR_ENDPOINT_INDEPENDENT,
+  NP_BEHAVIOR_ADDRESS_DEPENDENT,
+  NP_BEHAVIOR_ADDRESS_AND_PORT_DEPENDENT,
+};
+
+/* "endpoint-independent", "address-dependent", "address-and-port-dependent"
+ * or "unknown". */
+NP_EXPORT const char *np_nat_behavior_name(enum np_nat_behavior b);
+
+enum np_tristate { NP_NO = 0, NP_YES = 1, NP_UNKNOWN = -1 };
+
+#define NP_PROBE_MAX_SERVERS 2
+
+typedef struct np_probe_config {
+  /* Discovery servers, in query order. servers[0] should support RFC 5780
+   * (OTHER-ADDRESS) for mapping/filtering classification. */
+  np_addr servers[NP_PROBE_MAX_SERVERS];
+  int n_servers;
+  /* Local address to bind; AF_UNSPEC means the wildcard of the first
+   * server's family, ephemeral port. */
+  np_addr bind;
+  /* Existing UDP socket to use instead of creating one (-1 or 0 for none:
+   * set use_fd to true to use it). The probe never closes it. */
+  int fd;
+  bool use_fd;
+  /* Initial retransmission timeout (RFC 8489 RTO), ms; 0 means 250. */
+  int rto_ms;
+  /* Upper bound for the whole probe, ms; 0 means 3000. Individual tests
+   * run concurrently, so this is also roughly the worst-case runtime. */
+  int timeout_ms;
+  /* Skip the hairpinning test. */
+  bool no_hairpin;
+  np_log_fn log;
+  void *log_user;
+  enum np_log_level log_level;
+} np_probe_config;
+
+typedef struct np_probe_result {
+  np_addr local;                          /* the socket's local address */
+  np_addr mapped[NP_PROBE_MAX_SERVERS];   /* as each server saw us, in order */
+  int n_mapped;                           /* how many servers answered */
+  bool have_delta;                        /* both servers answered */
+  int delta;                              /* mapped[1].port - mapped[0].port */
+  np_addr other_address;                  /* servers[0]'s OTHER-ADDRESS */
+  bool rfc5780;                           /* servers[0] offered RFC 5780 */
+  enum np_nat_behavior mapping;
+  enum np_nat_behavior filtering;
+  bool port_preserving;                   /* mapped port == local port */
+  bool nat;                               /* mapped differs from local */
+  enum np_tristate hairpinning;
+} np_probe_result;
+
+/* Runs the probe synchronously: this call blocks the calling thread for up
+ * to cfg->timeout_ms (that is what it is asked to do). Queries every server
+ * from one local socket, then runs the RFC 5780 mapping and filtering tests
+ * against servers[0] when it advertises OTHER-ADDRESS. Returns 0 when at
+ * least the first server answered (fields it could not determine are
+ * UNKNOWN), NP_ERR_TIMEOUT when no server answered, NP_ERR_INVAL/NP_ERR_SYS
+ * on bad configuration or socket errors. */
+NP_EXPORT int np_probe_run(const np_probe_config *cfg, np_probe_result *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NATPUNCH_H */
