@@ -230,8 +230,16 @@ typedef struct np_probe_config {
 
 typedef struct np_probe_result {
   np_addr local;                          /* the socket's local address */
-  np_addr mapped[NP_PROBE_MAX_SERVERS];   /* as each server saw us, in order */
+  /* As each server saw us, index = server index; family AF_UNSPEC where
+   * that server did not answer. */
+  np_addr mapped[NP_PROBE_MAX_SERVERS];
   int n_mapped;                           /* how many servers answered */
+  /* Per server: 0, or why it gave no mapping (NP_ERR_TIMEOUT,
+   * NP_ERR_UNREACHABLE, NP_ERR_PROTO for an error response whose code is in
+   * server_error_code). */
+  int server_err[NP_PROBE_MAX_SERVERS];
+  int server_error_code[NP_PROBE_MAX_SERVERS];
+  int rtt_ms[NP_PROBE_MAX_SERVERS];       /* first answer's round trip, -1 if none */
   bool have_delta;                        /* both servers answered */
   int delta;                              /* mapped[1].port - mapped[0].port */
   np_addr other_address;                  /* servers[0]'s OTHER-ADDRESS */
