@@ -190,6 +190,10 @@ typedef struct np_stun_writer {
   size_t cap;
   size_t len;
   int err; /* 0 or NP_ERR_NOSPACE / NP_ERR_INVAL */
+  /* Value of the bytes that pad attributes to a multiple of 4. 0 after
+   * np_stun_writer_init(); RFC 8489 lets senders pick any value, and the
+   * RFC 5769 sample messages use 0x20, so tests set it to reproduce them. */
+  uint8_t pad_byte;
 } np_stun_writer;
 
 /* Starts a message of the given type (method | class) with the magic cookie
