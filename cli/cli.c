@@ -46,8 +46,9 @@ int cli_parse_addr(const char *cmd, const char *opt, const char *s, uint16_t def
                    np_addr *out) {
   if (np_addr_parse(s, default_port, out) == 0)
     return 0;
-  cli_usage_error(cmd, "%s: '%s' is not a numeric address%s (expected e.g. 203.0.113.1%s or [2001:db8::1]%s)",
-                  opt, s, default_port ? "" : " with a port", default_port ? "" : ":3478",
-                  default_port ? "" : ":3478");
+  cli_usage_error(
+      cmd, "%s: '%s' is not a numeric address%s (expected e.g. 203.0.113.1%s or [2001:db8::1]%s)",
+      opt, s, default_port ? "" : " with a port", default_port ? "" : ":3478",
+      default_port ? "" : ":3478");
   return -1;
 }

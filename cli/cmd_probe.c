@@ -65,8 +65,8 @@ static void server_error_text(const np_probe_result *r, int i, int timeout_ms, c
 static const char *nat_summary(const np_probe_result *r) {
   if (!r->nat)
     return r->filtering == NP_BEHAVIOR_ENDPOINT_INDEPENDENT ? "no NAT, no filtering firewall"
-           : r->filtering == NP_BEHAVIOR_UNKNOWN           ? "no NAT"
-                                                           : "no NAT, but a filtering firewall";
+           : r->filtering == NP_BEHAVIOR_UNKNOWN            ? "no NAT"
+                                                            : "no NAT, but a filtering firewall";
   if (r->mapping == NP_BEHAVIOR_ENDPOINT_INDEPENDENT) {
     switch (r->filtering) {
     case NP_BEHAVIOR_ENDPOINT_INDEPENDENT:
@@ -121,7 +121,8 @@ static void print_human(const np_probe_config *cfg, const np_probe_result *r) {
 
 static cJSON *json_addr(const np_addr *a) {
   char buf[NP_ADDRSTRLEN];
-  return np_addr_port(a) ? cJSON_CreateString(np_addr_format(a, buf, sizeof buf)) : cJSON_CreateNull();
+  return np_addr_port(a) ? cJSON_CreateString(np_addr_format(a, buf, sizeof buf))
+                         : cJSON_CreateNull();
 }
 
 static void print_json(const np_probe_config *cfg, const np_probe_result *r, int rc) {
@@ -177,11 +178,14 @@ static void print_json(const np_probe_config *cfg, const np_probe_result *r, int
 }
 
 int cli_probe(int argc, char **argv) {
-  static const struct option opts[] = {
-      {"discovery", required_argument, NULL, 'd'}, {"bind", required_argument, NULL, 'b'},
-      {"timeout", required_argument, NULL, 't'},   {"no-hairpin", no_argument, NULL, 'H'},
-      {"json", no_argument, NULL, 'j'},            {"verbose", no_argument, NULL, 'v'},
-      {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
+  static const struct option opts[] = {{"discovery", required_argument, NULL, 'd'},
+                                       {"bind", required_argument, NULL, 'b'},
+                                       {"timeout", required_argument, NULL, 't'},
+                                       {"no-hairpin", no_argument, NULL, 'H'},
+                                       {"json", no_argument, NULL, 'j'},
+                                       {"verbose", no_argument, NULL, 'v'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {NULL, 0, NULL, 0}};
   np_probe_config cfg = {0};
   cfg.timeout_ms = 3000;
   cfg.log = cli_log_stderr;
@@ -239,8 +243,7 @@ int cli_probe(int argc, char **argv) {
     return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
   if (cfg.n_servers == 0)
     return cli_usage_error(CMD, "at least one --discovery server is required");
-  if (cfg.n_servers == 2 &&
-      cfg.servers[0].u.sa.sa_family != cfg.servers[1].u.sa.sa_family)
+  if (cfg.n_servers == 2 && cfg.servers[0].u.sa.sa_family != cfg.servers[1].u.sa.sa_family)
     return cli_usage_error(CMD, "both --discovery servers must be IPv4, or both IPv6");
   if (cfg.bind.u.sa.sa_family != AF_UNSPEC &&
       cfg.bind.u.sa.sa_family != cfg.servers[0].u.sa.sa_family)
@@ -264,8 +267,8 @@ int cli_probe(int argc, char **argv) {
   for (int i = 0; i < cfg.n_servers; i++) {
     if (r.server_err[i]) {
       server_error_text(&r, i, cfg.timeout_ms, err, sizeof err);
-      fprintf(stderr, "natpunch probe: discovery server %s: %s\n",
-              addr_text(&cfg.servers[i], a), err);
+      fprintf(stderr, "natpunch probe: discovery server %s: %s\n", addr_text(&cfg.servers[i], a),
+              err);
       status = CLI_EXIT_FAIL;
     }
   }

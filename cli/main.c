@@ -16,10 +16,9 @@ static const struct command commands[] = {
 };
 
 static void usage(FILE *out) {
-  fprintf(out,
-          "Usage: natpunch COMMAND [OPTIONS]\n"
-          "       natpunch COMMAND --help\n\n"
-          "Direct UDP paths between peers behind NATs.\n\nCommands:\n");
+  fprintf(out, "Usage: natpunch COMMAND [OPTIONS]\n"
+               "       natpunch COMMAND --help\n\n"
+               "Direct UDP paths between peers behind NATs.\n\nCommands:\n");
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     fprintf(out, "  %-18s %s\n", commands[i].name, commands[i].summary);
   fprintf(out,

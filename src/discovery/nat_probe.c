@@ -72,7 +72,7 @@ struct np_nat_probe {
 };
 
 static const char *const txn_names[TX_COUNT] = {
-    "server 1", "server 2", "mapping test II", "mapping test III",
+    "server 1",         "server 2",          "mapping test II",   "mapping test III",
     "hairpinning test", "filtering test II", "filtering test III"};
 
 static void default_random(void *user, uint8_t *buf, size_t len) {
@@ -86,8 +86,8 @@ static void default_random(void *user, uint8_t *buf, size_t len) {
   }
 }
 
-static void txn_start(np_nat_probe *p, enum txn_id id, int sock, const np_addr *to,
-                      uint32_t change, int64_t now) {
+static void txn_start(np_nat_probe *p, enum txn_id id, int sock, const np_addr *to, uint32_t change,
+                      int64_t now) {
   struct txn *t = &p->tx[id];
   t->state = TS_PENDING;
   t->sock = sock;
@@ -146,7 +146,9 @@ int np_nat_probe_new(const np_probe_config *cfg, const np_addr *local_main,
   return 0;
 }
 
-void np_nat_probe_free(np_nat_probe *p) { free(p); }
+void np_nat_probe_free(np_nat_probe *p) {
+  free(p);
+}
 
 /* Starts what the first server's answer makes possible: the mapping tests
  * (they need OTHER-ADDRESS) and the hairpinning test (it needs M1). */
@@ -177,8 +179,7 @@ static void expire(np_nat_probe *p, int64_t now) {
     struct txn *t = &p->tx[i];
     if (t->state != TS_PENDING)
       continue;
-    if (now >= p->deadline ||
-        (t->sends >= MAX_SENDS && now >= t->next_send))
+    if (now >= p->deadline || (t->sends >= MAX_SENDS && now >= t->next_send))
       txn_fail(p, (enum txn_id)i, NP_ERR_TIMEOUT);
   }
   if (p->tx[TX_SERVER1].state == TS_FAILED) {
@@ -430,8 +431,11 @@ static bool drain_error(np_nat_probe *p, int fd, int sock, int64_t now) {
   uint8_t data[256];
   char control[512];
   struct iovec iov = {data, sizeof data};
-  struct msghdr mh = {.msg_name = &dst, .msg_namelen = sizeof dst, .msg_iov = &iov,
-                      .msg_iovlen = 1, .msg_control = control,
+  struct msghdr mh = {.msg_name = &dst,
+                      .msg_namelen = sizeof dst,
+                      .msg_iov = &iov,
+                      .msg_iovlen = 1,
+                      .msg_control = control,
                       .msg_controllen = sizeof control};
   if (recvmsg(fd, &mh, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
     return false;

@@ -43,8 +43,7 @@ typedef struct np_nat_probe np_nat_probe;
  * used for the nat/port_preserving verdicts. random may be NULL for the
  * kernel CSPRNG. Returns 0, NP_ERR_INVAL for a bad config, NP_ERR_NOMEM. */
 int np_nat_probe_new(const np_probe_config *cfg, const np_addr *local_main,
-                     np_probe_random_fn random, void *random_user, int64_t now,
-                     np_nat_probe **out);
+                     np_probe_random_fn random, void *random_user, int64_t now, np_nat_probe **out);
 
 /* Frees the probe; NULL is fine. */
 void np_nat_probe_free(np_nat_probe *p);

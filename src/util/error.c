@@ -4,8 +4,8 @@
 
 NP_EXPORT const char *np_strerror(int err) {
   switch (err) {
-#define NP_ERROR_TEXT_(name, value, text) \
-  case value:                             \
+#define NP_ERROR_TEXT_(name, value, text)                                                          \
+  case value:                                                                                      \
     return text;
     NP_ERRORS(NP_ERROR_TEXT_)
 #undef NP_ERROR_TEXT_
@@ -16,8 +16,8 @@ NP_EXPORT const char *np_strerror(int err) {
 
 NP_EXPORT const char *np_err_name(int err) {
   switch (err) {
-#define NP_ERROR_NAME_(name, value, text) \
-  case value:                             \
+#define NP_ERROR_NAME_(name, value, text)                                                          \
+  case value:                                                                                      \
     return #name;
     NP_ERRORS(NP_ERROR_NAME_)
 #undef NP_ERROR_NAME_

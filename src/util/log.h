@@ -25,7 +25,10 @@ static inline int np_log_enabled(const np_logger *lg, enum np_log_level level) {
 #define NP_LOGE(lg, ...) np_log((lg), NP_LOG_ERROR, __VA_ARGS__)
 #define NP_LOGW(lg, ...) np_log((lg), NP_LOG_WARN, __VA_ARGS__)
 #define NP_LOGI(lg, ...) np_log((lg), NP_LOG_INFO, __VA_ARGS__)
-#define NP_LOGD(lg, ...) \
-  do { if (np_log_enabled((lg), NP_LOG_DEBUG)) np_log((lg), NP_LOG_DEBUG, __VA_ARGS__); } while (0)
+#define NP_LOGD(lg, ...)                                                                           \
+  do {                                                                                             \
+    if (np_log_enabled((lg), NP_LOG_DEBUG))                                                        \
+      np_log((lg), NP_LOG_DEBUG, __VA_ARGS__);                                                     \
+  } while (0)
 
 #endif

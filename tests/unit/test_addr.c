@@ -45,11 +45,25 @@ static void parse_ipv6(void **state) {
 
 static void rejects_bad_input(void **state) {
   (void)state;
-  static const char *bad[] = {
-      "",           "localhost:3478", "1.2.3.4:",      "1.2.3.4:0",    "1.2.3.4:65536",
-      "1.2.3.4:-1", "1.2.3.4:+80",    "1.2.3.4: 80",   "1.2.3.4:80x",  "1.2.3.4:080000",
-      "256.1.1.1:1", "1.2.3:80",      "[1.2.3.4]:80",  "[::1:80",      "[::1]x",
-      "[::1]:",     ":80",            "a:b:c",         "1.2.3.4:80:90"};
+  static const char *bad[] = {"",
+                              "localhost:3478",
+                              "1.2.3.4:",
+                              "1.2.3.4:0",
+                              "1.2.3.4:65536",
+                              "1.2.3.4:-1",
+                              "1.2.3.4:+80",
+                              "1.2.3.4: 80",
+                              "1.2.3.4:80x",
+                              "1.2.3.4:080000",
+                              "256.1.1.1:1",
+                              "1.2.3:80",
+                              "[1.2.3.4]:80",
+                              "[::1:80",
+                              "[::1]x",
+                              "[::1]:",
+                              ":80",
+                              "a:b:c",
+                              "1.2.3.4:80:90"};
   np_addr a;
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     if (np_addr_parse(bad[i], 0, &a) != NP_ERR_INVAL)
@@ -74,7 +88,7 @@ static void compare(void **state) {
   assert_true(np_addr_same_ip(&a, &b));
   assert_false(np_addr_same_ip(&a, &c));
   assert_false(np_addr_equal(&a, &d)); /* different families compare unequal... */
-  np_addr e;                            /* ...until the mapped form is unwrapped */
+  np_addr e;                           /* ...until the mapped form is unwrapped */
   assert_int_equal(np_addr_from_sockaddr(&d.u.sa, sizeof d.u.in6, &e), 0);
   assert_true(np_addr_equal(&a, &e));
 }

@@ -41,7 +41,7 @@ struct world {
   bool s1_rfc5780;
   bool s1_ignores_change; /* answers CHANGE-REQUEST from the primary address */
   bool s1_down, s2_down;
-  int s1_error; /* answer Binding with this STUN error code */
+  int s1_error;   /* answer Binding with this STUN error code */
   int drop_first; /* lose this many of the probe's first datagrams */
   /* the probe's sockets */
   np_addr local[NP_PROBE_NSOCK];
@@ -103,7 +103,8 @@ static np_addr nat_out(struct world *w, const np_addr *local, const np_addr *rem
   }
   if (!found) {
     mapped = w->public_ip;
-    np_addr_set_port(&mapped, w->preserve_port && !port_used ? np_addr_port(local) : w->next_port++);
+    np_addr_set_port(&mapped,
+                     w->preserve_port && !port_used ? np_addr_port(local) : w->next_port++);
   }
   assert_true(w->n_maps < MAX_MAPS);
   w->maps[w->n_maps++] = (struct mapping){*local, *remote, mapped};
@@ -120,9 +121,10 @@ static bool nat_in(const struct world *w, const np_addr *from, const np_addr *to
     const struct mapping *m = &w->maps[i];
     if (!np_addr_equal(&m->mapped, to))
       continue;
-    bool ok = w->filtering == NP_BEHAVIOR_ENDPOINT_INDEPENDENT ||
-              (w->filtering == NP_BEHAVIOR_ADDRESS_DEPENDENT && np_addr_same_ip(&m->remote, from)) ||
-              np_addr_equal(&m->remote, from);
+    bool ok =
+        w->filtering == NP_BEHAVIOR_ENDPOINT_INDEPENDENT ||
+        (w->filtering == NP_BEHAVIOR_ADDRESS_DEPENDENT && np_addr_same_ip(&m->remote, from)) ||
+        np_addr_equal(&m->remote, from);
     if (ok) {
       *local = m->local;
       return true;
@@ -151,7 +153,8 @@ static void server_answer(struct world *w, np_nat_probe *p, int64_t now, const n
     bool at_primary_port = np_addr_port(at) == np_addr_port(&w->s1);
     bool ip = m.change_request & NP_STUN_CHANGE_IP, port = m.change_request & NP_STUN_CHANGE_PORT;
     from = (at_primary_ip != ip) ? w->s1 : w->s1_alt;
-    np_addr_set_port(&from, (at_primary_port != port) ? np_addr_port(&w->s1) : np_addr_port(&w->s1_alt));
+    np_addr_set_port(&from,
+                     (at_primary_port != port) ? np_addr_port(&w->s1) : np_addr_port(&w->s1_alt));
   }
   uint8_t buf[256];
   np_stun_writer wr;
@@ -325,7 +328,7 @@ static void hairpinning(void **state) {
     struct world w;
     world_init(&w);
     w.hairpin = hp == 1;
-    w.hairpin_silent = hp == 2; /* judged by silence instead of an ICMP error */
+    w.hairpin_silent = hp == 2;                     /* judged by silence instead of an ICMP error */
     w.filtering = NP_BEHAVIOR_ENDPOINT_INDEPENDENT; /* so the loop-back passes the filter */
     np_probe_config c = config(&w, 2);
     np_probe_result r;
@@ -489,15 +492,15 @@ static void foreign_input_ignored(void **state) {
   uint8_t buf[128];
   np_stun_writer wr;
   uint8_t other_txid[NP_STUN_TXID_LEN] = {1, 2, 3};
-  np_stun_writer_init(&wr, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS,
-                      NP_STUN_MAGIC_COOKIE, other_txid);
+  np_stun_writer_init(&wr, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS, NP_STUN_MAGIC_COOKIE,
+                      other_txid);
   np_addr fake = A("198.51.100.9:9");
   np_stun_put_xor_addr(&wr, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &fake);
   int n = np_stun_writer_finish(&wr);
   np_nat_probe_input(p, 1, NP_PROBE_SOCK_MAIN, &w.s1, buf, (size_t)n);
   /* right transaction, wrong socket */
-  np_stun_writer_init(&wr, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS,
-                      NP_STUN_MAGIC_COOKIE, req.txid);
+  np_stun_writer_init(&wr, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS, NP_STUN_MAGIC_COOKIE,
+                      req.txid);
   np_stun_put_xor_addr(&wr, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &fake);
   n = np_stun_writer_finish(&wr);
   np_nat_probe_input(p, 1, NP_PROBE_SOCK_FILTER, &w.s1, buf, (size_t)n);
