@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the build into a scratch prefix and builds examples/probe.c the way
+# a user would: with pkg-config, against the shared library, and again
+# statically. Then runs the result to prove it links and loads.
+set -euo pipefail
+build=$1 src=$2
+prefix=$(mktemp -d)
+trap 'rm -rf "$prefix"' EXIT
+cmake --install "$build" --prefix "$prefix" >/dev/null
+libdir=$(find "$prefix" -name natpunch.pc -printf '%h\n' | head -1)
+[ -n "$libdir" ] || { echo "FAIL: natpunch.pc not installed"; exit 1; }
+[ -f "$prefix/include/natpunch.h" ] || { echo "FAIL: natpunch.h not installed"; exit 1; }
+[ -x "$prefix/bin/natpunch" ] || { echo "FAIL: natpunch CLI not installed"; exit 1; }
+export PKG_CONFIG_PATH=$libdir
+pc() { pkg-config --define-variable=prefix="$prefix" "$@" natpunch; }
+case "$(pc --libs)" in *"-L$prefix/"*-lnatpunch*) ;; *) echo "FAIL: pkg-config gives: $(pc --libs)"; exit 1 ;; esac
+cc -std=c11 -Wall -Wextra -Werror "$src/examples/probe.c" $(pc --cflags) $(pc --libs) \
+   -o "$prefix/probe_shared"
+out=$(LD_LIBRARY_PATH=$libdir/.. "$prefix/probe_shared" 2>&1 || true)
+case "$out" in *usage:*) ;; *) echo "FAIL: example did not run: $out"; exit 1 ;; esac
+# Static: the archive plus its dependencies as shared libraries.
+cc -std=c11 -Wall -Wextra -Werror "$src/examples/probe.c" $(pc --cflags) \
+   "$libdir/../libnatpunch.a" $(pkg-config --libs gnutls zlib) -lpthread -o "$prefix/probe_static"
+out=$("$prefix/probe_static" 1.2.3.4:x 2>&1 || true)
+case "$out" in *"not a numeric address"*) ;; *) echo "FAIL: static example: $out"; exit 1 ;; esac
+libpath=$libdir/..
+# Only the np_ API is exported from the shared library.
+leaked=$(nm -D --defined-only "$libpath/libnatpunch.so" | awk '$2 ~ /[TDB]/ {print $3}' | grep -v '^np_' || true)
+[ -z "$leaked" ] || { echo "FAIL: non-np_ symbols exported: $leaked"; exit 1; }
+internal=$(nm -D --defined-only "$libpath/libnatpunch.so" | awk '{print $3}' | grep -E '^np_(stun|nat_probe|udp|log)_' || true)
+[ -z "$internal" ] || { echo "FAIL: internal symbols exported: $internal"; exit 1; }
+echo "install: header, CLI, pkg-config file, shared and static library all usable"
