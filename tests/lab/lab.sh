@@ -1,0 +1,349 @@
+# shellcheck shell=bash
+# natpunch NAT lab: a simulated internet with NATs of known behaviour, built
+# from network namespaces, veth pairs, a bridge and nftables. Source it from
+# bash (it uses associative arrays), then:
+#
+#   lab_require_root                  exit 77 (ctest SKIP) unless root + tools
+#   lab_init                          public segment + cleanup trap
+#   lab_server_host s1 203.0.113.1 203.0.113.2
+#   lab_nat_host cone alice           host "alice" behind a port-preserving NAT
+#   lab_exec alice natpunch probe ...
+#   lab_spawn s1 LOGFILE natpunch discovery-server ...   (killed by lab_down)
+#   lab_wait_udp s1 3478              bounded wait for a listening UDP socket
+#   lab_down                          (also runs from the EXIT/INT/TERM trap)
+#
+# Topology. One namespace "<id>-pub" holds bridge br0, the public internet
+# 203.0.113.0/24 (no IP of its own, it is only a switch). Every other machine
+# is a namespace with a veth into it (or into a NAT's LAN):
+#
+#   server hosts   203.0.113.1-9      given by the caller
+#   NAT / open     203.0.113.(10+i)   public IP of NAT number i (or the host)
+#   CGNAT segment  100.64.i.0/24      between the two NATs of a stacked kind
+#   LAN i          10.i.0.0/24        router 10.i.0.1, host 10.i.0.2
+#
+# Nothing is connected to the root namespace: no veth end, no route, no
+# forwarding there. IP forwarding is switched on only inside NAT routers.
+# Every interface is created inside a lab namespace (`ip -n A link add X type
+# veth peer name Y netns B`), so nothing appears in the root namespace.
+#
+# NAT kinds (one host per NAT; a kind may be "INNER+OUTER" to stack two):
+#   open       host on the public segment, no NAT
+#   cone       masquerade: conntrack keeps the host's port when it can, and
+#              one source maps to one public port for every destination
+#              (EIM); replies only from the exact remote address:port (APDF)
+#   addr       cone + inbound from any port of a remote IP the mapping has
+#              sent to (EIM, ADF), via a dynamic nft set
+#   fullcone   cone + inbound from anyone to a mapped port (EIM, EIF), via a
+#              dynamic nft map public port -> host
+#   symmetric  every new conntrack (i.e. every new remote address:port) gets
+#              the next port of a counter starting at 20000 (APDM, APDF,
+#              sequential ports 20000, 20001, ...: predictable deltas)
+#   random     masquerade fully-random: a random port per remote
+#              address:port (APDM, APDF)
+#   double     cone+cone: home NAT behind a CGNAT (100.64.i.0/24)
+#
+# After lab_nat_host KIND NAME:
+#   LAB_NS[NAME]     the host's namespace        (lab_ns NAME)
+#   LAB_IP[NAME]     the host's own IP           (lab_ip NAME)
+#   LAB_PUBIP[NAME]  the public IP it appears as (lab_pubip NAME)
+#   LAB_KIND[NAME]   the kind
+#   LAB_NS[NAME-r], LAB_NS[NAME-r2]   its NAT routers (inner, outer)
+
+LAB_KINDS="open cone addr fullcone symmetric random double"
+
+declare -gA LAB_NS=() LAB_IP=() LAB_PUBIP=() LAB_KIND=()
+declare -ga LAB_ALL_NS=() LAB_PIDS=()
+LAB_ID=${LAB_ID:-}
+LAB_UP=0
+LAB_NEXT_NAT=0     # NAT/host index i (public IP 203.0.113.(10+i), LAN 10.i.0.0/24)
+LAB_NEXT_PORT=0    # bridge port counter in the public namespace
+LAB_PUBNET=203.0.113
+LAB_VERBOSE=${LAB_VERBOSE:-0}
+LAB_SYM_PORTS=512  # symmetric NAT: ports 20000..20511, used in turn
+
+lab_log() { [ "$LAB_VERBOSE" = 1 ] && echo "lab: $*" >&2; return 0; }
+lab_die() { echo "lab: error: $*" >&2; exit 1; }
+
+# Exit 77 (ctest's skip code) with a reason unless we can build the lab.
+lab_require_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "lab: SKIP: the NAT lab needs root (network namespaces, nftables); run as root" >&2
+    exit 77
+  fi
+  local t
+  for t in ip nft ss; do
+    command -v "$t" >/dev/null 2>&1 || { echo "lab: SKIP: '$t' not found (apt-get install iproute2 nftables)" >&2; exit 77; }
+  done
+  if ! ip netns add "lab-probe-$$" 2>/dev/null; then
+    echo "lab: SKIP: cannot create network namespaces here" >&2
+    exit 77
+  fi
+  ip netns del "lab-probe-$$"
+}
+
+# lab_init [ID]: create the public segment and install the cleanup trap.
+lab_init() {
+  LAB_ID=${1:-${LAB_ID:-np$$}}
+  LAB_UP=1
+  trap 'lab_down' EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  _lab_mkns "$LAB_ID-pub"
+  ip -n "$LAB_ID-pub" link add br0 type bridge || lab_die "bridge"
+  # No STP, no forwarding delay: ports forward as soon as they are up.
+  ip -n "$LAB_ID-pub" link set br0 type bridge stp_state 0 forward_delay 0 2>/dev/null || true
+  ip -n "$LAB_ID-pub" link set br0 up
+  lab_log "public segment $LAB_ID-pub ($LAB_PUBNET.0/24)"
+}
+
+_lab_mkns() {
+  ip netns add "$1" || lab_die "cannot create namespace $1"
+  LAB_ALL_NS+=("$1")
+  ip -n "$1" link set lo up
+  # No IPv6 in the lab: no DAD delays, no router solicitations, less noise.
+  ip netns exec "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 2>/dev/null || true
+}
+
+# _lab_link_pub NS IFNAME: veth from NS (named IFNAME) into the public bridge.
+_lab_link_pub() {
+  local ns=$1 ifn=$2 port
+  LAB_NEXT_PORT=$((LAB_NEXT_PORT + 1))
+  port="p$LAB_NEXT_PORT"
+  ip -n "$ns" link add "$ifn" type veth peer name "$port" netns "$LAB_ID-pub" || lab_die "veth $ns/$ifn"
+  ip -n "$LAB_ID-pub" link set "$port" master br0 up
+  ip -n "$ns" link set "$ifn" up
+}
+
+# _lab_link NS_A IF_A NS_B IF_B: veth pair between two namespaces.
+_lab_link() {
+  ip -n "$1" link add "$2" type veth peer name "$4" netns "$3" || lab_die "veth $1/$2 - $3/$4"
+  ip -n "$1" link set "$2" up
+  ip -n "$3" link set "$4" up
+}
+
+# lab_server_host NAME IP [IP...]: a host on the public segment with these
+# addresses (the first is primary).
+lab_server_host() {
+  local name=$1 ns="$LAB_ID-$1" ip
+  shift
+  [ $# -ge 1 ] || lab_die "lab_server_host NAME IP..."
+  _lab_mkns "$ns"
+  _lab_link_pub "$ns" eth0
+  for ip in "$@"; do
+    ip -n "$ns" addr add "$ip/24" dev eth0
+  done
+  LAB_NS[$name]=$ns; LAB_IP[$name]=$1; LAB_PUBIP[$name]=$1; LAB_KIND[$name]=server
+  lab_log "server $name: $* ($ns)"
+}
+
+# _lab_nat_rules NS KIND PUBIP HOSTIP: nftables of a NAT router whose public
+# side is interface "wan" with address PUBIP, and whose only host is HOSTIP.
+_lab_nat_rules() {
+  local ns=$1 kind=$2 pub=$3 host=$4 snat sets="" rec="" dnat=""
+  case "$kind" in
+    cone)
+      snat="masquerade" ;;
+    symmetric)
+      # NAT chains see only the first packet of a conntrack, so the counter
+      # moves once per new mapping: ports 20000, 20001, ... in order. (A
+      # plain "numgen inc offset 20000" as the port comes out byte-swapped
+      # in nft 1.0.6 -- steps of 256 -- so the port goes through a typed map.)
+      local m="" n
+      for ((n = 0; n < LAB_SYM_PORTS; n++)); do m+="$n : $((20000 + n)), "; done
+      snat="meta l4proto udp snat to $pub : numgen inc mod $LAB_SYM_PORTS map { ${m%, } }
+      masquerade" ;;
+    random)
+      snat="masquerade fully-random" ;;
+    addr)
+      snat="masquerade"
+      sets="set peers { type ipv4_addr . inet_service; flags dynamic,timeout; timeout 120s; }"
+      # After SNAT (priority srcnat+10) the packet carries its public port.
+      rec="oifname \"wan\" meta l4proto udp update @peers { ip daddr . udp sport }"
+      dnat="iifname \"wan\" meta l4proto udp ip saddr . udp dport @peers dnat to $host" ;;
+    fullcone)
+      snat="masquerade"
+      sets="map ports { type inet_service : ipv4_addr; flags dynamic,timeout; timeout 120s; }"
+      rec="oifname \"wan\" meta l4proto udp update @ports { udp sport : ct original ip saddr }"
+      dnat="iifname \"wan\" meta l4proto udp dnat to udp dport map @ports" ;;
+    *) lab_die "unknown NAT kind '$kind' (kinds: $LAB_KINDS)" ;;
+  esac
+  ip netns exec "$ns" nft -f - <<EOF || lab_die "nft rules for $kind in $ns"
+table ip lab {
+  $sets
+  chain input {
+    type filter hook input priority filter; policy accept;
+    # A quiet NAT: unsolicited UDP to the router is dropped, not answered
+    # with ICMP port unreachable.
+    iifname "wan" meta l4proto udp ct state new drop
+  }
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    # Nothing unsolicited reaches the LAN unless the NAT kind let it in (dnat).
+    iifname "wan" ct state new ct status dnat accept
+    iifname "wan" ct state new drop
+  }
+  chain pre {
+    type nat hook prerouting priority dstnat; policy accept;
+    $dnat
+  }
+  chain post {
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "wan" $snat
+  }
+  chain record {
+    type filter hook postrouting priority srcnat + 10; policy accept;
+    $rec
+  }
+}
+EOF
+}
+
+# lab_nat_host KIND NAME: a host namespace behind a NAT of KIND (see top).
+lab_nat_host() {
+  local kind=$1 name=$2 i ns="$LAB_ID-$2" pub inner outer
+  [ "$LAB_UP" = 1 ] || lab_die "lab_init first"
+  LAB_NEXT_NAT=$((LAB_NEXT_NAT + 1))
+  i=$LAB_NEXT_NAT
+  [ "$i" -le 200 ] || lab_die "too many NATs"
+  pub="$LAB_PUBNET.$((10 + i))"
+  [ "$kind" = double ] && kind="cone+cone"
+  _lab_mkns "$ns"
+  LAB_NS[$name]=$ns; LAB_PUBIP[$name]=$pub
+  LAB_KIND[$name]=$1
+  if [ "$kind" = open ]; then
+    _lab_link_pub "$ns" eth0
+    ip -n "$ns" addr add "$pub/24" dev eth0
+    LAB_IP[$name]=$pub
+    lab_log "host $name: open, $pub"
+    return 0
+  fi
+  inner=${kind%%+*}
+  outer=""
+  [ "$inner" != "$kind" ] && outer=${kind#*+}
+  # The host and its (inner) NAT router.
+  local r="$ns-r"
+  _lab_mkns "$r"
+  LAB_NS[$name-r]=$r
+  ip netns exec "$r" sysctl -qw net.ipv4.ip_forward=1
+  _lab_link "$r" lan "$ns" eth0
+  ip -n "$r" addr add "10.$i.0.1/24" dev lan
+  ip -n "$ns" addr add "10.$i.0.2/24" dev eth0
+  ip -n "$ns" route add default via "10.$i.0.1"
+  LAB_IP[$name]="10.$i.0.2"
+  if [ -z "$outer" ]; then
+    _lab_link_pub "$r" wan
+    ip -n "$r" addr add "$pub/24" dev wan
+    _lab_nat_rules "$r" "$inner" "$pub" "10.$i.0.2"
+    lab_log "host $name: 10.$i.0.2 behind $inner NAT $pub"
+  else
+    # Stacked: host -> inner NAT (100.64.i.2) -> outer NAT (CGNAT) -> public.
+    local r2="$ns-r2"
+    _lab_mkns "$r2"
+    LAB_NS[$name-r2]=$r2
+    ip netns exec "$r2" sysctl -qw net.ipv4.ip_forward=1
+    _lab_link "$r2" lan "$r" wan
+    ip -n "$r2" addr add "100.64.$i.1/24" dev lan
+    ip -n "$r" addr add "100.64.$i.2/24" dev wan
+    ip -n "$r" route add default via "100.64.$i.1"
+    _lab_link_pub "$r2" wan
+    ip -n "$r2" addr add "$pub/24" dev wan
+    _lab_nat_rules "$r" "$inner" "100.64.$i.2" "10.$i.0.2"
+    _lab_nat_rules "$r2" "$outer" "$pub" "100.64.$i.2"
+    lab_log "host $name: 10.$i.0.2 behind $inner NAT 100.64.$i.2 behind $outer NAT $pub"
+  fi
+}
+
+lab_ns()    { [ -n "${LAB_NS[$1]:-}" ] || lab_die "no lab host '$1'"; echo "${LAB_NS[$1]}"; }
+lab_ip()    { echo "${LAB_IP[$1]}"; }
+lab_pubip() { echo "${LAB_PUBIP[$1]}"; }
+
+# lab_exec NAME CMD...: run CMD inside host NAME's namespace.
+lab_exec() {
+  local ns
+  ns=$(lab_ns "$1") || exit 1
+  shift
+  ip netns exec "$ns" "$@"
+}
+
+# lab_spawn NAME LOGFILE CMD...: start CMD in the background in NAME's
+# namespace; lab_down kills it. Sets LAB_LAST_PID.
+lab_spawn() {
+  local ns log=$2
+  ns=$(lab_ns "$1") || exit 1
+  shift 2
+  ip netns exec "$ns" "$@" >"$log" 2>&1 &
+  LAB_LAST_PID=$!
+  LAB_PIDS+=("$LAB_LAST_PID")
+  lab_log "spawned pid $LAB_LAST_PID in $ns: $*"
+}
+
+# lab_wait_udp NAME PORT [PID]: wait (at most 5 s) until something listens on
+# UDP PORT in NAME's namespace; fail early if PID died.
+lab_wait_udp() {
+  local ns n
+  ns=$(lab_ns "$1") || exit 1
+  for ((n = 0; n < 50; n++)); do
+    if ip netns exec "$ns" ss -Hlun "sport = :$2" 2>/dev/null | grep -q .; then
+      return 0
+    fi
+    if [ -n "${3:-}" ] && ! kill -0 "$3" 2>/dev/null; then
+      echo "lab: process $3 in $ns exited before listening on udp/$2" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  echo "lab: nothing listens on udp/$2 in $ns after 5 s" >&2
+  return 1
+}
+
+# lab_conntrack NAME: the conntrack table of host NAME's NAT router(s).
+lab_conntrack() {
+  local r
+  for r in "${LAB_NS[$1-r]:-}" "${LAB_NS[$1-r2]:-}"; do
+    [ -n "$r" ] || continue
+    echo "--- conntrack in $r"
+    ip netns exec "$r" conntrack -L -p udp 2>/dev/null || ip netns exec "$r" cat /proc/net/nf_conntrack 2>/dev/null || true
+  done
+}
+
+# lab_down: kill everything started in the lab, delete every namespace.
+lab_down() {
+  [ "$LAB_UP" = 1 ] || return 0
+  LAB_UP=0
+  local ns pid pids=() n
+  for pid in "${LAB_PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  # Anything else still running inside our namespaces (children, strays).
+  for ns in "${LAB_ALL_NS[@]}"; do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do
+      pids+=("$pid")
+      kill -TERM "$pid" 2>/dev/null || true
+    done
+  done
+  pids+=("${LAB_PIDS[@]}")
+  for ((n = 0; n < 20; n++)); do
+    local alive=0
+    for pid in "${pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null && alive=1
+    done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  for pid in "${LAB_PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  for ns in "${LAB_ALL_NS[@]}"; do
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  LAB_ALL_NS=(); LAB_PIDS=()
+  lab_log "lab $LAB_ID down"
+}
+
+# lab_leftovers: namespaces of this lab still present (empty if clean).
+lab_leftovers() {
+  ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^${LAB_ID}-" || true
+}
