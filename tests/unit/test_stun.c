@@ -663,6 +663,13 @@ static void test_fingerprint_tamper(void **state) {
   buf[3] = (uint8_t)(n - 8 - 20);
   assert_int_equal(np_stun_read(buf, n - 8, &m), 0);
   assert_int_equal(np_stun_check_integrity(buf, n - 8, &m, pw(), pw_len()), 0);
+  /* Every byte of the MAC counts, the last one included. */
+  for (size_t i = n - 8 - 20; i < n - 8; i++) {
+    buf[i] ^= 0x80;
+    assert_int_equal(np_stun_check_integrity(buf, n - 8, &m, pw(), pw_len()),
+                     NP_ERR_AUTH);
+    buf[i] ^= 0x80;
+  }
 }
 
 static void test_fingerprint_must_be_last(void **state) {
