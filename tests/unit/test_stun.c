@@ -980,7 +980,7 @@ static void test_unknown_attributes(void **state) {
 
 static void test_duplicates_first_wins(void **state) {
   (void)state;
-  uint8_t buf[256];
+  uint8_t buf[512];
   np_stun_writer w;
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS);
   np_addr a = addr("192.0.2.1:1"), b = addr("[2001:db8::1]:2");
@@ -990,12 +990,48 @@ static void test_duplicates_first_wins(void **state) {
   np_stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "second", 6);
   np_stun_put_error(&w, 400, "one");
   np_stun_put_error(&w, 500, "two");
+  const uint16_t addr_types[] = {NP_STUN_ATTR_MAPPED_ADDRESS, NP_STUN_ATTR_OTHER_ADDRESS,
+                                 NP_STUN_ATTR_RESPONSE_ORIGIN, NP_STUN_ATTR_CHANGED_ADDRESS,
+                                 NP_STUN_ATTR_SOURCE_ADDRESS};
+  for (size_t i = 0; i < 5; i++) {
+    np_stun_put_addr(&w, addr_types[i], &a);
+    np_stun_put_addr(&w, addr_types[i], &b);
+  }
+  const uint16_t text_types[] = {NP_STUN_ATTR_USERNAME, NP_STUN_ATTR_REALM,
+                                 NP_STUN_ATTR_NONCE};
+  for (size_t i = 0; i < 3; i++) {
+    np_stun_put_bytes(&w, text_types[i], "first", 5);
+    np_stun_put_bytes(&w, text_types[i], "second", 6);
+  }
+  const uint16_t u1[] = {1}, u2[] = {2, 3};
+  np_stun_put_unknown(&w, u1, 1);
+  np_stun_put_unknown(&w, u2, 2);
+  np_stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_IP);
+  np_stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_PORT);
+  np_stun_put_response_port(&w, 1);
+  np_stun_put_response_port(&w, 2);
+  np_stun_put_bytes(&w, NP_STUN_ATTR_PADDING, "pp", 2);
+  np_stun_put_bytes(&w, NP_STUN_ATTR_PADDING, "ppp", 3);
   size_t n = finish(&w);
   np_stun_msg m;
   assert_int_equal(np_stun_read(buf, n, &m), 0);
   assert_true(np_addr_equal(&m.xor_mapped, &a));
+  assert_true(np_addr_equal(&m.mapped, &a));
+  assert_true(np_addr_equal(&m.other_address, &a));
+  assert_true(np_addr_equal(&m.response_origin, &a));
+  assert_true(np_addr_equal(&m.changed_address, &a));
+  assert_true(np_addr_equal(&m.source_address, &a));
   assert_text(m.software, m.software_len, "first");
+  assert_text(m.username, m.username_len, "first");
+  assert_text(m.realm, m.realm_len, "first");
+  assert_text(m.nonce, m.nonce_len, "first");
   assert_int_equal(m.error_code, 400);
+  assert_text(m.reason, m.reason_len, "one");
+  assert_int_equal(m.n_unknown_listed, 1);
+  assert_int_equal(m.unknown_listed[0], 1);
+  assert_int_equal(m.change_request, NP_STUN_CHANGE_IP);
+  assert_int_equal(m.response_port, 1);
+  assert_int_equal(m.padding_len, 2);
 }
 
 /* RFC 3489: no magic cookie, 128-bit transaction ID, plain addresses. */
