@@ -53,7 +53,7 @@ LAB_KINDS="open cone addr fullcone symmetric random double"
 
 declare -gA LAB_NS=() LAB_IP=() LAB_PUBIP=() LAB_KIND=()
 declare -ga LAB_ALL_NS=() LAB_PIDS=()
-LAB_ID=${LAB_ID:-}
+LAB_ID=""
 LAB_UP=0
 LAB_NEXT_NAT=0     # NAT/host index i (public IP 203.0.113.(10+i), LAN 10.i.0.0/24)
 LAB_NEXT_PORT=0    # bridge port counter in the public namespace
@@ -83,7 +83,8 @@ lab_require_root() {
 
 # lab_init [ID]: create the public segment and install the cleanup trap.
 lab_init() {
-  LAB_ID=${1:-${LAB_ID:-np$$}}
+  LAB_ID=${1:-nplab$BASHPID}
+  _lab_reap_stale
   LAB_UP=1
   trap 'lab_down' EXIT
   trap 'exit 130' INT
@@ -94,6 +95,19 @@ lab_init() {
   ip -n "$LAB_ID-pub" link set br0 type bridge stp_state 0 forward_delay 0 2>/dev/null || true
   ip -n "$LAB_ID-pub" link set br0 up
   lab_log "public segment $LAB_ID-pub ($LAB_PUBNET.0/24)"
+}
+
+# Namespaces of earlier labs whose shell is gone (killed with SIGKILL, e.g. by
+# a ctest timeout, so its trap never ran): "nplab<PID>-*" with PID dead.
+_lab_reap_stale() {
+  local ns pid p
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^nplab[0-9]+[a-z]*-' || true); do
+    pid=${ns#nplab}; pid=${pid%%[!0-9]*}
+    [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null || continue
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null && lab_log "removed stale namespace $ns"
+  done
+  return 0
 }
 
 _lab_mkns() {
@@ -296,6 +310,54 @@ lab_wait_udp() {
   return 1
 }
 
+# lab_servers: the two discovery server hosts every test uses:
+#   s1 203.0.113.1 + 203.0.113.2 (RFC 5780 needs an alternate address)
+#   s2 203.0.113.3
+LAB_S1=203.0.113.1 LAB_S1_ALT=203.0.113.2 LAB_S2=203.0.113.3
+lab_servers() {
+  lab_server_host s1 "$LAB_S1" "$LAB_S1_ALT"
+  lab_server_host s2 "$LAB_S2"
+}
+
+# lab_start_natpunch_servers CLI LOGDIR: our discovery servers on s1 (with
+# alternate IP and port, for RFC 5780) and s2, listening on 3478.
+lab_start_natpunch_servers() {
+  local cli=$1 dir=$2 p1 p2
+  lab_spawn s1 "$dir/server-s1.log" "$cli" discovery-server --listen "$LAB_S1:3478" \
+    --alt-ip "$LAB_S1_ALT" --alt-port 3479
+  p1=$LAB_LAST_PID
+  lab_spawn s2 "$dir/server-s2.log" "$cli" discovery-server --listen "$LAB_S2:3478"
+  p2=$LAB_LAST_PID
+  lab_wait_udp s1 3478 "$p1" && lab_wait_udp s1 3479 "$p1" && lab_wait_udp s2 3478 "$p2" || {
+    echo "lab: natpunch discovery servers did not start; logs:" >&2
+    tail -n 20 "$dir"/server-s*.log >&2
+    return 1
+  }
+}
+
+# lab_start_coturn LOGDIR: coturn STUN-only servers (RFC 5780 on s1, with
+# 203.0.113.2 and alternate port 3479; plain on s2). The system's
+# /etc/turnserver.conf (Debian's says no-rfc5780) is ignored (-n).
+lab_start_coturn() {
+  local dir=$1 p1 p2
+  command -v turnserver >/dev/null 2>&1 || { echo "lab: turnserver not found (apt-get install coturn)" >&2; return 77; }
+  lab_spawn s1 "$dir/coturn-s1.log" turnserver -n -S \
+    -L "$LAB_S1" -L "$LAB_S1_ALT" --listening-port 3478 --alt-listening-port 3479 \
+    --no-tls --no-dtls --no-tcp --no-cli --log-file stdout --simple-log \
+    --pidfile "$dir/coturn-s1.pid" --db "$dir/coturn-s1.db" --relay-threads 1
+  p1=$LAB_LAST_PID
+  lab_spawn s2 "$dir/coturn-s2.log" turnserver -n -S \
+    -L "$LAB_S2" --listening-port 3478 \
+    --no-tls --no-dtls --no-tcp --no-cli --log-file stdout --simple-log \
+    --pidfile "$dir/coturn-s2.pid" --db "$dir/coturn-s2.db" --relay-threads 1
+  p2=$LAB_LAST_PID
+  lab_wait_udp s1 3478 "$p1" && lab_wait_udp s1 3479 "$p1" && lab_wait_udp s2 3478 "$p2" || {
+    echo "lab: coturn did not start; logs:" >&2
+    tail -n 20 "$dir"/coturn-s*.log >&2
+    return 1
+  }
+}
+
 # lab_conntrack NAME: the conntrack table of host NAME's NAT router(s).
 lab_conntrack() {
   local r
@@ -304,6 +366,13 @@ lab_conntrack() {
     echo "--- conntrack in $r"
     ip netns exec "$r" conntrack -L -p udp 2>/dev/null || ip netns exec "$r" cat /proc/net/nf_conntrack 2>/dev/null || true
   done
+}
+
+# lab_alive PID: PID runs (a zombie does not count).
+lab_alive() {
+  local st
+  st=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$st" ] && [ "$st" != Z ]
 }
 
 # lab_down: kill everything started in the lab, delete every namespace.
@@ -325,16 +394,13 @@ lab_down() {
   for ((n = 0; n < 20; n++)); do
     local alive=0
     for pid in "${pids[@]}"; do
-      kill -0 "$pid" 2>/dev/null && alive=1
+      lab_alive "$pid" && alive=1
     done
     [ "$alive" = 0 ] && break
     sleep 0.1
   done
   for pid in "${pids[@]}"; do
     kill -KILL "$pid" 2>/dev/null || true
-  done
-  for pid in "${LAB_PIDS[@]}"; do
-    wait "$pid" 2>/dev/null || true
   done
   for ns in "${LAB_ALL_NS[@]}"; do
     ip netns del "$ns" 2>/dev/null || true

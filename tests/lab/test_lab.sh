@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Self-test of the NAT lab (needs none of natpunch): it builds every NAT kind,
+# checks that nothing touches the root namespace and that no namespace has a
+# way out, that a packet from each host reaches the public servers from the
+# NAT's public IP, and that the lab is torn down completely on normal exit,
+# on error and on SIGTERM (processes inside included).
+# Usage: test_lab.sh        (exit 77 = skipped)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=lab.sh
+source "$here/lab.sh"
+lab_require_root
+
+fails=0
+ok() { echo "  ok   $*"; }
+bad() { echo "  FAIL $*"; fails=$((fails + 1)); }
+gone() { # gone PID: the process ends within 2 s
+  local n
+  for ((n = 0; n < 20; n++)); do lab_alive "$1" || return 0; sleep 0.1; done
+  return 1
+}
+root_links() { ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort; }
+
+links_before=$(root_links)
+fwd_before=$(cat /proc/sys/net/ipv4/ip_forward)
+
+echo "== build every kind"
+lab_init
+lab_servers
+for k in $LAB_KINDS; do lab_nat_host "$k" "$k"; done
+echo "lab $LAB_ID: $(lab_leftovers | wc -l) namespaces"
+
+new_links=$(comm -13 <(echo "$links_before") <(root_links))
+[ -z "$new_links" ] && ok "no interface added to the root namespace" || bad "root namespace got: $new_links"
+[ "$(cat /proc/sys/net/ipv4/ip_forward)" = "$fwd_before" ] && ok "root ip_forward untouched ($fwd_before)" \
+  || bad "root ip_forward changed"
+
+echo "== isolation"
+for ns in $(lab_leftovers); do
+  # Every veth's peer is in one of this lab's namespaces.
+  while read -r line; do
+    case "$line" in
+      *"link-netns $LAB_ID-"*) ;;
+      *) bad "$ns: veth whose peer is not in the lab: $line" ;;
+    esac
+  done < <(ip -n "$ns" -o -d link show type veth)
+  # Default routes only point into the lab: hosts to their router's LAN
+  # address, the inner router of a stacked NAT to the CGNAT.
+  def=$(ip -n "$ns" route show default)
+  case "$def" in
+    "" | "default via 10."* | "default via 100.64."*) ;;
+    *) bad "$ns: unexpected default route: $def" ;;
+  esac
+done
+for n in s1 s2 open cone-r symmetric-r double-r2; do
+  ns=$(lab_ns "$n")
+  if ip -n "$ns" route get 192.0.2.1 >/dev/null 2>&1; then
+    bad "$ns has a route to 192.0.2.1 (outside the lab)"
+  fi
+done
+[ "$fails" -eq 0 ] && ok "no route out of the lab, no veth to the root namespace"
+
+echo "== a packet from each host reaches s1 from the NAT's public IP"
+# Count, on s1, UDP packets to port 9 by source address (nft counters; no
+# listener needed: s1 drops them).
+ip netns exec "$(lab_ns s1)" nft -f - <<EOF
+table ip labtest {
+  set seen { type ipv4_addr; flags dynamic; }
+  chain in { type filter hook input priority -10; policy accept;
+    udp dport 9 add @seen { ip saddr } drop
+  }
+}
+EOF
+for k in $LAB_KINDS; do
+  lab_exec "$k" bash -c "echo lab >/dev/udp/$LAB_S1/9" || bad "$k: send failed"
+done
+sleep 0.2
+seen=$(ip netns exec "$(lab_ns s1)" nft -j list set ip labtest seen 2>/dev/null || true)
+for k in $LAB_KINDS; do
+  pub=$(lab_pubip "$k")
+  if grep -q "\"$pub\"" <<<"$seen"; then ok "$k: seen from $pub"; else bad "$k: nothing from $pub at s1"; fi
+done
+lab_down
+[ -z "$(lab_leftovers)" ] && ok "lab_down left no namespace" || bad "left: $(lab_leftovers)"
+
+echo "== cleanup on error and on SIGTERM"
+for how in error term; do
+  (
+    lab_init  # ID nplab<this subshell's PID>
+    echo "$LAB_ID" >"/tmp/nplab$$-$how.id"
+    lab_servers
+    lab_nat_host cone h
+    lab_spawn h /dev/null sleep 300
+    echo "$LAB_LAST_PID" >"/tmp/nplab$$-$how.pid"
+    if [ "$how" = error ]; then false; fi  # set -e: the subshell exits 1 here
+    wait "$LAB_LAST_PID"  # (a foreground sleep would hold off the TERM trap)
+  ) 2>"/tmp/nplab$$-$how.err" &
+  sub=$!
+  for ((n = 0; n < 50; n++)); do [ -s "/tmp/nplab$$-$how.pid" ] && break; sleep 0.1; done
+  sleeper=$(cat "/tmp/nplab$$-$how.pid" 2>/dev/null || echo "")
+  id=$(cat "/tmp/nplab$$-$how.id" 2>/dev/null || echo "none")
+  [ "$how" = term ] && kill -TERM "$sub" 2>/dev/null
+  rc=0
+  wait "$sub" || rc=$?
+  left=$(ip netns list | awk '{print $1}' | grep -E "^$id-" || true)
+  [ -z "$left" ] && ok "$how (exit $rc): no namespace left" || { bad "$how: left $left"; cat "/tmp/nplab$$-$how.err"; }
+  if [ -n "$sleeper" ] && ! gone "$sleeper"; then
+    bad "$how: process $sleeper started in the lab still runs"
+    kill -KILL "$sleeper" 2>/dev/null || true
+  else
+    ok "$how: process started in the lab is gone"
+  fi
+  rm -f "/tmp/nplab$$-$how.pid" "/tmp/nplab$$-$how.id" "/tmp/nplab$$-$how.err"
+done
+
+echo "== a lab killed with SIGKILL is reaped by the next lab_init"
+(
+  lab_init
+  echo "$LAB_ID" >"/tmp/nplab$$-kill.id"
+  lab_servers
+  lab_spawn s2 /dev/null sleep 300
+  echo "$LAB_LAST_PID" >"/tmp/nplab$$-kill.pid"
+  wait "$LAB_LAST_PID"
+) &
+sub=$!
+for ((n = 0; n < 50; n++)); do [ -s "/tmp/nplab$$-kill.pid" ] && break; sleep 0.1; done
+id=$(cat "/tmp/nplab$$-kill.id")
+sleeper=$(cat "/tmp/nplab$$-kill.pid")
+kill -KILL "$sub"
+{ wait "$sub" || true; } 2>/dev/null
+ip netns list | grep -q "^$id-" && ok "SIGKILLed lab left its namespaces (expected)" || bad "no namespaces of $id to reap?"
+lab_init
+lab_down
+left=$(ip netns list | awk '{print $1}' | grep -E "^$id-" || true)
+[ -z "$left" ] && ok "stale namespaces of $id reaped" || bad "stale namespaces not reaped: $left"
+if ! gone "$sleeper"; then
+  bad "process $sleeper of the killed lab still runs"
+  kill -KILL "$sleeper" 2>/dev/null || true
+else
+  ok "process of the killed lab is gone"
+fi
+rm -f "/tmp/nplab$$-kill.id" "/tmp/nplab$$-kill.pid"
+
+new_links=$(comm -13 <(echo "$links_before") <(root_links))
+[ -z "$new_links" ] && ok "root namespace links as before" || bad "root namespace got: $new_links"
+
+if [ "$fails" -ne 0 ]; then echo "FAIL: $fails check(s)"; exit 1; fi
+echo "PASS: lab self-test"

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# natpunch end to end in the NAT lab: our two discovery servers on the public
+# segment, `natpunch probe --json` from a host behind a NAT of KIND, and every
+# field of the report checked against what that NAT does (the NAT emulation
+# itself is checked against coturn by test_coturn.sh).
+# Usage: test_probe.sh NATPUNCH_CLI KIND        (exit 77 = skipped)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=lab.sh
+source "$here/lab.sh"
+
+cli=${1:?usage: $0 NATPUNCH_CLI KIND}
+kind=${2:?usage: $0 NATPUNCH_CLI KIND}
+case "$cli" in /*) ;; *) cli="$PWD/$cli" ;; esac
+[ -x "$cli" ] || { echo "FAIL: $cli is not an executable"; exit 1; }
+lab_require_root
+command -v jq >/dev/null 2>&1 || { echo "SKIP: jq not found (apt-get install jq)" >&2; exit 77; }
+
+fails=0
+check() { # check WHAT GOT WANT
+  if [ "$2" = "$3" ]; then
+    echo "  ok   $1: $2"
+  else
+    echo "  FAIL $1: got '$2', want '$3'"
+    fails=$((fails + 1))
+  fi
+}
+check_if() { # check_if WHAT GOT WANT-TEXT COMMAND...: passes if COMMAND succeeds
+  local what=$1 got=$2 want=$3
+  shift 3
+  if "$@"; then echo "  ok   $what: $got"; else echo "  FAIL $what: got '$got', want $want"; fails=$((fails + 1)); fi
+}
+
+lab_init
+logs=$(mktemp -d "/tmp/${LAB_ID}-probe-$kind.XXXXXX")
+on_exit() { lab_down; rm -rf "$logs"; }
+trap on_exit EXIT
+lab_servers
+lab_nat_host "$kind" h
+lab_start_natpunch_servers "$cli" "$logs"
+pub=$(lab_pubip h)
+
+echo "natpunch probe from a host behind a '$kind' NAT (host $(lab_ip h), public $pub)"
+rc=0
+lab_exec h timeout 60 "$cli" probe --discovery "$LAB_S1:3478" --discovery "$LAB_S2:3478" --json \
+  >"$logs/probe.json" 2>"$logs/probe.err" || rc=$?
+if [ "$rc" -ne 0 ] || ! jq -e 'type == "object"' "$logs/probe.json" >/dev/null 2>&1; then
+  echo "FAIL: probe exited $rc or did not print one JSON object"
+  echo "--- stdout"; cat "$logs/probe.json"
+  echo "--- stderr"; cat "$logs/probe.err"
+  echo "--- servers"; tail -n 20 "$logs"/server-s*.log
+  exit 1
+fi
+cat "$logs/probe.json"
+j() { jq -r "$1" "$logs/probe.json"; }
+
+# Shape: every field there, with its type.
+check "field types" "$(j '[(.local|type), (.mapped|type), (.mapped|length), (.delta|type),
+  (.mapping|type), (.filtering|type), (.port_preserving|type), (.nat|type),
+  (.hairpinning|type|IN("boolean","null")), (.rfc5780|type)] | join(",")')" \
+  "string,array,2,number,string,string,boolean,boolean,true,boolean"
+
+local_ip=$(j '.local | sub(":[0-9]+$"; "")') local_port=$(j '.local | sub("^.*:"; "")')
+m0=$(j '.mapped[0]') m1=$(j '.mapped[1]')
+m0ip=${m0%:*} m0port=${m0##*:} m1ip=${m1%:*} m1port=${m1##*:}
+for v in "$local_port" "$m0port" "$m1port"; do
+  [[ $v =~ ^[0-9]+$ ]] || { echo "FAIL: local/mapped are not ip:port strings"; exit 1; }
+done
+if [ "$local_ip" != 0.0.0.0 ]; then check "local IP" "$local_ip" "$(lab_ip h)"; fi
+check "mapped[0] IP (the NAT's public IP)" "$m0ip" "$pub"
+check "mapped[1] IP" "$m1ip" "$pub"
+check "delta = mapped[1] port - mapped[0] port" "$(j .delta)" "$((m1port - m0port))"
+check "rfc5780 (s1 has an alternate address)" "$(j .rfc5780)" true
+
+delta=$(j .delta)
+[[ $delta =~ ^-?[0-9]+$ ]] || { echo "FAIL: delta is not an integer: $delta"; exit 1; }
+case "$kind" in
+  open)
+    check nat "$(j .nat)" false
+    check mapping "$(j .mapping)" endpoint-independent
+    check filtering "$(j .filtering)" endpoint-independent
+    check port_preserving "$(j .port_preserving)" true
+    check "mapped[0] port = local port" "$m0port" "$local_port"
+    check delta "$delta" 0 ;;
+  cone | double | addr | fullcone)
+    check nat "$(j .nat)" true
+    check mapping "$(j .mapping)" endpoint-independent
+    case "$kind" in
+      fullcone) want=endpoint-independent ;;
+      addr) want=address-dependent ;;
+      *) want=address-and-port-dependent ;;
+    esac
+    check filtering "$(j .filtering)" "$want"
+    check port_preserving "$(j .port_preserving)" true
+    check "mapped[0] port = local port" "$m0port" "$local_port"
+    check delta "$delta" 0 ;;
+  symmetric)
+    # A new public port per remote address:port, taken in order from 20000:
+    # address-and-port-dependent mapping, and a small positive delta (the
+    # RFC 5780 tests in between may take a few ports of the sequence).
+    check nat "$(j .nat)" true
+    check mapping "$(j .mapping)" address-and-port-dependent
+    check filtering "$(j .filtering)" address-and-port-dependent
+    check port_preserving "$(j .port_preserving)" false
+    check_if "delta (sequential)" "$delta" "1..8" test "$delta" -ge 1 -a "$delta" -le 8
+    check_if "mapped[0] port in the NAT's sequence" "$m0port" "20000..$((20000 + LAB_SYM_PORTS - 1))" \
+      test "$m0port" -ge 20000 -a "$m0port" -lt $((20000 + LAB_SYM_PORTS)) ;;
+  random)
+    check nat "$(j .nat)" true
+    check mapping "$(j .mapping)" address-and-port-dependent
+    check filtering "$(j .filtering)" address-and-port-dependent
+    check port_preserving "$(j .port_preserving)" false
+    check_if "delta (a new random port per server)" "$delta" "non-zero" test "$delta" -ne 0 ;;
+  *) echo "no expectations for kind '$kind'"; exit 2 ;;
+esac
+
+# The human report must work too (the demo shows it).
+rc=0
+lab_exec h timeout 60 "$cli" probe --discovery "$LAB_S1:3478" --discovery "$LAB_S2:3478" \
+  >"$logs/probe.txt" 2>&1 || rc=$?
+check "human report exit status" "$rc" 0
+if grep -q "$pub" "$logs/probe.txt"; then echo "  ok   human report names $pub"; else
+  echo "  FAIL human report does not name the public IP $pub"; fails=$((fails + 1)); fi
+
+if [ "$fails" -ne 0 ]; then
+  echo "--- probe stderr"; cat "$logs/probe.err"
+  echo "--- human report"; cat "$logs/probe.txt"
+  lab_conntrack h
+  echo "FAIL: $fails check(s) failed for kind '$kind'"
+  exit 1
+fi
+echo "PASS: natpunch probe sees a '$kind' NAT as expected"
