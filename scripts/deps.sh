@@ -7,7 +7,7 @@ set -euo pipefail
 
 build_pkgs=(cmake make gcc pkg-config libgnutls28-dev zlib1g-dev libcjson-dev)
 test_pkgs=(libcmocka-dev clang libclang-rt-14-dev coturn iproute2 nftables conntrack procps jq)
-demo_pkgs=(iproute2 nftables conntrack procps jq)
+demo_pkgs=(iproute2 nftables conntrack procps)
 
 case "${1:-build}" in
   build) want=("${build_pkgs[@]}") ;;
