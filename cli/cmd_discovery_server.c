@@ -1,3 +1,232 @@
-/* PLACEHOLDER */
+/* natpunch discovery-server: a STUN server (RFC 8489 Binding, RFC 5780 NAT
+ * behaviour discovery) in the foreground. */
 #include "cli.h"
-int cli_discovery_server(int argc, char **argv) { (void)argc; (void)argv; return CLI_EXIT_FAIL; }
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#define CMD "discovery-server"
+#define DEFAULT_STUN_PORT 3478
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "Usage: natpunch discovery-server --listen IP[:PORT] [OPTIONS]\n\n"
+          "Runs a STUN server in the foreground: it answers Binding requests with the\n"
+          "address it sees (XOR-MAPPED-ADDRESS; MAPPED-ADDRESS for RFC 3489 clients) and\n"
+          "where it answered from (RESPONSE-ORIGIN). With both --alt-ip and --alt-port it\n"
+          "listens on four addresses (IP1:P1, IP1:P2, IP2:P1, IP2:P2), advertises\n"
+          "OTHER-ADDRESS and honours CHANGE-REQUEST, so clients can classify their NAT\n"
+          "(RFC 5780). RESPONSE-PORT is honoured for ports >= 1024 of the client's own IP.\n"
+          "Requests are answered without MESSAGE-INTEGRITY (the server has no\n"
+          "credentials); only Binding requests are answered.\n\n"
+          "Options:\n"
+          "  -l, --listen IP[:PORT]  primary address IP1:P1 (port defaults to %d; IPv6 as\n"
+          "                          [addr]:port; 0.0.0.0 or [::] for all addresses, which\n"
+          "                          excludes --alt-ip)\n"
+          "  -a, --alt-ip IP         alternate IP (IP2), same family as --listen\n"
+          "  -p, --alt-port PORT     alternate port (P2)\n"
+          "  -t, --threads N         worker threads, 1..256 (default: one per online CPU)\n"
+          "  -s, --software TEXT     add a SOFTWARE attribute to every response (default:\n"
+          "                          none, which keeps responses small)\n"
+          "  -v, --verbose           log every dropped packet and error response\n"
+          "  -h, --help              show this help\n\n"
+          "Logs go to stderr. SIGINT or SIGTERM stop the server and print its counters;\n"
+          "SIGUSR1 prints the counters and keeps running.\n\n"
+          "Exit status: 0 stopped by SIGINT/SIGTERM; 1 the server could not start (e.g. an\n"
+          "address cannot be bound) or failed while running; 2 bad command line.\n",
+          DEFAULT_STUN_PORT);
+}
+
+static void log_stats(const np_discovery_server *srv, const char *when) {
+  np_discovery_stats st;
+  np_discovery_server_stats(srv, &st);
+  char msg[400];
+  snprintf(msg, sizeof msg,
+           "%s: received=%" PRIu64 " answered=%" PRIu64 " errors_sent=%" PRIu64
+           " dropped_malformed=%" PRIu64 " dropped_ignored=%" PRIu64 " dropped_policy=%" PRIu64
+           " send_failures=%" PRIu64,
+           when, st.received, st.answered, st.errors_sent, st.dropped_malformed,
+           st.dropped_ignored, st.dropped_policy, st.send_failures);
+  cli_log_stderr(NULL, NP_LOG_INFO, msg);
+}
+
+struct runner {
+  np_discovery_server *srv;
+  int done_fd; /* eventfd written when np_discovery_server_run returns */
+  int rc;
+};
+
+static void *run_thread(void *arg) {
+  struct runner *r = arg;
+  r->rc = np_discovery_server_run(r->srv);
+  uint64_t one = 1;
+  ssize_t w = write(r->done_fd, &one, sizeof one);
+  (void)w;
+  return NULL;
+}
+
+/* Parses a bare IP for --alt-ip: a port there would be ignored, so it is
+ * refused rather than silently dropped. */
+static int parse_alt_ip(const char *s, np_addr *out) {
+  np_addr with_port;
+  if (np_addr_parse(s, 0, &with_port) == 0 || np_addr_parse(s, 1, out) != 0) {
+    cli_usage_error(CMD, "--alt-ip: '%s' is not a numeric IP address without a port "
+                         "(expected e.g. 203.0.113.2 or 2001:db8::2)", s);
+    return -1;
+  }
+  return 0;
+}
+
+int cli_discovery_server(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"listen", required_argument, NULL, 'l'},   {"alt-ip", required_argument, NULL, 'a'},
+      {"alt-port", required_argument, NULL, 'p'}, {"threads", required_argument, NULL, 't'},
+      {"software", required_argument, NULL, 's'}, {"verbose", no_argument, NULL, 'v'},
+      {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
+  np_discovery_server_config cfg = {0};
+  cfg.log = cli_log_stderr;
+  cfg.log_level = NP_LOG_INFO;
+  bool have_listen = false;
+  long v;
+  int c;
+  optind = 1;
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, ":l:a:p:t:s:vh", opts, NULL)) != -1) {
+    switch (c) {
+    case 'l':
+      if (cli_parse_addr(CMD, "--listen", optarg, DEFAULT_STUN_PORT, &cfg.listen) != 0)
+        return CLI_EXIT_USAGE;
+      have_listen = true;
+      break;
+    case 'a':
+      if (parse_alt_ip(optarg, &cfg.alt_ip) != 0)
+        return CLI_EXIT_USAGE;
+      break;
+    case 'p':
+      if (cli_parse_long(optarg, 1, 65535, &v) != 0)
+        return cli_usage_error(CMD, "--alt-port: '%s' is not a port number (1..65535)", optarg);
+      cfg.alt_port = (uint16_t)v;
+      break;
+    case 't':
+      if (cli_parse_long(optarg, 1, 256, &v) != 0)
+        return cli_usage_error(CMD, "--threads: '%s' is not a number of threads (1..256)",
+                               optarg);
+      cfg.threads = (int)v;
+      break;
+    case 's':
+      if (strlen(optarg) > 763)
+        return cli_usage_error(CMD, "--software: text longer than 763 bytes");
+      cfg.software = optarg;
+      break;
+    case 'v':
+      cfg.log_level = NP_LOG_DEBUG;
+      break;
+    case 'h':
+      usage(stdout);
+      return CLI_EXIT_OK;
+    case ':':
+      return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
+    default:
+      return cli_usage_error(CMD, "unknown option '%s'", argv[optind - 1]);
+    }
+  }
+  if (optind < argc)
+    return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+  if (!have_listen)
+    return cli_usage_error(CMD, "--listen IP[:PORT] is required");
+  char a[NP_ADDRSTRLEN], b[NP_ADDRSTRLEN];
+  if (cfg.alt_ip.u.sa.sa_family != AF_UNSPEC) {
+    if (cfg.alt_ip.u.sa.sa_family != cfg.listen.u.sa.sa_family)
+      return cli_usage_error(CMD, "--alt-ip %s is not of the same family as --listen %s",
+                             np_addr_format(&cfg.alt_ip, a, sizeof a),
+                             np_addr_format(&cfg.listen, b, sizeof b));
+    if (np_addr_same_ip(&cfg.alt_ip, &cfg.listen))
+      return cli_usage_error(CMD, "--alt-ip must differ from the --listen IP");
+  }
+  if (cfg.alt_port && cfg.alt_port == np_addr_port(&cfg.listen))
+    return cli_usage_error(CMD, "--alt-port %u must differ from the --listen port",
+                           (unsigned)cfg.alt_port);
+
+  /* Signals are taken synchronously through a signalfd in this thread, so
+   * counters are printed from ordinary code, not from a handler. They are
+   * blocked before any thread exists, so every thread inherits the mask. */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+  if (sfd < 0) {
+    fprintf(stderr, "natpunch %s: signalfd: %s\n", CMD, strerror(errno));
+    return CLI_EXIT_FAIL;
+  }
+
+  np_discovery_server *srv = NULL;
+  int rc = np_discovery_server_new(&cfg, &srv);
+  if (rc != 0) {
+    fprintf(stderr, "natpunch %s: cannot start: %s\n", CMD, np_strerror(rc));
+    close(sfd);
+    return CLI_EXIT_FAIL;
+  }
+  struct runner r = {.srv = srv, .done_fd = eventfd(0, EFD_CLOEXEC), .rc = 0};
+  pthread_t th;
+  if (r.done_fd < 0 || pthread_create(&th, NULL, run_thread, &r) != 0) {
+    fprintf(stderr, "natpunch %s: cannot start the server thread\n", CMD);
+    if (r.done_fd >= 0)
+      close(r.done_fd);
+    np_discovery_server_free(srv);
+    close(sfd);
+    return CLI_EXIT_FAIL;
+  }
+
+  int exit_code = CLI_EXIT_OK;
+  for (;;) {
+    struct pollfd p[2] = {{.fd = sfd, .events = POLLIN}, {.fd = r.done_fd, .events = POLLIN}};
+    if (poll(p, 2, -1) < 0) {
+      if (errno == EINTR)
+        continue;
+      fprintf(stderr, "natpunch %s: poll: %s\n", CMD, strerror(errno));
+      exit_code = CLI_EXIT_FAIL;
+      np_discovery_server_stop(srv);
+      break;
+    }
+    if (p[1].revents) {
+      /* The server stopped on its own: only an internal failure does that. */
+      exit_code = CLI_EXIT_FAIL;
+      break;
+    }
+    if (!(p[0].revents & POLLIN))
+      continue;
+    struct signalfd_siginfo si;
+    if (read(sfd, &si, sizeof si) != (ssize_t)sizeof si)
+      continue;
+    if (si.ssi_signo == SIGUSR1) {
+      log_stats(srv, "counters");
+      continue;
+    }
+    cli_log_stderr(NULL, NP_LOG_INFO, si.ssi_signo == SIGINT ? "SIGINT: stopping"
+                                                             : "SIGTERM: stopping");
+    np_discovery_server_stop(srv);
+    break;
+  }
+  pthread_join(th, NULL);
+  if (r.rc != 0) {
+    fprintf(stderr, "natpunch %s: server failed: %s\n", CMD, np_strerror(r.rc));
+    exit_code = CLI_EXIT_FAIL;
+  }
+  log_stats(srv, "stopped; counters");
+  np_discovery_server_free(srv);
+  close(r.done_fd);
+  close(sfd);
+  return exit_code;
+}
