@@ -5,14 +5,24 @@
 #
 #   lab_require_root                  exit 77 (ctest SKIP) unless root + tools
 #   lab_init                          public segment + cleanup trap
-#   lab_server_host s1 203.0.113.1 203.0.113.2
+#   lab_servers                       s1 = 203.0.113.1 + .2, s2 = 203.0.113.3
 #   lab_nat_host cone alice           host "alice" behind a port-preserving NAT
+#   lab_nat_host symmetric bob        another host, behind its own NAT
+#   lab_start_natpunch_servers CLI DIR    (or lab_start_coturn DIR)
 #   lab_exec alice natpunch probe ...
-#   lab_spawn s1 LOGFILE natpunch discovery-server ...   (killed by lab_down)
-#   lab_wait_udp s1 3478              bounded wait for a listening UDP socket
+#   lab_spawn bob LOGFILE CMD...      background CMD in bob's namespace
+#   lab_wait_udp s1 3478 [PID]        bounded wait for a listening UDP socket
+#   lab_conntrack alice               dump the conntrack table of alice's NAT(s)
 #   lab_down                          (also runs from the EXIT/INT/TERM trap)
 #
-# Topology. One namespace "<id>-pub" holds bridge br0, the public internet
+# Names: every namespace of a lab is "nplab<PID>-<name>" (PID of the shell
+# that ran lab_init), so labs run in parallel; lab_init also removes the
+# namespaces of labs whose shell died without cleaning up (SIGKILL, e.g. a
+# ctest timeout). A script that overrides the EXIT trap must call lab_down.
+# Keep long commands killable: a foreground command delays bash's TERM trap
+# until it ends, so bound it (`timeout 60 ...`) or run it with & and `wait`.
+#
+# Topology. One namespace "nplab<PID>-pub" holds bridge br0, the public internet
 # 203.0.113.0/24 (no IP of its own, it is only a switch). Every other machine
 # is a namespace with a veth into it (or into a NAT's LAN):
 #
@@ -74,11 +84,11 @@ lab_require_root() {
   for t in ip nft ss; do
     command -v "$t" >/dev/null 2>&1 || { echo "lab: SKIP: '$t' not found (apt-get install iproute2 nftables)" >&2; exit 77; }
   done
-  if ! ip netns add "lab-probe-$$" 2>/dev/null; then
+  if ! ip netns add "nplab${BASHPID}check-ns" 2>/dev/null; then
     echo "lab: SKIP: cannot create network namespaces here" >&2
     exit 77
   fi
-  ip netns del "lab-probe-$$"
+  ip netns del "nplab${BASHPID}check-ns"
 }
 
 # lab_init [ID]: create the public segment and install the cleanup trap.
@@ -223,6 +233,7 @@ lab_nat_host() {
   [ "$kind" = double ] && kind="cone+cone"
   _lab_mkns "$ns"
   LAB_NS[$name]=$ns; LAB_PUBIP[$name]=$pub
+  # shellcheck disable=SC2034  # LAB_KIND is for the callers
   LAB_KIND[$name]=$1
   if [ "$kind" = open ]; then
     _lab_link_pub "$ns" eth0
