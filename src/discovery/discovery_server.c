@@ -290,6 +290,17 @@ static enum ds_verdict handle(const struct np_discovery_server *srv, int sock,
 
   o->sock = sock;
   np_addr dest = *from;
+  /* RFC 5780 §7.5: the response goes to the port given in RESPONSE-PORT, at
+   * the source IP; the IP never changes. Error responses too: a client
+   * using RESPONSE-PORT listens there (coturn's stunclient closes the
+   * sending socket), and the destination is just as harmless. */
+  if (req.present & NP_STUN_HAS_RESPONSE_PORT) {
+    if (req.response_port < DS_MIN_RESPONSE_PORT) {
+      *why = "RESPONSE-PORT below 1024";
+      return DS_DROP_POLICY;
+    }
+    np_addr_set_port(&dest, req.response_port);
+  }
   /* RFC 8489 §6.3.1.1: unknown comprehension-required attributes -> 420. */
   bool change_flags = (req.present & NP_STUN_HAS_CHANGE_REQUEST) &&
                       (req.change_request & (NP_STUN_CHANGE_IP | NP_STUN_CHANGE_PORT));
@@ -303,16 +314,6 @@ static enum ds_verdict handle(const struct np_discovery_server *srv, int sock,
     *why = change_unsupported ? "CHANGE-REQUEST without alternate address"
                               : "unknown comprehension-required attribute";
     goto reply;
-  }
-
-  /* RFC 5780 §7.5: "the server MUST send the response to the port given in
-   * RESPONSE-PORT" of the source IP; the IP never changes. */
-  if (req.present & NP_STUN_HAS_RESPONSE_PORT) {
-    if (req.response_port < DS_MIN_RESPONSE_PORT) {
-      *why = "RESPONSE-PORT below 1024";
-      return DS_DROP_POLICY;
-    }
-    np_addr_set_port(&dest, req.response_port);
   }
 
   /* RFC 5780 §7.2/§6.1: answer from the address that differs from the one
