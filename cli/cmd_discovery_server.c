@@ -96,6 +96,7 @@ int cli_discovery_server(int argc, char **argv) {
   cfg.log = cli_log_stderr;
   cfg.log_level = NP_LOG_INFO;
   bool have_listen = false;
+  const char *listen_text = NULL, *alt_ip_text = NULL; /* as typed, for errors */
   long v;
   int c;
   optind = 1;
@@ -106,10 +107,12 @@ int cli_discovery_server(int argc, char **argv) {
       if (cli_parse_addr(CMD, "--listen", optarg, DEFAULT_STUN_PORT, &cfg.listen) != 0)
         return CLI_EXIT_USAGE;
       have_listen = true;
+      listen_text = optarg;
       break;
     case 'a':
       if (parse_alt_ip(optarg, &cfg.alt_ip) != 0)
         return CLI_EXIT_USAGE;
+      alt_ip_text = optarg;
       break;
     case 'p':
       if (cli_parse_long(optarg, 1, 65535, &v) != 0)
@@ -143,14 +146,12 @@ int cli_discovery_server(int argc, char **argv) {
     return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
   if (!have_listen)
     return cli_usage_error(CMD, "--listen IP[:PORT] is required");
-  char a[NP_ADDRSTRLEN], b[NP_ADDRSTRLEN];
-  if (cfg.alt_ip.u.sa.sa_family != AF_UNSPEC) {
+  if (alt_ip_text) {
     if (cfg.alt_ip.u.sa.sa_family != cfg.listen.u.sa.sa_family)
-      return cli_usage_error(CMD, "--alt-ip %s is not of the same family as --listen %s",
-                             np_addr_format(&cfg.alt_ip, a, sizeof a),
-                             np_addr_format(&cfg.listen, b, sizeof b));
+      return cli_usage_error(CMD, "--alt-ip '%s' is not of the same address family as --listen '%s'",
+                             alt_ip_text, listen_text);
     if (np_addr_same_ip(&cfg.alt_ip, &cfg.listen))
-      return cli_usage_error(CMD, "--alt-ip must differ from the --listen IP");
+      return cli_usage_error(CMD, "--alt-ip '%s' must differ from the --listen IP", alt_ip_text);
   }
   if (cfg.alt_port && cfg.alt_port == np_addr_port(&cfg.listen))
     return cli_usage_error(CMD, "--alt-port %u must differ from the --listen port",
@@ -174,7 +175,7 @@ int cli_discovery_server(int argc, char **argv) {
   np_discovery_server *srv = NULL;
   int rc = np_discovery_server_new(&cfg, &srv);
   if (rc != 0) {
-    fprintf(stderr, "natpunch %s: cannot start: %s\n", CMD, np_strerror(rc));
+    fprintf(stderr, "natpunch %s: cannot start (%s, see above)\n", CMD, np_strerror(rc));
     close(sfd);
     return CLI_EXIT_FAIL;
   }

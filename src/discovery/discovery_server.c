@@ -660,6 +660,29 @@ static int pick_port(np_discovery_server *srv, uint16_t *port) {
   return NP_ERR_SYS;
 }
 
+/* Refuses addresses someone else already holds. SO_REUSEPORT would let a
+ * second server of the same user join the first one's port group and
+ * silently take a share of its traffic; a plain bind first turns that into
+ * the usual "Address already in use". */
+static int check_free(np_discovery_server *srv) {
+  char err[NP_UDP_ERRLEN];
+  int fds[DS_NSOCK] = {-1, -1, -1, -1};
+  int rc = 0;
+  for (int s = 0; s < DS_NSOCK && rc == 0; s++) {
+    if (!np_addr_is_set(&srv->addrs[s]))
+      continue;
+    fds[s] = np_udp_bind(&srv->addrs[s], NP_UDP_V6ONLY, err);
+    if (fds[s] < 0) {
+      NP_LOGE(&srv->log, "%s", err);
+      rc = fds[s];
+    }
+  }
+  for (int s = 0; s < DS_NSOCK; s++)
+    if (fds[s] >= 0)
+      close(fds[s]);
+  return rc;
+}
+
 static int worker_new(np_discovery_server *srv, int id, struct ds_worker **out) {
   char err[NP_UDP_ERRLEN];
   struct ds_worker *wk = calloc(1, sizeof *wk);
@@ -806,6 +829,10 @@ NP_EXPORT int np_discovery_server_new(const np_discovery_server_config *cfg,
       np_addr_set_port(&srv->addrs[DS_ALT_IP | DS_ALT_PORT], cfg->alt_port);
     }
   }
+
+  rc = check_free(srv);
+  if (rc != 0)
+    goto fail;
 
   srv->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (srv->stop_fd < 0) {

@@ -375,6 +375,22 @@ static void test_change_without_alternate(void **state) {
   assert_int_equal(m.n_unknown_listed, 1);
   assert_int_equal(m.unknown_listed[0], NP_STUN_ATTR_CHANGE_REQUEST);
 
+  /* The error goes to RESPONSE-PORT too (the client may listen only there). */
+  np_addr other;
+  int fd2 = client("127.0.0.1", &other);
+  request(&w, req, sizeof req);
+  np_stun_put_response_port(&w, np_addr_port(&other));
+  np_stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_IP);
+  len = finish(&w);
+  send_to(fd, &g_plain.a11, req, len);
+  np_addr from;
+  ssize_t got = recv_from(fd2, ANSWER_MS, resp, sizeof resp, &from);
+  assert_true(got > 0);
+  assert_true(np_addr_equal(&from, &g_plain.a11));
+  assert_int_equal(np_stun_read(resp, (size_t)got, &m), 0);
+  assert_int_equal(m.error_code, 420);
+  close(fd2);
+
   request(&w, req, sizeof req);
   np_stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, 0);
   len = finish(&w);
