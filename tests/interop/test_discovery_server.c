@@ -502,12 +502,14 @@ static void test_drops(void **state) {
   close(fd);
 }
 
+/* IPv6, with the opt-in SOFTWARE attribute. */
 static void test_ipv6(void **state) {
   (void)state;
   np_discovery_server_config cfg = {0};
   cfg.listen = addr("::1");
   np_addr_set_port(&cfg.listen, 0);
   cfg.threads = 1;
+  cfg.software = "natpunch-test"; /* opt-in SOFTWARE attribute */
   struct server s;
   int rc = start(&s, &cfg);
   if (rc != 0)
@@ -526,7 +528,10 @@ static void test_ipv6(void **state) {
   size_t n = exchange(fd, &s.a11, req, len, &s.a11, resp, &m);
   assert_true(np_addr_equal(&m.xor_mapped, &me));
   assert_true(np_addr_equal(&m.response_origin, &s.a11));
-  assert_int_equal(n, 20 + 2 * 24);
+  assert_true(m.present & NP_STUN_HAS_SOFTWARE);
+  assert_int_equal(m.software_len, strlen("natpunch-test"));
+  assert_memory_equal(m.software, "natpunch-test", m.software_len);
+  assert_int_equal(n, 20 + 2 * 24 + 4 + 16);
   close(fd);
   stop(&s);
 }
