@@ -45,13 +45,25 @@ start_server() {
   np_fail "$name: no free ports after 5 attempts"
 }
 
+# retry CMD...: runs CMD (10 s limit) up to three times until it succeeds;
+# prints its output. stunclient binds its local port + 1 for RESPONSE-PORT,
+# which another test may hold at that moment.
+retry() {
+  local i out=
+  for i in 1 2 3; do
+    out=$(timeout 10 "$@" 2>&1) && { echo "$out"; return 0; }
+  done
+  echo "$out"
+  return 1
+}
+
 # An RFC 5780 server (alternate IP and port) and a plain one.
 start_server full --listen 127.0.0.1:P1 --alt-ip 127.0.0.2 --alt-port P2 --threads 2
 start_server plain --listen 127.0.0.1:P1 --threads 1
 echo "servers: 5780 on 127.0.0.1:$full_p1 (+127.0.0.2, port $full_p2), plain on 127.0.0.1:$plain_p1"
 
 # --- turnutils_stunclient, plain server: one Binding, XOR-MAPPED-ADDRESS ---
-out=$(timeout 10 turnutils_stunclient -L 127.0.0.1 -p "$plain_p1" 127.0.0.1) || np_fail "stunclient (plain) failed: $out"
+out=$(retry turnutils_stunclient -L 127.0.0.1 -p "$plain_p1" 127.0.0.1) || np_fail "stunclient (plain) failed: $out"
 echo "$out" | sed 's/^/  plain | /'
 mapped=$(echo "$out" | sed -n 's/.*UDP reflexive addr: *\(127\.0\.0\.1:[0-9][0-9]*\).*/\1/p' | head -1)
 [ -n "$mapped" ] || np_fail "stunclient printed no reflexive address 127.0.0.1:PORT"
@@ -59,7 +71,7 @@ mapped=$(echo "$out" | sed -n 's/.*UDP reflexive addr: *\(127\.0\.0\.1:[0-9][0-9
 
 # --- forced RFC 5780 mode (-f) against the plain server: CHANGE-REQUEST is
 # refused with 420, delivered to the RESPONSE-PORT the client listens on.
-out=$(timeout 10 turnutils_stunclient -f -L 127.0.0.1 -p "$plain_p1" 127.0.0.1) || np_fail "stunclient -f (plain) failed or hung: $out"
+out=$(retry turnutils_stunclient -f -L 127.0.0.1 -p "$plain_p1" 127.0.0.1) || np_fail "stunclient -f (plain) failed or hung: $out"
 echo "$out" | sed 's/^/  plain -f | /'
 [ "$(echo "$out" | grep -c "error 420")" = 2 ] || np_fail "expected two 420 answers to CHANGE-REQUEST without an alternate"
 
@@ -68,7 +80,7 @@ echo "$out" | sed 's/^/  plain -f | /'
 # (it then listens on local+1 only); CHANGE-REQUEST with 1500 bytes PADDING
 # from that second socket.
 for flags in "" "-f"; do
-  out=$(timeout 10 turnutils_stunclient $flags -L 127.0.0.1 -p "$full_p1" 127.0.0.1) || np_fail "stunclient $flags (5780) failed or hung: $out"
+  out=$(retry turnutils_stunclient $flags -L 127.0.0.1 -p "$full_p1" 127.0.0.1) || np_fail "stunclient $flags (5780) failed or hung: $out"
   echo "$out" | sed "s/^/  5780 $flags | /"
   [ "$(echo "$out" | grep -c "^RFC 5780 response")" = 3 ] || np_fail "expected 3 RFC 5780 responses"
   origins=$(echo "$out" | sed -n 's/.*Response origin: *: *\([0-9.:]*\).*/\1/p' | sort -u | tr '\n' ' ')
@@ -93,7 +105,7 @@ echo "$out" | grep -q "NAT with Endpoint Independent Filtering" || np_fail "filt
 # --- IPv6, when the host has ::1 ---
 if ss -Hlun >/dev/null 2>&1 && ip -6 addr show dev lo 2>/dev/null | grep -q "::1"; then
   start_server v6 --listen "[::1]:P1" --alt-port P2 --threads 1
-  out=$(timeout 10 turnutils_stunclient -p "$v6_p1" ::1) || np_fail "stunclient ::1 failed: $out"
+  out=$(retry turnutils_stunclient -p "$v6_p1" ::1) || np_fail "stunclient ::1 failed: $out"
   echo "$out" | sed 's/^/  v6 | /'
   echo "$out" | grep -qE "UDP reflexive addr: *\[?::1\]?:[0-9]+" || np_fail "no IPv6 reflexive address"
 fi
@@ -114,5 +126,5 @@ for name in full plain ${v6_pid:+v6}; do
   [ "$(get received)" = $(( $(get answered) + $(get errors_sent) )) ] || np_fail "$name: received != answered + errors_sent"
   [ "$(get dropped_malformed)" = 0 ] && [ "$(get send_failures)" = 0 ] || np_fail "$name dropped or failed: $final"
 done
-[ "$(grep "stopped; counters:" "$tmp/plain.log" | sed -n 's/.* errors_sent=\([0-9]*\).*/\1/p')" = 2 ] || np_fail "plain server should have sent two 420s"
+[ "$(grep "stopped; counters:" "$tmp/plain.log" | sed -n 's/.* errors_sent=\([0-9]*\).*/\1/p')" -ge 2 ] || np_fail "plain server should have sent two 420s"
 echo "PASS"
