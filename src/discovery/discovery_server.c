@@ -289,6 +289,7 @@ static enum ds_verdict handle(const struct np_discovery_server *srv, int sock,
   }
 
   o->sock = sock;
+  enum ds_verdict verdict = DS_ANSWER;
   np_addr dest = *from;
   /* RFC 5780 §7.5: the response goes to the port given in RESPONSE-PORT, at
    * the source IP; the IP never changes. Error responses too: a client
@@ -313,6 +314,7 @@ static enum ds_verdict handle(const struct np_discovery_server *srv, int sock,
     }
     *why = change_unsupported ? "CHANGE-REQUEST without alternate address"
                               : "unknown comprehension-required attribute";
+    verdict = DS_ERROR;
     goto reply;
   }
 
@@ -369,7 +371,7 @@ reply:
   o->use_pktinfo = srv->wildcard && np_addr_is_set(dst_ip);
   if (o->use_pktinfo)
     o->src = *dst_ip;
-  return *why ? DS_ERROR : DS_ANSWER;
+  return verdict;
 }
 
 /* ------------------------------------------------------------------------ */
