@@ -51,7 +51,6 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include <zlib.h>
 
 /* Datagrams read (and answers sent) per system call. 32 amortises the
  * syscall cost well while keeping a worker's buffers within ~90 KiB. */
@@ -67,11 +66,6 @@
 #define DS_MAX_THREADS 256
 /* RESPONSE-PORT values below this are refused (see the header comment). */
 #define DS_MIN_RESPONSE_PORT 1024
-/* Largest datagram read. The codec stops at NP_STUN_MAX_MESSAGE, but RFC
- * 5780 clients (coturn's among them) add ~1500 bytes of PADDING to probe
- * fragmentation; such requests are read up to this size and decoded
- * without their PADDING (see strip_padding()). */
-#define DS_MAX_DATAGRAM 2048
 /* Room for one IP_PKTINFO or IPV6_PKTINFO control message. */
 #define DS_CTL_LEN CMSG_SPACE(sizeof(struct in6_pktinfo))
 
@@ -124,7 +118,7 @@ struct ds_worker {
   struct iovec rx_iov[DS_BATCH];
   struct sockaddr_storage rx_name[DS_BATCH];
   union ds_ctl rx_ctl[DS_BATCH];
-  uint8_t rx_buf[DS_BATCH][DS_MAX_DATAGRAM];
+  uint8_t rx_buf[DS_BATCH][NP_STUN_MAX_MESSAGE]; /* longer datagrams arrive truncated and fail to decode */
 
   /* Send side: answers, then a per-socket view for sendmmsg(). */
   struct ds_out out[DS_BATCH];
@@ -194,63 +188,6 @@ static size_t build_420(const struct np_discovery_server *srv, const np_stun_msg
   return len > 0 ? (size_t)len : 0;
 }
 
-static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static uint32_t rd32(const uint8_t *p) {
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-/*
- * Copies a message longer than the codec accepts into out (capacity
- * NP_STUN_MAX_MESSAGE) without its PADDING and FINGERPRINT attributes, so
- * np_stun_read() can decode the rest. PADDING carries nothing (RFC 5780
- * §7.6: "the value of which does not matter"). FINGERPRINT is verified here
- * first, since the stripped copy no longer matches it, and reported through
- * *had_fingerprint. Returns the copy's length, or 0 when the message is
- * malformed or still too long without PADDING.
- */
-static size_t strip_padding(const uint8_t *in, size_t len, uint8_t *out, bool *had_fingerprint) {
-  *had_fingerprint = false;
-  if (len < NP_STUN_HEADER_LEN || len % 4 != 0 || (in[0] & 0xC0) ||
-      rd16(in + 2) != len - NP_STUN_HEADER_LEN)
-    return 0;
-  memcpy(out, in, NP_STUN_HEADER_LEN);
-  size_t olen = NP_STUN_HEADER_LEN;
-  size_t pos = NP_STUN_HEADER_LEN;
-  bool padding = false;
-  while (pos < len) {
-    if (len - pos < 4)
-      return 0;
-    uint16_t type = rd16(in + pos);
-    size_t alen = rd16(in + pos + 2);
-    size_t total = 4 + ((alen + 3) & ~(size_t)3);
-    if (total > len - pos)
-      return 0;
-    if (type == NP_STUN_ATTR_FINGERPRINT) {
-      /* RFC 8489 §14.7: last attribute, CRC-32 of everything before it
-       * XOR 0x5354554e. */
-      if (alen != 4 || pos + total != len)
-        return 0;
-      uint32_t crc = (uint32_t)crc32(0L, in, (uInt)pos) ^ 0x5354554eu;
-      if (crc != rd32(in + pos + 4))
-        return 0;
-      *had_fingerprint = true;
-    } else if (type == NP_STUN_ATTR_PADDING) {
-      padding = true;
-    } else {
-      if (total > NP_STUN_MAX_MESSAGE - olen)
-        return 0;
-      memcpy(out + olen, in + pos, total);
-      olen += total;
-    }
-    pos += total;
-  }
-  if (!padding)
-    return 0;
-  out[2] = (uint8_t)((olen - NP_STUN_HEADER_LEN) >> 8);
-  out[3] = (uint8_t)(olen - NP_STUN_HEADER_LEN);
-  return olen;
-}
-
 /* What to do with one datagram. */
 enum ds_verdict { DS_DROP_MALFORMED, DS_DROP_IGNORED, DS_DROP_POLICY, DS_ANSWER, DS_ERROR };
 
@@ -263,22 +200,14 @@ static enum ds_verdict handle(const struct np_discovery_server *srv, int sock,
                               const np_addr *from, const np_addr *dst_ip, const uint8_t *req_buf,
                               size_t req_len, struct ds_out *o, const char **why) {
   np_stun_msg req;
-  uint8_t stripped[NP_STUN_MAX_MESSAGE];
-  bool had_fingerprint = false;
-  if (req_len > NP_STUN_MAX_MESSAGE) {
-    req_len = strip_padding(req_buf, req_len, stripped, &had_fingerprint);
-    req_buf = stripped;
-  }
   /* The decoder checks everything RFC 8489 §6.3 asks before a server acts:
    * header bits, lengths, attribute bounds, FINGERPRINT. A failure is not a
    * STUN message we can trust, so it is discarded silently (§6.3: "the
    * message is discarded"). */
-  if (req_len == 0 || np_stun_read(req_buf, req_len, &req) != 0) {
+  if (np_stun_read(req_buf, req_len, &req) != 0) {
     *why = "not a valid STUN message";
     return DS_DROP_MALFORMED;
   }
-  if (had_fingerprint)
-    req.present |= NP_STUN_HAS_FINGERPRINT;
   if (req.cls != NP_STUN_REQUEST) {
     *why = "not a request";
     return DS_DROP_IGNORED;

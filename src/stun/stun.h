@@ -21,9 +21,11 @@
 #define NP_STUN_HEADER_LEN 20
 #define NP_STUN_MAGIC_COOKIE 0x2112A442u
 #define NP_STUN_TXID_LEN 12
-/* RFC 8489 §6.1: a STUN message over UDP should fit the path MTU; we accept
- * up to this many bytes and reject larger datagrams. */
-#define NP_STUN_MAX_MESSAGE 1280
+/* Largest message decoded or encoded. RFC 8489 §6.1 wants ordinary messages
+ * to fit the path MTU, but RFC 5780 §7.6 PADDING exists to push requests past
+ * it (coturn's client pads to ~1540 bytes), so the limit is above an
+ * Ethernet MTU; larger datagrams are rejected. */
+#define NP_STUN_MAX_MESSAGE 2048
 /* Most UNKNOWN-ATTRIBUTES entries we record or emit. */
 #define NP_STUN_MAX_UNKNOWN 16
 /* RFC 8489 §14.3: USERNAME is at most 513 bytes. */
