@@ -3,7 +3,11 @@
 # a user would: with pkg-config, against the shared library, and again
 # statically. Then runs the result to prove it links and loads.
 set -euo pipefail
-build=$1 src=$2
+build=$1 src=$2 kind=${3:-plain}
+# A sanitizer build's library needs the ASan runtime loaded first, so the
+# example is built the same way.
+cflags=(-std=c11 -Wall -Wextra -Werror)
+[ "$kind" = sanitize ] && cflags+=(-fsanitize=address,undefined)
 prefix=$(mktemp -d)
 trap 'rm -rf "$prefix"' EXIT
 cmake --install "$build" --prefix "$prefix" >/dev/null
@@ -14,12 +18,12 @@ libdir=$(find "$prefix" -name natpunch.pc -printf '%h\n' | head -1)
 export PKG_CONFIG_PATH=$libdir
 pc() { pkg-config --define-variable=prefix="$prefix" "$@" natpunch; }
 case "$(pc --libs)" in *"-L$prefix/"*-lnatpunch*) ;; *) echo "FAIL: pkg-config gives: $(pc --libs)"; exit 1 ;; esac
-cc -std=c11 -Wall -Wextra -Werror "$src/examples/probe.c" $(pc --cflags) $(pc --libs) \
+cc "${cflags[@]}" "$src/examples/probe.c" $(pc --cflags) $(pc --libs) \
    -o "$prefix/probe_shared"
 out=$(LD_LIBRARY_PATH=$libdir/.. "$prefix/probe_shared" 2>&1 || true)
 case "$out" in *usage:*) ;; *) echo "FAIL: example did not run: $out"; exit 1 ;; esac
 # Static: the archive plus its dependencies as shared libraries.
-cc -std=c11 -Wall -Wextra -Werror "$src/examples/probe.c" $(pc --cflags) \
+cc "${cflags[@]}" "$src/examples/probe.c" $(pc --cflags) \
    "$libdir/../libnatpunch.a" $(pkg-config --libs gnutls zlib) -lpthread -o "$prefix/probe_static"
 out=$("$prefix/probe_static" 1.2.3.4:x 2>&1 || true)
 case "$out" in *"not a numeric address"*) ;; *) echo "FAIL: static example: $out"; exit 1 ;; esac
