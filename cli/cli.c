@@ -1,6 +1,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,14 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) {
   va_end(ap);
   fprintf(stderr, "\nTry 'natpunch %s --help'.\n", cmd);
   return CLI_EXIT_USAGE;
+}
+
+int cli_option_error(const char *cmd, int c, char **argv) {
+  if (c == ':')
+    return cli_usage_error(cmd, "option '%s' needs a value", argv[optind - 1]);
+  if (optopt)
+    return cli_usage_error(cmd, "unknown option '-%c'", optopt);
+  return cli_usage_error(cmd, "unknown option '%s'", argv[optind - 1]);
 }
 
 int cli_parse_long(const char *s, long min, long max, long *out) {

@@ -24,6 +24,12 @@ void cli_log_stderr(void *user, enum np_log_level level, const char *msg);
  * and returns CLI_EXIT_USAGE, for one-line usage errors. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Reports what getopt_long() returned c ('?' unknown option, ':' option
+ * without its value) complained about, naming the option as the user typed
+ * it (also inside bundled short options such as -jx), and returns
+ * CLI_EXIT_USAGE. Call with opterr = 0 and an optstring starting with ':'. */
+int cli_option_error(const char *cmd, int c, char **argv);
+
 /* Parses a whole decimal integer in [min, max]; returns 0 or -1. Unlike
  * atoi it rejects empty strings, signs where min >= 0, and trailing junk. */
 int cli_parse_long(const char *s, long min, long max, long *out);

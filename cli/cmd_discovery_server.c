@@ -139,10 +139,8 @@ int cli_discovery_server(int argc, char **argv) {
     case 'h':
       usage(stdout);
       return CLI_EXIT_OK;
-    case ':':
-      return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
     default:
-      return cli_usage_error(CMD, "unknown option '%s'", argv[optind - 1]);
+      return cli_option_error(CMD, c, argv);
     }
   }
   if (optind < argc)

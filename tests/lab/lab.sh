@@ -75,6 +75,18 @@ lab_log() { [ "$LAB_VERBOSE" = 1 ] && echo "lab: $*" >&2; return 0; }
 lab_die() { echo "lab: error: $*" >&2; exit 1; }
 
 # Exit 77 (ctest's skip code) with a reason unless we can build the lab.
+# Assertions for lab tests: lab_check WHAT GOT WANT prints ok/FAIL and
+# counts failures in LAB_FAILS, which a test turns into its exit status.
+LAB_FAILS=0
+lab_check() {
+  if [ "$2" = "$3" ]; then
+    echo "  ok   $1: $2"
+  else
+    echo "  FAIL $1: got '$2', want '$3'"
+    LAB_FAILS=$((LAB_FAILS + 1))
+  fi
+}
+
 lab_require_root() {
   if [ "$(id -u)" -ne 0 ]; then
     echo "lab: SKIP: the NAT lab needs root (network namespaces, nftables); run as root" >&2

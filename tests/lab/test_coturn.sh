@@ -14,15 +14,6 @@ for t in turnserver turnutils_natdiscovery; do
   command -v "$t" >/dev/null 2>&1 || { echo "SKIP: $t not found (apt-get install coturn)" >&2; exit 77; }
 done
 
-fails=0
-check() { # check WHAT GOT WANT
-  if [ "$2" = "$3" ]; then
-    echo "  ok   $1: $2"
-  else
-    echo "  FAIL $1: got '$2', want '$3'"
-    fails=$((fails + 1))
-  fi
-}
 
 lab_init
 logs=$(mktemp -d "/tmp/${LAB_ID}-coturn-$kind.XXXXXX")
@@ -46,46 +37,46 @@ mapfile -t refl < <(sed -n 's/.*UDP reflexive addr: \([0-9.]*:[0-9]*\).*/\1/p' <
 lport=$(sed -n 's/.*Local addr: : [0-9.]*:\([0-9]*\).*/\1/p' <<<"$out" | head -n1)
 ip0=${refl[0]%:*} port0=${refl[0]#*:}
 
-check "mapped IP" "$ip0" "$(lab_pubip h)"
+lab_check "mapped IP" "$ip0" "$(lab_pubip h)"
 case "$kind" in
   open)
-    check mapping "$mapping" "Endpoint Independent"
-    check filtering "$filtering" "Endpoint Independent"
-    check "mapped port = local port" "$port0" "$lport" ;;
+    lab_check mapping "$mapping" "Endpoint Independent"
+    lab_check filtering "$filtering" "Endpoint Independent"
+    lab_check "mapped port = local port" "$port0" "$lport" ;;
   cone | double)
-    check mapping "$mapping" "Endpoint Independent"
-    check filtering "$filtering" "Address and Port Dependent"
-    check "mapped port = local port" "$port0" "$lport" ;;
+    lab_check mapping "$mapping" "Endpoint Independent"
+    lab_check filtering "$filtering" "Address and Port Dependent"
+    lab_check "mapped port = local port" "$port0" "$lport" ;;
   addr)
-    check mapping "$mapping" "Endpoint Independent"
-    check filtering "$filtering" "Address Dependent"
-    check "mapped port = local port" "$port0" "$lport" ;;
+    lab_check mapping "$mapping" "Endpoint Independent"
+    lab_check filtering "$filtering" "Address Dependent"
+    lab_check "mapped port = local port" "$port0" "$lport" ;;
   fullcone)
-    check mapping "$mapping" "Endpoint Independent"
-    check filtering "$filtering" "Endpoint Independent"
-    check "mapped port = local port" "$port0" "$lport" ;;
+    lab_check mapping "$mapping" "Endpoint Independent"
+    lab_check filtering "$filtering" "Endpoint Independent"
+    lab_check "mapped port = local port" "$port0" "$lport" ;;
   symmetric)
-    check mapping "$mapping" "Address and Port Dependent"
-    check filtering "$filtering" "Address and Port Dependent"
+    lab_check mapping "$mapping" "Address and Port Dependent"
+    lab_check filtering "$filtering" "Address and Port Dependent"
     # Three mappings in a row (to s1, alt IP, alt IP + alt port): n, n+1, n+2.
     p1=${refl[1]#*:} p2=${refl[2]#*:}
-    check "sequential ports" "$((p1 - port0)),$((p2 - p1))" "1,1" ;;
+    lab_check "sequential ports" "$((p1 - port0)),$((p2 - p1))" "1,1" ;;
   random)
-    check mapping "$mapping" "Address and Port Dependent"
-    check filtering "$filtering" "Address and Port Dependent"
+    lab_check mapping "$mapping" "Address and Port Dependent"
+    lab_check filtering "$filtering" "Address and Port Dependent"
     p1=${refl[1]#*:}
     [ "$port0" != "$lport" ] && pp=no || pp=yes
-    check "port preserved" "$pp" "no"
+    lab_check "port preserved" "$pp" "no"
     [ "$p1" != "$port0" ] && diff=yes || diff=no
-    check "new port per destination" "$diff" "yes" ;;
+    lab_check "new port per destination" "$diff" "yes" ;;
   *) echo "no expectations for kind '$kind'"; exit 2 ;;
 esac
 
-if [ "$fails" -ne 0 ]; then
+if [ "$LAB_FAILS" -ne 0 ]; then
   echo "--- natdiscovery output"
   echo "$out"
   lab_conntrack h
-  echo "FAIL: $fails check(s) failed for kind '$kind'"
+  echo "FAIL: $LAB_FAILS check(s) failed for kind '$kind'"
   exit 1
 fi
 echo "PASS: coturn sees a '$kind' NAT as expected"

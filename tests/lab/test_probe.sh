@@ -16,19 +16,10 @@ case "$cli" in /*) ;; *) cli="$PWD/$cli" ;; esac
 lab_require_root
 command -v jq >/dev/null 2>&1 || { echo "SKIP: jq not found (apt-get install jq)" >&2; exit 77; }
 
-fails=0
-check() { # check WHAT GOT WANT
-  if [ "$2" = "$3" ]; then
-    echo "  ok   $1: $2"
-  else
-    echo "  FAIL $1: got '$2', want '$3'"
-    fails=$((fails + 1))
-  fi
-}
 check_if() { # check_if WHAT GOT WANT-TEXT COMMAND...: passes if COMMAND succeeds
   local what=$1 got=$2 want=$3
   shift 3
-  if "$@"; then echo "  ok   $what: $got"; else echo "  FAIL $what: got '$got', want $want"; fails=$((fails + 1)); fi
+  if "$@"; then echo "  ok   $what: $got"; else echo "  FAIL $what: got '$got', want $want"; LAB_FAILS=$((LAB_FAILS + 1)); fi
 }
 
 lab_init
@@ -55,7 +46,7 @@ cat "$logs/probe.json"
 j() { jq -r "$1" "$logs/probe.json"; }
 
 # Shape: every field there, with its type.
-check "field types" "$(j '[(.local|type), (.mapped|type), (.mapped|length), (.delta|type),
+lab_check "field types" "$(j '[(.local|type), (.mapped|type), (.mapped|length), (.delta|type),
   (.mapping|type), (.filtering|type), (.port_preserving|type), (.nat|type),
   (.hairpinning|type|IN("boolean","null")), (.rfc5780|type)] | join(",")')" \
   "string,array,2,number,string,string,boolean,boolean,true,boolean"
@@ -66,55 +57,55 @@ m0ip=${m0%:*} m0port=${m0##*:} m1ip=${m1%:*} m1port=${m1##*:}
 for v in "$local_port" "$m0port" "$m1port"; do
   [[ $v =~ ^[0-9]+$ ]] || { echo "FAIL: local/mapped are not ip:port strings"; exit 1; }
 done
-if [ "$local_ip" != 0.0.0.0 ]; then check "local IP" "$local_ip" "$(lab_ip h)"; fi
-check "mapped[0] IP (the NAT's public IP)" "$m0ip" "$pub"
-check "mapped[1] IP" "$m1ip" "$pub"
-check "delta = mapped[1] port - mapped[0] port" "$(j .delta)" "$((m1port - m0port))"
-check "rfc5780 (s1 has an alternate address)" "$(j .rfc5780)" true
+if [ "$local_ip" != 0.0.0.0 ]; then lab_check "local IP" "$local_ip" "$(lab_ip h)"; fi
+lab_check "mapped[0] IP (the NAT's public IP)" "$m0ip" "$pub"
+lab_check "mapped[1] IP" "$m1ip" "$pub"
+lab_check "delta = mapped[1] port - mapped[0] port" "$(j .delta)" "$((m1port - m0port))"
+lab_check "rfc5780 (s1 has an alternate address)" "$(j .rfc5780)" true
 
 # The lab's NATs do not hairpin (a packet from the LAN to the NAT's own public
 # address is not looped back), and without a NAT there is nothing to test.
 if [ "$kind" = open ]; then want=null; else want=false; fi
-check hairpinning "$(j .hairpinning)" "$want"
+lab_check hairpinning "$(j .hairpinning)" "$want"
 
 delta=$(j .delta)
 [[ $delta =~ ^-?[0-9]+$ ]] || { echo "FAIL: delta is not an integer: $delta"; exit 1; }
 case "$kind" in
   open)
-    check nat "$(j .nat)" false
-    check mapping "$(j .mapping)" endpoint-independent
-    check filtering "$(j .filtering)" endpoint-independent
-    check port_preserving "$(j .port_preserving)" true
-    check "mapped[0] port = local port" "$m0port" "$local_port"
-    check delta "$delta" 0 ;;
+    lab_check nat "$(j .nat)" false
+    lab_check mapping "$(j .mapping)" endpoint-independent
+    lab_check filtering "$(j .filtering)" endpoint-independent
+    lab_check port_preserving "$(j .port_preserving)" true
+    lab_check "mapped[0] port = local port" "$m0port" "$local_port"
+    lab_check delta "$delta" 0 ;;
   cone | double | addr | fullcone)
-    check nat "$(j .nat)" true
-    check mapping "$(j .mapping)" endpoint-independent
+    lab_check nat "$(j .nat)" true
+    lab_check mapping "$(j .mapping)" endpoint-independent
     case "$kind" in
       fullcone) want=endpoint-independent ;;
       addr) want=address-dependent ;;
       *) want=address-and-port-dependent ;;
     esac
-    check filtering "$(j .filtering)" "$want"
-    check port_preserving "$(j .port_preserving)" true
-    check "mapped[0] port = local port" "$m0port" "$local_port"
-    check delta "$delta" 0 ;;
+    lab_check filtering "$(j .filtering)" "$want"
+    lab_check port_preserving "$(j .port_preserving)" true
+    lab_check "mapped[0] port = local port" "$m0port" "$local_port"
+    lab_check delta "$delta" 0 ;;
   symmetric)
     # A new public port per remote address:port, taken in order from 20000:
     # address-and-port-dependent mapping, and a small positive delta (the
     # RFC 5780 tests in between may take a few ports of the sequence).
-    check nat "$(j .nat)" true
-    check mapping "$(j .mapping)" address-and-port-dependent
-    check filtering "$(j .filtering)" address-and-port-dependent
-    check port_preserving "$(j .port_preserving)" false
+    lab_check nat "$(j .nat)" true
+    lab_check mapping "$(j .mapping)" address-and-port-dependent
+    lab_check filtering "$(j .filtering)" address-and-port-dependent
+    lab_check port_preserving "$(j .port_preserving)" false
     check_if "delta (sequential)" "$delta" "1..8" test "$delta" -ge 1 -a "$delta" -le 8
     check_if "mapped[0] port in the NAT's sequence" "$m0port" "20000..$((20000 + LAB_SYM_PORTS - 1))" \
       test "$m0port" -ge 20000 -a "$m0port" -lt $((20000 + LAB_SYM_PORTS)) ;;
   random)
-    check nat "$(j .nat)" true
-    check mapping "$(j .mapping)" address-and-port-dependent
-    check filtering "$(j .filtering)" address-and-port-dependent
-    check port_preserving "$(j .port_preserving)" false
+    lab_check nat "$(j .nat)" true
+    lab_check mapping "$(j .mapping)" address-and-port-dependent
+    lab_check filtering "$(j .filtering)" address-and-port-dependent
+    lab_check port_preserving "$(j .port_preserving)" false
     check_if "delta (a new random port per server)" "$delta" "non-zero" test "$delta" -ne 0 ;;
   *) echo "no expectations for kind '$kind'"; exit 2 ;;
 esac
@@ -123,15 +114,15 @@ esac
 rc=0
 lab_exec h timeout 60 "$cli" probe --discovery "$LAB_S1:3478" --discovery "$LAB_S2:3478" \
   >"$logs/probe.txt" 2>&1 || rc=$?
-check "human report exit status" "$rc" 0
+lab_check "human report exit status" "$rc" 0
 if grep -q "$pub" "$logs/probe.txt"; then echo "  ok   human report names $pub"; else
-  echo "  FAIL human report does not name the public IP $pub"; fails=$((fails + 1)); fi
+  echo "  FAIL human report does not name the public IP $pub"; LAB_FAILS=$((LAB_FAILS + 1)); fi
 
-if [ "$fails" -ne 0 ]; then
+if [ "$LAB_FAILS" -ne 0 ]; then
   echo "--- probe stderr"; cat "$logs/probe.err"
   echo "--- human report"; cat "$logs/probe.txt"
   lab_conntrack h
-  echo "FAIL: $fails check(s) failed for kind '$kind'"
+  echo "FAIL: $LAB_FAILS check(s) failed for kind '$kind'"
   exit 1
 fi
 echo "PASS: natpunch probe sees a '$kind' NAT as expected"
