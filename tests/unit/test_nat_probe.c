@@ -241,6 +241,17 @@ static np_probe_config config(const struct world *w, int n_servers) {
   return c;
 }
 
+/* Runs a default-configured probe against the world; *took (if wanted)
+ * gets the simulated time it needed. Returns np_nat_probe_result()'s code. */
+static int probe(struct world *w, int n_servers, np_probe_result *r, int64_t *took) {
+  np_probe_config c = config(w, n_servers);
+  int rc;
+  int64_t t = run(w, &c, r, &rc);
+  if (took)
+    *took = t;
+  return rc;
+}
+
 /* ---- tests ------------------------------------------------------------- */
 
 static void no_nat(void **state) {
@@ -248,10 +259,9 @@ static void no_nat(void **state) {
   struct world w;
   world_init(&w);
   w.nat = false;
-  np_probe_config c = config(&w, 2);
   np_probe_result r;
-  int rc;
-  int64_t took = run(&w, &c, &r, &rc);
+  int64_t took;
+  int rc = probe(&w, 2, &r, &took);
   assert_int_equal(rc, 0);
   assert_false(r.nat);
   assert_true(r.port_preserving);
@@ -280,10 +290,9 @@ static void all_behaviours(void **state) {
       world_init(&w);
       w.mapping = kinds[mi];
       w.filtering = kinds[fi];
-      np_probe_config c = config(&w, 2);
       np_probe_result r;
-      int rc;
-      int64_t took = run(&w, &c, &r, &rc);
+      int64_t took;
+      int rc = probe(&w, 2, &r, &took);
       assert_int_equal(rc, 0);
       assert_true(r.nat);
       assert_false(r.port_preserving);
@@ -311,10 +320,8 @@ static void port_preserving_cone(void **state) {
   struct world w;
   world_init(&w);
   w.preserve_port = true;
-  np_probe_config c = config(&w, 2);
   np_probe_result r;
-  int rc;
-  run(&w, &c, &r, &rc);
+  int rc = probe(&w, 2, &r, NULL);
   assert_int_equal(rc, 0);
   assert_true(r.nat);
   assert_true(r.port_preserving);
@@ -330,16 +337,16 @@ static void hairpinning(void **state) {
     w.hairpin = hp == 1;
     w.hairpin_silent = hp == 2;                     /* judged by silence instead of an ICMP error */
     w.filtering = NP_BEHAVIOR_ENDPOINT_INDEPENDENT; /* so the loop-back passes the filter */
-    np_probe_config c = config(&w, 2);
     np_probe_result r;
-    int rc;
-    run(&w, &c, &r, &rc);
+    int rc = probe(&w, 2, &r, NULL);
     assert_int_equal(rc, 0);
     assert_int_equal(r.hairpinning, hp == 1 ? NP_YES : NP_NO);
+    np_probe_config c = config(&w, 2);
     c.no_hairpin = true;
     world_init(&w);
     w.hairpin = hp == 1;
     run(&w, &c, &r, &rc);
+    assert_int_equal(rc, 0);
     assert_int_equal(r.hairpinning, NP_UNKNOWN);
   }
 }
@@ -349,10 +356,8 @@ static void no_rfc5780(void **state) {
   struct world w;
   world_init(&w);
   w.s1_rfc5780 = false;
-  np_probe_config c = config(&w, 2);
   np_probe_result r;
-  int rc;
-  run(&w, &c, &r, &rc);
+  int rc = probe(&w, 2, &r, NULL);
   assert_int_equal(rc, 0);
   assert_false(r.rfc5780);
   assert_int_equal(r.mapping, NP_BEHAVIOR_UNKNOWN);
@@ -367,10 +372,8 @@ static void server_ignoring_change_request(void **state) {
   struct world w;
   world_init(&w);
   w.s1_ignores_change = true;
-  np_probe_config c = config(&w, 2);
   np_probe_result r;
-  int rc;
-  run(&w, &c, &r, &rc);
+  int rc = probe(&w, 2, &r, NULL);
   assert_int_equal(rc, 0);
   assert_int_equal(r.filtering, NP_BEHAVIOR_UNKNOWN);
   assert_int_equal(r.mapping, NP_BEHAVIOR_ENDPOINT_INDEPENDENT);
@@ -403,10 +406,8 @@ static void second_server_down(void **state) {
   struct world w;
   world_init(&w);
   w.s2_down = true;
-  np_probe_config c = config(&w, 2);
   np_probe_result r;
-  int rc;
-  run(&w, &c, &r, &rc);
+  int rc = probe(&w, 2, &r, NULL);
   assert_int_equal(rc, 0);
   assert_int_equal(r.n_mapped, 1);
   assert_false(r.have_delta);
@@ -418,10 +419,8 @@ static void single_server(void **state) {
   (void)state;
   struct world w;
   world_init(&w);
-  np_probe_config c = config(&w, 1);
   np_probe_result r;
-  int rc;
-  run(&w, &c, &r, &rc);
+  int rc = probe(&w, 1, &r, NULL);
   assert_int_equal(rc, 0);
   assert_int_equal(r.n_mapped, 1);
   assert_false(r.have_delta);
@@ -433,10 +432,8 @@ static void lossy_start(void **state) {
   struct world w;
   world_init(&w);
   w.drop_first = 6; /* the first transmission of every initial request */
-  np_probe_config c = config(&w, 2);
   np_probe_result r;
-  int rc;
-  run(&w, &c, &r, &rc);
+  int rc = probe(&w, 2, &r, NULL);
   assert_int_equal(rc, 0);
   assert_int_equal(r.mapping, NP_BEHAVIOR_ENDPOINT_INDEPENDENT);
   assert_int_equal(r.filtering, NP_BEHAVIOR_ADDRESS_AND_PORT_DEPENDENT);
@@ -448,10 +445,9 @@ static void error_response(void **state) {
   struct world w;
   world_init(&w);
   w.s1_error = 400;
-  np_probe_config c = config(&w, 2);
   np_probe_result r;
-  int rc;
-  int64_t took = run(&w, &c, &r, &rc);
+  int64_t took;
+  int rc = probe(&w, 2, &r, &took);
   assert_int_equal(rc, NP_ERR_PROTO);
   assert_int_equal(r.server_error_code[0], 400);
   assert_int_equal(took, 0); /* an error answer ends it at once */
