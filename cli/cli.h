@@ -15,6 +15,9 @@ enum {
 /* Subcommand entry points; argv[0] is the subcommand name. */
 int cli_discovery_server(int argc, char **argv);
 int cli_probe(int argc, char **argv);
+int cli_keygen(int argc, char **argv);
+int cli_id(int argc, char **argv);
+int cli_rendezvous_server(int argc, char **argv);
 
 /* Log sink writing "natpunch: LEVEL: msg" lines to stderr; user is unused.
  * Thread-safe (one fprintf per line). */

@@ -13,6 +13,9 @@ struct command {
 static const struct command commands[] = {
     {"discovery-server", cli_discovery_server, "run a STUN discovery server (RFC 8489/5780)"},
     {"probe", cli_probe, "ask discovery servers what this host's NAT does"},
+    {"keygen", cli_keygen, "write a new identity key (Ed25519)"},
+    {"id", cli_id, "print this peer's ID (the text form of its public key)"},
+    {"rendezvous-server", cli_rendezvous_server, "run a rendezvous (signaling) server"},
 };
 
 static void usage(FILE *out) {

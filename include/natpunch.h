@@ -260,6 +260,117 @@ typedef struct np_probe_result {
  * on bad configuration or socket errors. */
 NP_EXPORT int np_probe_run(const np_probe_config *cfg, np_probe_result *out);
 
+
+/* ------------------------------------------------------------------------ */
+/* Identity: long-term Ed25519 keys and peer IDs                             */
+/* ------------------------------------------------------------------------ */
+
+/* A peer ID is the lowercase RFC 4648 base32 form (no padding) of the 32-byte
+ * Ed25519 public key: 52 characters. It is what users share. */
+#define NP_PEER_ID_LEN 52
+#define NP_PUBKEY_LEN 32
+#define NP_SIGNATURE_LEN 64
+
+typedef struct np_identity np_identity;
+
+/* Makes a new random keypair (libsodium). Returns 0 or NP_ERR_NOMEM /
+ * NP_ERR_SYS. */
+NP_EXPORT int np_identity_generate(np_identity **out);
+
+/* Writes the secret key to path with mode 0600, creating parent directories
+ * (mode 0700) as needed. Refuses to replace an existing file unless
+ * overwrite is true (NP_ERR_INVAL, errno EEXIST). The file is written to a
+ * temporary name and renamed, so a crash never leaves half a key. */
+NP_EXPORT int np_identity_save(const np_identity *id, const char *path, bool overwrite);
+
+/* Reads a key file written by np_identity_save(). Fails with NP_ERR_PROTO
+ * for a malformed file and NP_ERR_AUTH when the file is readable by group or
+ * others (like ssh, a leaked key is refused rather than used). */
+NP_EXPORT int np_identity_load(const char *path, np_identity **out);
+
+/* Loads path, or when it does not exist generates a key and saves it there
+ * (*created set to true). path NULL means the default,
+ * $XDG_CONFIG_HOME/natpunch/key or ~/.config/natpunch/key. */
+NP_EXPORT int np_identity_load_or_create(const char *path, np_identity **out, bool *created);
+
+/* The default key path (see above) into buf; NP_ERR_NOSPACE if too small,
+ * NP_ERR_INVAL when neither XDG_CONFIG_HOME nor HOME is set. */
+NP_EXPORT int np_identity_default_path(char *buf, size_t size);
+
+/* The public key. */
+NP_EXPORT void np_identity_public_key(const np_identity *id, uint8_t out[NP_PUBKEY_LEN]);
+
+/* The peer ID, NUL-terminated (buf of at least NP_PEER_ID_LEN + 1). */
+NP_EXPORT void np_identity_peer_id(const np_identity *id, char buf[NP_PEER_ID_LEN + 1]);
+
+/* Signs len bytes (Ed25519, detached). */
+NP_EXPORT void np_identity_sign(const np_identity *id, const uint8_t *msg, size_t len,
+                                uint8_t sig[NP_SIGNATURE_LEN]);
+
+/* Verifies a detached signature by pubkey. Returns 0 or NP_ERR_AUTH. */
+NP_EXPORT int np_signature_verify(const uint8_t pubkey[NP_PUBKEY_LEN], const uint8_t *msg,
+                                  size_t len, const uint8_t sig[NP_SIGNATURE_LEN]);
+
+/* Parses a peer ID (case-insensitive, surrounding whitespace not allowed)
+ * into a public key. Returns 0 or NP_ERR_INVAL. */
+NP_EXPORT int np_peer_id_parse(const char *text, uint8_t pubkey[NP_PUBKEY_LEN]);
+
+/* Formats a public key as a peer ID. */
+NP_EXPORT void np_peer_id_format(const uint8_t pubkey[NP_PUBKEY_LEN],
+                                 char buf[NP_PEER_ID_LEN + 1]);
+
+/* Wipes and frees the key. NULL is fine. */
+NP_EXPORT void np_identity_free(np_identity *id);
+
+/* ------------------------------------------------------------------------ */
+/* Rendezvous server                                                         */
+/* ------------------------------------------------------------------------ */
+
+typedef struct np_rendezvous_server np_rendezvous_server;
+
+typedef struct np_rendezvous_server_config {
+  np_addr listen;               /* TCP address; port 0 = ephemeral */
+  int max_connections;          /* 0 = 20000 (raises RLIMIT_NOFILE as needed) */
+  int max_unauthenticated;      /* 0 = 1024 connections not yet registered */
+  int auth_timeout_ms;          /* 0 = 10000: hello..registered must fit */
+  int idle_timeout_ms;          /* 0 = 90000 without any frame from a peer */
+  int max_frame;                /* 0 = NP_SIG_MAX_FRAME (16384) */
+  int msgs_per_sec;             /* 0 = 20 per connection, burst twice that */
+  np_log_fn log;
+  void *log_user;
+  enum np_log_level log_level;
+} np_rendezvous_server_config;
+
+typedef struct np_rendezvous_stats {
+  uint64_t connections;   /* accepted so far */
+  uint64_t open;          /* open now */
+  uint64_t registered;    /* registered peers now */
+  uint64_t registrations; /* successful registrations so far */
+  uint64_t offers, answers, errors_sent;
+  uint64_t closed_bad_frame, closed_idle, closed_auth, closed_rate, refused_full;
+} np_rendezvous_stats;
+
+/* Creates the server and binds/listens (so errors surface here). Starts no
+ * thread. */
+NP_EXPORT int np_rendezvous_server_new(const np_rendezvous_server_config *cfg,
+                                       np_rendezvous_server **out);
+
+/* Runs the epoll loop on the calling thread until np_rendezvous_server_stop(). */
+NP_EXPORT int np_rendezvous_server_run(np_rendezvous_server *srv);
+
+/* Asks a running server to stop; async-signal-safe (eventfd write). */
+NP_EXPORT void np_rendezvous_server_stop(np_rendezvous_server *srv);
+
+/* Copies the counters. Safe from any thread while running. */
+NP_EXPORT void np_rendezvous_server_stats(const np_rendezvous_server *srv,
+                                          np_rendezvous_stats *out);
+
+/* The bound TCP address (after port 0). */
+NP_EXPORT const np_addr *np_rendezvous_server_local(const np_rendezvous_server *srv);
+
+/* Frees a stopped server, closing every connection. NULL is fine. */
+NP_EXPORT void np_rendezvous_server_free(np_rendezvous_server *srv);
+
 #ifdef __cplusplus
 }
 #endif

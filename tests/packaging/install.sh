@@ -24,7 +24,7 @@ out=$(LD_LIBRARY_PATH=$libdir/.. "$prefix/probe_shared" 2>&1 || true)
 case "$out" in *usage:*) ;; *) echo "FAIL: example did not run: $out"; exit 1 ;; esac
 # Static: the archive plus its dependencies as shared libraries.
 cc "${cflags[@]}" "$src/examples/probe.c" $(pc --cflags) \
-   "$libdir/../libnatpunch.a" $(pkg-config --libs gnutls zlib) -lpthread -o "$prefix/probe_static"
+   "$libdir/../libnatpunch.a" $(pkg-config --libs gnutls zlib libsodium) -lpthread -o "$prefix/probe_static"
 out=$("$prefix/probe_static" 1.2.3.4:x 2>&1 || true)
 case "$out" in *"not a numeric address"*) ;; *) echo "FAIL: static example: $out"; exit 1 ;; esac
 libpath=$libdir/..

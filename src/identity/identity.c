@@ -1,0 +1,2 @@
+/* PLACEHOLDER: being written (identity). */
+#include "natpunch.h"

@@ -1,0 +1,2 @@
+/* PLACEHOLDER: being written (signaling codec). */
+#include "signaling/signaling.h"
