@@ -434,6 +434,50 @@ static void test_stamp_observed(void **state) {
   (void)unstamped;
 }
 
+/* A hand-built unsigned body whose OBSERVED sits between other TLVs (a
+ * peer or another server may order them so): stamping removes it from the
+ * middle and appends the new one. */
+static void test_stamp_observed_in_the_middle(void **state) {
+  (void)state;
+  static uint8_t frame[BUF_CAP];
+  static const uint8_t v4[8] = {4, 0, 0x1f, 0x90, 10, 0, 0, 1};
+  static const uint8_t delta[4] = {0, 0, 0, 9};
+  uint8_t *b = frame + NP_SIG_LEN_PREFIX;
+  size_t len = 0;
+  b[len++] = NP_SIG_VERSION;
+  b[len++] = NP_SIG_REGISTERED;
+  b[len++] = 0;
+  b[len++] = 0;
+  const struct {
+    uint16_t t;
+    const uint8_t *v;
+    size_t n;
+  } tlvs[] = {{NP_SIG_T_PRIVATE, v4, 8}, {NP_SIG_T_OBSERVED, v4, 8}, {NP_SIG_T_DELTA, delta, 4}};
+  for (size_t i = 0; i < 3; i++) {
+    b[len++] = (uint8_t)(tlvs[i].t >> 8);
+    b[len++] = (uint8_t)tlvs[i].t;
+    b[len++] = 0;
+    b[len++] = (uint8_t)tlvs[i].n;
+    memcpy(b + len, tlvs[i].v, tlvs[i].n);
+    len += tlvs[i].n;
+  }
+  uint32_t be = htonl((uint32_t)len);
+  memcpy(frame, &be, 4);
+  np_addr v6 = addr("[2001:db8::5]:5555"), p = addr("10.0.0.1:8080");
+  int n = np_sig_stamp_observed(frame, 4 + len, BUF_CAP, &v6);
+  assert_int_equal(n, (int)(4 + len - 12 + 24));
+  np_sig_msg d;
+  decode_frame(frame, n, &d);
+  assert_addr_equal(&d.observed, &v6);
+  assert_int_equal(d.cand.n_private, 1);
+  assert_addr_equal(&d.cand.private_addrs[0], &p);
+  assert_true(d.cand.have_delta);
+  assert_int_equal(d.cand.delta, 9);
+  assert_int_equal(count_tlv(frame, n, NP_SIG_T_OBSERVED), 1);
+  /* The new OBSERVED is last. */
+  assert_int_equal(frame[n - 24 + 1], NP_SIG_T_OBSERVED);
+}
+
 static void test_framing(void **state) {
   (void)state;
   static uint8_t buf[BUF_CAP + 8];
@@ -1140,6 +1184,7 @@ int main(void) {
       cmocka_unit_test(test_offer_signed_by_other_key),
       cmocka_unit_test(test_register_signature),
       cmocka_unit_test(test_stamp_observed),
+      cmocka_unit_test(test_stamp_observed_in_the_middle),
       cmocka_unit_test(test_framing),
       cmocka_unit_test(test_every_truncation),
       cmocka_unit_test(test_header_checks),
