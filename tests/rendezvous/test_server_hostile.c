@@ -876,6 +876,39 @@ static void test_max_connections(void **state) {
   server_stop(&s);
 }
 
+/* A registered peer that sends nothing is closed after the idle timeout;
+ * one that pings more often than that stays. Own server: short timeout. */
+static void test_idle_timeout(void **state) {
+  (void)state;
+  struct server s;
+  np_rendezvous_server_config cfg = {0};
+  cfg.idle_timeout_ms = 300;
+  server_start(&s, cfg);
+  struct peer quiet, chatty;
+  peer_init(&quiet);
+  peer_init(&chatty);
+  peer_register(&quiet, &s);
+  peer_register(&chatty, &s);
+  int64_t t0 = now_ms();
+  np_sig_msg ping = {0};
+  ping.type = NP_SIG_PING;
+  np_rendezvous_stats st;
+  for (int i = 0; i < 8; i++) {
+    tc_send_msg(chatty.c, &ping, NULL);
+    assert_int_equal(tc_read(chatty.c, WAIT_MS), NP_SIG_PONG);
+    usleep(100000);
+  }
+  tc_expect_close(quiet.c);
+  assert_true(now_ms() - t0 >= 250);
+  WAIT_FOR(&s, st, st.closed_idle == 1 && st.registered == 1);
+  /* The chatty one outlived three idle timeouts and is still registered. */
+  tc_send_msg(chatty.c, &ping, NULL);
+  assert_int_equal(tc_read(chatty.c, WAIT_MS), NP_SIG_PONG);
+  peer_free(&quiet);
+  peer_free(&chatty);
+  server_stop(&s);
+}
+
 /* A registered peer that never reads while offers pour in is closed once its
  * output queue passes the bound; the server's memory for it stays bounded
  * and the sender is unaffected. Needs a high message rate, so its own
@@ -1012,6 +1045,7 @@ int main(void) {
       cmocka_unit_test(test_out_of_order),
       cmocka_unit_test(test_rate_limit),
       cmocka_unit_test(test_max_connections),
+      cmocka_unit_test(test_idle_timeout),
       cmocka_unit_test(test_slow_reader),
       cmocka_unit_test(test_free_with_connections),
       cmocka_unit_test(test_config_errors),
