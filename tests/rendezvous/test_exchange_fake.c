@@ -1,0 +1,568 @@
+/*
+ * The rendezvous client against a fake server written with the codec in
+ * this test: it checks what a real server cannot make the client do. The
+ * client must drop offers and answers that a (misbehaving) server forwards
+ * with a bad signature, to another peer, or (offers) from a caller outside
+ * the allow list; it must notice a silent server within two keepalive
+ * intervals, back off exponentially with jitter, yield after a 409, and
+ * survive malformed and split frames. Loopback only; every wait is the
+ * shared poll loop with a deadline.
+ */
+#include "rdv_test_util.h"
+
+#include "net/addr.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+/* ---- the fake server ----------------------------------------------------- */
+
+typedef struct fake {
+  int lfd;
+  np_addr addr;
+  rdv_raw conn; /* the current client connection */
+  uint8_t nonce[NP_SIG_NONCE_LEN];
+  int accepted;
+} fake;
+
+static void fake_listen(fake *f) {
+  memset(f, 0, sizeof *f);
+  f->conn.fd = -1;
+  np_addr a = rdv_addr("127.0.0.1");
+  np_addr_set_port(&a, 0);
+  f->lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  assert_true(f->lfd >= 0);
+  assert_int_equal(bind(f->lfd, &a.u.sa, np_addr_len(&a)), 0);
+  assert_int_equal(listen(f->lfd, 16), 0);
+  f->addr = rdv_local_addr(f->lfd);
+}
+
+static void fake_close(fake *f) {
+  rdv_raw_close(&f->conn);
+  if (f->lfd >= 0)
+    close(f->lfd);
+  f->lfd = -1;
+}
+
+static bool accept_cond(void *arg) {
+  fake *f = arg;
+  int fd = accept4(f->lfd, NULL, NULL, SOCK_CLOEXEC);
+  if (fd < 0) {
+    assert_true(errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
+    return false;
+  }
+  rdv_raw_close(&f->conn);
+  rdv_raw_from_fd(&f->conn, fd);
+  f->accepted++;
+  return true;
+}
+
+static bool fake_accept(fake *f, rdv_peer **peers, int n, int timeout_ms) {
+  return rdv_run(peers, n, timeout_ms, accept_cond, f);
+}
+
+static void send_msg(fake *f, np_sig_msg *m) {
+  rdv_raw_send_msg(&f->conn, m, NULL);
+}
+
+/* Accepts the client and runs the server side of the handshake, checking
+ * what the client sends; REGISTERED carries 'observed'. */
+static void fake_register(fake *f, rdv_peer *p, rdv_peer **peers, int n, const np_addr *observed) {
+  assert_true(fake_accept(f, peers, n, RDV_WAIT_MS));
+  assert_true(rdv_raw_wait(&f->conn, peers, n, RDV_WAIT_MS));
+  assert_int_equal(f->conn.msg.type, NP_SIG_HELLO);
+  assert_memory_equal(f->conn.msg.pubkey, p->pk, NP_PUBKEY_LEN);
+
+  static np_sig_msg m;
+  memset(&m, 0, sizeof m);
+  m.type = NP_SIG_CHALLENGE;
+  m.has_nonce = true;
+  rdv_random(f->nonce, sizeof f->nonce);
+  memcpy(m.nonce, f->nonce, sizeof f->nonce);
+  /* A different address than REGISTERED's, so the test sees which one the
+   * client reports (REGISTERED's: the server's final word). */
+  m.observed = *observed;
+  np_addr_set_port(&m.observed, (uint16_t)(np_addr_port(observed) ^ 1));
+  send_msg(f, &m);
+
+  assert_true(rdv_raw_wait(&f->conn, peers, n, RDV_WAIT_MS));
+  assert_int_equal(f->conn.msg.type, NP_SIG_REGISTER);
+  assert_memory_equal(f->conn.msg.pubkey, p->pk, NP_PUBKEY_LEN);
+  assert_int_equal(np_sig_verify_register(&f->conn.msg, f->nonce), 0);
+  assert_int_equal(f->conn.msg.n_allow, p->cfg.n_allow);
+  for (int i = 0; i < p->cfg.n_allow; i++)
+    assert_memory_equal(f->conn.msg.allow[i], p->allow[i], NP_PUBKEY_LEN);
+
+  memset(&m, 0, sizeof m);
+  m.type = NP_SIG_REGISTERED;
+  m.observed = *observed;
+  send_msg(f, &m);
+  assert_true(rdv_run(peers, n, RDV_WAIT_MS, rdv_all_registered, (rdv_peer *[]){p, NULL}));
+}
+
+/* A signed OFFER/ANSWER as a peer would send it, stamped by the server. */
+static int signed_frame(uint8_t type, const rdv_peer *from, const uint8_t to[NP_PUBKEY_LEN],
+                        const uint8_t session[NP_SIG_SESSION_LEN], const np_addr *observed,
+                        uint8_t *buf, size_t cap) {
+  static np_sig_msg m;
+  memset(&m, 0, sizeof m);
+  m.type = type;
+  m.has_from = m.has_to = m.has_session = m.has_timestamp = true;
+  memcpy(m.from, from->pk, NP_PUBKEY_LEN);
+  memcpy(m.to, to, NP_PUBKEY_LEN);
+  memcpy(m.session, session, NP_SIG_SESSION_LEN);
+  m.timestamp_ms = 1;
+  m.cand = rdv_candidates(1);
+  int len = np_sig_encode(&m, from->id, buf, cap);
+  assert_true(len > 0);
+  len = np_sig_stamp_observed(buf, (size_t)len, cap, observed);
+  assert_true(len > 0);
+  return len;
+}
+
+/* PING from the fake, wait for the PONG: every frame sent before it has
+ * been handled by the client (one TCP stream, handled in order). */
+static void barrier(fake *f, rdv_peer **peers, int n) {
+  static np_sig_msg m;
+  memset(&m, 0, sizeof m);
+  m.type = NP_SIG_PING;
+  send_msg(f, &m);
+  for (;;) {
+    assert_true(rdv_raw_wait(&f->conn, peers, n, RDV_WAIT_MS));
+    if (f->conn.msg.type == NP_SIG_PONG)
+      return;
+  }
+}
+
+/* ---- tests ------------------------------------------------------------------ */
+
+/* The handshake as the server sees it: HELLO with our key, REGISTER
+ * signed over the server's nonce with the allow list, and the state
+ * sequence with the OBSERVED address the server reported. */
+static void test_fake_handshake(void **state) {
+  (void)state;
+  fake f;
+  fake_listen(&f);
+  rdv_peer *a = rdv_peer_new("A", NULL), *b = rdv_peer_new("B", NULL), *c = rdv_peer_new("C", NULL);
+  rdv_peer_allow(a, b);
+  rdv_peer_allow(a, c);
+  rdv_peer_start(a, &f.addr);
+  rdv_peer *peers[] = {a};
+
+  /* Nothing may be sent before registration. */
+  uint8_t session[NP_SIG_SESSION_LEN] = {1};
+  np_sig_candidates cand = rdv_candidates(0);
+  assert_int_equal(np_rdv_client_send_offer(a->c, b->pk, session, &cand), NP_ERR_INVAL);
+
+  np_addr observed = rdv_addr("198.51.100.9:4242");
+  fake_register(&f, a, peers, 1, &observed);
+  assert_int_equal(a->n_state[NP_RDV_CONNECTING], 1);
+  assert_int_equal(a->n_state[NP_RDV_AUTHENTICATING], 1);
+  assert_int_equal(a->n_state[NP_RDV_REGISTERED], 1);
+  assert_int_equal(a->n_state[NP_RDV_DISCONNECTED], 0);
+  assert_true(np_addr_equal(&a->observed, &observed));
+  assert_true(a->observed_null_ok);
+
+  /* An offer goes out signed by A, with our candidates. */
+  assert_int_equal(np_rdv_client_send_offer(a->c, b->pk, session, &cand), 0);
+  assert_true(rdv_raw_wait(&f.conn, peers, 1, RDV_WAIT_MS));
+  assert_int_equal(f.conn.msg.type, NP_SIG_OFFER);
+  assert_int_equal(np_sig_verify(f.conn.body, f.conn.body_len, &f.conn.msg), 0);
+  assert_memory_equal(f.conn.msg.from, a->pk, NP_PUBKEY_LEN);
+  assert_memory_equal(f.conn.msg.to, b->pk, NP_PUBKEY_LEN);
+  assert_memory_equal(f.conn.msg.session, session, NP_SIG_SESSION_LEN);
+  rdv_assert_candidates_equal(&f.conn.msg.cand, &cand);
+
+  fake_close(&f);
+  rdv_peer_free(a);
+  rdv_peer_free(b);
+  rdv_peer_free(c);
+}
+
+/* What a misbehaving server forwards must not reach the callbacks. */
+static void test_fake_drops_bad_messages(void **state) {
+  (void)state;
+  fake f;
+  fake_listen(&f);
+  rdv_peer *a = rdv_peer_new("A", NULL), *b = rdv_peer_new("B", NULL), *c = rdv_peer_new("C", NULL),
+           *d = rdv_peer_new("D", NULL);
+  rdv_peer_allow(a, b);
+  rdv_peer_start(a, &f.addr);
+  rdv_peer *peers[] = {a};
+  np_addr observed = rdv_addr("127.0.0.1:4000");
+  fake_register(&f, a, peers, 1, &observed);
+
+  static uint8_t buf[4096];
+  uint8_t s[6][NP_SIG_SESSION_LEN];
+  for (int i = 0; i < 6; i++)
+    rdv_random(s[i], sizeof s[i]);
+  np_addr seen_b = rdv_addr("192.0.2.1:1111");
+
+  /* 1. A valid offer from C, who is not on A's allow list. */
+  rdv_raw_send(&f.conn, buf, signed_frame(NP_SIG_OFFER, c, a->pk, s[0], &seen_b, buf, sizeof buf));
+  /* 2. An offer claiming to be from B whose signed part was altered. */
+  int len = signed_frame(NP_SIG_OFFER, b, a->pk, s[1], &seen_b, buf, sizeof buf);
+  uint8_t other[NP_SIG_SESSION_LEN];
+  memcpy(other, s[1], sizeof other);
+  other[0] ^= 1;
+  assert_true(rdv_patch(buf, (size_t)len, s[1], other, sizeof other));
+  rdv_raw_send(&f.conn, buf, len);
+  /* 3. B's valid offer to D, replayed to A. */
+  rdv_raw_send(&f.conn, buf, signed_frame(NP_SIG_OFFER, b, d->pk, s[2], &seen_b, buf, sizeof buf));
+  /* 4. An answer claiming to be from B, signed by C (FROM rewritten). */
+  len = signed_frame(NP_SIG_ANSWER, c, a->pk, s[3], &seen_b, buf, sizeof buf);
+  assert_true(rdv_patch(buf, (size_t)len, c->pk, b->pk, NP_PUBKEY_LEN));
+  rdv_raw_send(&f.conn, buf, len);
+  /* 5. A valid offer from B: delivered, with the server's OBSERVED. */
+  rdv_raw_send(&f.conn, buf, signed_frame(NP_SIG_OFFER, b, a->pk, s[4], &seen_b, buf, sizeof buf));
+  /* 6. A valid answer from C: answers are not subject to the allow list
+   * (they answer our own offers). */
+  rdv_raw_send(&f.conn, buf, signed_frame(NP_SIG_ANSWER, c, a->pk, s[5], &seen_b, buf, sizeof buf));
+
+  barrier(&f, peers, 1);
+  assert_int_equal(a->n_offers, 1);
+  assert_memory_equal(a->offer.session, s[4], NP_SIG_SESSION_LEN);
+  assert_memory_equal(a->offer.from, b->pk, NP_PUBKEY_LEN);
+  assert_true(np_addr_equal(&a->offer.observed, &seen_b));
+  np_sig_candidates want = rdv_candidates(1);
+  rdv_assert_candidates_equal(&a->offer.cand, &want);
+  assert_int_equal(a->n_answers, 1);
+  assert_memory_equal(a->answer.session, s[5], NP_SIG_SESSION_LEN);
+  assert_memory_equal(a->answer.from, c->pk, NP_PUBKEY_LEN);
+  /* None of this cost the registration. */
+  assert_int_equal(np_rdv_client_state(a->c), NP_RDV_REGISTERED);
+  assert_int_equal(a->n_state[NP_RDV_DISCONNECTED], 0);
+
+  fake_close(&f);
+  rdv_peer_free(a);
+  rdv_peer_free(b);
+  rdv_peer_free(c);
+  rdv_peer_free(d);
+}
+
+struct ping_ctx {
+  fake *f;
+  int pings;
+  bool answer;
+  int64_t last_tx; /* last frame the fake sent */
+};
+
+/* Plays a server that answers (or ignores) PINGs. */
+static bool ping_cond(void *arg) {
+  struct ping_ctx *x = arg;
+  while (rdv_raw_take(&x->f->conn)) {
+    assert_int_equal(x->f->conn.msg.type, NP_SIG_PING);
+    x->pings++;
+    if (x->answer) {
+      np_sig_msg m;
+      memset(&m, 0, sizeof m);
+      m.type = NP_SIG_PONG;
+      send_msg(x->f, &m);
+      x->last_tx = rdv_now();
+    }
+  }
+  return false;
+}
+
+static bool ping_until_down(void *arg) {
+  struct ping_ctx *x = arg;
+  ping_cond(arg);
+  return x->f->conn.closed;
+}
+
+/* Keepalive: a PING every ping_ms while the server answers; a server that
+ * stops answering (connection still open) is given up after two intervals,
+ * and the client comes back and registers again on its own. */
+static void test_fake_keepalive(void **state) {
+  (void)state;
+  fake f;
+  fake_listen(&f);
+  rdv_peer *a = rdv_peer_new("A", NULL);
+  a->cfg.ping_ms = 100;
+  rdv_peer_start(a, &f.addr);
+  rdv_peer *peers[] = {a};
+  np_addr observed = rdv_addr("127.0.0.1:4000");
+  fake_register(&f, a, peers, 1, &observed);
+
+  /* The server may ping too, and gets a PONG. */
+  barrier(&f, peers, 1);
+
+  struct ping_ctx x = {.f = &f, .answer = true, .last_tx = rdv_now()};
+  int64_t t0 = rdv_now();
+  rdv_run(peers, 1, 650, ping_cond, &x);
+  int64_t span = rdv_now() - t0;
+  assert_int_equal(a->n_state[NP_RDV_DISCONNECTED], 0);
+  /* One per 100 ms, give or take the loop's granularity. */
+  assert_in_range(x.pings, span / 100 - 1, span / 100 + 1);
+
+  /* Now the server goes silent. */
+  x.answer = false;
+  int64_t silent_since = x.last_tx;
+  assert_true(rdv_run(peers, 1, 2000, ping_until_down, &x));
+  int64_t dead_after = rdv_now() - silent_since;
+  assert_int_equal(a->n_state[NP_RDV_DISCONNECTED], 1);
+  /* Two intervals (200 ms) after the last frame, not one, not ten. */
+  assert_in_range(dead_after, 150, 450);
+
+  /* It reconnects (backoff 20..30 ms) and registers again by itself. */
+  fake_register(&f, a, peers, 1, &observed);
+  assert_int_equal(a->n_state[NP_RDV_REGISTERED], 2);
+
+  fake_close(&f);
+  rdv_peer_free(a);
+}
+
+/* A server that accepts but never sends CHALLENGE does not hold the
+ * client forever. */
+static void test_fake_handshake_timeout(void **state) {
+  (void)state;
+  fake f;
+  fake_listen(&f);
+  rdv_peer *a = rdv_peer_new("A", NULL);
+  a->cfg.ping_ms = 100; /* handshake bound: two intervals */
+  rdv_peer_start(a, &f.addr);
+  rdv_peer *peers[] = {a};
+  assert_true(fake_accept(&f, peers, 1, RDV_WAIT_MS));
+  int64_t t0 = rdv_now();
+  /* The client gives up and comes back: the second accept. */
+  assert_true(fake_accept(&f, peers, 1, RDV_WAIT_MS));
+  int64_t took = rdv_now() - t0;
+  assert_int_equal(a->n_state[NP_RDV_DISCONNECTED], 1);
+  assert_in_range(took, 150, 600);
+  fake_close(&f);
+  rdv_peer_free(a);
+}
+
+static bool got_error(void *arg) {
+  return ((rdv_peer *)arg)->n_errors > 0;
+}
+
+/* 409: someone else holds our ID. The client yields for about the longest
+ * backoff, while a plain connection loss is retried after the shortest. */
+static void test_fake_replaced_backs_off(void **state) {
+  (void)state;
+  fake f;
+  fake_listen(&f);
+  rdv_peer *a = rdv_peer_new("A", NULL);
+  a->cfg.backoff_min_ms = 20;
+  a->cfg.backoff_max_ms = 2000;
+  rdv_peer_start(a, &f.addr);
+  rdv_peer *peers[] = {a};
+  np_addr observed = rdv_addr("127.0.0.1:4000");
+  fake_register(&f, a, peers, 1, &observed);
+
+  /* A plain loss: back within a few tens of ms. */
+  int64_t t0 = rdv_now();
+  rdv_raw_close(&f.conn);
+  fake_register(&f, a, peers, 1, &observed);
+  assert_in_range(rdv_now() - t0, 0, 500);
+  assert_int_equal(a->n_connects, 2);
+
+  static np_sig_msg m;
+  memset(&m, 0, sizeof m);
+  m.type = NP_SIG_ERROR;
+  m.error_code = NP_SIG_E_REPLACED;
+  snprintf(m.error_text, sizeof m.error_text, "registered elsewhere");
+  send_msg(&f, &m);
+  assert_true(rdv_run(peers, 1, RDV_WAIT_MS, got_error, a));
+  assert_int_equal(a->n_errors, 1);
+  assert_int_equal(a->err_code, NP_SIG_E_REPLACED);
+  assert_false(a->err_has_session);
+  assert_string_equal(a->err_text, "registered elsewhere");
+  assert_int_equal(np_rdv_client_state(a->c), NP_RDV_DISCONNECTED);
+  /* The next attempt is scheduled near the longest backoff (jitter takes
+   * at most a quarter off) ... */
+  int64_t wait = np_rdv_client_wakeup(a->c) - a->err_at;
+  assert_in_range(wait, 1500 - 50, 2000);
+  /* ... and it really waits: no attempt in the next second. */
+  assert_false(fake_accept(&f, peers, 1, 1000));
+  assert_int_equal(a->n_connects, 2);
+
+  fake_close(&f);
+  rdv_peer_free(a);
+}
+
+static bool connects_at_least(void *arg) {
+  rdv_peer *p = arg;
+  return p->n_connects >= 9;
+}
+
+/* Nobody listening: attempts space out exponentially up to backoff_max,
+ * with jitter, and never faster than backoff_min. */
+static void test_fake_backoff_growth(void **state) {
+  (void)state;
+  fake f;
+  fake_listen(&f);
+  np_addr dead = f.addr;
+  fake_close(&f); /* the port now refuses connections */
+  rdv_peer *a = rdv_peer_new("A", NULL);
+  a->cfg.backoff_min_ms = 20;
+  a->cfg.backoff_max_ms = 320;
+  rdv_peer_start(a, &dead);
+  rdv_peer *peers[] = {a};
+  assert_true(rdv_run(peers, 1, 5000, connects_at_least, a));
+  assert_int_equal(a->n_state[NP_RDV_REGISTERED], 0);
+  /* Gap i is drawn from [b, 1.5 b] with b = 20, 40, 80, 160, 320 (at the
+   * maximum from [240, 320]); allow the loop some milliseconds. */
+  int lo[] = {20, 40, 80, 160, 240, 240, 240, 240};
+  int hi[] = {30, 60, 120, 240, 320, 320, 320, 320};
+  for (int i = 0; i < 8; i++) {
+    int64_t gap = a->connect_at[i + 1] - a->connect_at[i];
+    if (gap < lo[i] - 2 || gap > hi[i] + 25)
+      fail_msg("gap %d: %lld ms, want %d..%d", i, (long long)gap, lo[i], hi[i]);
+  }
+  rdv_peer_free(a);
+}
+
+static bool herd_done(void *arg) {
+  rdv_peer **p = arg;
+  for (; *p; p++)
+    if ((*p)->n_connects < 9)
+      return false;
+  return true;
+}
+
+/* Jitter: clients that lose the server at the same moment do not all come
+ * back at the same moments. Without jitter their ninth attempts would fall
+ * within a millisecond or two of each other. */
+static void test_fake_backoff_jitter(void **state) {
+  (void)state;
+  fake f;
+  fake_listen(&f);
+  np_addr dead = f.addr;
+  fake_close(&f);
+  enum { N = 8 };
+  rdv_peer *p[N + 1] = {0};
+  for (int i = 0; i < N; i++) {
+    p[i] = rdv_peer_new("herd", NULL);
+    p[i]->cfg.backoff_min_ms = 20;
+    p[i]->cfg.backoff_max_ms = 320;
+    rdv_peer_start(p[i], &dead);
+  }
+  assert_true(rdv_run(p, N, 5000, herd_done, p));
+  int64_t lo = INT64_MAX, hi = INT64_MIN;
+  for (int i = 0; i < N; i++) {
+    int64_t t = p[i]->connect_at[8] - p[i]->connect_at[0];
+    lo = t < lo ? t : lo;
+    hi = t > hi ? t : hi;
+  }
+  if (hi - lo < 15)
+    fail_msg("ninth attempts spread over only %lld ms", (long long)(hi - lo));
+  for (int i = 0; i < N; i++)
+    rdv_peer_free(p[i]);
+}
+
+/* Framing: a frame split byte by byte is reassembled, a malformed body is
+ * dropped without losing the connection, an oversize length prefix ends
+ * the connection (and the client comes back). */
+static void test_fake_framing(void **state) {
+  (void)state;
+  fake f;
+  fake_listen(&f);
+  rdv_peer *a = rdv_peer_new("A", NULL), *b = rdv_peer_new("B", NULL);
+  rdv_peer_start(a, &f.addr);
+  rdv_peer *peers[] = {a};
+  np_addr observed = rdv_addr("127.0.0.1:4000");
+  fake_register(&f, a, peers, 1, &observed);
+
+  static uint8_t buf[4096];
+  uint8_t s[NP_SIG_SESSION_LEN];
+  rdv_random(s, sizeof s);
+  int len = signed_frame(NP_SIG_OFFER, b, a->pk, s, &observed, buf, sizeof buf);
+  for (int i = 0; i < len; i++) {
+    rdv_raw_send(&f.conn, buf + i, 1);
+    rdv_run(peers, 1, 2, NULL, NULL);
+  }
+  barrier(&f, peers, 1);
+  assert_int_equal(a->n_offers, 1);
+  assert_memory_equal(a->offer.session, s, NP_SIG_SESSION_LEN);
+
+  /* A well-framed body with a bad reserved field. */
+  uint8_t bad[] = {0, 0, 0, 4, NP_SIG_VERSION, NP_SIG_PING, 0xff, 0xff};
+  rdv_raw_send(&f.conn, bad, sizeof bad);
+  barrier(&f, peers, 1);
+  assert_int_equal(np_rdv_client_state(a->c), NP_RDV_REGISTERED);
+
+  /* A length prefix over the limit. */
+  uint8_t huge[] = {0, 1, 0, 0, NP_SIG_VERSION, NP_SIG_PING, 0, 0};
+  rdv_raw_send(&f.conn, huge, sizeof huge);
+  fake_register(&f, a, peers, 1, &observed);
+  assert_int_equal(a->n_state[NP_RDV_DISCONNECTED], 1);
+  assert_int_equal(a->n_state[NP_RDV_REGISTERED], 2);
+
+  fake_close(&f);
+  rdv_peer_free(a);
+  rdv_peer_free(b);
+}
+
+/* The output queue is bounded: a server that stops reading makes
+ * send_offer() fail with NP_ERR_NOSPACE instead of growing memory. Bad
+ * configurations are refused. */
+static void test_fake_limits(void **state) {
+  (void)state;
+  fake f;
+  fake_listen(&f);
+  rdv_peer *a = rdv_peer_new("A", NULL), *b = rdv_peer_new("B", NULL);
+  rdv_peer_start(a, &f.addr);
+  rdv_peer *peers[] = {a};
+  np_addr observed = rdv_addr("127.0.0.1:4000");
+  fake_register(&f, a, peers, 1, &observed);
+
+  uint8_t s[NP_SIG_SESSION_LEN] = {0};
+  np_sig_candidates cand = rdv_candidates(0);
+  int rc = 0, sent = 0;
+  for (; sent < 200000; sent++) {
+    rc = np_rdv_client_send_offer(a->c, b->pk, s, &cand);
+    if (rc != 0)
+      break;
+  }
+  assert_int_equal(rc, NP_ERR_NOSPACE);
+  assert_true(sent > 10);
+  cand.n_private = NP_SIG_MAX_PRIVATE + 1;
+  assert_int_equal(np_rdv_client_send_offer(a->c, b->pk, s, &cand), NP_ERR_INVAL);
+
+  np_rdv_client *c = NULL;
+  np_rdv_client_config cfg = a->cfg;
+  cfg.identity = NULL;
+  assert_int_equal(np_rdv_client_new(&cfg, 0, &c), NP_ERR_INVAL);
+  cfg = a->cfg;
+  memset(&cfg.server, 0, sizeof cfg.server);
+  assert_int_equal(np_rdv_client_new(&cfg, 0, &c), NP_ERR_INVAL);
+  cfg = a->cfg;
+  cfg.backoff_min_ms = 500;
+  cfg.backoff_max_ms = 100;
+  assert_int_equal(np_rdv_client_new(&cfg, 0, &c), NP_ERR_INVAL);
+  cfg = a->cfg;
+  cfg.n_allow = NP_SIG_MAX_ALLOW + 1;
+  assert_int_equal(np_rdv_client_new(&cfg, 0, &c), NP_ERR_INVAL);
+  assert_null(c);
+  np_rdv_client_free(NULL);
+
+  fake_close(&f);
+  rdv_peer_free(a);
+  rdv_peer_free(b);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_fake_handshake),
+      cmocka_unit_test(test_fake_drops_bad_messages),
+      cmocka_unit_test(test_fake_keepalive),
+      cmocka_unit_test(test_fake_handshake_timeout),
+      cmocka_unit_test(test_fake_replaced_backs_off),
+      cmocka_unit_test(test_fake_backoff_growth),
+      cmocka_unit_test(test_fake_backoff_jitter),
+      cmocka_unit_test(test_fake_framing),
+      cmocka_unit_test(test_fake_limits),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
