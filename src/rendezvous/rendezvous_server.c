@@ -171,17 +171,23 @@ static char tag_listen, tag_stop;
 static void conn_log(np_rendezvous_server *srv, const struct rs_conn *c, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Starts a new one-second log window once the current one has passed,
+ * first reporting how many lines the last one suppressed. */
+static void log_window_roll(np_rendezvous_server *srv) {
+  if (srv->now - srv->log_window < 1000)
+    return;
+  if (srv->log_suppressed)
+    NP_LOGI(&srv->log, "%llu connection log lines suppressed (more than %d a second)",
+            (unsigned long long)srv->log_suppressed, RS_LOG_PER_SEC);
+  srv->log_window = srv->now;
+  srv->log_lines = 0;
+  srv->log_suppressed = 0;
+}
+
 static void conn_log(np_rendezvous_server *srv, const struct rs_conn *c, const char *fmt, ...) {
   if (!np_log_enabled(&srv->log, NP_LOG_INFO))
     return;
-  if (srv->now - srv->log_window >= 1000) {
-    if (srv->log_suppressed)
-      NP_LOGI(&srv->log, "%llu connection log lines suppressed (more than %d a second)",
-              (unsigned long long)srv->log_suppressed, RS_LOG_PER_SEC);
-    srv->log_window = srv->now;
-    srv->log_lines = 0;
-    srv->log_suppressed = 0;
-  }
+  log_window_roll(srv);
   if (srv->log_lines >= RS_LOG_PER_SEC) {
     srv->log_suppressed++;
     return;
@@ -812,6 +818,9 @@ static int expire(np_rendezvous_server *srv) {
     conn_log(srv, c, "closed: idle for %d ms", srv->idle_ms);
     conn_close(srv, c, RS_WHY_IDLE);
   }
+  /* A flood that stopped still gets its "suppressed" line. */
+  if (srv->log_suppressed)
+    log_window_roll(srv);
   int64_t next = srv->now + RS_MAX_WAIT_MS;
   if (srv->unauth.head && srv->unauth.head->deadline < next)
     next = srv->unauth.head->deadline;
