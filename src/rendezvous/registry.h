@@ -35,8 +35,10 @@ struct np_registry {
   const np_registry_ops *ops;
 };
 
-/* The in-memory registry: open addressing keyed by the public key (already
- * uniformly random, so its first bytes are the hash), grown at 50% load.
+/* The in-memory registry: open addressing, grown at 50% load. Slots are
+ * chosen by SipHash of the key under a random per-registry secret, not by
+ * the key's own bytes: anyone can grind Ed25519 keys until many share a
+ * prefix, which would turn lookups linear.
  * Returns NULL when out of memory. */
 np_registry *np_registry_memory_new(void);
 

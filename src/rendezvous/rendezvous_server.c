@@ -957,8 +957,8 @@ NP_EXPORT void np_rendezvous_server_free(np_rendezvous_server *srv) {
   free(srv);
 }
 
-/* Raises the soft descriptor limit to what max_conn needs, up to the hard
- * limit; logs when even that is not enough (the server then sheds
+/* Raises the descriptor limit to what max_conn needs (the hard limit too
+ * when privileged); logs when even that is not enough (the server then sheds
  * connections at EMFILE instead of spinning). */
 static void raise_nofile(np_rendezvous_server *srv) {
   struct rlimit rl;
@@ -967,6 +967,13 @@ static void raise_nofile(np_rendezvous_server *srv) {
   rlim_t want = (rlim_t)srv->max_conn + RS_FD_SLACK;
   if (rl.rlim_cur >= want)
     return;
+  /* With CAP_SYS_RESOURCE (root, or a unit that grants it) the hard limit
+   * can rise too, up to fs.nr_open; try that before settling for less. */
+  if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want) {
+    struct rlimit hard = {.rlim_cur = want, .rlim_max = want};
+    if (setrlimit(RLIMIT_NOFILE, &hard) == 0)
+      return;
+  }
   rlim_t target = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want ? rl.rlim_max : want;
   if (target > rl.rlim_cur) {
     struct rlimit nl = {.rlim_cur = target, .rlim_max = rl.rlim_max};
