@@ -26,6 +26,7 @@
 #include "util/clock.h"
 #include "util/log.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -57,6 +58,14 @@
  * is read on the next round). */
 #define RDV_READS_PER_PROCESS 16
 
+/* Accepted OFFER/ANSWERs remembered for replay detection (see is_fresh()). */
+#define RDV_REPLAY_RING 256
+struct rdv_seen {
+  uint8_t type;
+  uint8_t from[NP_PUBKEY_LEN];
+  uint8_t session[NP_SIG_SESSION_LEN];
+};
+
 struct np_rdv_client {
   np_rdv_client_config cfg; /* allow points at our own copy below */
   np_logger lg;
@@ -64,6 +73,9 @@ struct np_rdv_client {
   char peer_id[NP_PEER_ID_LEN + 1];
   uint8_t allow[NP_SIG_MAX_ALLOW][NP_PUBKEY_LEN];
   int n_allow;
+
+  struct rdv_seen seen[RDV_REPLAY_RING];
+  int seen_next;
 
   enum np_rdv_state state;
   int fd;
@@ -330,6 +342,38 @@ static void on_registered(np_rdv_client *c, int64_t now) {
   set_state(c, NP_RDV_REGISTERED);
 }
 
+/* Unix time for the TIMESTAMP TLV: it lets the receiver judge the age of a
+ * signed offer, which the monotonic clock cannot express across hosts. */
+static uint64_t unix_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Replay protection. A signed OFFER/ANSWER stays valid forever, so whoever
+ * relays it (the server, or anyone on the TCP path) could deliver it again.
+ * The signed TIMESTAMP bounds how old it may be; within that window a ring
+ * of recently accepted (type, sender, session) triples catches verbatim
+ * repeats. The window allows for clock skew between the peers. */
+#define RDV_REPLAY_WINDOW_MS 120000
+static_assert(RDV_REPLAY_RING >= 64, "ring must cover a window's worth of sessions");
+
+static bool is_fresh(np_rdv_client *c, const np_sig_msg *m) {
+  uint64_t now = unix_ms();
+  uint64_t age = now > m->timestamp_ms ? now - m->timestamp_ms : m->timestamp_ms - now;
+  if (age > RDV_REPLAY_WINDOW_MS)
+    return false;
+  struct rdv_seen key = {.type = m->type};
+  memcpy(key.from, m->from, sizeof key.from);
+  memcpy(key.session, m->session, sizeof key.session);
+  for (int i = 0; i < RDV_REPLAY_RING; i++)
+    if (memcmp(&c->seen[i], &key, sizeof key) == 0)
+      return false;
+  c->seen[c->seen_next] = key;
+  c->seen_next = (c->seen_next + 1) % RDV_REPLAY_RING;
+  return true;
+}
+
 /* OFFER/ANSWER: checked here whatever the server says it checked. */
 static void on_signed(np_rdv_client *c, const uint8_t *body, size_t len) {
   const np_sig_msg *m = &c->rx;
@@ -354,6 +398,11 @@ static void on_signed(np_rdv_client *c, const uint8_t *body, size_t len) {
   if (memcmp(m->to, c->pubkey, NP_PUBKEY_LEN) != 0) {
     NP_LOGW(&c->lg, "rdv %.8s: dropped %s from %.8s addressed to another peer", c->peer_id, what,
             from);
+    return;
+  }
+  if (!is_fresh(c, m)) {
+    NP_LOGW(&c->lg, "rdv %.8s: dropped %s from %.8s: replayed or outside the %d s window",
+            c->peer_id, what, from, RDV_REPLAY_WINDOW_MS / 1000);
     return;
   }
   if (m->type == NP_SIG_OFFER) {
@@ -601,14 +650,6 @@ int np_rdv_client_process(np_rdv_client *c, int64_t now, short revents) {
 
 enum np_rdv_state np_rdv_client_state(const np_rdv_client *c) {
   return c->state;
-}
-
-/* Unix time for the TIMESTAMP TLV: it lets the receiver judge the age of a
- * signed offer, which the monotonic clock cannot express across hosts. */
-static uint64_t unix_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 static int send_signed(np_rdv_client *c, uint8_t type, const uint8_t to[NP_PUBKEY_LEN],

@@ -132,4 +132,8 @@ void rdv_assert_candidates_equal(const np_sig_candidates *a, const np_sig_candid
 np_addr rdv_local_addr(int fd);
 int64_t rdv_now(void);
 
+/* Wall-clock milliseconds since the Unix epoch: what a peer puts in the
+ * TIMESTAMP of a signed OFFER/ANSWER (the client drops stale ones). */
+uint64_t rdv_unix_ms(void);
+
 #endif

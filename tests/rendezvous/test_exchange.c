@@ -155,7 +155,7 @@ static int forged_offer(const rdv_peer *signer, const rdv_peer *claimed_from, co
   memcpy(m.from, signer->pk, NP_PUBKEY_LEN);
   memcpy(m.to, to->pk, NP_PUBKEY_LEN);
   memcpy(m.session, session, NP_SIG_SESSION_LEN);
-  m.timestamp_ms = 1;
+  m.timestamp_ms = rdv_unix_ms();
   m.cand = rdv_candidates(3);
   int len = np_sig_encode(&m, signer->id, buf, cap);
   assert_true(len > 0);
@@ -288,7 +288,7 @@ static void test_exchange_impersonation(void **state) {
   memcpy(m.from, b->pk, NP_PUBKEY_LEN);
   memcpy(m.to, a->pk, NP_PUBKEY_LEN);
   memcpy(m.session, real, NP_SIG_SESSION_LEN);
-  m.timestamp_ms = 1;
+  m.timestamp_ms = rdv_unix_ms();
   rdv_raw_send_msg(&rb, &m, b->id);
   assert_true(wait_offers(peers, 1, a, 1));
   assert_int_equal(a->n_offers, 1);

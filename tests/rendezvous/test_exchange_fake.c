@@ -109,6 +109,9 @@ static void fake_register(fake *f, rdv_peer *p, rdv_peer **peers, int n, const n
   assert_true(rdv_run(peers, n, RDV_WAIT_MS, rdv_all_registered, (rdv_peer *[]){p, NULL}));
 }
 
+/* TIMESTAMP for signed_frame(): 0 means now (wall clock, as a peer sends). */
+static uint64_t frame_timestamp_ms;
+
 /* A signed OFFER/ANSWER as a peer would send it, stamped by the server. */
 static int signed_frame(uint8_t type, const rdv_peer *from, const uint8_t to[NP_PUBKEY_LEN],
                         const uint8_t session[NP_SIG_SESSION_LEN], const np_addr *observed,
@@ -120,7 +123,7 @@ static int signed_frame(uint8_t type, const rdv_peer *from, const uint8_t to[NP_
   memcpy(m.from, from->pk, NP_PUBKEY_LEN);
   memcpy(m.to, to, NP_PUBKEY_LEN);
   memcpy(m.session, session, NP_SIG_SESSION_LEN);
-  m.timestamp_ms = 1;
+  m.timestamp_ms = frame_timestamp_ms ? frame_timestamp_ms : rdv_unix_ms();
   m.cand = rdv_candidates(1);
   int len = np_sig_encode(&m, from->id, buf, cap);
   assert_true(len > 0);
@@ -247,6 +250,50 @@ static void test_fake_drops_bad_messages(void **state) {
   rdv_peer_free(b);
   rdv_peer_free(c);
   rdv_peer_free(d);
+}
+
+/* A relay that delivers a signed offer twice, or an old one, must not start
+ * sessions: the first copy is delivered, repeats and stale or far-future
+ * TIMESTAMPs are dropped, and a fresh session from the same caller still
+ * gets through. */
+static void test_fake_replay(void **state) {
+  (void)state;
+  fake f;
+  fake_listen(&f);
+  rdv_peer *a = rdv_peer_new("A", NULL), *b = rdv_peer_new("B", NULL);
+  rdv_peer_start(a, &f.addr);
+  rdv_peer *peers[] = {a};
+  np_addr observed = rdv_addr("127.0.0.1:4000");
+  fake_register(&f, a, peers, 1, &observed);
+
+  static uint8_t buf[4096];
+  uint8_t s[4][NP_SIG_SESSION_LEN];
+  for (int i = 0; i < 4; i++)
+    rdv_random(s[i], sizeof s[i]);
+  int len = signed_frame(NP_SIG_OFFER, b, a->pk, s[0], &observed, buf, sizeof buf);
+  rdv_raw_send(&f.conn, buf, len);
+  rdv_raw_send(&f.conn, buf, len);                     /* the same bytes again */
+  frame_timestamp_ms = rdv_unix_ms() - 10 * 60 * 1000; /* ten minutes old */
+  rdv_raw_send(&f.conn, buf,
+               signed_frame(NP_SIG_OFFER, b, a->pk, s[1], &observed, buf, sizeof buf));
+  frame_timestamp_ms = rdv_unix_ms() + 10 * 60 * 1000; /* ten minutes ahead */
+  rdv_raw_send(&f.conn, buf,
+               signed_frame(NP_SIG_OFFER, b, a->pk, s[2], &observed, buf, sizeof buf));
+  frame_timestamp_ms = 0;
+  barrier(&f, peers, 1);
+  assert_int_equal(a->n_offers, 1);
+  assert_memory_equal(a->offer.session, s[0], NP_SIG_SESSION_LEN);
+
+  rdv_raw_send(&f.conn, buf,
+               signed_frame(NP_SIG_OFFER, b, a->pk, s[3], &observed, buf, sizeof buf));
+  barrier(&f, peers, 1);
+  assert_int_equal(a->n_offers, 2);
+  assert_memory_equal(a->offer.session, s[3], NP_SIG_SESSION_LEN);
+  assert_int_equal(np_rdv_client_state(a->c), NP_RDV_REGISTERED);
+
+  fake_close(&f);
+  rdv_peer_free(a);
+  rdv_peer_free(b);
 }
 
 struct ping_ctx {
@@ -556,6 +603,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fake_handshake),
       cmocka_unit_test(test_fake_drops_bad_messages),
+      cmocka_unit_test(test_fake_replay),
       cmocka_unit_test(test_fake_keepalive),
       cmocka_unit_test(test_fake_handshake_timeout),
       cmocka_unit_test(test_fake_replaced_backs_off),
