@@ -15,7 +15,7 @@ help:
 	@echo "make          build everything into $(BUILD)/ (CLI: $(BUILD)/natpunch)"
 	@echo "make test     install missing packages, build (plain + ASan/UBSan + fuzz), run the suite"
 	@echo "make demo     install missing packages, build, run the NAT lab demo"
-	@echo "make bench    discovery-server benchmark against coturn (bench/discovery)"
+	@echo "make bench    benchmarks: discovery server vs coturn, rendezvous server with 10,000 peers"
 	@echo "make fuzz     run each libFuzzer target for FUZZ_SECONDS (default $(FUZZ_SECONDS))"
 	@echo "make install  install library, header, pkg-config file and CLI (PREFIX via CMAKE_FLAGS)"
 
@@ -63,6 +63,7 @@ bench:
 	@scripts/deps.sh bench
 	$(MAKE) --no-print-directory build
 	bench/discovery
+	bench/rendezvous
 
 install: build
 	cmake --install $(BUILD)

@@ -146,9 +146,11 @@ int np_sig_frame_check(const uint8_t *buf, size_t avail, size_t max_frame, size_
 int np_sig_decode(const uint8_t *body, size_t len, np_sig_msg *msg);
 
 /* Encodes msg as a whole frame (length prefix + body) into buf. For OFFER
- * and ANSWER, signs with id (whose public key must equal msg->from) and
- * appends SIGNATURE; for REGISTER signs np_sig_register_payload() and puts
- * PUBKEY; id may be NULL for unsigned types. OBSERVED is written (after the
+ * and ANSWER (which need FROM, TO, SESSION and TIMESTAMP set), signs with id
+ * (whose public key must equal msg->from) and appends SIGNATURE; for
+ * REGISTER (which needs has_nonce: the challenge), signs
+ * np_sig_register_payload() and takes PUBKEY from id; id may be NULL for
+ * unsigned types. OBSERVED is written (after the
  * signature) only when set, which only the server does. Returns the frame
  * length (> 0) or NP_ERR_NOSPACE / NP_ERR_INVAL. */
 int np_sig_encode(const np_sig_msg *msg, const np_identity *id, uint8_t *buf, size_t cap);
