@@ -1,5 +1,7 @@
-/* Shared pieces of the natpunch command-line tool. The tool uses only the
- * public API (it links the shared library); these helpers are CLI-only. */
+/* Shared pieces of the natpunch command-line tool. The tool uses the public
+ * API, except listen/connect, which drive the internal rendezvous client
+ * until the traversal engine's public agent API exists; these helpers are
+ * CLI-only. */
 #ifndef NP_CLI_H
 #define NP_CLI_H
 
@@ -18,6 +20,8 @@ int cli_probe(int argc, char **argv);
 int cli_keygen(int argc, char **argv);
 int cli_id(int argc, char **argv);
 int cli_rendezvous_server(int argc, char **argv);
+int cli_listen(int argc, char **argv);
+int cli_connect(int argc, char **argv);
 
 /* Log sink writing "natpunch: LEVEL: msg" lines to stderr; user is unused.
  * Thread-safe (one fprintf per line). */
