@@ -3,15 +3,20 @@
 
 # Prints a port that no UDP or TCP socket on this host uses, together with the next
 # $2 ports (default 0), all free on 127.0.0.1 and 127.0.0.2 alike (we bind
-# both). Starts from a number derived from our PID and a random offset, so
-# tests running in parallel start apart; callers still retry on a bind race.
+# both). Two traps avoided: the ports are taken below the kernel's ephemeral
+# range, where client connections of tests running in parallel take their
+# local ports, and sockets in every state count (a port that is the local end
+# of an established connection cannot be bound, even with SO_REUSEADDR).
+# Starts from a number derived from our PID and a random offset, so tests
+# running in parallel start apart; callers still retry on a bind race.
 np_pick_ports() {
-  local span=${1:-0} try p i used
+  local span=${1:-0} try p i used eph_lo
+  read -r eph_lo _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || eph_lo=32768
   for try in $(seq 1 50); do
-    p=$(( 20000 + ( ($$ * 7 + RANDOM) % 30000 ) ))
+    p=$(( 10000 + ( ($$ * 7 + RANDOM) % (eph_lo - 10000 - 16) ) ))
     used=0
     for i in $(seq 0 "$span"); do
-      if ss -Hltun "sport = :$((p + i))" 2>/dev/null | grep -q .; then used=1; break; fi
+      if ss -Htuan "sport = :$((p + i))" 2>/dev/null | grep -q .; then used=1; break; fi
     done
     [ "$used" = 0 ] && { echo "$p"; return 0; }
   done
