@@ -1,6 +1,13 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -60,4 +67,83 @@ int cli_parse_addr(const char *cmd, const char *opt, const char *s, uint16_t def
       opt, s, default_port ? "" : " with a port", default_port ? "" : ":3478",
       default_port ? "" : ":3478");
   return -1;
+}
+
+struct serve_thread {
+  void *srv;
+  const cli_server_ops *ops;
+  int done_fd; /* eventfd written when run returns */
+  int rc;
+};
+
+static void *serve_thread_main(void *arg) {
+  struct serve_thread *t = arg;
+  t->rc = t->ops->run(t->srv);
+  uint64_t one = 1;
+  ssize_t w = write(t->done_fd, &one, sizeof one);
+  (void)w;
+  return NULL;
+}
+
+int cli_serve(const char *cmd, void *srv, const cli_server_ops *ops) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+  if (sfd < 0) {
+    fprintf(stderr, "natpunch %s: signalfd: %s\n", cmd, strerror(errno));
+    return CLI_EXIT_FAIL;
+  }
+  struct serve_thread t = {.srv = srv, .ops = ops, .done_fd = eventfd(0, EFD_CLOEXEC)};
+  pthread_t th;
+  if (t.done_fd < 0 || pthread_create(&th, NULL, serve_thread_main, &t) != 0) {
+    fprintf(stderr, "natpunch %s: cannot start the server thread\n", cmd);
+    if (t.done_fd >= 0)
+      close(t.done_fd);
+    close(sfd);
+    return CLI_EXIT_FAIL;
+  }
+
+  int exit_code = CLI_EXIT_OK;
+  for (;;) {
+    struct pollfd p[2] = {{.fd = sfd, .events = POLLIN}, {.fd = t.done_fd, .events = POLLIN}};
+    if (poll(p, 2, -1) < 0) {
+      if (errno == EINTR)
+        continue;
+      fprintf(stderr, "natpunch %s: poll: %s\n", cmd, strerror(errno));
+      exit_code = CLI_EXIT_FAIL;
+      ops->stop(srv);
+      break;
+    }
+    if (p[1].revents) {
+      /* The server stopped on its own: only an internal failure does that. */
+      exit_code = CLI_EXIT_FAIL;
+      break;
+    }
+    if (!(p[0].revents & POLLIN))
+      continue;
+    struct signalfd_siginfo si;
+    if (read(sfd, &si, sizeof si) != (ssize_t)sizeof si)
+      continue;
+    if (si.ssi_signo == SIGUSR1) {
+      ops->stats(srv, "counters");
+      continue;
+    }
+    cli_log_stderr(NULL, NP_LOG_INFO,
+                   si.ssi_signo == SIGINT ? "SIGINT: stopping" : "SIGTERM: stopping");
+    ops->stop(srv);
+    break;
+  }
+  pthread_join(th, NULL);
+  if (t.rc != 0) {
+    fprintf(stderr, "natpunch %s: server failed: %s\n", cmd, np_strerror(t.rc));
+    exit_code = CLI_EXIT_FAIL;
+  }
+  ops->stats(srv, "stopped; counters");
+  close(t.done_fd);
+  close(sfd);
+  return exit_code;
 }

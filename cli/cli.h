@@ -23,6 +23,23 @@ int cli_rendezvous_server(int argc, char **argv);
 int cli_listen(int argc, char **argv);
 int cli_connect(int argc, char **argv);
 
+/* What cli_serve() needs from a server object (discovery, rendezvous). */
+typedef struct cli_server_ops {
+  int (*run)(void *srv);                      /* blocks until stopped */
+  void (*stop)(void *srv);                    /* async-safe stop request */
+  void (*stats)(void *srv, const char *when); /* logs the counters */
+} cli_server_ops;
+
+/* Runs a server made (not yet running) by the caller in a thread, in the
+ * foreground: SIGUSR1 logs its counters, SIGINT/SIGTERM stop it; counters are
+ * logged at exit. Signals are taken through a signalfd in this thread, so the
+ * counters are printed from ordinary code rather than a handler; they are
+ * blocked before the server thread exists, so every server thread inherits
+ * the mask (the servers start no thread before run). Returns CLI_EXIT_OK
+ * after a signal-requested stop, CLI_EXIT_FAIL when the server failed or
+ * stopped on its own. Does not free srv. */
+int cli_serve(const char *cmd, void *srv, const cli_server_ops *ops);
+
 /* Log sink writing "natpunch: LEVEL: msg" lines to stderr; user is unused.
  * Thread-safe (one fprintf per line). */
 void cli_log_stderr(void *user, enum np_log_level level, const char *msg);

@@ -2,17 +2,10 @@
  * behaviour discovery) in the foreground. */
 #include "cli.h"
 
-#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <poll.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <sys/signalfd.h>
-#include <unistd.h>
 
 #define CMD "discovery-server"
 #define DEFAULT_STUN_PORT 3478
@@ -57,24 +50,20 @@ static void log_stats(const np_discovery_server *srv, const char *when) {
            "%s: received=%" PRIu64 " answered=%" PRIu64 " errors_sent=%" PRIu64
            " dropped_malformed=%" PRIu64 " dropped_ignored=%" PRIu64 " dropped_policy=%" PRIu64
            " send_failures=%" PRIu64,
-           when, st.received, st.answered, st.errors_sent, st.dropped_malformed,
-           st.dropped_ignored, st.dropped_policy, st.send_failures);
+           when, st.received, st.answered, st.errors_sent, st.dropped_malformed, st.dropped_ignored,
+           st.dropped_policy, st.send_failures);
   cli_log_stderr(NULL, NP_LOG_INFO, msg);
 }
 
-struct runner {
-  np_discovery_server *srv;
-  int done_fd; /* eventfd written when np_discovery_server_run returns */
-  int rc;
-};
-
-static void *run_thread(void *arg) {
-  struct runner *r = arg;
-  r->rc = np_discovery_server_run(r->srv);
-  uint64_t one = 1;
-  ssize_t w = write(r->done_fd, &one, sizeof one);
-  (void)w;
-  return NULL;
+/* The server as cli_serve() drives it. */
+static int serve_run(void *srv) {
+  return np_discovery_server_run(srv);
+}
+static void serve_stop(void *srv) {
+  np_discovery_server_stop(srv);
+}
+static void serve_stats(void *srv, const char *when) {
+  log_stats(srv, when);
 }
 
 /* Parses a bare IP for --alt-ip: a port there would be ignored, so it is
@@ -82,8 +71,10 @@ static void *run_thread(void *arg) {
 static int parse_alt_ip(const char *s, np_addr *out) {
   np_addr with_port;
   if (np_addr_parse(s, 0, &with_port) == 0 || np_addr_parse(s, 1, out) != 0) {
-    cli_usage_error(CMD, "--alt-ip: '%s' is not a numeric IP address without a port "
-                         "(expected e.g. 203.0.113.2 or 2001:db8::2)", s);
+    cli_usage_error(CMD,
+                    "--alt-ip: '%s' is not a numeric IP address without a port "
+                    "(expected e.g. 203.0.113.2 or 2001:db8::2)",
+                    s);
     return -1;
   }
   return 0;
@@ -124,8 +115,7 @@ int cli_discovery_server(int argc, char **argv) {
       break;
     case 't':
       if (cli_parse_long(optarg, 1, 256, &v) != 0)
-        return cli_usage_error(CMD, "--threads: '%s' is not a number of threads (1..256)",
-                               optarg);
+        return cli_usage_error(CMD, "--threads: '%s' is not a number of threads (1..256)", optarg);
       cfg.threads = (int)v;
       break;
     case 's':
@@ -149,7 +139,8 @@ int cli_discovery_server(int argc, char **argv) {
     return cli_usage_error(CMD, "--listen IP[:PORT] is required");
   if (alt_ip_text) {
     if (cfg.alt_ip.u.sa.sa_family != cfg.listen.u.sa.sa_family)
-      return cli_usage_error(CMD, "--alt-ip '%s' is not of the same address family as --listen '%s'",
+      return cli_usage_error(CMD,
+                             "--alt-ip '%s' is not of the same address family as --listen '%s'",
                              alt_ip_text, listen_text);
     if (np_addr_same_ip(&cfg.alt_ip, &cfg.listen))
       return cli_usage_error(CMD, "--alt-ip '%s' must differ from the --listen IP", alt_ip_text);
@@ -158,77 +149,14 @@ int cli_discovery_server(int argc, char **argv) {
     return cli_usage_error(CMD, "--alt-port %u must differ from the --listen port",
                            (unsigned)cfg.alt_port);
 
-  /* Signals are taken synchronously through a signalfd in this thread, so
-   * counters are printed from ordinary code, not from a handler. They are
-   * blocked before any thread exists, so every thread inherits the mask. */
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGUSR1);
-  pthread_sigmask(SIG_BLOCK, &set, NULL);
-  int sfd = signalfd(-1, &set, SFD_CLOEXEC);
-  if (sfd < 0) {
-    fprintf(stderr, "natpunch %s: signalfd: %s\n", CMD, strerror(errno));
-    return CLI_EXIT_FAIL;
-  }
-
   np_discovery_server *srv = NULL;
   int rc = np_discovery_server_new(&cfg, &srv);
   if (rc != 0) {
     fprintf(stderr, "natpunch %s: cannot start (%s, see above)\n", CMD, np_strerror(rc));
-    close(sfd);
     return CLI_EXIT_FAIL;
   }
-  struct runner r = {.srv = srv, .done_fd = eventfd(0, EFD_CLOEXEC), .rc = 0};
-  pthread_t th;
-  if (r.done_fd < 0 || pthread_create(&th, NULL, run_thread, &r) != 0) {
-    fprintf(stderr, "natpunch %s: cannot start the server thread\n", CMD);
-    if (r.done_fd >= 0)
-      close(r.done_fd);
-    np_discovery_server_free(srv);
-    close(sfd);
-    return CLI_EXIT_FAIL;
-  }
-
-  int exit_code = CLI_EXIT_OK;
-  for (;;) {
-    struct pollfd p[2] = {{.fd = sfd, .events = POLLIN}, {.fd = r.done_fd, .events = POLLIN}};
-    if (poll(p, 2, -1) < 0) {
-      if (errno == EINTR)
-        continue;
-      fprintf(stderr, "natpunch %s: poll: %s\n", CMD, strerror(errno));
-      exit_code = CLI_EXIT_FAIL;
-      np_discovery_server_stop(srv);
-      break;
-    }
-    if (p[1].revents) {
-      /* The server stopped on its own: only an internal failure does that. */
-      exit_code = CLI_EXIT_FAIL;
-      break;
-    }
-    if (!(p[0].revents & POLLIN))
-      continue;
-    struct signalfd_siginfo si;
-    if (read(sfd, &si, sizeof si) != (ssize_t)sizeof si)
-      continue;
-    if (si.ssi_signo == SIGUSR1) {
-      log_stats(srv, "counters");
-      continue;
-    }
-    cli_log_stderr(NULL, NP_LOG_INFO, si.ssi_signo == SIGINT ? "SIGINT: stopping"
-                                                             : "SIGTERM: stopping");
-    np_discovery_server_stop(srv);
-    break;
-  }
-  pthread_join(th, NULL);
-  if (r.rc != 0) {
-    fprintf(stderr, "natpunch %s: server failed: %s\n", CMD, np_strerror(r.rc));
-    exit_code = CLI_EXIT_FAIL;
-  }
-  log_stats(srv, "stopped; counters");
+  static const cli_server_ops ops = {serve_run, serve_stop, serve_stats};
+  int exit_code = cli_serve(CMD, srv, &ops);
   np_discovery_server_free(srv);
-  close(r.done_fd);
-  close(sfd);
   return exit_code;
 }

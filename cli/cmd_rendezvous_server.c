@@ -2,17 +2,10 @@
  * exchange offers and answers through, in the foreground. */
 #include "cli.h"
 
-#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <poll.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <sys/signalfd.h>
-#include <unistd.h>
 
 #define CMD "rendezvous-server"
 
@@ -67,19 +60,15 @@ static void log_stats(const np_rendezvous_server *srv, const char *when) {
   cli_log_stderr(NULL, NP_LOG_INFO, msg);
 }
 
-struct runner {
-  np_rendezvous_server *srv;
-  int done_fd; /* eventfd written when np_rendezvous_server_run returns */
-  int rc;
-};
-
-static void *run_thread(void *arg) {
-  struct runner *r = arg;
-  r->rc = np_rendezvous_server_run(r->srv);
-  uint64_t one = 1;
-  ssize_t w = write(r->done_fd, &one, sizeof one);
-  (void)w;
-  return NULL;
+/* The server as cli_serve() drives it. */
+static int serve_run(void *srv) {
+  return np_rendezvous_server_run(srv);
+}
+static void serve_stop(void *srv) {
+  np_rendezvous_server_stop(srv);
+}
+static void serve_stats(void *srv, const char *when) {
+  log_stats(srv, when);
 }
 
 /* Parses a numeric option into *out, or prints what was expected. */
@@ -157,77 +146,14 @@ int cli_rendezvous_server(int argc, char **argv) {
   if (!have_listen)
     return cli_usage_error(CMD, "--listen IP:PORT is required");
 
-  /* Signals are taken synchronously through a signalfd in this thread, so
-   * counters are printed from ordinary code, not from a handler. They are
-   * blocked before the server thread exists, so it inherits the mask. */
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGUSR1);
-  pthread_sigmask(SIG_BLOCK, &set, NULL);
-  int sfd = signalfd(-1, &set, SFD_CLOEXEC);
-  if (sfd < 0) {
-    fprintf(stderr, "natpunch %s: signalfd: %s\n", CMD, strerror(errno));
-    return CLI_EXIT_FAIL;
-  }
-
   np_rendezvous_server *srv = NULL;
   int rc = np_rendezvous_server_new(&cfg, &srv);
   if (rc != 0) {
     fprintf(stderr, "natpunch %s: cannot start (%s, see above)\n", CMD, np_strerror(rc));
-    close(sfd);
     return CLI_EXIT_FAIL;
   }
-  struct runner r = {.srv = srv, .done_fd = eventfd(0, EFD_CLOEXEC), .rc = 0};
-  pthread_t th;
-  if (r.done_fd < 0 || pthread_create(&th, NULL, run_thread, &r) != 0) {
-    fprintf(stderr, "natpunch %s: cannot start the server thread\n", CMD);
-    if (r.done_fd >= 0)
-      close(r.done_fd);
-    np_rendezvous_server_free(srv);
-    close(sfd);
-    return CLI_EXIT_FAIL;
-  }
-
-  int exit_code = CLI_EXIT_OK;
-  for (;;) {
-    struct pollfd p[2] = {{.fd = sfd, .events = POLLIN}, {.fd = r.done_fd, .events = POLLIN}};
-    if (poll(p, 2, -1) < 0) {
-      if (errno == EINTR)
-        continue;
-      fprintf(stderr, "natpunch %s: poll: %s\n", CMD, strerror(errno));
-      exit_code = CLI_EXIT_FAIL;
-      np_rendezvous_server_stop(srv);
-      break;
-    }
-    if (p[1].revents) {
-      /* The server stopped on its own: only an internal failure does that. */
-      exit_code = CLI_EXIT_FAIL;
-      break;
-    }
-    if (!(p[0].revents & POLLIN))
-      continue;
-    struct signalfd_siginfo si;
-    if (read(sfd, &si, sizeof si) != (ssize_t)sizeof si)
-      continue;
-    if (si.ssi_signo == SIGUSR1) {
-      log_stats(srv, "counters");
-      continue;
-    }
-    cli_log_stderr(NULL, NP_LOG_INFO,
-                   si.ssi_signo == SIGINT ? "SIGINT: stopping" : "SIGTERM: stopping");
-    np_rendezvous_server_stop(srv);
-    break;
-  }
-  pthread_join(th, NULL);
-  if (r.rc != 0) {
-    fprintf(stderr, "natpunch %s: server failed: %s\n", CMD, np_strerror(r.rc));
-    exit_code = CLI_EXIT_FAIL;
-  }
-  log_stats(srv, "stopped; counters");
+  static const cli_server_ops ops = {serve_run, serve_stop, serve_stats};
+  int exit_code = cli_serve(CMD, srv, &ops);
   np_rendezvous_server_free(srv);
-  close(r.done_fd);
-  close(sfd);
   return exit_code;
 }
