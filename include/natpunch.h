@@ -49,7 +49,9 @@ extern "C" {
   X(NP_ERR_AUTH, -7, "authentication failed")                                  \
   X(NP_ERR_UNREACHABLE, -8, "peer or server unreachable")                      \
   X(NP_ERR_CANCELLED, -9, "cancelled")                                         \
-  X(NP_ERR_UNSUPPORTED, -10, "not supported")
+  X(NP_ERR_UNSUPPORTED, -10, "not supported")                                 \
+  X(NP_ERR_AGAIN, -11, "nothing available now; try again later")              \
+  X(NP_ERR_REFUSED, -12, "refused by the peer or the server")
 
 enum np_error {
 #define NP_ERROR_ENUM_(name, value, text) name = value,
@@ -370,6 +372,164 @@ NP_EXPORT const np_addr *np_rendezvous_server_local(const np_rendezvous_server *
 
 /* Frees a stopped server, closing every connection. NULL is fine. */
 NP_EXPORT void np_rendezvous_server_free(np_rendezvous_server *srv);
+
+
+/* ------------------------------------------------------------------------ */
+/* Agent: connect to a peer, or accept its call, across NATs                 */
+/* ------------------------------------------------------------------------ */
+
+/* An agent owns one identity's presence on a rendezvous server and at most
+ * one traversal session at a time (a caller's connect, or an accepted
+ * call). It gathers candidates on one UDP socket (interface addresses, the
+ * mappings two discovery servers report and their port delta, a UPnP /
+ * NAT-PMP / PCP port mapping), exchanges signed offer and answer, then
+ * punches: authenticated STUN probes to the peer's candidates, TTL-limited
+ * priming so that a gateway never sees the peer's probe before our own
+ * outbound packet, port prediction from the peer's delta, and the birthday
+ * method for random-port NATs. The first pair that works both ways is
+ * nominated; the rest is closed; keepalives hold the mapping.
+ *
+ * Driving it. The agent never blocks unless asked (np_agent_wait()). Put
+ * np_agent_fd() in your poll/epoll set (readable when there is work) and
+ * call np_agent_process() when it is readable or when np_agent_timeout()
+ * expires; then drain np_agent_next_event() and, once connected,
+ * np_agent_recv(). Or call np_agent_wait() in a loop of your own thread.
+ *
+ * Threads: an agent is not internally locked. Use each agent from one thread
+ * at a time (the callbacks, if any, run inside np_agent_process() on that
+ * thread). Distinct agents are independent: the library has no global
+ * state. A port-mapping worker thread may run inside the agent during
+ * gathering; it touches only its own state.
+ */
+typedef struct np_agent np_agent;
+
+enum np_agent_event_type {
+  NP_AGENT_REGISTERED = 1, /* registered with the rendezvous server (again) */
+  NP_AGENT_CALL,           /* an allowed caller's offer arrived: traversal starts */
+  NP_AGENT_CONNECTED,      /* the direct path is up: np_agent_stats() has it */
+  NP_AGENT_FAILED,         /* the session failed; 'error' and 'reason' say why */
+  NP_AGENT_CLOSED,         /* the peer closed the session */
+};
+
+/* How the winning pair was found. */
+enum np_via {
+  NP_VIA_NONE = 0,
+  NP_VIA_HOST,      /* private address: same LAN / same NAT */
+  NP_VIA_REFLEXIVE, /* public mapping from the discovery servers (or learned from a probe) */
+  NP_VIA_PORTMAP,   /* port opened on a gateway by UPnP IGD, NAT-PMP or PCP */
+  NP_VIA_PREDICTED, /* port predicted from the peer's delta */
+  NP_VIA_BIRTHDAY,  /* many sockets / many random ports */
+};
+
+/* "host", "reflexive", "portmap", "predicted", "birthday", "none". */
+NP_EXPORT const char *np_via_name(enum np_via via);
+
+typedef struct np_agent_event {
+  enum np_agent_event_type type;
+  uint8_t peer[NP_PUBKEY_LEN]; /* CALL, CONNECTED, FAILED, CLOSED */
+  int error;                   /* FAILED: an NP_ERR_* code */
+  char reason[160];            /* FAILED: a sentence for humans */
+  np_addr observed;            /* REGISTERED: our address as the server saw it */
+} np_agent_event;
+
+typedef struct np_agent_stats {
+  bool connected;
+  uint8_t peer[NP_PUBKEY_LEN];
+  enum np_via via;       /* how the winning pair was found */
+  np_addr local;         /* our socket's address (as bound) */
+  np_addr remote;        /* the peer's address on the path */
+  int64_t elapsed_ms;    /* connect(): from the call; callee: from the offer */
+  uint32_t probes_sent;  /* discovery packets sent (priming included) */
+  uint32_t probes_received; /* authenticated discovery packets received */
+  uint32_t rounds;       /* prediction rounds run (0: direct candidates sufficed) */
+  int sockets;           /* UDP sockets open at the peak (birthday method) */
+  uint64_t bytes_sent, bytes_received, datagrams_sent, datagrams_received;
+} np_agent_stats;
+
+typedef struct np_agent_config {
+  const np_identity *identity; /* borrowed: must outlive the agent */
+  np_addr rendezvous;          /* TCP address of the rendezvous server */
+  np_addr discovery[NP_PROBE_MAX_SERVERS]; /* two, for the delta */
+  int n_discovery;
+  /* listen: register and accept calls from the allowed peers (all when
+   * n_allow is 0). Without it the agent only places calls. */
+  bool listen;
+  const uint8_t (*allow)[NP_PUBKEY_LEN];
+  int n_allow;
+  int predict_after_ms; /* no direct success by then: predict. 0 = 1000 */
+  int session_timeout_ms; /* give up a traversal after this. 0 = 20000 */
+  int keepalive_ms;     /* on the established path. 0 = 25000 */
+  int max_probes;       /* discovery packets per session. 0 = 6000 */
+  int birthday_sockets; /* sockets for the birthday method. 0 = 256 */
+  int prime_ttl;        /* TTL of priming packets. 0 = measured (hops to our outermost NAT + 1) */
+  bool no_portmap;      /* skip UPnP / NAT-PMP / PCP */
+  bool no_prime;        /* never send TTL-limited priming packets */
+  /* Optional: called from np_agent_process() for each event, in addition
+   * to the np_agent_next_event() queue. */
+  void (*on_event)(void *user, const np_agent_event *ev);
+  void *user;
+  np_log_fn log;
+  void *log_user;
+  enum np_log_level log_level;
+} np_agent_config;
+
+/* Creates an agent: copies the config, opens its UDP socket, starts
+ * connecting to the rendezvous server (and, with listen, registering) and
+ * gathering in the background. Returns 0, NP_ERR_INVAL for a bad config
+ * (no identity, no rendezvous server, discovery servers of two families),
+ * NP_ERR_SYS, NP_ERR_NOMEM. */
+NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out);
+
+/* Starts a call to peer (a 32-byte public key; np_peer_id_parse() turns a
+ * peer ID into one). Progress arrives as events. Returns 0, NP_ERR_INVAL
+ * for our own key, NP_ERR_AGAIN when a session is already running. */
+NP_EXPORT int np_agent_connect(np_agent *a, const uint8_t peer[NP_PUBKEY_LEN]);
+
+/* A descriptor that becomes readable when np_agent_process() has work
+ * (it is an epoll set of the agent's sockets and timers). Never closed by
+ * the caller. */
+NP_EXPORT int np_agent_fd(const np_agent *a);
+
+/* Milliseconds until np_agent_process() must run even without I/O; -1 when
+ * only I/O can make progress. */
+NP_EXPORT int np_agent_timeout(const np_agent *a);
+
+/* Does all pending I/O and timers without blocking. Returns 0, or an
+ * NP_ERR_* for a fault of the agent itself (not of a session: those are
+ * FAILED events). */
+NP_EXPORT int np_agent_process(np_agent *a);
+
+/* Blocks up to timeout_ms (-1: until something happens) processing I/O and
+ * timers, and returns as soon as an event or a datagram is available
+ * (0) or the time is up (NP_ERR_TIMEOUT). The loop for applications that
+ * give the agent a thread. */
+NP_EXPORT int np_agent_wait(np_agent *a, int timeout_ms);
+
+/* Pops the next event into *ev: returns 1, or 0 when there is none. */
+NP_EXPORT int np_agent_next_event(np_agent *a, np_agent_event *ev);
+
+/* Sends one datagram to the peer on the established path. Returns 0,
+ * NP_ERR_INVAL when not connected or len > 1200 (fits any path MTU),
+ * NP_ERR_AGAIN when the socket buffer is full. */
+NP_EXPORT int np_agent_send(np_agent *a, const void *buf, size_t len);
+
+/* Copies the next datagram received from the peer into buf (at most cap
+ * bytes, the rest is cut). Returns its length (0 is a valid empty
+ * datagram), NP_ERR_AGAIN when none is queued, NP_ERR_INVAL when not
+ * connected. */
+NP_EXPORT int np_agent_recv(np_agent *a, void *buf, size_t cap);
+
+/* Ends the session: tells the peer (best effort) and releases the path,
+ * the extra sockets and the port mapping. A listening agent then accepts
+ * the next call. Safe in any state. */
+NP_EXPORT void np_agent_close(np_agent *a);
+
+/* Copies the session's statistics. */
+NP_EXPORT void np_agent_stats(const np_agent *a, np_agent_stats *out);
+
+/* Closes everything (deleting any port mapping, which may block up to the
+ * port-mapping timeout) and frees. NULL is fine. */
+NP_EXPORT void np_agent_free(np_agent *a);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,69 @@
+/*
+ * Port mapping: ask the local gateway to open a public UDP port for one of
+ * our sockets, with whichever protocol it speaks: UPnP IGD (miniupnpc),
+ * NAT-PMP (libnatpmp) or PCP (RFC 6887, our codec in pcp.h). The opened
+ * address becomes a PORTMAP candidate: the gateway forwards anything sent to
+ * it, from anyone, so it connects even where hole punching cannot.
+ *
+ * These calls block (UPnP discovery is SSDP multicast plus HTTP/SOAP), each
+ * bounded by the timeout given; the agent runs them on a worker thread so
+ * its own loop never waits. A handle is used by one thread at a time.
+ */
+#ifndef NP_PORTMAP_H
+#define NP_PORTMAP_H
+
+#include "natpunch.h"
+
+enum np_portmap_proto {
+  NP_PORTMAP_NONE = 0,
+  NP_PORTMAP_UPNP,   /* UPnP IGD WANIPConnection/WANPPPConnection */
+  NP_PORTMAP_NATPMP, /* RFC 6886 */
+  NP_PORTMAP_PCP,    /* RFC 6887 MAP opcode */
+};
+
+typedef struct np_portmap np_portmap;
+
+typedef struct np_portmap_config {
+  /* Internal port to map (the port of the socket that will receive). */
+  uint16_t internal_port;
+  /* Our LAN address to map to; AF_UNSPEC = let the protocol find it (UPnP
+   * reports it, NAT-PMP/PCP use the address the gateway is reached from). */
+  np_addr internal;
+  /* Gateway for NAT-PMP/PCP; AF_UNSPEC = the default route's gateway (read
+   * from /proc/net/route). UPnP finds its gateway by SSDP. */
+  np_addr gateway;
+  int lifetime_s;     /* requested lease; 0 = 3600 */
+  int timeout_ms;     /* total budget for np_portmap_open(); 0 = 2000 */
+  bool no_upnp, no_natpmp, no_pcp;
+  const char *description; /* UPnP mapping description; NULL = "natpunch" */
+  np_log_fn log;
+  void *log_user;
+  enum np_log_level log_level;
+} np_portmap_config;
+
+/* Creates a handle (no I/O yet). Returns 0, NP_ERR_INVAL, NP_ERR_NOMEM. */
+int np_portmap_new(const np_portmap_config *cfg, np_portmap **out);
+
+/* Tries PCP, then NAT-PMP, then UPnP IGD (the cheap unicast protocols
+ * first; UPnP's multicast discovery is the slowest), within the configured
+ * timeout, and stops at the first that maps the port. On success fills
+ * *external with the public address and port and returns 0; NP_ERR_TIMEOUT
+ * or NP_ERR_UNSUPPORTED when no gateway answered or none agreed. Blocks. */
+int np_portmap_open(np_portmap *pm, np_addr *external);
+
+/* The protocol that succeeded (NONE before or after failure). */
+enum np_portmap_proto np_portmap_protocol(const np_portmap *pm);
+
+/* "upnp", "natpmp", "pcp", "none". */
+const char *np_portmap_proto_name(enum np_portmap_proto p);
+
+/* Deletes the mapping made by np_portmap_open() (if any), bounded by the
+ * configured timeout. Blocks. Returns 0 or an NP_ERR_* (the lease expires
+ * on its own anyway). */
+int np_portmap_close(np_portmap *pm);
+
+/* Frees the handle. Does not delete the mapping: call np_portmap_close()
+ * first. NULL is fine. */
+void np_portmap_free(np_portmap *pm);
+
+#endif

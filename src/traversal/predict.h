@@ -1,0 +1,143 @@
+/*
+ * Port prediction: which public ports of the peer to probe once the direct
+ * candidates have failed. Pure arithmetic, no sockets, no clock, randomness
+ * injected: both peers run the same functions on the same data (the offer
+ * and the answer) and so agree on who sends where without talking.
+ *
+ * The model of a NAT is what the two discovery servers saw of one socket:
+ *
+ *   base   the port of the *last* mapping made (the view of the second
+ *          discovery server, queried after the first);
+ *   delta  second mapping minus first: 0 for an endpoint-independent
+ *          mapping (cone), small for a symmetric NAT that hands out ports in
+ *          sequence (each new remote address:port gets base + delta, then
+ *          base + 2*delta, ...), large and meaningless for one that picks
+ *          them at random.
+ *
+ * After gathering, a peer's NAT makes one new mapping for each new remote
+ * address:port the peer sends to. The engine sends in a fixed order (phase 0:
+ * the other side's public candidates, see checklist.h; then the rounds
+ * below), so each side can count how far the other's allocation has moved:
+ * that count is 'sent' below. Traffic from other hosts behind the same NAT
+ * ("noise") moves it further, always forward, in steps of delta; the growing
+ * windows below absorb it.
+ *
+ * Strategies (np_predict_plan()):
+ *  - NONE       both sides endpoint-independent (or unknown): the direct
+ *               candidates are all there is to try.
+ *  - SWEEP      we are endpoint-independent, the peer is sequential: its
+ *               mapping toward our single public port is about
+ *               base + delta * sent; we probe that and its neighbours in
+ *               windows that double each round (one dimension: our own
+ *               mapping does not move, whatever we send to).
+ *  - HOLD       we are sequential, the peer is endpoint-independent: our
+ *               probes to its one port all leave through one mapping, and
+ *               the peer sweeps for it; we keep probing the peer's port.
+ *  - LOCKSTEP   both sequential: in round r each side sends to W new ports,
+ *               so both allocations advance W per round; the k-th packet of
+ *               one side goes to the peer's predicted k-th new port, which
+ *               the peer is at that moment mapping toward our k-th. A wrong
+ *               estimate of either start (noise, an unforeseen mapping)
+ *               shifts the two sequences against each other; the callee
+ *               applies a shift that changes each round (0, +1, -1, +2,
+ *               -2, ...), which realigns them when the sum of the two
+ *               errors is that shift.
+ *  - SPRAY      the peer picks random ports and we are endpoint-independent:
+ *               we send to many random ports of the peer's IP while it
+ *               opens many sockets toward our one port (birthday paradox).
+ *  - SOCKETS    we pick random ports, the peer is endpoint-independent: we
+ *               open many sockets, each sending to the peer's one port.
+ *  - IMPOSSIBLE random against sequential or random: no direct path this way
+ *               (the relay, later, covers it).
+ */
+#ifndef NP_PREDICT_H
+#define NP_PREDICT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A delta larger than this (in absolute value) is taken as random ports:
+ * sequential NATs step by 1 or a small stride, and noise between the two
+ * discovery queries (milliseconds apart) adds only a few steps. */
+#define NP_PREDICT_MAX_SEQ_DELTA 64
+
+/* Ports probed per LOCKSTEP round (and so mappings each side makes). */
+#define NP_PREDICT_LOCKSTEP_WINDOW 16
+
+/* What one side's NAT looks like, from the two discovery views. */
+typedef struct np_nat_model {
+  bool known;     /* false: no (or one) discovery answer; treated as cone */
+  uint16_t base;  /* port of the last mapping (second discovery server) */
+  int32_t delta;  /* second minus first mapping port */
+  /* Distinct remote address:ports this side sends to in phase 0, i.e. how
+   * many new mappings its NAT makes before round 1 (np_checklist_*). */
+  int sent;
+} np_nat_model;
+
+enum np_predict_strategy {
+  NP_PREDICT_NONE = 0,
+  NP_PREDICT_SWEEP,
+  NP_PREDICT_HOLD,
+  NP_PREDICT_LOCKSTEP,
+  NP_PREDICT_SPRAY,
+  NP_PREDICT_SOCKETS,
+  NP_PREDICT_IMPOSSIBLE,
+};
+
+/* Classification of a model: 0 endpoint-independent (delta 0 or unknown),
+ * 1 sequential (0 < |delta| <= NP_PREDICT_MAX_SEQ_DELTA), 2 random. */
+int np_predict_kind(const np_nat_model *m);
+
+/* Which strategy 'self' uses against 'peer' (see the top of this file).
+ * Symmetric in the sense that np_predict_plan(a, b) == SWEEP exactly when
+ * np_predict_plan(b, a) == HOLD, and SPRAY pairs with SOCKETS. */
+enum np_predict_strategy np_predict_plan(const np_nat_model *self, const np_nat_model *peer);
+
+/* Name for logs: "none", "sweep", "hold", "lockstep", "spray", "sockets",
+ * "impossible". */
+const char *np_predict_strategy_name(enum np_predict_strategy s);
+
+/* Shift the callee applies in LOCKSTEP round r (1-based): 0, +1, -1, +2,
+ * -2, ...; the caller always uses 0. */
+int np_predict_lockstep_shift(int round);
+
+/* Target ports of round 'round' (1-based) for 'self' probing 'peer' with
+ * strategy SWEEP, HOLD or LOCKSTEP; callee says which side of the
+ * exchange self is (it matters for the LOCKSTEP shift). Writes at most cap
+ * ports to out, most likely first, without duplicates and without port 0;
+ * returns how many.
+ *
+ *  SWEEP:    the peer's first new mapping (our mapped address comes first
+ *            in its phase 0) is expected at peer.base + peer.delta. Round
+ *            r probes peer.base + peer.delta * k for k in [1 - w/4, w],
+ *            w = 8 << (r - 1) (w at most 1024), ordered by distance from
+ *            k = 1 with the forward side first at equal distance (noise only
+ *            moves a sequential NAT forward, but an estimate can be high).
+ *  HOLD:     the peer's base port (its one public port): one target.
+ *  LOCKSTEP: round base B = peer.base + peer.delta * (peer.sent +
+ *            W * (round - 1)), W = NP_PREDICT_LOCKSTEP_WINDOW; targets
+ *            B + peer.delta * (k + shift) for k = 1..W in that order (order
+ *            matters: the k-th new destination gets our k-th new mapping),
+ *            shift = callee ? np_predict_lockstep_shift(round) : 0. Ports
+ *            that fall outside 1..65535 are skipped (the order of the rest
+ *            is kept).
+ * Other strategies return 0. */
+int np_predict_round(enum np_predict_strategy s, const np_nat_model *self,
+                     const np_nat_model *peer, bool callee, int round, uint16_t *out, int cap);
+
+/* SPRAY: n distinct random ports in [1024, 65535] drawn with random(user,
+ * buf, len) (the engine passes its injected RNG), excluding the ports in
+ * 'avoid' (already sprayed). Returns how many were written (n unless the
+ * range runs out). */
+typedef void (*np_predict_random_fn)(void *user, uint8_t *buf, size_t len);
+int np_predict_spray(np_predict_random_fn random, void *user, const uint16_t *avoid,
+                     int n_avoid, uint16_t *out, int n);
+
+/* Probability (0..1) that a birthday attempt with 'sockets' random mappings
+ * on one side and 'ports' distinct random probes from the other, over a
+ * range of 'range' ports, finds at least one match:
+ * 1 - prod_{i<ports} (1 - sockets / (range - i)). For sizing and logs. */
+double np_predict_birthday_odds(int sockets, int ports, int range);
+
+#endif
