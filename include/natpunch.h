@@ -444,7 +444,7 @@ typedef struct np_agent_stats {
   uint32_t rounds;       /* prediction rounds run (0: direct candidates sufficed) */
   int sockets;           /* UDP sockets open at the peak (birthday method) */
   uint64_t bytes_sent, bytes_received, datagrams_sent, datagrams_received;
-} np_agent_stats;
+} np_session_stats;
 
 typedef struct np_agent_config {
   const np_identity *identity; /* borrowed: must outlive the agent */
@@ -525,7 +525,7 @@ NP_EXPORT int np_agent_recv(np_agent *a, void *buf, size_t cap);
 NP_EXPORT void np_agent_close(np_agent *a);
 
 /* Copies the session's statistics. */
-NP_EXPORT void np_agent_stats(const np_agent *a, np_agent_stats *out);
+NP_EXPORT void np_agent_stats(const np_agent *a, np_session_stats *out);
 
 /* Closes everything (deleting any port mapping, which may block up to the
  * port-mapping timeout) and frees. NULL is fine. */
