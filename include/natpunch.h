@@ -432,7 +432,7 @@ typedef struct np_agent_event {
   np_addr observed;            /* REGISTERED: our address as the server saw it */
 } np_agent_event;
 
-typedef struct np_agent_stats {
+typedef struct np_session_stats {
   bool connected;
   uint8_t peer[NP_PUBKEY_LEN];
   enum np_via via;       /* how the winning pair was found */
