@@ -5,9 +5,11 @@
 # and fails only when the missing packages are needed to build at all.
 set -euo pipefail
 
-build_pkgs=(cmake make gcc pkg-config libgnutls28-dev zlib1g-dev libcjson-dev libsodium-dev)
-test_pkgs=(libcmocka-dev clang libclang-rt-14-dev coturn iproute2 nftables conntrack procps jq)
-demo_pkgs=(iproute2 nftables conntrack procps)
+build_pkgs=(cmake make gcc pkg-config libgnutls28-dev zlib1g-dev libcjson-dev libsodium-dev
+            libminiupnpc-dev libnatpmp-dev)
+test_pkgs=(libcmocka-dev clang libclang-rt-14-dev coturn iproute2 nftables conntrack procps jq
+           miniupnpd-nftables libnetfilter-queue-dev)
+demo_pkgs=(iproute2 nftables conntrack procps jq)
 
 case "${1:-build}" in
   build) want=("${build_pkgs[@]}") ;;
