@@ -31,7 +31,7 @@
 /* The highest enum np_nat_behavior value a NAT TLV may carry. */
 #define NAT_BEHAVIOR_MAX NP_BEHAVIOR_ADDRESS_AND_PORT_DEPENDENT
 /* Highest TLV type we know; bit i of the "seen" mask is type i. */
-#define TLV_KNOWN_MAX NP_SIG_T_ALLOW
+#define TLV_KNOWN_MAX NP_SIG_T_KX
 
 /* Domain separation for REGISTER signatures: the NUL is included so no
  * other context string can be a prefix of this one. */
@@ -240,6 +240,9 @@ static int read_tlv(np_sig_msg *msg, uint16_t t, const uint8_t *v, size_t vlen) 
     return read_addr(v, vlen, &msg->cand.portmap);
   case NP_SIG_T_PEER_SEEN:
     return read_addr(v, vlen, &msg->peer_seen);
+  case NP_SIG_T_KX:
+    msg->cand.has_kx = true;
+    return read_fixed(v, vlen, msg->cand.kx, NP_SIG_KX_LEN);
   case NP_SIG_T_OBSERVED:
     return read_addr(v, vlen, &msg->observed);
   case NP_SIG_T_ERROR: {
@@ -530,6 +533,8 @@ int np_sig_encode(const np_sig_msg *msg, const np_identity *id, uint8_t *buf, si
     put_addr(&w, NP_SIG_T_PORTMAP, &c->portmap);
   if (addr_is_set(&msg->peer_seen))
     put_addr(&w, NP_SIG_T_PEER_SEEN, &msg->peer_seen);
+  if (c->has_kx)
+    put_bytes(&w, NP_SIG_T_KX, c->kx, NP_SIG_KX_LEN);
   if (msg->error_code != 0) {
     char text[NP_SIG_MAX_TEXT + 1];
     size_t n = clean_text((const uint8_t *)msg->error_text,

@@ -42,6 +42,7 @@
 #define NP_SIG_MAX_MAPPED 2      /* one per discovery server */
 #define NP_SIG_MAX_ALLOW 128     /* allowed callers sent with REGISTER */
 #define NP_SIG_MAX_TEXT 200      /* error text bytes */
+#define NP_SIG_KX_LEN 32         /* X25519 public key */
 
 enum np_sig_type {
   NP_SIG_HELLO = 1,      /* peer -> server: "I want to register PUBKEY" */
@@ -85,6 +86,7 @@ enum np_sig_tlv {
   NP_SIG_T_OBSERVED = 0x000E,  /* server-stamped: sender's TCP address as seen */
   NP_SIG_T_ERROR = 0x000F,     /* u16 code + UTF-8 text */
   NP_SIG_T_ALLOW = 0x0010,     /* 32-byte public key; repeatable */
+  NP_SIG_T_KX = 0x0011,        /* 32-byte X25519 key for this session's probe key */
 };
 /* Addresses in TLVs: family(1: 4 or 6) reserved(1) port(2) ip(4 or 16). */
 
@@ -99,6 +101,12 @@ typedef struct np_sig_candidates {
   bool have_nat;
   uint8_t mapping, filtering; /* enum np_nat_behavior */
   np_addr portmap;            /* AF_UNSPEC when none */
+  /* Ephemeral X25519 public key. Offer and answer each carry one; the
+   * shared secret keys the session's probes (MESSAGE-INTEGRITY-SHA256), so
+   * neither an on-path observer nor the rendezvous server (which sees these
+   * signed messages but holds neither private key) can forge a probe. */
+  bool has_kx;
+  uint8_t kx[NP_SIG_KX_LEN];
 } np_sig_candidates;
 
 /* A decoded message. Only fields relevant to the type are meaningful; the

@@ -83,6 +83,9 @@ static void full_msg(np_sig_msg *m, uint8_t type, bool v6) {
   c->mapping = NP_BEHAVIOR_ADDRESS_AND_PORT_DEPENDENT;
   c->filtering = NP_BEHAVIOR_ADDRESS_DEPENDENT;
   c->portmap = addr(v6 ? "[2001:db8::20]:6000" : "198.51.100.20:6000");
+  c->has_kx = true;
+  for (int i = 0; i < NP_SIG_KX_LEN; i++)
+    c->kx[i] = (uint8_t)(0xA0 + i);
   m->peer_seen = addr(v6 ? "[2001:db8::30]:7000" : "198.51.100.30:7000");
   m->observed = addr(v6 ? "[2001:db8::40]:8000" : "198.51.100.40:8000");
   m->error_code = NP_SIG_E_UNKNOWN_PEER;
@@ -147,6 +150,9 @@ static void assert_same_fields(const np_sig_msg *d, const np_sig_msg *m) {
   assert_int_equal(d->cand.mapping, m->cand.mapping);
   assert_int_equal(d->cand.filtering, m->cand.filtering);
   assert_addr_equal(&d->cand.portmap, &m->cand.portmap);
+  assert_int_equal(d->cand.has_kx, m->cand.has_kx);
+  if (m->cand.has_kx)
+    assert_memory_equal(d->cand.kx, m->cand.kx, NP_SIG_KX_LEN);
   assert_addr_equal(&d->peer_seen, &m->peer_seen);
   assert_addr_equal(&d->observed, &m->observed);
   assert_int_equal(d->error_code, m->error_code);
