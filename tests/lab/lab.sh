@@ -52,6 +52,16 @@
 #              address:port (APDM, APDF)
 #   double     cone+cone: home NAT behind a CGNAT (100.64.i.0/24)
 #
+# Rude or quiet. Like a real Linux NAT without an input firewall, every lab
+# NAT is rude by default: an unsolicited inbound UDP packet that no mapping
+# lets in reaches the router's own input (answered with ICMP port
+# unreachable) and leaves an UNREPLIED conntrack entry remote -> public
+# IP:port. While it lasts (30 s), a host's first packet from that port to
+# that same remote address:port cannot keep the port: the NAT picks another
+# public port (the tuple is taken). Run lab_nat_host with LAB_QUIET=1 in its
+# environment (`LAB_QUIET=1 lab_nat_host cone h`) for a quiet NAT, which
+# drops unsolicited UDP in its input chain: no ICMP, no state.
+#
 # After lab_nat_host KIND NAME:
 #   LAB_NS[NAME]     the host's namespace        (lab_ns NAME)
 #   LAB_IP[NAME]     the host's own IP           (lab_ip NAME)
@@ -175,7 +185,15 @@ lab_server_host() {
 # _lab_nat_rules NS KIND PUBIP HOSTIP: nftables of a NAT router whose public
 # side is interface "wan" with address PUBIP, and whose only host is HOSTIP.
 _lab_nat_rules() {
-  local ns=$1 kind=$2 pub=$3 host=$4 snat sets="" rec="" dnat=""
+  local ns=$1 kind=$2 pub=$3 host=$4 snat sets="" rec="" dnat="" input=""
+  # Rude by default: unsolicited inbound UDP that no mapping lets in is
+  # delivered to the router itself (ICMP port unreachable) and leaves an
+  # UNREPLIED conntrack entry, which takes that tuple for a later mapping.
+  # Quiet (LAB_QUIET=1): dropped in the input chain before conntrack confirms
+  # it, so no state and no ICMP.
+  if [ "${LAB_QUIET:-0}" = 1 ]; then
+    input='iifname "wan" meta l4proto udp ct state new drop'
+  fi
   case "$kind" in
     cone)
       snat="masquerade" ;;
@@ -208,9 +226,7 @@ table ip lab {
   $sets
   chain input {
     type filter hook input priority filter; policy accept;
-    # A quiet NAT: unsolicited UDP to the router is dropped, not answered
-    # with ICMP port unreachable.
-    iifname "wan" meta l4proto udp ct state new drop
+    $input
   }
   chain forward {
     type filter hook forward priority filter; policy accept;
@@ -380,6 +396,98 @@ lab_start_coturn() {
     return 1
   }
 }
+
+# UDP tools for lab tests (python3; no socat/ping needed). Every one is
+# bounded in time and count. Run inside host NAME's namespace:
+#   lab_udp_send NAME SPORT DST DPORT [TTL [COUNT [GAP_MS]]]
+#       COUNT datagrams (default 1) from local port SPORT (0 = any) with
+#       IP TTL (default 64), GAP_MS apart.
+#   lab_udp_recv NAME PORT SECONDS     count datagrams arriving on PORT for
+#       SECONDS (stops early after 1 s of silence once one arrived); prints
+#       the count. Run it with & and lab_wait_udp NAME PORT before sending.
+#   lab_udp_echo NAME PORT SECONDS     echo every datagram on PORT back.
+#   lab_udp_rtt NAME DST DPORT COUNT   COUNT request/replies, one at a time,
+#       1 s timeout each; prints "sent received min_ms median_ms max_ms".
+#   lab_udp_ttl NAME DST DPORT TTL     one datagram with IP TTL; prints the
+#       ICMP error that came back within 1 s (IP_RECVERR) as
+#       "icmp TYPE CODE OFFENDER", or "none".
+LAB_PY=${LAB_PY:-$(command -v /usr/bin/python3 python3 2>/dev/null | head -n1)}
+_LAB_PYTOOL='
+import select, socket, struct, sys, time
+cmd, a = sys.argv[1], sys.argv[2:]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def wait(t):
+    return select.select([s], [], [], max(t, 0))[0]
+if cmd == "send":
+    sport, dst, dport, ttl, count, gap = int(a[0]), a[1], int(a[2]), int(a[3]), int(a[4]), float(a[5]) / 1000
+    s.bind(("", sport))
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+    for i in range(count):
+        s.sendto(b"lab %d" % i, (dst, dport))
+        if gap:
+            time.sleep(gap)
+elif cmd in ("recv", "echo"):
+    s.bind(("", int(a[0])))
+    end = time.monotonic() + float(a[1])
+    n, last = 0, None
+    while time.monotonic() < end:
+        limit = end if last is None else min(end, last + 1.0)
+        if not wait(limit - time.monotonic()):
+            if last is not None and cmd == "recv":
+                break
+            continue
+        data, peer = s.recvfrom(2048)
+        n, last = n + 1, time.monotonic()
+        if cmd == "echo":
+            s.sendto(data, peer)
+    print(n)
+elif cmd == "rtt":
+    dst, dport, count = a[0], int(a[1]), int(a[2])
+    rtts = []
+    for i in range(count):
+        tag = b"rtt %d" % i
+        t0 = time.monotonic()
+        s.sendto(tag, (dst, dport))
+        while True:
+            left = t0 + 1.0 - time.monotonic()
+            if left <= 0 or not wait(left):
+                break
+            if s.recv(2048) == tag:
+                rtts.append((time.monotonic() - t0) * 1000)
+                break
+    rtts.sort()
+    if rtts:
+        print("%d %d %.1f %.1f %.1f" % (count, len(rtts), rtts[0], rtts[len(rtts) // 2], rtts[-1]))
+    else:
+        print("%d 0 - - -" % count)
+elif cmd == "ttl":
+    dst, dport, ttl = a[0], int(a[1]), int(a[2])
+    IP_RECVERR = 11
+    s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+    s.sendto(b"ttl", (dst, dport))
+    end = time.monotonic() + 1.0
+    out = "none"
+    while time.monotonic() < end:
+        select.select([], [], [s], max(end - time.monotonic(), 0))
+        try:
+            _, anc, _, _ = s.recvmsg(512, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            time.sleep(0.02)
+            continue
+        for level, typ, data in anc:
+            if level == socket.IPPROTO_IP and typ == IP_RECVERR and len(data) >= 24:
+                errno_, origin, itype, icode = struct.unpack_from("=IBBB", data)
+                out = "icmp %d %d %s" % (itype, icode, socket.inet_ntoa(data[20:24]))
+        break
+    print(out)
+'
+lab_udp_send() { lab_exec "$1" timeout 60 "$LAB_PY" -c "$_LAB_PYTOOL" send "$2" "$3" "$4" "${5:-64}" "${6:-1}" "${7:-0}"; }
+lab_udp_recv() { lab_exec "$1" timeout $((${3%.*} + 5)) "$LAB_PY" -c "$_LAB_PYTOOL" recv "$2" "$3"; }
+lab_udp_echo() { lab_exec "$1" timeout $((${3%.*} + 5)) "$LAB_PY" -c "$_LAB_PYTOOL" echo "$2" "$3"; }
+lab_udp_rtt()  { lab_exec "$1" timeout $(($4 * 2 + 10)) "$LAB_PY" -c "$_LAB_PYTOOL" rtt "$2" "$3" "$4"; }
+lab_udp_ttl()  { lab_exec "$1" timeout 10 "$LAB_PY" -c "$_LAB_PYTOOL" ttl "$2" "$3" "$4"; }
 
 # lab_conntrack NAME: the conntrack table of host NAME's NAT router(s).
 lab_conntrack() {

@@ -19,6 +19,7 @@ gone() { # gone PID: the process ends within 2 s
   for ((n = 0; n < 20; n++)); do lab_alive "$1" || return 0; sleep 0.1; done
   return 1
 }
+same() { if [ "$2" = "$3" ]; then ok "$1: $2"; else bad "$1: got '$2', want '$3'"; fi; }
 root_links() { ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort; }
 
 links_before=$(root_links)
@@ -80,6 +81,40 @@ for k in $LAB_KINDS; do
   pub=$(lab_pubip "$k")
   if grep -q "\"$pub\"" <<<"$seen"; then ok "$k: seen from $pub"; else bad "$k: nothing from $pub at s1"; fi
 done
+echo "== rude NATs (default) and quiet ones (LAB_QUIET=1)"
+# A rude NAT takes unsolicited inbound UDP to its own input (ICMP port
+# unreachable) and keeps an UNREPLIED conntrack entry for it, so when its
+# host then sends to that remote address:port from the same port, the
+# public port is taken: the mapping gets a different one. A quiet NAT drops
+# the unsolicited packet before conntrack keeps it: the port is preserved.
+LAB_QUIET=1 lab_nat_host cone quiet
+# public_port ROUTER_NS HOSTIP SPORT DST DPORT: the public port of the
+# mapping HOSTIP:SPORT -> DST:DPORT (reply direction's dport), or "none".
+public_port() {
+  ip netns exec "$1" conntrack -L -p udp 2>/dev/null | awk -v h="$2" -v sp="$3" -v d="$4" -v dp="$5" '
+    { delete f; delete c
+      for (i = 1; i <= NF; i++) if (split($i, kv, "=") == 2) { c[kv[1]]++; f[kv[1] c[kv[1]]] = kv[2] }
+      if (f["src1"] == h && f["sport1"] == sp && f["dst1"] == d && f["dport1"] == dp) { print f["dport2"]; found = 1; exit } }
+    END { if (!found) print "none" }'
+}
+remote=$(lab_ip open) rport=40002 lport=40001
+for h in cone quiet; do
+  lab_udp_send open $rport "$(lab_pubip "$h")" $lport  # unsolicited, first
+  sleep 0.2
+  lab_udp_send "$h" $lport "$remote" $rport
+  sleep 0.2
+  got=$(public_port "$(lab_ns "$h-r")" "$(lab_ip "$h")" $lport "$remote" $rport)
+  if [ "$h" = cone ]; then
+    if [[ $got =~ ^[0-9]+$ ]] && [ "$got" != $lport ]; then
+      ok "rude cone NAT: mapping after an unsolicited packet from $remote:$rport got port $got, not $lport"
+    else
+      bad "rude cone NAT: mapping port '$got', want a number other than $lport"; lab_conntrack cone
+    fi
+  else
+    same "quiet cone NAT: mapping keeps the port" "$got" $lport
+  fi
+done
+
 lab_down
 [ -z "$(lab_leftovers)" ] && ok "lab_down left no namespace" || bad "left: $(lab_leftovers)"
 
