@@ -30,7 +30,7 @@
 #define NP_CHECKLIST_MAX (NP_SIG_MAX_PRIVATE + NP_SIG_MAX_MAPPED + 1)
 
 /* Where a remote candidate came from; also what "via" reports when the
- * winning pair used it (see np_checklist_via()). */
+ * winning pair used it (see np_cand_type_via()). */
 enum np_cand_type {
   NP_CAND_HOST = 0,  /* peer's interface address */
   NP_CAND_MAPPED,    /* peer's public address as a discovery server saw it */
@@ -51,17 +51,18 @@ typedef struct np_check {
  * to how many of them leave through self's NAT as new mappings: every entry
  * that is not a HOST entry (host entries are on self's own network when
  * they are used at all). */
-int np_checklist_build(const np_sig_candidates *self, const np_sig_candidates *peer,
-                       np_check *out, int cap, int *mappings);
+int np_checklist_build(const np_sig_candidates *self, const np_sig_candidates *peer, np_check *out,
+                       int cap, int *mappings);
 
 /* True when self and peer show the same public IP (first mapped address of
  * each), i.e. they sit behind the same NAT. */
 bool np_checklist_same_nat(const np_sig_candidates *self, const np_sig_candidates *peer);
 
 /* The model of a side's NAT (predict.h) from its candidates: base = port of
- * the last mapped address, delta from have_delta, known when there are two
- * mapped addresses (or one plus a delta); 'sent' is left 0 for the caller
- * to fill with the *other* side's np_checklist_build() mapping count. */
+ * the last mapped address, delta from have_delta (0 without it), known when
+ * there are two mapped addresses (or one plus a delta); 'sent' is left 0 for
+ * the caller to fill with the mapping count of the modelled side's own
+ * checklist, np_checklist_build(c, <the other side>, ...). */
 void np_checklist_model(const np_sig_candidates *c, struct np_nat_model *out);
 
 /* "host", "reflexive", "portmap", "reflexive" (PRFLX), "predicted",
