@@ -1,0 +1,349 @@
+/* Port prediction: both peers must derive the same probe schedule from the
+ * same data, so the exact order of the targets is part of the contract. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "traversal/predict.h"
+
+#include <string.h>
+
+#define W NP_PREDICT_LOCKSTEP_WINDOW
+
+static np_nat_model model(bool known, uint16_t base, int32_t delta, int sent) {
+  np_nat_model m = {.known = known, .base = base, .delta = delta, .sent = sent};
+  return m;
+}
+
+static void kind_classifies_delta(void **state) {
+  (void)state;
+  np_nat_model m = model(false, 1000, 5, 0);
+  assert_int_equal(np_predict_kind(&m), 0); /* unknown counts as cone */
+  m = model(true, 1000, 0, 0);
+  assert_int_equal(np_predict_kind(&m), 0);
+  m = model(true, 1000, 1, 0);
+  assert_int_equal(np_predict_kind(&m), 1);
+  m = model(true, 1000, -NP_PREDICT_MAX_SEQ_DELTA, 0);
+  assert_int_equal(np_predict_kind(&m), 1);
+  m = model(true, 1000, NP_PREDICT_MAX_SEQ_DELTA + 1, 0);
+  assert_int_equal(np_predict_kind(&m), 2);
+  m = model(true, 1000, INT32_MIN, 0);
+  assert_int_equal(np_predict_kind(&m), 2);
+}
+
+static void plan_table_and_symmetry(void **state) {
+  (void)state;
+  np_nat_model by_kind[3] = {model(true, 1000, 0, 0), model(true, 1000, 2, 0),
+                             model(true, 1000, 3000, 0)};
+  static const enum np_predict_strategy want[3][3] = {
+      {NP_PREDICT_NONE, NP_PREDICT_SWEEP, NP_PREDICT_SPRAY},
+      {NP_PREDICT_HOLD, NP_PREDICT_LOCKSTEP, NP_PREDICT_IMPOSSIBLE},
+      {NP_PREDICT_SOCKETS, NP_PREDICT_IMPOSSIBLE, NP_PREDICT_IMPOSSIBLE},
+  };
+  for (int s = 0; s < 3; s++) {
+    for (int p = 0; p < 3; p++) {
+      enum np_predict_strategy ab = np_predict_plan(&by_kind[s], &by_kind[p]);
+      enum np_predict_strategy ba = np_predict_plan(&by_kind[p], &by_kind[s]);
+      assert_int_equal(ab, want[s][p]);
+      assert_int_equal(ab == NP_PREDICT_SWEEP, ba == NP_PREDICT_HOLD);
+      assert_int_equal(ab == NP_PREDICT_SPRAY, ba == NP_PREDICT_SOCKETS);
+      assert_int_equal(ab == NP_PREDICT_LOCKSTEP, ba == NP_PREDICT_LOCKSTEP);
+      assert_int_equal(ab == NP_PREDICT_IMPOSSIBLE, ba == NP_PREDICT_IMPOSSIBLE);
+    }
+  }
+  assert_string_equal(np_predict_strategy_name(NP_PREDICT_NONE), "none");
+  assert_string_equal(np_predict_strategy_name(NP_PREDICT_SWEEP), "sweep");
+  assert_string_equal(np_predict_strategy_name(NP_PREDICT_HOLD), "hold");
+  assert_string_equal(np_predict_strategy_name(NP_PREDICT_LOCKSTEP), "lockstep");
+  assert_string_equal(np_predict_strategy_name(NP_PREDICT_SPRAY), "spray");
+  assert_string_equal(np_predict_strategy_name(NP_PREDICT_SOCKETS), "sockets");
+  assert_string_equal(np_predict_strategy_name(NP_PREDICT_IMPOSSIBLE), "impossible");
+}
+
+static void sweep_first_round_order(void **state) {
+  (void)state;
+  np_nat_model self = model(true, 5000, 0, 0), peer = model(true, 20001, 1, 3);
+  uint16_t out[64];
+  /* k = 1, 2, 0, 3, -1, 4, 5, 6, 7, 8: 'sent' does not matter to SWEEP */
+  static const uint16_t want[] = {20002, 20003, 20001, 20004, 20000,
+                                  20005, 20006, 20007, 20008, 20009};
+  int n = np_predict_round(NP_PREDICT_SWEEP, &self, &peer, false, 1, out, 64);
+  assert_int_equal(n, 10);
+  assert_memory_equal(out, want, sizeof want);
+  /* the callee flag changes nothing outside LOCKSTEP */
+  n = np_predict_round(NP_PREDICT_SWEEP, &self, &peer, true, 1, out, 64);
+  assert_int_equal(n, 10);
+  assert_memory_equal(out, want, sizeof want);
+  /* cap truncates, keeping the most likely first */
+  n = np_predict_round(NP_PREDICT_SWEEP, &self, &peer, false, 1, out, 3);
+  assert_int_equal(n, 3);
+  assert_memory_equal(out, want, 3 * sizeof want[0]);
+}
+
+static void sweep_windows_double_and_cap(void **state) {
+  (void)state;
+  np_nat_model self = model(true, 5000, 0, 0), peer = model(true, 30000, 1, 0);
+  static uint16_t out[2048];
+  /* w + w/4 ports per round: k in [1 - w/4, w] */
+  static const struct {
+    int round, n;
+  } want[] = {{1, 10}, {2, 20}, {3, 40}, {7, 512 + 128}, {8, 1024 + 256}, {9, 1280}, {40, 1280}};
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+    int n = np_predict_round(NP_PREDICT_SWEEP, &self, &peer, false, want[i].round, out, 2048);
+    assert_int_equal(n, want[i].n);
+    assert_int_equal(out[0], 30001);
+    for (int a = 0; a < n; a++) {
+      assert_true(out[a] >= 30000 - (n / 5 - 1) && out[a] <= 30000 + n * 4 / 5);
+      for (int b = 0; b < a; b++)
+        assert_int_not_equal(out[a], out[b]);
+    }
+  }
+  /* round 2: the tail is the forward side beyond the backward reach */
+  int n = np_predict_round(NP_PREDICT_SWEEP, &self, &peer, false, 2, out, 2048);
+  assert_int_equal(out[n - 1], 30016);
+  assert_int_equal(out[6], 29998); /* k = -2, after k = 4 */
+  assert_int_equal(out[7], 30005); /* k = 5 before k = -3 */
+  assert_int_equal(out[8], 29997);
+  assert_int_equal(np_predict_round(NP_PREDICT_SWEEP, &self, &peer, false, 0, out, 2048), 0);
+}
+
+static void sweep_negative_delta(void **state) {
+  (void)state;
+  np_nat_model self = model(true, 5000, 0, 0), peer = model(true, 30000, -2, 0);
+  uint16_t out[16];
+  static const uint16_t want[] = {29998, 29996, 30000, 29994, 30002,
+                                  29992, 29990, 29988, 29986, 29984};
+  int n = np_predict_round(NP_PREDICT_SWEEP, &self, &peer, false, 1, out, 16);
+  assert_int_equal(n, 10);
+  assert_memory_equal(out, want, sizeof want);
+}
+
+static void sweep_skips_ports_outside_range(void **state) {
+  (void)state;
+  np_nat_model self = model(true, 5000, 0, 0), high = model(true, 65530, 1, 0);
+  uint16_t out[16];
+  static const uint16_t want_high[] = {65531, 65532, 65530, 65533, 65529, 65534, 65535};
+  int n = np_predict_round(NP_PREDICT_SWEEP, &self, &high, false, 1, out, 16);
+  assert_int_equal(n, 7);
+  assert_memory_equal(out, want_high, sizeof want_high);
+  /* counting down past 1: port 0 and negatives never appear */
+  np_nat_model low = model(true, 2, -1, 0);
+  static const uint16_t want_low[] = {1, 2, 3};
+  n = np_predict_round(NP_PREDICT_SWEEP, &self, &low, false, 1, out, 16);
+  assert_int_equal(n, 3);
+  assert_memory_equal(out, want_low, sizeof want_low);
+}
+
+static void hold_targets_peer_port(void **state) {
+  (void)state;
+  np_nat_model self = model(true, 5000, 1, 0), peer = model(true, 41000, 0, 4);
+  uint16_t out[8];
+  for (int r = 1; r <= 5; r++) {
+    assert_int_equal(np_predict_round(NP_PREDICT_HOLD, &self, &peer, r % 2, r, out, 8), 1);
+    assert_int_equal(out[0], 41000);
+  }
+  peer.base = 0;
+  assert_int_equal(np_predict_round(NP_PREDICT_HOLD, &self, &peer, false, 1, out, 8), 0);
+  peer.base = 41000;
+  assert_int_equal(np_predict_round(NP_PREDICT_NONE, &self, &peer, false, 1, out, 8), 0);
+  assert_int_equal(np_predict_round(NP_PREDICT_SPRAY, &self, &peer, false, 1, out, 8), 0);
+  assert_int_equal(np_predict_round(NP_PREDICT_IMPOSSIBLE, &self, &peer, false, 1, out, 8), 0);
+}
+
+static void lockstep_shift_sequence(void **state) {
+  (void)state;
+  static const int want[] = {0, 1, -1, 2, -2, 3, -3};
+  for (int r = 1; r <= 7; r++)
+    assert_int_equal(np_predict_lockstep_shift(r), want[r - 1]);
+}
+
+static void lockstep_caller_and_callee(void **state) {
+  (void)state;
+  np_nat_model self = model(true, 5000, 1, 0), peer = model(true, 40000, 3, 2);
+  uint16_t out[W];
+  for (int r = 1; r <= 5; r++) {
+    int base = 40000 + 3 * (2 + W * (r - 1));
+    int n = np_predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, false, r, out, W);
+    assert_int_equal(n, W);
+    for (int k = 1; k <= W; k++)
+      assert_int_equal(out[k - 1], base + 3 * k);
+    n = np_predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, true, r, out, W);
+    assert_int_equal(n, W);
+    int shift = np_predict_lockstep_shift(r);
+    for (int k = 1; k <= W; k++)
+      assert_int_equal(out[k - 1], base + 3 * (k + shift));
+  }
+  /* near the top of the range the ports beyond 65535 are dropped, in order */
+  peer = model(true, 65505, 1, 0);
+  int n = np_predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, true, 2, out, W);
+  assert_int_equal(n, 13); /* 65505 + 16 + (k + 1) for k = 1..13 */
+  assert_int_equal(out[0], 65523);
+  assert_int_equal(out[n - 1], 65535);
+}
+
+/* One side of the simulation: a sequential NAT whose true allocations run
+ * err steps ahead of what the other side estimates. */
+typedef struct sim_side {
+  uint16_t base;
+  int32_t delta;
+  int sent;
+  int err;
+} sim_side;
+
+static int sim_alloc(const sim_side *s, int round, int k) {
+  return s->base + s->delta * (s->sent + s->err + W * (round - 1) + k);
+}
+
+/* Does round 'round' open a pair: the caller's k-th packet reaches the
+ * callee's mapping j while the callee's j-th reaches the caller's mapping k? */
+static bool sim_round_matches(const sim_side *a, const sim_side *b, int round) {
+  np_nat_model est_a = model(true, a->base, a->delta, a->sent);
+  np_nat_model est_b = model(true, b->base, b->delta, b->sent);
+  uint16_t ta[W], tb[W];
+  assert_int_equal(np_predict_round(NP_PREDICT_LOCKSTEP, &est_a, &est_b, false, round, ta, W), W);
+  assert_int_equal(np_predict_round(NP_PREDICT_LOCKSTEP, &est_b, &est_a, true, round, tb, W), W);
+  for (int k = 1; k <= W; k++)
+    for (int j = 1; j <= W; j++)
+      if (ta[k - 1] == sim_alloc(b, round, j) && tb[j - 1] == sim_alloc(a, round, k))
+        return true;
+  return false;
+}
+
+static void lockstep_simulation(void **state) {
+  (void)state;
+  static const sim_side cfg[][2] = {
+      {{40000, 1, 3, 0}, {50000, 2, 2, 0}},
+      {{20000, -1, 2, 0}, {30000, 1, 3, 0}},
+      {{61000, 4, 1, 0}, {10000, -3, 4, 0}},
+  };
+  for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+    sim_side a = cfg[c][0], b = cfg[c][1];
+    /* exact estimates: round 1 pairs every k with the same k */
+    np_nat_model est_a = model(true, a.base, a.delta, a.sent);
+    np_nat_model est_b = model(true, b.base, b.delta, b.sent);
+    uint16_t ta[W], tb[W];
+    np_predict_round(NP_PREDICT_LOCKSTEP, &est_a, &est_b, false, 1, ta, W);
+    np_predict_round(NP_PREDICT_LOCKSTEP, &est_b, &est_a, true, 1, tb, W);
+    for (int k = 1; k <= W; k++) {
+      assert_int_equal(ta[k - 1], sim_alloc(&b, 1, k));
+      assert_int_equal(tb[k - 1], sim_alloc(&a, 1, k));
+    }
+    /* errors summing to e are caught in exactly the round whose shift is e */
+    for (int ea = -2; ea <= 2; ea++) {
+      for (int eb = -2; eb <= 2; eb++) {
+        int e = ea + eb;
+        if (e < -2 || e > 2)
+          continue;
+        a.err = ea;
+        b.err = eb;
+        for (int r = 1; r <= 5; r++)
+          assert_int_equal(sim_round_matches(&a, &b, r), np_predict_lockstep_shift(r) == e);
+      }
+    }
+  }
+}
+
+/* Deterministic byte source: an LCG, optionally forced into low ports. */
+typedef struct fake_rng {
+  uint32_t state;
+  bool zeros;
+  int calls;
+} fake_rng;
+
+static void fake_random(void *user, uint8_t *buf, size_t len) {
+  fake_rng *r = user;
+  r->calls++;
+  for (size_t i = 0; i < len; i++) {
+    r->state = r->state * 1103515245u + 12345u;
+    buf[i] = r->zeros ? 0 : (uint8_t)(r->state >> 16);
+  }
+}
+
+static void spray_distinct_in_range_avoiding(void **state) {
+  (void)state;
+  fake_rng rng = {.state = 7};
+  uint16_t first[200], second[200];
+  assert_int_equal(np_predict_spray(fake_random, &rng, NULL, 0, first, 200), 200);
+  assert_int_equal(np_predict_spray(fake_random, &rng, first, 200, second, 200), 200);
+  for (int i = 0; i < 200; i++) {
+    assert_true(first[i] >= 1024 && second[i] >= 1024);
+    for (int j = 0; j < 200; j++) {
+      assert_int_not_equal(second[i], first[j]);
+      if (j < i) {
+        assert_int_not_equal(first[i], first[j]);
+        assert_int_not_equal(second[i], second[j]);
+      }
+    }
+  }
+  /* same seed, same ports: both runs of the engine are reproducible */
+  fake_rng again = {.state = 7};
+  uint16_t third[200];
+  assert_int_equal(np_predict_spray(fake_random, &again, NULL, 0, third, 200), 200);
+  assert_memory_equal(first, third, sizeof first);
+}
+
+static void spray_terminates_when_range_runs_out(void **state) {
+  (void)state;
+  static uint16_t avoid[65536 - 1024];
+  int n_avoid = 0;
+  for (int p = 1024; p <= 65535; p++)
+    if (p != 2000 && p != 40000 && p != 65535)
+      avoid[n_avoid++] = (uint16_t)p;
+  fake_rng rng = {.state = 1};
+  uint16_t out[10];
+  int n = np_predict_spray(fake_random, &rng, avoid, n_avoid, out, 10);
+  assert_int_equal(n, 3);
+  bool seen2000 = false, seen40000 = false, seen65535 = false;
+  for (int i = 0; i < n; i++) {
+    seen2000 |= out[i] == 2000;
+    seen40000 |= out[i] == 40000;
+    seen65535 |= out[i] == 65535;
+  }
+  assert_true(seen2000 && seen40000 && seen65535);
+  /* an RNG stuck on low ports still yields distinct valid ports */
+  fake_rng stuck = {.zeros = true};
+  n = np_predict_spray(fake_random, &stuck, NULL, 0, out, 10);
+  assert_int_equal(n, 10);
+  for (int i = 0; i < n; i++) {
+    assert_true(out[i] >= 1024);
+    for (int j = 0; j < i; j++)
+      assert_int_not_equal(out[i], out[j]);
+  }
+}
+
+static void birthday_odds_sane(void **state) {
+  (void)state;
+  assert_true(np_predict_birthday_odds(256, 512, 64512) > 0.85);
+  assert_true(np_predict_birthday_odds(256, 512, 64512) < 0.9);
+  assert_true(np_predict_birthday_odds(16, 16, 64512) < 0.01);
+  assert_true(np_predict_birthday_odds(0, 512, 64512) == 0.0);
+  assert_true(np_predict_birthday_odds(256, 0, 64512) == 0.0);
+  assert_true(np_predict_birthday_odds(10, 10, 10) == 1.0);
+  /* one socket, one probe: exactly 1/range */
+  double p = np_predict_birthday_odds(1, 1, 1000);
+  assert_true(p > 0.000999 && p < 0.001001);
+  assert_true(np_predict_birthday_odds(256, 1024, 64512) >
+              np_predict_birthday_odds(256, 512, 64512));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(kind_classifies_delta),
+      cmocka_unit_test(plan_table_and_symmetry),
+      cmocka_unit_test(sweep_first_round_order),
+      cmocka_unit_test(sweep_windows_double_and_cap),
+      cmocka_unit_test(sweep_negative_delta),
+      cmocka_unit_test(sweep_skips_ports_outside_range),
+      cmocka_unit_test(hold_targets_peer_port),
+      cmocka_unit_test(lockstep_shift_sequence),
+      cmocka_unit_test(lockstep_caller_and_callee),
+      cmocka_unit_test(lockstep_simulation),
+      cmocka_unit_test(spray_distinct_in_range_avoiding),
+      cmocka_unit_test(spray_terminates_when_range_runs_out),
+      cmocka_unit_test(birthday_odds_sane),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
