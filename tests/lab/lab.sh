@@ -31,6 +31,16 @@
 #   CGNAT segment  100.64.i.0/24      between the two NATs of a stacked kind
 #   LAN i          10.i.0.0/24        router 10.i.0.1, host 10.i.0.2
 #
+# Core router hop. On the internet at least one router sits between two home
+# NATs, so a packet sent with a small TTL dies before it reaches the far NAT
+# (and creates no state there). The bridge does not decrement TTLs, so the
+# public namespace drops IPv4 packets arriving with TTL <= 1 as they cross
+# the bridge (nftables bridge family, forward hook: only traffic between two
+# machines): a NATed host's packet sent with TTL 2 leaves its NAT with TTL
+# 1 and dies there; with TTL 1 it dies in the host's own NAT router, which
+# answers ICMP time exceeded from its LAN address (10.i.0.1; for a stacked
+# NAT, TTL 2 dies in the outer NAT: 100.64.i.1). No ICMP comes from the core.
+#
 # Nothing is connected to the root namespace: no veth end, no route, no
 # forwarding there. IP forwarding is switched on only inside NAT routers.
 # Every interface is created inside a lab namespace (`ip -n A link add X type
@@ -126,6 +136,19 @@ lab_init() {
   # No STP, no forwarding delay: ports forward as soon as they are up.
   ip -n "$LAB_ID-pub" link set br0 type bridge stp_state 0 forward_delay 0 2>/dev/null || true
   ip -n "$LAB_ID-pub" link set br0 up
+  # The core: see "Core router hop" at the top. Chain impair is for
+  # lab_loss and lab_delay.
+  ip netns exec "$LAB_ID-pub" nft -f - <<'EOF' || lab_die "nft rules of the public segment"
+table bridge lab {
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    ether type ip ip ttl < 2 drop
+    jump impair
+  }
+  chain impair {
+  }
+}
+EOF
   lab_log "public segment $LAB_ID-pub ($LAB_PUBNET.0/24)"
 }
 

@@ -115,6 +115,28 @@ for h in cone quiet; do
   fi
 done
 
+echo "== core router hop: small TTLs die between the NATs"
+# conntrack_from ROUTER_NS SRC DPORT: entries SRC -> * : DPORT in that router.
+conntrack_from() {
+  ip netns exec "$1" conntrack -L -p udp 2>/dev/null | grep -c "^udp .* src=$2 .*dport=$3 .*\[UNREPLIED\] src=" || true
+}
+far=$(lab_pubip symmetric) far_r=$(lab_ns symmetric-r)
+lab_udp_send cone 0 "$far" 41002 2
+lab_udp_send cone 0 "$far" 41064 64
+sleep 0.2
+same "TTL 2 from behind a cone NAT: entries at the far NAT" "$(conntrack_from "$far_r" "$(lab_pubip cone)" 41002)" 0
+same "TTL 64 from behind a cone NAT: entries at the far (rude) NAT" "$(conntrack_from "$far_r" "$(lab_pubip cone)" 41064)" 1
+# NAT depth: ICMP time exceeded (type 11) from each NAT router on the way.
+same "TTL 1 behind a cone NAT: ICMP from its router" "$(lab_udp_ttl cone "$far" 41100 1)" "icmp 11 0 $(lab_ip cone | sed 's/\.[0-9]*$/.1/')"
+i_dbl=$(lab_ip double); i_dbl=${i_dbl#10.}; i_dbl=${i_dbl%%.*}
+same "TTL 1 behind a double NAT: ICMP from the inner router" "$(lab_udp_ttl double "$far" 41101 1)" "icmp 11 0 10.$i_dbl.0.1"
+same "TTL 2 behind a double NAT: ICMP from the outer router's LAN address" \
+  "$(lab_udp_ttl double "$far" 41102 2)" "icmp 11 0 100.64.$i_dbl.1"
+same "TTL 3 behind a double NAT: dies in the core, no ICMP" "$(lab_udp_ttl double "$far" 41103 3)" none
+same "TTL 1 from an open host: dies in the core, no ICMP" "$(lab_udp_ttl open "$far" 41104 1)" none
+same "TTL 64 to a rude NAT: ICMP port unreachable from its public IP" \
+  "$(lab_udp_ttl open "$far" 41105 64)" "icmp 3 3 $far"
+
 lab_down
 [ -z "$(lab_leftovers)" ] && ok "lab_down left no namespace" || bad "left: $(lab_leftovers)"
 
