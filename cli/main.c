@@ -16,8 +16,8 @@ static const struct command commands[] = {
     {"keygen", cli_keygen, "write a new identity key (Ed25519)"},
     {"id", cli_id, "print this peer's ID (the text form of its public key)"},
     {"rendezvous-server", cli_rendezvous_server, "run a rendezvous (signaling) server"},
-    {"listen", cli_listen, "register with a rendezvous server and answer offers"},
-    {"connect", cli_connect, "send an offer to a peer and wait for its answer"},
+    {"listen", cli_listen, "wait for a peer's call and open a direct path to it"},
+    {"connect", cli_connect, "call a peer and open a direct path to it"},
 };
 
 static void usage(FILE *out) {

@@ -225,6 +225,10 @@ typedef struct np_probe_config {
   int timeout_ms;
   /* Skip the hairpinning test. */
   bool no_hairpin;
+  /* Only ask the servers for the mapped addresses and the delta: no
+   * RFC 5780 tests, no hairpinning, so one round trip and no mapping on the
+   * socket but the two servers' (what the traversal engine gathers). */
+  bool quick;
   np_log_fn log;
   void *log_user;
   enum np_log_level log_level;
@@ -402,6 +406,9 @@ NP_EXPORT void np_rendezvous_server_free(np_rendezvous_server *srv);
  * gathering; it touches only its own state.
  */
 typedef struct np_agent np_agent;
+
+/* Most peers an agent's allow list may hold. */
+#define NP_AGENT_MAX_ALLOW 128
 
 enum np_agent_event_type {
   NP_AGENT_REGISTERED = 1, /* registered with the rendezvous server (again) */

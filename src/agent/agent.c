@@ -1,1 +1,1066 @@
-/* placeholder: written next */
+/*
+ * The agent: the public face of the traversal engine (natpunch.h). It owns
+ * the sockets, the rendezvous client, the gathering and the port-mapping
+ * worker, and drives the sans-IO punch machine of the current session.
+ *
+ * One epoll set holds every descriptor, so the application sees a single
+ * fd; timers are reported through np_agent_timeout(). Nothing here blocks
+ * except np_agent_wait() (asked for) and np_agent_free() (deleting a port
+ * mapping is a round trip to the gateway).
+ */
+#include "natpunch.h"
+
+#include "discovery/nat_probe.h"
+#include "net/addr.h"
+#include "net/udp.h"
+#include "portmap/portmap.h"
+#include "rendezvous/rendezvous_client.h"
+#include "signaling/signaling.h"
+#include "stun/stun.h"
+#include "traversal/punch.h"
+#include "util/clock.h"
+#include "util/log.h"
+
+#include <errno.h>
+#include <ifaddrs.h>
+#include <linux/errqueue.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#define MAX_EVENTS 32
+#define MAX_RX 256            /* datagrams queued for np_agent_recv() */
+#define MAX_PAYLOAD 1200      /* fits any path MTU with headers */
+#define GATHER_TIMEOUT_MS 1500
+#define GATHER_RTO_MS 200
+#define HOP_MAX_TTL 4         /* NAT depth we can measure: 3 stacked NATs */
+#define HOP_WAIT_MS 400
+#define DEFAULT_TIMEOUT_MS 20000
+#define PORTMAP_TIMEOUT_MS 2000
+#define BYE_SENDS 3
+#define RECV_BATCH 64         /* datagrams read per socket per process call */
+
+/* First byte of non-STUN datagrams on the path (RFC 7983 leaves 4..15
+ * unassigned; QUIC, later, uses 64..255). */
+#define PKT_DATA 0x04
+#define PKT_BYE 0x05
+
+/* epoll tags: sockets use their index; these are above any index. */
+#define TAG_RDV 0x7ffffff0u
+#define TAG_WAKE 0x7ffffff1u
+
+enum session_state {
+  S_NONE = 0,
+  S_GATHERING, /* quick discovery query before offer (caller) or answer (callee) */
+  S_OFFERED,   /* caller: offer sent, waiting for the answer */
+  S_PUNCHING,
+  S_CONNECTED,
+  S_DONE,      /* failed or closed; a listener goes back to S_NONE */
+};
+
+struct rx_dgram {
+  size_t len;
+  uint8_t buf[MAX_PAYLOAD];
+};
+
+struct np_agent {
+  np_agent_config cfg;
+  uint8_t (*allow)[NP_PUBKEY_LEN]; /* our copy of cfg.allow */
+  np_logger log;
+  uint8_t self_pk[NP_PUBKEY_LEN];
+
+  int epfd, wakefd;
+  np_rdv_client *rdv;
+  int rdv_fd;
+  uint32_t rdv_events;
+  bool registered;
+
+  int *socks;
+  int nsocks;  /* socks[0] is the gathered socket; 1.. birthday sockets */
+  np_addr local; /* socks[0] as bound, with a concrete IP where known */
+  int family;
+
+  /* NAT depth, for the priming TTL (hop probes to discovery[0]). */
+  uint8_t hop_txid[HOP_MAX_TTL + 1][NP_STUN_TXID_LEN];
+  bool hop_private[HOP_MAX_TTL + 1];
+  bool hop_answered[HOP_MAX_TTL + 1];
+  int64_t hop_until;
+  int prime_ttl;
+
+  /* Port mapping worker. */
+  pthread_t pm_thread;
+  bool pm_started;
+  pthread_mutex_t pm_lock;
+  bool pm_done;
+  int pm_rc;
+  np_addr pm_external;
+  np_portmap *pm;
+
+  /* Session. */
+  enum session_state st;
+  bool callee;
+  uint8_t peer[NP_PUBKEY_LEN];
+  uint8_t session[NP_SIG_SESSION_LEN];
+  uint8_t kx_sk[32], kx_pk[32];
+  np_sig_candidates cand, peer_cand;
+  np_addr peer_seen;
+  int64_t session_start, session_deadline;
+  np_nat_probe *probe;
+  np_punch *punch;
+  np_session_stats stats;
+
+  np_agent_event ev[MAX_EVENTS];
+  int ev_head, ev_n;
+  struct rx_dgram *rx;
+  int rx_head, rx_n;
+};
+
+/* ---- small helpers ------------------------------------------------------------ */
+
+NP_EXPORT const char *np_via_name(enum np_via via) {
+  switch (via) {
+  case NP_VIA_HOST:
+    return "host";
+  case NP_VIA_REFLEXIVE:
+    return "reflexive";
+  case NP_VIA_PORTMAP:
+    return "portmap";
+  case NP_VIA_PREDICTED:
+    return "predicted";
+  case NP_VIA_BIRTHDAY:
+    return "birthday";
+  default:
+    return "none";
+  }
+}
+
+static void push_event(np_agent *a, const np_agent_event *ev) {
+  if (a->cfg.on_event)
+    a->cfg.on_event(a->cfg.user, ev);
+  if (a->ev_n == MAX_EVENTS) { /* the oldest goes: the application is not reading */
+    a->ev_head = (a->ev_head + 1) % MAX_EVENTS;
+    a->ev_n--;
+  }
+  a->ev[(a->ev_head + a->ev_n) % MAX_EVENTS] = *ev;
+  a->ev_n++;
+}
+
+static void session_event(np_agent *a, enum np_agent_event_type type, int err,
+                          const char *reason) {
+  np_agent_event ev = {.type = type, .error = err};
+  memcpy(ev.peer, a->peer, NP_PUBKEY_LEN);
+  if (reason)
+    snprintf(ev.reason, sizeof ev.reason, "%s", reason);
+  push_event(a, &ev);
+}
+
+static bool is_private_ip(const np_addr *ad) {
+  if (ad->u.sa.sa_family == AF_INET) {
+    uint32_t ip = ntohl(ad->u.in4.sin_addr.s_addr);
+    return (ip >> 24) == 10 || (ip >> 20) == (172u << 4 | 1) || (ip >> 16) == (192u << 8 | 168) ||
+           (ip >> 22) == (100u << 2 | 1) /* 100.64/10, carrier-grade NAT */ ||
+           (ip >> 16) == (169u << 8 | 254);
+  }
+  if (ad->u.sa.sa_family == AF_INET6)
+    return (ad->u.in6.sin6_addr.s6_addr[0] & 0xfe) == 0xfc ||
+           IN6_IS_ADDR_LINKLOCAL(&ad->u.in6.sin6_addr);
+  return false;
+}
+
+/* ---- sockets -------------------------------------------------------------------- */
+
+static void enable_errqueue(int fd, int family) {
+  int one = 1;
+  if (family == AF_INET6)
+    (void)setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &one, sizeof one);
+  else
+    (void)setsockopt(fd, IPPROTO_IP, IP_RECVERR, &one, sizeof one);
+}
+
+static int open_udp(np_agent *a, int index) {
+  np_addr any = {0};
+  any.u.sa.sa_family = (sa_family_t)a->family;
+  char err[NP_UDP_ERRLEN];
+  int fd = np_udp_bind(&any, NP_UDP_NONBLOCK, err);
+  if (fd < 0) {
+    NP_LOGW(&a->log, "agent: %s", err);
+    return fd;
+  }
+  enable_errqueue(fd, a->family);
+  struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)index};
+  if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    close(fd);
+    return NP_ERR_SYS;
+  }
+  return fd;
+}
+
+/* Makes sure sockets 0..n-1 exist (the birthday method asks for more). */
+static int ensure_sockets(np_agent *a, int n) {
+  if (n <= a->nsocks)
+    return 0;
+  int *grown = realloc(a->socks, (size_t)n * sizeof *grown);
+  if (!grown)
+    return NP_ERR_NOMEM;
+  a->socks = grown;
+  while (a->nsocks < n) {
+    int fd = open_udp(a, a->nsocks);
+    if (fd < 0)
+      return fd;
+    a->socks[a->nsocks++] = fd;
+  }
+  if (a->nsocks > a->stats.sockets)
+    a->stats.sockets = a->nsocks;
+  return 0;
+}
+
+/* Closes every socket but 'keep' (index), which becomes... still its own
+ * index: the rest are closed and marked -1. */
+static void close_sockets_except(np_agent *a, int keep) {
+  for (int i = 1; i < a->nsocks; i++) {
+    if (i == keep || a->socks[i] < 0)
+      continue;
+    (void)epoll_ctl(a->epfd, EPOLL_CTL_DEL, a->socks[i], NULL);
+    close(a->socks[i]);
+    a->socks[i] = -1;
+  }
+}
+
+static void close_extra_sockets(np_agent *a) {
+  close_sockets_except(a, 0);
+  a->nsocks = a->nsocks > 0 ? 1 : 0;
+}
+
+static int send_on(np_agent *a, int sock, const np_addr *to, int ttl, const void *buf,
+                   size_t len) {
+  if (sock < 0 || sock >= a->nsocks || a->socks[sock] < 0)
+    return NP_ERR_INVAL;
+  int fd = a->socks[sock];
+  int level = a->family == AF_INET6 ? IPPROTO_IPV6 : IPPROTO_IP;
+  int opt = a->family == AF_INET6 ? IPV6_UNICAST_HOPS : IP_TTL;
+  int old = 64;
+  socklen_t ol = sizeof old;
+  if (ttl > 0) {
+    (void)getsockopt(fd, level, opt, &old, &ol);
+    (void)setsockopt(fd, level, opt, &ttl, sizeof ttl);
+  }
+  ssize_t n = sendto(fd, buf, len, 0, &to->u.sa, np_addr_len(to));
+  int e = errno;
+  if (ttl > 0)
+    (void)setsockopt(fd, level, opt, &old, sizeof old);
+  if (n < 0)
+    return e == EAGAIN || e == EWOULDBLOCK ? NP_ERR_AGAIN : NP_ERR_SYS;
+  return 0;
+}
+
+/* ---- candidates ----------------------------------------------------------------- */
+
+/* Interface addresses of our family with the socket's port. Loopback only
+ * when there is nothing else (a lone host). */
+static void gather_private(np_agent *a, np_sig_candidates *c) {
+  struct ifaddrs *ifs = NULL;
+  if (getifaddrs(&ifs) != 0)
+    return;
+  uint16_t port = np_addr_port(&a->local);
+  for (int pass = 0; pass < 2 && c->n_private == 0; pass++) {
+    for (struct ifaddrs *i = ifs; i && c->n_private < NP_SIG_MAX_PRIVATE; i = i->ifa_next) {
+      if (!i->ifa_addr || i->ifa_addr->sa_family != a->family)
+        continue;
+      np_addr ad;
+      if (np_addr_from_sockaddr(i->ifa_addr,
+                                a->family == AF_INET ? sizeof(struct sockaddr_in)
+                                                     : sizeof(struct sockaddr_in6),
+                                &ad) != 0)
+        continue;
+      bool loop = a->family == AF_INET ? (ntohl(ad.u.in4.sin_addr.s_addr) >> 24) == 127
+                                       : IN6_IS_ADDR_LOOPBACK(&ad.u.in6.sin6_addr);
+      bool link_local = a->family == AF_INET6 && IN6_IS_ADDR_LINKLOCAL(&ad.u.in6.sin6_addr);
+      if (link_local || (loop && pass == 0))
+        continue;
+      np_addr_set_port(&ad, port);
+      c->private_addrs[c->n_private++] = ad;
+    }
+  }
+  freeifaddrs(ifs);
+}
+
+static void hop_probe_send(np_agent *a, int64_t now) {
+  if (a->cfg.n_discovery == 0 || a->cfg.prime_ttl > 0 || a->cfg.no_prime)
+    return;
+  for (int ttl = 1; ttl <= HOP_MAX_TTL; ttl++) {
+    uint8_t buf[64];
+    np_random_bytes(a->hop_txid[ttl], NP_STUN_TXID_LEN);
+    np_stun_writer w;
+    np_stun_writer_init(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_REQUEST,
+                        NP_STUN_MAGIC_COOKIE, a->hop_txid[ttl]);
+    np_stun_put_fingerprint(&w);
+    int n = np_stun_writer_finish(&w);
+    if (n > 0)
+      (void)send_on(a, 0, &a->cfg.discovery[0], ttl, buf, (size_t)n);
+  }
+  a->hop_until = now + HOP_WAIT_MS;
+}
+
+/* TTL of priming packets: one more than the number of consecutive hops
+ * that answered "time exceeded" from private addresses (our NATs), so the
+ * packet leaves the outermost NAT and dies in the first public router. */
+static int measured_prime_ttl(const np_agent *a) {
+  if (a->cfg.no_prime)
+    return 0;
+  if (a->cfg.prime_ttl > 0)
+    return a->cfg.prime_ttl;
+  bool behind_nat = a->cand.n_mapped > 0;
+  for (int i = 0; i < a->cand.n_private; i++)
+    if (a->cand.n_mapped && np_addr_equal(&a->cand.private_addrs[i], &a->cand.mapped[0]))
+      behind_nat = false;
+  if (!behind_nat)
+    return 0;
+  int depth = 0;
+  while (depth < HOP_MAX_TTL && a->hop_private[depth + 1])
+    depth++;
+  return depth > 0 ? depth + 1 : 2; /* no ICMP: assume one NAT */
+}
+
+/* ICMP errors queued on socket 0: time-exceeded answers to the hop probes
+ * tell the NAT depth; the rest (port unreachable from a peer's gateway...)
+ * are only drained. */
+static void drain_errqueue(np_agent *a, int fd) {
+  for (int guard = 0; guard < 64; guard++) {
+    uint8_t data[256];
+    char control[512];
+    struct sockaddr_storage dst;
+    struct iovec iov = {data, sizeof data};
+    struct msghdr mh = {.msg_name = &dst,
+                        .msg_namelen = sizeof dst,
+                        .msg_iov = &iov,
+                        .msg_iovlen = 1,
+                        .msg_control = control,
+                        .msg_controllen = sizeof control};
+    ssize_t n = recvmsg(fd, &mh, MSG_ERRQUEUE | MSG_DONTWAIT);
+    if (n < 0)
+      return;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+      bool v4 = c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_RECVERR;
+      bool v6 = c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_RECVERR;
+      if (!v4 && !v6)
+        continue;
+      struct sock_extended_err ee;
+      memcpy(&ee, CMSG_DATA(c), sizeof ee);
+      bool exceeded = (v4 && ee.ee_origin == SO_EE_ORIGIN_ICMP && ee.ee_type == 11) ||
+                      (v6 && ee.ee_origin == SO_EE_ORIGIN_ICMP6 && ee.ee_type == 3);
+      if (!exceeded || n < NP_STUN_HEADER_LEN)
+        continue;
+      struct sockaddr_storage off;
+      memset(&off, 0, sizeof off);
+      memcpy(&off, SO_EE_OFFENDER((struct sock_extended_err *)CMSG_DATA(c)),
+             v4 ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+      np_addr offender;
+      if (np_addr_from_sockaddr((struct sockaddr *)&off,
+                                v4 ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6),
+                                &offender) != 0)
+        continue;
+      for (int ttl = 1; ttl <= HOP_MAX_TTL; ttl++)
+        if (memcmp(data + 8, a->hop_txid[ttl], NP_STUN_TXID_LEN) == 0) {
+          a->hop_answered[ttl] = true;
+          a->hop_private[ttl] = is_private_ip(&offender);
+          char t[NP_ADDRSTRLEN];
+          NP_LOGD(&a->log, "agent: TTL %d expired at %s", ttl,
+                  np_addr_format(&offender, t, sizeof t));
+        }
+    }
+  }
+}
+
+/* ---- port mapping worker ---------------------------------------------------------- */
+
+static void *portmap_worker(void *arg) {
+  np_agent *a = arg;
+  np_addr ext = {0};
+  int rc = np_portmap_open(a->pm, &ext);
+  pthread_mutex_lock(&a->pm_lock);
+  a->pm_done = true;
+  a->pm_rc = rc;
+  a->pm_external = ext;
+  pthread_mutex_unlock(&a->pm_lock);
+  uint64_t one = 1;
+  ssize_t w = write(a->wakefd, &one, sizeof one);
+  (void)w;
+  return NULL;
+}
+
+static void portmap_start(np_agent *a) {
+  if (a->cfg.no_portmap)
+    return;
+  np_portmap_config pc = {
+      .internal_port = np_addr_port(&a->local),
+      .timeout_ms = PORTMAP_TIMEOUT_MS,
+      .description = "natpunch",
+      .log = a->cfg.log,
+      .log_user = a->cfg.log_user,
+      .log_level = a->cfg.log_level,
+  };
+  if (np_portmap_new(&pc, &a->pm) != 0)
+    return;
+  if (pthread_create(&a->pm_thread, NULL, portmap_worker, a) == 0)
+    a->pm_started = true;
+}
+
+/* The mapped address, if the worker has one by now. */
+static bool portmap_get(np_agent *a, np_addr *out) {
+  bool ok = false;
+  if (!a->pm_started)
+    return false;
+  pthread_mutex_lock(&a->pm_lock);
+  if (a->pm_done && a->pm_rc == 0) {
+    *out = a->pm_external;
+    ok = true;
+  }
+  pthread_mutex_unlock(&a->pm_lock);
+  return ok;
+}
+
+/* ---- session --------------------------------------------------------------------- */
+
+static void session_reset(np_agent *a) {
+  np_nat_probe_free(a->probe);
+  a->probe = NULL;
+  np_punch_free(a->punch);
+  a->punch = NULL;
+  close_extra_sockets(a);
+  sodium_memzero(a->kx_sk, sizeof a->kx_sk);
+  a->rx_n = 0;
+  a->st = S_NONE;
+}
+
+static void session_fail(np_agent *a, int err, const char *reason) {
+  NP_LOGI(&a->log, "agent: session failed: %s", reason);
+  a->st = S_DONE;
+  session_event(a, NP_AGENT_FAILED, err, reason);
+}
+
+static int gather_start(np_agent *a, int64_t now) {
+  memset(&a->cand, 0, sizeof a->cand);
+  gather_private(a, &a->cand);
+  crypto_box_keypair(a->kx_pk, a->kx_sk); /* X25519 */
+  a->cand.has_kx = true;
+  memcpy(a->cand.kx, a->kx_pk, sizeof a->kx_pk);
+  if (a->cfg.n_discovery == 0)
+    return 0;
+  np_probe_config pc = {.n_servers = a->cfg.n_discovery,
+                        .rto_ms = GATHER_RTO_MS,
+                        .timeout_ms = GATHER_TIMEOUT_MS,
+                        .no_hairpin = true,
+                        .quick = true,
+                        .log = a->cfg.log,
+                        .log_user = a->cfg.log_user,
+                        .log_level = a->cfg.log_level};
+  memcpy(pc.servers, a->cfg.discovery, sizeof pc.servers);
+  return np_nat_probe_new(&pc, &a->local, NULL, NULL, now, &a->probe);
+}
+
+static void gather_finish(np_agent *a) {
+  if (a->probe) {
+    np_probe_result r;
+    (void)np_nat_probe_result(a->probe, &r);
+    for (int i = 0; i < NP_PROBE_MAX_SERVERS; i++)
+      if (np_addr_port(&r.mapped[i]) && a->cand.n_mapped < NP_SIG_MAX_MAPPED)
+        a->cand.mapped[a->cand.n_mapped++] = r.mapped[i];
+    a->cand.have_delta = r.have_delta;
+    a->cand.delta = r.delta;
+    np_nat_probe_free(a->probe);
+    a->probe = NULL;
+    if (a->cand.n_mapped == 0)
+      NP_LOGW(&a->log, "agent: no discovery server answered; offering private addresses only");
+  }
+  np_addr pm;
+  if (portmap_get(a, &pm))
+    a->cand.portmap = pm;
+  a->prime_ttl = measured_prime_ttl(a);
+}
+
+static void punch_start(np_agent *a, int64_t now) {
+  np_punch_config pc = {
+      .callee = a->callee,
+      .self = a->cand,
+      .peer = a->peer_cand,
+      .predict_after_ms = a->cfg.predict_after_ms,
+      .session_timeout_ms = (int)(a->session_deadline - now > 0 ? a->session_deadline - now : 1),
+      .keepalive_ms = a->cfg.keepalive_ms,
+      .max_probes = a->cfg.max_probes,
+      .birthday_sockets = a->cfg.birthday_sockets,
+      .prime_ttl = a->prime_ttl,
+      .log = a->cfg.log,
+      .log_user = a->cfg.log_user,
+      .log_level = a->cfg.log_level,
+  };
+  memcpy(pc.session, a->session, sizeof pc.session);
+  if (!a->peer_cand.has_kx ||
+      np_punch_derive_key(a->kx_sk, a->kx_pk, a->peer_cand.kx, a->callee, a->session, pc.key) !=
+          0) {
+    session_fail(a, NP_ERR_AUTH, "the peer sent no usable session key");
+    return;
+  }
+  int rc = np_punch_new(&pc, now, &a->punch);
+  sodium_memzero(pc.key, sizeof pc.key);
+  if (rc != 0) {
+    session_fail(a, rc, "cannot start the traversal");
+    return;
+  }
+  a->st = S_PUNCHING;
+}
+
+/* Gathering is over: the caller offers, the callee answers and punches. */
+static void on_gathered(np_agent *a, int64_t now) {
+  gather_finish(a);
+  if (!a->callee) {
+    if (!a->registered)
+      return; /* offered from on_state once registered */
+    int rc = np_rdv_client_send_offer(a->rdv, a->peer, a->session, &a->cand);
+    if (rc != 0) {
+      session_fail(a, rc, "cannot send the offer to the rendezvous server");
+      return;
+    }
+    a->st = S_OFFERED;
+    return;
+  }
+  const np_addr *seen = np_addr_is_set(&a->peer_seen) ? &a->peer_seen : NULL;
+  int rc = np_rdv_client_send_answer(a->rdv, a->peer, a->session, &a->cand, seen);
+  if (rc != 0) {
+    session_fail(a, rc, "cannot send the answer to the rendezvous server");
+    return;
+  }
+  /* The callee primes and probes right away; the caller starts when the
+   * answer reaches it. */
+  punch_start(a, now);
+}
+
+/* ---- rendezvous callbacks ------------------------------------------------------- */
+
+static void on_rdv_state(void *user, enum np_rdv_state state, const np_addr *observed) {
+  np_agent *a = user;
+  a->registered = state == NP_RDV_REGISTERED;
+  if (!a->registered)
+    return;
+  np_agent_event ev = {.type = NP_AGENT_REGISTERED};
+  if (observed)
+    ev.observed = *observed;
+  push_event(a, &ev);
+  if (!a->callee && a->st == S_GATHERING && !a->probe) {
+    /* Gathering finished before registration: offer now. */
+    int rc = np_rdv_client_send_offer(a->rdv, a->peer, a->session, &a->cand);
+    if (rc == 0)
+      a->st = S_OFFERED;
+    else
+      session_fail(a, rc, "cannot send the offer to the rendezvous server");
+  }
+}
+
+static void on_rdv_offer(void *user, const np_sig_msg *offer) {
+  np_agent *a = user;
+  if (!a->cfg.listen)
+    return;
+  if (a->st != S_NONE) {
+    char id[NP_PEER_ID_LEN + 1];
+    np_peer_id_format(offer->from, id);
+    NP_LOGI(&a->log, "agent: busy; ignoring a call from %s", id);
+    return;
+  }
+  int64_t now = np_now_ms();
+  a->callee = true;
+  memcpy(a->peer, offer->from, NP_PUBKEY_LEN);
+  memcpy(a->session, offer->session, NP_SIG_SESSION_LEN);
+  a->peer_cand = offer->cand;
+  a->peer_seen = offer->observed;
+  memset(&a->stats, 0, sizeof a->stats);
+  memcpy(a->stats.peer, a->peer, NP_PUBKEY_LEN);
+  a->session_start = now;
+  a->session_deadline =
+      now + (a->cfg.session_timeout_ms > 0 ? a->cfg.session_timeout_ms : DEFAULT_TIMEOUT_MS);
+  a->st = S_GATHERING;
+  session_event(a, NP_AGENT_CALL, 0, NULL);
+  int rc = gather_start(a, now);
+  if (rc != 0) {
+    session_fail(a, rc, "cannot gather candidates");
+    return;
+  }
+  if (!a->probe)
+    on_gathered(a, now);
+}
+
+static void on_rdv_answer(void *user, const np_sig_msg *answer) {
+  np_agent *a = user;
+  if (a->callee || a->st != S_OFFERED ||
+      memcmp(answer->session, a->session, NP_SIG_SESSION_LEN) != 0 ||
+      memcmp(answer->from, a->peer, NP_PUBKEY_LEN) != 0)
+    return;
+  a->peer_cand = answer->cand;
+  punch_start(a, np_now_ms());
+}
+
+static void on_rdv_error(void *user, uint16_t code, const char *text, const uint8_t *session) {
+  np_agent *a = user;
+  if (a->callee || !session || memcmp(session, a->session, NP_SIG_SESSION_LEN) != 0 ||
+      (a->st != S_OFFERED && a->st != S_GATHERING)) {
+    NP_LOGW(&a->log, "agent: rendezvous server: %s (%u)", text, code);
+    return;
+  }
+  char reason[200];
+  const char *what = code == NP_SIG_E_UNKNOWN_PEER ? "peer unknown or offline"
+                     : code == NP_SIG_E_REFUSED    ? "the peer does not accept calls from us"
+                                                   : text;
+  snprintf(reason, sizeof reason, "rendezvous server: %s (%u)", what, code);
+  session_fail(a, code == NP_SIG_E_REFUSED ? NP_ERR_REFUSED : NP_ERR_UNREACHABLE, reason);
+}
+
+/* ---- creation ---------------------------------------------------------------------- */
+
+static void agent_free_parts(np_agent *a) {
+  if (a->pm_started)
+    pthread_join(a->pm_thread, NULL);
+  if (a->pm) {
+    if (a->pm_done && a->pm_rc == 0)
+      (void)np_portmap_close(a->pm);
+    np_portmap_free(a->pm);
+  }
+  np_nat_probe_free(a->probe);
+  np_punch_free(a->punch);
+  np_rdv_client_free(a->rdv);
+  for (int i = 0; i < a->nsocks; i++)
+    if (a->socks[i] >= 0)
+      close(a->socks[i]);
+  free(a->socks);
+  if (a->epfd >= 0)
+    close(a->epfd);
+  if (a->wakefd >= 0)
+    close(a->wakefd);
+  pthread_mutex_destroy(&a->pm_lock);
+  free(a->allow);
+  free(a->rx);
+  sodium_memzero(a->kx_sk, sizeof a->kx_sk);
+  free(a);
+}
+
+/* The local IP the kernel would use toward 'to' (a connected UDP socket is
+ * routed without sending anything). */
+static void route_source(const np_addr *to, np_addr *out) {
+  int fd = socket(to->u.sa.sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return;
+  if (connect(fd, &to->u.sa, np_addr_len(to)) == 0)
+    (void)np_udp_local(fd, out);
+  close(fd);
+}
+
+NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
+  if (!out)
+    return NP_ERR_INVAL;
+  *out = NULL;
+  if (!cfg || !cfg->identity || !np_addr_is_set(&cfg->rendezvous) || cfg->n_discovery < 0 ||
+      cfg->n_discovery > NP_PROBE_MAX_SERVERS || cfg->n_allow < 0 ||
+      cfg->n_allow > NP_SIG_MAX_ALLOW || (cfg->n_allow > 0 && !cfg->allow))
+    return NP_ERR_INVAL;
+  if (cfg->n_discovery == 2 &&
+      cfg->discovery[0].u.sa.sa_family != cfg->discovery[1].u.sa.sa_family)
+    return NP_ERR_INVAL;
+  if (sodium_init() < 0)
+    return NP_ERR_SYS;
+  np_agent *a = calloc(1, sizeof *a);
+  if (!a)
+    return NP_ERR_NOMEM;
+  a->cfg = *cfg;
+  a->epfd = a->wakefd = -1;
+  a->rdv_fd = -1;
+  pthread_mutex_init(&a->pm_lock, NULL);
+  a->log = (np_logger){cfg->log, cfg->log_user, cfg->log_level};
+  np_identity_public_key(cfg->identity, a->self_pk);
+  int rc = NP_ERR_NOMEM;
+  a->rx = calloc(MAX_RX, sizeof *a->rx);
+  if (!a->rx)
+    goto fail;
+  if (cfg->n_allow) {
+    a->allow = malloc((size_t)cfg->n_allow * NP_PUBKEY_LEN);
+    if (!a->allow)
+      goto fail;
+    memcpy(a->allow, cfg->allow, (size_t)cfg->n_allow * NP_PUBKEY_LEN);
+    a->cfg.allow = (const uint8_t(*)[NP_PUBKEY_LEN])a->allow;
+  }
+  rc = NP_ERR_SYS;
+  a->epfd = epoll_create1(EPOLL_CLOEXEC);
+  a->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (a->epfd < 0 || a->wakefd < 0)
+    goto fail;
+  struct epoll_event wev = {.events = EPOLLIN, .data.u32 = TAG_WAKE};
+  if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->wakefd, &wev) != 0)
+    goto fail;
+  a->family = cfg->n_discovery ? cfg->discovery[0].u.sa.sa_family : cfg->rendezvous.u.sa.sa_family;
+  if ((rc = ensure_sockets(a, 1)) != 0)
+    goto fail;
+  (void)np_udp_local(a->socks[0], &a->local);
+  {
+    /* A concrete local IP, for the NAT verdicts and the portmap. */
+    np_addr via = {0};
+    route_source(cfg->n_discovery ? &cfg->discovery[0] : &cfg->rendezvous, &via);
+    if (np_addr_is_set(&via)) {
+      np_addr_set_port(&via, np_addr_port(&a->local));
+      a->local = via;
+    }
+  }
+  int64_t now = np_now_ms();
+  np_rdv_client_config rc_cfg = {
+      .server = cfg->rendezvous,
+      .identity = cfg->identity,
+      .allow = a->cfg.allow,
+      .n_allow = cfg->n_allow,
+      .on_state = on_rdv_state,
+      .on_offer = on_rdv_offer,
+      .on_answer = on_rdv_answer,
+      .on_error = on_rdv_error,
+      .user = a,
+      .log = cfg->log,
+      .log_user = cfg->log_user,
+      .log_level = cfg->log_level,
+  };
+  if ((rc = np_rdv_client_new(&rc_cfg, now, &a->rdv)) != 0)
+    goto fail;
+  hop_probe_send(a, now);
+  portmap_start(a);
+  *out = a;
+  return 0;
+fail:
+  agent_free_parts(a);
+  return rc;
+}
+
+NP_EXPORT void np_agent_free(np_agent *a) {
+  if (!a)
+    return;
+  if (a->st == S_CONNECTED)
+    np_agent_close(a);
+  agent_free_parts(a);
+}
+
+NP_EXPORT int np_agent_connect(np_agent *a, const uint8_t peer[NP_PUBKEY_LEN]) {
+  if (!a || !peer || memcmp(peer, a->self_pk, NP_PUBKEY_LEN) == 0)
+    return NP_ERR_INVAL;
+  if (a->st != S_NONE && a->st != S_DONE)
+    return NP_ERR_AGAIN;
+  session_reset(a);
+  int64_t now = np_now_ms();
+  a->callee = false;
+  memcpy(a->peer, peer, NP_PUBKEY_LEN);
+  if (np_random_bytes(a->session, sizeof a->session) != 0)
+    return NP_ERR_SYS;
+  memset(&a->stats, 0, sizeof a->stats);
+  memcpy(a->stats.peer, peer, NP_PUBKEY_LEN);
+  memset(&a->peer_seen, 0, sizeof a->peer_seen);
+  a->session_start = now;
+  a->session_deadline =
+      now + (a->cfg.session_timeout_ms > 0 ? a->cfg.session_timeout_ms : DEFAULT_TIMEOUT_MS);
+  a->st = S_GATHERING;
+  int rc = gather_start(a, now);
+  if (rc != 0) {
+    a->st = S_NONE;
+    return rc;
+  }
+  if (!a->probe)
+    on_gathered(a, now);
+  return 0;
+}
+
+/* ---- I/O ---------------------------------------------------------------------------- */
+
+static void on_connected(np_agent *a, int64_t now) {
+  np_punch_result r;
+  np_punch_result_get(a->punch, &r);
+  a->st = S_CONNECTED;
+  a->stats.connected = true;
+  a->stats.via = r.via;
+  a->stats.remote = r.remote;
+  a->stats.local = a->local;
+  if (r.sock > 0)
+    (void)np_udp_local(a->socks[r.sock], &a->stats.local);
+  a->stats.elapsed_ms = now - a->session_start;
+  a->stats.probes_sent = r.probes_sent;
+  a->stats.probes_received = r.probes_received;
+  a->stats.rounds = r.rounds;
+  a->stats.sockets = r.sockets;
+  /* The winner stays; every other birthday socket goes. */
+  close_sockets_except(a, r.sock);
+  session_event(a, NP_AGENT_CONNECTED, 0, NULL);
+}
+
+static void deliver(np_agent *a, int sock, const np_addr *from, const uint8_t *buf, size_t len,
+                    int64_t now) {
+  if (a->probe && sock == 0) {
+    np_nat_probe_input(a->probe, now, NP_PROBE_SOCK_MAIN, from, buf, len);
+  }
+  if (a->punch && np_punch_input(a->punch, now, sock, from, buf, len))
+    return;
+  if (a->st != S_CONNECTED || len == 0 || np_stun_is_stun(buf, len))
+    return;
+  np_punch_result r;
+  np_punch_result_get(a->punch, &r);
+  if (sock != r.sock || !np_addr_equal(from, &r.remote))
+    return; /* only the peer, on the path */
+  if (buf[0] == PKT_BYE) {
+    a->st = S_DONE;
+    session_event(a, NP_AGENT_CLOSED, 0, "the peer closed the session");
+    return;
+  }
+  if (buf[0] != PKT_DATA)
+    return;
+  a->stats.datagrams_received++;
+  a->stats.bytes_received += len - 1;
+  if (a->rx_n == MAX_RX) {
+    NP_LOGD(&a->log, "agent: receive queue full; datagram dropped");
+    return;
+  }
+  struct rx_dgram *d = &a->rx[(a->rx_head + a->rx_n) % MAX_RX];
+  d->len = len - 1 > MAX_PAYLOAD ? MAX_PAYLOAD : len - 1;
+  memcpy(d->buf, buf + 1, d->len);
+  a->rx_n++;
+}
+
+static void read_socket(np_agent *a, int sock, int64_t now) {
+  for (int i = 0; i < RECV_BATCH; i++) {
+    uint8_t buf[2048];
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    ssize_t n = recvfrom(a->socks[sock], buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&ss, &sl);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        return;
+      /* An ICMP error (refused, unreachable) surfaces here once: drain it
+       * and go on, the socket stays usable. */
+      drain_errqueue(a, a->socks[sock]);
+      continue;
+    }
+    np_addr from;
+    if (np_addr_from_sockaddr((struct sockaddr *)&ss, sl, &from) != 0)
+      continue;
+    if (sock == 0 && np_stun_is_stun(buf, (size_t)n)) {
+      /* A hop probe's answer (it reached the server: the TTL was enough). */
+      np_stun_msg m;
+      if (np_stun_read(buf, (size_t)n, &m) == 0)
+        for (int t = 1; t <= HOP_MAX_TTL; t++)
+          if (memcmp(m.txid, a->hop_txid[t], NP_STUN_TXID_LEN) == 0)
+            a->hop_answered[t] = true;
+    }
+    deliver(a, sock, &from, buf, (size_t)n, now);
+    if (sock >= a->nsocks || a->socks[sock] < 0)
+      return; /* closed while delivering (connected on another socket) */
+  }
+}
+
+static void sync_rdv_fd(np_agent *a) {
+  short want = 0;
+  int fd = np_rdv_client_fd(a->rdv, &want);
+  uint32_t ev = (want & POLLIN ? EPOLLIN : 0) | (want & POLLOUT ? EPOLLOUT : 0);
+  if (fd == a->rdv_fd && ev == a->rdv_events)
+    return;
+  if (a->rdv_fd >= 0 && fd != a->rdv_fd)
+    (void)epoll_ctl(a->epfd, EPOLL_CTL_DEL, a->rdv_fd, NULL);
+  if (fd >= 0) {
+    struct epoll_event e = {.events = ev, .data.u32 = TAG_RDV};
+    if (epoll_ctl(a->epfd, fd == a->rdv_fd ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &e) != 0 &&
+        errno == EEXIST)
+      (void)epoll_ctl(a->epfd, EPOLL_CTL_MOD, fd, &e);
+  }
+  a->rdv_fd = fd;
+  a->rdv_events = ev;
+}
+
+static void run_machines(np_agent *a, int64_t now) {
+  if (a->probe) {
+    np_probe_datagram dg;
+    for (int guard = 0; guard < 16 && np_nat_probe_next_datagram(a->probe, now, &dg); guard++)
+      (void)send_on(a, 0, &dg.to, 0, dg.buf, dg.len);
+    if (np_nat_probe_done(a->probe) && a->st == S_GATHERING) {
+      on_gathered(a, now);
+    }
+  }
+  if ((a->st == S_GATHERING || a->st == S_OFFERED) && now >= a->session_deadline) {
+    session_fail(a, NP_ERR_TIMEOUT,
+                 a->st == S_OFFERED ? "no answer from the peer before the timeout"
+                                    : "could not reach the rendezvous server before the timeout");
+    np_nat_probe_free(a->probe);
+    a->probe = NULL;
+  }
+  if (a->punch && (a->st == S_PUNCHING || a->st == S_CONNECTED)) {
+    np_punch_datagram dg;
+    for (int guard = 0; guard < 256 && np_punch_next(a->punch, now, &dg); guard++) {
+      if (ensure_sockets(a, dg.sock + 1) != 0) {
+        NP_LOGW(&a->log, "agent: cannot open more sockets (%d); birthday attempt is smaller",
+                a->nsocks);
+        continue;
+      }
+      (void)send_on(a, dg.sock, &dg.to, dg.ttl, dg.buf, dg.len);
+    }
+    np_punch_result r;
+    np_punch_result_get(a->punch, &r);
+    a->stats.probes_sent = r.probes_sent;
+    a->stats.probes_received = r.probes_received;
+    a->stats.rounds = r.rounds;
+    if (a->st == S_PUNCHING && r.state == NP_PUNCH_CONNECTED)
+      on_connected(a, now);
+    else if (a->st == S_PUNCHING && r.state == NP_PUNCH_FAILED)
+      session_fail(a, r.error, r.reason);
+  }
+  if (a->st == S_DONE && a->cfg.listen && a->callee)
+    session_reset(a); /* ready for the next call */
+}
+
+NP_EXPORT int np_agent_process(np_agent *a) {
+  if (!a)
+    return NP_ERR_INVAL;
+  struct epoll_event evs[64];
+  int n = epoll_wait(a->epfd, evs, 64, 0);
+  if (n < 0 && errno != EINTR)
+    return NP_ERR_SYS;
+  int64_t now = np_now_ms();
+  short rdv_revents = 0;
+  for (int i = 0; i < n; i++) {
+    uint32_t tag = evs[i].data.u32;
+    if (tag == TAG_RDV) {
+      rdv_revents = (short)((evs[i].events & EPOLLIN ? POLLIN : 0) |
+                            (evs[i].events & EPOLLOUT ? POLLOUT : 0) |
+                            (evs[i].events & EPOLLERR ? POLLERR : 0) |
+                            (evs[i].events & EPOLLHUP ? POLLHUP : 0));
+    } else if (tag == TAG_WAKE) {
+      uint64_t v;
+      ssize_t r = read(a->wakefd, &v, sizeof v);
+      (void)r;
+      np_addr pm;
+      if (portmap_get(a, &pm)) {
+        char t[NP_ADDRSTRLEN];
+        NP_LOGI(&a->log, "agent: gateway mapped %s (%s)", np_addr_format(&pm, t, sizeof t),
+                np_portmap_proto_name(np_portmap_protocol(a->pm)));
+      }
+    } else if ((int)tag < a->nsocks && a->socks[tag] >= 0) {
+      if (evs[i].events & EPOLLERR)
+        drain_errqueue(a, a->socks[tag]);
+      if (evs[i].events & EPOLLIN)
+        read_socket(a, (int)tag, now);
+    }
+  }
+  np_rdv_client_process(a->rdv, now, rdv_revents);
+  run_machines(a, now);
+  sync_rdv_fd(a);
+  return 0;
+}
+
+NP_EXPORT int np_agent_fd(const np_agent *a) {
+  return a ? a->epfd : -1;
+}
+
+NP_EXPORT int np_agent_timeout(const np_agent *a) {
+  if (!a)
+    return -1;
+  int64_t now = np_now_ms();
+  int64_t w = np_rdv_client_wakeup(a->rdv);
+  if (a->probe) {
+    int64_t p = np_nat_probe_wakeup(a->probe);
+    w = p < w ? p : w;
+  }
+  if (a->punch && (a->st == S_PUNCHING || a->st == S_CONNECTED)) {
+    int64_t p = np_punch_wakeup(a->punch);
+    w = p < w ? p : w;
+  }
+  if ((a->st == S_GATHERING || a->st == S_OFFERED) && a->session_deadline < w)
+    w = a->session_deadline;
+  if (w == INT64_MAX)
+    return -1;
+  int64_t d = w - now;
+  return d < 0 ? 0 : d > 60000 ? 60000 : (int)d;
+}
+
+NP_EXPORT int np_agent_wait(np_agent *a, int timeout_ms) {
+  if (!a)
+    return NP_ERR_INVAL;
+  int64_t end = timeout_ms < 0 ? INT64_MAX : np_now_ms() + timeout_ms;
+  for (;;) {
+    int rc = np_agent_process(a);
+    if (rc != 0)
+      return rc;
+    if (a->ev_n > 0 || a->rx_n > 0)
+      return 0;
+    int64_t now = np_now_ms();
+    if (now >= end)
+      return NP_ERR_TIMEOUT;
+    int t = np_agent_timeout(a);
+    int64_t left = end - now;
+    if (t < 0 || t > left)
+      t = left > 60000 ? 60000 : (int)left;
+    struct pollfd pfd = {a->epfd, POLLIN, 0};
+    if (poll(&pfd, 1, t) < 0 && errno != EINTR)
+      return NP_ERR_SYS;
+  }
+}
+
+NP_EXPORT int np_agent_next_event(np_agent *a, np_agent_event *ev) {
+  if (!a || !ev || a->ev_n == 0)
+    return 0;
+  *ev = a->ev[a->ev_head];
+  a->ev_head = (a->ev_head + 1) % MAX_EVENTS;
+  a->ev_n--;
+  return 1;
+}
+
+NP_EXPORT int np_agent_send(np_agent *a, const void *buf, size_t len) {
+  if (!a || a->st != S_CONNECTED || len > MAX_PAYLOAD || (len && !buf))
+    return NP_ERR_INVAL;
+  uint8_t pkt[MAX_PAYLOAD + 1];
+  pkt[0] = PKT_DATA;
+  if (len)
+    memcpy(pkt + 1, buf, len);
+  np_punch_result r;
+  np_punch_result_get(a->punch, &r);
+  int rc = send_on(a, r.sock, &r.remote, 0, pkt, len + 1);
+  if (rc == 0) {
+    a->stats.datagrams_sent++;
+    a->stats.bytes_sent += len;
+  }
+  return rc;
+}
+
+NP_EXPORT int np_agent_recv(np_agent *a, void *buf, size_t cap) {
+  if (!a || (cap && !buf))
+    return NP_ERR_INVAL;
+  if (a->rx_n == 0)
+    return a->st == S_CONNECTED ? NP_ERR_AGAIN : NP_ERR_INVAL;
+  struct rx_dgram *d = &a->rx[a->rx_head];
+  size_t n = d->len < cap ? d->len : cap;
+  if (n)
+    memcpy(buf, d->buf, n);
+  a->rx_head = (a->rx_head + 1) % MAX_RX;
+  a->rx_n--;
+  return (int)n;
+}
+
+NP_EXPORT void np_agent_close(np_agent *a) {
+  if (!a)
+    return;
+  if (a->st == S_CONNECTED && a->punch) {
+    np_punch_result r;
+    np_punch_result_get(a->punch, &r);
+    uint8_t bye = PKT_BYE;
+    /* Best effort: a few copies, since a datagram may be lost. */
+    for (int i = 0; i < BYE_SENDS; i++)
+      (void)send_on(a, r.sock, &r.remote, 0, &bye, 1);
+  }
+  session_reset(a);
+}
+
+NP_EXPORT void np_agent_stats(const np_agent *a, np_session_stats *out) {
+  if (!a || !out)
+    return;
+  *out = a->stats;
+}

@@ -1,1 +1,817 @@
-/* placeholder: written next */
+/*
+ * Hole punching state machine; see punch.h for the method and the rules on
+ * priming. Everything here is driven by np_punch_next() / np_punch_input()
+ * with the time passed in.
+ */
+#include "traversal/punch.h"
+
+#include "net/addr.h"
+#include "stun/stun.h"
+#include "util/clock.h"
+#include "util/log.h"
+
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Our own comprehension-optional attributes (0x8000-0xFFFF: a STUN agent
+ * that does not know them ignores them). */
+#define ATTR_NOMINATE 0xC001 /* empty: "use this pair" (caller -> callee) */
+#define ATTR_VIA 0xC002      /* u32 enum np_via: how the sender sees the pair */
+
+#define DEFAULT_PREDICT_AFTER_MS 1000
+#define DEFAULT_ROUND_MS 800
+#define DEFAULT_HOLD_MS 400
+#define DEFAULT_TIMEOUT_MS 20000
+#define DEFAULT_KEEPALIVE_MS 25000
+#define DEFAULT_MAX_PROBES 6000
+#define DEFAULT_BIRTHDAY_SOCKETS 256
+#define DEFAULT_BIRTHDAY_PORTS 512
+#define RTO_MIN_MS 100
+#define RTO_MAX_MS 1000
+#define PACE_US 1000          /* one probe per millisecond at most... */
+#define PACE_BURST 16         /* ...after a burst of this many */
+#define ROUND_SENDS 2         /* full sends of a predicted target per round */
+#define TRIGGERED_SENDS 6     /* checks of a pair a probe arrived on */
+#define NOMINATE_SENDS 7
+#define MAX_TARGETS 16384
+#define MAX_RESPONSES 64
+#define NEVER INT64_MAX
+
+struct target {
+  np_addr to;
+  int sock;
+  enum np_cand_type type;
+  int round;           /* activation round; 0 = phase 0 */
+  int64_t activated;   /* when the current activation began */
+  int64_t next;        /* next send (NEVER: only an event re-arms it) */
+  int rto;
+  int sends;           /* full sends in this activation */
+  int max_sends;       /* 0 = no limit (phase 0 targets keep trying) */
+  bool active;
+  bool primed;
+  bool inbound;        /* an authenticated request came from it */
+  bool valid;          /* it answered one of our requests */
+};
+
+struct response {
+  int sock;
+  np_addr to;
+  uint8_t txid[NP_STUN_TXID_LEN];
+  bool nominate;
+};
+
+struct np_punch {
+  np_punch_config cfg;
+  np_logger log;
+  int64_t start, predict_at, next_round_at, deadline;
+  int predict_after, round_ms, hold, keepalive, max_probes, bd_sockets, bd_ports;
+
+  np_nat_model self_m, peer_m;
+  enum np_predict_strategy strategy;
+  int round;
+  bool peer_open; /* the peer has no NAT: nothing to prime against */
+
+  struct target *t;
+  int nt, cap;
+
+  struct response resp[MAX_RESPONSES];
+  int nresp;
+
+  int64_t pace_next_us; /* in microseconds, for sub-ms pacing */
+  int pace_tokens;
+
+  uint8_t salt[8]; /* txid bytes 4..11: ours, per session */
+  char user_tx[64], user_rx[64];
+  size_t user_len;
+
+  int nominating; /* target index, -1 */
+  int nom_sends, nom_rto;
+  int64_t nom_next;
+
+  enum np_punch_state state;
+  int sel;        /* selected target index */
+  enum np_via via;
+  int64_t connected_at, next_keepalive;
+  int error;
+  char reason[160];
+
+  uint16_t *sprayed;
+  int nsprayed;
+  int max_sock;
+  uint32_t probes_sent, probes_received;
+};
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+static void default_random(void *user, uint8_t *buf, size_t len) {
+  (void)user;
+  if (np_random_bytes(buf, len) != 0)
+    randombytes_buf(buf, len);
+}
+
+static void rnd(np_punch *p, void *buf, size_t len) {
+  p->cfg.random(p->cfg.random_user, buf, len);
+}
+
+static void hex(const uint8_t *b, size_t n, char *out) {
+  static const char digits[] = "0123456789abcdef";
+  for (size_t i = 0; i < n; i++) {
+    out[2 * i] = digits[b[i] >> 4];
+    out[2 * i + 1] = digits[b[i] & 15];
+  }
+  out[2 * n] = '\0';
+}
+
+static int find_target(const np_punch *p, int sock, const np_addr *to) {
+  for (int i = 0; i < p->nt; i++)
+    if (p->t[i].sock == sock && np_addr_equal(&p->t[i].to, to))
+      return i;
+  return -1;
+}
+
+static int add_target(np_punch *p, int sock, const np_addr *to, enum np_cand_type type) {
+  int i = find_target(p, sock, to);
+  if (i >= 0)
+    return i;
+  if (p->nt == p->cap) {
+    if (p->cap >= MAX_TARGETS)
+      return -1;
+    int ncap = p->cap ? p->cap * 2 : 64;
+    struct target *n = realloc(p->t, (size_t)ncap * sizeof *n);
+    if (!n)
+      return -1;
+    p->t = n;
+    p->cap = ncap;
+  }
+  struct target *t = &p->t[p->nt];
+  memset(t, 0, sizeof *t);
+  t->to = *to;
+  t->sock = sock;
+  t->type = type;
+  t->next = NEVER;
+  if (sock + 1 > p->max_sock)
+    p->max_sock = sock + 1;
+  return p->nt++;
+}
+
+/* (Re)starts probing a target in the current round. */
+static void activate(np_punch *p, int i, int64_t now, int max_sends) {
+  struct target *t = &p->t[i];
+  t->active = true;
+  t->round = p->round;
+  t->activated = now;
+  t->next = now;
+  t->rto = RTO_MIN_MS;
+  t->sends = 0;
+  t->max_sends = max_sends;
+}
+
+static int via_rank(enum np_via v) {
+  switch (v) {
+  case NP_VIA_BIRTHDAY:
+    return 5;
+  case NP_VIA_PREDICTED:
+    return 4;
+  case NP_VIA_PORTMAP:
+    return 3;
+  case NP_VIA_HOST:
+    return 2;
+  case NP_VIA_REFLEXIVE:
+    return 1;
+  default:
+    return 0;
+  }
+}
+
+/* How this side sees the way a pair was found. The two sides may see it
+ * differently (the side that held fire sees only a peer-reflexive address);
+ * they exchange their views in the nomination and keep the stronger. */
+static enum np_via target_via(const np_punch *p, const struct target *t) {
+  if (t->sock > 0 || t->type == NP_CAND_BIRTHDAY)
+    return NP_VIA_BIRTHDAY;
+  if (t->type == NP_CAND_PREDICTED)
+    return NP_VIA_PREDICTED;
+  if (t->round > 0 || p->round > 0) {
+    switch (p->strategy) {
+    case NP_PREDICT_SWEEP:
+    case NP_PREDICT_HOLD:
+    case NP_PREDICT_LOCKSTEP:
+      if (t->type == NP_CAND_PRFLX)
+        return NP_VIA_PREDICTED;
+      break;
+    case NP_PREDICT_SPRAY:
+    case NP_PREDICT_SOCKETS:
+      if (t->type == NP_CAND_PRFLX)
+        return NP_VIA_BIRTHDAY;
+      break;
+    default:
+      break;
+    }
+  }
+  if (t->type == NP_CAND_HOST)
+    return NP_VIA_HOST;
+  if (t->type == NP_CAND_PORTMAP)
+    return NP_VIA_PORTMAP;
+  return NP_VIA_REFLEXIVE;
+}
+
+static enum np_via merge_via(enum np_via a, enum np_via b) {
+  return via_rank(a) >= via_rank(b) ? a : b;
+}
+
+/* ---- creation --------------------------------------------------------------- */
+
+int np_punch_derive_key(const uint8_t our_secret[32], const uint8_t our_public[32],
+                        const uint8_t peer_public[32], bool callee,
+                        const uint8_t session[NP_SIG_SESSION_LEN],
+                        uint8_t key[NP_PUNCH_KEY_LEN]) {
+  uint8_t shared[crypto_scalarmult_BYTES];
+  if (crypto_scalarmult(shared, our_secret, peer_public) != 0)
+    return NP_ERR_AUTH;
+  static const char ctx[] = "natpunch probe key v1";
+  crypto_generichash_state st;
+  crypto_generichash_init(&st, shared, sizeof shared, NP_PUNCH_KEY_LEN);
+  crypto_generichash_update(&st, (const uint8_t *)ctx, sizeof ctx - 1);
+  crypto_generichash_update(&st, session, NP_SIG_SESSION_LEN);
+  crypto_generichash_update(&st, callee ? peer_public : our_public, 32);
+  crypto_generichash_update(&st, callee ? our_public : peer_public, 32);
+  crypto_generichash_final(&st, key, NP_PUNCH_KEY_LEN);
+  sodium_memzero(shared, sizeof shared);
+  return 0;
+}
+
+/* The peer has no NAT when the address the servers saw is one of its own
+ * interface addresses. */
+static bool has_no_nat(const np_sig_candidates *c) {
+  if (c->n_mapped == 0)
+    return false;
+  for (int i = 0; i < c->n_private; i++)
+    if (np_addr_equal(&c->private_addrs[i], &c->mapped[0]))
+      return true;
+  return false;
+}
+
+int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
+  *out = NULL;
+  if (!cfg || cfg->birthday_sockets < 0 || cfg->birthday_sockets >= NP_PUNCH_MAX_SOCKETS ||
+      cfg->prime_ttl < 0 || cfg->prime_ttl > 255)
+    return NP_ERR_INVAL;
+  np_punch *p = calloc(1, sizeof *p);
+  if (!p)
+    return NP_ERR_NOMEM;
+  p->cfg = *cfg;
+  if (!p->cfg.random)
+    p->cfg.random = default_random;
+  p->log = (np_logger){cfg->log, cfg->log_user, cfg->log_level};
+  p->predict_after = cfg->predict_after_ms > 0 ? cfg->predict_after_ms : DEFAULT_PREDICT_AFTER_MS;
+  p->round_ms = cfg->round_ms > 0 ? cfg->round_ms : DEFAULT_ROUND_MS;
+  p->hold = cfg->hold_ms > 0 ? cfg->hold_ms : DEFAULT_HOLD_MS;
+  int timeout = cfg->session_timeout_ms > 0 ? cfg->session_timeout_ms : DEFAULT_TIMEOUT_MS;
+  p->keepalive = cfg->keepalive_ms > 0 ? cfg->keepalive_ms : DEFAULT_KEEPALIVE_MS;
+  p->max_probes = cfg->max_probes > 0 ? cfg->max_probes : DEFAULT_MAX_PROBES;
+  p->bd_sockets = cfg->birthday_sockets > 0 ? cfg->birthday_sockets : DEFAULT_BIRTHDAY_SOCKETS;
+  p->bd_ports = cfg->birthday_ports > 0 ? cfg->birthday_ports : DEFAULT_BIRTHDAY_PORTS;
+  p->start = now;
+  p->predict_at = now + p->predict_after;
+  p->next_round_at = p->predict_at;
+  p->deadline = now + timeout;
+  p->nominating = -1;
+  p->sel = -1;
+  p->max_sock = 1;
+  p->pace_tokens = PACE_BURST;
+  rnd(p, p->salt, sizeof p->salt);
+
+  char sess[2 * NP_SIG_SESSION_LEN + 1];
+  hex(cfg->session, NP_SIG_SESSION_LEN, sess);
+  snprintf(p->user_tx, sizeof p->user_tx, "natpunch:%s:%c", sess, cfg->callee ? 'a' : 'c');
+  snprintf(p->user_rx, sizeof p->user_rx, "natpunch:%s:%c", sess, cfg->callee ? 'c' : 'a');
+  p->user_len = strlen(p->user_tx);
+
+  /* Who sends where in phase 0, and how many mappings that costs each side
+   * (the predictor's 'sent'): both sides compute both lists. */
+  np_check self_list[NP_CHECKLIST_MAX], peer_list[NP_CHECKLIST_MAX];
+  int self_maps = 0, peer_maps = 0;
+  int n = np_checklist_build(&cfg->self, &cfg->peer, self_list, NP_CHECKLIST_MAX, &self_maps);
+  (void)np_checklist_build(&cfg->peer, &cfg->self, peer_list, NP_CHECKLIST_MAX, &peer_maps);
+  np_checklist_model(&cfg->self, &p->self_m);
+  np_checklist_model(&cfg->peer, &p->peer_m);
+  p->self_m.sent = self_maps;
+  p->peer_m.sent = peer_maps;
+  p->strategy = np_predict_plan(&p->self_m, &p->peer_m);
+  p->peer_open = has_no_nat(&cfg->peer);
+  for (int i = 0; i < n; i++) {
+    int k = add_target(p, 0, &self_list[i].remote, self_list[i].type);
+    if (k >= 0)
+      activate(p, k, now, 0);
+  }
+  NP_LOGI(&p->log,
+          "punch: %s, %d direct candidate(s); our NAT delta %d%s, peer's %d%s; strategy %s; "
+          "prime TTL %d",
+          cfg->callee ? "callee" : "caller", n, p->self_m.delta, p->self_m.known ? "" : " (unknown)",
+          p->peer_m.delta, p->peer_m.known ? "" : " (unknown)",
+          np_predict_strategy_name(p->strategy), cfg->prime_ttl);
+  *out = p;
+  return 0;
+}
+
+void np_punch_free(np_punch *p) {
+  if (!p)
+    return;
+  free(p->t);
+  free(p->sprayed);
+  sodium_memzero(p->cfg.key, sizeof p->cfg.key);
+  free(p);
+}
+
+/* ---- the send rules ------------------------------------------------------------ */
+
+static bool hold_applies(const np_punch *p, const struct target *t) {
+  if (!p->cfg.callee)
+    return false;
+  /* The peer primes these at the start of its own phase or round, which
+   * begins after ours (it learns of the session later). */
+  return t->round == 0 || p->strategy == NP_PREDICT_LOCKSTEP || p->strategy == NP_PREDICT_SPRAY;
+}
+
+/* Does the peer know the public port our probe to t will come from? */
+static bool our_port_known(const np_punch *p, const struct target *t) {
+  if (t->sock > 0)
+    return false; /* birthday sockets: random ports nobody predicted */
+  if (t->round == 0)
+    return np_predict_kind(&p->self_m) == 0;
+  switch (p->strategy) {
+  case NP_PREDICT_HOLD:
+  case NP_PREDICT_SOCKETS:
+    return false;
+  default:
+    return true;
+  }
+}
+
+static bool needs_prime(const np_punch *p, const struct target *t) {
+  if (p->cfg.prime_ttl <= 0 || t->type == NP_CAND_HOST || t->type == NP_CAND_PORTMAP)
+    return false;
+  /* A sweep or a spray is answered, never raced: the other side holds
+   * fire until one of these lands, so they need no separate priming. */
+  if (t->round > 0 && t->sock == 0 &&
+      (p->strategy == NP_PREDICT_SWEEP || p->strategy == NP_PREDICT_SPRAY))
+    return false;
+  return true;
+}
+
+/* The earliest time a full-TTL probe to t may go (NEVER: only an inbound
+ * probe from it will allow one). */
+static int64_t full_allowed_at(const np_punch *p, const struct target *t) {
+  if (t->inbound || t->type == NP_CAND_HOST || t->type == NP_CAND_PORTMAP || p->peer_open)
+    return 0;
+  if (!our_port_known(p, t))
+    return NEVER;
+  if (hold_applies(p, t))
+    return t->activated + p->hold;
+  return 0;
+}
+
+/* ---- encoding --------------------------------------------------------------- */
+
+static int encode_request(np_punch *p, int idx, bool nominate, np_punch_datagram *dg) {
+  uint8_t txid[NP_STUN_TXID_LEN];
+  uint32_t u = (uint32_t)idx;
+  txid[0] = (uint8_t)(u >> 24);
+  txid[1] = (uint8_t)(u >> 16);
+  txid[2] = (uint8_t)(u >> 8);
+  txid[3] = (uint8_t)u;
+  memcpy(txid + 4, p->salt, sizeof p->salt);
+  np_stun_writer w;
+  np_stun_writer_init(&w, dg->buf, sizeof dg->buf, NP_STUN_BINDING | NP_STUN_REQUEST,
+                      NP_STUN_MAGIC_COOKIE, txid);
+  np_stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, p->user_tx, p->user_len);
+  if (nominate) {
+    np_stun_put_bytes(&w, ATTR_NOMINATE, NULL, 0);
+    np_stun_put_u32(&w, ATTR_VIA, (uint32_t)target_via(p, &p->t[idx]));
+  }
+  np_stun_put_integrity_sha256(&w, p->cfg.key, NP_PUNCH_KEY_LEN, 32);
+  np_stun_put_fingerprint(&w);
+  int n = np_stun_writer_finish(&w);
+  if (n < 0)
+    return n;
+  dg->len = (size_t)n;
+  dg->sock = p->t[idx].sock;
+  dg->to = p->t[idx].to;
+  dg->ttl = 0;
+  return 0;
+}
+
+static int encode_response(np_punch *p, const struct response *r, np_punch_datagram *dg) {
+  np_stun_writer w;
+  np_stun_writer_init(&w, dg->buf, sizeof dg->buf, NP_STUN_BINDING | NP_STUN_SUCCESS,
+                      NP_STUN_MAGIC_COOKIE, r->txid);
+  np_stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &r->to);
+  if (r->nominate) {
+    np_stun_put_bytes(&w, ATTR_NOMINATE, NULL, 0);
+    np_stun_put_u32(&w, ATTR_VIA, (uint32_t)p->via);
+  }
+  np_stun_put_integrity_sha256(&w, p->cfg.key, NP_PUNCH_KEY_LEN, 32);
+  np_stun_put_fingerprint(&w);
+  int n = np_stun_writer_finish(&w);
+  if (n < 0)
+    return n;
+  dg->len = (size_t)n;
+  dg->sock = r->sock;
+  dg->to = r->to;
+  dg->ttl = 0;
+  return 0;
+}
+
+static int encode_keepalive(np_punch *p, np_punch_datagram *dg) {
+  uint8_t txid[NP_STUN_TXID_LEN];
+  rnd(p, txid, sizeof txid);
+  np_stun_writer w;
+  np_stun_writer_init(&w, dg->buf, sizeof dg->buf, NP_STUN_BINDING | NP_STUN_INDICATION,
+                      NP_STUN_MAGIC_COOKIE, txid);
+  np_stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, p->user_tx, p->user_len);
+  np_stun_put_integrity_sha256(&w, p->cfg.key, NP_PUNCH_KEY_LEN, 32);
+  np_stun_put_fingerprint(&w);
+  int n = np_stun_writer_finish(&w);
+  if (n < 0)
+    return n;
+  dg->len = (size_t)n;
+  dg->sock = p->t[p->sel].sock;
+  dg->to = p->t[p->sel].to;
+  dg->ttl = 0;
+  return 0;
+}
+
+/* ---- phases ----------------------------------------------------------------- */
+
+static void fail(np_punch *p, int err, const char *reason) {
+  if (p->state != NP_PUNCH_RUNNING)
+    return;
+  p->state = NP_PUNCH_FAILED;
+  p->error = err;
+  snprintf(p->reason, sizeof p->reason, "%s", reason);
+  NP_LOGI(&p->log, "punch: failed: %s", p->reason);
+}
+
+static void start_round(np_punch *p, int64_t now) {
+  p->round++;
+  p->next_round_at = now + p->round_ms;
+  np_addr peer_ip = p->cfg.peer.n_mapped ? p->cfg.peer.mapped[0] : p->t[0].to;
+  int added = 0;
+  switch (p->strategy) {
+  case NP_PREDICT_SWEEP:
+  case NP_PREDICT_LOCKSTEP: {
+    uint16_t ports[2048];
+    int n = np_predict_round(p->strategy, &p->self_m, &p->peer_m, p->cfg.callee, p->round, ports,
+                             (int)(sizeof ports / sizeof ports[0]));
+    for (int i = 0; i < n; i++) {
+      np_addr a = peer_ip;
+      np_addr_set_port(&a, ports[i]);
+      int k = add_target(p, 0, &a, NP_CAND_PREDICTED);
+      if (k >= 0 && !p->t[k].valid) {
+        activate(p, k, now, ROUND_SENDS);
+        added++;
+      }
+    }
+    break;
+  }
+  case NP_PREDICT_SPRAY: {
+    uint16_t *ports = malloc((size_t)p->bd_ports * sizeof *ports);
+    uint16_t *grown = realloc(p->sprayed, (size_t)(p->nsprayed + p->bd_ports) * sizeof *grown);
+    if (!ports || !grown) {
+      free(ports);
+      if (grown)
+        p->sprayed = grown;
+      break;
+    }
+    p->sprayed = grown;
+    int n = np_predict_spray(p->cfg.random, p->cfg.random_user, p->sprayed, p->nsprayed, ports,
+                             p->bd_ports);
+    for (int i = 0; i < n; i++) {
+      np_addr a = peer_ip;
+      np_addr_set_port(&a, ports[i]);
+      p->sprayed[p->nsprayed++] = ports[i];
+      int k = add_target(p, 0, &a, NP_CAND_BIRTHDAY);
+      if (k >= 0) {
+        activate(p, k, now, 1);
+        added++;
+      }
+    }
+    free(ports);
+    break;
+  }
+  case NP_PREDICT_SOCKETS:
+    /* Many sockets, each with its own random mapping, all toward the
+     * peer's one port; primed again every round to keep them open. */
+    for (int s = 1; s <= p->bd_sockets; s++) {
+      int k = add_target(p, s, &peer_ip, NP_CAND_BIRTHDAY);
+      if (k >= 0) {
+        activate(p, k, now, 1);
+        p->t[k].primed = false;
+        added++;
+      }
+    }
+    break;
+  case NP_PREDICT_IMPOSSIBLE:
+    fail(p, NP_ERR_UNREACHABLE,
+         "no direct path: one NAT assigns random ports and the other is not "
+         "endpoint-independent, so neither side can predict the other (a relay is needed)");
+    return;
+  default:
+    break;
+  }
+  /* The direct candidates keep going in every round, their backoff reset. */
+  for (int i = 0; i < p->nt; i++)
+    if (p->t[i].round == 0 && p->t[i].sock == 0 && p->t[i].type != NP_CAND_PRFLX) {
+      p->t[i].next = now;
+      p->t[i].rto = RTO_MIN_MS;
+    }
+  NP_LOGD(&p->log, "punch: round %d (%s): %d target(s)", p->round,
+          np_predict_strategy_name(p->strategy), added);
+}
+
+static void connect_on(np_punch *p, int idx, enum np_via peer_via, int64_t now) {
+  p->state = NP_PUNCH_CONNECTED;
+  p->sel = idx;
+  p->via = merge_via(target_via(p, &p->t[idx]), peer_via);
+  p->connected_at = now;
+  p->next_keepalive = now + p->keepalive;
+  char a[NP_ADDRSTRLEN];
+  NP_LOGI(&p->log, "punch: connected to %s on socket %d via %s after %lld ms, %u probes",
+          np_addr_format(&p->t[idx].to, a, sizeof a), p->t[idx].sock, np_via_name(p->via),
+          (long long)(now - p->start), p->probes_sent);
+}
+
+/* ---- np_punch_next ------------------------------------------------------------- */
+
+/* Token bucket: PACE_BURST probes at once, then one per PACE_US. Loops are
+ * bounded by PACE_BURST. */
+static bool pace(np_punch *p, int64_t now) {
+  int64_t us = now * 1000;
+  if (p->pace_next_us == 0)
+    p->pace_next_us = us;
+  for (int i = 0; i < PACE_BURST && p->pace_tokens < PACE_BURST && p->pace_next_us <= us; i++) {
+    p->pace_tokens++;
+    p->pace_next_us += PACE_US;
+  }
+  if (p->pace_tokens == PACE_BURST && p->pace_next_us < us)
+    p->pace_next_us = us; /* an idle bucket does not bank more than a burst */
+  if (p->pace_tokens == 0)
+    return false;
+  p->pace_tokens--;
+  return true;
+}
+
+int np_punch_next(np_punch *p, int64_t now, np_punch_datagram *dg) {
+  /* Responses go first, unpaced: they complete a check the peer is
+   * timing. */
+  while (p->nresp > 0) {
+    struct response r = p->resp[0];
+    memmove(p->resp, p->resp + 1, (size_t)(--p->nresp) * sizeof p->resp[0]);
+    if (encode_response(p, &r, dg) == 0)
+      return 1;
+  }
+  if (p->state == NP_PUNCH_CONNECTED) {
+    if (now >= p->next_keepalive) {
+      p->next_keepalive = now + p->keepalive;
+      if (encode_keepalive(p, dg) == 0)
+        return 1;
+    }
+    return 0;
+  }
+  if (p->state != NP_PUNCH_RUNNING)
+    return 0;
+  if (now >= p->deadline) {
+    char d[160];
+    snprintf(d, sizeof d,
+             "no direct path before the timeout (%s, %d round(s), %u probes sent, %u received)",
+             np_predict_strategy_name(p->strategy), p->round, p->probes_sent, p->probes_received);
+    fail(p, NP_ERR_TIMEOUT, d);
+    return 0;
+  }
+  if (p->probes_sent >= (uint32_t)p->max_probes) {
+    char d[80];
+    snprintf(d, sizeof d, "probe budget (%d) spent without a path", p->max_probes);
+    fail(p, NP_ERR_TIMEOUT, d);
+    return 0;
+  }
+  if (now >= p->next_round_at && p->nominating < 0) {
+    start_round(p, now);
+    if (p->state != NP_PUNCH_RUNNING)
+      return 0;
+  }
+  /* Nomination retransmits. */
+  if (p->nominating >= 0 && now >= p->nom_next) {
+    if (p->nom_sends >= NOMINATE_SENDS) {
+      NP_LOGD(&p->log, "punch: nomination unanswered; back to probing");
+      p->t[p->nominating].valid = false;
+      p->nominating = -1;
+    } else if (pace(p, now) && encode_request(p, p->nominating, true, dg) == 0) {
+      p->nom_sends++;
+      p->nom_next = now + p->nom_rto;
+      p->nom_rto = p->nom_rto * 2 > RTO_MAX_MS ? RTO_MAX_MS : p->nom_rto * 2;
+      p->probes_sent++;
+      return 1;
+    } else {
+      return 0;
+    }
+  }
+  for (int i = 0; i < p->nt; i++) {
+    struct target *t = &p->t[i];
+    if (!t->active || t->next > now)
+      continue;
+    bool prime = needs_prime(p, t) && !t->primed;
+    int64_t allowed = prime ? 0 : full_allowed_at(p, t);
+    if (allowed > now) {
+      t->next = allowed; /* NEVER until an inbound probe re-arms it */
+      continue;
+    }
+    if (!pace(p, now))
+      return 0;
+    if (encode_request(p, i, false, dg) != 0) {
+      t->active = false;
+      continue;
+    }
+    p->probes_sent++;
+    if (prime) {
+      t->primed = true;
+      dg->ttl = p->cfg.prime_ttl;
+      t->next = now; /* the full probe, when allowed, right behind it */
+      return 1;
+    }
+    t->sends++;
+    t->next = now + t->rto;
+    t->rto = t->rto * 2 > RTO_MAX_MS ? RTO_MAX_MS : t->rto * 2;
+    if (t->max_sends && t->sends >= t->max_sends)
+      t->active = false;
+    return 1;
+  }
+  return 0;
+}
+
+int64_t np_punch_wakeup(const np_punch *p) {
+  if (p->nresp > 0)
+    return 0;
+  if (p->state == NP_PUNCH_CONNECTED)
+    return p->next_keepalive;
+  if (p->state != NP_PUNCH_RUNNING)
+    return NEVER;
+  int64_t w = p->deadline;
+  if (p->nominating < 0 && p->next_round_at < w)
+    w = p->next_round_at;
+  if (p->nominating >= 0 && p->nom_next < w)
+    w = p->nom_next;
+  for (int i = 0; i < p->nt; i++)
+    if (p->t[i].active && p->t[i].next < w)
+      w = p->t[i].next;
+  if (p->pace_tokens == 0 && w < p->pace_next_us / 1000 + 1)
+    w = p->pace_next_us / 1000 + 1;
+  return w;
+}
+
+/* ---- input ------------------------------------------------------------------ */
+
+/* Our attributes, which np_stun_read() skips as unknown
+ * comprehension-optional ones: a bounded walk over a message it accepted,
+ * stopping at the integrity attribute (what follows is not covered). */
+static void read_ours(const uint8_t *buf, size_t len, bool *nominate, uint32_t *via) {
+  size_t off = NP_STUN_HEADER_LEN;
+  while (off + 4 <= len) {
+    uint16_t type = (uint16_t)(buf[off] << 8 | buf[off + 1]);
+    size_t alen = (size_t)(buf[off + 2] << 8 | buf[off + 3]);
+    if (off + 4 + alen > len || type == NP_STUN_ATTR_MESSAGE_INTEGRITY_SHA256 ||
+        type == NP_STUN_ATTR_MESSAGE_INTEGRITY)
+      return;
+    if (type == ATTR_NOMINATE)
+      *nominate = true;
+    if (type == ATTR_VIA && alen == 4)
+      *via = (uint32_t)buf[off + 4] << 24 | (uint32_t)buf[off + 5] << 16 |
+             (uint32_t)buf[off + 6] << 8 | buf[off + 7];
+    off += 4 + ((alen + 3) & ~(size_t)3);
+  }
+}
+
+static void queue_response(np_punch *p, int sock, const np_addr *to,
+                           const uint8_t txid[NP_STUN_TXID_LEN], bool nominate) {
+  if (p->nresp == MAX_RESPONSES)
+    return; /* the peer retransmits */
+  struct response *r = &p->resp[p->nresp++];
+  r->sock = sock;
+  r->to = *to;
+  memcpy(r->txid, txid, NP_STUN_TXID_LEN);
+  r->nominate = nominate;
+}
+
+static void on_request(np_punch *p, int64_t now, int sock, const np_addr *from,
+                       const np_stun_msg *m, bool nominate, uint32_t via) {
+  int i = find_target(p, sock, from);
+  if (i < 0) {
+    i = add_target(p, sock, from, NP_CAND_PRFLX);
+    if (i >= 0)
+      p->t[i].round = p->round;
+  }
+  if (i < 0)
+    return;
+  struct target *t = &p->t[i];
+  if (p->state == NP_PUNCH_RUNNING) {
+    if (!t->inbound || !t->active) {
+      /* Triggered check: the peer's NAT now holds a mapping toward us on
+       * this pair, so a full probe back is safe and fast. */
+      t->inbound = true;
+      int keep_round = t->round;
+      activate(p, i, now, t->round == 0 && t->type != NP_CAND_PRFLX ? 0 : TRIGGERED_SENDS);
+      t->round = keep_round;
+      t->primed = true;
+    }
+    if (nominate && p->cfg.callee)
+      connect_on(p, i, via <= NP_VIA_BIRTHDAY ? (enum np_via)via : NP_VIA_NONE, now);
+  } else if (p->state == NP_PUNCH_CONNECTED && nominate && p->cfg.callee && i != p->sel) {
+    /* The caller lost our answer to its nomination and nominated again,
+     * possibly another pair: follow it, since that is the pair it uses. */
+    p->sel = i;
+  }
+  queue_response(p, sock, from, m->txid, nominate && p->cfg.callee);
+}
+
+static void on_success(np_punch *p, int64_t now, int sock, const np_addr *from,
+                       const np_stun_msg *m, bool nominate, uint32_t via) {
+  if (memcmp(m->txid + 4, p->salt, sizeof p->salt) != 0)
+    return;
+  uint32_t idx = (uint32_t)m->txid[0] << 24 | (uint32_t)m->txid[1] << 16 |
+                 (uint32_t)m->txid[2] << 8 | m->txid[3];
+  if (idx >= (uint32_t)p->nt)
+    return;
+  struct target *t = &p->t[idx];
+  /* A check is valid only if the answer came back on the same pair. */
+  if (t->sock != sock || !np_addr_equal(&t->to, from))
+    return;
+  t->valid = true;
+  if (p->state != NP_PUNCH_RUNNING || p->cfg.callee)
+    return;
+  if (nominate && p->nominating == (int)idx) {
+    connect_on(p, (int)idx, via <= NP_VIA_BIRTHDAY ? (enum np_via)via : NP_VIA_NONE, now);
+    return;
+  }
+  if (p->nominating < 0) {
+    p->nominating = (int)idx;
+    p->nom_sends = 0;
+    p->nom_rto = RTO_MIN_MS;
+    p->nom_next = now;
+  }
+}
+
+bool np_punch_input(np_punch *p, int64_t now, int sock, const np_addr *from, const uint8_t *buf,
+                    size_t len) {
+  if (!np_stun_is_stun(buf, len))
+    return false;
+  np_stun_msg m;
+  if (np_stun_read(buf, len, &m) != 0 || m.method != NP_STUN_BINDING || m.rfc3489 ||
+      !(m.present & NP_STUN_HAS_INTEGRITY_SHA256))
+    return false;
+  if (m.cls == NP_STUN_REQUEST || m.cls == NP_STUN_INDICATION) {
+    /* Requests carry the sender's role: our own reflected back is refused. */
+    if (!(m.present & NP_STUN_HAS_USERNAME) || m.username_len != p->user_len ||
+        memcmp(m.username, p->user_rx, p->user_len) != 0)
+      return false;
+  } else if (m.cls != NP_STUN_SUCCESS) {
+    return false;
+  }
+  if (np_stun_check_integrity_sha256(buf, len, &m, p->cfg.key, NP_PUNCH_KEY_LEN) != 0) {
+    NP_LOGD(&p->log, "punch: probe with a bad integrity check ignored");
+    return false;
+  }
+  bool nominate = false;
+  uint32_t via = 0;
+  read_ours(buf, len, &nominate, &via);
+  if (m.cls == NP_STUN_REQUEST) {
+    p->probes_received++;
+    on_request(p, now, sock, from, &m, nominate, via);
+  } else if (m.cls == NP_STUN_SUCCESS) {
+    p->probes_received++;
+    on_success(p, now, sock, from, &m, nominate, via);
+  }
+  return true;
+}
+
+void np_punch_result_get(const np_punch *p, np_punch_result *out) {
+  memset(out, 0, sizeof *out);
+  out->state = p->state;
+  out->strategy = p->strategy;
+  out->probes_sent = p->probes_sent;
+  out->probes_received = p->probes_received;
+  out->rounds = (uint32_t)p->round;
+  out->sockets = p->max_sock;
+  if (p->state == NP_PUNCH_CONNECTED) {
+    out->sock = p->t[p->sel].sock;
+    out->remote = p->t[p->sel].to;
+    out->via = p->via;
+    out->elapsed_ms = p->connected_at - p->start;
+  }
+  out->error = p->error;
+  memcpy(out->reason, p->reason, sizeof out->reason);
+}
+
+int np_punch_sockets(const np_punch *p) {
+  return p->max_sock;
+}
