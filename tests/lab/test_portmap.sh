@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Port mapping end to end in the NAT lab: a host behind a real miniupnpd
+# gateway (lab_upnp.sh) maps a UDP port with np_portmap_* (portmap_driver.c)
+# by each protocol in turn; a server on the public segment sends to the
+# external address the library reported, and the datagram must arrive at
+# the host's socket. After np_portmap_close() the gateway's DNAT rule must be
+# gone and a new datagram must not arrive.
+# Usage: test_portmap.sh PORTMAP_DRIVER        (exit 77 = skipped)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=lab.sh
+source "$here/lab.sh"
+# shellcheck source=lab_upnp.sh
+source "$here/lab_upnp.sh"
+
+driver=${1:?usage: $0 PORTMAP_DRIVER}
+case "$driver" in /*) ;; *) driver="$PWD/$driver" ;; esac
+[ -x "$driver" ] || { echo "FAIL: $driver is not an executable"; exit 1; }
+lab_require_root
+lab_upnp_require
+py=$(command -v python3 || true)
+[ -n "$py" ] || { echo "SKIP: python3 not found (the test's UDP sender)" >&2; exit 77; }
+
+lab_init
+logs=$(mktemp -d "/tmp/${LAB_ID}-portmap.XXXXXX")
+on_exit() { lab_down; lab_upnp_cleanup; rm -rf "$logs"; }
+trap on_exit EXIT
+lab_servers
+lab_upnp_host h
+pub=$(lab_pubip h)
+echo "port mapping from $(lab_ip h) behind miniupnpd gateway $pub"
+
+# send_from NAME SPORT DST DPORT: three datagrams 50 ms apart (one lost
+# datagram must not fail the test), bounded by timeout.
+send_from() {
+  lab_exec "$1" timeout 10 "$py" -c '
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("", int(sys.argv[1])))
+for i in range(3):
+    s.sendto(b"portmap %d" % i, (sys.argv[2], int(sys.argv[3])))
+    time.sleep(0.05)
+' "$2" "$3" "$4"
+}
+
+# wait_line FILE REGEX [TENTHS]: until a line matches (at most TENTHS x 0.1 s,
+# default 100); prints it.
+wait_line() {
+  local n
+  for ((n = 0; n < ${3:-100}; n++)); do
+    if grep -Eq "$2" "$1" 2>/dev/null; then
+      grep -Em1 "$2" "$1"
+      return 0
+    fi
+    sleep 0.1
+  done
+  return 1
+}
+
+field() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<"$2"; }
+
+# run_case LABEL PORT SPORT WANT_PROTOS DRIVER_OPTS...
+run_case() {
+  local label=$1 port=$2 sport=$3 want=$4 out line proto ext ms pid n
+  shift 4
+  out="$logs/$label.log"
+  echo "--- $label (driver $*)"
+  lab_spawn h "$out" "$driver" --port "$port" --timeout 4000 --wait 8000 --after 2000 -v "$@"
+  pid=$LAB_LAST_PID
+  if ! line=$(wait_line "$out" '^(mapped|failed)' 150) || [[ $line != mapped* ]]; then
+    echo "  FAIL $label: no mapping: ${line:-driver silent}"
+    LAB_FAILS=$((LAB_FAILS + 1))
+    cat "$out"
+    return 0
+  fi
+  proto=$(field proto "$line") ext=$(field external "$line") ms=$(field ms "$line")
+  if [[ " $want " == *" $proto "* ]]; then echo "  ok   $label: protocol $proto in ${ms} ms"; else
+    echo "  FAIL $label: protocol $proto, want one of: $want"; LAB_FAILS=$((LAB_FAILS + 1)); fi
+  lab_check "$label: external IP (the gateway's WAN)" "${ext%:*}" "$pub"
+  local eport=${ext##*:}
+  if lab_upnp_rules h | grep -q "dport $eport "; then echo "  ok   $label: gateway has a DNAT rule for $eport"; else
+    echo "  FAIL $label: no DNAT rule for $eport in miniupnpd's table"; LAB_FAILS=$((LAB_FAILS + 1)); fi
+
+  send_from s1 "$sport" "${ext%:*}" "$eport"
+  line=$(wait_line "$out" '^received' 100) || line="received (driver silent)"
+  lab_check "$label: datagram from s1 arrives, sender" "$(field from "$line")" "$LAB_S1:$sport"
+
+  line=$(wait_line "$out" '^closed' 100) || line="closed rc=(driver silent)"
+  lab_check "$label: np_portmap_close" "$(field rc "$line")" NP_OK
+  if lab_upnp_rules h | grep -q "dport $eport "; then
+    echo "  FAIL $label: DNAT rule for $eport still there after close"; LAB_FAILS=$((LAB_FAILS + 1))
+  else echo "  ok   $label: DNAT rule for $eport gone"; fi
+  # A new source port: the old conntrack entry (already DNATed) would
+  # still carry datagrams from the first one.
+  send_from s1 $((sport + 1)) "${ext%:*}" "$eport"
+  line=$(wait_line "$out" '^after_close' 50) || line="after_close received=(driver silent)"
+  lab_check "$label: datagrams arriving after close" "$(field received "$line")" 0
+  for ((n = 0; n < 50; n++)); do lab_alive "$pid" || break; sleep 0.1; done
+  if [ "$LAB_VERBOSE" = 1 ]; then cat "$out"; fi
+}
+
+run_case auto 40001 5001 "pcp natpmp"
+run_case pcp 40002 5011 pcp --no-natpmp --no-upnp
+run_case natpmp 40003 5021 natpmp --no-pcp --no-upnp
+run_case upnp 40004 5031 upnp --no-pcp --no-natpmp
+
+# lab_down must take miniupnpd with it (it runs in the router's namespace).
+mpid=${LAB_UPNP_PID[h]}
+lab_down
+if lab_alive "$mpid"; then echo "  FAIL miniupnpd ($mpid) survived lab_down"; LAB_FAILS=$((LAB_FAILS + 1)); else
+  echo "  ok   miniupnpd gone after lab_down"; fi
+lab_check "namespaces left after lab_down" "$(lab_leftovers | wc -l)" 0
+
+if [ "$LAB_FAILS" -ne 0 ]; then
+  for f in "$logs"/*.log; do echo "--- $f"; cat "$f"; done
+  echo "--- miniupnpd"; tail -n 40 "$(lab_upnp_log h)"
+  echo "FAIL: $LAB_FAILS check(s) failed"
+  exit 1
+fi
+echo "PASS: PCP, NAT-PMP and UPnP mappings through miniupnpd work and are deleted"
