@@ -8,6 +8,7 @@
 #   lab_servers                       s1 = 203.0.113.1 + .2, s2 = 203.0.113.3
 #   lab_nat_host cone alice           host "alice" behind a port-preserving NAT
 #   lab_nat_host symmetric bob        another host, behind its own NAT
+#   lab_nat_join alice carol          carol on alice's LAN, behind her NAT
 #   lab_start_natpunch_servers CLI DIR    (or lab_start_coturn DIR)
 #   lab_exec alice natpunch probe ...
 #   lab_spawn bob LOGFILE CMD...      background CMD in bob's namespace
@@ -29,7 +30,9 @@
 #   server hosts   203.0.113.1-9      given by the caller
 #   NAT / open     203.0.113.(10+i)   public IP of NAT number i (or the host)
 #   CGNAT segment  100.64.i.0/24      between the two NATs of a stacked kind
-#   LAN i          10.i.0.0/24        router 10.i.0.1, host 10.i.0.2
+#   LAN i          10.i.0.0/24        router 10.i.0.1 (bridge "lan" of the
+#                                     router), host 10.i.0.2, joined hosts
+#                                     10.i.0.3, .4, ... (lab_nat_join)
 #
 # Core router hop. On the internet at least one router sits between two home
 # NATs, so a packet sent with a small TTL dies before it reaches the far NAT
@@ -46,21 +49,29 @@
 # Every interface is created inside a lab namespace (`ip -n A link add X type
 # veth peer name Y netns B`), so nothing appears in the root namespace.
 #
-# NAT kinds (one host per NAT; a kind may be "INNER+OUTER" to stack two):
+# NAT kinds (a kind may be "INNER+OUTER" to stack two). Every call of
+# lab_nat_host makes a new NAT with its own state (mappings, the symmetric
+# port counter); lab_nat_join puts more hosts behind an existing one, and
+# the kinds' inbound rules are per mapping, so they work for every host:
 #   open       host on the public segment, no NAT
 #   cone       masquerade: conntrack keeps the host's port when it can, and
 #              one source maps to one public port for every destination
 #              (EIM); replies only from the exact remote address:port (APDF)
 #   addr       cone + inbound from any port of a remote IP the mapping has
-#              sent to (EIM, ADF), via a dynamic nft set
+#              sent to (EIM, ADF), via a dynamic nft map remote IP . public
+#              port -> LAN host . port (refreshed by outbound, 120 s)
 #   fullcone   cone + inbound from anyone to a mapped port (EIM, EIF), via a
-#              dynamic nft map public port -> host
+#              dynamic nft map public port -> LAN host . port
 #   symmetric  every new conntrack (i.e. every new remote address:port) gets
 #              the next port of a counter starting at 20000 (APDM, APDF,
 #              sequential ports 20000, 20001, ...: predictable deltas)
 #   random     masquerade fully-random: a random port per remote
 #              address:port (APDM, APDF)
 #   double     cone+cone: home NAT behind a CGNAT (100.64.i.0/24)
+# Mapping is endpoint-independent for cone, addr and fullcone only as far as
+# Linux conntrack goes: a host keeps its port unless that tuple is taken, so
+# two LAN hosts sending from the same port to the same remote address:port
+# get different public ports (and a rude NAT's state can take a port too).
 #
 # Rude or quiet. Like a real Linux NAT without an input firewall, every lab
 # NAT is rude by default: an unsolicited inbound UDP packet that no mapping
@@ -78,10 +89,11 @@
 #   LAB_PUBIP[NAME]  the public IP it appears as (lab_pubip NAME)
 #   LAB_KIND[NAME]   the kind
 #   LAB_NS[NAME-r], LAB_NS[NAME-r2]   its NAT routers (inner, outer)
+#   LAB_LAN[NAME]    i, the number of its NAT and LAN (not for open hosts)
 
 LAB_KINDS="open cone addr fullcone symmetric random double"
 
-declare -gA LAB_NS=() LAB_IP=() LAB_PUBIP=() LAB_KIND=()
+declare -gA LAB_NS=() LAB_IP=() LAB_PUBIP=() LAB_KIND=() LAB_LAN=() LAB_LAN_NEXT=()
 declare -ga LAB_ALL_NS=() LAB_PIDS=()
 LAB_ID=""
 LAB_UP=0
@@ -132,10 +144,7 @@ lab_init() {
   trap 'exit 130' INT
   trap 'exit 143' TERM
   _lab_mkns "$LAB_ID-pub"
-  ip -n "$LAB_ID-pub" link add br0 type bridge || lab_die "bridge"
-  # No STP, no forwarding delay: ports forward as soon as they are up.
-  ip -n "$LAB_ID-pub" link set br0 type bridge stp_state 0 forward_delay 0 2>/dev/null || true
-  ip -n "$LAB_ID-pub" link set br0 up
+  _lab_bridge "$LAB_ID-pub" br0
   # The core: see "Core router hop" at the top. Chain impair is for
   # lab_loss and lab_delay.
   ip netns exec "$LAB_ID-pub" nft -f - <<'EOF' || lab_die "nft rules of the public segment"
@@ -205,10 +214,12 @@ lab_server_host() {
   lab_log "server $name: $* ($ns)"
 }
 
-# _lab_nat_rules NS KIND PUBIP HOSTIP: nftables of a NAT router whose public
-# side is interface "wan" with address PUBIP, and whose only host is HOSTIP.
+# _lab_nat_rules NS KIND PUBIP: nftables of a NAT router whose public side
+# is interface "wan" with address PUBIP. Inbound state is per mapping (the
+# LAN host and port come from the conntrack entry that made it), so any
+# number of LAN hosts may share the NAT.
 _lab_nat_rules() {
-  local ns=$1 kind=$2 pub=$3 host=$4 snat sets="" rec="" dnat="" input=""
+  local ns=$1 kind=$2 pub=$3 snat sets="" rec="" dnat="" input=""
   # Rude by default: unsolicited inbound UDP that no mapping lets in is
   # delivered to the router itself (ICMP port unreachable) and leaves an
   # UNREPLIED conntrack entry, which takes that tuple for a later mapping.
@@ -232,16 +243,19 @@ _lab_nat_rules() {
     random)
       snat="masquerade fully-random" ;;
     addr)
+      # remote IP . public port -> LAN host . its port. After SNAT (priority
+      # srcnat+10) the packet carries its public port; the conntrack entry
+      # knows the LAN side.
       snat="masquerade"
-      sets="set peers { type ipv4_addr . inet_service; flags dynamic,timeout; timeout 120s; }"
-      # After SNAT (priority srcnat+10) the packet carries its public port.
-      rec="oifname \"wan\" meta l4proto udp update @peers { ip daddr . udp sport }"
-      dnat="iifname \"wan\" meta l4proto udp ip saddr . udp dport @peers dnat to $host" ;;
+      sets="map peers { type ipv4_addr . inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout 120s; }"
+      rec="oifname \"wan\" meta l4proto udp update @peers { ip daddr . udp sport : ct original ip saddr . ct original proto-src }"
+      dnat="iifname \"wan\" meta l4proto udp dnat ip to ip saddr . udp dport map @peers" ;;
     fullcone)
+      # public port -> LAN host . its port.
       snat="masquerade"
-      sets="map ports { type inet_service : ipv4_addr; flags dynamic,timeout; timeout 120s; }"
-      rec="oifname \"wan\" meta l4proto udp update @ports { udp sport : ct original ip saddr }"
-      dnat="iifname \"wan\" meta l4proto udp dnat to udp dport map @ports" ;;
+      sets="map ports { type inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout 120s; }"
+      rec="oifname \"wan\" meta l4proto udp update @ports { udp sport : ct original ip saddr . ct original proto-src }"
+      dnat="iifname \"wan\" meta l4proto udp dnat ip to udp dport map @ports" ;;
     *) lab_die "unknown NAT kind '$kind' (kinds: $LAB_KINDS)" ;;
   esac
   ip netns exec "$ns" nft -f - <<EOF || lab_die "nft rules for $kind in $ns"
@@ -296,20 +310,20 @@ lab_nat_host() {
   inner=${kind%%+*}
   outer=""
   [ "$inner" != "$kind" ] && outer=${kind#*+}
-  # The host and its (inner) NAT router.
+  # The (inner) NAT router, its LAN (bridge "lan", 10.i.0.1) and the host.
   local r="$ns-r"
   _lab_mkns "$r"
   LAB_NS[$name-r]=$r
   ip netns exec "$r" sysctl -qw net.ipv4.ip_forward=1
-  _lab_link "$r" lan "$ns" eth0
+  _lab_bridge "$r" lan
   ip -n "$r" addr add "10.$i.0.1/24" dev lan
-  ip -n "$ns" addr add "10.$i.0.2/24" dev eth0
-  ip -n "$ns" route add default via "10.$i.0.1"
-  LAB_IP[$name]="10.$i.0.2"
+  LAB_LAN[$name]=$i
+  LAB_LAN_NEXT[$i]=2
+  _lab_lan_host "$name" "$i"
   if [ -z "$outer" ]; then
     _lab_link_pub "$r" wan
     ip -n "$r" addr add "$pub/24" dev wan
-    _lab_nat_rules "$r" "$inner" "$pub" "10.$i.0.2"
+    _lab_nat_rules "$r" "$inner" "$pub"
     lab_log "host $name: 10.$i.0.2 behind $inner NAT $pub"
   else
     # Stacked: host -> inner NAT (100.64.i.2) -> outer NAT (CGNAT) -> public.
@@ -323,10 +337,56 @@ lab_nat_host() {
     ip -n "$r" route add default via "100.64.$i.1"
     _lab_link_pub "$r2" wan
     ip -n "$r2" addr add "$pub/24" dev wan
-    _lab_nat_rules "$r" "$inner" "100.64.$i.2" "10.$i.0.2"
-    _lab_nat_rules "$r2" "$outer" "$pub" "100.64.$i.2"
+    _lab_nat_rules "$r" "$inner" "100.64.$i.2"
+    _lab_nat_rules "$r2" "$outer" "$pub"
     lab_log "host $name: 10.$i.0.2 behind $inner NAT 100.64.$i.2 behind $outer NAT $pub"
   fi
+}
+
+# _lab_bridge NS NAME: a bridge that forwards at once (no STP, no forwarding
+# delay) and is plain layer 2: bridged IPv4 does not go through the IP
+# hooks (br_netfilter off in that namespace, where the kernel allows it).
+_lab_bridge() {
+  ip -n "$1" link add "$2" type bridge || lab_die "bridge $2 in $1"
+  ip -n "$1" link set "$2" type bridge stp_state 0 forward_delay 0 2>/dev/null || true
+  ip netns exec "$1" sysctl -qw net.bridge.bridge-nf-call-iptables=0 2>/dev/null || true
+  ip -n "$1" link set "$2" up
+}
+
+# _lab_lan_host NAME I: put host NAME (namespace LAB_ID-NAME, made here) on
+# LAN I of router LAB_NS[NAME-r] as 10.I.0.J, J the LAN's next number.
+_lab_lan_host() {
+  local name=$1 i=$2 j ns="$LAB_ID-$1" r=${LAB_NS[$1-r]}
+  j=${LAB_LAN_NEXT[$i]}
+  [ "$j" -le 254 ] || lab_die "LAN $i is full"
+  LAB_LAN_NEXT[$i]=$((j + 1))
+  [ -n "${LAB_NS[$name]:-}" ] || { _lab_mkns "$ns"; LAB_NS[$name]=$ns; }
+  ip -n "$r" link add "h$j" type veth peer name eth0 netns "$ns" || lab_die "veth $r/h$j"
+  ip -n "$r" link set "h$j" master lan up
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" addr add "10.$i.0.$j/24" dev eth0
+  ip -n "$ns" route add default via "10.$i.0.1"
+  LAB_IP[$name]="10.$i.0.$j"
+}
+
+# lab_nat_join OWNER NAME: another host NAME on the LAN of OWNER's NAT
+# (10.i.0.3, .4, ... in join order), sharing its NAT(s) and public IP:
+# LAB_PUBIP, LAB_KIND and LAB_NS[NAME-r] (and -r2) are OWNER's. OWNER is a
+# host made by lab_nat_host (not open) or another joined host.
+lab_nat_join() {
+  local owner=$1 name=$2 i
+  [ "$LAB_UP" = 1 ] || lab_die "lab_init first"
+  [ -z "${LAB_NS[$name]:-}" ] || lab_die "lab host '$name' exists"
+  i=${LAB_LAN[$owner]:-}
+  [ -n "$i" ] || lab_die "lab_nat_join: '$owner' is not a host behind a lab NAT"
+  LAB_NS[$name-r]=${LAB_NS[$owner-r]}
+  [ -z "${LAB_NS[$owner-r2]:-}" ] || LAB_NS[$name-r2]=${LAB_NS[$owner-r2]}
+  LAB_PUBIP[$name]=${LAB_PUBIP[$owner]}
+  # shellcheck disable=SC2034  # LAB_KIND is for the callers
+  LAB_KIND[$name]=${LAB_KIND[$owner]}
+  LAB_LAN[$name]=$i
+  _lab_lan_host "$name" "$i"
+  lab_log "host $name: ${LAB_IP[$name]} behind the NAT of $owner (${LAB_PUBIP[$name]})"
 }
 
 lab_ns()    { [ -n "${LAB_NS[$1]:-}" ] || lab_die "no lab host '$1'"; echo "${LAB_NS[$1]}"; }
@@ -425,9 +485,11 @@ lab_start_coturn() {
 #   lab_udp_send NAME SPORT DST DPORT [TTL [COUNT [GAP_MS]]]
 #       COUNT datagrams (default 1) from local port SPORT (0 = any) with
 #       IP TTL (default 64), GAP_MS apart.
-#   lab_udp_recv NAME PORT SECONDS     count datagrams arriving on PORT for
-#       SECONDS (stops early after 1 s of silence once one arrived); prints
-#       the count. Run it with & and lab_wait_udp NAME PORT before sending.
+#   lab_udp_recv NAME PORT SECONDS [DST DPORT]   count datagrams arriving
+#       on PORT for SECONDS (stops early after 1 s of silence once one
+#       arrived); prints the count. With DST DPORT it first sends one
+#       datagram there from PORT (opening a mapping from that socket). Run it
+#       with & and lab_wait_udp NAME PORT before sending to it.
 #   lab_udp_echo NAME PORT SECONDS     echo every datagram on PORT back.
 #   lab_udp_rtt NAME DST DPORT COUNT   COUNT request/replies, one at a time,
 #       1 s timeout each; prints "sent received min_ms median_ms max_ms".
@@ -452,6 +514,8 @@ if cmd == "send":
             time.sleep(gap)
 elif cmd in ("recv", "echo"):
     s.bind(("", int(a[0])))
+    if len(a) >= 4:
+        s.sendto(b"open", (a[2], int(a[3])))
     end = time.monotonic() + float(a[1])
     n, last = 0, None
     while time.monotonic() < end:
@@ -507,7 +571,7 @@ elif cmd == "ttl":
     print(out)
 '
 lab_udp_send() { lab_exec "$1" timeout 60 "$LAB_PY" -c "$_LAB_PYTOOL" send "$2" "$3" "$4" "${5:-64}" "${6:-1}" "${7:-0}"; }
-lab_udp_recv() { lab_exec "$1" timeout $((${3%.*} + 5)) "$LAB_PY" -c "$_LAB_PYTOOL" recv "$2" "$3"; }
+lab_udp_recv() { lab_exec "$1" timeout $((${3%.*} + 5)) "$LAB_PY" -c "$_LAB_PYTOOL" recv "$2" "$3" "${@:4}"; }
 lab_udp_echo() { lab_exec "$1" timeout $((${3%.*} + 5)) "$LAB_PY" -c "$_LAB_PYTOOL" echo "$2" "$3"; }
 lab_udp_rtt()  { lab_exec "$1" timeout $(($4 * 2 + 10)) "$LAB_PY" -c "$_LAB_PYTOOL" rtt "$2" "$3" "$4"; }
 lab_udp_ttl()  { lab_exec "$1" timeout 10 "$LAB_PY" -c "$_LAB_PYTOOL" ttl "$2" "$3" "$4"; }

@@ -137,6 +137,66 @@ same "TTL 1 from an open host: dies in the core, no ICMP" "$(lab_udp_ttl open "$
 same "TTL 64 to a rude NAT: ICMP port unreachable from its public IP" \
   "$(lab_udp_ttl open "$far" 41105 64)" "icmp 3 3 $far"
 
+echo "== shared NATs (lab_nat_join): inbound state is per host"
+# Two hosts behind one NAT bind the same port and send to the same remote
+# address:port: the second mapping cannot keep the port. Inbound through the
+# addr / fullcone rules must reach each host at its own LAN address and port.
+tmp=$(mktemp -d "/tmp/$LAB_ID-test.XXXXXX")
+remote=$(lab_ip open)
+for k in addr fullcone cone; do
+  lab_nat_join "$k" "$k-2"
+  same "$k-2: public IP shared with $k" "$(lab_pubip "$k-2")" "$(lab_pubip "$k")"
+  same "$k-2: next LAN address" "$(lab_ip "$k-2")" "$(lab_ip "$k" | sed 's/\.2$/.3/')"
+  r=$(lab_ns "$k-r")
+  same "$k-2: shares the router" "$(lab_ns "$k-2-r")" "$r"
+  for h in "$k" "$k-2"; do
+    lab_udp_recv "$h" 43000 4 "$remote" 43001 >"$tmp/$h.n" &
+    lab_wait_udp "$h" 43000 || bad "$h: receiver did not start"
+    sleep 0.2
+  done
+  p1=$(public_port "$r" "$(lab_ip "$k")" 43000 "$remote" 43001)
+  p2=$(public_port "$r" "$(lab_ip "$k-2")" 43000 "$remote" 43001)
+  same "$k: first host keeps its port" "$p1" 43000
+  if [[ $p2 =~ ^[0-9]+$ ]] && [ "$p2" != 43000 ]; then ok "$k-2: second host got port $p2"; else bad "$k-2: public port '$p2'"; fi
+  case $k in
+    addr) from=open ;;     # the remote IP the mappings sent to, another port
+    fullcone) from=s2 ;;   # anyone
+    cone) from=open ;;     # must not get in (port-dependent filtering)
+  esac
+  lab_udp_send "$from" 43002 "$(lab_pubip "$k")" "$p2"
+  lab_udp_send "$from" 43002 "$(lab_pubip "$k")" "$p1"
+  lab_udp_send "$from" 43002 "$(lab_pubip "$k")" "$p1"
+  [ "$k" = addr ] && lab_udp_send s2 43002 "$(lab_pubip "$k")" "$p1"  # not sent to: stays out
+  wait
+  if [ "$k" = cone ]; then want1=0 want2=0; else want1=2 want2=1; fi
+  same "$k: datagrams from $from to the first host's mapping" "$(cat "$tmp/$k.n")" $want1
+  same "$k-2: datagrams from $from to the second host's mapping" "$(cat "$tmp/$k-2.n")" $want2
+done
+rm -rf "$tmp"
+# A stacked NAT takes joined hosts on its inner LAN.
+lab_nat_join double double-2
+same "double-2: shares the outer router" "$(lab_ns double-2-r2)" "$(lab_ns double-r2)"
+lab_udp_send double-2 0 "$LAB_S1" 9
+sleep 0.2
+grep -q "src=$(lab_ip double-2) " <(lab_conntrack double-2) && ok "double-2: its traffic goes through the shared NAT" \
+  || bad "double-2: no conntrack entry for $(lab_ip double-2)"
+
+echo "== two NATs of a kind are independent (symmetric port counters)"
+lab_nat_host symmetric sym-a
+lab_nat_host symmetric sym-b
+for h in sym-a sym-b; do
+  lab_udp_send "$h" 44000 "$LAB_S1" 9
+  lab_udp_send "$h" 44000 "$LAB_S2" 9
+done
+lab_udp_send sym-a 44000 "$LAB_S1_ALT" 9
+sleep 0.2
+for h in sym-a sym-b; do
+  r=$(lab_ns "$h-r")
+  got=$(for d in "$LAB_S1" "$LAB_S2" "$LAB_S1_ALT"; do public_port "$r" "$(lab_ip "$h")" 44000 "$d" 9; done | tr '\n' ' ')
+  [ "$h" = sym-a ] && want="20000 20001 20002 " || want="20000 20001 none "
+  same "$h: ports of its first mappings" "$got" "$want"
+done
+
 lab_down
 [ -z "$(lab_leftovers)" ] && ok "lab_down left no namespace" || bad "left: $(lab_leftovers)"
 
