@@ -11,8 +11,8 @@
  * Data protocol on top of the agent's datagrams: the first byte says what
  * follows, 'D' data or 'E' end of our input (half-close, like TCP's FIN:
  * the other direction goes on). A side exits once its input has ended and
- * the peer's has too, or when the peer closes; 'E' is repeated until the
- * peer's own 'E' arrives, since a datagram may be lost.
+ * the peer's has too, or when the peer closes; 'E' is repeated for a while,
+ * since a datagram may be lost, and answered by the peer's own 'E'.
  */
 #include "cli.h"
 
@@ -34,7 +34,9 @@
 #define DEFAULT_TIMEOUT_MS 30000
 #define CHUNK 1199 /* agent datagrams are up to 1200 bytes; one is the type */
 #define EOF_RESEND_MS 200
-#define EOF_LINGER_MS 3000 /* after our 'E', how long we wait for the peer's */
+/* After our 'E', how long we repeat it; the peer answers an 'E' with its
+ * own once its input has ended, so a late one still gets through. */
+#define EOF_LINGER_MS 3000
 
 struct peer_opts {
   const char *cmd;
@@ -51,6 +53,7 @@ struct peer_opts {
   int timeout_ms;
   int predict_after_ms;
   bool no_portmap;
+  bool keep;
   bool json;
   bool verbose;
 };
@@ -64,8 +67,8 @@ static void listen_usage(FILE *out) {
           "(discovery servers, port prediction, the birthday method, UPnP/NAT-PMP/PCP).\n"
           "Once the path is up, stdin goes to the peer and the peer's data to stdout, as\n"
           "datagrams (no retransmission, no encryption yet). The listener serves one\n"
-          "session: it exits when both sides' input has ended or the peer closes. A failed\n"
-          "call is reported and the listener waits for the next one.\n\n"
+          "session (unless --keep): it exits when both sides' input has ended or the peer\n"
+          "closes. A failed call is reported and the listener waits for the next one.\n\n"
           "Options:\n"
           "  -r, --rendezvous IP[:PORT]  rendezvous server (port defaults to %d)\n"
           "  -d, --discovery IP[:PORT]   discovery server; give two (port defaults to %d)\n"
@@ -79,6 +82,8 @@ static void listen_usage(FILE *out) {
           "  -P, --predict-after MS      start port prediction after MS without a direct\n"
           "                              answer (default 1000)\n"
           "  -N, --no-portmap            do not ask the gateway for a port mapping\n"
+          "  -K, --keep                  after a session, wait for the next call (stdin\n"
+          "                              goes to the first session only)\n"
           "  -j, --json                  events as JSON lines on stderr\n"
           "  -v, --verbose               log protocol steps\n"
           "  -h, --help                  show this help\n\n"
@@ -216,6 +221,7 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
                                        {"timeout", required_argument, NULL, 't'},
                                        {"predict-after", required_argument, NULL, 'P'},
                                        {"no-portmap", no_argument, NULL, 'N'},
+                                       {"keep", no_argument, NULL, 'K'},
                                        {"json", no_argument, NULL, 'j'},
                                        {"verbose", no_argument, NULL, 'v'},
                                        {"help", no_argument, NULL, 'h'},
@@ -223,8 +229,8 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
   int c, rc;
   optind = 1;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, ":r:d:k:a:A:p:t:P:Njvh", opts, NULL)) != -1) {
-    bool listen_only = c == 'a' || c == 'A', connect_only = c == 'p' || c == 't';
+  while ((c = getopt_long(argc, argv, ":r:d:k:a:A:p:t:P:NKjvh", opts, NULL)) != -1) {
+    bool listen_only = c == 'a' || c == 'A' || c == 'K', connect_only = c == 'p' || c == 't';
     if ((listen_only && !o->listen) || (connect_only && o->listen))
       return cli_usage_error(o->cmd, "option '%s' is not for %s", argv[optind - 1], o->cmd);
     switch (c) {
@@ -279,6 +285,9 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
     case 'N':
       o->no_portmap = true;
       break;
+    case 'K':
+      o->keep = true;
+      break;
     case 'j':
       o->json = true;
       break;
@@ -327,6 +336,22 @@ static void send_eof(struct peer_run *r, int64_t now) {
   r->eof_next = now + EOF_RESEND_MS;
 }
 
+/* A session ended normally: leave, or with --keep take the next call. */
+static void end_session(struct peer_run *r) {
+  r->exit_code = CLI_EXIT_OK;
+  if (!r->o->listen || !r->o->keep) {
+    r->done = true;
+    return;
+  }
+  np_agent_close(r->agent);
+  r->connected = false;
+  r->peer_eof = false;
+  if (!r->stdin_eof) {
+    r->stdin_eof = true; /* stdin belonged to the first session */
+    r->eof_until = 0;
+  }
+}
+
 static void on_event(struct peer_run *r, const np_agent_event *ev) {
   char id[NP_PEER_ID_LEN + 1], sentence[300];
   switch (ev->type) {
@@ -356,8 +381,10 @@ static void on_event(struct peer_run *r, const np_agent_event *ev) {
     np_agent_stats(r->agent, &st);
     emit_connected(r->o, &st);
     r->connected = true;
-    if (r->stdin_eof)
+    if (r->stdin_eof) {
+      r->eof_until = mono_ms() + EOF_LINGER_MS;
       send_eof(r, mono_ms());
+    }
     break;
   }
   case NP_AGENT_FAILED:
@@ -369,8 +396,7 @@ static void on_event(struct peer_run *r, const np_agent_event *ev) {
     break;
   case NP_AGENT_CLOSED:
     emit_simple(r->o, "closed", ev->reason);
-    r->done = true;
-    r->exit_code = CLI_EXIT_OK;
+    end_session(r);
     break;
   }
 }
@@ -488,16 +514,17 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
 
   while (!run.done) {
     int64_t now = mono_ms();
+    bool resending = run.connected && run.stdin_eof && now < run.eof_until;
     if (run.connected && run.stdin_eof) {
-      if (run.peer_eof || now >= run.eof_until) {
-        run.exit_code = CLI_EXIT_OK;
-        break;
+      if (run.peer_eof) {
+        end_session(&run);
+        continue;
       }
-      if (now >= run.eof_next)
+      if (resending && now >= run.eof_next)
         send_eof(&run, now);
     }
     int wait = np_agent_timeout(run.agent);
-    if (run.connected && run.stdin_eof) {
+    if (resending) {
       int64_t d = run.eof_next - now;
       if (wait < 0 || d < wait)
         wait = d < 0 ? 0 : (int)d;
