@@ -450,7 +450,7 @@ static int try_upnp(np_portmap *pm, int64_t deadline, np_addr *external) {
     rc = igd == 0 ? NP_ERR_TIMEOUT : NP_ERR_UNSUPPORTED;
     goto out;
   }
-  char client[INET6_ADDRSTRLEN];
+  char client[64]; /* lanaddr fits; INET6_ADDRSTRLEN too */
   if (np_addr_is_set(&pm->cfg.internal)) {
     if (!inet_ntop(pm->cfg.internal.u.sa.sa_family,
                    pm->cfg.internal.u.sa.sa_family == AF_INET
