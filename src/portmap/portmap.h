@@ -27,13 +27,20 @@ typedef struct np_portmap_config {
   /* Internal port to map (the port of the socket that will receive). */
   uint16_t internal_port;
   /* Our LAN address to map to; AF_UNSPEC = let the protocol find it (UPnP
-   * reports it, NAT-PMP/PCP use the address the gateway is reached from). */
+   * reports it, NAT-PMP/PCP use the address the gateway is reached from).
+   * PCP sends from this address; NAT-PMP cannot name one and always maps
+   * the address its request leaves from. */
   np_addr internal;
   /* Gateway for NAT-PMP/PCP; AF_UNSPEC = the default route's gateway (read
    * from /proc/net/route). UPnP finds its gateway by SSDP. */
   np_addr gateway;
   int lifetime_s;     /* requested lease; 0 = 3600 */
-  int timeout_ms;     /* total budget for np_portmap_open(); 0 = 2000 */
+  /* Total budget for np_portmap_open() (and for np_portmap_close()); 0 =
+   * 2000. UPnP needs about 1 s of it for SSDP discovery (gateways answer
+   * after a random delay of up to 1 s); its HTTP/SOAP calls use miniupnpc's
+   * own socket timeouts, so a gateway that stalls mid-exchange can overrun
+   * the budget. */
+  int timeout_ms;
   bool no_upnp, no_natpmp, no_pcp;
   const char *description; /* UPnP mapping description; NULL = "natpunch" */
   np_log_fn log;
@@ -45,10 +52,13 @@ typedef struct np_portmap_config {
 int np_portmap_new(const np_portmap_config *cfg, np_portmap **out);
 
 /* Tries PCP, then NAT-PMP, then UPnP IGD (the cheap unicast protocols
- * first; UPnP's multicast discovery is the slowest), within the configured
- * timeout, and stops at the first that maps the port. On success fills
- * *external with the public address and port and returns 0; NP_ERR_TIMEOUT
- * or NP_ERR_UNSUPPORTED when no gateway answered or none agreed. Blocks. */
+ * first; UPnP's multicast discovery is the slowest), skipping disabled ones,
+ * within the configured timeout, and stops at the first that maps the port
+ * (asking for the internal port outside too). On success fills *external
+ * with the public address and port and returns 0; NP_ERR_TIMEOUT when no
+ * gateway answered, NP_ERR_UNSUPPORTED when one answered but none mapped
+ * (or every protocol is disabled), NP_ERR_INVAL when a mapping is already
+ * open on this handle. Blocks. */
 int np_portmap_open(np_portmap *pm, np_addr *external);
 
 /* The protocol that succeeded (NONE before or after failure). */
