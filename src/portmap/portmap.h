@@ -34,7 +34,7 @@ typedef struct np_portmap_config {
   /* Gateway for NAT-PMP/PCP; AF_UNSPEC = the default route's gateway (read
    * from /proc/net/route). UPnP finds its gateway by SSDP. */
   np_addr gateway;
-  int lifetime_s;     /* requested lease; 0 = 3600 */
+  int lifetime_s; /* requested lease; 0 = 3600 */
   /* Total budget for np_portmap_open() (and for np_portmap_close()); 0 =
    * 2000. UPnP needs about 1 s of it for SSDP discovery (gateways answer
    * after a random delay of up to 1 s); its HTTP/SOAP calls use miniupnpc's
