@@ -8,6 +8,8 @@
 #
 #   lab_upnp_require                  exit 77 (ctest SKIP) without miniupnpd
 #   lab_upnp_host NAME                host NAME behind a miniupnpd gateway
+#   LAB_UPNP_NATPMP=no lab_upnp_host NAME   the same with NAT-PMP and PCP off
+#                                     (a UPnP-only gateway: udp/5351 closed)
 #   lab_upnp_routes                   (again) on-link routes to LAB_UPNP_NET
 #                                     in every public-side namespace
 #   lab_upnp_rules NAME               miniupnpd's nft table in NAME's router
@@ -142,7 +144,7 @@ ext_ifname=wan
 listening_ip=lan
 http_port=$LAB_UPNP_HTTP_PORT
 enable_upnp=yes
-enable_natpmp=yes
+enable_natpmp=${LAB_UPNP_NATPMP:-yes}
 secure_mode=yes
 system_uptime=no
 notify_interval=60
@@ -166,8 +168,9 @@ EOF
     -P "$dir/miniupnpd.pid"
   pid=$LAB_LAST_PID
   LAB_UPNP_PID[$name]=$pid
-  # Ready when NAT-PMP/PCP (udp 5351) and the HTTP server both listen.
-  if ! lab_wait_udp "$name-r" 5351 "$pid"; then
+  # Ready when NAT-PMP/PCP (udp 5351, if enabled) and the HTTP server
+  # both listen.
+  if [ "${LAB_UPNP_NATPMP:-yes}" = yes ] && ! lab_wait_udp "$name-r" 5351 "$pid"; then
     echo "lab: miniupnpd did not start in $r; log:" >&2
     tail -n 30 "$dir/miniupnpd.log" >&2
     return 1

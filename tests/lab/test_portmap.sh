@@ -27,6 +27,7 @@ on_exit() { lab_down; lab_upnp_cleanup; rm -rf "$logs"; }
 trap on_exit EXIT
 lab_servers
 lab_upnp_host h
+LAB_UPNP_NATPMP=no lab_upnp_host u
 pub=$(lab_pubip h)
 echo "port mapping from $(lab_ip h) behind miniupnpd gateway $pub"
 
@@ -60,13 +61,16 @@ wait_line() {
 
 field() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<"$2"; }
 
-# run_case LABEL PORT SPORT WANT_PROTOS DRIVER_OPTS...
+# run_case [-h HOST] LABEL PORT SPORT WANT_PROTOS DRIVER_OPTS...
 run_case() {
-  local label=$1 port=$2 sport=$3 want=$4 out line proto ext ms pid n
+  local hn=h
+  if [ "$1" = -h ]; then hn=$2; shift 2; fi
+  local label=$1 port=$2 sport=$3 want=$4 out line proto ext ms pid n pub
+  pub=$(lab_pubip "$hn")
   shift 4
   out="$logs/$label.log"
   echo "--- $label (driver $*)"
-  lab_spawn h "$out" "$driver" --port "$port" --timeout 4000 --wait 8000 --after 2000 -v "$@"
+  lab_spawn "$hn" "$out" "$driver" --port "$port" --timeout 4000 --wait 8000 --after 2000 -v "$@"
   pid=$LAB_LAST_PID
   if ! line=$(wait_line "$out" '^(mapped|failed)' 150) || [[ $line != mapped* ]]; then
     echo "  FAIL $label: no mapping: ${line:-driver silent}"
@@ -79,7 +83,7 @@ run_case() {
     echo "  FAIL $label: protocol $proto, want one of: $want"; LAB_FAILS=$((LAB_FAILS + 1)); fi
   lab_check "$label: external IP (the gateway's WAN)" "${ext%:*}" "$pub"
   local eport=${ext##*:}
-  if lab_upnp_rules h | grep -q "dport $eport "; then echo "  ok   $label: gateway has a DNAT rule for $eport"; else
+  if lab_upnp_rules "$hn" | grep -q "dport $eport "; then echo "  ok   $label: gateway has a DNAT rule for $eport"; else
     echo "  FAIL $label: no DNAT rule for $eport in miniupnpd's table"; LAB_FAILS=$((LAB_FAILS + 1)); fi
 
   send_from s1 "$sport" "${ext%:*}" "$eport"
@@ -88,7 +92,7 @@ run_case() {
 
   line=$(wait_line "$out" '^closed' 100) || line="closed rc=(driver silent)"
   lab_check "$label: np_portmap_close" "$(field rc "$line")" NP_OK
-  if lab_upnp_rules h | grep -q "dport $eport "; then
+  if lab_upnp_rules "$hn" | grep -q "dport $eport "; then
     echo "  FAIL $label: DNAT rule for $eport still there after close"; LAB_FAILS=$((LAB_FAILS + 1))
   else echo "  ok   $label: DNAT rule for $eport gone"; fi
   # A new source port: the old conntrack entry (already DNATed) would
@@ -104,17 +108,23 @@ run_case auto 40001 5001 "pcp natpmp"
 run_case pcp 40002 5011 pcp --no-natpmp --no-upnp
 run_case natpmp 40003 5021 natpmp --no-pcp --no-upnp
 run_case upnp 40004 5031 upnp --no-pcp --no-natpmp
+# A UPnP-only gateway: PCP and NAT-PMP fail at once (ICMP port unreachable)
+# and the default 2 s budget is left for UPnP.
+echo "UPnP-only gateway $(lab_pubip u) for $(lab_ip u)"
+run_case -h u upnp-only 40005 5041 upnp --timeout 2000
 
 # lab_down must take miniupnpd with it (it runs in the router's namespace).
-mpid=${LAB_UPNP_PID[h]}
 lab_down
-if lab_alive "$mpid"; then echo "  FAIL miniupnpd ($mpid) survived lab_down"; LAB_FAILS=$((LAB_FAILS + 1)); else
-  echo "  ok   miniupnpd gone after lab_down"; fi
+for m in h u; do
+  mpid=${LAB_UPNP_PID[$m]}
+  if lab_alive "$mpid"; then echo "  FAIL miniupnpd ($mpid) survived lab_down"; LAB_FAILS=$((LAB_FAILS + 1)); else
+    echo "  ok   miniupnpd of $m gone after lab_down"; fi
+done
 lab_check "namespaces left after lab_down" "$(lab_leftovers | wc -l)" 0
 
 if [ "$LAB_FAILS" -ne 0 ]; then
   for f in "$logs"/*.log; do echo "--- $f"; cat "$f"; done
-  echo "--- miniupnpd"; tail -n 40 "$(lab_upnp_log h)"
+  for m in h u; do echo "--- miniupnpd of $m"; tail -n 40 "$(lab_upnp_log "$m")"; done
   echo "FAIL: $LAB_FAILS check(s) failed"
   exit 1
 fi
