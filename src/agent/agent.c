@@ -45,6 +45,10 @@
 #define HOP_WAIT_MS 400
 #define DEFAULT_TIMEOUT_MS 20000
 #define PORTMAP_TIMEOUT_MS 2000
+/* How long gathering waits for a port mapping still in progress: enough
+ * for PCP and NAT-PMP, which answer in one round trip on the LAN; UPnP's
+ * multicast discovery takes longer and only helps later sessions. */
+#define PORTMAP_WAIT_MS 300
 #define BYE_SENDS 3
 #define RECV_BATCH 64         /* datagrams read per socket per process call */
 
@@ -100,9 +104,12 @@ struct np_agent {
   bool pm_started;
   pthread_mutex_t pm_lock;
   bool pm_done;
+  bool pm_slow;       /* the unicast protocols failed; UPnP discovery runs */
   int pm_rc;
   np_addr pm_external;
-  np_portmap *pm;
+  np_portmap *pm;     /* PCP and NAT-PMP: one round trip to the gateway */
+  np_portmap *pm_upnp; /* UPnP IGD: multicast discovery, then HTTP */
+  np_portmap *pm_used; /* the one that mapped */
 
   /* Session. */
   enum session_state st;
@@ -112,7 +119,7 @@ struct np_agent {
   uint8_t kx_sk[32], kx_pk[32];
   np_sig_candidates cand, peer_cand;
   np_addr peer_seen;
-  int64_t session_start, session_deadline;
+  int64_t session_start, session_deadline, gather_started;
   np_nat_probe *probe;
   np_punch *punch;
   np_session_stats stats;
@@ -384,11 +391,20 @@ static void drain_errqueue(np_agent *a, int fd) {
 static void *portmap_worker(void *arg) {
   np_agent *a = arg;
   np_addr ext = {0};
+  np_portmap *used = a->pm;
   int rc = np_portmap_open(a->pm, &ext);
+  if (rc != 0 && a->pm_upnp) {
+    pthread_mutex_lock(&a->pm_lock);
+    a->pm_slow = true;
+    pthread_mutex_unlock(&a->pm_lock);
+    used = a->pm_upnp;
+    rc = np_portmap_open(a->pm_upnp, &ext);
+  }
   pthread_mutex_lock(&a->pm_lock);
   a->pm_done = true;
   a->pm_rc = rc;
   a->pm_external = ext;
+  a->pm_used = rc == 0 ? used : NULL;
   pthread_mutex_unlock(&a->pm_lock);
   uint64_t one = 1;
   ssize_t w = write(a->wakefd, &one, sizeof one);
@@ -407,7 +423,10 @@ static void portmap_start(np_agent *a) {
       .log_user = a->cfg.log_user,
       .log_level = a->cfg.log_level,
   };
-  if (np_portmap_new(&pc, &a->pm) != 0)
+  np_portmap_config fast = pc, slow = pc;
+  fast.no_upnp = true;
+  slow.no_pcp = slow.no_natpmp = true;
+  if (np_portmap_new(&fast, &a->pm) != 0 || np_portmap_new(&slow, &a->pm_upnp) != 0)
     return;
   if (pthread_create(&a->pm_thread, NULL, portmap_worker, a) == 0)
     a->pm_started = true;
@@ -446,7 +465,17 @@ static void session_fail(np_agent *a, int err, const char *reason) {
   session_event(a, NP_AGENT_FAILED, err, reason);
 }
 
+static bool portmap_pending(np_agent *a) {
+  if (!a->pm_started)
+    return false;
+  pthread_mutex_lock(&a->pm_lock);
+  bool pending = !a->pm_done && !a->pm_slow;
+  pthread_mutex_unlock(&a->pm_lock);
+  return pending;
+}
+
 static int gather_start(np_agent *a, int64_t now) {
+  a->gather_started = now;
   memset(&a->cand, 0, sizeof a->cand);
   gather_private(a, &a->cand);
   crypto_box_keypair(a->kx_pk, a->kx_sk); /* X25519 */
@@ -625,11 +654,10 @@ static void on_rdv_error(void *user, uint16_t code, const char *text, const uint
 static void agent_free_parts(np_agent *a) {
   if (a->pm_started)
     pthread_join(a->pm_thread, NULL);
-  if (a->pm) {
-    if (a->pm_done && a->pm_rc == 0)
-      (void)np_portmap_close(a->pm);
-    np_portmap_free(a->pm);
-  }
+  if (a->pm_used)
+    (void)np_portmap_close(a->pm_used);
+  np_portmap_free(a->pm);
+  np_portmap_free(a->pm_upnp);
   np_nat_probe_free(a->probe);
   np_punch_free(a->punch);
   np_rdv_client_free(a->rdv);
@@ -883,9 +911,9 @@ static void run_machines(np_agent *a, int64_t now) {
     np_probe_datagram dg;
     for (int guard = 0; guard < 16 && np_nat_probe_next_datagram(a->probe, now, &dg); guard++)
       (void)send_on(a, 0, &dg.to, 0, dg.buf, dg.len);
-    if (np_nat_probe_done(a->probe) && a->st == S_GATHERING) {
+    if (np_nat_probe_done(a->probe) && a->st == S_GATHERING &&
+        (now >= a->gather_started + PORTMAP_WAIT_MS || !portmap_pending(a)))
       on_gathered(a, now);
-    }
   }
   if ((a->st == S_GATHERING || a->st == S_OFFERED) && now >= a->session_deadline) {
     session_fail(a, NP_ERR_TIMEOUT,
@@ -942,7 +970,7 @@ NP_EXPORT int np_agent_process(np_agent *a) {
       if (portmap_get(a, &pm)) {
         char t[NP_ADDRSTRLEN];
         NP_LOGI(&a->log, "agent: gateway mapped %s (%s)", np_addr_format(&pm, t, sizeof t),
-                np_portmap_proto_name(np_portmap_protocol(a->pm)));
+                np_portmap_proto_name(np_portmap_protocol(a->pm_used)));
       }
     } else if ((int)tag < a->nsocks && a->socks[tag] >= 0) {
       if (evs[i].events & EPOLLERR)
@@ -968,6 +996,8 @@ NP_EXPORT int np_agent_timeout(const np_agent *a) {
   int64_t w = np_rdv_client_wakeup(a->rdv);
   if (a->probe) {
     int64_t p = np_nat_probe_wakeup(a->probe);
+    if (np_nat_probe_done(a->probe))
+      p = a->gather_started + PORTMAP_WAIT_MS; /* or the worker's eventfd */
     w = p < w ? p : w;
   }
   if (a->punch && (a->st == S_PUNCHING || a->st == S_CONNECTED)) {

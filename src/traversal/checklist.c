@@ -45,8 +45,14 @@ static int add(np_check *out, int n, int cap, const np_addr *a, enum np_cand_typ
   if (n >= cap || !usable(a, family))
     return n;
   for (int i = 0; i < n; i++)
-    if (np_addr_equal(&out[i].remote, a))
+    if (np_addr_equal(&out[i].remote, a)) {
+      /* A gateway that preserves ports maps our socket to the same public
+       * address the servers saw; it is still a forwarded port, open to
+       * anyone, and the engine treats it as such. */
+      if (type == NP_CAND_PORTMAP && out[i].type == NP_CAND_MAPPED)
+        out[i].type = NP_CAND_PORTMAP;
       return n;
+    }
   out[n].remote = *a;
   out[n].type = type;
   return n + 1;

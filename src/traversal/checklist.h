@@ -13,7 +13,8 @@
  *    the default route) and break the count the predictor relies on.
  *  - Then the peer's public candidates, deduplicated, in this order: the
  *    first discovery server's view, the second's, the port mapping
- *    (UPnP/NAT-PMP/PCP). The first view comes first so that, on a
+ *    (UPnP/NAT-PMP/PCP); a mapped address equal to the port mapping is
+ *    kept once, as PORTMAP (it is a forwarded port). The first view comes first so that, on a
  *    sequential NAT, the mapping toward an endpoint-independent peer is
  *    the first new one (np_predict_round() SWEEP).
  *  - Only addresses of the local socket's family; never port 0, never a
