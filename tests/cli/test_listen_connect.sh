@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
 # natpunch listen / connect through a real rendezvous server, with discovery
-# servers, on loopback: the answer arrives with candidates, the allow list
-# (flag and file) refuses others with 403 before the callee sees them, an
-# offline peer is a quick 404, bad input is a usage error.
+# servers, on loopback: the call punches a direct path and the two sides'
+# stdin crosses it both ways (half-close at the end); the allow list (flag
+# and file) refuses others with 403 before the callee sees them; --keep
+# serves calls one after another; an offline peer is a quick 404; no
+# rendezvous server is a failure within --timeout; bad input is a usage
+# error; SIGTERM ends the listener cleanly.
 # Usage: test_listen_connect.sh PATH/TO/natpunch
 set -uo pipefail
 NP=${1:?usage: $0 PATH/TO/natpunch}
 . "$(dirname "$0")/../interop/lib.sh"
-for t in jq ss; do
+for t in jq ss timeout; do
   command -v "$t" >/dev/null || { echo "SKIP: $t not installed"; exit 77; }
 done
 tmp=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  { wait; } 2>/dev/null # no "Killed" lines
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 fails=0
 expect() { # expect WHAT WANT GOT
   if [ "$2" = "$3" ]; then echo "  ok   $1"; else echo "  FAIL $1: got '$3', want '$2'"; fails=$((fails + 1)); fi
+}
+event() { # event FILE NAME: the last JSON event NAME in FILE
+  grep "\"event\":\"$2\"" "$1" | tail -n 1
 }
 
 for k in a b c d; do "$NP" keygen "$tmp/$k" >/dev/null 2>&1 || np_fail "keygen $k"; done
@@ -31,56 +38,90 @@ rdv=127.0.0.1:$base stun1=127.0.0.1:$((base + 1)) stun2=127.0.0.2:$((base + 1))
 np_wait_log "$tmp/rs.log" "listening on" "${pids[-1]}" || np_fail "rendezvous server did not start: $(cat "$tmp/rs.log")"
 "$NP" discovery-server --listen "$stun1" --alt-ip 127.0.0.2 --alt-port $((base + 2)) --threads 1 2>"$tmp/ds.log" & pids+=($!)
 np_wait_log "$tmp/ds.log" "listening on" "${pids[-1]}" || np_fail "discovery server did not start"
+# --no-portmap: on loopback there is no gateway to ask, and the test must not
+# talk to this host's real one.
+common=(-r "$rdv" -d "$stun1" -d "$stun2" --json --no-portmap)
 
-# B accepts A (flag) and D (file); C is not allowed.
+# B accepts A (flag) and D (file); C is not allowed. B's stdin is a fifo
+# that this shell holds open (fd 7, closed in every other child): B's line
+# goes in once A is connected (a datagram that reaches A before A's side of
+# the path is up is dropped), then B's input ends. Its stdin goes to the
+# first session only (--keep).
 printf '# who may call B\n%s   # D\n\n' "$D" > "$tmp/allow"
-"$NP" listen -r "$rdv" -d "$stun1" -d "$stun2" --key "$tmp/b" --allow "$A" --allow-file "$tmp/allow" \
-  --json 2>"$tmp/listen.log" & listener=$!; pids+=($listener)
+mkfifo "$tmp/b.in"
+exec 7<>"$tmp/b.in"
+"$NP" listen "${common[@]}" --key "$tmp/b" --keep --allow "$A" --allow-file "$tmp/allow" \
+  <"$tmp/b.in" >"$tmp/listen.out" 2>"$tmp/listen.log" 7>&- & listener=$!; pids+=($listener)
 np_wait_log "$tmp/listen.log" '"event":"listening"' $listener 15 || np_fail "listener did not register: $(cat "$tmp/listen.log")"
-expect "listening event names B" "$B" "$(grep '"event":"listening"' "$tmp/listen.log" | jq -r .id)"
+expect "listening event names B" "$B" "$(event "$tmp/listen.log" listening | jq -r .id)"
 
-"$NP" connect -r "$rdv" -d "$stun1" -d "$stun2" --key "$tmp/a" --peer "$B" --json 2>"$tmp/a.log"
-expect "A's connect exits 0" 0 $?
-ans=$(grep '"event":"answer"' "$tmp/a.log")
-expect "answer from B" "$B" "$(jq -r .from <<<"$ans")"
-expect "answer carries two mapped addresses" 2 "$(jq '.candidates.mapped | length' <<<"$ans")"
-expect "answer delta on loopback" 0 "$(jq .candidates.delta <<<"$ans")"
-expect "answer mapping" endpoint-independent "$(jq -r .candidates.mapping <<<"$ans")"
-expect "answer has private addresses" true "$(jq '.candidates.private | length > 0' <<<"$ans")"
-expect "server stamped B's address" true "$(jq '.observed | test("^127\\.0\\.0\\.1:[0-9]+$")' <<<"$ans")"
-off=$(grep '"event":"offer"' "$tmp/listen.log")
-expect "B saw A's offer" "$A" "$(jq -r .from <<<"$off")"
-expect "same session both sides" "$(jq -r .session <<<"$ans")" "$(jq -r .session <<<"$off")"
-expect "B's correction is what the server saw of A" "$(jq -r .observed <<<"$off")" "$(jq -r .peer_seen <<<"$ans")"
+echo "hello from A" | timeout 20 "$NP" connect "${common[@]}" --key "$tmp/a" --peer "$B" \
+  --timeout 10 >"$tmp/a.out" 2>"$tmp/a.log" 7>&- & caller=$!; pids+=($caller)
+np_wait_log "$tmp/a.log" '"event":"connected"' $caller 12; expect "A connects" 0 $?
+echo "hello from B" >&7
+exec 7>&-
+np_wait_exit $caller 10
+expect "A's connect exits 0 (both inputs ended)" 0 "$NP_RC"
+con=$(event "$tmp/a.log" connected)
+expect "A connected, path direct" direct "$(jq -r .path <<<"$con")"
+expect "A's connected has a via" true "$(jq '.via | test("^(host|reflexive|predicted|birthday|portmap)$")' <<<"$con")"
+expect "A's connected has a remote IP:PORT" true "$(jq '.remote | test("^[0-9.]+:[0-9]+$")' <<<"$con")"
+expect "A's connected has elapsed_ms" true "$(jq '.elapsed_ms | type == "number" and . >= 0' <<<"$con")"
+expect "A's connected counts probes > 0" true "$(jq '.probes > 0' <<<"$con")"
+expect "A's connected names B" "$B" "$(jq -r .peer <<<"$con")"
+expect "B saw A's call" "$A" "$(event "$tmp/listen.log" call | jq -r .from)"
+expect "B connected too" direct "$(event "$tmp/listen.log" connected | jq -r .path)"
+expect "B's stdout is exactly A's line" "hello from A" "$(cat "$tmp/listen.out")"
+expect "A's stdout is exactly B's line" "hello from B" "$(cat "$tmp/a.out")"
 
-"$NP" connect -r "$rdv" --key "$tmp/d" --peer "$B" --json 2>"$tmp/d.log"
-expect "D (allowed by file) gets an answer" 0 $?
+timeout 20 "$NP" connect "${common[@]}" --key "$tmp/d" --peer "$B" --timeout 10 \
+  </dev/null >"$tmp/d.out" 2>"$tmp/d.log"
+expect "D (allowed by file) connects and exits 0 (--keep)" 0 $?
+expect "D's connected event" direct "$(event "$tmp/d.log" connected | jq -r .path)"
+expect "D gets no data (B's stdin was the first session's)" 0 "$(wc -c <"$tmp/d.out")"
+expect "B took D's call" "$D" "$(event "$tmp/listen.log" call | jq -r .from)"
 
-"$NP" connect -r "$rdv" --key "$tmp/c" --peer "$B" --json 2>"$tmp/c.log"
+timeout 20 "$NP" connect "${common[@]}" --key "$tmp/c" --peer "$B" --timeout 10 \
+  </dev/null >/dev/null 2>"$tmp/c.log"
 expect "C (not allowed) exits 1" 1 $?
-expect "C's failure is a 403" true "$(grep '"event":"failed"' "$tmp/c.log" | jq '.reason | test("403")')"
-expect "B never saw C's offer" 0 "$(grep -c "$C" "$tmp/listen.log")"
+expect "C's failure is a 403" true "$(event "$tmp/c.log" failed | jq '.reason | test("403")')"
+expect "B never saw C" 0 "$(grep -c "$C" "$tmp/listen.log")"
 
 start=$(date +%s%N)
-"$NP" connect -r "$rdv" --key "$tmp/c" --peer "$D" --json 2>"$tmp/u.log"
+timeout 20 "$NP" connect -r "$rdv" --key "$tmp/c" --peer "$D" --json --no-portmap </dev/null 2>"$tmp/u.log"
 expect "offline peer exits 1" 1 $?
 ms=$(( ($(date +%s%N) - start) / 1000000 ))
-expect "offline peer is a 404" true "$(grep '"event":"failed"' "$tmp/u.log" | jq '.reason | test("404")')"
+expect "offline peer is a 404" true "$(event "$tmp/u.log" failed | jq '.reason | test("404")')"
 [ "$ms" -lt 3000 ]; expect "404 comes at once (${ms} ms)" 0 $?
 
-"$NP" connect -r "127.0.0.1:$((base + 3))" --key "$tmp/c" --peer "$B" --timeout 1 --json 2>"$tmp/t.log"
+start=$(date +%s%N)
+timeout 20 "$NP" connect -r "127.0.0.1:$((base + 3))" --key "$tmp/c" --peer "$B" --timeout 1 --json \
+  --no-portmap </dev/null 2>"$tmp/t.log"
 expect "no rendezvous server: exits 1" 1 $?
-expect "no rendezvous server: timeout reported" true "$(grep '"event":"failed"' "$tmp/t.log" | jq '.reason | test("register")')"
+ms=$(( ($(date +%s%N) - start) / 1000000 ))
+expect "no rendezvous server: a failed event says so" true "$(event "$tmp/t.log" failed | jq '.reason | test("rendezvous")')"
+[ "$ms" -lt 4000 ]; expect "no rendezvous server: gives up after --timeout 1 (${ms} ms)" 0 $?
 
-"$NP" connect -r "$rdv" --peer not-a-peer-id >/dev/null 2>&1; expect "bad --peer is a usage error" 2 $?
-"$NP" connect -r "$rdv" --key "$tmp/a" --peer "$A" >/dev/null 2>&1; expect "calling yourself is a usage error" 2 $?
-"$NP" listen -r "$rdv" --peer "$A" >/dev/null 2>&1; expect "--peer is not for listen" 2 $?
-printf 'zzz\n' > "$tmp/badallow"
-"$NP" listen -r "$rdv" --allow-file "$tmp/badallow" 2>"$tmp/err" >/dev/null; expect "bad allow file is a usage error" 2 $?
-grep -q "line 1" "$tmp/err"; expect "the error names the line" 0 $?
+usage() { # usage WHAT CMD...: CMD is a usage error (exit 2)
+  local what=$1; shift
+  "$NP" "$@" </dev/null >/dev/null 2>"$tmp/err"
+  expect "$what is a usage error" 2 $?
+}
+usage "bad --peer" connect -r "$rdv" --peer not-a-peer-id
+usage "calling yourself" connect -r "$rdv" --key "$tmp/a" --peer "$A"
+usage "--peer for listen" listen -r "$rdv" --peer "$A"
+usage "--keep for connect" connect -r "$rdv" --key "$tmp/a" --peer "$B" --keep
+usage "--predict-after 10 (below 50)" connect -r "$rdv" --key "$tmp/a" --peer "$B" --predict-after 10
+usage "--predict-after 70000 (above 60000)" listen -r "$rdv" --key "$tmp/b" --predict-after 70000
+printf '# ok\n%s\nzzz\n' "$A" > "$tmp/badallow"
+usage "bad allow file" listen -r "$rdv" --allow-file "$tmp/badallow"
+grep -q "line 3" "$tmp/err"; expect "the error names the line (line 3)" 0 $?
 
+expect "listener still running after the sessions (--keep)" 0 "$(kill -0 $listener 2>/dev/null; echo $?)"
 kill -TERM $listener; np_wait_exit $listener 5
 expect "listener exits 0 on SIGTERM" 0 "$NP_RC"
 
-[ "$fails" -eq 0 ] && { echo "PASS"; exit 0; }
+if [ "$fails" -eq 0 ]; then echo "PASS"; exit 0; fi
+echo "--- listener log"; cat "$tmp/listen.log"
+echo "--- A's log"; cat "$tmp/a.log"
 echo "FAIL: $fails check(s)"; exit 1
