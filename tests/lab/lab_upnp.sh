@@ -62,10 +62,13 @@ lab_upnp_require() {
 # NAT WANs on the bridge; not the stacked NATs' inner "wan", which has a
 # 100.64 address).
 lab_upnp_routes() {
-  local ns dev
+  local ns dev addrs
   for ns in "${LAB_ALL_NS[@]}"; do
     for dev in eth0 wan; do
-      if ip -n "$ns" -4 -o addr show dev "$dev" 2>/dev/null | grep -q " inet $LAB_PUBNET\."; then
+      # Into a variable, not "| grep -q": under pipefail an early grep exit
+      # can fail the pipeline.
+      addrs=$(ip -n "$ns" -4 -o addr show dev "$dev" 2>/dev/null || true)
+      if [[ $addrs == *" inet $LAB_PUBNET."* ]]; then
         ip -n "$ns" route replace "$LAB_UPNP_NET.0/24" dev "$dev" ||
           lab_die "route to $LAB_UPNP_NET.0/24 in $ns"
       fi
@@ -176,7 +179,7 @@ EOF
     return 1
   fi
   for ((n = 0; n < 50; n++)); do
-    ip netns exec "$r" ss -Hltn "sport = :$LAB_UPNP_HTTP_PORT" 2>/dev/null | grep -q . && break
+    [ -n "$(ip netns exec "$r" ss -Hltn "sport = :$LAB_UPNP_HTTP_PORT" 2>/dev/null)" ] && break
     sleep 0.1
   done
   if [ "$n" -ge 50 ]; then

@@ -61,11 +61,21 @@ wait_line() {
 
 field() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<"$2"; }
 
+# has_rule HOST PORT: status 0 when miniupnpd's table in HOST's gateway has
+# a rule for destination port PORT, 1 when not, 2 when it cannot be listed.
+# (Listed into a variable first: with pipefail, "nft | grep -q" fails
+# whenever grep exits before nft has finished writing.)
+has_rule() {
+  local rules
+  rules=$(lab_upnp_rules "$1") || return 2
+  grep -q "dport $2 " <<<"$rules" || return 1
+}
+
 # run_case [-h HOST] LABEL PORT SPORT WANT_PROTOS DRIVER_OPTS...
 run_case() {
   local hn=h
   if [ "$1" = -h ]; then hn=$2; shift 2; fi
-  local label=$1 port=$2 sport=$3 want=$4 out line proto ext ms pid n pub
+  local label=$1 port=$2 sport=$3 want=$4 out line proto ext ms pid n pub rc
   pub=$(lab_pubip "$hn")
   shift 4
   out="$logs/$label.log"
@@ -83,7 +93,7 @@ run_case() {
     echo "  FAIL $label: protocol $proto, want one of: $want"; LAB_FAILS=$((LAB_FAILS + 1)); fi
   lab_check "$label: external IP (the gateway's WAN)" "${ext%:*}" "$pub"
   local eport=${ext##*:}
-  if lab_upnp_rules "$hn" | grep -q "dport $eport "; then echo "  ok   $label: gateway has a DNAT rule for $eport"; else
+  if has_rule "$hn" "$eport"; then echo "  ok   $label: gateway has a DNAT rule for $eport"; else
     echo "  FAIL $label: no DNAT rule for $eport in miniupnpd's table"; LAB_FAILS=$((LAB_FAILS + 1)); fi
 
   send_from s1 "$sport" "${ext%:*}" "$eport"
@@ -92,9 +102,12 @@ run_case() {
 
   line=$(wait_line "$out" '^closed' 100) || line="closed rc=(driver silent)"
   lab_check "$label: np_portmap_close" "$(field rc "$line")" NP_OK
-  if lab_upnp_rules "$hn" | grep -q "dport $eport "; then
-    echo "  FAIL $label: DNAT rule for $eport still there after close"; LAB_FAILS=$((LAB_FAILS + 1))
-  else echo "  ok   $label: DNAT rule for $eport gone"; fi
+  rc=0
+  has_rule "$hn" "$eport" || rc=$?
+  if [ "$rc" = 1 ]; then echo "  ok   $label: DNAT rule for $eport gone"; else
+    echo "  FAIL $label: DNAT rule for $eport still there after close (or no listing: $rc)"
+    LAB_FAILS=$((LAB_FAILS + 1))
+  fi
   # A new source port: the old conntrack entry (already DNATed) would
   # still carry datagrams from the first one.
   send_from s1 $((sport + 1)) "${ext%:*}" "$eport"
