@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the build into a scratch prefix and builds examples/probe.c the way
-# a user would: with pkg-config, against the shared library, and again
-# statically. Then runs the result to prove it links and loads.
+# Installs the build into a scratch prefix and builds examples/probe.c and
+# examples/connect.c the way a user would: with pkg-config, against the
+# shared library, and again statically. Then runs the results to prove they
+# link and load.
 set -euo pipefail
 build=$1 src=$2 kind=${3:-plain}
 # A sanitizer build's library needs the ASan runtime loaded first, so the
@@ -22,11 +23,22 @@ cc "${cflags[@]}" "$src/examples/probe.c" $(pc --cflags) $(pc --libs) \
    -o "$prefix/probe_shared"
 out=$(LD_LIBRARY_PATH=$libdir/.. "$prefix/probe_shared" 2>&1 || true)
 case "$out" in *usage:*) ;; *) echo "FAIL: example did not run: $out"; exit 1 ;; esac
-# Static: the archive plus its dependencies as shared libraries.
-cc "${cflags[@]}" "$src/examples/probe.c" $(pc --cflags) \
-   "$libdir/../libnatpunch.a" $(pkg-config --libs gnutls zlib libsodium) -lpthread -o "$prefix/probe_static"
+# Static: the archive plus its dependencies as shared libraries, as the
+# pkg-config file lists them (Requires.private, Libs.private).
+# (not --static: that recurses into the dependencies' own private libraries.)
+requires=$(pc --print-requires-private | awk '{print $1}')
+static_libs="$libdir/../libnatpunch.a $(pkg-config --libs $requires) $(sed -n 's/^Libs.private: *//p' "$libdir/natpunch.pc")"
+cc "${cflags[@]}" "$src/examples/probe.c" $(pc --cflags) $static_libs -o "$prefix/probe_static"
 out=$("$prefix/probe_static" 1.2.3.4:x 2>&1 || true)
 case "$out" in *"not a numeric address"*) ;; *) echo "FAIL: static example: $out"; exit 1 ;; esac
+# examples/connect.c (the agent: connect/listen) the same two ways.
+cc "${cflags[@]}" "$src/examples/connect.c" $(pc --cflags) $(pc --libs) \
+   -o "$prefix/connect_shared"
+out=$(LD_LIBRARY_PATH=$libdir/.. "$prefix/connect_shared" 2>&1 || true)
+case "$out" in *usage:*) ;; *) echo "FAIL: connect example did not run: $out"; exit 1 ;; esac
+cc "${cflags[@]}" "$src/examples/connect.c" $(pc --cflags) $static_libs -o "$prefix/connect_static"
+out=$("$prefix/connect_static" 1.2.3.4:x 1.2.3.4 1.2.3.5 "$prefix/key" 2>&1 || true)
+case "$out" in *"addresses are numeric"*) ;; *) echo "FAIL: static connect example: $out"; exit 1 ;; esac
 libpath=$libdir/..
 # Only the np_ API is exported from the shared library.
 leaked=$(nm -D --defined-only "$libpath/libnatpunch.so" | awk '$2 ~ /[TDB]/ {print $3}' | grep -v '^np_' || true)
