@@ -14,8 +14,10 @@
 #                                     in every public-side namespace
 #   lab_upnp_rules NAME               miniupnpd's nft table in NAME's router
 #   lab_upnp_log NAME                 path of miniupnpd's log (stdout+stderr)
-#   lab_upnp_cleanup                  remove the config directories (after
-#                                     lab_down; lab_down kills miniupnpd)
+#   lab_upnp_cleanup                  remove this lab's config directories
+#                                     (after lab_down, which kills miniupnpd);
+#                                     those of labs whose shell is gone are
+#                                     removed by the next lab_upnp_host anyway
 #
 # After lab_upnp_host NAME (index i = the next NAT index, as lab_nat_host):
 #   LAB_NS[NAME]      host namespace, eth0 10.i.0.2/24, default via 10.i.0.1
@@ -103,12 +105,28 @@ table inet miniupnpd {
 EOF
 }
 
+# Config directories /tmp/nplab<PID>-upnp-* of labs whose shell is gone
+# (no lab_upnp_cleanup: killed, or a script that never called it), as
+# lab_init does for namespaces.
+_lab_upnp_reap_stale() {
+  local d pid
+  for d in /tmp/nplab[0-9]*-upnp-*; do
+    [ -d "$d" ] || continue
+    pid=${d#/tmp/nplab}; pid=${pid%%[!0-9]*}
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+      rm -rf "$d"
+    fi
+  done
+  return 0
+}
+
 # lab_upnp_host NAME: see the top of this file.
 lab_upnp_host() {
   local name=$1 i ns r pub host dir pid n
   [ "$LAB_UP" = 1 ] || lab_die "lab_init first"
   [ -n "$name" ] || lab_die "lab_upnp_host NAME"
   [ -x "$LAB_UPNP_BIN" ] || lab_die "$LAB_UPNP_BIN not found (lab_upnp_require skips)"
+  _lab_upnp_reap_stale
   LAB_NEXT_NAT=$((LAB_NEXT_NAT + 1))
   i=$LAB_NEXT_NAT
   [ "$i" -le 200 ] || lab_die "too many NATs"
