@@ -1,0 +1,429 @@
+/*
+ * libFuzzer harness for the hole-punching machine (traversal/punch.h).
+ *
+ * One input drives one np_punch through a script. The first two bytes pick
+ * the machine: a pair of candidate sets (cone/cone, cone/sequential,
+ * sequential/sequential, cone/random, random/cone, open/cone), the role
+ * (caller or callee) and how far it has gone before the script starts
+ * (fresh, into the prediction rounds, or connected through a real exchange
+ * with a second machine). Then records, each starting with an op byte:
+ *
+ *   0 raw       sock, from, u16 length, bytes: an arbitrary datagram
+ *   1 forged    class, username, truncation, sock, from, attributes: a
+ *               STUN message the harness signs with the session key, so
+ *               the fuzzer's attributes get past the integrity check
+ *   2 time      u8: advance the clock by that many * 8 ms, then drain
+ *   3 answer    flags: a signed success response to the machine's last
+ *               request (its transaction, from where it went), optionally
+ *               with NOMINATE and a VIA, so nominations complete
+ *
+ * After every record the harness drains np_punch_next() (bounded) and
+ * checks the invariants: every datagram fits, names a valid socket, decodes
+ * as STUN and verifies with the key; the result is consistent with the
+ * state; the wakeup is not in the past after a drain (but once, see
+ * below). Time and randomness are fixed, so a crash replays exactly.
+ */
+#include "net/addr.h"
+#include "stun/stun.h"
+#include "traversal/punch.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* Not assert(): the replay build is compiled with NDEBUG. */
+#define CHECK(cond)                                                                                \
+  do {                                                                                             \
+    if (!(cond)) {                                                                                 \
+      fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond);                 \
+      abort();                                                                                     \
+    }                                                                                              \
+  } while (0)
+
+/* Same values as punch.c's private attributes (the wire format). */
+#define ATTR_NOMINATE 0xC001
+#define ATTR_VIA 0xC002
+
+#define MAX_RECORDS 256    /* per input: keeps one run short */
+#define MAX_DRAIN 4096     /* datagrams per drain; pacing keeps it far lower */
+#define MAX_FORGED_ATTRS 8 /* attributes the fuzzer adds to a forged message */
+
+static const uint8_t fuzz_key[NP_PUNCH_KEY_LEN] = "natpunch fuzz key, 32 bytes.....";
+static const uint8_t fuzz_session[NP_SIG_SESSION_LEN] = "fuzz session 16B";
+
+/* ---- deterministic world ---------------------------------------------------- */
+
+/* Counter-based bytes: each machine draws the same sequence every run. */
+struct rng {
+  uint64_t s;
+};
+
+static void rng_fill(void *user, uint8_t *buf, size_t len) {
+  struct rng *r = user;
+  for (size_t i = 0; i < len; i++) {
+    uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    buf[i] = (uint8_t)(z ^ (z >> 31));
+  }
+}
+
+static np_addr addr(const char *s) {
+  np_addr a;
+  CHECK(np_addr_parse(s, 0, &a) == 0);
+  return a;
+}
+
+/* One side's signalled candidates: host address, two discovery views. */
+static np_sig_candidates cands(const char *host, const char *m0, const char *m1, int32_t delta) {
+  np_sig_candidates c;
+  memset(&c, 0, sizeof c);
+  c.private_addrs[0] = addr(host);
+  c.n_private = 1;
+  c.mapped[0] = addr(m0);
+  c.mapped[1] = addr(m1);
+  c.n_mapped = 2;
+  c.have_delta = true;
+  c.delta = delta;
+  return c;
+}
+
+enum kind { K_CONE, K_SEQ, K_RANDOM, K_OPEN, K_NKINDS };
+
+static np_sig_candidates side_cands(enum kind k, bool caller) {
+  const char *host = caller ? "10.1.0.2:5000" : "10.2.0.2:5000";
+  switch (k) {
+  case K_SEQ:
+    return caller ? cands(host, "203.0.113.11:31000", "203.0.113.11:31001", 1)
+                  : cands(host, "203.0.113.12:42000", "203.0.113.12:42002", 2);
+  case K_RANDOM:
+    return caller ? cands(host, "203.0.113.11:17000", "203.0.113.11:51234", 34234)
+                  : cands(host, "203.0.113.12:61000", "203.0.113.12:2345", -58655);
+  case K_OPEN:
+    return caller ? cands("203.0.113.11:5000", "203.0.113.11:5000", "203.0.113.11:5000", 0)
+                  : cands("203.0.113.12:5000", "203.0.113.12:5000", "203.0.113.12:5000", 0);
+  default:
+    return caller ? cands(host, "203.0.113.11:31000", "203.0.113.11:31000", 0)
+                  : cands(host, "203.0.113.12:42000", "203.0.113.12:42000", 0);
+  }
+}
+
+/* Pairs (caller kind, callee kind) covering every strategy. */
+static const enum kind pairs[][2] = {
+    {K_CONE, K_CONE},   {K_CONE, K_SEQ},    {K_SEQ, K_CONE},  {K_SEQ, K_SEQ},
+    {K_CONE, K_RANDOM}, {K_RANDOM, K_CONE}, {K_OPEN, K_CONE}, {K_SEQ, K_RANDOM},
+};
+#define NPAIRS (sizeof pairs / sizeof pairs[0])
+
+static np_punch_config config(unsigned pair, bool callee, struct rng *r) {
+  np_punch_config c;
+  memset(&c, 0, sizeof c);
+  c.callee = callee;
+  memcpy(c.key, fuzz_key, sizeof c.key);
+  memcpy(c.session, fuzz_session, sizeof c.session);
+  np_sig_candidates caller_c = side_cands(pairs[pair][0], true);
+  np_sig_candidates callee_c = side_cands(pairs[pair][1], false);
+  c.self = callee ? callee_c : caller_c;
+  c.peer = callee ? caller_c : callee_c;
+  /* Small birthday numbers: the same code paths at a fraction of the cost. */
+  c.birthday_sockets = 8;
+  c.birthday_ports = 16;
+  c.max_probes = 400;
+  c.prime_ttl = pairs[pair][callee ? 1 : 0] == K_OPEN ? 0 : 2;
+  c.random = rng_fill;
+  c.random_user = r;
+  return c;
+}
+
+/* ---- invariants ------------------------------------------------------------- */
+
+static void check_datagram(const np_punch_datagram *dg) {
+  CHECK(dg->sock >= 0 && dg->sock < NP_PUNCH_MAX_SOCKETS);
+  CHECK(dg->len >= NP_STUN_HEADER_LEN && dg->len <= NP_PUNCH_MAX_DATAGRAM);
+  CHECK(dg->ttl >= 0 && dg->ttl <= 255);
+  CHECK(np_addr_is_set(&dg->to));
+  np_stun_msg m;
+  CHECK(np_stun_read(dg->buf, dg->len, &m) == 0);
+  CHECK(m.method == NP_STUN_BINDING && !m.rfc3489);
+  CHECK(m.present & NP_STUN_HAS_FINGERPRINT);
+  CHECK(np_stun_check_integrity_sha256(dg->buf, dg->len, &m, fuzz_key, NP_PUNCH_KEY_LEN) == 0);
+}
+
+static void check_result(const np_punch *p) {
+  np_punch_result r;
+  np_punch_result_get(p, &r);
+  CHECK(r.state == NP_PUNCH_RUNNING || r.state == NP_PUNCH_CONNECTED || r.state == NP_PUNCH_FAILED);
+  CHECK(r.sockets >= 1 && r.sockets <= NP_PUNCH_MAX_SOCKETS);
+  CHECK(np_punch_sockets(p) == r.sockets);
+  CHECK(r.probes_sent <= 400 + 64); /* the budget, plus a nomination in flight */
+  CHECK(memchr(r.reason, '\0', sizeof r.reason) != NULL);
+  if (r.state == NP_PUNCH_CONNECTED) {
+    CHECK(r.sock >= 0 && r.sock < r.sockets);
+    CHECK(np_addr_is_set(&r.remote));
+    CHECK(r.via >= NP_VIA_NONE && r.via <= NP_VIA_BIRTHDAY);
+    CHECK(r.elapsed_ms >= 0);
+  } else if (r.state == NP_PUNCH_FAILED) {
+    CHECK(r.error < 0 && r.reason[0] != '\0');
+  }
+}
+
+/* ---- the machine under test --------------------------------------------------- */
+
+struct harness {
+  np_punch *p;
+  struct rng rng;
+  int64_t now;
+  bool have_last; /* the last request the machine sent, for "answer" */
+  np_punch_datagram last;
+  np_addr peer_addrs[4]; /* where datagrams "come from" */
+};
+
+static void drain(struct harness *h) {
+  np_punch_datagram dg;
+  int stale = 0;
+  for (int i = 0; i < MAX_DRAIN; i++) {
+    if (np_punch_next(h->p, h->now, &dg)) {
+      check_datagram(&dg);
+      if (((dg.buf[0] << 8 | dg.buf[1]) & 0x0110) == NP_STUN_REQUEST) {
+        h->last = dg;
+        h->have_last = true;
+      }
+      continue;
+    }
+    np_punch_result r;
+    np_punch_result_get(h->p, &r);
+    if (r.state != NP_PUNCH_RUNNING || np_punch_wakeup(h->p) > h->now)
+      break;
+    /* Nothing due, yet a wakeup not in the future: tolerated once (a round
+     * held back by a nomination that just gave up starts on the next call),
+     * never twice, which would make an agent spin. */
+    CHECK(++stale <= 1);
+  }
+  check_result(h->p);
+}
+
+static void advance(struct harness *h, int64_t ms) {
+  /* Step through the wakeups, as an agent would, but never past the target. */
+  int64_t until = h->now + ms;
+  for (int i = 0; i < 100000 && h->now < until; i++) {
+    drain(h);
+    int64_t w = np_punch_wakeup(h->p);
+    h->now = w > h->now && w < until ? w : until;
+  }
+  drain(h);
+}
+
+/* Plays a whole exchange between the machine and a second one (the other
+ * role, same pair) with no NAT in between, until both are connected: a
+ * machine in its connected state, reached honestly. Addresses are the
+ * signalled ones, so every datagram is delivered as-is. */
+static void connect_through_peer(struct harness *h, unsigned pair, bool callee) {
+  struct rng prng = {0x5EED0000ull + pair};
+  np_punch_config pc = config(pair, !callee, &prng);
+  np_punch *peer;
+  CHECK(np_punch_new(&pc, h->now, &peer) == 0);
+  np_sig_candidates self =
+      callee ? side_cands(pairs[pair][1], false) : side_cands(pairs[pair][0], true);
+  np_sig_candidates other =
+      callee ? side_cands(pairs[pair][0], true) : side_cands(pairs[pair][1], false);
+  for (int step = 0; step < 3000; step++) {
+    np_punch_datagram dg;
+    for (int i = 0; i < MAX_DRAIN && np_punch_next(h->p, h->now, &dg); i++) {
+      check_datagram(&dg);
+      if (dg.ttl == 0)
+        (void)np_punch_input(peer, h->now, dg.sock, &self.mapped[0], dg.buf, dg.len);
+    }
+    for (int i = 0; i < MAX_DRAIN && np_punch_next(peer, h->now, &dg); i++)
+      if (dg.ttl == 0 && dg.sock == 0)
+        (void)np_punch_input(h->p, h->now, 0, &other.mapped[0], dg.buf, dg.len);
+    np_punch_result a, b;
+    np_punch_result_get(h->p, &a);
+    np_punch_result_get(peer, &b);
+    if (a.state != NP_PUNCH_RUNNING && b.state != NP_PUNCH_RUNNING)
+      break;
+    h->now += 5;
+  }
+  np_punch_free(peer);
+  check_result(h->p);
+}
+
+/* ---- records ---------------------------------------------------------------- */
+
+struct reader {
+  const uint8_t *d;
+  size_t n, off;
+};
+
+static uint8_t u8(struct reader *r) {
+  return r->off < r->n ? r->d[r->off++] : 0;
+}
+
+static size_t take(struct reader *r, size_t want, const uint8_t **p) {
+  size_t left = r->n - r->off;
+  size_t got = want < left ? want : left;
+  *p = r->d + r->off;
+  r->off += got;
+  return got;
+}
+
+static void feed(struct harness *h, uint8_t sock_sel, uint8_t from_sel, const uint8_t *buf,
+                 size_t len) {
+  int sock = sock_sel % 4 == 3 ? sock_sel % 10 : 0; /* mostly socket 0, some birthday ones */
+  np_addr from = h->peer_addrs[from_sel % 4];
+  if (from_sel & 0x80)
+    np_addr_set_port(&from, (uint16_t)(from_sel * 257u)); /* a sprayed or predicted port */
+  (void)np_punch_input(h->p, h->now, sock, &from, buf, len);
+  drain(h);
+}
+
+static void op_raw(struct harness *h, struct reader *r) {
+  uint8_t sock = u8(r), from = u8(r);
+  size_t want = (size_t)u8(r) << 8;
+  want |= u8(r);
+  const uint8_t *p;
+  size_t got = take(r, want, &p);
+  /* An exact-size copy, so a read past the datagram is caught. */
+  uint8_t *copy = malloc(got ? got : 1);
+  CHECK(copy != NULL);
+  if (got)
+    memcpy(copy, p, got);
+  feed(h, sock, from, copy, got);
+  free(copy);
+}
+
+/* A message signed with the session key around fuzzer-chosen content. */
+static void op_forged(struct harness *h, struct reader *r) {
+  static const uint16_t classes[] = {NP_STUN_REQUEST, NP_STUN_INDICATION, NP_STUN_SUCCESS,
+                                     NP_STUN_ERROR};
+  uint8_t cls = u8(r), user = u8(r), trunc = u8(r), sock = u8(r), from = u8(r);
+  uint8_t txid[NP_STUN_TXID_LEN];
+  for (size_t i = 0; i < sizeof txid; i++)
+    txid[i] = u8(r);
+  /* Half the time, the transaction of the machine's last request: a
+   * response to it is then matched against a real target. */
+  if ((cls & 0x10) && h->have_last)
+    memcpy(txid, h->last.buf + 8, NP_STUN_TXID_LEN);
+  uint8_t buf[NP_STUN_MAX_MESSAGE];
+  np_stun_writer w;
+  np_stun_writer_init(&w, buf, sizeof buf, (uint16_t)(NP_STUN_BINDING | classes[cls % 4]),
+                      NP_STUN_MAGIC_COOKIE, txid);
+  /* The caller's ('c') or the callee's ('a') name; the machine takes only
+   * its peer's, so the other one is a reflection. */
+  char name[64] = "natpunch:";
+  static const char digits[] = "0123456789abcdef";
+  for (size_t i = 0; i < NP_SIG_SESSION_LEN; i++) {
+    name[9 + 2 * i] = digits[fuzz_session[i] >> 4];
+    name[10 + 2 * i] = digits[fuzz_session[i] & 15];
+  }
+  snprintf(name + 9 + 2 * NP_SIG_SESSION_LEN, sizeof name - 9 - 2 * NP_SIG_SESSION_LEN, ":%c",
+           user % 3 == 0 ? 'a' : 'c');
+  if (user % 3 != 2)
+    np_stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, name, strlen(name));
+  int nattrs = u8(r) % (MAX_FORGED_ATTRS + 1);
+  for (int i = 0; i < nattrs; i++) {
+    uint16_t type = (uint16_t)(u8(r) << 8);
+    type |= u8(r);
+    const uint8_t *v;
+    size_t len = take(r, u8(r), &v);
+    if ((type & 0x00FF) == 0xFE)
+      type = (type & 0x100) ? ATTR_NOMINATE : ATTR_VIA; /* easy to reach */
+    np_stun_put_bytes(&w, type, v, len);
+  }
+  if (!(user & 0x40))
+    np_stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &h->peer_addrs[0]);
+  np_stun_put_integrity_sha256(&w, fuzz_key, NP_PUNCH_KEY_LEN, 16 + 4 * (size_t)(trunc % 5));
+  if (!(user & 0x80))
+    np_stun_put_fingerprint(&w);
+  int n = np_stun_writer_finish(&w);
+  if (n < 0)
+    return; /* the fuzzer's attributes did not fit */
+  feed(h, sock, from, buf, (size_t)n);
+}
+
+/* A correct answer to the machine's last request, from where it went. */
+static void op_answer(struct harness *h, struct reader *r) {
+  uint8_t flags = u8(r), via = u8(r);
+  if (!h->have_last)
+    return;
+  np_stun_msg m;
+  CHECK(np_stun_read(h->last.buf, h->last.len, &m) == 0);
+  uint8_t buf[NP_PUNCH_MAX_DATAGRAM];
+  np_stun_writer w;
+  np_stun_writer_init(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS, NP_STUN_MAGIC_COOKIE,
+                      m.txid);
+  np_stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &h->peer_addrs[0]);
+  if (flags & 1) {
+    np_stun_put_bytes(&w, ATTR_NOMINATE, NULL, 0);
+    np_stun_put_u32(&w, ATTR_VIA, flags & 2 ? via : via % 6);
+  }
+  np_stun_put_integrity_sha256(&w, fuzz_key, NP_PUNCH_KEY_LEN, 32);
+  np_stun_put_fingerprint(&w);
+  int n = np_stun_writer_finish(&w);
+  CHECK(n > 0);
+  np_addr from = h->last.to;
+  if (flags & 4)
+    np_addr_set_port(&from, (uint16_t)(np_addr_port(&from) + 1)); /* the wrong pair */
+  (void)np_punch_input(h->p, h->now, flags & 8 ? h->last.sock + 1 : h->last.sock, &from, buf,
+                       (size_t)n);
+  drain(h);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  struct reader r = {data, size, 0};
+  uint8_t sel = u8(&r), stage = u8(&r);
+  unsigned pair = (unsigned)(sel % NPAIRS);
+  bool callee = sel & 0x80;
+  struct harness h;
+  memset(&h, 0, sizeof h);
+  h.rng.s = 0xF022ull + sel;
+  h.now = 1000;
+  np_punch_config c = config(pair, callee, &h.rng);
+  CHECK(np_punch_new(&c, h.now, &h.p) == 0);
+  np_sig_candidates peer =
+      callee ? side_cands(pairs[pair][0], true) : side_cands(pairs[pair][1], false);
+  h.peer_addrs[0] = peer.mapped[0];
+  h.peer_addrs[1] = peer.mapped[1];
+  h.peer_addrs[2] = peer.private_addrs[0];
+  h.peer_addrs[3] = addr("[2001:db8::1]:5000");
+  switch (stage % 4) {
+  case 1:
+    advance(&h, 1200); /* the first prediction round has started */
+    break;
+  case 2:
+    advance(&h, 2500);
+    break;
+  case 3:
+    connect_through_peer(&h, pair, callee);
+    break;
+  default:
+    drain(&h);
+    break;
+  }
+  for (int rec = 0; rec < MAX_RECORDS && r.off < r.n; rec++) {
+    switch (u8(&r) % 4) {
+    case 0:
+      op_raw(&h, &r);
+      break;
+    case 1:
+      op_forged(&h, &r);
+      break;
+    case 2:
+      advance(&h, (int64_t)u8(&r) * 8);
+      break;
+    default:
+      op_answer(&h, &r);
+      break;
+    }
+  }
+  if (getenv("FUZZ_PUNCH_DEBUG")) { /* what a reproducer did, for humans */
+    np_punch_result res;
+    np_punch_result_get(h.p, &res);
+    fprintf(stderr, "pair %u %s: state %d via %d rounds %u sent %u received %u sockets %d %s\n",
+            pair, callee ? "callee" : "caller", res.state, res.via, res.rounds, res.probes_sent,
+            res.probes_received, res.sockets, res.reason);
+  }
+  np_punch_free(h.p);
+  return 0;
+}

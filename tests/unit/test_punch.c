@@ -1,0 +1,910 @@
+/*
+ * The hole-punching machine (traversal/punch.h) end to end: a caller and a
+ * callee np_punch, each behind a model NAT, joined by a model core. No
+ * sockets and no sleeping: the test owns the clock (1 ms steps) and every
+ * random number (seeded), so each scenario replays exactly.
+ *
+ * The NAT model keeps one table of sessions (LAN port, remote address:port,
+ * public port):
+ *  - open:     no NAT; the host's address is public.
+ *  - cone:     endpoint-independent mapping (one public port per LAN port),
+ *              address-and-port-dependent filtering (only remotes the host
+ *              sent to get in), like a Linux masquerade.
+ *  - fullcone: endpoint-independent mapping and filtering.
+ *  - seq:      a new public port per new remote address:port, base + delta*n,
+ *              address-and-port-dependent filtering.
+ *  - random:   a new random public port per remote (seeded), same filter.
+ * A "rude" NAT keeps state for an unsolicited inbound packet, so a later
+ * outbound packet from the host to that same remote address:port cannot use
+ * the public port the packet came in on and gets another one: the Linux
+ * conntrack behaviour punch.h primes against.
+ *
+ * The core: a datagram sent with a TTL (a priming packet) passes the sender's
+ * NAT, which makes its mapping and opens its filter, and dies before the
+ * peer's NAT; a datagram with the default TTL is delivered after a fixed
+ * one-way latency, unless a seeded per-direction loss drops it.
+ *
+ * The discovery views each side signals are made by sending through its own
+ * model NAT to two servers, so they are exactly what an agent would gather.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "stun/stun.h"
+#include "traversal/punch.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- deterministic randomness ------------------------------------------------ */
+
+struct prng {
+  uint64_t s;
+};
+
+/* splitmix64: tiny, seedable, good enough to draw ports and keys. */
+static uint64_t prng_next(struct prng *r) {
+  uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+static void prng_fill(void *user, uint8_t *buf, size_t len) {
+  struct prng *r = user;
+  for (size_t i = 0; i < len; i++)
+    buf[i] = (uint8_t)prng_next(r);
+}
+
+/* ---- the NAT model -------------------------------------------------------------- */
+
+enum nat_kind { NAT_OPEN, NAT_CONE, NAT_FULLCONE, NAT_SEQ, NAT_RANDOM };
+
+#define LOCAL_PORT 5000    /* socket s of a host is LAN port LOCAL_PORT + s */
+#define FOREIGN_PORT 60000 /* "another host" on the same NAT, for noise */
+#define MAX_SESSIONS 32768
+#define MAX_RUDE 32768
+
+struct session {
+  uint16_t lport, pub;
+  np_addr remote;
+};
+
+struct rude_entry {
+  uint16_t pub;
+  np_addr remote;
+};
+
+struct nat {
+  enum nat_kind kind;
+  bool rude;
+  uint16_t next; /* sequential allocator (also the cone's port pool) */
+  int delta;
+  struct prng rng; /* random allocator */
+  struct session *sess;
+  int nsess;
+  struct rude_entry *rude_e;
+  int nrude;
+  int unsolicited; /* inbound packets that matched nothing */
+  int collisions;  /* outbound mappings moved off a port by rude state */
+};
+
+static bool port_in_use(const struct nat *n, uint16_t port) {
+  for (int i = 0; i < n->nsess; i++)
+    if (n->sess[i].pub == port)
+      return true;
+  return false;
+}
+
+static uint16_t alloc_port(struct nat *n) {
+  if (n->kind == NAT_RANDOM) {
+    /* Bounded: the table holds far fewer ports than the range. */
+    for (int i = 0; i < 1000; i++) {
+      uint16_t p = (uint16_t)(1024 + prng_next(&n->rng) % (65536 - 1024));
+      if (!port_in_use(n, p))
+        return p;
+    }
+    fail_msg("random NAT: no free port");
+  }
+  uint16_t p = n->next;
+  n->next = (uint16_t)(n->next + n->delta);
+  return p;
+}
+
+static bool rude_has(const struct nat *n, uint16_t pub, const np_addr *remote) {
+  for (int i = 0; i < n->nrude; i++)
+    if (n->rude_e[i].pub == pub && np_addr_equal(&n->rude_e[i].remote, remote))
+      return true;
+  return false;
+}
+
+static const struct session *find_session(const struct nat *n, uint16_t lport,
+                                          const np_addr *remote) {
+  for (int i = 0; i < n->nsess; i++)
+    if (n->sess[i].lport == lport && np_addr_equal(&n->sess[i].remote, remote))
+      return &n->sess[i];
+  return NULL;
+}
+
+/* The endpoint-independent port of a LAN port, 0 if it has none yet. */
+static uint16_t eim_port(const struct nat *n, uint16_t lport) {
+  for (int i = 0; i < n->nsess; i++)
+    if (n->sess[i].lport == lport)
+      return n->sess[i].pub; /* the first session of the LAN port set it */
+  return 0;
+}
+
+/* Outbound translation: the public port a datagram from lport to remote
+ * leaves with; records the session (mapping + filter entry). */
+static uint16_t nat_out(struct nat *n, uint16_t lport, const np_addr *remote) {
+  if (n->kind == NAT_OPEN)
+    return lport;
+  const struct session *s = find_session(n, lport, remote);
+  if (s)
+    return s->pub;
+  uint16_t pub = 0;
+  if (n->kind == NAT_CONE || n->kind == NAT_FULLCONE)
+    pub = eim_port(n, lport);
+  if (pub == 0)
+    pub = alloc_port(n);
+  /* Conntrack already holds remote -> pub (an unsolicited packet): the
+   * reply tuple is taken, so this flow gets another port. */
+  for (int i = 0; i < 64 && rude_has(n, pub, remote); i++) {
+    pub = alloc_port(n);
+    n->collisions++;
+  }
+  assert_true(n->nsess < MAX_SESSIONS);
+  n->sess[n->nsess++] = (struct session){lport, pub, *remote};
+  return pub;
+}
+
+/* Inbound: the LAN port a datagram from 'from' to public port 'pub' reaches,
+ * or false when the NAT drops it. */
+static bool nat_in(struct nat *n, uint16_t pub, const np_addr *from, uint16_t *lport) {
+  if (n->kind == NAT_OPEN) {
+    *lport = pub;
+    return true;
+  }
+  for (int i = 0; i < n->nsess; i++) {
+    const struct session *s = &n->sess[i];
+    if (s->pub == pub && (n->kind == NAT_FULLCONE || np_addr_equal(&s->remote, from))) {
+      *lport = s->lport;
+      return true;
+    }
+  }
+  n->unsolicited++;
+  if (n->rude && !rude_has(n, pub, from)) {
+    assert_true(n->nrude < MAX_RUDE);
+    n->rude_e[n->nrude++] = (struct rude_entry){pub, *from};
+  }
+  return false;
+}
+
+/* ---- the world -------------------------------------------------------------- */
+
+struct nat_spec {
+  enum nat_kind kind;
+  bool rude;
+  int delta; /* seq: port step (0 = 1) */
+  int noise; /* ports a foreign connection takes right after gathering */
+};
+
+struct scenario {
+  struct nat_spec nat[2]; /* [0] caller, [1] callee */
+  int signaling_ms;       /* the caller starts this much after the callee */
+  int latency_ms;         /* one way, through the core */
+  int loss_pct;           /* per direction, full-TTL datagrams */
+  int prime_ttl;          /* -1: 2 behind a NAT, 0 when open */
+  int hold_ms;            /* 0: the engine's default */
+  int keepalive_ms;       /* 0: the engine's default */
+  int linger_ms;          /* keep running this long after both connected */
+  int64_t limit_ms;       /* 0: 25 s */
+  uint64_t seed;
+};
+
+#define CALLER 0
+#define CALLEE 1
+#define QCAP 16384
+
+struct side {
+  struct nat nat;
+  np_addr priv, pub; /* host IP (port LOCAL_PORT), NAT public IP */
+  np_sig_candidates cand;
+  struct prng rng;
+  np_punch *p;
+  int64_t start;
+  np_punch_result res, at_connect;
+  bool connected;
+  uint32_t full_at_connect;
+  /* what the machine sent */
+  uint32_t primes, full, keepalives; /* full: full-TTL requests */
+  int64_t keepalive_at[8];
+  np_addr keepalive_to;
+  int keepalive_sock;
+};
+
+struct pkt {
+  int64_t at;
+  int to_side;
+  np_addr from;
+  uint16_t to_port;
+  size_t len;
+  uint8_t buf[NP_PUNCH_MAX_DATAGRAM];
+};
+
+struct sim {
+  struct scenario sc;
+  struct side side[2];
+  struct pkt *q;
+  size_t qhead, qlen;
+  struct prng loss;
+  int64_t now;
+  int64_t done_at; /* both settled (-1: ran to the limit) */
+  uint32_t delivered, lost, primes_dropped;
+  uint32_t stale_wakeups; /* wakeups <= now after np_punch_next() gave 0 */
+};
+
+static np_addr A(const char *s) {
+  np_addr a;
+  assert_int_equal(np_addr_parse(s, 0, &a), 0);
+  return a;
+}
+
+static np_addr with_port(np_addr a, uint16_t port) {
+  np_addr_set_port(&a, port);
+  return a;
+}
+
+static void log_stderr(void *user, enum np_log_level level, const char *msg) {
+  (void)level;
+  fprintf(stderr, "[%s] %s\n", (const char *)user, msg);
+}
+
+/* Gathering as the agent does it: socket 0 asks two discovery servers, in
+ * order, through the NAT; then the foreign connections of the noise. */
+static void gather(struct side *sd, const struct nat_spec *spec) {
+  const np_addr s1 = A("198.51.100.1:3478"), s2 = A("198.51.100.2:3478");
+  memset(&sd->cand, 0, sizeof sd->cand);
+  sd->cand.private_addrs[0] = sd->priv;
+  sd->cand.n_private = 1;
+  uint16_t p1 = nat_out(&sd->nat, LOCAL_PORT, &s1);
+  uint16_t p2 = nat_out(&sd->nat, LOCAL_PORT, &s2);
+  sd->cand.mapped[0] = with_port(sd->pub, p1);
+  sd->cand.mapped[1] = with_port(sd->pub, p2);
+  sd->cand.n_mapped = 2;
+  sd->cand.have_delta = true;
+  sd->cand.delta = (int32_t)p2 - (int32_t)p1;
+  const np_addr web = A("192.0.2.99:443");
+  for (int i = 0; i < spec->noise; i++)
+    (void)nat_out(&sd->nat, (uint16_t)(FOREIGN_PORT + i), &web);
+}
+
+static void side_init(struct side *sd, int which, const struct nat_spec *spec, uint64_t seed) {
+  memset(sd, 0, sizeof *sd);
+  struct nat *n = &sd->nat;
+  n->kind = spec->kind;
+  n->rude = spec->rude;
+  n->delta = spec->delta ? spec->delta : 1;
+  n->next = which == CALLER ? 31000 : 42000;
+  n->rng.s = seed ^ (which ? 0xC0FFEEull : 0xBEEFull);
+  n->sess = calloc(MAX_SESSIONS, sizeof *n->sess);
+  n->rude_e = calloc(MAX_RUDE, sizeof *n->rude_e);
+  assert_non_null(n->sess);
+  assert_non_null(n->rude_e);
+  sd->pub = A(which == CALLER ? "203.0.113.11:1" : "203.0.113.12:1");
+  sd->priv = spec->kind == NAT_OPEN ? with_port(sd->pub, LOCAL_PORT)
+                                    : A(which == CALLER ? "10.1.0.2:5000" : "10.2.0.2:5000");
+  sd->rng.s = seed * 31 + (uint64_t)which + 1;
+  gather(sd, spec);
+}
+
+static void side_free(struct side *sd) {
+  np_punch_free(sd->p);
+  free(sd->nat.sess);
+  free(sd->nat.rude_e);
+}
+
+static void sim_free(struct sim *s) {
+  if (!s)
+    return;
+  side_free(&s->side[0]);
+  side_free(&s->side[1]);
+  free(s->q);
+  free(s);
+}
+
+static np_punch_config make_config(struct sim *s, int which, const uint8_t *key,
+                                   const uint8_t *session) {
+  struct side *sd = &s->side[which];
+  np_punch_config c;
+  memset(&c, 0, sizeof c);
+  c.callee = which == CALLEE;
+  memcpy(c.key, key, NP_PUNCH_KEY_LEN);
+  memcpy(c.session, session, NP_SIG_SESSION_LEN);
+  c.self = sd->cand;
+  c.peer = s->side[!which].cand;
+  c.hold_ms = s->sc.hold_ms;
+  c.keepalive_ms = s->sc.keepalive_ms;
+  c.prime_ttl = s->sc.prime_ttl >= 0 ? s->sc.prime_ttl : sd->nat.kind == NAT_OPEN ? 0 : 2;
+  c.random = prng_fill;
+  c.random_user = &sd->rng;
+  if (getenv("PUNCH_TEST_LOG")) {
+    c.log = log_stderr;
+    c.log_user = which == CALLER ? "caller" : "callee";
+    c.log_level = NP_LOG_DEBUG;
+  }
+  return c;
+}
+
+static int stun_class(const np_punch_datagram *dg) {
+  assert_true(dg->len >= NP_STUN_HEADER_LEN);
+  return (dg->buf[0] << 8 | dg->buf[1]) & 0x0110;
+}
+
+/* A datagram leaves 'from' side: its NAT translates it, the core routes it. */
+static void transmit(struct sim *s, int which, const np_punch_datagram *dg) {
+  struct side *sd = &s->side[which];
+  assert_true(dg->sock >= 0 && dg->sock < NP_PUNCH_MAX_SOCKETS);
+  assert_true(dg->len > 0 && dg->len <= NP_PUNCH_MAX_DATAGRAM);
+  if (dg->ttl > 0)
+    sd->primes++;
+  else if (stun_class(dg) == NP_STUN_INDICATION) {
+    if (sd->keepalives < 8)
+      sd->keepalive_at[sd->keepalives] = s->now;
+    sd->keepalives++;
+    sd->keepalive_to = dg->to;
+    sd->keepalive_sock = dg->sock;
+  } else if (stun_class(dg) == NP_STUN_REQUEST)
+    sd->full++;
+  uint16_t pub = nat_out(&sd->nat, (uint16_t)(LOCAL_PORT + dg->sock), &dg->to);
+  if (dg->ttl > 0) {
+    s->primes_dropped++; /* it made our mapping; it dies in the core */
+    return;
+  }
+  int to = !which;
+  if (!np_addr_same_ip(&dg->to, &s->side[to].pub))
+    return; /* someone else's LAN, or nowhere */
+  if (s->sc.loss_pct > 0 && (int)(prng_next(&s->loss) % 100) < s->sc.loss_pct) {
+    s->lost++;
+    return;
+  }
+  assert_true(s->qlen < QCAP);
+  struct pkt *k = &s->q[(s->qhead + s->qlen++) % QCAP];
+  k->at = s->now + s->sc.latency_ms;
+  k->to_side = to;
+  k->from = with_port(sd->pub, pub);
+  k->to_port = np_addr_port(&dg->to);
+  k->len = dg->len;
+  memcpy(k->buf, dg->buf, dg->len);
+}
+
+/* Delivers what is due; a packet reaching a host whose machine has not
+ * started yet is lost (after its NAT saw it: that is what rude NATs keep). */
+static void deliver_due(struct sim *s) {
+  while (s->qlen > 0 && s->q[s->qhead].at <= s->now) {
+    struct pkt *k = &s->q[s->qhead];
+    s->qhead = (s->qhead + 1) % QCAP;
+    s->qlen--;
+    struct side *sd = &s->side[k->to_side];
+    uint16_t lport;
+    if (!nat_in(&sd->nat, k->to_port, &k->from, &lport) || !sd->p)
+      continue;
+    int sock = (int)lport - LOCAL_PORT;
+    if (sock < 0 || sock >= NP_PUNCH_MAX_SOCKETS)
+      continue;
+    s->delivered++;
+    (void)np_punch_input(sd->p, s->now, sock, &k->from, k->buf, k->len);
+  }
+}
+
+static bool running(const struct side *sd) {
+  if (!sd->p)
+    return true;
+  np_punch_result r;
+  np_punch_result_get(sd->p, &r);
+  return r.state == NP_PUNCH_RUNNING;
+}
+
+/* Runs a whole session; the caller frees the result with sim_free(). */
+static struct sim *run(const struct scenario *sc) {
+  struct sim *s = calloc(1, sizeof *s);
+  assert_non_null(s);
+  s->sc = *sc;
+  if (s->sc.limit_ms == 0)
+    s->sc.limit_ms = 25000;
+  s->q = calloc(QCAP, sizeof *s->q);
+  assert_non_null(s->q);
+  s->loss.s = sc->seed ^ 0x10551055ull;
+  for (int w = 0; w < 2; w++)
+    side_init(&s->side[w], w, &sc->nat[w], sc->seed);
+  struct prng kr = {sc->seed ^ 0x5EC2E7ull};
+  uint8_t key[NP_PUNCH_KEY_LEN], session[NP_SIG_SESSION_LEN];
+  prng_fill(&kr, key, sizeof key);
+  prng_fill(&kr, session, sizeof session);
+  s->side[CALLEE].start = 0;
+  s->side[CALLER].start = sc->signaling_ms;
+  s->done_at = -1;
+  int64_t settle_until = -1;
+  for (s->now = 0; s->now <= s->sc.limit_ms; s->now++) {
+    for (int w = CALLEE; w >= CALLER; w--) {
+      struct side *sd = &s->side[w];
+      if (!sd->p && s->now >= sd->start) {
+        np_punch_config c = make_config(s, w, key, session);
+        assert_int_equal(np_punch_new(&c, s->now, &sd->p), 0);
+      }
+    }
+    deliver_due(s);
+    for (int w = CALLEE; w >= CALLER; w--) {
+      struct side *sd = &s->side[w];
+      if (!sd->p)
+        continue;
+      np_punch_datagram dg;
+      int sent = 0, stale = 0;
+      for (;;) {
+        if (np_punch_next(sd->p, s->now, &dg)) {
+          transmit(s, w, &dg);
+          assert_true(++sent < 4096); /* pacing keeps bursts small */
+          continue;
+        }
+        if (!running(sd) || np_punch_wakeup(sd->p) > s->now)
+          break;
+        /* np_punch_next() said nothing is due, yet the wakeup is not in the
+         * future. Tolerated once (a round deferred by a nomination that
+         * just gave up starts on the next call), but the machine must make
+         * progress when called again, or an agent would spin. */
+        s->stale_wakeups++;
+        assert_true(++stale <= 1);
+      }
+      if (!sd->connected) {
+        np_punch_result_get(sd->p, &sd->at_connect);
+        if (sd->at_connect.state == NP_PUNCH_CONNECTED) {
+          sd->connected = true;
+          sd->full_at_connect = sd->full;
+        }
+      }
+    }
+    if (s->done_at < 0 && !running(&s->side[0]) && !running(&s->side[1])) {
+      s->done_at = s->now;
+      settle_until = s->now + sc->linger_ms;
+    }
+    if (s->done_at >= 0 && s->now >= settle_until)
+      break;
+  }
+  for (int w = 0; w < 2; w++)
+    np_punch_result_get(s->side[w].p, &s->side[w].res);
+  if (getenv("PUNCH_TEST_LOG"))
+    for (int w = 0; w < 2; w++) {
+      const np_punch_result *r = &s->side[w].res;
+      fprintf(stderr,
+              "%s: state %d via %s err %d rounds %u sent %u (primes %u) recv %u sockets %d "
+              "elapsed %lld unsolicited %d collisions %d%s%s\n",
+              w ? "callee" : "caller", r->state, np_via_name(r->via), r->error, r->rounds,
+              r->probes_sent, s->side[w].primes, r->probes_received, r->sockets,
+              (long long)r->elapsed_ms, s->side[w].nat.unsolicited, s->side[w].nat.collisions,
+              r->reason[0] ? " reason: " : "", r->reason);
+    }
+  return s;
+}
+
+/* The public address side 'w' shows on its socket 'sock' toward 'remote'
+ * (the session its NAT made), or an unset address. */
+static np_addr public_toward(const struct sim *s, int w, int sock, const np_addr *remote) {
+  const struct side *sd = &s->side[w];
+  if (sd->nat.kind == NAT_OPEN)
+    return with_port(sd->pub, (uint16_t)(LOCAL_PORT + sock));
+  const struct session *x = find_session(&sd->nat, (uint16_t)(LOCAL_PORT + sock), remote);
+  np_addr none;
+  memset(&none, 0, sizeof none);
+  return x ? with_port(sd->pub, x->pub) : none;
+}
+
+/* Both sides connected on one pair, seen the same way from both ends, and
+ * a datagram on it gets through the NATs both ways. */
+static void assert_agreed(struct sim *s, enum np_via via) {
+  const np_punch_result *rc = &s->side[CALLER].res, *re = &s->side[CALLEE].res;
+  assert_int_equal(rc->state, NP_PUNCH_CONNECTED);
+  assert_int_equal(re->state, NP_PUNCH_CONNECTED);
+  assert_int_equal(rc->via, via);
+  assert_int_equal(re->via, via);
+  np_addr callee_pub = public_toward(s, CALLEE, re->sock, &re->remote);
+  np_addr caller_pub = public_toward(s, CALLER, rc->sock, &rc->remote);
+  assert_true(np_addr_equal(&rc->remote, &callee_pub));
+  assert_true(np_addr_equal(&re->remote, &caller_pub));
+  /* And the path works: each NAT lets the other's datagram in to the
+   * nominated socket. */
+  uint16_t lport;
+  assert_true(nat_in(&s->side[CALLEE].nat, np_addr_port(&rc->remote), &re->remote, &lport));
+  assert_int_equal(lport, LOCAL_PORT + re->sock);
+  assert_true(nat_in(&s->side[CALLER].nat, np_addr_port(&re->remote), &rc->remote, &lport));
+  assert_int_equal(lport, LOCAL_PORT + rc->sock);
+}
+
+static void assert_budget(const struct sim *s) {
+  for (int w = 0; w < 2; w++)
+    assert_true(s->side[w].res.probes_sent <= 6000); /* the default max_probes */
+}
+
+static struct scenario pair(enum nat_kind caller, enum nat_kind callee, bool rude) {
+  struct scenario sc;
+  memset(&sc, 0, sizeof sc);
+  sc.nat[CALLER] = (struct nat_spec){caller, rude, 1, 0};
+  sc.nat[CALLEE] = (struct nat_spec){callee, rude, 1, 0};
+  sc.signaling_ms = 5;
+  sc.latency_ms = 20;
+  sc.prime_ttl = -1;
+  sc.seed = 1;
+  return sc;
+}
+
+/* ---- tests ------------------------------------------------------------------- */
+
+/* Two cones, quiet or rude, a short or a long signaling delay: phase 0 wins.
+ * The caller primes and probes at once; the callee primed at its start, so
+ * the probe gets in; the answer and the triggered check come back; the
+ * nomination and its answer take a second round trip. So the caller is
+ * connected 2 RTTs (4 one-way latencies) after it starts, the callee one
+ * latency earlier (plus the signaling delay, counted from its own start). */
+static void cone_cone_phase0(void **state) {
+  (void)state;
+  const int delays[] = {5, 50};
+  for (int rude = 0; rude < 2; rude++) {
+    for (int d = 0; d < 2; d++) {
+      for (int full = 0; full < 2; full++) {
+        enum nat_kind k = full ? NAT_FULLCONE : NAT_CONE;
+        struct scenario sc = pair(k, k, rude);
+        sc.signaling_ms = delays[d];
+        struct sim *s = run(&sc);
+        assert_agreed(s, NP_VIA_REFLEXIVE);
+        const np_punch_result *rc = &s->side[CALLER].res, *re = &s->side[CALLEE].res;
+        assert_int_equal(rc->rounds, 0);
+        assert_int_equal(re->rounds, 0);
+        assert_int_equal(rc->strategy, NP_PREDICT_NONE);
+        assert_int_equal(rc->elapsed_ms, 4 * sc.latency_ms);
+        assert_int_equal(re->elapsed_ms, sc.signaling_ms + 3 * sc.latency_ms);
+        assert_int_equal(rc->sockets, 1);
+        /* Priming kept the rude NATs from ever dropping a probe of ours on
+         * the pair: nothing collided. */
+        assert_int_equal(s->side[CALLER].nat.collisions, 0);
+        assert_int_equal(s->side[CALLEE].nat.collisions, 0);
+        assert_true(s->side[CALLER].primes >= 1 && s->side[CALLEE].primes >= 1);
+        /* A handful of probes, not a flood. */
+        assert_true(rc->probes_sent <= 8);
+        assert_true(re->probes_sent <= 8);
+        sim_free(s);
+      }
+    }
+  }
+}
+
+/* Priming is what makes a rude pair work. Without it (prime_ttl 0):
+ *  - signaling 50 ms: the caller probes at once and its probe reaches the
+ *    callee's NAT before the callee (holding hold_ms) sent anything;
+ *  - signaling 600 ms (> hold_ms): the callee's probes reach the caller's
+ *    NAT before the caller has started.
+ * Either way the first probe to arrive makes conntrack state on the
+ * receiving NAT, that side's own probes then leave from another port which
+ * the peer's filter refuses, and the pair never opens: the session times
+ * out. The same rude pair with priming connects in phase 0 (50 ms), and a
+ * quiet pair without priming connects too, only after the callee's hold. */
+static void rude_needs_priming(void **state) {
+  (void)state;
+  const int delays[] = {50, 600};
+  for (int d = 0; d < 2; d++) {
+    struct scenario sc = pair(NAT_CONE, NAT_CONE, true);
+    sc.signaling_ms = delays[d];
+    sc.prime_ttl = 0;
+    struct sim *s = run(&sc);
+    for (int w = 0; w < 2; w++) {
+      assert_int_equal(s->side[w].res.state, NP_PUNCH_FAILED);
+      assert_int_equal(s->side[w].res.error, NP_ERR_TIMEOUT);
+      assert_int_equal(s->side[w].primes, 0);
+    }
+    /* The race was lost where predicted: the side probed first holds the
+     * unsolicited-packet state and moved its own mapping. */
+    int first = d == 0 ? CALLEE : CALLER;
+    assert_true(s->side[first].nat.collisions >= 1);
+    sim_free(s);
+  }
+  /* Quiet NATs forgive the race: the dropped probe leaves no state, and the
+   * callee's probe after its hold gets through the caller's open filter. */
+  struct scenario sc = pair(NAT_CONE, NAT_CONE, false);
+  sc.signaling_ms = 50;
+  sc.prime_ttl = 0;
+  struct sim *s = run(&sc);
+  assert_agreed(s, NP_VIA_REFLEXIVE);
+  assert_int_equal(s->side[CALLER].res.rounds, 0);
+  assert_true(s->side[CALLEE].res.elapsed_ms >= 400); /* the default hold */
+  sim_free(s);
+}
+
+/* A signaling path slower than the callee's hold: the callee's first
+ * full-TTL probe reaches the rude caller's NAT before the caller has primed,
+ * priming or not. This documents the limit of the time-based hold rule
+ * (punch.h: "the callee waits hold_ms (time for the answer to reach the
+ * caller)"); a hold longer than the signaling delay fixes it. */
+static void rude_slow_signaling(void **state) {
+  (void)state;
+  struct scenario sc = pair(NAT_CONE, NAT_CONE, true);
+  sc.signaling_ms = 600;
+  struct sim *s = run(&sc);
+  assert_int_equal(s->side[CALLER].res.state, NP_PUNCH_FAILED);
+  assert_int_equal(s->side[CALLEE].res.state, NP_PUNCH_FAILED);
+  assert_true(s->side[CALLER].nat.collisions >= 1);
+  sim_free(s);
+  sc.hold_ms = 1000;
+  s = run(&sc);
+  assert_agreed(s, NP_VIA_REFLEXIVE);
+  assert_int_equal(s->side[CALLER].res.elapsed_ms, 4 * sc.latency_ms);
+  assert_int_equal(s->side[CALLER].nat.collisions, 0);
+  sim_free(s);
+}
+
+/* Sequential against endpoint-independent, both directions: the cone side
+ * sweeps the sequential side's predicted port, the sequential side holds
+ * its one mapping toward the cone's port open. */
+static void symmetric_cone(void **state) {
+  (void)state;
+  for (int dir = 0; dir < 2; dir++) {
+    for (int rude = 0; rude < 2; rude++) {
+      struct scenario sc = dir == 0 ? pair(NAT_SEQ, NAT_CONE, rude) : pair(NAT_CONE, NAT_SEQ, rude);
+      sc.nat[dir == 0 ? CALLER : CALLEE].delta = 2;
+      struct sim *s = run(&sc);
+      assert_agreed(s, NP_VIA_PREDICTED);
+      int seq = dir == 0 ? CALLER : CALLEE;
+      assert_int_equal(s->side[seq].res.strategy, NP_PREDICT_HOLD);
+      assert_int_equal(s->side[!seq].res.strategy, NP_PREDICT_SWEEP);
+      /* The first prediction round found it (predict_after 1000 ms). */
+      assert_int_equal(s->side[!seq].res.rounds, 1);
+      assert_true(s->side[CALLER].res.elapsed_ms >= 1000);
+      assert_true(s->side[CALLER].res.elapsed_ms < 1800);
+      assert_budget(s);
+      sim_free(s);
+    }
+  }
+}
+
+/* Both sequential: LOCKSTEP. Exact estimates meet in round 1; one extra
+ * port taken on either side right before the session shifts the two
+ * sequences by one, which the callee's round-2 shift (+1) realigns. */
+static void symmetric_symmetric(void **state) {
+  (void)state;
+  struct {
+    int noise_caller, noise_callee;
+    uint32_t rounds;
+  } cases[] = {{0, 0, 1}, {1, 0, 2}, {0, 1, 2}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    for (int rude = 0; rude < 2; rude++) {
+      struct scenario sc = pair(NAT_SEQ, NAT_SEQ, rude);
+      sc.nat[CALLER].delta = 1;
+      sc.nat[CALLEE].delta = 3;
+      sc.nat[CALLER].noise = cases[i].noise_caller;
+      sc.nat[CALLEE].noise = cases[i].noise_callee;
+      struct sim *s = run(&sc);
+      assert_agreed(s, NP_VIA_PREDICTED);
+      assert_int_equal(s->side[CALLER].res.strategy, NP_PREDICT_LOCKSTEP);
+      assert_int_equal(s->side[CALLEE].res.strategy, NP_PREDICT_LOCKSTEP);
+      assert_int_equal(s->side[CALLER].res.rounds, cases[i].rounds);
+      assert_int_equal(s->side[CALLEE].res.rounds, cases[i].rounds);
+      assert_budget(s);
+      sim_free(s);
+    }
+  }
+}
+
+/* KNOWN BUG (reported, punch.c is not this test's to fix): LOCKSTEP only
+ * realigns sum-of-errors 0, 1, 4, 9, 16... (squares), not the 0, +1, -1,
+ * +2, -2... predict.h promises. The callee's shifted windows overlap the
+ * previous round whenever the shift goes down (round 3: +1 -> -1 reuses 2
+ * targets, round 5: +2 -> -2 reuses 4, ...); start_round() in punch.c
+ * re-activates those existing targets (add_target() returns them), so the
+ * callee's NAT makes W - overlap new mappings that round, not W. The
+ * caller's model (predict.c lockstep(): peer.sent + W * (round - 1)) does
+ * not know, and the accumulated deficit D plus the in-round offset o
+ * cancel the shift: the effective shift of round r is D + o + shift =
+ * 0, 1, 1, 4, 4, 9, 9... So two ports of noise (or an estimate one too
+ * high, which no round ever covers) never connect: both sides time out
+ * after 20 s and ~1100 probes each. Run with PUNCH_TEST_KNOWN_BUGS=1. */
+static void lockstep_noise_two(void **state) {
+  (void)state;
+  if (!getenv("PUNCH_TEST_KNOWN_BUGS"))
+    skip();
+  for (int side = 0; side < 2; side++) {
+    struct scenario sc = pair(NAT_SEQ, NAT_SEQ, false);
+    sc.nat[side].noise = 2;
+    struct sim *s = run(&sc);
+    /* predict.h: the shift of round 4 is +2. */
+    assert_agreed(s, NP_VIA_PREDICTED);
+    assert_int_equal(s->side[CALLER].res.rounds, 4);
+    sim_free(s);
+  }
+}
+
+/* Random ports against a cone, both directions: the birthday method (many
+ * sockets on the random side, many random ports from the cone side). */
+static void random_cone(void **state) {
+  (void)state;
+  for (int dir = 0; dir < 2; dir++) {
+    for (int rude = 0; rude < 2; rude++) {
+      struct scenario sc =
+          dir == 0 ? pair(NAT_RANDOM, NAT_CONE, rude) : pair(NAT_CONE, NAT_RANDOM, rude);
+      struct sim *s = run(&sc);
+      assert_agreed(s, NP_VIA_BIRTHDAY);
+      int rnd = dir == 0 ? CALLER : CALLEE;
+      assert_int_equal(s->side[rnd].res.strategy, NP_PREDICT_SOCKETS);
+      assert_int_equal(s->side[!rnd].res.strategy, NP_PREDICT_SPRAY);
+      assert_true(s->side[rnd].res.sock > 0); /* one of the birthday sockets */
+      assert_true(s->side[rnd].res.sockets > 1);
+      assert_int_equal(s->side[!rnd].res.sock, 0);
+      assert_budget(s);
+      sim_free(s);
+    }
+  }
+}
+
+/* Random against sequential: nobody can predict anybody; both sides give up
+ * cleanly when prediction would start, with the unreachable error. */
+static void random_symmetric(void **state) {
+  (void)state;
+  for (int dir = 0; dir < 2; dir++) {
+    struct scenario sc =
+        dir == 0 ? pair(NAT_RANDOM, NAT_SEQ, true) : pair(NAT_SEQ, NAT_RANDOM, true);
+    struct sim *s = run(&sc);
+    for (int w = 0; w < 2; w++) {
+      const np_punch_result *r = &s->side[w].res;
+      assert_int_equal(r->state, NP_PUNCH_FAILED);
+      assert_int_equal(r->error, NP_ERR_UNREACHABLE);
+      assert_int_equal(r->strategy, NP_PREDICT_IMPOSSIBLE);
+      assert_true(r->reason[0] != '\0');
+    }
+    /* Right at predict_after (1000 ms after each start). */
+    assert_int_equal(s->done_at, sc.signaling_ms + 1000);
+    sim_free(s);
+  }
+}
+
+/* A host with no NAT against every kind, both directions: the NATed side's
+ * probe goes straight to the open host, whose answer comes back through the
+ * NATed side's fresh mapping. */
+static void open_anything(void **state) {
+  (void)state;
+  const enum nat_kind kinds[] = {NAT_OPEN, NAT_CONE, NAT_FULLCONE, NAT_SEQ, NAT_RANDOM};
+  for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+    for (int dir = 0; dir < 2; dir++) {
+      struct scenario sc =
+          dir == 0 ? pair(NAT_OPEN, kinds[k], true) : pair(kinds[k], NAT_OPEN, true);
+      struct sim *s = run(&sc);
+      assert_agreed(s, NP_VIA_REFLEXIVE);
+      assert_int_equal(s->side[CALLER].res.rounds, 0);
+      assert_int_equal(s->side[CALLEE].res.rounds, 0);
+      /* 4 one-way latencies from the first probe that got through; when
+       * the open side is the caller, that is the callee's, sent at its
+       * start, before the caller started. */
+      assert_true(s->side[CALLER].res.elapsed_ms <= 5 * sc.latency_ms);
+      sim_free(s);
+    }
+  }
+}
+
+/* 10% loss each way: retransmissions carry cone-cone and symmetric-cone
+ * through, over several loss patterns. */
+static void lossy(void **state) {
+  (void)state;
+  for (uint64_t seed = 1; seed <= 8; seed++) {
+    struct scenario sc = pair(NAT_CONE, NAT_CONE, true);
+    sc.loss_pct = 10;
+    sc.seed = seed;
+    struct sim *s = run(&sc);
+    assert_true(s->lost > 0 || seed > 1);
+    assert_agreed(s, NP_VIA_REFLEXIVE);
+    sim_free(s);
+
+    sc = pair(NAT_SEQ, NAT_CONE, true);
+    sc.loss_pct = 10;
+    sc.seed = seed;
+    s = run(&sc);
+    assert_agreed(s, NP_VIA_PREDICTED);
+    sim_free(s);
+
+    sc = pair(NAT_CONE, NAT_SEQ, true);
+    sc.loss_pct = 10;
+    sc.seed = seed;
+    s = run(&sc);
+    assert_agreed(s, NP_VIA_PREDICTED);
+    sim_free(s);
+  }
+}
+
+/* Once connected, probing stops and authenticated indications keep the
+ * mapping: one every keepalive_ms on the nominated pair, from both sides. */
+static void keepalives(void **state) {
+  (void)state;
+  struct scenario sc = pair(NAT_SEQ, NAT_CONE, true);
+  sc.keepalive_ms = 2000;
+  sc.linger_ms = 4500;
+  struct sim *s = run(&sc);
+  assert_agreed(s, NP_VIA_PREDICTED);
+  for (int w = 0; w < 2; w++) {
+    const struct side *sd = &s->side[w];
+    int64_t connected = sd->start + sd->res.elapsed_ms;
+    assert_int_equal(sd->keepalives, 2);
+    assert_int_equal(sd->keepalive_at[0], connected + 2000);
+    assert_int_equal(sd->keepalive_at[1], connected + 4000);
+    assert_true(np_addr_equal(&sd->keepalive_to, &sd->res.remote));
+    assert_int_equal(sd->keepalive_sock, sd->res.sock);
+    /* Probing stopped: no probe after the connection (answers to the
+     * peer's last checks are not probes). */
+    assert_int_equal(sd->res.state, NP_PUNCH_CONNECTED);
+    assert_int_equal(sd->res.probes_sent, sd->at_connect.probes_sent);
+    assert_int_equal(sd->full, sd->full_at_connect);
+  }
+  sim_free(s);
+}
+
+/* Input that must not steer a session: a probe under another key (a stale
+ * session, a forger), our own probe reflected back, a truncated probe,
+ * and a non-STUN datagram. The genuine probe is taken. */
+static void refused_input(void **state) {
+  (void)state;
+  struct scenario sc = pair(NAT_CONE, NAT_CONE, false);
+  struct sim *s = run(&sc); /* only for the candidates */
+  uint8_t key[NP_PUNCH_KEY_LEN], session[NP_SIG_SESSION_LEN];
+  memset(key, 0x42, sizeof key);
+  memset(session, 0x17, sizeof session);
+  np_punch_config cc = make_config(s, CALLER, key, session);
+  np_punch_config ce = make_config(s, CALLEE, key, session);
+  np_punch_config forged = cc;
+  forged.key[0] ^= 1;
+  np_punch *caller, *callee, *forger;
+  assert_int_equal(np_punch_new(&cc, 0, &caller), 0);
+  assert_int_equal(np_punch_new(&ce, 0, &callee), 0);
+  assert_int_equal(np_punch_new(&forged, 0, &forger), 0);
+  np_punch_datagram dg, bad;
+  /* The caller's first datagram is its prime; it is a complete probe. */
+  assert_int_equal(np_punch_next(caller, 0, &dg), 1);
+  assert_int_equal(np_punch_next(forger, 0, &bad), 1);
+  np_addr from = s->side[CALLER].cand.mapped[0];
+  np_addr self = s->side[CALLEE].cand.mapped[0];
+  assert_false(np_punch_input(callee, 1, 0, &from, bad.buf, bad.len));
+  assert_false(np_punch_input(caller, 1, 0, &self, dg.buf, dg.len)); /* reflected */
+  assert_false(np_punch_input(callee, 1, 0, &from, dg.buf, dg.len - 4));
+  static const uint8_t junk[] = "hello, not STUN at all..";
+  assert_false(np_punch_input(callee, 1, 0, &from, junk, sizeof junk - 1));
+  np_punch_result r;
+  np_punch_result_get(callee, &r);
+  assert_int_equal(r.probes_received, 0);
+  /* A flipped bit anywhere the integrity covers (everything but the 8-byte
+   * FINGERPRINT) is refused too. (Flipping the FINGERPRINT's type makes it
+   * an unknown optional attribute after the integrity, which RFC 8489 says
+   * to ignore: harmless, the covered bytes are intact.) */
+  for (size_t i = 0; i + 8 < dg.len; i++) {
+    uint8_t copy[NP_PUNCH_MAX_DATAGRAM];
+    memcpy(copy, dg.buf, dg.len);
+    copy[i] ^= 0x20;
+    if (np_punch_input(callee, 1, 0, &from, copy, dg.len))
+      fail_msg("flipped byte %zu of %zu accepted", i, dg.len);
+  }
+  assert_true(np_punch_input(callee, 1, 0, &from, dg.buf, dg.len));
+  np_punch_result_get(callee, &r);
+  assert_int_equal(r.probes_received, 1);
+  np_punch_free(caller);
+  np_punch_free(callee);
+  np_punch_free(forger);
+  sim_free(s);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(cone_cone_phase0),    cmocka_unit_test(rude_needs_priming),
+      cmocka_unit_test(rude_slow_signaling), cmocka_unit_test(symmetric_cone),
+      cmocka_unit_test(symmetric_symmetric), cmocka_unit_test(lockstep_noise_two),
+      cmocka_unit_test(random_cone),         cmocka_unit_test(random_symmetric),
+      cmocka_unit_test(open_anything),       cmocka_unit_test(lossy),
+      cmocka_unit_test(keepalives),          cmocka_unit_test(refused_input),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
