@@ -14,6 +14,8 @@
 #   lab_spawn bob LOGFILE CMD...      background CMD in bob's namespace
 #   lab_wait_udp s1 3478 [PID]        bounded wait for a listening UDP socket
 #   lab_conntrack alice               dump the conntrack table of alice's NAT(s)
+#   lab_loss PCT / lab_delay MS       impair the public segment (see there)
+#   lab_udp_send / _recv / _echo / _rtt / _ttl   python UDP tools (see there)
 #   lab_down                          (also runs from the EXIT/INT/TERM trap)
 #
 # Names: every namespace of a lab is "nplab<PID>-<name>" (PID of the shell
@@ -94,7 +96,10 @@
 LAB_KINDS="open cone addr fullcone symmetric random double"
 
 declare -gA LAB_NS=() LAB_IP=() LAB_PUBIP=() LAB_KIND=() LAB_LAN=() LAB_LAN_NEXT=()
-declare -ga LAB_ALL_NS=() LAB_PIDS=()
+declare -ga LAB_ALL_NS=() LAB_PIDS=() LAB_PUBLINKS=()
+declare -gA LAB_DELAY_PIDS=()
+LAB_DELAY_MS=0 LAB_LOSS_PCT=0 LAB_DELAY_HOW=""
+LAB_NP_DELAY=${LAB_NP_DELAY:-}
 LAB_ID=""
 LAB_UP=0
 LAB_NEXT_NAT=0     # NAT/host index i (public IP 203.0.113.(10+i), LAN 10.i.0.0/24)
@@ -183,6 +188,7 @@ _lab_mkns() {
 }
 
 # _lab_link_pub NS IFNAME: veth from NS (named IFNAME) into the public bridge.
+# Recorded for lab_delay, which applies at once to links made after it.
 _lab_link_pub() {
   local ns=$1 ifn=$2 port
   LAB_NEXT_PORT=$((LAB_NEXT_PORT + 1))
@@ -190,6 +196,8 @@ _lab_link_pub() {
   ip -n "$ns" link add "$ifn" type veth peer name "$port" netns "$LAB_ID-pub" || lab_die "veth $ns/$ifn"
   ip -n "$LAB_ID-pub" link set "$port" master br0 up
   ip -n "$ns" link set "$ifn" up
+  LAB_PUBLINKS+=("$ns $ifn")
+  if [ "$LAB_DELAY_MS" -gt 0 ]; then _lab_delay_link "$ns" "$ifn"; fi
 }
 
 # _lab_link NS_A IF_A NS_B IF_B: veth pair between two namespaces.
@@ -490,7 +498,8 @@ lab_start_coturn() {
 #       arrived); prints the count. With DST DPORT it first sends one
 #       datagram there from PORT (opening a mapping from that socket). Run it
 #       with & and lab_wait_udp NAME PORT before sending to it.
-#   lab_udp_echo NAME PORT SECONDS     echo every datagram on PORT back.
+#   lab_udp_echo NAME PORT SECONDS [DST DPORT]   echo every datagram on PORT
+#       back (for SECONDS; with DST DPORT, first one datagram there).
 #   lab_udp_rtt NAME DST DPORT COUNT   COUNT request/replies, one at a time,
 #       1 s timeout each; prints "sent received min_ms median_ms max_ms".
 #   lab_udp_ttl NAME DST DPORT TTL     one datagram with IP TTL; prints the
@@ -572,9 +581,140 @@ elif cmd == "ttl":
 '
 lab_udp_send() { lab_exec "$1" timeout 60 "$LAB_PY" -c "$_LAB_PYTOOL" send "$2" "$3" "$4" "${5:-64}" "${6:-1}" "${7:-0}"; }
 lab_udp_recv() { lab_exec "$1" timeout $((${3%.*} + 5)) "$LAB_PY" -c "$_LAB_PYTOOL" recv "$2" "$3" "${@:4}"; }
-lab_udp_echo() { lab_exec "$1" timeout $((${3%.*} + 5)) "$LAB_PY" -c "$_LAB_PYTOOL" echo "$2" "$3"; }
+lab_udp_echo() { lab_exec "$1" timeout $((${3%.*} + 5)) "$LAB_PY" -c "$_LAB_PYTOOL" echo "$2" "$3" "${@:4}"; }
 lab_udp_rtt()  { lab_exec "$1" timeout $(($4 * 2 + 10)) "$LAB_PY" -c "$_LAB_PYTOOL" rtt "$2" "$3" "$4"; }
 lab_udp_ttl()  { lab_exec "$1" timeout 10 "$LAB_PY" -c "$_LAB_PYTOOL" ttl "$2" "$3" "$4"; }
+
+# lab_loss PCT: from now on every packet that crosses the public segment
+# (between two machines on it: servers, open hosts, NAT routers' WANs) is
+# dropped with probability PCT% (0..100), independently per packet and per
+# direction; 0 ends it. The pub namespace's bridge-family forward hook
+# (chain impair) does it: nftables `numgen random mod 100 < PCT drop`.
+lab_loss() {
+  local pct=${1:-}
+  [[ $pct =~ ^[0-9]+$ ]] && [ "$pct" -le 100 ] || lab_die "lab_loss PCT (0..100), not '$pct'"
+  [ "$LAB_UP" = 1 ] || lab_die "lab_init first"
+  ip netns exec "$LAB_ID-pub" nft flush chain bridge lab impair || lab_die "lab_loss: flush"
+  if [ "$pct" -gt 0 ]; then
+    ip netns exec "$LAB_ID-pub" nft add rule bridge lab impair numgen random mod 100 '<' "$pct" drop ||
+      lab_die "lab_loss: rule"
+  fi
+  LAB_LOSS_PCT=$pct
+  lab_log "loss $pct% on the public segment"
+}
+
+# lab_delay MS: from now on every packet that crosses the public segment
+# arrives MS milliseconds late (0..60000; 0 ends it), so the RTT between any
+# two machines on it (NAT routers, servers, open hosts) grows by 2*MS, and
+# so does the RTT between hosts behind them. Links made later get it too.
+# How: each machine holds what it receives on its public interface, before
+# conntrack sees it (prerouting, priority -310: a NAT's state is not touched
+# while packets wait), in NFQUEUE queue 0 of its namespace, served by one
+# np_delay per namespace (LAB_NP_DELAY = its path; lab_delay returns 77
+# without it). The rule has `bypass`: if np_delay dies, traffic flows
+# undelayed rather than not at all. lab_down stops them. The rule is
+# nftables' `queue` where the kernel has it (CONFIG_NFT_QUEUE); otherwise
+# iptables' NFQUEUE target in table raw (through nft's xtables compat, or
+# legacy iptables), the same hook and priority (-300) -- so lab_delay also
+# returns 77 if neither works (apt-get install iptables).
+lab_delay() {
+  local ms=${1:-} link
+  [[ $ms =~ ^[0-9]+$ ]] && [ "$ms" -le 60000 ] || lab_die "lab_delay MS (0..60000), not '$ms'"
+  [ "$LAB_UP" = 1 ] || lab_die "lab_init first"
+  if [ "$ms" -gt 0 ] && [ ! -x "$LAB_NP_DELAY" ]; then
+    echo "lab: lab_delay needs np_delay (set LAB_NP_DELAY to its path; it needs libnetfilter_queue)" >&2
+    return 77
+  fi
+  if [ "$ms" -gt 0 ] && [ -z "$LAB_DELAY_HOW" ]; then
+    LAB_DELAY_HOW=$(_lab_delay_how) || {
+      echo "lab: lab_delay: this kernel has no nftables queue and iptables (NFQUEUE) is missing or fails (apt-get install iptables)" >&2
+      return 77
+    }
+  fi
+  _lab_delay_stop
+  LAB_DELAY_MS=$ms
+  [ "$ms" -gt 0 ] || return 0
+  for link in "${LAB_PUBLINKS[@]}"; do
+    # shellcheck disable=SC2086  # "NS IFNAME"
+    _lab_delay_link $link || return 1
+  done
+  lab_log "delay $ms ms per crossing of the public segment"
+}
+
+# _lab_delay_how: "nft" if nftables can queue here, else the iptables
+# command that can (tried in a scratch namespace), else fail.
+_lab_delay_how() {
+  local t="$LAB_ID-qprobe" how=""
+  _lab_mkns "$t"
+  if ip netns exec "$t" nft -f - 2>/dev/null <<'EOF'
+table ip labdelay { chain pre { type filter hook prerouting priority -310; queue num 0 bypass; } }
+EOF
+  then
+    how=nft
+  else
+    for how in iptables iptables-nft iptables-legacy ""; do
+      [ -n "$how" ] || break
+      command -v "$how" >/dev/null 2>&1 || continue
+      ip netns exec "$t" "$how" -t raw -A PREROUTING -i lo -j NFQUEUE --queue-num 0 --queue-bypass \
+        2>/dev/null && break
+    done
+  fi
+  ip netns del "$t" 2>/dev/null || true
+  [ -n "$how" ] && echo "$how"
+}
+
+# _lab_delay_link NS IFNAME: queue what NS receives on IFNAME; start NS's
+# np_delay if it has none yet (bounded wait until it has bound the queue).
+_lab_delay_link() {
+  local ns=$1 ifn=$2 log pid n
+  if [ "$LAB_DELAY_HOW" = nft ]; then
+    ip netns exec "$ns" nft -f - <<EOF || lab_die "lab_delay: nft in $ns"
+table ip labdelay {
+  chain pre {
+    type filter hook prerouting priority -310; policy accept;
+    iifname "$ifn" queue num 0 bypass
+  }
+}
+EOF
+  else
+    ip netns exec "$ns" "$LAB_DELAY_HOW" -t raw -A PREROUTING -i "$ifn" -j NFQUEUE --queue-num 0 --queue-bypass ||
+      lab_die "lab_delay: $LAB_DELAY_HOW in $ns"
+  fi
+  [ -z "${LAB_DELAY_PIDS[$ns]:-}" ] || return 0
+  mkdir -p "/tmp/$LAB_ID-delay"
+  log="/tmp/$LAB_ID-delay/$ns.log"
+  # Not a child of this shell (so a caller's bare `wait` does not wait for
+  # it); lab_down kills it by pid and again as a process of the namespace.
+  pid=$( (ip netns exec "$ns" "$LAB_NP_DELAY" --queue 0 --delay-ms "$LAB_DELAY_MS" \
+    </dev/null >"$log" 2>&1 & echo $!) )
+  LAB_PIDS+=("$pid")
+  LAB_DELAY_PIDS[$ns]=$pid
+  for ((n = 0; n < 50; n++)); do
+    grep -q ' ready' "$log" 2>/dev/null && return 0
+    lab_alive "$pid" || break
+    sleep 0.1
+  done
+  echo "lab: np_delay did not start in $ns; log:" >&2
+  cat "$log" >&2
+  return 1
+}
+
+_lab_delay_stop() {
+  local ns pid n
+  for ns in "${!LAB_DELAY_PIDS[@]}"; do
+    pid=${LAB_DELAY_PIDS[$ns]}
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((n = 0; n < 20; n++)); do lab_alive "$pid" || break; sleep 0.05; done
+    kill -KILL "$pid" 2>/dev/null || true
+    if [ "$LAB_DELAY_HOW" = nft ]; then
+      ip netns exec "$ns" nft delete table ip labdelay 2>/dev/null || true
+    else
+      ip netns exec "$ns" "$LAB_DELAY_HOW" -t raw -F PREROUTING 2>/dev/null || true
+    fi
+  done
+  LAB_DELAY_PIDS=()
+  LAB_DELAY_MS=0
+}
 
 # lab_conntrack NAME: the conntrack table of host NAME's NAT router(s).
 lab_conntrack() {
@@ -623,7 +763,8 @@ lab_down() {
   for ns in "${LAB_ALL_NS[@]}"; do
     ip netns del "$ns" 2>/dev/null || true
   done
-  LAB_ALL_NS=(); LAB_PIDS=()
+  LAB_ALL_NS=(); LAB_PIDS=(); LAB_PUBLINKS=(); LAB_DELAY_PIDS=(); LAB_DELAY_MS=0; LAB_LOSS_PCT=0
+  case "$LAB_ID" in nplab*) rm -rf "/tmp/$LAB_ID-delay" ;; esac
   lab_log "lab $LAB_ID down"
 }
 

@@ -2,14 +2,22 @@
 # Self-test of the NAT lab (needs none of natpunch): it builds every NAT kind,
 # checks that nothing touches the root namespace and that no namespace has a
 # way out, that a packet from each host reaches the public servers from the
-# NAT's public IP, and that the lab is torn down completely on normal exit,
-# on error and on SIGTERM (processes inside included).
-# Usage: test_lab.sh        (exit 77 = skipped)
+# NAT's public IP, that NATs are rude (or quiet on request), that the core
+# hop kills small TTLs, that hosts can share a NAT, that lab_loss and
+# lab_delay impair the public segment as they say, and that the lab is torn
+# down completely on normal exit, on error and on SIGTERM (processes inside
+# included).
+# Usage: test_lab.sh [NP_DELAY]   (exit 77 = skipped; without the np_delay
+#                                   program the lab_delay checks are skipped)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lab.sh
 source "$here/lab.sh"
 lab_require_root
+if [ -n "${1:-}" ]; then
+  LAB_NP_DELAY=$1
+  case "$LAB_NP_DELAY" in /*) ;; *) LAB_NP_DELAY="$PWD/$LAB_NP_DELAY" ;; esac
+fi
 
 fails=0
 ok() { echo "  ok   $*"; }
@@ -196,6 +204,94 @@ for h in sym-a sym-b; do
   [ "$h" = sym-a ] && want="20000 20001 20002 " || want="20000 20001 none "
   same "$h: ports of its first mappings" "$got" "$want"
 done
+
+echo "== lab_loss: packets crossing the public segment are lost at random"
+tmp=$(mktemp -d "/tmp/$LAB_ID-test.XXXXXX")
+# count_through PCT: datagrams (of 200) from the cone host to the open host.
+count_through() {
+  lab_loss "$1"
+  local pid
+  lab_udp_recv open 46000 8 >"$tmp/n" &
+  pid=$!
+  lab_wait_udp open 46000 || bad "receiver did not start"
+  lab_udp_send cone 0 "$(lab_ip open)" 46000 64 200 5
+  wait "$pid" || true
+  cat "$tmp/n"
+}
+got=$(count_through 30)
+if [ "$got" -ge 100 ] && [ "$got" -le 180 ]; then ok "lab_loss 30: $got of 200 arrived (10..50% lost)"; else
+  bad "lab_loss 30: $got of 200 arrived, want 100..180"; fi
+same "lab_loss 0: datagrams of 200 that arrived" "$(count_through 0)" 200
+
+echo "== lab_delay: RTT between two NATed hosts grows by 2*MS"
+# The echo server is behind the full-cone NAT (its mapping, opened towards
+# s1, lets anyone in); the client behind the cone NAT.
+rtt_to_fullcone() { # rtt_to_fullcone COUNT: "sent received min median max"
+  local pid
+  lab_udp_echo fullcone 47000 15 "$LAB_S1" 9 >/dev/null &
+  pid=$!
+  lab_wait_udp fullcone 47000 || bad "echo server did not start"
+  sleep 0.2
+  lab_udp_rtt cone "$(lab_pubip fullcone)" 47000 "$1"
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+if [ ! -x "$LAB_NP_DELAY" ]; then
+  echo "  skip lab_delay: no np_delay (pass its path; it needs libnetfilter_queue)"
+else
+  read -r _ n0 _ med0 _ <<<"$(rtt_to_fullcone 10)"
+  same "no delay: echoes received" "$n0" 10
+  ms=50
+  rc=0
+  lab_delay $ms || rc=$?
+fi
+if [ ! -x "$LAB_NP_DELAY" ]; then :
+elif [ "$rc" = 77 ]; then
+  echo "  skip lab_delay: no way to queue packets here (see lab_delay's message)"
+else
+  [ "$rc" = 0 ] || bad "lab_delay $ms failed ($rc)"
+  nd=$(ip netns list | grep -c "^$LAB_ID-" || true)
+  ok "lab_delay $ms: ${#LAB_DELAY_PIDS[@]} np_delay processes for ${#LAB_PUBLINKS[@]} public links ($nd namespaces)"
+  read -r _ n1 min1 med1 max1 <<<"$(rtt_to_fullcone 10)"
+  same "lab_delay $ms: echoes received" "$n1" 10
+  if [ "$n1" -gt 0 ] && awk -v m="$min1" -v x="$max1" -v d=$ms 'BEGIN { exit !(m >= 2 * d && x < 2 * d + 100) }'; then
+    ok "lab_delay $ms: RTT min $min1 ms, median $med1 ms, max $max1 ms (no delay: median $med0 ms)"
+  else
+    bad "lab_delay $ms: RTT min $min1, median $med1, max $max1 ms; want $((2 * ms))..$((2 * ms + 100)) ms"
+  fi
+  # Hosts made after lab_delay are delayed too.
+  lab_nat_host open late
+  lab_udp_echo late 47002 6 >/dev/null &
+  echo_pid=$!
+  lab_wait_udp late 47002 || bad "echo server did not start"
+  read -r _ n2 min2 _ <<<"$(lab_udp_rtt open "$(lab_ip late)" 47002 3)"
+  kill "$echo_pid" 2>/dev/null || true; wait "$echo_pid" 2>/dev/null || true
+  if [ "$n2" = 3 ] && awk -v m="$min2" -v d=$ms 'BEGIN { exit !(m >= 2 * d) }'; then
+    ok "a host made after lab_delay: RTT min $min2 ms"; else bad "host made after lab_delay: $n2 of 3 echoes, min $min2 ms"; fi
+  # Fail-open: with the fullcone router's np_delay killed, traffic still
+  # flows (undelayed there, so the RTT drops to about MS).
+  fr=$(lab_ns fullcone-r)
+  kill -KILL "${LAB_DELAY_PIDS[$fr]}"
+  sleep 0.2
+  read -r _ n3 min3 _ <<<"$(rtt_to_fullcone 5)"
+  if [ "$n3" = 5 ] && awk -v m="$min3" -v d=$ms 'BEGIN { exit !(m >= d && m < 2 * d) }'; then
+    ok "np_delay killed in one NAT: traffic still flows (bypass), RTT min $min3 ms"
+  else
+    bad "np_delay killed in one NAT: $n3 of 5 echoes, RTT min $min3 ms (want 5, $ms..$((2 * ms)))"
+  fi
+  lab_delay 0
+  left=0
+  for ns in $(lab_leftovers); do
+    for pid in $(ip netns pids "$ns"); do
+      [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = np_delay ] && left=$((left + 1))
+    done
+  done
+  same "lab_delay 0: np_delay processes left in the lab" "$left" 0
+  read -r _ n4 _ med4 _ <<<"$(rtt_to_fullcone 5)"
+  if [ "$n4" = 5 ] && awk -v m="$med4" -v d=$ms 'BEGIN { exit !(m < d) }'; then ok "lab_delay 0: RTT median $med4 ms"
+  else bad "lab_delay 0: $n4 of 5 echoes, median $med4 ms"; fi
+fi
+rm -rf "$tmp"
 
 lab_down
 [ -z "$(lab_leftovers)" ] && ok "lab_down left no namespace" || bad "left: $(lab_leftovers)"
