@@ -18,6 +18,7 @@ lab_require_root
 
 lab_init
 logs=$(mktemp -d "/tmp/${LAB_ID}-example.XXXXXX")
+# shellcheck disable=SC2317  # called from the trap
 on_exit() { lab_down; rm -rf "$logs"; }
 trap on_exit EXIT
 lab_servers
