@@ -336,6 +336,8 @@ static void send_eof(struct peer_run *r, int64_t now) {
   r->eof_next = now + EOF_RESEND_MS;
 }
 
+static void drain_data(struct peer_run *r, int64_t now);
+
 /* A session ended normally: leave, or with --keep take the next call. */
 static void end_session(struct peer_run *r) {
   r->exit_code = CLI_EXIT_OK;
@@ -395,6 +397,8 @@ static void on_event(struct peer_run *r, const np_agent_event *ev) {
     }
     break;
   case NP_AGENT_CLOSED:
+    /* The last data can arrive together with the goodbye: deliver it. */
+    drain_data(r, mono_ms());
     emit_simple(r->o, "closed", ev->reason);
     end_session(r);
     break;

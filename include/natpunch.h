@@ -534,8 +534,12 @@ NP_EXPORT void np_agent_close(np_agent *a);
 /* Copies the session's statistics. */
 NP_EXPORT void np_agent_stats(const np_agent *a, np_session_stats *out);
 
-/* Closes everything (deleting any port mapping, which may block up to the
- * port-mapping timeout) and frees. NULL is fine. */
+/* Closes everything and frees. NULL is fine. A port mapping the agent made
+ * is deleted (a round trip to the gateway); a port-mapping attempt still
+ * running (UPnP discovery takes seconds) is abandoned without waiting: it
+ * finishes on its own thread, deletes whatever it mapped, and may call the
+ * log callback until then, so keep that callback valid (a static function
+ * with a NULL user is the simple way). */
 NP_EXPORT void np_agent_free(np_agent *a);
 
 #ifdef __cplusplus

@@ -34,6 +34,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_EVENTS 32
@@ -50,6 +51,8 @@
  * multicast discovery takes longer and only helps later sessions. */
 #define PORTMAP_WAIT_MS 300
 #define BYE_SENDS 3
+#define HOLD_MIN_MS 400
+#define HOLD_MAX_MS 3000
 #define RECV_BATCH 64         /* datagrams read per socket per process call */
 
 /* First byte of non-STUN datagrams on the path (RFC 7983 leaves 4..15
@@ -73,6 +76,17 @@ enum session_state {
 struct rx_dgram {
   size_t len;
   uint8_t buf[MAX_PAYLOAD];
+};
+
+/* Data that arrives while we are still punching: the peer may be connected
+ * a round trip before us (the callee connects on the nomination, the
+ * caller on its answer) and may already be sending. Kept until we know the
+ * pair, then delivered if it came on it. */
+#define MAX_EARLY 16
+struct early_dgram {
+  int sock;
+  np_addr from;
+  struct rx_dgram d;
 };
 
 struct np_agent {
@@ -99,17 +113,7 @@ struct np_agent {
   int64_t hop_until;
   int prime_ttl;
 
-  /* Port mapping worker. */
-  pthread_t pm_thread;
-  bool pm_started;
-  pthread_mutex_t pm_lock;
-  bool pm_done;
-  bool pm_slow;       /* the unicast protocols failed; UPnP discovery runs */
-  int pm_rc;
-  np_addr pm_external;
-  np_portmap *pm;     /* PCP and NAT-PMP: one round trip to the gateway */
-  np_portmap *pm_upnp; /* UPnP IGD: multicast discovery, then HTTP */
-  np_portmap *pm_used; /* the one that mapped */
+  struct pm_job *pm; /* port-mapping worker, NULL when none */
 
   /* Session. */
   enum session_state st;
@@ -119,6 +123,7 @@ struct np_agent {
   uint8_t kx_sk[32], kx_pk[32];
   np_sig_candidates cand, peer_cand;
   np_addr peer_seen;
+  int hold_ms; /* callee: wait before full-TTL probes (punch.h) */
   int64_t session_start, session_deadline, gather_started;
   np_nat_probe *probe;
   np_punch *punch;
@@ -128,6 +133,8 @@ struct np_agent {
   int ev_head, ev_n;
   struct rx_dgram *rx;
   int rx_head, rx_n;
+  struct early_dgram *early;
+  int n_early;
 };
 
 /* ---- small helpers ------------------------------------------------------------ */
@@ -388,33 +395,75 @@ static void drain_errqueue(np_agent *a, int fd) {
 
 /* ---- port mapping worker ---------------------------------------------------------- */
 
+/* The port-mapping worker's state lives apart from the agent and is freed
+ * by whichever of the two lets go last: freeing an agent must not wait for
+ * a UPnP discovery that can take seconds, so the agent may abandon a
+ * running worker, which then deletes whatever it mapped and frees itself. */
+struct pm_job {
+  pthread_mutex_t lock;
+  int refs;           /* agent + worker */
+  bool done;
+  bool slow;          /* the unicast protocols failed; UPnP discovery runs */
+  bool abandoned;     /* the agent is gone */
+  int rc;
+  np_addr external;
+  int wakefd;         /* the agent's eventfd (not ours to close) */
+  np_portmap *fast;   /* PCP and NAT-PMP: one round trip to the gateway */
+  np_portmap *upnp;   /* UPnP IGD: multicast discovery, then HTTP */
+  np_portmap *used;   /* the one that mapped */
+};
+
+static void pm_job_release(struct pm_job *j) {
+  pthread_mutex_lock(&j->lock);
+  bool last = --j->refs == 0;
+  pthread_mutex_unlock(&j->lock);
+  if (!last)
+    return;
+  if (j->used)
+    (void)np_portmap_close(j->used); /* mappings do not outlive the agent */
+  np_portmap_free(j->fast);
+  np_portmap_free(j->upnp);
+  pthread_mutex_destroy(&j->lock);
+  free(j);
+}
+
 static void *portmap_worker(void *arg) {
-  np_agent *a = arg;
+  struct pm_job *j = arg;
   np_addr ext = {0};
-  np_portmap *used = a->pm;
-  int rc = np_portmap_open(a->pm, &ext);
-  if (rc != 0 && a->pm_upnp) {
-    pthread_mutex_lock(&a->pm_lock);
-    a->pm_slow = true;
-    pthread_mutex_unlock(&a->pm_lock);
-    used = a->pm_upnp;
-    rc = np_portmap_open(a->pm_upnp, &ext);
+  np_portmap *used = j->fast;
+  int rc = np_portmap_open(j->fast, &ext);
+  if (rc != 0) {
+    pthread_mutex_lock(&j->lock);
+    j->slow = true;
+    bool stop = j->abandoned;
+    pthread_mutex_unlock(&j->lock);
+    used = j->upnp;
+    rc = stop ? NP_ERR_CANCELLED : np_portmap_open(j->upnp, &ext);
   }
-  pthread_mutex_lock(&a->pm_lock);
-  a->pm_done = true;
-  a->pm_rc = rc;
-  a->pm_external = ext;
-  a->pm_used = rc == 0 ? used : NULL;
-  pthread_mutex_unlock(&a->pm_lock);
-  uint64_t one = 1;
-  ssize_t w = write(a->wakefd, &one, sizeof one);
-  (void)w;
+  pthread_mutex_lock(&j->lock);
+  j->done = true;
+  j->rc = rc;
+  j->external = ext;
+  j->used = rc == 0 ? used : NULL;
+  if (!j->abandoned) {
+    uint64_t one = 1;
+    ssize_t w = write(j->wakefd, &one, sizeof one);
+    (void)w;
+  }
+  pthread_mutex_unlock(&j->lock);
+  pm_job_release(j);
   return NULL;
 }
 
 static void portmap_start(np_agent *a) {
   if (a->cfg.no_portmap)
     return;
+  struct pm_job *j = calloc(1, sizeof *j);
+  if (!j)
+    return;
+  pthread_mutex_init(&j->lock, NULL);
+  j->wakefd = a->wakefd;
+  j->refs = 2;
   np_portmap_config pc = {
       .internal_port = np_addr_port(&a->local),
       .timeout_ms = PORTMAP_TIMEOUT_MS,
@@ -426,24 +475,54 @@ static void portmap_start(np_agent *a) {
   np_portmap_config fast = pc, slow = pc;
   fast.no_upnp = true;
   slow.no_pcp = slow.no_natpmp = true;
-  if (np_portmap_new(&fast, &a->pm) != 0 || np_portmap_new(&slow, &a->pm_upnp) != 0)
+  pthread_t t;
+  if (np_portmap_new(&fast, &j->fast) != 0 || np_portmap_new(&slow, &j->upnp) != 0 ||
+      pthread_create(&t, NULL, portmap_worker, j) != 0) {
+    j->refs = 1;
+    pm_job_release(j);
     return;
-  if (pthread_create(&a->pm_thread, NULL, portmap_worker, a) == 0)
-    a->pm_started = true;
+  }
+  pthread_detach(t);
+  a->pm = j;
+}
+
+/* Lets go of the worker: deletes the mapping now if it is done, else leaves
+ * that to the worker. The log callback may still be called by the worker
+ * until it ends, so applications keep their log sink alive (the CLI's is
+ * static). */
+static void portmap_stop(np_agent *a) {
+  if (!a->pm)
+    return;
+  pthread_mutex_lock(&a->pm->lock);
+  a->pm->abandoned = true;
+  pthread_mutex_unlock(&a->pm->lock);
+  pm_job_release(a->pm);
+  a->pm = NULL;
 }
 
 /* The mapped address, if the worker has one by now. */
-static bool portmap_get(np_agent *a, np_addr *out) {
+static bool portmap_get(np_agent *a, np_addr *out, enum np_portmap_proto *proto) {
   bool ok = false;
-  if (!a->pm_started)
+  if (!a->pm)
     return false;
-  pthread_mutex_lock(&a->pm_lock);
-  if (a->pm_done && a->pm_rc == 0) {
-    *out = a->pm_external;
+  pthread_mutex_lock(&a->pm->lock);
+  if (a->pm->done && a->pm->rc == 0) {
+    *out = a->pm->external;
+    if (proto)
+      *proto = np_portmap_protocol(a->pm->used);
     ok = true;
   }
-  pthread_mutex_unlock(&a->pm_lock);
+  pthread_mutex_unlock(&a->pm->lock);
   return ok;
+}
+
+static bool portmap_pending(np_agent *a) {
+  if (!a->pm)
+    return false;
+  pthread_mutex_lock(&a->pm->lock);
+  bool pending = !a->pm->done && !a->pm->slow;
+  pthread_mutex_unlock(&a->pm->lock);
+  return pending;
 }
 
 /* ---- session --------------------------------------------------------------------- */
@@ -456,6 +535,7 @@ static void session_reset(np_agent *a) {
   close_extra_sockets(a);
   sodium_memzero(a->kx_sk, sizeof a->kx_sk);
   a->rx_n = 0;
+  a->n_early = 0;
   a->st = S_NONE;
 }
 
@@ -463,15 +543,6 @@ static void session_fail(np_agent *a, int err, const char *reason) {
   NP_LOGI(&a->log, "agent: session failed: %s", reason);
   a->st = S_DONE;
   session_event(a, NP_AGENT_FAILED, err, reason);
-}
-
-static bool portmap_pending(np_agent *a) {
-  if (!a->pm_started)
-    return false;
-  pthread_mutex_lock(&a->pm_lock);
-  bool pending = !a->pm_done && !a->pm_slow;
-  pthread_mutex_unlock(&a->pm_lock);
-  return pending;
 }
 
 static int gather_start(np_agent *a, int64_t now) {
@@ -510,7 +581,7 @@ static void gather_finish(np_agent *a) {
       NP_LOGW(&a->log, "agent: no discovery server answered; offering private addresses only");
   }
   np_addr pm;
-  if (portmap_get(a, &pm))
+  if (portmap_get(a, &pm, NULL))
     a->cand.portmap = pm;
   a->prime_ttl = measured_prime_ttl(a);
 }
@@ -526,6 +597,7 @@ static void punch_start(np_agent *a, int64_t now) {
       .max_probes = a->cfg.max_probes,
       .birthday_sockets = a->cfg.birthday_sockets,
       .prime_ttl = a->prime_ttl,
+      .hold_ms = a->callee ? a->hold_ms : 0,
       .log = a->cfg.log,
       .log_user = a->cfg.log_user,
       .log_level = a->cfg.log_level,
@@ -608,6 +680,14 @@ static void on_rdv_offer(void *user, const np_sig_msg *offer) {
   memcpy(a->session, offer->session, NP_SIG_SESSION_LEN);
   a->peer_cand = offer->cand;
   a->peer_seen = offer->observed;
+  /* The answer takes about as long to reach the caller as the offer took
+   * to reach us; the caller primes when it arrives, and our full-TTL
+   * probes must not get there first. The offer's age (wall clocks, so
+   * only a hint) sets the wait, within bounds. */
+  struct timespec wall;
+  clock_gettime(CLOCK_REALTIME, &wall);
+  int64_t age = (int64_t)wall.tv_sec * 1000 + wall.tv_nsec / 1000000 - (int64_t)offer->timestamp_ms;
+  a->hold_ms = age > 0 && age < HOLD_MAX_MS / 2 ? (int)(2 * age) + HOLD_MIN_MS : HOLD_MIN_MS;
   memset(&a->stats, 0, sizeof a->stats);
   memcpy(a->stats.peer, a->peer, NP_PUBKEY_LEN);
   a->session_start = now;
@@ -652,12 +732,7 @@ static void on_rdv_error(void *user, uint16_t code, const char *text, const uint
 /* ---- creation ---------------------------------------------------------------------- */
 
 static void agent_free_parts(np_agent *a) {
-  if (a->pm_started)
-    pthread_join(a->pm_thread, NULL);
-  if (a->pm_used)
-    (void)np_portmap_close(a->pm_used);
-  np_portmap_free(a->pm);
-  np_portmap_free(a->pm_upnp);
+  portmap_stop(a);
   np_nat_probe_free(a->probe);
   np_punch_free(a->punch);
   np_rdv_client_free(a->rdv);
@@ -669,9 +744,9 @@ static void agent_free_parts(np_agent *a) {
     close(a->epfd);
   if (a->wakefd >= 0)
     close(a->wakefd);
-  pthread_mutex_destroy(&a->pm_lock);
   free(a->allow);
   free(a->rx);
+  free(a->early);
   sodium_memzero(a->kx_sk, sizeof a->kx_sk);
   free(a);
 }
@@ -706,12 +781,12 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
   a->cfg = *cfg;
   a->epfd = a->wakefd = -1;
   a->rdv_fd = -1;
-  pthread_mutex_init(&a->pm_lock, NULL);
   a->log = (np_logger){cfg->log, cfg->log_user, cfg->log_level};
   np_identity_public_key(cfg->identity, a->self_pk);
   int rc = NP_ERR_NOMEM;
   a->rx = calloc(MAX_RX, sizeof *a->rx);
-  if (!a->rx)
+  a->early = calloc(MAX_EARLY, sizeof *a->early);
+  if (!a->rx || !a->early)
     goto fail;
   if (cfg->n_allow) {
     a->allow = malloc((size_t)cfg->n_allow * NP_PUBKEY_LEN);
@@ -805,6 +880,19 @@ NP_EXPORT int np_agent_connect(np_agent *a, const uint8_t peer[NP_PUBKEY_LEN]) {
 
 /* ---- I/O ---------------------------------------------------------------------------- */
 
+static void enqueue_data(np_agent *a, const uint8_t *payload, size_t len) {
+  a->stats.datagrams_received++;
+  a->stats.bytes_received += len;
+  if (a->rx_n == MAX_RX) {
+    NP_LOGD(&a->log, "agent: receive queue full; datagram dropped");
+    return;
+  }
+  struct rx_dgram *d = &a->rx[(a->rx_head + a->rx_n) % MAX_RX];
+  d->len = len > MAX_PAYLOAD ? MAX_PAYLOAD : len;
+  memcpy(d->buf, payload, d->len);
+  a->rx_n++;
+}
+
 static void on_connected(np_agent *a, int64_t now) {
   np_punch_result r;
   np_punch_result_get(a->punch, &r);
@@ -822,6 +910,10 @@ static void on_connected(np_agent *a, int64_t now) {
   a->stats.sockets = r.sockets;
   /* The winner stays; every other birthday socket goes. */
   close_sockets_except(a, r.sock);
+  for (int i = 0; i < a->n_early; i++)
+    if (a->early[i].sock == r.sock && np_addr_equal(&a->early[i].from, &r.remote))
+      enqueue_data(a, a->early[i].d.buf, a->early[i].d.len);
+  a->n_early = 0;
   session_event(a, NP_AGENT_CONNECTED, 0, NULL);
 }
 
@@ -832,7 +924,17 @@ static void deliver(np_agent *a, int sock, const np_addr *from, const uint8_t *b
   }
   if (a->punch && np_punch_input(a->punch, now, sock, from, buf, len))
     return;
-  if (a->st != S_CONNECTED || len == 0 || np_stun_is_stun(buf, len))
+  if (len == 0 || np_stun_is_stun(buf, len))
+    return;
+  if (a->st == S_PUNCHING && buf[0] == PKT_DATA && a->n_early < MAX_EARLY) {
+    struct early_dgram *e = &a->early[a->n_early++];
+    e->sock = sock;
+    e->from = *from;
+    e->d.len = len - 1 > MAX_PAYLOAD ? MAX_PAYLOAD : len - 1;
+    memcpy(e->d.buf, buf + 1, e->d.len);
+    return;
+  }
+  if (a->st != S_CONNECTED)
     return;
   np_punch_result r;
   np_punch_result_get(a->punch, &r);
@@ -845,16 +947,7 @@ static void deliver(np_agent *a, int sock, const np_addr *from, const uint8_t *b
   }
   if (buf[0] != PKT_DATA)
     return;
-  a->stats.datagrams_received++;
-  a->stats.bytes_received += len - 1;
-  if (a->rx_n == MAX_RX) {
-    NP_LOGD(&a->log, "agent: receive queue full; datagram dropped");
-    return;
-  }
-  struct rx_dgram *d = &a->rx[(a->rx_head + a->rx_n) % MAX_RX];
-  d->len = len - 1 > MAX_PAYLOAD ? MAX_PAYLOAD : len - 1;
-  memcpy(d->buf, buf + 1, d->len);
-  a->rx_n++;
+  enqueue_data(a, buf + 1, len - 1);
 }
 
 static void read_socket(np_agent *a, int sock, int64_t now) {
@@ -942,8 +1035,8 @@ static void run_machines(np_agent *a, int64_t now) {
     else if (a->st == S_PUNCHING && r.state == NP_PUNCH_FAILED)
       session_fail(a, r.error, r.reason);
   }
-  if (a->st == S_DONE && a->cfg.listen && a->callee)
-    session_reset(a); /* ready for the next call */
+  if (a->st == S_DONE && a->cfg.listen && a->callee && a->rx_n == 0)
+    session_reset(a); /* ready for the next call, once the data is read */
 }
 
 NP_EXPORT int np_agent_process(np_agent *a) {
@@ -967,10 +1060,11 @@ NP_EXPORT int np_agent_process(np_agent *a) {
       ssize_t r = read(a->wakefd, &v, sizeof v);
       (void)r;
       np_addr pm;
-      if (portmap_get(a, &pm)) {
+      enum np_portmap_proto proto;
+      if (portmap_get(a, &pm, &proto)) {
         char t[NP_ADDRSTRLEN];
         NP_LOGI(&a->log, "agent: gateway mapped %s (%s)", np_addr_format(&pm, t, sizeof t),
-                np_portmap_proto_name(np_portmap_protocol(a->pm_used)));
+                np_portmap_proto_name(proto));
       }
     } else if ((int)tag < a->nsocks && a->socks[tag] >= 0) {
       if (evs[i].events & EPOLLERR)

@@ -59,7 +59,8 @@ const char *np_predict_strategy_name(enum np_predict_strategy s) {
 int np_predict_lockstep_shift(int round) {
   if (round <= 1)
     return 0;
-  return (round % 2 == 0) ? round / 2 : -((round - 1) / 2);
+  int i = (round - 1) % (2 * NP_PREDICT_LOCKSTEP_MAX_SHIFT + 1); /* 0, 1, 2, ... */
+  return (i % 2 == 1) ? (i + 1) / 2 : -(i / 2);
 }
 
 /* base + delta * steps, or -1 when that is not a usable port. Steps far
@@ -102,7 +103,8 @@ static int sweep(const np_nat_model *peer, int round, uint16_t *out, int cap) {
 }
 
 static int lockstep(const np_nat_model *peer, bool callee, int round, uint16_t *out, int cap) {
-  int64_t start = (int64_t)peer->sent + (int64_t)NP_PREDICT_LOCKSTEP_WINDOW * (round - 1);
+  int64_t start = (int64_t)peer->sent +
+                  (int64_t)(NP_PREDICT_LOCKSTEP_WINDOW + NP_PREDICT_LOCKSTEP_SPACERS) * (round - 1);
   int64_t shift = callee ? np_predict_lockstep_shift(round) : 0;
   int n = 0;
   for (int k = 1; k <= NP_PREDICT_LOCKSTEP_WINDOW && n < cap; k++)

@@ -33,8 +33,8 @@
  *  - HOLD       we are sequential, the peer is endpoint-independent: our
  *               probes to its one port all leave through one mapping, and
  *               the peer sweeps for it; we keep probing the peer's port.
- *  - LOCKSTEP   both sequential: in round r each side sends to W new ports,
- *               so both allocations advance W per round; the k-th packet of
+ *  - LOCKSTEP   both sequential: in round r each side sends to W new ports
+ *               and S spacers, so both allocations advance W + S per round; the k-th packet of
  *               one side goes to the peer's predicted k-th new port, which
  *               the peer is at that moment mapping toward our k-th. A wrong
  *               estimate of either start (noise, an unforeseen mapping)
@@ -62,8 +62,17 @@
  * discovery queries (milliseconds apart) adds only a few steps. */
 #define NP_PREDICT_MAX_SEQ_DELTA 64
 
-/* Ports probed per LOCKSTEP round (and so mappings each side makes). */
+/* Ports probed per LOCKSTEP round. */
 #define NP_PREDICT_LOCKSTEP_WINDOW 16
+/* Largest LOCKSTEP shift; the callee's shifts cycle 0, +1, -1, ... up to
+ * +-this. */
+#define NP_PREDICT_LOCKSTEP_MAX_SHIFT 2
+/* Extra mappings each side makes after its window in every LOCKSTEP round
+ * (TTL-limited packets to destinations no window uses), so that each round
+ * advances both allocations by W + 2 * MAX_SHIFT: then the callee's shifted
+ * window never reaches back into the previous round's, every target is a
+ * new destination, and the k-th target really gets the k-th new mapping. */
+#define NP_PREDICT_LOCKSTEP_SPACERS (2 * NP_PREDICT_LOCKSTEP_MAX_SHIFT)
 
 /* What one side's NAT looks like, from the two discovery views. */
 typedef struct np_nat_model {
@@ -99,7 +108,8 @@ enum np_predict_strategy np_predict_plan(const np_nat_model *self, const np_nat_
 const char *np_predict_strategy_name(enum np_predict_strategy s);
 
 /* Shift the callee applies in LOCKSTEP round r (1-based): 0, +1, -1, +2,
- * -2, ...; the caller always uses 0. */
+ * -2, then the same again (period 2 * MAX_SHIFT + 1); the caller always
+ * uses 0. */
 int np_predict_lockstep_shift(int round);
 
 /* Target ports of round 'round' (1-based) for 'self' probing 'peer' with
@@ -116,7 +126,8 @@ int np_predict_lockstep_shift(int round);
  *            moves a sequential NAT forward, but an estimate can be high).
  *  HOLD:     the peer's base port (its one public port): one target.
  *  LOCKSTEP: round base B = peer.base + peer.delta * (peer.sent +
- *            W * (round - 1)), W = NP_PREDICT_LOCKSTEP_WINDOW; targets
+ *            (W + S) * (round - 1)), W = NP_PREDICT_LOCKSTEP_WINDOW,
+ *            S = NP_PREDICT_LOCKSTEP_SPACERS; targets
  *            B + peer.delta * (k + shift) for k = 1..W in that order (order
  *            matters: the k-th new destination gets our k-th new mapping),
  *            shift = callee ? np_predict_lockstep_shift(round) : 0. Ports

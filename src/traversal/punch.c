@@ -53,6 +53,7 @@ struct target {
   bool primed;
   bool inbound;        /* an authenticated request came from it */
   bool valid;          /* it answered one of our requests */
+  bool spacer;         /* LOCKSTEP spacer: only a mapping on our NAT, never a probe */
 };
 
 struct response {
@@ -351,6 +352,8 @@ static bool our_port_known(const np_punch *p, const struct target *t) {
 }
 
 static bool needs_prime(const np_punch *p, const struct target *t) {
+  if (t->spacer)
+    return p->cfg.prime_ttl > 0;
   if (p->cfg.prime_ttl <= 0 || t->type == NP_CAND_HOST || t->type == NP_CAND_PORTMAP)
     return false;
   /* A sweep or a spray is answered, never raced: the other side holds
@@ -364,6 +367,8 @@ static bool needs_prime(const np_punch *p, const struct target *t) {
 /* The earliest time a full-TTL probe to t may go (NEVER: only an inbound
  * probe from it will allow one). */
 static int64_t full_allowed_at(const np_punch *p, const struct target *t) {
+  if (t->spacer)
+    return p->cfg.prime_ttl > 0 ? NEVER : 0;
   if (t->inbound || t->type == NP_CAND_HOST || t->type == NP_CAND_PORTMAP || p->peer_open)
     return 0;
   if (!our_port_known(p, t))
@@ -472,6 +477,21 @@ static void start_round(np_punch *p, int64_t now) {
       if (k >= 0 && !p->t[k].valid) {
         activate(p, k, now, ROUND_SENDS);
         added++;
+      }
+    }
+    if (p->strategy == NP_PREDICT_LOCKSTEP) {
+      /* Spacers: new mappings after the window, toward ports half the
+       * range away from any window, so both NATs advance by exactly
+       * W + S per round (predict.h); TTL-limited, they reach no one. */
+      for (int i = 0; i < NP_PREDICT_LOCKSTEP_SPACERS; i++) {
+        np_addr a = peer_ip;
+        int port = p->peer_m.base + 32768 + p->round * NP_PREDICT_LOCKSTEP_SPACERS + i;
+        np_addr_set_port(&a, (uint16_t)(1024 + port % (65536 - 1024)));
+        int k = add_target(p, 0, &a, NP_CAND_PREDICTED);
+        if (k >= 0) {
+          p->t[k].spacer = true;
+          activate(p, k, now, 1);
+        }
       }
     }
     break;
@@ -596,6 +616,11 @@ int np_punch_next(np_punch *p, int64_t now, np_punch_datagram *dg) {
     fail(p, NP_ERR_TIMEOUT, d);
     return 0;
   }
+  if (p->nominating >= 0 && now >= p->nom_next && p->nom_sends >= NOMINATE_SENDS) {
+    NP_LOGD(&p->log, "punch: nomination unanswered; back to probing");
+    p->t[p->nominating].valid = false;
+    p->nominating = -1;
+  }
   if (now >= p->next_round_at && p->nominating < 0) {
     start_round(p, now);
     if (p->state != NP_PUNCH_RUNNING)
@@ -603,11 +628,7 @@ int np_punch_next(np_punch *p, int64_t now, np_punch_datagram *dg) {
   }
   /* Nomination retransmits. */
   if (p->nominating >= 0 && now >= p->nom_next) {
-    if (p->nom_sends >= NOMINATE_SENDS) {
-      NP_LOGD(&p->log, "punch: nomination unanswered; back to probing");
-      p->t[p->nominating].valid = false;
-      p->nominating = -1;
-    } else if (pace(p, now) && encode_request(p, p->nominating, true, dg) == 0) {
+    if (pace(p, now) && encode_request(p, p->nominating, true, dg) == 0) {
       p->nom_sends++;
       p->nom_next = now + p->nom_rto;
       p->nom_rto = p->nom_rto * 2 > RTO_MAX_MS ? RTO_MAX_MS : p->nom_rto * 2;

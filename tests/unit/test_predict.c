@@ -12,6 +12,7 @@
 #include <string.h>
 
 #define W NP_PREDICT_LOCKSTEP_WINDOW
+#define S NP_PREDICT_LOCKSTEP_SPACERS
 
 static np_nat_model model(bool known, uint16_t base, int32_t delta, int sent) {
   np_nat_model m = {.known = known, .base = base, .delta = delta, .sent = sent};
@@ -155,8 +156,8 @@ static void hold_targets_peer_port(void **state) {
 
 static void lockstep_shift_sequence(void **state) {
   (void)state;
-  static const int want[] = {0, 1, -1, 2, -2, 3, -3};
-  for (int r = 1; r <= 7; r++)
+  static const int want[] = {0, 1, -1, 2, -2, 0, 1, -1, 2, -2, 0};
+  for (int r = 1; r <= 11; r++)
     assert_int_equal(np_predict_lockstep_shift(r), want[r - 1]);
 }
 
@@ -165,7 +166,7 @@ static void lockstep_caller_and_callee(void **state) {
   np_nat_model self = model(true, 5000, 1, 0), peer = model(true, 40000, 3, 2);
   uint16_t out[W];
   for (int r = 1; r <= 5; r++) {
-    int base = 40000 + 3 * (2 + W * (r - 1));
+    int base = 40000 + 3 * (2 + (W + S) * (r - 1));
     int n = np_predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, false, r, out, W);
     assert_int_equal(n, W);
     for (int k = 1; k <= W; k++)
@@ -179,8 +180,8 @@ static void lockstep_caller_and_callee(void **state) {
   /* near the top of the range the ports beyond 65535 are dropped, in order */
   peer = model(true, 65505, 1, 0);
   int n = np_predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, true, 2, out, W);
-  assert_int_equal(n, 13); /* 65505 + 16 + (k + 1) for k = 1..13 */
-  assert_int_equal(out[0], 65523);
+  assert_int_equal(n, 9); /* 65505 + 20 + (k + 1) for k = 1..9 */
+  assert_int_equal(out[0], 65527);
   assert_int_equal(out[n - 1], 65535);
 }
 
@@ -194,7 +195,7 @@ typedef struct sim_side {
 } sim_side;
 
 static int sim_alloc(const sim_side *s, int round, int k) {
-  return s->base + s->delta * (s->sent + s->err + W * (round - 1) + k);
+  return s->base + s->delta * (s->sent + s->err + (W + S) * (round - 1) + k);
 }
 
 /* Does round 'round' open a pair: the caller's k-th packet reaches the
@@ -210,6 +211,25 @@ static bool sim_round_matches(const sim_side *a, const sim_side *b, int round) {
       if (ta[k - 1] == sim_alloc(b, round, j) && tb[j - 1] == sim_alloc(a, round, k))
         return true;
   return false;
+}
+
+/* The property the spacers buy: however the callee's shift changes from one
+ * round to the next, its window never reaches back into an earlier round's
+ * ports, so every target is a new destination and takes the next mapping. */
+static void lockstep_windows_never_overlap(void **state) {
+  (void)state;
+  np_nat_model self = model(true, 5000, 1, 0), peer = model(true, 30000, 1, 3);
+  uint16_t prev[W], cur[W];
+  int np = np_predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, true, 1, prev, W);
+  for (int r = 2; r <= 25; r++) {
+    int nc = np_predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, true, r, cur, W);
+    assert_int_equal(nc, W);
+    for (int i = 0; i < nc; i++)
+      for (int j = 0; j < np; j++)
+        assert_true(cur[i] > prev[j]);
+    memcpy(prev, cur, sizeof cur);
+    np = nc;
+  }
 }
 
 static void lockstep_simulation(void **state) {
@@ -339,6 +359,7 @@ int main(void) {
       cmocka_unit_test(sweep_skips_ports_outside_range),
       cmocka_unit_test(hold_targets_peer_port),
       cmocka_unit_test(lockstep_shift_sequence),
+      cmocka_unit_test(lockstep_windows_never_overlap),
       cmocka_unit_test(lockstep_caller_and_callee),
       cmocka_unit_test(lockstep_simulation),
       cmocka_unit_test(spray_distinct_in_range_avoiding),
