@@ -8,7 +8,7 @@ set -euo pipefail
 build_pkgs=(cmake make gcc pkg-config libgnutls28-dev zlib1g-dev libcjson-dev libsodium-dev
             libminiupnpc-dev libnatpmp-dev)
 test_pkgs=(libcmocka-dev clang libclang-rt-14-dev coturn iproute2 nftables conntrack procps jq
-           miniupnpd-nftables libnetfilter-queue-dev)
+           miniupnpd-nftables libnetfilter-queue-dev iptables)
 demo_pkgs=(iproute2 nftables conntrack procps jq)
 
 case "${1:-build}" in
