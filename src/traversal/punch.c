@@ -194,17 +194,21 @@ static enum np_via target_via(const np_punch *p, const struct target *t) {
     return NP_VIA_BIRTHDAY;
   if (t->type == NP_CAND_PREDICTED)
     return NP_VIA_PREDICTED;
+  /* Once prediction runs, a pair on a public address works because of it:
+   * the side that holds fire answers on a pair it knew from the start (the
+   * peer's mapped port) or learned from the probe that landed. */
+  bool public = t->type == NP_CAND_PRFLX || t->type == NP_CAND_MAPPED;
   if (t->round > 0 || p->round > 0) {
     switch (p->strategy) {
     case NP_PREDICT_SWEEP:
     case NP_PREDICT_HOLD:
     case NP_PREDICT_LOCKSTEP:
-      if (t->type == NP_CAND_PRFLX)
+      if (public)
         return NP_VIA_PREDICTED;
       break;
     case NP_PREDICT_SPRAY:
     case NP_PREDICT_SOCKETS:
-      if (t->type == NP_CAND_PRFLX)
+      if (public)
         return NP_VIA_BIRTHDAY;
       break;
     default:
@@ -593,6 +597,16 @@ int np_punch_next(np_punch *p, int64_t now, np_punch_datagram *dg) {
       return 1;
   }
   if (p->state == NP_PUNCH_CONNECTED) {
+    /* The caller is connected as soon as a check succeeds; its nomination
+     * goes on until the callee confirms it. */
+    if (p->nominating >= 0 && now >= p->nom_next && p->nom_sends < NOMINATE_SENDS &&
+        pace(p, now) && encode_request(p, p->nominating, true, dg) == 0) {
+      p->nom_sends++;
+      p->nom_next = now + p->nom_rto;
+      p->nom_rto = p->nom_rto * 2 > RTO_MAX_MS ? RTO_MAX_MS : p->nom_rto * 2;
+      p->probes_sent++;
+      return 1;
+    }
     if (now >= p->next_keepalive) {
       p->next_keepalive = now + p->keepalive;
       if (encode_keepalive(p, dg) == 0)
@@ -674,8 +688,11 @@ int np_punch_next(np_punch *p, int64_t now, np_punch_datagram *dg) {
 int64_t np_punch_wakeup(const np_punch *p) {
   if (p->nresp > 0)
     return 0;
-  if (p->state == NP_PUNCH_CONNECTED)
+  if (p->state == NP_PUNCH_CONNECTED) {
+    if (p->nominating >= 0 && p->nom_sends < NOMINATE_SENDS && p->nom_next < p->next_keepalive)
+      return p->nom_next;
     return p->next_keepalive;
+  }
   if (p->state != NP_PUNCH_RUNNING)
     return NEVER;
   int64_t w = p->deadline;
@@ -768,18 +785,27 @@ static void on_success(np_punch *p, int64_t now, int sock, const np_addr *from,
   if (t->sock != sock || !np_addr_equal(&t->to, from))
     return;
   t->valid = true;
-  if (p->state != NP_PUNCH_RUNNING || p->cfg.callee)
+  if (p->cfg.callee)
     return;
   if (nominate && p->nominating == (int)idx) {
-    connect_on(p, (int)idx, via <= NP_VIA_BIRTHDAY ? (enum np_via)via : NP_VIA_NONE, now);
+    /* The callee took the pair: nothing more to send; adopt its view of
+     * how the pair was found if it is the stronger one. */
+    p->nominating = -1;
+    if (p->state == NP_PUNCH_CONNECTED && via <= NP_VIA_BIRTHDAY)
+      p->via = merge_via(p->via, (enum np_via)via);
     return;
   }
-  if (p->nominating < 0) {
-    p->nominating = (int)idx;
-    p->nom_sends = 0;
-    p->nom_rto = RTO_MIN_MS;
-    p->nom_next = now;
-  }
+  if (p->state != NP_PUNCH_RUNNING || p->nominating >= 0)
+    return;
+  /* This pair works both ways: use it now (data may flow at once; the
+   * callee keeps early data until the nomination reaches it) and nominate
+   * it. Connecting here rather than on the nomination's answer saves the
+   * caller a round trip. */
+  p->nominating = (int)idx;
+  p->nom_sends = 0;
+  p->nom_rto = RTO_MIN_MS;
+  p->nom_next = now;
+  connect_on(p, (int)idx, NP_VIA_NONE, now);
 }
 
 bool np_punch_input(np_punch *p, int64_t now, int sock, const np_addr *from, const uint8_t *buf,

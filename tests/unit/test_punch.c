@@ -564,7 +564,10 @@ static void cone_cone_phase0(void **state) {
         assert_int_equal(rc->rounds, 0);
         assert_int_equal(re->rounds, 0);
         assert_int_equal(rc->strategy, NP_PREDICT_NONE);
-        assert_int_equal(rc->elapsed_ms, 4 * sc.latency_ms);
+        /* The caller: one round trip from its first probe (it connects on
+         * the first answer and nominates). The callee: when the
+         * nomination arrives, half a round trip later. */
+        assert_int_equal(rc->elapsed_ms, 2 * sc.latency_ms);
         assert_int_equal(re->elapsed_ms, sc.signaling_ms + 3 * sc.latency_ms);
         assert_int_equal(rc->sockets, 1);
         /* Priming kept the rude NATs from ever dropping a probe of ours on
@@ -639,7 +642,7 @@ static void rude_slow_signaling(void **state) {
   sc.hold_ms = 1000;
   s = run(&sc);
   assert_agreed(s, NP_VIA_REFLEXIVE);
-  assert_int_equal(s->side[CALLER].res.elapsed_ms, 4 * sc.latency_ms);
+  assert_int_equal(s->side[CALLER].res.elapsed_ms, 2 * sc.latency_ms);
   assert_int_equal(s->side[CALLER].nat.collisions, 0);
   sim_free(s);
 }
@@ -770,10 +773,10 @@ static void open_anything(void **state) {
       assert_agreed(s, NP_VIA_REFLEXIVE);
       assert_int_equal(s->side[CALLER].res.rounds, 0);
       assert_int_equal(s->side[CALLEE].res.rounds, 0);
-      /* 4 one-way latencies from the first probe that got through; when
-       * the open side is the caller, that is the callee's, sent at its
+      /* One round trip from the first probe that got through; when the
+       * open side is the caller, that may be the callee's, sent at its
        * start, before the caller started. */
-      assert_true(s->side[CALLER].res.elapsed_ms <= 5 * sc.latency_ms);
+      assert_true(s->side[CALLER].res.elapsed_ms <= 3 * sc.latency_ms);
       sim_free(s);
     }
   }
@@ -783,12 +786,13 @@ static void open_anything(void **state) {
  * through, over several loss patterns. */
 static void lossy(void **state) {
   (void)state;
+  long lost = 0;
   for (uint64_t seed = 1; seed <= 8; seed++) {
     struct scenario sc = pair(NAT_CONE, NAT_CONE, true);
     sc.loss_pct = 10;
     sc.seed = seed;
     struct sim *s = run(&sc);
-    assert_true(s->lost > 0 || seed > 1);
+    lost += s->lost;
     assert_agreed(s, NP_VIA_REFLEXIVE);
     sim_free(s);
 
@@ -806,6 +810,7 @@ static void lossy(void **state) {
     assert_agreed(s, NP_VIA_PREDICTED);
     sim_free(s);
   }
+  assert_true(lost > 0); /* the loss really happened */
 }
 
 /* Once connected, probing stops and authenticated indications keep the
