@@ -253,6 +253,8 @@ static void close_extra_sockets(np_agent *a) {
   a->nsocks = a->nsocks > 0 ? 1 : 0;
 }
 
+static void drain_errqueue(np_agent *a, int fd);
+
 static int send_on(np_agent *a, int sock, const np_addr *to, int ttl, const void *buf,
                    size_t len) {
   if (sock < 0 || sock >= a->nsocks || a->socks[sock] < 0)
@@ -268,6 +270,15 @@ static int send_on(np_agent *a, int sock, const np_addr *to, int ttl, const void
   }
   ssize_t n = sendto(fd, buf, len, 0, &to->u.sa, np_addr_len(to));
   int e = errno;
+  if (n < 0 && (e == ECONNREFUSED || e == EHOSTUNREACH || e == ENETUNREACH || e == EHOSTDOWN)) {
+    /* An ICMP error about an earlier datagram (a probe refused by a
+     * peer's gateway, a hop probe's "time exceeded") is reported by the
+     * next send on the socket, which the kernel then drops. Reporting
+     * clears it; send again. */
+    drain_errqueue(a, fd);
+    n = sendto(fd, buf, len, 0, &to->u.sa, np_addr_len(to));
+    e = errno;
+  }
   if (ttl > 0)
     (void)setsockopt(fd, level, opt, &old, sizeof old);
   if (n < 0)
