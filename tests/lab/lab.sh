@@ -763,7 +763,9 @@ lab_down() {
   for ns in "${LAB_ALL_NS[@]}"; do
     ip netns del "$ns" 2>/dev/null || true
   done
-  LAB_ALL_NS=(); LAB_PIDS=(); LAB_PUBLINKS=(); LAB_DELAY_PIDS=(); LAB_DELAY_MS=0; LAB_LOSS_PCT=0
+  LAB_ALL_NS=(); LAB_PIDS=(); LAB_PUBLINKS=(); LAB_DELAY_PIDS=(); LAB_DELAY_MS=0
+  # shellcheck disable=SC2034  # LAB_LOSS_PCT is for the callers
+  LAB_LOSS_PCT=0
   case "$LAB_ID" in nplab*) rm -rf "/tmp/$LAB_ID-delay" ;; esac
   lab_log "lab $LAB_ID down"
 }
