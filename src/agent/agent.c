@@ -49,7 +49,7 @@
 /* How long gathering waits for a port mapping still in progress: enough
  * for PCP and NAT-PMP, which answer in one round trip on the LAN; UPnP's
  * multicast discovery takes longer and only helps later sessions. */
-#define PORTMAP_WAIT_MS 300
+#define PORTMAP_WAIT_MS 100
 #define BYE_SENDS 3
 #define HOLD_MIN_MS 400
 #define HOLD_MAX_MS 3000

@@ -805,7 +805,14 @@ static void on_success(np_punch *p, int64_t now, int sock, const np_addr *from,
   p->nom_sends = 0;
   p->nom_rto = RTO_MIN_MS;
   p->nom_next = now;
-  connect_on(p, (int)idx, NP_VIA_NONE, now);
+  /* The peer saw us at our port mapping: the path enters through the
+   * gateway's forwarded port (the peer's view, which reaches us only with
+   * the nomination's answer). */
+  enum np_via hint = NP_VIA_NONE;
+  if ((m->present & NP_STUN_HAS_XOR_MAPPED) && np_addr_is_set(&p->cfg.self.portmap) &&
+      np_addr_equal(&m->xor_mapped, &p->cfg.self.portmap))
+    hint = NP_VIA_PORTMAP;
+  connect_on(p, (int)idx, hint, now);
 }
 
 bool np_punch_input(np_punch *p, int64_t now, int sock, const np_addr *from, const uint8_t *buf,
