@@ -23,7 +23,6 @@
 
 #include <errno.h>
 #include <ifaddrs.h>
-#include <linux/errqueue.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -191,14 +190,6 @@ static bool is_private_ip(const np_addr *ad) {
 
 /* ---- sockets -------------------------------------------------------------------- */
 
-static void enable_errqueue(int fd, int family) {
-  int one = 1;
-  if (family == AF_INET6)
-    (void)setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &one, sizeof one);
-  else
-    (void)setsockopt(fd, IPPROTO_IP, IP_RECVERR, &one, sizeof one);
-}
-
 static int open_udp(np_agent *a, int index) {
   np_addr any = {0};
   any.u.sa.sa_family = (sa_family_t)a->family;
@@ -208,7 +199,7 @@ static int open_udp(np_agent *a, int index) {
     NP_LOGW(&a->log, "agent: %s", err);
     return fd;
   }
-  enable_errqueue(fd, a->family);
+  np_udp_recverr(fd, a->family);
   struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)index};
   if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
     close(fd);
@@ -358,49 +349,18 @@ static int measured_prime_ttl(const np_agent *a) {
  * tell the NAT depth; the rest (port unreachable from a peer's gateway...)
  * are only drained. */
 static void drain_errqueue(np_agent *a, int fd) {
-  for (int guard = 0; guard < 64; guard++) {
-    uint8_t data[256];
-    char control[512];
-    struct sockaddr_storage dst;
-    struct iovec iov = {data, sizeof data};
-    struct msghdr mh = {.msg_name = &dst,
-                        .msg_namelen = sizeof dst,
-                        .msg_iov = &iov,
-                        .msg_iovlen = 1,
-                        .msg_control = control,
-                        .msg_controllen = sizeof control};
-    ssize_t n = recvmsg(fd, &mh, MSG_ERRQUEUE | MSG_DONTWAIT);
-    if (n < 0)
-      return;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-      bool v4 = c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_RECVERR;
-      bool v6 = c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_RECVERR;
-      if (!v4 && !v6)
-        continue;
-      struct sock_extended_err ee;
-      memcpy(&ee, CMSG_DATA(c), sizeof ee);
-      bool exceeded = (v4 && ee.ee_origin == SO_EE_ORIGIN_ICMP && ee.ee_type == 11) ||
-                      (v6 && ee.ee_origin == SO_EE_ORIGIN_ICMP6 && ee.ee_type == 3);
-      if (!exceeded || n < NP_STUN_HEADER_LEN)
-        continue;
-      struct sockaddr_storage off;
-      memset(&off, 0, sizeof off);
-      memcpy(&off, SO_EE_OFFENDER((struct sock_extended_err *)CMSG_DATA(c)),
-             v4 ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
-      np_addr offender;
-      if (np_addr_from_sockaddr((struct sockaddr *)&off,
-                                v4 ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6),
-                                &offender) != 0)
-        continue;
-      for (int ttl = 1; ttl <= HOP_MAX_TTL; ttl++)
-        if (memcmp(data + 8, a->hop_txid[ttl], NP_STUN_TXID_LEN) == 0) {
-          a->hop_answered[ttl] = true;
-          a->hop_private[ttl] = is_private_ip(&offender);
-          char t[NP_ADDRSTRLEN];
-          NP_LOGD(&a->log, "agent: TTL %d expired at %s", ttl,
-                  np_addr_format(&offender, t, sizeof t));
-        }
-    }
+  np_udp_error e;
+  for (int guard = 0; guard < 64 && np_udp_read_error(fd, &e); guard++) {
+    if (!e.time_exceeded || e.len < NP_STUN_HEADER_LEN)
+      continue;
+    for (int ttl = 1; ttl <= HOP_MAX_TTL; ttl++)
+      if (memcmp(e.data + 8, a->hop_txid[ttl], NP_STUN_TXID_LEN) == 0) {
+        a->hop_answered[ttl] = true;
+        a->hop_private[ttl] = is_private_ip(&e.offender);
+        char t[NP_ADDRSTRLEN];
+        NP_LOGD(&a->log, "agent: TTL %d expired at %s", ttl,
+                np_addr_format(&e.offender, t, sizeof t));
+      }
   }
 }
 
@@ -762,17 +722,6 @@ static void agent_free_parts(np_agent *a) {
   free(a);
 }
 
-/* The local IP the kernel would use toward 'to' (a connected UDP socket is
- * routed without sending anything). */
-static void route_source(const np_addr *to, np_addr *out) {
-  int fd = socket(to->u.sa.sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (fd < 0)
-    return;
-  if (connect(fd, &to->u.sa, np_addr_len(to)) == 0)
-    (void)np_udp_local(fd, out);
-  close(fd);
-}
-
 NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
   if (!out)
     return NP_ERR_INVAL;
@@ -821,7 +770,7 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
   {
     /* A concrete local IP, for the NAT verdicts and the portmap. */
     np_addr via = {0};
-    route_source(cfg->n_discovery ? &cfg->discovery[0] : &cfg->rendezvous, &via);
+    (void)np_udp_route_source(cfg->n_discovery ? &cfg->discovery[0] : &cfg->rendezvous, &via);
     if (np_addr_is_set(&via)) {
       np_addr_set_port(&via, np_addr_port(&a->local));
       a->local = via;

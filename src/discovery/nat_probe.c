@@ -13,7 +13,6 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <linux/errqueue.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -421,47 +420,15 @@ NP_EXPORT const char *np_nat_behavior_name(enum np_nat_behavior b) {
 /* Blocking runner                                                           */
 /* ------------------------------------------------------------------------ */
 
-/* The local IP the kernel would use to reach 'server': a connected UDP
- * socket is routed without sending anything. */
-static int route_source(const np_addr *server, np_addr *out) {
-  int fd = socket(server->u.sa.sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (fd < 0)
-    return NP_ERR_SYS;
-  int rc = NP_ERR_UNREACHABLE;
-  if (connect(fd, &server->u.sa, np_addr_len(server)) == 0 && np_udp_local(fd, out) == 0)
-    rc = 0;
-  close(fd);
-  return rc;
-}
-
 /* Reads one ICMP error from the socket's error queue and tells the probe
  * which destination it concerns (IP_RECVERR). Returns false when the queue
  * is empty. */
 static bool drain_error(np_nat_probe *p, int fd, int sock, int64_t now) {
-  struct sockaddr_storage dst;
-  uint8_t data[256];
-  char control[512];
-  struct iovec iov = {data, sizeof data};
-  struct msghdr mh = {.msg_name = &dst,
-                      .msg_namelen = sizeof dst,
-                      .msg_iov = &iov,
-                      .msg_iovlen = 1,
-                      .msg_control = control,
-                      .msg_controllen = sizeof control};
-  if (recvmsg(fd, &mh, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
+  np_udp_error e;
+  if (!np_udp_read_error(fd, &e))
     return false;
-  for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-    bool v4 = c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_RECVERR;
-    bool v6 = c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_RECVERR;
-    if (!v4 && !v6)
-      continue;
-    struct sock_extended_err ee;
-    memcpy(&ee, CMSG_DATA(c), sizeof ee);
-    np_addr to;
-    if ((ee.ee_origin == SO_EE_ORIGIN_ICMP || ee.ee_origin == SO_EE_ORIGIN_ICMP6) &&
-        np_addr_from_sockaddr((struct sockaddr *)&dst, mh.msg_namelen, &to) == 0)
-      np_nat_probe_unreachable(p, now, sock, &to);
-  }
+  if (e.icmp && np_addr_is_set(&e.dest))
+    np_nat_probe_unreachable(p, now, sock, &e.dest);
   return true;
 }
 
@@ -484,14 +451,6 @@ static int open_socket(const np_probe_config *cfg, bool keep_port, np_logger *lo
   }
   *fd_out = fd;
   return 0;
-}
-
-static void enable_icmp_errors(int fd, int family) {
-  int one = 1;
-  if (family == AF_INET6)
-    (void)setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &one, sizeof one);
-  else
-    (void)setsockopt(fd, IPPROTO_IP, IP_RECVERR, &one, sizeof one);
 }
 
 NP_EXPORT int np_probe_run(const np_probe_config *cfg, np_probe_result *out) {
@@ -521,7 +480,7 @@ NP_EXPORT int np_probe_run(const np_probe_config *cfg, np_probe_result *out) {
   if ((rc = open_socket(&filter_cfg, false, &log, &fds[NP_PROBE_SOCK_FILTER])) != 0)
     goto out;
   for (int s = 0; s < NP_PROBE_NSOCK; s++)
-    enable_icmp_errors(fds[s], family);
+    np_udp_recverr(fds[s], family);
 
   np_addr local;
   if (np_udp_local(fds[NP_PROBE_SOCK_MAIN], &local) != 0) {
@@ -530,7 +489,7 @@ NP_EXPORT int np_probe_run(const np_probe_config *cfg, np_probe_result *out) {
   }
   if (np_addr_is_any(&local)) {
     np_addr src;
-    if (route_source(&cfg->servers[0], &src) != 0) {
+    if (np_udp_route_source(&cfg->servers[0], &src) != 0) {
       char text[NP_ADDRSTRLEN];
       NP_LOGE(&log, "probe: no route to %s", np_addr_format(&cfg->servers[0], text, sizeof text));
       rc = NP_ERR_UNREACHABLE;

@@ -384,6 +384,22 @@ static int64_t full_allowed_at(const np_punch *p, const struct target *t) {
 
 /* ---- encoding --------------------------------------------------------------- */
 
+/* Signs with the session key, seals with FINGERPRINT and addresses the
+ * datagram: the common end of every message we send. */
+static int seal(np_punch *p, np_stun_writer *w, int sock, const np_addr *to,
+                np_punch_datagram *dg) {
+  np_stun_put_integrity_sha256(w, p->cfg.key, NP_PUNCH_KEY_LEN, 32);
+  np_stun_put_fingerprint(w);
+  int n = np_stun_writer_finish(w);
+  if (n < 0)
+    return n;
+  dg->len = (size_t)n;
+  dg->sock = sock;
+  dg->to = *to;
+  dg->ttl = 0;
+  return 0;
+}
+
 static int encode_request(np_punch *p, int idx, bool nominate, np_punch_datagram *dg) {
   uint8_t txid[NP_STUN_TXID_LEN];
   uint32_t u = (uint32_t)idx;
@@ -400,16 +416,7 @@ static int encode_request(np_punch *p, int idx, bool nominate, np_punch_datagram
     np_stun_put_bytes(&w, ATTR_NOMINATE, NULL, 0);
     np_stun_put_u32(&w, ATTR_VIA, (uint32_t)target_via(p, &p->t[idx]));
   }
-  np_stun_put_integrity_sha256(&w, p->cfg.key, NP_PUNCH_KEY_LEN, 32);
-  np_stun_put_fingerprint(&w);
-  int n = np_stun_writer_finish(&w);
-  if (n < 0)
-    return n;
-  dg->len = (size_t)n;
-  dg->sock = p->t[idx].sock;
-  dg->to = p->t[idx].to;
-  dg->ttl = 0;
-  return 0;
+  return seal(p, &w, p->t[idx].sock, &p->t[idx].to, dg);
 }
 
 static int encode_response(np_punch *p, const struct response *r, np_punch_datagram *dg) {
@@ -421,16 +428,7 @@ static int encode_response(np_punch *p, const struct response *r, np_punch_datag
     np_stun_put_bytes(&w, ATTR_NOMINATE, NULL, 0);
     np_stun_put_u32(&w, ATTR_VIA, (uint32_t)p->via);
   }
-  np_stun_put_integrity_sha256(&w, p->cfg.key, NP_PUNCH_KEY_LEN, 32);
-  np_stun_put_fingerprint(&w);
-  int n = np_stun_writer_finish(&w);
-  if (n < 0)
-    return n;
-  dg->len = (size_t)n;
-  dg->sock = r->sock;
-  dg->to = r->to;
-  dg->ttl = 0;
-  return 0;
+  return seal(p, &w, r->sock, &r->to, dg);
 }
 
 static int encode_keepalive(np_punch *p, np_punch_datagram *dg) {
@@ -440,16 +438,7 @@ static int encode_keepalive(np_punch *p, np_punch_datagram *dg) {
   np_stun_writer_init(&w, dg->buf, sizeof dg->buf, NP_STUN_BINDING | NP_STUN_INDICATION,
                       NP_STUN_MAGIC_COOKIE, txid);
   np_stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, p->user_tx, p->user_len);
-  np_stun_put_integrity_sha256(&w, p->cfg.key, NP_PUNCH_KEY_LEN, 32);
-  np_stun_put_fingerprint(&w);
-  int n = np_stun_writer_finish(&w);
-  if (n < 0)
-    return n;
-  dg->len = (size_t)n;
-  dg->sock = p->t[p->sel].sock;
-  dg->to = p->t[p->sel].to;
-  dg->ttl = 0;
-  return 0;
+  return seal(p, &w, p->t[p->sel].sock, &p->t[p->sel].to, dg);
 }
 
 /* ---- phases ----------------------------------------------------------------- */
