@@ -427,6 +427,29 @@ static void single_server(void **state) {
   assert_int_equal(r.server_err[1], 0);
 }
 
+/* Quick mode (what the traversal engine gathers): the two views and the
+ * delta in one round trip, and not one datagram to any other destination,
+ * since on a symmetric NAT each would be a mapping after the second view. */
+static void quick_mode(void **state) {
+  (void)state;
+  struct world w;
+  world_init(&w);
+  w.mapping = NP_BEHAVIOR_ADDRESS_AND_PORT_DEPENDENT;
+  np_probe_config c = config(&w, 2);
+  c.quick = true;
+  np_probe_result r;
+  int rc;
+  int64_t took = run(&w, &c, &r, &rc);
+  assert_int_equal(rc, 0);
+  assert_int_equal(w.sent, 2);
+  assert_int_equal(r.n_mapped, 2);
+  assert_true(r.have_delta);
+  assert_int_not_equal(r.delta, 0);
+  assert_int_equal(r.mapping, NP_BEHAVIOR_UNKNOWN);
+  assert_int_equal(r.filtering, NP_BEHAVIOR_UNKNOWN);
+  assert_int_equal(took, 0); /* done as soon as both answered */
+}
+
 static void lossy_start(void **state) {
   (void)state;
   struct world w;
@@ -553,6 +576,7 @@ int main(void) {
       cmocka_unit_test(first_server_down),
       cmocka_unit_test(second_server_down),
       cmocka_unit_test(single_server),
+      cmocka_unit_test(quick_mode),
       cmocka_unit_test(lossy_start),
       cmocka_unit_test(error_response),
       cmocka_unit_test(unreachable_server),
