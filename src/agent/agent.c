@@ -45,9 +45,14 @@
 #define HOP_WAIT_MS 400
 #define DEFAULT_TIMEOUT_MS 20000
 #define PORTMAP_TIMEOUT_MS 2000
-/* How long gathering waits for a port mapping still in progress: enough
- * for PCP and NAT-PMP, which answer in one round trip on the LAN; UPnP's
- * multicast discovery takes longer and only helps later sessions. */
+/* How long the callee's gathering waits for a port mapping still in
+ * progress: enough for PCP and NAT-PMP, which answer in one round trip on
+ * the LAN (UPnP's multicast discovery takes longer and only helps later
+ * sessions). A listener has usually had its mapping for long; the caller
+ * does not wait at all: a gateway that neither speaks PCP nor answers with
+ * ICMP (most do one or the other, but rate-limited ICMP is common) would
+ * add the wait to every call, and the callee's mapping is the one that
+ * matters most. */
 #define PORTMAP_WAIT_MS 100
 #define BYE_SENDS 3
 #define HOLD_MIN_MS 400
@@ -965,7 +970,7 @@ static void run_machines(np_agent *a, int64_t now) {
     for (int guard = 0; guard < 16 && np_nat_probe_next_datagram(a->probe, now, &dg); guard++)
       (void)send_on(a, 0, &dg.to, 0, dg.buf, dg.len);
     if (np_nat_probe_done(a->probe) && a->st == S_GATHERING &&
-        (now >= a->gather_started + PORTMAP_WAIT_MS || !portmap_pending(a)))
+        (!a->callee || now >= a->gather_started + PORTMAP_WAIT_MS || !portmap_pending(a)))
       on_gathered(a, now);
   }
   if ((a->st == S_GATHERING || a->st == S_OFFERED) && now >= a->session_deadline) {
@@ -1050,7 +1055,7 @@ NP_EXPORT int np_agent_timeout(const np_agent *a) {
   int64_t w = np_rdv_client_wakeup(a->rdv);
   if (a->probe) {
     int64_t p = np_nat_probe_wakeup(a->probe);
-    if (np_nat_probe_done(a->probe))
+    if (np_nat_probe_done(a->probe) && a->callee)
       p = a->gather_started + PORTMAP_WAIT_MS; /* or the worker's eventfd */
     w = p < w ? p : w;
   }
