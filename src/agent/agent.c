@@ -42,7 +42,6 @@
 #define GATHER_TIMEOUT_MS 1500
 #define GATHER_RTO_MS 200
 #define HOP_MAX_TTL 4         /* NAT depth we can measure: 3 stacked NATs */
-#define HOP_WAIT_MS 400
 #define DEFAULT_TIMEOUT_MS 20000
 #define PORTMAP_TIMEOUT_MS 2000
 /* How long the callee's gathering waits for a port mapping still in
@@ -114,7 +113,6 @@ struct np_agent {
   uint8_t hop_txid[HOP_MAX_TTL + 1][NP_STUN_TXID_LEN];
   bool hop_private[HOP_MAX_TTL + 1];
   bool hop_answered[HOP_MAX_TTL + 1];
-  int64_t hop_until;
   int prime_ttl;
 
   struct pm_job *pm; /* port-mapping worker, NULL when none */
@@ -313,7 +311,7 @@ static void gather_private(np_agent *a, np_sig_candidates *c) {
   freeifaddrs(ifs);
 }
 
-static void hop_probe_send(np_agent *a, int64_t now) {
+static void hop_probe_send(np_agent *a) {
   if (a->cfg.n_discovery == 0 || a->cfg.prime_ttl > 0 || a->cfg.no_prime)
     return;
   for (int ttl = 1; ttl <= HOP_MAX_TTL; ttl++) {
@@ -327,7 +325,6 @@ static void hop_probe_send(np_agent *a, int64_t now) {
     if (n > 0)
       (void)send_on(a, 0, &a->cfg.discovery[0], ttl, buf, (size_t)n);
   }
-  a->hop_until = now + HOP_WAIT_MS;
 }
 
 /* TTL of priming packets: one more than the number of consecutive hops
@@ -798,7 +795,7 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
   };
   if ((rc = np_rdv_client_new(&rc_cfg, now, &a->rdv)) != 0)
     goto fail;
-  hop_probe_send(a, now);
+  hop_probe_send(a);
   portmap_start(a);
   *out = a;
   return 0;
