@@ -591,6 +591,19 @@ static void punch_start(np_agent *a, int64_t now) {
   a->st = S_PUNCHING;
 }
 
+/* Sends what the punch machine has due now (a bounded batch). */
+static void punch_flush(np_agent *a, int64_t now) {
+  np_punch_datagram dg;
+  for (int guard = 0; guard < 256 && np_punch_next(a->punch, now, &dg); guard++) {
+    if (ensure_sockets(a, dg.sock + 1) != 0) {
+      NP_LOGW(&a->log, "agent: cannot open more sockets (%d); birthday attempt is smaller",
+              a->nsocks);
+      continue;
+    }
+    (void)send_on(a, dg.sock, &dg.to, dg.ttl, dg.buf, dg.len);
+  }
+}
+
 /* Gathering is over: the caller offers, the callee answers and punches. */
 static void on_gathered(np_agent *a, int64_t now) {
   gather_finish(a);
@@ -605,15 +618,18 @@ static void on_gathered(np_agent *a, int64_t now) {
     a->st = S_OFFERED;
     return;
   }
+  /* The callee primes first and answers after: the caller probes at full
+   * TTL as soon as the answer arrives, and those probes must find our NAT
+   * already open toward it. (Answering first lost that race on a loaded
+   * machine: the process was descheduled between the two.) */
+  punch_start(a, now);
+  if (a->st != S_PUNCHING)
+    return;
+  punch_flush(a, now);
   const np_addr *seen = np_addr_is_set(&a->peer_seen) ? &a->peer_seen : NULL;
   int rc = np_rdv_client_send_answer(a->rdv, a->peer, a->session, &a->cand, seen);
-  if (rc != 0) {
+  if (rc != 0)
     session_fail(a, rc, "cannot send the answer to the rendezvous server");
-    return;
-  }
-  /* The callee primes and probes right away; the caller starts when the
-   * answer reaches it. */
-  punch_start(a, now);
 }
 
 /* ---- rendezvous callbacks ------------------------------------------------------- */
@@ -978,15 +994,7 @@ static void run_machines(np_agent *a, int64_t now) {
     a->probe = NULL;
   }
   if (a->punch && (a->st == S_PUNCHING || a->st == S_CONNECTED)) {
-    np_punch_datagram dg;
-    for (int guard = 0; guard < 256 && np_punch_next(a->punch, now, &dg); guard++) {
-      if (ensure_sockets(a, dg.sock + 1) != 0) {
-        NP_LOGW(&a->log, "agent: cannot open more sockets (%d); birthday attempt is smaller",
-                a->nsocks);
-        continue;
-      }
-      (void)send_on(a, dg.sock, &dg.to, dg.ttl, dg.buf, dg.len);
-    }
+    punch_flush(a, now);
     np_punch_result r;
     np_punch_result_get(a->punch, &r);
     a->stats.probes_sent = r.probes_sent;
