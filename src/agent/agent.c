@@ -311,10 +311,14 @@ static void gather_private(np_agent *a, np_sig_candidates *c) {
   freeifaddrs(ifs);
 }
 
+/* Hop probes from TTL 2: behind a NAT the first hop is our router anyway,
+ * and routers rate-limit the ICMP they send to one host, so a "time
+ * exceeded" from it would use up the port unreachable that tells the
+ * port-mapping worker at once that the router speaks no PCP. */
 static void hop_probe_send(np_agent *a) {
   if (a->cfg.n_discovery == 0 || a->cfg.prime_ttl > 0 || a->cfg.no_prime)
     return;
-  for (int ttl = 1; ttl <= HOP_MAX_TTL; ttl++) {
+  for (int ttl = 2; ttl <= HOP_MAX_TTL; ttl++) {
     uint8_t buf[64];
     np_random_bytes(a->hop_txid[ttl], NP_STUN_TXID_LEN);
     np_stun_writer w;
@@ -327,9 +331,11 @@ static void hop_probe_send(np_agent *a) {
   }
 }
 
-/* TTL of priming packets: one more than the number of consecutive hops
- * that answered "time exceeded" from private addresses (our NATs), so the
- * packet leaves the outermost NAT and dies in the first public router. */
+/* TTL of priming packets: one more than the NAT depth, i.e. the first hop
+ * (our router, since we are behind a NAT) plus the consecutive hops from
+ * the second on that answered "time exceeded" from private addresses
+ * (stacked NATs), so the packet leaves the outermost NAT and dies in the
+ * first public router. */
 static int measured_prime_ttl(const np_agent *a) {
   if (a->cfg.no_prime)
     return 0;
@@ -341,10 +347,10 @@ static int measured_prime_ttl(const np_agent *a) {
       behind_nat = false;
   if (!behind_nat)
     return 0;
-  int depth = 0;
+  int depth = 1;
   while (depth < HOP_MAX_TTL && a->hop_private[depth + 1])
     depth++;
-  return depth > 0 ? depth + 1 : 2; /* no ICMP: assume one NAT */
+  return depth + 1;
 }
 
 /* ICMP errors queued on socket 0: time-exceeded answers to the hop probes
