@@ -186,6 +186,17 @@ static int via_rank(enum np_via v) {
   }
 }
 
+/* The peer has no NAT when the address the servers saw is one of its own
+ * interface addresses. */
+static bool has_no_nat(const np_sig_candidates *c) {
+  if (c->n_mapped == 0)
+    return false;
+  for (int i = 0; i < c->n_private; i++)
+    if (np_addr_equal(&c->private_addrs[i], &c->mapped[0]))
+      return true;
+  return false;
+}
+
 /* How this side sees the way a pair was found. The two sides may see it
  * differently (the side that held fire sees only a peer-reflexive address);
  * they exchange their views in the nomination and keep the stronger. */
@@ -194,11 +205,14 @@ static enum np_via target_via(const np_punch *p, const struct target *t) {
     return NP_VIA_BIRTHDAY;
   if (t->type == NP_CAND_PREDICTED)
     return NP_VIA_PREDICTED;
-  /* Once prediction runs, a pair on a public address works because of it:
+  /* With a strategy other than NONE, a pair on a public address can only
+   * work through prediction (one side's port was unknown to the other):
    * the side that holds fire answers on a pair it knew from the start (the
-   * peer's mapped port) or learned from the probe that landed. */
-  bool public = t->type == NP_CAND_PRFLX || t->type == NP_CAND_MAPPED;
-  if (t->round > 0 || p->round > 0) {
+   * peer's mapped port) or learned from the probe that landed, possibly
+   * before its own rounds began. */
+  bool public = (t->type == NP_CAND_PRFLX || t->type == NP_CAND_MAPPED) && !p->peer_open &&
+                !has_no_nat(&p->cfg.self);
+  {
     switch (p->strategy) {
     case NP_PREDICT_SWEEP:
     case NP_PREDICT_HOLD:
@@ -247,16 +261,6 @@ int np_punch_derive_key(const uint8_t our_secret[32], const uint8_t our_public[3
   return 0;
 }
 
-/* The peer has no NAT when the address the servers saw is one of its own
- * interface addresses. */
-static bool has_no_nat(const np_sig_candidates *c) {
-  if (c->n_mapped == 0)
-    return false;
-  for (int i = 0; i < c->n_private; i++)
-    if (np_addr_equal(&c->private_addrs[i], &c->mapped[0]))
-      return true;
-  return false;
-}
 
 int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
   *out = NULL;
@@ -279,8 +283,6 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
   p->bd_sockets = cfg->birthday_sockets > 0 ? cfg->birthday_sockets : DEFAULT_BIRTHDAY_SOCKETS;
   p->bd_ports = cfg->birthday_ports > 0 ? cfg->birthday_ports : DEFAULT_BIRTHDAY_PORTS;
   p->start = now;
-  p->predict_at = now + p->predict_after;
-  p->next_round_at = p->predict_at;
   p->deadline = now + timeout;
   p->nominating = -1;
   p->sel = -1;
@@ -306,6 +308,15 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
   p->peer_m.sent = peer_maps;
   p->strategy = np_predict_plan(&p->self_m, &p->peer_m);
   p->peer_open = has_no_nat(&cfg->peer);
+  /* A callee that sweeps or sprays sends full-TTL probes first in its
+   * rounds; the peer must have primed toward them, and it starts a
+   * signaling delay after us: so our rounds start a hold later. (In
+   * LOCKSTEP the callee must be the earlier one: it primes, the caller
+   * probes.) */
+  p->predict_at = now + p->predict_after;
+  if (cfg->callee && (p->strategy == NP_PREDICT_SWEEP || p->strategy == NP_PREDICT_SPRAY))
+    p->predict_at += p->hold;
+  p->next_round_at = p->predict_at;
   for (int i = 0; i < n; i++) {
     int k = add_target(p, 0, &self_list[i].remote, self_list[i].type);
     if (k >= 0)
@@ -337,7 +348,7 @@ static bool hold_applies(const np_punch *p, const struct target *t) {
     return false;
   /* The peer primes these at the start of its own phase or round, which
    * begins after ours (it learns of the session later). */
-  return t->round == 0 || p->strategy == NP_PREDICT_LOCKSTEP || p->strategy == NP_PREDICT_SPRAY;
+  return t->round == 0 || p->strategy == NP_PREDICT_LOCKSTEP;
 }
 
 /* Does the peer know the public port our probe to t will come from? */
@@ -534,11 +545,16 @@ static void start_round(np_punch *p, int64_t now) {
   default:
     break;
   }
-  /* The direct candidates keep going in every round, their backoff reset. */
+  /* The direct candidates keep going in every round, their backoff reset;
+   * a side that holds fire primes them again, in case a prime was lost
+   * before its NAT or refused there (a rude NAT whose state for that
+   * remote came first). */
   for (int i = 0; i < p->nt; i++)
     if (p->t[i].round == 0 && p->t[i].sock == 0 && p->t[i].type != NP_CAND_PRFLX) {
       p->t[i].next = now;
       p->t[i].rto = RTO_MIN_MS;
+      if (p->strategy == NP_PREDICT_HOLD && !p->t[i].inbound)
+        p->t[i].primed = false;
     }
   NP_LOGD(&p->log, "punch: round %d (%s): %d target(s)", p->round,
           np_predict_strategy_name(p->strategy), added);
