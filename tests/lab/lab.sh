@@ -106,7 +106,11 @@ LAB_NEXT_NAT=0     # NAT/host index i (public IP 203.0.113.(10+i), LAN 10.i.0.0/
 LAB_NEXT_PORT=0    # bridge port counter in the public namespace
 LAB_PUBNET=203.0.113
 LAB_VERBOSE=${LAB_VERBOSE:-0}
-LAB_SYM_PORTS=512  # symmetric NAT: ports 20000..20511, used in turn
+# Symmetric NAT: ports 20000..24095, used in turn. Large enough that a
+# matrix run (hundreds of sessions on one lab) never wraps around: a real
+# sequential NAT wraps too, but not within one session's prediction window,
+# and a wrap in the lab made a cone-symmetric sweep miss.
+LAB_SYM_PORTS=4096
 
 lab_log() { [ "$LAB_VERBOSE" = 1 ] && echo "lab: $*" >&2; return 0; }
 lab_die() { echo "lab: error: $*" >&2; exit 1; }
