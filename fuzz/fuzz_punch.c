@@ -23,6 +23,7 @@
  * state; the wakeup is not in the past after a drain (but once, see
  * below). Time and randomness are fixed, so a crash replays exactly.
  */
+#include "fuzz_check.h"
 #include "net/addr.h"
 #include "stun/stun.h"
 #include "traversal/punch.h"
@@ -30,17 +31,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-/* Not assert(): the replay build is compiled with NDEBUG. */
-#define CHECK(cond)                                                                                \
-  do {                                                                                             \
-    if (!(cond)) {                                                                                 \
-      fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond);                 \
-      abort();                                                                                     \
-    }                                                                                              \
-  } while (0)
 
 /* Same values as punch.c's private attributes (the wire format). */
 #define ATTR_NOMINATE 0xC001

@@ -12,22 +12,12 @@
  * broken invariant aborts, which libFuzzer (or the replay main) reports as
  * a crash.
  */
+#include "fuzz_check.h"
 #include "signaling/signaling.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-/* Not assert(): the replay build is compiled with NDEBUG. */
-#define CHECK(cond)                                                                                \
-  do {                                                                                             \
-    if (!(cond)) {                                                                                 \
-      fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond);                 \
-      abort();                                                                                     \
-    }                                                                                              \
-  } while (0)
 
 #define FRAME_CAP (NP_SIG_LEN_PREFIX + NP_SIG_MAX_FRAME)
 

@@ -8,23 +8,12 @@
  * MESSAGE-INTEGRITY and FINGERPRINT that verify. Any broken invariant
  * aborts, which libFuzzer (or the replay main) reports as a crash.
  */
+#include "fuzz_check.h"
 #include "stun/stun.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-/* Not assert(): the replay build is compiled with NDEBUG. */
-#define CHECK(cond)                                                            \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__,     \
-              #cond);                                                          \
-      abort();                                                                 \
-    }                                                                          \
-  } while (0)
 
 static const uint8_t fuzz_key[] = "VOkJxbRl1RmTxUk/WvJxBt";
 #define FUZZ_KEY_LEN (sizeof fuzz_key - 1)
