@@ -920,9 +920,10 @@ static void deliver(np_agent *a, int sock, const np_addr *from, const uint8_t *b
   }
   if (a->st != S_CONNECTED)
     return;
-  np_punch_result r;
-  np_punch_result_get(a->punch, &r);
-  if (sock != r.sock || !np_addr_equal(from, &r.remote))
+  int path_sock;
+  np_addr path_remote;
+  if (!np_punch_path(a->punch, &path_sock, &path_remote) || sock != path_sock ||
+      !np_addr_equal(from, &path_remote))
     return; /* only the peer, on the path */
   if (buf[0] == PKT_BYE) {
     a->st = S_DONE;
@@ -1121,9 +1122,11 @@ NP_EXPORT int np_agent_send(np_agent *a, const void *buf, size_t len) {
   pkt[0] = PKT_DATA;
   if (len)
     memcpy(pkt + 1, buf, len);
-  np_punch_result r;
-  np_punch_result_get(a->punch, &r);
-  int rc = send_on(a, r.sock, &r.remote, 0, pkt, len + 1);
+  int sock;
+  np_addr remote;
+  if (!np_punch_path(a->punch, &sock, &remote))
+    return NP_ERR_INVAL;
+  int rc = send_on(a, sock, &remote, 0, pkt, len + 1);
   if (rc == 0) {
     a->stats.datagrams_sent++;
     a->stats.bytes_sent += len;

@@ -871,6 +871,14 @@ void np_punch_result_get(const np_punch *p, np_punch_result *out) {
   memcpy(out->reason, p->reason, sizeof out->reason);
 }
 
+bool np_punch_path(const np_punch *p, int *sock, np_addr *remote) {
+  if (p->state != NP_PUNCH_CONNECTED)
+    return false;
+  *sock = p->t[p->sel].sock;
+  *remote = p->t[p->sel].to;
+  return true;
+}
+
 int np_punch_sockets(const np_punch *p) {
   return p->max_sock;
 }

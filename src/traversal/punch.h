@@ -138,6 +138,10 @@ int64_t np_punch_wakeup(const np_punch *p);
 /* Current state and statistics. */
 void np_punch_result_get(const np_punch *p, np_punch_result *out);
 
+/* The nominated pair (socket index and the peer's address) once CONNECTED:
+ * returns true and fills both; false before. Cheap: for the data path. */
+bool np_punch_path(const np_punch *p, int *sock, np_addr *remote);
+
 /* Highest socket index the session has asked to send on, plus one. */
 int np_punch_sockets(const np_punch *p);
 
