@@ -20,8 +20,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,7 +93,8 @@ static void listen_usage(FILE *out) {
           "{\"event\":\"call\",\"from\":...}, {\"event\":\"connected\",\"path\":\"direct\",\n"
           "\"via\":\"host|reflexive|predicted|birthday|portmap\",\"remote\":\"IP:PORT\",\n"
           "\"elapsed_ms\":N,\"probes\":N}, {\"event\":\"failed\",\"reason\":...},\n"
-          "{\"event\":\"closed\",\"reason\":...}.\n\n"
+          "{\"event\":\"closed\",\"reason\":...}, and {\"event\":\"log\",\"level\":...,\n"
+          "\"message\":...} for warnings (and --verbose steps).\n\n"
           "Exit status: 0 the session ended normally, or SIGINT/SIGTERM; 1 failure (bad\n"
           "key, no UDP socket); 2 bad command line.\n",
           DEFAULT_RDV_PORT, DEFAULT_STUN_PORT);
@@ -122,7 +125,8 @@ static void connect_usage(FILE *out) {
           "JSON events (stderr): {\"event\":\"connected\",\"path\":\"direct\",\n"
           "\"via\":\"host|reflexive|predicted|birthday|portmap\",\"remote\":\"IP:PORT\",\n"
           "\"elapsed_ms\":N,\"probes\":N}, {\"event\":\"failed\",\"reason\":...},\n"
-          "{\"event\":\"closed\",\"reason\":...}.\n\n"
+          "{\"event\":\"closed\",\"reason\":...}, and {\"event\":\"log\",\"level\":...,\n"
+          "\"message\":...} for warnings (and --verbose steps).\n\n"
           "Exit status: 0 connected and the session ended normally; 1 no path (peer\n"
           "unknown, offline or refusing us, no answer, no direct path before the timeout,\n"
           "bad key) or interrupted; 2 bad command line.\n",
@@ -149,6 +153,37 @@ static void emit_simple(const struct peer_opts *opts, const char *event, const c
   cJSON_AddStringToObject(o, "event", event);
   cJSON_AddStringToObject(o, "reason", reason);
   emit(opts, o, reason);
+}
+
+/* With --json every stderr line must parse, so library log lines become
+ * {"event":"log","level":...,"message":...} there. The port-mapping worker
+ * may call this from its thread; each line is one fprintf. */
+static void log_json(void *user, enum np_log_level level, const char *msg) {
+  (void)user;
+  static const char *names[] = {"error", "warning", "info", "debug"};
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "event", "log");
+  cJSON_AddStringToObject(o, "level", (unsigned)level < 4 ? names[level] : "log");
+  cJSON_AddStringToObject(o, "message", msg);
+  char *text = cJSON_PrintUnformatted(o);
+  if (text)
+    fprintf(stderr, "%s\n", text);
+  free(text);
+  cJSON_Delete(o);
+}
+
+/* A warning or notice of the command itself, in the same form as events. */
+static void say(const struct peer_opts *opts, enum np_log_level level, const char *fmt, ...) {
+  char msg[400];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (opts->json)
+    log_json(NULL, level, msg);
+  else
+    fprintf(stderr, "natpunch %s: %s%s\n", opts->cmd, level == NP_LOG_WARN ? "warning: " : "",
+            msg);
 }
 
 static void emit_connected(const struct peer_opts *opts, const np_session_stats *st) {
@@ -442,7 +477,7 @@ static void read_stdin(struct peer_run *r, int64_t now) {
   buf[0] = 'D';
   int rc = np_agent_send(r->agent, buf, (size_t)n + 1);
   if (rc != 0 && rc != NP_ERR_AGAIN)
-    fprintf(stderr, "natpunch %s: send: %s\n", r->o->cmd, np_strerror(rc));
+    say(r->o, NP_LOG_WARN, "send: %s", np_strerror(rc));
 }
 
 static int run_peer(struct peer_opts *o, int argc, char **argv) {
@@ -450,25 +485,28 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
   if (rc != 0)
     return rc < 0 ? CLI_EXIT_OK : rc;
   if (o->n_discovery < 2)
-    fprintf(stderr,
-            "natpunch %s: warning: %s discovery server(s); two are needed to see the NAT's "
-            "port delta (port prediction)\n",
-            o->cmd, o->n_discovery ? "one" : "no");
+    say(o, NP_LOG_WARN,
+        "%s discovery server; two are needed to see the NAT's port delta (port prediction)",
+        o->n_discovery ? "only one" : "no");
 
   np_identity *id = NULL;
   bool created = false;
   if ((rc = o->key_path ? np_identity_load(o->key_path, &id)
                         : np_identity_load_or_create(NULL, &id, &created)) != 0) {
-    char reason[200];
+    /* A missing or unreadable file says more through errno than "system
+     * call failed" would. */
+    int err = errno;
+    char reason[PATH_MAX + 200];
     snprintf(reason, sizeof reason, "cannot use key %s: %s (see natpunch id --help)",
-             o->key_path ? o->key_path : "(default)", np_strerror(rc));
+             o->key_path ? o->key_path : "(default)",
+             rc == NP_ERR_SYS ? strerror(err) : np_strerror(rc));
     emit_simple(o, "failed", reason);
     return CLI_EXIT_FAIL;
   }
   struct peer_run run = {.o = o, .exit_code = CLI_EXIT_FAIL};
   np_identity_peer_id(id, run.id);
   if (created)
-    fprintf(stderr, "natpunch %s: created a new key; this peer's ID is %s\n", o->cmd, run.id);
+    say(o, NP_LOG_INFO, "created a new key; this peer's ID is %s", run.id);
   if (!o->listen) {
     uint8_t pk[NP_PUBKEY_LEN];
     np_identity_public_key(id, pk);
@@ -488,7 +526,7 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
       .predict_after_ms = o->predict_after_ms,
       .session_timeout_ms = o->listen ? 0 : (o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS),
       .no_portmap = o->no_portmap,
-      .log = cli_log_stderr,
+      .log = o->json ? log_json : cli_log_stderr,
       .log_level = o->verbose ? NP_LOG_DEBUG : NP_LOG_WARN,
   };
   memcpy(cfg.discovery, o->discovery, sizeof cfg.discovery);

@@ -31,6 +31,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -177,11 +178,14 @@ static void conn_lost(np_rdv_client *c, int64_t now, enum lost_kind kind, const 
   c->in_len = 0;
   c->out_off = c->out_len = 0;
   memset(&c->observed, 0, sizeof c->observed);
+  /* The first failure of a streak is a warning, so a user without
+   * --verbose learns that the server is unreachable; the retries are not. */
+  bool first = c->backoff_ms <= c->cfg.backoff_min_ms;
   if (kind == LOST_REPLACED)
     c->backoff_ms = c->cfg.backoff_max_ms;
   int delay = next_delay(c);
   c->next_attempt = now + delay;
-  np_log(&c->lg, kind == LOST_REPLACED ? NP_LOG_WARN : NP_LOG_INFO,
+  np_log(&c->lg, kind == LOST_REPLACED || first ? NP_LOG_WARN : NP_LOG_INFO,
          "rdv %.8s: %s; reconnecting in %d ms", c->peer_id, why, delay);
   set_state(c, NP_RDV_DISCONNECTED);
 }
@@ -237,6 +241,15 @@ static int send_simple(np_rdv_client *c, uint8_t type) {
   return queue_tx(c, NULL);
 }
 
+/* The reason names the server and the error, since it is what a user
+ * without --verbose sees when the server is down or unreachable. */
+static void connect_failed(np_rdv_client *c, int64_t now, int err) {
+  char a[NP_ADDRSTRLEN], why[NP_ADDRSTRLEN + 80];
+  snprintf(why, sizeof why, "cannot connect to %s: %s",
+           np_addr_format(&c->cfg.server, a, sizeof a), strerror(err));
+  conn_lost(c, now, LOST_NORMAL, why);
+}
+
 static void start_connect(np_rdv_client *c, int64_t now) {
   const np_addr *srv = &c->cfg.server;
   int fd = socket(srv->u.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -264,10 +277,7 @@ static void start_connect(np_rdv_client *c, int64_t now) {
     rc = connect(fd, &srv->u.sa, np_addr_len(srv));
   while (rc < 0 && errno == EINTR);
   if (rc < 0 && errno != EINPROGRESS) {
-    char a[NP_ADDRSTRLEN];
-    NP_LOGD(&c->lg, "rdv %.8s: connect %s: %s", c->peer_id, np_addr_format(srv, a, sizeof a),
-            strerror(errno));
-    conn_lost(c, now, LOST_NORMAL, "connect failed");
+    connect_failed(c, now, errno);
     return;
   }
   /* Even an immediate success (possible on loopback) goes through the
@@ -281,8 +291,7 @@ static void finish_connect(np_rdv_client *c, int64_t now) {
   if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
     err = errno;
   if (err != 0) {
-    NP_LOGD(&c->lg, "rdv %.8s: connect: %s", c->peer_id, strerror(err));
-    conn_lost(c, now, LOST_NORMAL, "connect failed");
+    connect_failed(c, now, err);
     return;
   }
   set_state(c, NP_RDV_AUTHENTICATING);
