@@ -169,14 +169,18 @@ static void activate(np_punch *p, int i, int64_t now, int max_sends) {
   t->max_sends = max_sends;
 }
 
+/* When the two views differ the higher rank names the pair. A side that
+ * probed the peer's port mapping knows the pair is that mapping, while the
+ * mapped side sees a peer-reflexive address and would name its own
+ * strategy; so portmap ranks first. */
 static int via_rank(enum np_via v) {
   switch (v) {
+  case NP_VIA_PORTMAP:
+    return 6;
   case NP_VIA_BIRTHDAY:
     return 5;
   case NP_VIA_PREDICTED:
     return 4;
-  case NP_VIA_PORTMAP:
-    return 3;
   case NP_VIA_HOST:
     return 2;
   case NP_VIA_REFLEXIVE:

@@ -14,6 +14,9 @@
  *  - seq:      a new public port per new remote address:port, base + delta*n,
  *              address-and-port-dependent filtering.
  *  - random:   a new random public port per remote (seeded), same filter.
+ * Any of them may also forward one public port to the host's socket 0 for
+ * every remote (a UPnP/NAT-PMP/PCP mapping), offered as the portmap
+ * candidate; a reply to a remote that came in that way leaves from it.
  * A "rude" NAT keeps state for an unsolicited inbound packet, so a later
  * outbound packet from the host to that same remote address:port cannot use
  * the public port the packet came in on and gets another one: the Linux
@@ -90,6 +93,7 @@ struct nat {
   int nsess;
   struct rude_entry *rude_e;
   int nrude;
+  uint16_t fwd;    /* public port forwarded to LOCAL_PORT (0: none) */
   int unsolicited; /* inbound packets that matched nothing */
   int collisions;  /* outbound mappings moved off a port by rude state */
 };
@@ -177,6 +181,14 @@ static bool nat_in(struct nat *n, uint16_t pub, const np_addr *from, uint16_t *l
       return true;
     }
   }
+  if (n->fwd && pub == n->fwd) {
+    /* Like a DNAT rule: the flow gets a session, so replies go out from
+     * the forwarded port. */
+    assert_true(n->nsess < MAX_SESSIONS);
+    n->sess[n->nsess++] = (struct session){LOCAL_PORT, pub, *from};
+    *lport = LOCAL_PORT;
+    return true;
+  }
   n->unsolicited++;
   if (n->rude && !rude_has(n, pub, from)) {
     assert_true(n->nrude < MAX_RUDE);
@@ -192,6 +204,7 @@ struct nat_spec {
   bool rude;
   int delta; /* seq: port step (0 = 1) */
   int noise; /* ports a foreign connection takes right after gathering */
+  bool portmap; /* the gateway forwards a port to socket 0 */
 };
 
 struct scenario {
@@ -279,6 +292,8 @@ static void gather(struct side *sd, const struct nat_spec *spec) {
   sd->cand.n_mapped = 2;
   sd->cand.have_delta = true;
   sd->cand.delta = (int32_t)p2 - (int32_t)p1;
+  if (sd->nat.fwd)
+    sd->cand.portmap = with_port(sd->pub, sd->nat.fwd);
   const np_addr web = A("192.0.2.99:443");
   for (int i = 0; i < spec->noise; i++)
     (void)nat_out(&sd->nat, (uint16_t)(FOREIGN_PORT + i), &web);
@@ -291,6 +306,7 @@ static void side_init(struct side *sd, int which, const struct nat_spec *spec, u
   n->rude = spec->rude;
   n->delta = spec->delta ? spec->delta : 1;
   n->next = which == CALLER ? 31000 : 42000;
+  n->fwd = spec->portmap ? (which == CALLER ? 7777 : 8888) : 0;
   n->rng.s = seed ^ (which ? 0xC0FFEEull : 0xBEEFull);
   n->sess = calloc(MAX_SESSIONS, sizeof *n->sess);
   n->rude_e = calloc(MAX_RUDE, sizeof *n->rude_e);
@@ -532,8 +548,8 @@ static void assert_budget(const struct sim *s) {
 static struct scenario pair(enum nat_kind caller, enum nat_kind callee, bool rude) {
   struct scenario sc;
   memset(&sc, 0, sizeof sc);
-  sc.nat[CALLER] = (struct nat_spec){caller, rude, 1, 0};
-  sc.nat[CALLEE] = (struct nat_spec){callee, rude, 1, 0};
+  sc.nat[CALLER] = (struct nat_spec){caller, rude, 1, 0, false};
+  sc.nat[CALLEE] = (struct nat_spec){callee, rude, 1, 0, false};
   sc.signaling_ms = 5;
   sc.latency_ms = 20;
   sc.prime_ttl = -1;
@@ -738,6 +754,40 @@ static void random_cone(void **state) {
   }
 }
 
+/* A port mapping on a cone connects it to a symmetric NAT in phase 0, even
+ * a random one (which nothing else connects to a cone this fast): the
+ * symmetric side probes the mapping at once, and both ends call the pair
+ * "portmap", although the mapped side only sees a peer-reflexive address
+ * and its strategy (sweep, spray) would otherwise name it. (Against a cone
+ * the mapped reflexive port works as well and may win.) */
+static void portmap_symmetric(void **state) {
+  (void)state;
+  const enum nat_kind kinds[] = {NAT_SEQ, NAT_RANDOM};
+  for (int mapped = 0; mapped < 2; mapped++) {
+    for (int k = 0; k < 2; k++) {
+      for (int rude = 0; rude < 2; rude++) {
+        struct scenario sc = pair(NAT_CONE, kinds[k], rude);
+        if (mapped == CALLEE) {
+          sc.nat[CALLEE] = (struct nat_spec){NAT_CONE, rude, 1, 0, true};
+          sc.nat[CALLER] = (struct nat_spec){kinds[k], rude, 1, 0, false};
+        } else {
+          sc.nat[CALLER].portmap = true;
+        }
+        struct sim *s = run(&sc);
+        assert_agreed(s, NP_VIA_PORTMAP);
+        for (int w = 0; w < 2; w++) {
+          assert_int_equal(s->side[w].res.rounds, 0);
+          assert_true(s->side[w].res.elapsed_ms < 1000); /* before predict_after */
+        }
+        /* The pair is the mapped port itself. */
+        const np_punch_result *facing = &s->side[!mapped].res;
+        assert_true(np_addr_equal(&facing->remote, &s->side[mapped].cand.portmap));
+        sim_free(s);
+      }
+    }
+  }
+}
+
 /* Random against sequential: nobody can predict anybody; both sides give up
  * cleanly when prediction would start, with the unreachable error. */
 static void random_symmetric(void **state) {
@@ -897,6 +947,7 @@ int main(void) {
       cmocka_unit_test(rude_slow_signaling), cmocka_unit_test(symmetric_cone),
       cmocka_unit_test(symmetric_symmetric), cmocka_unit_test(lockstep_noise_two),
       cmocka_unit_test(random_cone),         cmocka_unit_test(random_symmetric),
+      cmocka_unit_test(portmap_symmetric),
       cmocka_unit_test(open_anything),       cmocka_unit_test(lossy),
       cmocka_unit_test(keepalives),          cmocka_unit_test(refused_input),
   };
