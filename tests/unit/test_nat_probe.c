@@ -450,6 +450,28 @@ static void quick_mode(void **state) {
   assert_int_equal(took, 0); /* done as soon as both answered */
 }
 
+/* Quick mode under loss: a fixed resend interval (no doubling) until the
+ * short timeout, so a lossy path gets many tries at the delta. */
+static void quick_mode_resends(void **state) {
+  (void)state;
+  struct world w;
+  world_init(&w);
+  w.s1_down = true;
+  np_probe_config c = config(&w, 2);
+  c.quick = true;
+  c.rto_ms = 200;
+  c.timeout_ms = 1500;
+  np_probe_result r;
+  int rc;
+  int64_t took = run(&w, &c, &r, &rc);
+  assert_int_equal(rc, NP_ERR_TIMEOUT);
+  assert_int_equal(r.n_mapped, 1);
+  assert_true(took <= 1500);
+  assert_true(w.n_s1_sends >= 7);
+  for (int i = 1; i < 7; i++)
+    assert_int_equal(w.s1_send_times[i], 200 * i);
+}
+
 static void lossy_start(void **state) {
   (void)state;
   struct world w;
@@ -577,6 +599,7 @@ int main(void) {
       cmocka_unit_test(second_server_down),
       cmocka_unit_test(single_server),
       cmocka_unit_test(quick_mode),
+      cmocka_unit_test(quick_mode_resends),
       cmocka_unit_test(lossy_start),
       cmocka_unit_test(error_response),
       cmocka_unit_test(unreachable_server),
