@@ -38,6 +38,9 @@
 #define MAX_TARGETS 16384
 #define MAX_RESPONSES 64
 #define NEVER INT64_MAX
+/* After its hold, how much longer a callee that primed waits for the
+ * caller's probe before it sends its own on a direct pair. */
+#define FALLBACK_MS 2000
 
 struct target {
   np_addr to;
@@ -392,9 +395,21 @@ static int64_t full_allowed_at(const np_punch *p, const struct target *t) {
     return 0;
   if (!our_port_known(p, t))
     return NEVER;
-  if (hold_applies(p, t))
-    return t->activated + p->hold;
-  return 0;
+  if (!hold_applies(p, t))
+    return 0;
+  if (p->cfg.prime_ttl <= 0)
+    return t->activated + p->hold; /* quiet NATs: no race to lose */
+  /* We primed these before the caller could probe them, so the caller's
+   * probes open the pair and we answer them. Our own full-TTL probe is only
+   * a fallback (for a prime that did not open our NAT), and it must not
+   * arrive before the caller has primed: on a rude NAT that closes the pair
+   * for good, and we cannot know when our answer arrived (a lost TCP
+   * segment of the signaling alone costs hundreds of ms). In LOCKSTEP a
+   * pair works only when both ports were predicted right, and then the
+   * caller's probe suffices: there we never go first. */
+  if (t->round > 0)
+    return NEVER;
+  return t->activated + p->hold + FALLBACK_MS;
 }
 
 /* ---- encoding --------------------------------------------------------------- */

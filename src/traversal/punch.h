@@ -30,9 +30,13 @@
  * has primed toward our exact public port:
  *   - our port is known to the peer (our mapping is endpoint-independent or
  *     the peer predicted it in this round), and the peer has primed already:
- *     the callee primes before it answers, so the caller probes at once;
- *     the callee waits hold_ms (time for the answer to reach the caller) or
- *     until an authenticated probe arrives;
+ *     the callee primes before it answers, so the caller probes at once,
+ *     and the callee answers: it sends a full-TTL probe of its own on a
+ *     direct pair only when the caller's has not arrived after hold_ms +
+ *     2 s (a fallback, for a prime that did not open its NAT), since it
+ *     cannot know when its answer arrived, and on a lockstep pair never
+ *     (the caller's probe works whenever the pair does); a callee that does
+ *     not prime (prime_ttl 0: quiet NATs) waits only hold_ms;
  *   - or the target cannot hold such state (the peer has no NAT, or it is
  *     the peer's port-mapped address, or a host address on our LAN);
  *   - or a probe from that address has already arrived (the peer's NAT has
@@ -74,7 +78,7 @@ typedef struct np_punch_config {
   np_sig_candidates peer; /* what the peer sent */
   int predict_after_ms;   /* 0 = 1000 */
   int round_ms;           /* 0 = 800 */
-  int hold_ms;            /* callee's wait before full-TTL probes; 0 = 400 */
+  int hold_ms;            /* callee: the answer's travel time (see above); 0 = 400 */
   int session_timeout_ms; /* 0 = 20000 */
   int keepalive_ms;       /* 0 = 25000 */
   int max_probes;         /* 0 = 6000 */

@@ -641,24 +641,37 @@ static void rude_needs_priming(void **state) {
   sim_free(s);
 }
 
-/* A signaling path slower than the callee's hold: the callee's first
- * full-TTL probe reaches the rude caller's NAT before the caller has primed,
- * priming or not. This documents the limit of the time-based hold rule
- * (punch.h: "the callee waits hold_ms (time for the answer to reach the
- * caller)"); a hold longer than the signaling delay fixes it. */
+/* A signaling path slower than the callee's hold (a lost TCP segment of the
+ * answer): the callee does not race the caller, whose probe opens the pair
+ * whenever it comes, up to the callee's fallback (hold + 2 s). Beyond it the
+ * callee's fallback probe reaches the rude caller's NAT before the caller
+ * has primed and closes the pair: the limit of a rule the callee can only
+ * base on time (punch.h). */
 static void rude_slow_signaling(void **state) {
   (void)state;
+  const int delays[] = {600, 1500, 2300};
+  for (int d = 0; d < 3; d++) {
+    struct scenario sc = pair(NAT_CONE, NAT_CONE, true);
+    sc.signaling_ms = delays[d];
+    struct sim *s = run(&sc);
+    assert_agreed(s, NP_VIA_REFLEXIVE);
+    assert_int_equal(s->side[CALLER].res.elapsed_ms, 2 * sc.latency_ms);
+    assert_int_equal(s->side[CALLER].nat.collisions, 0);
+    assert_int_equal(s->side[CALLEE].nat.collisions, 0);
+    sim_free(s);
+  }
   struct scenario sc = pair(NAT_CONE, NAT_CONE, true);
-  sc.signaling_ms = 600;
+  sc.signaling_ms = 3000;
   struct sim *s = run(&sc);
   assert_int_equal(s->side[CALLER].res.state, NP_PUNCH_FAILED);
   assert_int_equal(s->side[CALLEE].res.state, NP_PUNCH_FAILED);
   assert_true(s->side[CALLER].nat.collisions >= 1);
   sim_free(s);
+  /* A longer hold (the agent derives it from the offer's age) moves the
+   * limit. */
   sc.hold_ms = 1000;
   s = run(&sc);
   assert_agreed(s, NP_VIA_REFLEXIVE);
-  assert_int_equal(s->side[CALLER].res.elapsed_ms, 2 * sc.latency_ms);
   assert_int_equal(s->side[CALLER].nat.collisions, 0);
   sim_free(s);
 }
@@ -712,6 +725,27 @@ static void symmetric_symmetric(void **state) {
       assert_budget(s);
       sim_free(s);
     }
+  }
+}
+
+/* Lockstep between rude NATs when the answer is slow to reach the caller
+ * (600 ms, 1.5 s: a lost segment or two of the signaling): the callee's
+ * rounds run that much ahead of the caller's. Had the callee sent full-TTL
+ * probes after its hold, they would reach the caller's NAT before the
+ * caller's own packets of the round, each first one moving the caller's
+ * sequence by a port, round after round, beyond what the shifts realign.
+ * The callee only primes and answers, so round 1 still lands. */
+static void lockstep_slow_signaling(void **state) {
+  (void)state;
+  const int delays[] = {600, 1500};
+  for (int d = 0; d < 2; d++) {
+    struct scenario sc = pair(NAT_SEQ, NAT_SEQ, true);
+    sc.signaling_ms = delays[d];
+    struct sim *s = run(&sc);
+    assert_agreed(s, NP_VIA_PREDICTED);
+    assert_int_equal(s->side[CALLER].res.rounds, 1);
+    assert_int_equal(s->side[CALLER].nat.collisions, 0);
+    sim_free(s);
   }
 }
 
@@ -946,6 +980,7 @@ int main(void) {
       cmocka_unit_test(cone_cone_phase0),    cmocka_unit_test(rude_needs_priming),
       cmocka_unit_test(rude_slow_signaling), cmocka_unit_test(symmetric_cone),
       cmocka_unit_test(symmetric_symmetric), cmocka_unit_test(lockstep_noise_two),
+      cmocka_unit_test(lockstep_slow_signaling),
       cmocka_unit_test(random_cone),         cmocka_unit_test(random_symmetric),
       cmocka_unit_test(portmap_symmetric),
       cmocka_unit_test(open_anything),       cmocka_unit_test(lossy),
