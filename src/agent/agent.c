@@ -563,6 +563,16 @@ static void gather_finish(np_agent *a) {
   if (portmap_get(a, &pm, NULL))
     a->cand.portmap = pm;
   a->prime_ttl = measured_prime_ttl(a);
+  char m0[NP_ADDRSTRLEN] = "-", m1[NP_ADDRSTRLEN] = "-", pmt[NP_ADDRSTRLEN] = "-";
+  if (a->cand.n_mapped > 0)
+    np_addr_format(&a->cand.mapped[0], m0, sizeof m0);
+  if (a->cand.n_mapped > 1)
+    np_addr_format(&a->cand.mapped[1], m1, sizeof m1);
+  if (np_addr_is_set(&a->cand.portmap))
+    np_addr_format(&a->cand.portmap, pmt, sizeof pmt);
+  NP_LOGI(&a->log, "agent: gathered: %d private, mapped %s %s (delta %s%d), portmap %s, prime TTL %d",
+          a->cand.n_private, m0, m1, a->cand.have_delta ? "" : "unknown ", a->cand.delta, pmt,
+          a->prime_ttl);
 }
 
 static void punch_start(np_agent *a, int64_t now) {
