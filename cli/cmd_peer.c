@@ -173,6 +173,8 @@ static void log_json(void *user, enum np_log_level level, const char *msg) {
 }
 
 /* A warning or notice of the command itself, in the same form as events. */
+static void say(const struct peer_opts *opts, enum np_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static void say(const struct peer_opts *opts, enum np_log_level level, const char *fmt, ...) {
   char msg[400];
   va_list ap;
