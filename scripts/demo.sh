@@ -129,6 +129,7 @@ show_events() { # show_events NAME LOG
     elif .event == "call" then "\($who)\tcall from \(.from|s)"
     elif .event == "connected" then "\($who)\tconnected: \(.path) path to \(.remote), via \(.via), \(.elapsed_ms) ms, \(.probes) probes sent"
     elif .event == "failed" or .event == "closed" then "\($who)\t\(.event): \(.reason)"
+    elif .event == "log" then "\($who)\t\(.level): \(.message)"
     else "\($who)\t\(.)" end' "$2" 2>/dev/null | sed 's/^/    /' | expand -t 12
 }
 
