@@ -125,7 +125,7 @@ struct np_agent {
   uint8_t kx_sk[32], kx_pk[32];
   np_sig_candidates cand, peer_cand;
   np_addr peer_seen;
-  int hold_ms; /* callee: wait before full-TTL probes (punch.h) */
+  int hold_ms; /* callee: the answer's expected travel time (punch.h's hold_ms) */
   int64_t session_start, session_deadline, gather_started;
   np_nat_probe *probe;
   np_punch *punch;
