@@ -93,8 +93,8 @@ static void listen_usage(FILE *out) {
           "{\"event\":\"call\",\"from\":...}, {\"event\":\"connected\",\"path\":\"direct\",\n"
           "\"via\":\"host|reflexive|predicted|birthday|portmap\",\"remote\":\"IP:PORT\",\n"
           "\"elapsed_ms\":N,\"probes\":N}, {\"event\":\"failed\",\"reason\":...},\n"
-          "{\"event\":\"closed\",\"reason\":...}, and {\"event\":\"log\",\"level\":...,\n"
-          "\"message\":...} for warnings (and --verbose steps).\n\n"
+          "{\"event\":\"closed\",\"reason\":...}, and {\"event\":\"log\",\"time_ms\":...,\n"
+          "\"level\":...,\"message\":...} for warnings (and --verbose steps).\n\n"
           "Exit status: 0 the session ended normally, or SIGINT/SIGTERM; 1 failure (bad\n"
           "key, no UDP socket); 2 bad command line.\n",
           DEFAULT_RDV_PORT, DEFAULT_STUN_PORT);
@@ -125,8 +125,8 @@ static void connect_usage(FILE *out) {
           "JSON events (stderr): {\"event\":\"connected\",\"path\":\"direct\",\n"
           "\"via\":\"host|reflexive|predicted|birthday|portmap\",\"remote\":\"IP:PORT\",\n"
           "\"elapsed_ms\":N,\"probes\":N}, {\"event\":\"failed\",\"reason\":...},\n"
-          "{\"event\":\"closed\",\"reason\":...}, and {\"event\":\"log\",\"level\":...,\n"
-          "\"message\":...} for warnings (and --verbose steps).\n\n"
+          "{\"event\":\"closed\",\"reason\":...}, and {\"event\":\"log\",\"time_ms\":...,\n"
+          "\"level\":...,\"message\":...} for warnings (and --verbose steps).\n\n"
           "Exit status: 0 connected and the session ended normally; 1 no path (peer\n"
           "unknown, offline or refusing us, no answer, no direct path before the timeout,\n"
           "bad key) or interrupted; 2 bad command line.\n",
@@ -161,8 +161,12 @@ static void emit_simple(const struct peer_opts *opts, const char *event, const c
 static void log_json(void *user, enum np_log_level level, const char *msg) {
   (void)user;
   static const char *names[] = {"error", "warning", "info", "debug"};
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
   cJSON *o = cJSON_CreateObject();
   cJSON_AddStringToObject(o, "event", "log");
+  /* Milliseconds since the epoch: the two peers' lines can be merged. */
+  cJSON_AddNumberToObject(o, "time_ms", (double)ts.tv_sec * 1000 + (double)(ts.tv_nsec / 1000000));
   cJSON_AddStringToObject(o, "level", (unsigned)level < 4 ? names[level] : "log");
   cJSON_AddStringToObject(o, "message", msg);
   char *text = cJSON_PrintUnformatted(o);
