@@ -76,12 +76,16 @@ static size_t pad4(size_t n) {
   return (n + 3u) & ~(size_t)3u;
 }
 
+bool np_sig_is_peer_type(uint8_t type) {
+  return type == NP_SIG_OFFER || type == NP_SIG_ANSWER || type == NP_SIG_READY;
+}
+
 static bool is_known_type(uint8_t type) {
-  return type >= NP_SIG_HELLO && type <= NP_SIG_PONG;
+  return type >= NP_SIG_HELLO && type <= NP_SIG_READY;
 }
 
 static bool is_signed_type(uint8_t type) {
-  return type == NP_SIG_REGISTER || type == NP_SIG_OFFER || type == NP_SIG_ANSWER;
+  return type == NP_SIG_REGISTER || np_sig_is_peer_type(type);
 }
 
 const char *np_sig_type_name(uint8_t type) {
@@ -104,6 +108,8 @@ const char *np_sig_type_name(uint8_t type) {
     return "PING";
   case NP_SIG_PONG:
     return "PONG";
+  case NP_SIG_READY:
+    return "READY";
   default:
     return "?";
   }
@@ -280,6 +286,7 @@ static bool has_required(const np_sig_msg *m) {
     return m->has_pubkey && m->has_signature;
   case NP_SIG_OFFER:
   case NP_SIG_ANSWER:
+  case NP_SIG_READY:
     return m->has_from && m->has_to && m->has_session && m->has_timestamp && m->has_signature;
   case NP_SIG_ERROR:
     return m->error_code != 0;
@@ -333,7 +340,7 @@ static int decode(const uint8_t *body, size_t len, np_sig_msg *msg) {
         return NP_ERR_PROTO;
       after_signature = true;
       /* REGISTER's signature covers np_sig_register_payload(), not body
-       * bytes, so only OFFER/ANSWER get a signed_len. */
+       * bytes, so only OFFER/ANSWER/READY get a signed_len. */
       if (msg->type != NP_SIG_REGISTER)
         msg->signed_len = pos;
     } else if (after_signature && t != NP_SIG_T_OBSERVED) {
@@ -465,6 +472,7 @@ static int check_encodable(const np_sig_msg *m, const np_identity *id) {
     return 0;
   case NP_SIG_OFFER:
   case NP_SIG_ANSWER:
+  case NP_SIG_READY:
     if (!id || !m->has_from || !m->has_to || !m->has_session || !m->has_timestamp)
       return NP_ERR_INVAL;
     np_identity_public_key(id, pk);
@@ -551,7 +559,7 @@ int np_sig_encode(const np_sig_msg *msg, const np_identity *id, uint8_t *buf, si
   if (w.err)
     return w.err;
   uint8_t sig[NP_SIGNATURE_LEN];
-  if (msg->type == NP_SIG_OFFER || msg->type == NP_SIG_ANSWER) {
+  if (np_sig_is_peer_type(msg->type)) {
     /* Every body byte so far: header and all TLVs. */
     np_identity_sign(id, buf + NP_SIG_LEN_PREFIX, w.len - NP_SIG_LEN_PREFIX, sig);
     put_bytes(&w, NP_SIG_T_SIGNATURE, sig, NP_SIGNATURE_LEN);
@@ -579,7 +587,7 @@ int np_sig_encode(const np_sig_msg *msg, const np_identity *id, uint8_t *buf, si
 /* ------------------------------------------------------------------------ */
 
 int np_sig_verify(const uint8_t *body, size_t len, const np_sig_msg *msg) {
-  if (!body || !msg || (msg->type != NP_SIG_OFFER && msg->type != NP_SIG_ANSWER) ||
+  if (!body || !msg || !np_sig_is_peer_type(msg->type) ||
       !msg->has_signature || !msg->has_from || msg->signed_len < NP_SIG_HEADER_LEN ||
       msg->signed_len > len)
     return NP_ERR_AUTH;

@@ -54,6 +54,11 @@ enum np_sig_type {
   NP_SIG_ERROR = 7,      /* server -> peer: ERROR (code, text), SESSION/TO when about one */
   NP_SIG_PING = 8,       /* either way: keepalive */
   NP_SIG_PONG = 9,
+  /* caller -> server -> callee, signed like OFFER, no candidates: "I have
+   * primed toward your candidates". The callee's own probes and its
+   * sweep or spray wait for it, so their order against the caller's
+   * priming does not depend on how fast the answer travelled. */
+  NP_SIG_READY = 10,
 };
 
 /* Error codes carried by NP_SIG_ERROR (HTTP-like, so they read naturally). */
@@ -188,5 +193,10 @@ int np_sig_stamp_observed(uint8_t *buf, size_t len, size_t cap, const np_addr *o
 
 /* "OFFER", "ANSWER"...; "?" for unknown types. */
 const char *np_sig_type_name(uint8_t type);
+
+/* True for the messages one peer signs for another and the server forwards
+ * (OFFER, ANSWER, READY): FROM, TO, SESSION, TIMESTAMP and a signature over
+ * the body are required. */
+bool np_sig_is_peer_type(uint8_t type);
 
 #endif

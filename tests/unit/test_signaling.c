@@ -98,7 +98,7 @@ static void full_msg(np_sig_msg *m, uint8_t type, bool v6) {
 
 /* The identity a type needs for encoding. */
 static const np_identity *signer(uint8_t type) {
-  return (type == NP_SIG_OFFER || type == NP_SIG_ANSWER || type == NP_SIG_REGISTER) ? alice : NULL;
+  return (np_sig_is_peer_type(type) || type == NP_SIG_REGISTER) ? alice : NULL;
 }
 
 static int encode(const np_sig_msg *m, uint8_t *buf) {
@@ -166,15 +166,15 @@ static void test_round_trip_every_type(void **state) {
   (void)state;
   static uint8_t buf[BUF_CAP];
   for (int v6 = 0; v6 <= 1; v6++) {
-    for (uint8_t t = NP_SIG_HELLO; t <= NP_SIG_PONG; t++) {
+    for (uint8_t t = NP_SIG_HELLO; t <= NP_SIG_READY; t++) {
       np_sig_msg m, d;
       full_msg(&m, t, v6);
       int n = encode(&m, buf);
       decode_frame(buf, n, &d);
       assert_same_fields(&d, &m);
-      bool is_signed = t == NP_SIG_OFFER || t == NP_SIG_ANSWER || t == NP_SIG_REGISTER;
+      bool is_signed = np_sig_is_peer_type(t) || t == NP_SIG_REGISTER;
       assert_int_equal(d.has_signature, is_signed);
-      if (t == NP_SIG_OFFER || t == NP_SIG_ANSWER) {
+      if (np_sig_is_peer_type(t)) {
         assert_true(d.signed_len > NP_SIG_HEADER_LEN);
         assert_int_equal(np_sig_verify(buf + NP_SIG_LEN_PREFIX, (size_t)n - 4, &d), 0);
       } else {
@@ -205,6 +205,7 @@ static void minimal_msg(np_sig_msg *m, uint8_t type) {
     break;
   case NP_SIG_OFFER:
   case NP_SIG_ANSWER:
+  case NP_SIG_READY:
     m->has_from = m->has_to = m->has_session = m->has_timestamp = true;
     memcpy(m->from, full.from, NP_PUBKEY_LEN);
     memcpy(m->to, full.to, NP_PUBKEY_LEN);
@@ -222,7 +223,7 @@ static void minimal_msg(np_sig_msg *m, uint8_t type) {
 static void test_minimal_round_trip(void **state) {
   (void)state;
   static uint8_t buf[BUF_CAP];
-  for (uint8_t t = NP_SIG_HELLO; t <= NP_SIG_PONG; t++) {
+  for (uint8_t t = NP_SIG_HELLO; t <= NP_SIG_READY; t++) {
     np_sig_msg m, d;
     minimal_msg(&m, t);
     int n = encode(&m, buf);
@@ -547,14 +548,14 @@ static void test_every_truncation(void **state) {
   (void)state;
   static uint8_t buf[BUF_CAP];
   for (int v6 = 0; v6 <= 1; v6++) {
-    for (uint8_t t = NP_SIG_HELLO; t <= NP_SIG_PONG; t++) {
+    for (uint8_t t = NP_SIG_HELLO; t <= NP_SIG_READY; t++) {
       for (int minimal = 0; minimal <= 1; minimal++) {
         np_sig_msg m, d;
         if (minimal)
           minimal_msg(&m, t);
         else
           full_msg(&m, t, v6);
-        bool is_signed = t == NP_SIG_OFFER || t == NP_SIG_ANSWER || t == NP_SIG_REGISTER;
+        bool is_signed = np_sig_is_peer_type(t) || t == NP_SIG_REGISTER;
         if (is_signed)
           m.observed.u.sa.sa_family = AF_UNSPEC; /* SIGNATURE is then last */
         int n = encode(&m, buf);
@@ -659,7 +660,7 @@ static void test_header_checks(void **state) {
   x.b[2] = 0;
   x.b[3] = 0x80;
   assert_int_equal(dec(&x), NP_ERR_PROTO);
-  static const uint8_t bad_types[] = {0, NP_SIG_PONG + 1, 0x7f, 0xff};
+  static const uint8_t bad_types[] = {0, NP_SIG_READY + 1, 0x7f, 0xff};
   for (size_t i = 0; i < sizeof bad_types; i++) {
     body_init(&x, bad_types[i]);
     assert_int_equal(dec(&x), NP_ERR_PROTO);
@@ -674,8 +675,9 @@ static void test_header_checks(void **state) {
   assert_string_equal(np_sig_type_name(NP_SIG_OFFER), "OFFER");
   assert_string_equal(np_sig_type_name(NP_SIG_REGISTERED), "REGISTERED");
   assert_string_equal(np_sig_type_name(NP_SIG_PONG), "PONG");
+  assert_string_equal(np_sig_type_name(NP_SIG_READY), "READY");
   assert_string_equal(np_sig_type_name(0), "?");
-  assert_string_equal(np_sig_type_name(NP_SIG_PONG + 1), "?");
+  assert_string_equal(np_sig_type_name(NP_SIG_READY + 1), "?");
 }
 
 static void test_required_fields(void **state) {
@@ -1104,7 +1106,7 @@ static void test_error_text(void **state) {
 static void test_encode_overflow_every_capacity(void **state) {
   (void)state;
   static uint8_t ref[BUF_CAP];
-  for (uint8_t t = NP_SIG_HELLO; t <= NP_SIG_PONG; t++) {
+  for (uint8_t t = NP_SIG_HELLO; t <= NP_SIG_READY; t++) {
     for (int minimal = 0; minimal <= 1; minimal++) {
       np_sig_msg m;
       if (minimal)
@@ -1134,7 +1136,7 @@ static void test_encode_invalid(void **state) {
   (void)state;
   static uint8_t buf[BUF_CAP];
   np_sig_msg m;
-  for (uint8_t t = 0; t <= NP_SIG_PONG + 1; t += NP_SIG_PONG + 1) {
+  for (uint8_t t = 0; t <= NP_SIG_READY + 1; t += NP_SIG_READY + 1) {
     full_msg(&m, t, false);
     assert_int_equal(np_sig_encode(&m, alice, buf, BUF_CAP), NP_ERR_INVAL);
   }
