@@ -383,7 +383,7 @@ static bool is_fresh(np_rdv_client *c, const np_sig_msg *m) {
   return true;
 }
 
-/* OFFER/ANSWER: checked here whatever the server says it checked. */
+/* OFFER/ANSWER/READY: checked here whatever the server says it checked. */
 static void on_signed(np_rdv_client *c, const uint8_t *body, size_t len) {
   const np_sig_msg *m = &c->rx;
   const char *what = np_sig_type_name(m->type);
@@ -421,8 +421,11 @@ static void on_signed(np_rdv_client *c, const uint8_t *body, size_t len) {
     }
     if (c->cfg.on_offer)
       c->cfg.on_offer(c->cfg.user, m);
-  } else if (c->cfg.on_answer) {
-    c->cfg.on_answer(c->cfg.user, m);
+  } else if (m->type == NP_SIG_ANSWER) {
+    if (c->cfg.on_answer)
+      c->cfg.on_answer(c->cfg.user, m);
+  } else if (c->cfg.on_ready) {
+    c->cfg.on_ready(c->cfg.user, m);
   }
 }
 
@@ -472,6 +475,7 @@ static void handle_frame(np_rdv_client *c, int64_t now, const uint8_t *body, siz
     break;
   case NP_SIG_OFFER:
   case NP_SIG_ANSWER:
+  case NP_SIG_READY:
     on_signed(c, body, len);
     break;
   case NP_SIG_ERROR:
@@ -698,6 +702,11 @@ int np_rdv_client_send_answer(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
                               const uint8_t session[NP_SIG_SESSION_LEN],
                               const np_sig_candidates *cand, const np_addr *peer_seen) {
   return send_signed(c, NP_SIG_ANSWER, to, session, cand, peer_seen);
+}
+
+int np_rdv_client_send_ready(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
+                             const uint8_t session[NP_SIG_SESSION_LEN]) {
+  return send_signed(c, NP_SIG_READY, to, session, NULL, NULL);
 }
 
 void np_rdv_client_free(np_rdv_client *c) {

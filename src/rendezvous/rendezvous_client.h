@@ -39,6 +39,7 @@ typedef struct np_rdv_client_config {
   void (*on_state)(void *user, enum np_rdv_state state, const np_addr *observed);
   void (*on_offer)(void *user, const np_sig_msg *offer);   /* signature verified */
   void (*on_answer)(void *user, const np_sig_msg *answer); /* signature verified */
+  void (*on_ready)(void *user, const np_sig_msg *ready);   /* signature verified */
   /* A server ERROR (e.g. 404 for an offer to an unknown peer, 403 refused);
    * session is NULL when the error is not about a session. */
   void (*on_error)(void *user, uint16_t code, const char *text, const uint8_t *session);
@@ -80,6 +81,13 @@ int np_rdv_client_send_offer(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
 int np_rdv_client_send_answer(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
                               const uint8_t session[NP_SIG_SESSION_LEN],
                               const np_sig_candidates *cand, const np_addr *peer_seen);
+
+/* Queues a signed READY to the callee of session: the caller has primed
+ * toward the callee's candidates (its first packets have left), so the
+ * callee may now send toward it without racing them. Same errors as
+ * np_rdv_client_send_offer(). */
+int np_rdv_client_send_ready(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
+                             const uint8_t session[NP_SIG_SESSION_LEN]);
 
 /* Closes the connection and frees. NULL is fine. */
 void np_rdv_client_free(np_rdv_client *c);

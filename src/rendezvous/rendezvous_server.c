@@ -545,15 +545,16 @@ static bool allowed(const struct rs_conn *callee, const uint8_t caller[NP_PUBKEY
   return false;
 }
 
-/* OFFER or ANSWER from a registered peer: frame/len is the whole frame as
- * received (prefix + body). */
+/* OFFER, ANSWER or READY from a registered peer: frame/len is the whole
+ * frame as received (prefix + body). */
 static void on_forward(np_rendezvous_server *srv, struct rs_conn *c, const uint8_t *frame,
                        size_t len) {
   const np_sig_msg *m = &srv->msg;
   bool offer = m->type == NP_SIG_OFFER;
   if (c->state != RS_REGISTERED) {
-    fail_conn(srv, c, RS_WHY_BAD_FRAME, NP_SIG_E_BAD_REQUEST,
-              offer ? "OFFER before registration" : "ANSWER before registration");
+    char why[64];
+    snprintf(why, sizeof why, "%s before registration", np_sig_type_name(m->type));
+    fail_conn(srv, c, RS_WHY_BAD_FRAME, NP_SIG_E_BAD_REQUEST, why);
     return;
   }
   /* Speaking for another key is impersonation, not a mistake: close. */
@@ -570,8 +571,9 @@ static void on_forward(np_rendezvous_server *srv, struct rs_conn *c, const uint8
     send_error(srv, c, NP_SIG_E_UNKNOWN_PEER, "no such peer registered", m->session, m->to);
     return;
   }
-  /* The callee never learns of a refused caller. */
-  if (offer && !allowed(to, m->from)) {
+  /* The callee never learns of a refused caller (READY comes from callers
+   * too). */
+  if (m->type != NP_SIG_ANSWER && !allowed(to, m->from)) {
     send_error(srv, c, NP_SIG_E_REFUSED, "the peer does not accept calls from you", m->session,
                m->to);
     return;
@@ -586,7 +588,7 @@ static void on_forward(np_rendezvous_server *srv, struct rs_conn *c, const uint8
   if (send_frame(srv, to, srv->stamp, (size_t)n)) {
     if (offer)
       RS_INC(srv, offers);
-    else
+    else if (m->type == NP_SIG_ANSWER)
       RS_INC(srv, answers);
   }
 }
@@ -621,6 +623,7 @@ static void on_frame(np_rendezvous_server *srv, struct rs_conn *c, const uint8_t
     break;
   case NP_SIG_OFFER:
   case NP_SIG_ANSWER:
+  case NP_SIG_READY:
     on_forward(srv, c, frame, len);
     break;
   case NP_SIG_PING:

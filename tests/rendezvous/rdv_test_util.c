@@ -131,6 +131,13 @@ static void on_answer(void *user, const np_sig_msg *m) {
   p->answer = *m;
 }
 
+static void on_ready(void *user, const np_sig_msg *m) {
+  rdv_peer *p = user;
+  assert_int_equal(m->type, NP_SIG_READY);
+  p->n_readies++;
+  p->ready = *m;
+}
+
 static void on_error(void *user, uint16_t code, const char *text, const uint8_t *session) {
   rdv_peer *p = user;
   p->n_errors++;
@@ -161,6 +168,7 @@ rdv_peer *rdv_peer_new(const char *name, const rdv_peer *same_as) {
   p->cfg.on_state = on_state;
   p->cfg.on_offer = on_offer;
   p->cfg.on_answer = on_answer;
+  p->cfg.on_ready = on_ready;
   p->cfg.on_error = on_error;
   p->cfg.user = p;
   p->cfg.log = log_stderr;

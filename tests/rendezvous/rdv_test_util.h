@@ -55,8 +55,8 @@ typedef struct rdv_peer {
   int64_t connect_at[RDV_MAX_CONNECTS]; /* when CONNECTING was entered */
   int n_connects;
 
-  int n_offers, n_answers, n_errors;
-  np_sig_msg offer, answer; /* the last ones */
+  int n_offers, n_answers, n_readies, n_errors;
+  np_sig_msg offer, answer, ready; /* the last ones */
   uint16_t err_code;
   char err_text[NP_SIG_MAX_TEXT + 1];
   bool err_has_session;

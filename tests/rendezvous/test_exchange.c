@@ -26,6 +26,11 @@ static bool answers_at_least(void *arg) {
   return ((rdv_peer *)a[0])->n_answers >= *(int *)a[1];
 }
 
+static bool readies_at_least(void *arg) {
+  void **a = arg;
+  return ((rdv_peer *)a[0])->n_readies >= *(int *)a[1];
+}
+
 static bool errors_at_least(void *arg) {
   void **a = arg;
   return ((rdv_peer *)a[0])->n_errors >= *(int *)a[1];
@@ -63,8 +68,9 @@ static void assert_observed_is_local(const rdv_peer *p) {
              np_addr_format(&p->local_at_registered, y, sizeof y));
 }
 
-/* Offer A -> B and answer B -> A through the server; checks every field on
- * the way. Returns nothing; fails the test on any difference. */
+/* Offer A -> B, answer B -> A and READY A -> B through the server; checks
+ * every field on the way. Returns nothing; fails the test on any
+ * difference. */
 static void exchange(rdv_peer **peers, int n, rdv_peer *a, rdv_peer *b, int salt) {
   int offers = b->n_offers, answers = a->n_answers;
   uint8_t session[NP_SIG_SESSION_LEN];
@@ -99,6 +105,20 @@ static void exchange(rdv_peer **peers, int n, rdv_peer *a, rdv_peer *b, int salt
   assert_true(np_addr_equal(&r->peer_seen, &peer_seen));
   np_addr b_local = rdv_local_addr(np_rdv_client_fd(b->c, &ev));
   assert_true(np_addr_equal(&r->observed, &b_local));
+
+  int readies = b->n_readies;
+  assert_int_equal(np_rdv_client_send_ready(a->c, b->pk, session), 0);
+  void *arg[] = {b, &(int){readies + 1}};
+  assert_true(rdv_run(peers, n, RDV_WAIT_MS, readies_at_least, arg));
+  assert_int_equal(b->n_readies, readies + 1);
+  const np_sig_msg *y = &b->ready;
+  assert_memory_equal(y->from, a->pk, NP_PUBKEY_LEN);
+  assert_memory_equal(y->to, b->pk, NP_PUBKEY_LEN);
+  assert_memory_equal(y->session, session, NP_SIG_SESSION_LEN);
+  /* A replayed READY of the same session is dropped by the client. */
+  assert_int_equal(np_rdv_client_send_ready(a->c, b->pk, session), 0);
+  assert_false(rdv_run(peers, n, 200, readies_at_least, (void *[]){b, &(int){readies + 2}}));
+  assert_int_equal(b->n_readies, readies + 1);
 }
 
 static bool counted_2_2(void *arg) {
