@@ -38,9 +38,10 @@
 #define MAX_TARGETS 16384
 #define MAX_RESPONSES 64
 #define NEVER INT64_MAX
-/* After its hold, how much longer a callee that primed waits for the
- * caller's probe before it sends its own on a direct pair. */
-#define FALLBACK_MS 2000
+/* A priming callee that gets no READY (the rendezvous connection broke
+ * after the answer) goes ahead this long after its hold: on direct pairs,
+ * and with the first round of a sweep or spray. */
+#define FALLBACK_MS 5000
 
 struct target {
   np_addr to;
@@ -70,6 +71,8 @@ struct np_punch {
   np_punch_config cfg;
   np_logger log;
   int64_t start, predict_at, next_round_at, deadline;
+  int64_t ready_at; /* callee: when the caller's READY came (-1: not yet) */
+  bool round_gated; /* callee: our first round waits for READY (or the fallback) */
   int predict_after, round_ms, hold, keepalive, max_probes, bd_sockets, bd_ports;
 
   np_nat_model self_m, peer_m;
@@ -324,6 +327,17 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
   if (cfg->callee && (p->strategy == NP_PREDICT_SWEEP || p->strategy == NP_PREDICT_SPRAY))
     p->predict_at += p->hold;
   p->next_round_at = p->predict_at;
+  /* And a priming callee's sweep or spray must not overtake the caller,
+   * however late our answer reached it: sweep packets at ports its
+   * sequential NAT has not given out yet would take them (rude state), and
+   * a spray before its sockets are primed is wasted. So the first round
+   * waits for the caller's READY (np_punch_peer_ready), or for the
+   * fallback when none comes. */
+  p->ready_at = -1;
+  p->round_gated = cfg->callee && cfg->prime_ttl > 0 &&
+                   (p->strategy == NP_PREDICT_SWEEP || p->strategy == NP_PREDICT_SPRAY);
+  if (p->round_gated)
+    p->next_round_at += FALLBACK_MS;
   for (int i = 0; i < n; i++) {
     int k = add_target(p, 0, &self_list[i].remote, self_list[i].type);
     if (k >= 0)
@@ -337,6 +351,24 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
           np_predict_strategy_name(p->strategy), cfg->prime_ttl);
   *out = p;
   return 0;
+}
+
+void np_punch_peer_ready(np_punch *p, int64_t now) {
+  if (!p || !p->cfg.callee || p->ready_at >= 0 || p->state != NP_PUNCH_RUNNING)
+    return;
+  p->ready_at = now;
+  NP_LOGD(&p->log, "punch: the caller is ready (%lld ms after our start)",
+          (long long)(now - p->start));
+  /* Direct pairs waiting for their fallback may go now. */
+  for (int i = 0; i < p->nt; i++)
+    if (p->t[i].active && p->t[i].round == 0 && p->t[i].next > now)
+      p->t[i].next = now;
+  if (p->round_gated && p->round == 0) {
+    /* A spraying callee also waits for the caller's first round, which
+     * primes its sockets a predict_after after its start. */
+    int64_t at = now + (p->strategy == NP_PREDICT_SPRAY ? p->predict_after : 0);
+    p->next_round_at = at > p->predict_at ? at : p->predict_at;
+  }
 }
 
 void np_punch_free(np_punch *p) {
@@ -409,7 +441,7 @@ static int64_t full_allowed_at(const np_punch *p, const struct target *t) {
    * caller's probe suffices: there we never go first. */
   if (t->round > 0)
     return NEVER;
-  return t->activated + p->hold + FALLBACK_MS;
+  return p->ready_at >= 0 ? p->ready_at : t->activated + p->hold + FALLBACK_MS;
 }
 
 /* ---- encoding --------------------------------------------------------------- */

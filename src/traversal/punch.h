@@ -32,11 +32,12 @@
  *     the peer predicted it in this round), and the peer has primed already:
  *     the callee primes before it answers, so the caller probes at once,
  *     and the callee answers: it sends a full-TTL probe of its own on a
- *     direct pair only when the caller's has not arrived after hold_ms +
- *     2 s (a fallback, for a prime that did not open its NAT), since it
- *     cannot know when its answer arrived, and on a lockstep pair never
- *     (the caller's probe works whenever the pair does); a callee that does
- *     not prime (prime_ttl 0: quiet NATs) waits only hold_ms;
+ *     direct pair only after the caller's READY (np_punch_peer_ready: it
+ *     came through the rendezvous server after the caller primed, so the
+ *     order is causal, whatever the signaling's delay), or as a fallback
+ *     hold_ms + 5 s after its start when no READY comes; on a lockstep
+ *     pair never (the caller's probe works whenever the pair does); a
+ *     callee that does not prime (prime_ttl 0: quiet NATs) waits hold_ms;
  *   - or the target cannot hold such state (the peer has no NAT, or it is
  *     the peer's port-mapped address, or a host address on our LAN);
  *   - or a probe from that address has already arrived (the peer's NAT has
@@ -128,6 +129,13 @@ void np_punch_free(np_punch *p);
  * nothing is due (then wait until np_punch_wakeup()). Probes are paced;
  * call in a loop until 0. */
 int np_punch_next(np_punch *p, int64_t now, np_punch_datagram *dg);
+
+/* Callee: the caller's READY arrived (it has primed toward our candidates).
+ * A priming callee sends its own full-TTL probes on direct pairs, and
+ * starts a sweep or spray, only after it (or a fallback, hold_ms + 5 s
+ * after the start, when none comes), so that nothing of ours reaches the
+ * caller's NAT first. No effect on a caller or after the first call. */
+void np_punch_peer_ready(np_punch *p, int64_t now);
 
 /* Feeds a datagram that arrived on socket 'sock' from 'from'. Returns true
  * when it was an authenticated discovery packet of this session (consumed),

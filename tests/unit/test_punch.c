@@ -210,6 +210,8 @@ struct nat_spec {
 struct scenario {
   struct nat_spec nat[2]; /* [0] caller, [1] callee */
   int signaling_ms;       /* the caller starts this much after the callee */
+  int ready_ms;           /* its READY reaches the callee this much later
+                             (0: signaling_ms; -1: never) */
   int latency_ms;         /* one way, through the core */
   int loss_pct;           /* per direction, full-TTL datagrams */
   int prime_ttl;          /* -1: 2 behind a NAT, 0 when open */
@@ -454,6 +456,9 @@ static struct sim *run(const struct scenario *sc) {
         assert_int_equal(np_punch_new(&c, s->now, &sd->p), 0);
       }
     }
+    int ready = sc->ready_ms ? sc->ready_ms : sc->signaling_ms;
+    if (sc->ready_ms >= 0 && s->now == s->side[CALLER].start + ready && s->side[CALLEE].p)
+      np_punch_peer_ready(s->side[CALLEE].p, s->now);
     deliver_due(s);
     for (int w = CALLEE; w >= CALLER; w--) {
       struct side *sd = &s->side[w];
@@ -641,39 +646,67 @@ static void rude_needs_priming(void **state) {
   sim_free(s);
 }
 
-/* A signaling path slower than the callee's hold (a lost TCP segment of the
+/* A signaling path slower than the callee's hold (lost TCP segments of the
  * answer): the callee does not race the caller, whose probe opens the pair
- * whenever it comes, up to the callee's fallback (hold + 2 s). Beyond it the
- * callee's fallback probe reaches the rude caller's NAT before the caller
- * has primed and closes the pair: the limit of a rule the callee can only
- * base on time (punch.h). */
+ * whenever it comes. The callee's own probes wait for the caller's READY,
+ * or, when none comes, for the fallback (hold + 5 s); a caller later than
+ * that without a READY is the limit: the callee's fallback probe reaches
+ * the rude caller NAT before the caller has primed and closes the pair. */
 static void rude_slow_signaling(void **state) {
   (void)state;
-  const int delays[] = {600, 1500, 2300};
-  for (int d = 0; d < 3; d++) {
-    struct scenario sc = pair(NAT_CONE, NAT_CONE, true);
-    sc.signaling_ms = delays[d];
-    struct sim *s = run(&sc);
-    assert_agreed(s, NP_VIA_REFLEXIVE);
-    assert_int_equal(s->side[CALLER].res.elapsed_ms, 2 * sc.latency_ms);
-    assert_int_equal(s->side[CALLER].nat.collisions, 0);
-    assert_int_equal(s->side[CALLEE].nat.collisions, 0);
-    sim_free(s);
+  const int delays[] = {600, 1500, 2300, 4000};
+  for (int d = 0; d < 4; d++) {
+    for (int ready = 0; ready < 2; ready++) {
+      struct scenario sc = pair(NAT_CONE, NAT_CONE, true);
+      sc.signaling_ms = delays[d];
+      sc.ready_ms = ready ? 0 : -1;
+      struct sim *s = run(&sc);
+      assert_agreed(s, NP_VIA_REFLEXIVE);
+      assert_int_equal(s->side[CALLER].res.elapsed_ms, 2 * sc.latency_ms);
+      assert_int_equal(s->side[CALLER].nat.collisions, 0);
+      assert_int_equal(s->side[CALLEE].nat.collisions, 0);
+      sim_free(s);
+    }
   }
   struct scenario sc = pair(NAT_CONE, NAT_CONE, true);
-  sc.signaling_ms = 3000;
+  sc.signaling_ms = 6000;
+  sc.ready_ms = -1;
+  sc.limit_ms = 30000;
   struct sim *s = run(&sc);
   assert_int_equal(s->side[CALLER].res.state, NP_PUNCH_FAILED);
   assert_int_equal(s->side[CALLEE].res.state, NP_PUNCH_FAILED);
   assert_true(s->side[CALLER].nat.collisions >= 1);
   sim_free(s);
-  /* A longer hold (the agent derives it from the offer's age) moves the
-   * limit. */
-  sc.hold_ms = 1000;
-  s = run(&sc);
-  assert_agreed(s, NP_VIA_REFLEXIVE);
-  assert_int_equal(s->side[CALLER].nat.collisions, 0);
-  sim_free(s);
+}
+
+/* A sweeping or spraying callee whose answer reached the caller late (2 s,
+ * more than predict_after + hold): its first round waits for the caller's
+ * READY. Had it swept at predict_after + hold, its packets would have
+ * reached the sequential caller's rude NAT before the caller's own packet
+ * toward us and taken the ports the NAT was about to give it, round after
+ * round; a spray would have hit sockets not yet opened. Without a READY
+ * the fallback (hold + 5 s) gets there too, later. */
+static void prediction_waits_for_ready(void **state) {
+  (void)state;
+  const enum nat_kind callers[] = {NAT_SEQ, NAT_RANDOM};
+  for (int k = 0; k < 2; k++) {
+    for (int ready = 0; ready < 2; ready++) {
+      struct scenario sc = pair(callers[k], NAT_CONE, true);
+      sc.signaling_ms = 2000;
+      sc.ready_ms = ready ? 50 : -1;
+      struct sim *s = run(&sc);
+      assert_agreed(s, callers[k] == NAT_SEQ ? NP_VIA_PREDICTED : NP_VIA_BIRTHDAY);
+      if (callers[k] == NAT_SEQ) /* (a spray lands on unrelated ports too) */
+        assert_int_equal(s->side[CALLER].nat.collisions, 0);
+      const np_punch_result *re = &s->side[CALLEE].res;
+      if (ready)
+        assert_true(re->elapsed_ms < 2000 + 50 + (callers[k] == NAT_SEQ ? 500 : 1500));
+      else
+        assert_true(re->elapsed_ms >= 1000 + 400 + 5000);
+      assert_budget(s);
+      sim_free(s);
+    }
+  }
 }
 
 /* Sequential against endpoint-independent, both directions: the cone side
@@ -981,6 +1014,7 @@ int main(void) {
       cmocka_unit_test(rude_slow_signaling), cmocka_unit_test(symmetric_cone),
       cmocka_unit_test(symmetric_symmetric), cmocka_unit_test(lockstep_noise_two),
       cmocka_unit_test(lockstep_slow_signaling),
+      cmocka_unit_test(prediction_waits_for_ready),
       cmocka_unit_test(random_cone),         cmocka_unit_test(random_symmetric),
       cmocka_unit_test(portmap_symmetric),
       cmocka_unit_test(open_anything),       cmocka_unit_test(lossy),
