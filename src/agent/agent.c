@@ -716,7 +716,26 @@ static void on_rdv_answer(void *user, const np_sig_msg *answer) {
       memcmp(answer->from, a->peer, NP_PUBKEY_LEN) != 0)
     return;
   a->peer_cand = answer->cand;
-  punch_start(a, np_now_ms());
+  int64_t now = np_now_ms();
+  punch_start(a, now);
+  if (a->st != S_PUNCHING)
+    return;
+  /* Our primes leave first; READY, behind them through the server, lets
+   * the callee send toward us without racing them. */
+  punch_flush(a, now);
+  int rc = np_rdv_client_send_ready(a->rdv, a->peer, a->session);
+  if (rc != 0)
+    NP_LOGW(&a->log, "agent: cannot send READY (%s); the callee falls back on its timer",
+            np_strerror(rc));
+}
+
+static void on_rdv_ready(void *user, const np_sig_msg *ready) {
+  np_agent *a = user;
+  if (!a->callee || !a->punch || (a->st != S_PUNCHING && a->st != S_CONNECTED) ||
+      memcmp(ready->session, a->session, NP_SIG_SESSION_LEN) != 0 ||
+      memcmp(ready->from, a->peer, NP_PUBKEY_LEN) != 0)
+    return;
+  np_punch_peer_ready(a->punch, np_now_ms());
 }
 
 static void on_rdv_error(void *user, uint16_t code, const char *text, const uint8_t *session) {
@@ -819,6 +838,7 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
       .on_state = on_rdv_state,
       .on_offer = on_rdv_offer,
       .on_answer = on_rdv_answer,
+      .on_ready = on_rdv_ready,
       .on_error = on_rdv_error,
       .user = a,
       .log = cfg->log,
