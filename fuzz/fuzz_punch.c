@@ -16,6 +16,8 @@
  *   3 answer    flags: a signed success response to the machine's last
  *               request (its transaction, from where it went), optionally
  *               with NOMINATE and a VIA, so nominations complete
+ *   4 ready     the caller's READY arrived (np_punch_peer_ready), at any
+ *               point of the script, more than once, on either role
  *
  * After every record the harness drains np_punch_next() (bounded) and
  * checks the invariants: every datagram fits, names a valid socket, decodes
@@ -392,7 +394,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     break;
   }
   for (int rec = 0; rec < MAX_RECORDS && r.off < r.n; rec++) {
-    switch (u8(&r) % 4) {
+    switch (u8(&r) % 5) {
     case 0:
       op_raw(&h, &r);
       break;
@@ -402,8 +404,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     case 2:
       advance(&h, (int64_t)u8(&r) * 8);
       break;
-    default:
+    case 3:
       op_answer(&h, &r);
+      break;
+    default:
+      np_punch_peer_ready(h.p, h.now);
+      drain(&h);
       break;
     }
   }
