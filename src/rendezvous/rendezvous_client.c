@@ -667,7 +667,7 @@ enum np_rdv_state np_rdv_client_state(const np_rdv_client *c) {
 
 static int send_signed(np_rdv_client *c, uint8_t type, const uint8_t to[NP_PUBKEY_LEN],
                        const uint8_t session[NP_SIG_SESSION_LEN], const np_sig_candidates *cand,
-                       const np_addr *peer_seen) {
+                       const np_addr *peer_seen, uint16_t error_code, const char *error_text) {
   if (!c || !to || !session)
     return NP_ERR_INVAL;
   if (c->state != NP_RDV_REGISTERED || c->broken)
@@ -685,6 +685,9 @@ static int send_signed(np_rdv_client *c, uint8_t type, const uint8_t to[NP_PUBKE
     c->tx.cand = *cand;
   if (peer_seen)
     c->tx.peer_seen = *peer_seen;
+  c->tx.error_code = error_code;
+  if (error_text)
+    snprintf(c->tx.error_text, sizeof c->tx.error_text, "%s", error_text);
   int rc = queue_tx(c, c->cfg.identity);
   if (rc < 0)
     NP_LOGD(&c->lg, "rdv %.8s: %s not queued: %s", c->peer_id, np_sig_type_name(type),
@@ -695,18 +698,27 @@ static int send_signed(np_rdv_client *c, uint8_t type, const uint8_t to[NP_PUBKE
 int np_rdv_client_send_offer(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
                              const uint8_t session[NP_SIG_SESSION_LEN],
                              const np_sig_candidates *cand) {
-  return send_signed(c, NP_SIG_OFFER, to, session, cand, NULL);
+  return send_signed(c, NP_SIG_OFFER, to, session, cand, NULL, 0, NULL);
 }
 
 int np_rdv_client_send_answer(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
                               const uint8_t session[NP_SIG_SESSION_LEN],
                               const np_sig_candidates *cand, const np_addr *peer_seen) {
-  return send_signed(c, NP_SIG_ANSWER, to, session, cand, peer_seen);
+  return send_signed(c, NP_SIG_ANSWER, to, session, cand, peer_seen, 0, NULL);
+}
+
+int np_rdv_client_send_decline(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
+                               const uint8_t session[NP_SIG_SESSION_LEN], uint16_t code,
+                               const char *text) {
+  /* Code 0 would send an empty answer that accepts the call. */
+  if (code < 100 || code > 999)
+    return NP_ERR_INVAL;
+  return send_signed(c, NP_SIG_ANSWER, to, session, NULL, NULL, code, text);
 }
 
 int np_rdv_client_send_ready(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
                              const uint8_t session[NP_SIG_SESSION_LEN]) {
-  return send_signed(c, NP_SIG_READY, to, session, NULL, NULL);
+  return send_signed(c, NP_SIG_READY, to, session, NULL, NULL, 0, NULL);
 }
 
 void np_rdv_client_free(np_rdv_client *c) {

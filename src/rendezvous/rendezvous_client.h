@@ -82,6 +82,15 @@ int np_rdv_client_send_answer(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
                               const uint8_t session[NP_SIG_SESSION_LEN],
                               const np_sig_candidates *cand, const np_addr *peer_seen);
 
+/* Queues a signed ANSWER that declines the call of session: it carries the
+ * ERROR code (100..999, e.g. NP_SIG_E_BUSY) and text (may be NULL) and no
+ * candidates, so the caller fails at once with a reason instead of timing
+ * out. Same errors as np_rdv_client_send_offer(), and NP_ERR_INVAL for a
+ * code out of range. */
+int np_rdv_client_send_decline(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
+                               const uint8_t session[NP_SIG_SESSION_LEN], uint16_t code,
+                               const char *text);
+
 /* Queues a signed READY to the callee of session: the caller has primed
  * toward the callee's candidates (its first packets have left), so the
  * callee may now send toward it without racing them. Same errors as

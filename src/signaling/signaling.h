@@ -50,7 +50,10 @@ enum np_sig_type {
   NP_SIG_REGISTER = 3,   /* peer -> server: PUBKEY, SIGNATURE over the challenge, ALLOW* */
   NP_SIG_REGISTERED = 4, /* server -> peer: OBSERVED */
   NP_SIG_OFFER = 5,      /* caller -> server -> callee (signed, then OBSERVED stamped) */
-  NP_SIG_ANSWER = 6,     /* callee -> server -> caller (signed, then OBSERVED stamped) */
+  /* callee -> server -> caller (signed, then OBSERVED stamped). With an
+   * ERROR (e.g. NP_SIG_E_BUSY) and no candidates it declines the call;
+   * the error is signed, so the server cannot fake a refusal. */
+  NP_SIG_ANSWER = 6,
   NP_SIG_ERROR = 7,      /* server -> peer: ERROR (code, text), SESSION/TO when about one */
   NP_SIG_PING = 8,       /* either way: keepalive */
   NP_SIG_PONG = 9,
@@ -61,7 +64,8 @@ enum np_sig_type {
   NP_SIG_READY = 10,
 };
 
-/* Error codes carried by NP_SIG_ERROR (HTTP-like, so they read naturally). */
+/* Error codes carried by NP_SIG_ERROR, or by a declining ANSWER (HTTP- and
+ * SIP-like, so they read naturally). */
 enum np_sig_error {
   NP_SIG_E_BAD_REQUEST = 400,  /* malformed or out-of-order message */
   NP_SIG_E_AUTH = 401,         /* signature or identity check failed */
@@ -70,6 +74,7 @@ enum np_sig_error {
   NP_SIG_E_REPLACED = 409,     /* same ID registered from another connection */
   NP_SIG_E_TOO_LARGE = 413,    /* frame over the limit */
   NP_SIG_E_RATE = 429,         /* too many messages */
+  NP_SIG_E_BUSY = 486,         /* callee: in another session (SIP's Busy Here) */
   NP_SIG_E_UNAVAILABLE = 503,  /* server full */
   NP_SIG_E_VERSION = 505,      /* protocol version not supported */
 };

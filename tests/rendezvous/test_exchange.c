@@ -165,6 +165,46 @@ static void test_exchange_offer_answer(void **state) {
   rdv_srv_stop(&s);
 }
 
+/* 1b. A busy callee declines: its signed ANSWER carries 486 and no
+ * candidates, and reaches the caller like any answer. */
+static void test_exchange_decline(void **state) {
+  (void)state;
+  rdv_srv s;
+  assert_int_equal(rdv_srv_start(&s, 0), 0);
+  rdv_peer *a = rdv_peer_new("A", NULL), *b = rdv_peer_new("B", NULL);
+  rdv_peer_start(a, &s.addr);
+  rdv_peer_start(b, &s.addr);
+  rdv_peer *peers[] = {a, b};
+  wait_registered(peers, 2);
+
+  uint8_t session[NP_SIG_SESSION_LEN];
+  rdv_random(session, sizeof session);
+  np_sig_candidates ca = rdv_candidates(1);
+  assert_int_equal(np_rdv_client_send_offer(a->c, b->pk, session, &ca), 0);
+  assert_true(wait_offers(peers, 2, b, 1));
+  /* Code 0 would be an empty accepting answer; codes are three digits. */
+  assert_int_equal(np_rdv_client_send_decline(b->c, a->pk, session, 0, "x"), NP_ERR_INVAL);
+  assert_int_equal(np_rdv_client_send_decline(b->c, a->pk, session, 1000, "x"), NP_ERR_INVAL);
+  assert_int_equal(
+      np_rdv_client_send_decline(b->c, a->pk, session, NP_SIG_E_BUSY, "busy in another session"),
+      0);
+  assert_true(wait_answers(peers, 2, a, 1));
+  assert_int_equal(a->n_answers, 1);
+  const np_sig_msg *r = &a->answer;
+  assert_int_equal(r->type, NP_SIG_ANSWER);
+  assert_memory_equal(r->from, b->pk, NP_PUBKEY_LEN);
+  assert_memory_equal(r->session, session, NP_SIG_SESSION_LEN);
+  assert_int_equal(r->error_code, NP_SIG_E_BUSY);
+  assert_string_equal(r->error_text, "busy in another session");
+  assert_int_equal(r->cand.n_private + r->cand.n_mapped, 0);
+  assert_false(r->cand.has_kx);
+  assert_int_equal(a->n_errors + b->n_errors, 0);
+
+  rdv_peer_free(a);
+  rdv_peer_free(b);
+  rdv_srv_stop(&s);
+}
+
 /* An OFFER from C's registered raw connection; returns the frame. */
 static int forged_offer(const rdv_peer *signer, const rdv_peer *claimed_from, const rdv_peer *to,
                         const uint8_t session[NP_SIG_SESSION_LEN], uint8_t *buf, size_t cap) {
@@ -490,7 +530,7 @@ static void test_exchange_same_id(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_exchange_offer_answer),   cmocka_unit_test(test_exchange_impersonation),
+      cmocka_unit_test(test_exchange_offer_answer),   cmocka_unit_test(test_exchange_decline),   cmocka_unit_test(test_exchange_impersonation),
       cmocka_unit_test(test_exchange_not_allowed),    cmocka_unit_test(test_exchange_unknown_peer),
       cmocka_unit_test(test_exchange_server_restart), cmocka_unit_test(test_exchange_same_id),
   };
