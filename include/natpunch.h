@@ -459,7 +459,9 @@ typedef struct np_agent_config {
   np_addr discovery[NP_PROBE_MAX_SERVERS]; /* two, for the delta */
   int n_discovery;
   /* listen: register and accept calls from the allowed peers (all when
-   * n_allow is 0). Without it the agent only places calls. */
+   * n_allow is 0); a call that comes during a session is declined (the
+   * caller fails at once, "busy", 486). Without it the agent only places
+   * calls. */
   bool listen;
   const uint8_t (*allow)[NP_PUBKEY_LEN];
   int n_allow;

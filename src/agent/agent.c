@@ -674,9 +674,15 @@ static void on_rdv_offer(void *user, const np_sig_msg *offer) {
   if (!a->cfg.listen)
     return;
   if (a->st != S_NONE) {
+    /* One session per agent. A signed "busy" lets the caller fail now,
+     * with a reason, rather than at its timeout. */
     char id[NP_PEER_ID_LEN + 1];
     np_peer_id_format(offer->from, id);
-    NP_LOGI(&a->log, "agent: busy; ignoring a call from %s", id);
+    NP_LOGI(&a->log, "agent: busy; declining a call from %s", id);
+    int rc = np_rdv_client_send_decline(a->rdv, offer->from, offer->session, NP_SIG_E_BUSY,
+                                        "busy in another session");
+    if (rc != 0)
+      NP_LOGW(&a->log, "agent: cannot decline the call from %s: %s", id, np_strerror(rc));
     return;
   }
   int64_t now = np_now_ms();
@@ -715,6 +721,15 @@ static void on_rdv_answer(void *user, const np_sig_msg *answer) {
       memcmp(answer->session, a->session, NP_SIG_SESSION_LEN) != 0 ||
       memcmp(answer->from, a->peer, NP_PUBKEY_LEN) != 0)
     return;
+  if (answer->error_code != 0) {
+    char reason[NP_SIG_MAX_TEXT + 40];
+    /* The peer's own words are cut short: the event's reason holds 160. */
+    snprintf(reason, sizeof reason, "the peer declined: %.100s (%u)",
+             answer->error_code == NP_SIG_E_BUSY ? "busy" : answer->error_text,
+             answer->error_code);
+    session_fail(a, NP_ERR_REFUSED, reason);
+    return;
+  }
   a->peer_cand = answer->cand;
   int64_t now = np_now_ms();
   punch_start(a, now);

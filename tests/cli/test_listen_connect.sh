@@ -2,7 +2,8 @@
 # natpunch listen / connect through a real rendezvous server, with discovery
 # servers, on loopback: the call punches a direct path and the two sides'
 # stdin crosses it both ways (half-close at the end); the allow list (flag
-# and file) refuses others with 403 before the callee sees them; --keep
+# and file) refuses others with 403 before the callee sees them; a busy
+# listener declines a second caller with 486; --keep
 # serves calls one after another; an offline peer is a quick 404; no
 # rendezvous server is a failure within --timeout; bad input is a usage
 # error; SIGTERM ends the listener cleanly.
@@ -58,6 +59,15 @@ expect "listening event names B" "$B" "$(event "$tmp/listen.log" listening | jq 
 echo "hello from A" | timeout 20 "$NP" connect "${common[@]}" --key "$tmp/a" --peer "$B" \
   --timeout 10 >"$tmp/a.out" 2>"$tmp/a.log" 7>&- & caller=$!; pids+=($caller)
 np_wait_log "$tmp/a.log" '"event":"connected"' $caller 12; expect "A connects" 0 $?
+# B is in A's session (B's input is still open): D's call is declined at
+# once with a signed 486, not left to time out.
+start=$(date +%s%N)
+timeout 20 "$NP" connect "${common[@]}" --key "$tmp/d" --peer "$B" --timeout 10 \
+  </dev/null >/dev/null 2>"$tmp/busy.log" 7>&-
+expect "D calling busy B exits 1" 1 $?
+ms=$(( ($(date +%s%N) - start) / 1000000 ))
+expect "D's failure says busy (486)" true "$(event "$tmp/busy.log" failed | jq '.reason | test("busy.*486")')"
+[ "$ms" -lt 5000 ]; expect "busy comes before the timeout (${ms} ms)" 0 $?
 echo "hello from B" >&7
 exec 7>&-
 np_wait_exit $caller 10
