@@ -54,6 +54,7 @@ struct peer_opts {
   bool have_peer;
   int timeout_ms;
   int predict_after_ms;
+  int prime_ttl;
   bool no_portmap;
   bool keep;
   bool json;
@@ -84,6 +85,8 @@ static void listen_usage(FILE *out) {
           "                              refused callers get error 403 from the server)\n"
           "  -P, --predict-after MS      start port prediction after MS without a direct\n"
           "                              answer (default 1000)\n"
+          "  -T, --prime-ttl N           TTL of priming packets, 1 to 255 (default:\n"
+          "                              measured, hops to the outermost NAT + 1)\n"
           "  -N, --no-portmap            do not ask the gateway for a port mapping\n"
           "  -K, --keep                  after a session, wait for the next call (stdin\n"
           "                              goes to the first session only)\n"
@@ -119,6 +122,8 @@ static void connect_usage(FILE *out) {
           "                              (default 30, 0.1 to 3600)\n"
           "  -P, --predict-after MS      start port prediction after MS without a direct\n"
           "                              answer (default 1000)\n"
+          "  -T, --prime-ttl N           TTL of priming packets, 1 to 255 (default:\n"
+          "                              measured, hops to the outermost NAT + 1)\n"
           "  -N, --no-portmap            do not ask the gateway for a port mapping\n"
           "  -j, --json                  events as JSON lines on stderr\n"
           "  -v, --verbose               log protocol steps\n"
@@ -262,6 +267,7 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
                                        {"peer", required_argument, NULL, 'p'},
                                        {"timeout", required_argument, NULL, 't'},
                                        {"predict-after", required_argument, NULL, 'P'},
+                                       {"prime-ttl", required_argument, NULL, 'T'},
                                        {"no-portmap", no_argument, NULL, 'N'},
                                        {"keep", no_argument, NULL, 'K'},
                                        {"json", no_argument, NULL, 'j'},
@@ -271,7 +277,7 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
   int c, rc;
   optind = 1;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, ":r:d:k:a:A:p:t:P:NKjvh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":r:d:k:a:A:p:t:P:T:NKjvh", opts, NULL)) != -1) {
     bool listen_only = c == 'a' || c == 'A' || c == 'K', connect_only = c == 'p' || c == 't';
     if ((listen_only && !o->listen) || (connect_only && o->listen))
       return cli_usage_error(o->cmd, "option '%s' is not for %s", argv[optind - 1], o->cmd);
@@ -322,6 +328,13 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
         return cli_usage_error(o->cmd, "--predict-after: '%s' is not a number of ms (50 to 60000)",
                                optarg);
       o->predict_after_ms = (int)ms;
+      break;
+    }
+    case 'T': {
+      long ttl;
+      if (cli_parse_long(optarg, 1, 255, &ttl) != 0)
+        return cli_usage_error(o->cmd, "--prime-ttl: '%s' is not a TTL (1 to 255)", optarg);
+      o->prime_ttl = (int)ttl;
       break;
     }
     case 'N':
@@ -531,6 +544,7 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
       .allow = (const uint8_t(*)[NP_PUBKEY_LEN])o->allow,
       .n_allow = o->n_allow,
       .predict_after_ms = o->predict_after_ms,
+      .prime_ttl = o->prime_ttl,
       .session_timeout_ms = o->listen ? 0 : (o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS),
       .no_portmap = o->no_portmap,
       .log = o->json ? log_json : cli_log_stderr,

@@ -469,8 +469,9 @@ typedef struct np_agent_config {
   int session_timeout_ms; /* give up a traversal after this. 0 = 20000 */
   int keepalive_ms;     /* on the established path. 0 = 25000 */
   int max_probes;       /* discovery packets per session. 0 = 6000 */
-  int birthday_sockets; /* sockets for the birthday method. 0 = 256 */
-  int prime_ttl;        /* TTL of priming packets. 0 = measured (hops to our outermost NAT + 1) */
+  int birthday_sockets; /* sockets for the birthday method. 0 = 256, at most 1023 */
+  int prime_ttl;        /* TTL of priming packets, at most 255. 0 = measured (hops to our
+                         * outermost NAT + 1) */
   bool no_portmap;      /* skip UPnP / NAT-PMP / PCP */
   bool no_prime;        /* never send TTL-limited priming packets */
   /* Optional: called from np_agent_process() for each event, in addition
@@ -485,8 +486,9 @@ typedef struct np_agent_config {
 /* Creates an agent: copies the config, opens its UDP socket, starts
  * connecting to the rendezvous server (and, with listen, registering) and
  * gathering in the background. Returns 0, NP_ERR_INVAL for a bad config
- * (no identity, no rendezvous server, discovery servers of two families),
- * NP_ERR_SYS, NP_ERR_NOMEM. */
+ * (no identity, no rendezvous server, discovery servers of two families,
+ * a negative number, a count or TTL over its limit), NP_ERR_SYS,
+ * NP_ERR_NOMEM. */
 NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out);
 
 /* Starts a call to peer (a 32-byte public key; np_peer_id_parse() turns a

@@ -801,6 +801,12 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
   if (cfg->n_discovery == 2 &&
       cfg->discovery[0].u.sa.sa_family != cfg->discovery[1].u.sa.sa_family)
     return NP_ERR_INVAL;
+  /* Checked now rather than when a session starts: a TTL over 255, say,
+   * would otherwise fail every call, long after the mistake was made. */
+  if (cfg->predict_after_ms < 0 || cfg->session_timeout_ms < 0 || cfg->keepalive_ms < 0 ||
+      cfg->max_probes < 0 || cfg->birthday_sockets < 0 ||
+      cfg->birthday_sockets >= NP_PUNCH_MAX_SOCKETS || cfg->prime_ttl < 0 || cfg->prime_ttl > 255)
+    return NP_ERR_INVAL;
   if (sodium_init() < 0)
     return NP_ERR_SYS;
   np_agent *a = calloc(1, sizeof *a);

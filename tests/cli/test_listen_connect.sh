@@ -84,9 +84,11 @@ expect "B connected too" direct "$(event "$tmp/listen.log" connected | jq -r .pa
 expect "B's stdout is exactly A's line" "hello from A" "$(cat "$tmp/listen.out")"
 expect "A's stdout is exactly B's line" "hello from B" "$(cat "$tmp/a.out")"
 
-timeout 20 "$NP" connect "${common[@]}" --key "$tmp/d" --peer "$B" --timeout 10 \
+timeout 20 "$NP" connect "${common[@]}" --key "$tmp/d" --peer "$B" --timeout 10 --prime-ttl 3 -v \
   </dev/null >"$tmp/d.out" 2>"$tmp/d.log"
 expect "D (allowed by file) connects and exits 0 (--keep)" 0 $?
+expect "D primes with --prime-ttl 3" true \
+  "$(grep '"event":"log"' "$tmp/d.log" | jq -s 'any(.[]; .message | test("gathered: .*prime TTL 3$"))')"
 expect "D's connected event" direct "$(event "$tmp/d.log" connected | jq -r .path)"
 expect "D gets no data (B's stdin was the first session's)" 0 "$(wc -c <"$tmp/d.out")"
 expect "B took D's call" "$D" "$(event "$tmp/listen.log" call | jq -r .from)"
@@ -123,6 +125,8 @@ usage "--peer for listen" listen -r "$rdv" --peer "$A"
 usage "--keep for connect" connect -r "$rdv" --key "$tmp/a" --peer "$B" --keep
 usage "--predict-after 10 (below 50)" connect -r "$rdv" --key "$tmp/a" --peer "$B" --predict-after 10
 usage "--predict-after 70000 (above 60000)" listen -r "$rdv" --key "$tmp/b" --predict-after 70000
+usage "--prime-ttl 0" connect -r "$rdv" --key "$tmp/a" --peer "$B" --prime-ttl 0
+usage "--prime-ttl 256" listen -r "$rdv" --key "$tmp/b" --prime-ttl 256
 printf '# ok\n%s\nzzz\n' "$A" > "$tmp/badallow"
 usage "bad allow file" listen -r "$rdv" --allow-file "$tmp/badallow"
 grep -q "line 3" "$tmp/err"; expect "the error names the line (line 3)" 0 $?
