@@ -59,6 +59,16 @@ static void wait_registered(rdv_peer **peers, int n) {
   assert_true(rdv_run(peers, n, RDV_WAIT_MS, rdv_all_registered, list));
 }
 
+/* A server and two registered peers A and B; peers[] gets {A, B}. */
+static void start_two(rdv_srv *s, rdv_peer *peers[2]) {
+  assert_int_equal(rdv_srv_start(s, 0), 0);
+  peers[0] = rdv_peer_new("A", NULL);
+  peers[1] = rdv_peer_new("B", NULL);
+  rdv_peer_start(peers[0], &s->addr);
+  rdv_peer_start(peers[1], &s->addr);
+  wait_registered(peers, 2);
+}
+
 /* OBSERVED in REGISTERED is our TCP address as the server saw it: on
  * loopback exactly our socket's local address. */
 static void assert_observed_is_local(const rdv_peer *p) {
@@ -131,12 +141,9 @@ static bool counted_2_2(void *arg) {
 static void test_exchange_offer_answer(void **state) {
   (void)state;
   rdv_srv s;
-  assert_int_equal(rdv_srv_start(&s, 0), 0);
-  rdv_peer *a = rdv_peer_new("A", NULL), *b = rdv_peer_new("B", NULL);
-  rdv_peer_start(a, &s.addr);
-  rdv_peer_start(b, &s.addr);
-  rdv_peer *peers[] = {a, b};
-  wait_registered(peers, 2);
+  rdv_peer *peers[2];
+  start_two(&s, peers);
+  rdv_peer *a = peers[0], *b = peers[1];
   for (int i = 0; i < 2; i++) {
     assert_int_equal(peers[i]->n_state[NP_RDV_CONNECTING], 1);
     assert_int_equal(peers[i]->n_state[NP_RDV_AUTHENTICATING], 1);
@@ -170,12 +177,9 @@ static void test_exchange_offer_answer(void **state) {
 static void test_exchange_decline(void **state) {
   (void)state;
   rdv_srv s;
-  assert_int_equal(rdv_srv_start(&s, 0), 0);
-  rdv_peer *a = rdv_peer_new("A", NULL), *b = rdv_peer_new("B", NULL);
-  rdv_peer_start(a, &s.addr);
-  rdv_peer_start(b, &s.addr);
-  rdv_peer *peers[] = {a, b};
-  wait_registered(peers, 2);
+  rdv_peer *peers[2];
+  start_two(&s, peers);
+  rdv_peer *a = peers[0], *b = peers[1];
 
   uint8_t session[NP_SIG_SESSION_LEN];
   rdv_random(session, sizeof session);
@@ -450,14 +454,11 @@ static bool all_registered_twice(void *arg) {
 static void test_exchange_server_restart(void **state) {
   (void)state;
   rdv_srv s;
-  assert_int_equal(rdv_srv_start(&s, 0), 0);
+  rdv_peer *peers[2];
+  start_two(&s, peers);
   np_addr where = s.addr;
-  rdv_peer *a = rdv_peer_new("A", NULL), *b = rdv_peer_new("B", NULL);
-  rdv_peer_start(a, &s.addr);
-  rdv_peer_start(b, &s.addr);
-  rdv_peer *peers[] = {a, b};
+  rdv_peer *a = peers[0], *b = peers[1];
   rdv_peer *list[] = {a, b, NULL};
-  wait_registered(peers, 2);
   exchange(peers, 2, a, b, 11);
 
   rdv_srv_stop(&s);
