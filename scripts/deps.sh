@@ -5,9 +5,9 @@
 # and fails only when the missing packages are needed to build at all.
 set -euo pipefail
 
-build_pkgs=(cmake make gcc pkg-config libgnutls28-dev zlib1g-dev libcjson-dev libsodium-dev
+build_pkgs=(cmake make gcc pkg-config libgnutls28-dev zlib1g-dev libcjson-dev libsodium-dev libcmocka-dev
             libminiupnpc-dev libnatpmp-dev)
-test_pkgs=(libcmocka-dev clang libclang-rt-14-dev coturn iproute2 nftables conntrack procps jq
+test_pkgs=(clang libclang-rt-14-dev coturn iproute2 nftables conntrack procps jq
            miniupnpd-nftables libnetfilter-queue-dev iptables)
 demo_pkgs=(iproute2 nftables conntrack procps jq)
 
