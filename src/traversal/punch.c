@@ -323,6 +323,15 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
    * signaling delay after us: so our rounds start a hold later. (In
    * LOCKSTEP the callee must be the earlier one: it primes, the caller
    * probes.) */
+  /* When offer and answer already say that the pair needs prediction
+   * (both NATs classified, a strategy other than NONE), waiting for the
+   * direct candidates first only costs time: the rounds start with phase 0
+   * (its targets are added first, so they still go first and the counts in
+   * 'sent' hold). The callee's hold and READY gating below still order the
+   * two sides. Where a NAT's kind is unknown the old delay stays. */
+  if (p->strategy != NP_PREDICT_NONE && p->strategy != NP_PREDICT_IMPOSSIBLE &&
+      p->self_m.known && p->peer_m.known)
+    p->predict_after = 0;
   p->predict_at = now + p->predict_after;
   if (cfg->callee && (p->strategy == NP_PREDICT_SWEEP || p->strategy == NP_PREDICT_SPRAY))
     p->predict_at += p->hold;
@@ -344,11 +353,12 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
       activate(p, k, now, 0);
   }
   NP_LOGI(&p->log,
-          "punch: %s, %d direct candidate(s); our NAT delta %d%s, peer's %d%s; strategy %s; "
-          "prime TTL %d",
-          cfg->callee ? "callee" : "caller", n, p->self_m.delta, p->self_m.known ? "" : " (unknown)",
-          p->peer_m.delta, p->peer_m.known ? "" : " (unknown)",
-          np_predict_strategy_name(p->strategy), cfg->prime_ttl);
+          "punch: %s, %d direct candidate(s); our NAT stride %d%s, peer's %d%s; strategy %s "
+          "after %d ms; prime TTL %d",
+          cfg->callee ? "callee" : "caller", n, p->self_m.stride,
+          p->self_m.known ? "" : " (unknown)", p->peer_m.stride,
+          p->peer_m.known ? "" : " (unknown)", np_predict_strategy_name(p->strategy),
+          (int)(p->predict_at - now), cfg->prime_ttl);
   *out = p;
   return 0;
 }
@@ -538,10 +548,11 @@ static void start_round(np_punch *p, int64_t now) {
       /* Spacers: new mappings after the window, toward ports half the
        * range away from any window, so both NATs advance by exactly
        * W + S per round (predict.h); TTL-limited, they reach no one. */
-      for (int i = 0; i < NP_PREDICT_LOCKSTEP_SPACERS; i++) {
+      uint16_t sp[NP_PREDICT_LOCKSTEP_SPACERS];
+      int nsp = np_predict_spacers(&p->peer_m, p->round, sp, NP_PREDICT_LOCKSTEP_SPACERS);
+      for (int i = 0; i < nsp; i++) {
         np_addr a = peer_ip;
-        int port = p->peer_m.base + 32768 + p->round * NP_PREDICT_LOCKSTEP_SPACERS + i;
-        np_addr_set_port(&a, (uint16_t)(1024 + port % (65536 - 1024)));
+        np_addr_set_port(&a, sp[i]);
         int k = add_target(p, 0, &a, NP_CAND_PREDICTED);
         if (k >= 0) {
           p->t[k].spacer = true;
