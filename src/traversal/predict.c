@@ -58,16 +58,21 @@ static int32_t fold(int64_t x) {
   return (int32_t)r;
 }
 
-/* The least k, 1 <= k <= NOISE_MAX_STEPS, with d = k strides s on the
- * ring; 0 when there is none. */
-static int whole_strides(int32_t d, int32_t s) {
-  for (int k = 1; k <= NP_PREDICT_NOISE_MAX_STEPS; k++)
+/* The least k, gap <= k < gap + NOISE_MAX_STEPS, with d = k strides s on
+ * the ring; 0 when there is none. */
+static int whole_strides(int32_t d, int32_t s, int gap) {
+  for (int k = gap; k < gap + NP_PREDICT_NOISE_MAX_STEPS; k++)
     if (fold((int64_t)k * s - d) == 0)
       return k;
   return 0;
 }
 
 enum np_nat_kind np_predict_classify(const uint16_t *ports, int n, int32_t *stride) {
+  return np_predict_classify_at(ports, NULL, n, stride);
+}
+
+enum np_nat_kind np_predict_classify_at(const uint16_t *ports, const int *at, int n,
+                                        int32_t *stride) {
   int32_t dummy;
   if (!stride)
     stride = &dummy;
@@ -77,9 +82,13 @@ enum np_nat_kind np_predict_classify(const uint16_t *ports, int n, int32_t *stri
   if (n > NP_PREDICT_MAX_VIEWS)
     n = NP_PREDICT_MAX_VIEWS;
   int32_t d[NP_PREDICT_MAX_VIEWS - 1];
+  int gap[NP_PREDICT_MAX_VIEWS - 1];
   int nd = n - 1, zeros = 0;
   for (int i = 0; i < nd; i++) {
     d[i] = np_predict_ring_diff(ports[i], ports[i + 1]);
+    gap[i] = at ? at[i + 1] - at[i] : 1;
+    if (gap[i] < 1 || gap[i] > NP_PREDICT_RING)
+      return NP_NAT_KIND_FROM_DELTA; /* not in mapping order: no verdict */
     zeros += d[i] == 0;
   }
   *stride = d[nd - 1];
@@ -87,24 +96,29 @@ enum np_nat_kind np_predict_classify(const uint16_t *ports, int n, int32_t *stri
     *stride = 0;
     return NP_NAT_KIND_CONE;
   }
-  if (nd == 1)
+  if (nd == 1) {
+    if (gap[0] > 1 && d[0] % gap[0] == 0)
+      *stride = d[0] / gap[0];
     return NP_NAT_KIND_FROM_DELTA;
+  }
   /* A mapping that stayed put next to one that moved: no stride explains
    * that. */
   if (zeros > 0)
     return NP_NAT_KIND_RANDOM;
   /* The stride s explains the views when every delta is k*s on the ring
-   * with 1 <= k <= NOISE_MAX_STEPS (noise only moves a NAT forward). Some
-   * delta is k*s, so s is one of the deltas divided by k, taken with any
-   * multiple of the ring (k*s may have wrapped up to k/2 times). Of the
-   * strides that explain every delta, the one that needs the least noise
-   * (the least sum of k): deltas 2 and 4 are stride 2, not stride 1 with
-   * noise, and 1, 1 is stride 1, not 5 * 25805 around the ring. */
+   * with gap <= k < gap + NOISE_MAX_STEPS (noise only moves a NAT
+   * forward). Some delta is k*s, so s is one of the deltas divided by k,
+   * taken with any multiple of the ring (k*s may have wrapped up to k/2
+   * times). Of the strides that explain every delta, the one that needs the
+   * least noise (the least sum of k - gap): deltas 2 and 4 are stride 2,
+   * not stride 1 with noise, and 1, 1 is stride 1, not 5 * 25805 around
+   * the ring. */
   int32_t best = 0;
   int best_cost = INT32_MAX;
   for (int i = 0; i < nd; i++) {
-    for (int k = 1; k <= NP_PREDICT_NOISE_MAX_STEPS; k++) {
-      for (int m = -NP_PREDICT_NOISE_MAX_STEPS / 2; m <= NP_PREDICT_NOISE_MAX_STEPS / 2; m++) {
+    for (int k = gap[i]; k < gap[i] + NP_PREDICT_NOISE_MAX_STEPS; k++) {
+      int wraps = k / 2 + 1;
+      for (int m = -wraps; m <= wraps; m++) {
         int64_t full = (int64_t)d[i] + (int64_t)m * NP_PREDICT_RING;
         if (full % k != 0)
           continue;
@@ -113,11 +127,11 @@ enum np_nat_kind np_predict_classify(const uint16_t *ports, int n, int32_t *stri
           continue;
         int cost = 0;
         for (int j = 0; j < nd && cost >= 0; j++) {
-          int kj = whole_strides(d[j], s);
-          cost = kj ? cost + kj : -1;
+          int kj = whole_strides(d[j], s, gap[j]);
+          cost = kj ? cost + (kj - gap[j]) : -1;
         }
         int32_t abs_s = s < 0 ? -s : s, abs_best = best < 0 ? -best : best;
-        if (cost > 0 && (cost < best_cost || (cost == best_cost && abs_s < abs_best))) {
+        if (cost >= 0 && (cost < best_cost || (cost == best_cost && abs_s < abs_best))) {
           best = s;
           best_cost = cost;
         }

@@ -147,6 +147,17 @@ int np_predict_kind(const np_nat_model *m);
  *    otherwise (the deltas disagree), stride the last delta. */
 enum np_nat_kind np_predict_classify(const uint16_t *ports, int n, int32_t *stride);
 
+/* As np_predict_classify(), for views that are not all successive
+ * mappings: at[i] is the index of view i among the mappings the socket
+ * made (increasing; a destination that never answered still took a
+ * mapping, e.g. a discovery server that is down), so between views i and
+ * i + 1 the NAT moved gap = at[i+1] - at[i] strides plus noise: k strides
+ * with gap <= k < gap + NP_PREDICT_NOISE_MAX_STEPS. With two views the
+ * one delta is divided by its gap when it can be (FROM_DELTA all the
+ * same). at NULL means 0, 1, 2, ... */
+enum np_nat_kind np_predict_classify_at(const uint16_t *ports, const int *at, int n,
+                                        int32_t *stride);
+
 /* b - a on the port ring, in (-NP_PREDICT_RING/2, NP_PREDICT_RING/2]: the
  * shortest step from a to b. Ports below the ring are taken as they are
  * (plain difference). */
