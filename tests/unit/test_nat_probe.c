@@ -589,6 +589,7 @@ static void quick_mode_one_server_down(void **state) {
   /* an alternate port that drops everything costs a few RTOs, not the
    * timeout */
   world_init(&w);
+  w.mapping = NP_BEHAVIOR_ADDRESS_AND_PORT_DEPENDENT;
   w.s1_alt_down = true;
   c = config(&w, 2);
   c.quick = true;
