@@ -328,12 +328,22 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
    * direct candidates first only costs time: the rounds start with phase 0
    * (its targets are added first, so they still go first and the counts in
    * 'sent' hold). The callee's hold and READY gating below still order the
-   * two sides. Where a NAT's kind is unknown the old delay stays. */
+   * two sides. Where a NAT's kind is unknown, or a direct candidate should
+   * work anyway (an open side, a port mapping, one LAN), the old delay
+   * stays: prediction would only add probes there. */
+  bool direct_likely = p->peer_open || has_no_nat(&cfg->self) ||
+                       np_addr_is_set(&cfg->self.portmap) || np_addr_is_set(&cfg->peer.portmap) ||
+                       np_checklist_same_nat(&cfg->self, &cfg->peer);
   if (p->strategy != NP_PREDICT_NONE && p->strategy != NP_PREDICT_IMPOSSIBLE &&
-      p->self_m.known && p->peer_m.known)
+      p->self_m.known && p->peer_m.known && !direct_likely)
     p->predict_after = 0;
   p->predict_at = now + p->predict_after;
-  if (cfg->callee && (p->strategy == NP_PREDICT_SWEEP || p->strategy == NP_PREDICT_SPRAY))
+  bool gated = cfg->callee && cfg->prime_ttl > 0 &&
+               (p->strategy == NP_PREDICT_SWEEP || p->strategy == NP_PREDICT_SPRAY);
+  /* (A gated callee's READY already says the caller has primed: when the
+   * plan was known at once the hold would only add to it.) */
+  if (cfg->callee && (p->strategy == NP_PREDICT_SWEEP || p->strategy == NP_PREDICT_SPRAY) &&
+      !(gated && p->predict_after == 0))
     p->predict_at += p->hold;
   p->next_round_at = p->predict_at;
   /* And a priming callee's sweep or spray must not overtake the caller,
@@ -343,8 +353,7 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
    * waits for the caller's READY (np_punch_peer_ready), or for the
    * fallback when none comes. */
   p->ready_at = -1;
-  p->round_gated = cfg->callee && cfg->prime_ttl > 0 &&
-                   (p->strategy == NP_PREDICT_SWEEP || p->strategy == NP_PREDICT_SPRAY);
+  p->round_gated = gated;
   if (p->round_gated)
     p->next_round_at += FALLBACK_MS;
   for (int i = 0; i < n; i++) {
@@ -375,8 +384,12 @@ void np_punch_peer_ready(np_punch *p, int64_t now) {
       p->t[i].next = now;
   if (p->round_gated && p->round == 0) {
     /* A spraying callee also waits for the caller's first round, which
-     * primes its sockets a predict_after after its start. */
-    int64_t at = now + (p->strategy == NP_PREDICT_SPRAY ? p->predict_after : 0);
+     * primes its sockets a predict_after after its start (or, started at
+     * once, over about one pacing interval per socket). */
+    int64_t wait = p->predict_after;
+    if (wait == 0) /* it started at once: its paced sockets are primed about then */
+      wait = (int64_t)(p->bd_sockets + PACE_BURST) * PACE_US / 1000;
+    int64_t at = now + (p->strategy == NP_PREDICT_SPRAY ? wait : 0);
     p->next_round_at = at > p->predict_at ? at : p->predict_at;
   }
 }
