@@ -536,7 +536,7 @@ static bool drain_error(np_nat_probe *p, int fd, int sock, int64_t now) {
   np_udp_error e;
   if (!np_udp_read_error(fd, &e))
     return false;
-  if (e.icmp && np_addr_is_set(&e.dest))
+  if (e.icmp && !e.time_exceeded && np_addr_is_set(&e.dest))
     np_nat_probe_unreachable(p, now, sock, &e.dest);
   return true;
 }
