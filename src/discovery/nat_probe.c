@@ -80,7 +80,7 @@ struct np_nat_probe {
   int64_t started;
   int64_t deadline;
   int rto;
-  int first_sends; /* MAIN transactions whose first request went out */
+  int first_sends; /* new (socket, destination) pairs sent to: mappings made */
   struct txn tx[TX_COUNT];
 };
 
@@ -266,9 +266,15 @@ int np_nat_probe_next_datagram(np_nat_probe *p, int64_t now, np_probe_datagram *
     dg->to = t->to;
     if (t->sends == 0) {
       t->first_sent = now;
-      /* Each first request from MAIN to a new destination is a mapping on
-       * a symmetric NAT, answered or not: the views' places among them. */
-      if (t->sock == NP_PROBE_SOCK_MAIN)
+      /* Each first request from a socket to a destination it has not
+       * sent to is a mapping on a symmetric NAT, answered or not (the
+       * FILTER socket's too: a sequential NAT has one counter): the views'
+       * places among them. */
+      bool seen = false;
+      for (int j = 0; j < TX_COUNT && !seen; j++)
+        seen = j != i && p->tx[j].order > 0 && p->tx[j].sock == t->sock &&
+               np_addr_equal(&p->tx[j].to, &t->to);
+      if (!seen)
         t->order = ++p->first_sends;
     }
     t->sends++;
