@@ -384,12 +384,10 @@ void np_punch_peer_ready(np_punch *p, int64_t now) {
       p->t[i].next = now;
   if (p->round_gated && p->round == 0) {
     /* A spraying callee also waits for the caller's first round, which
-     * primes its sockets a predict_after after its start (or, started at
-     * once, over about one pacing interval per socket). */
-    int64_t wait = p->predict_after;
-    if (wait == 0) /* it started at once: its paced sockets are primed about then */
-      wait = (int64_t)(p->bd_sockets + PACE_BURST) * PACE_US / 1000;
-    int64_t at = now + (p->strategy == NP_PREDICT_SPRAY ? wait : 0);
+     * primes its sockets a predict_after after its start (at once when
+     * the plan was known at once: they are primed, paced, while our spray
+     * goes out, and a probe that comes too early only misses). */
+    int64_t at = now + (p->strategy == NP_PREDICT_SPRAY ? p->predict_after : 0);
     p->next_round_at = at > p->predict_at ? at : p->predict_at;
   }
 }
@@ -540,6 +538,11 @@ static void fail(np_punch *p, int err, const char *reason) {
 static void start_round(np_punch *p, int64_t now) {
   p->round++;
   p->next_round_at = now + p->round_ms;
+  /* A spray started at once goes on back to back (a round takes its
+   * paced sends): the odds grow with every probe, and idle time between
+   * rounds only delays the hit. */
+  if (p->strategy == NP_PREDICT_SPRAY && p->predict_after == 0)
+    p->next_round_at = now + (int64_t)p->bd_ports * PACE_US / 1000;
   np_addr peer_ip = p->cfg.peer.n_mapped ? p->cfg.peer.mapped[0] : p->t[0].to;
   int added = 0;
   switch (p->strategy) {
