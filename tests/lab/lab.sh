@@ -471,14 +471,21 @@ lab_servers() {
 
 # lab_start_natpunch_servers CLI LOGDIR: our discovery servers on s1 (with
 # alternate IP and port, for RFC 5780) and s2, listening on 3478.
+# With LAB_SERVER_DOWN=1 or 2 that server is not started: its host is up
+# and answers with ICMP port unreachable, as a crashed server's would.
 lab_start_natpunch_servers() {
-  local cli=$1 dir=$2 p1 p2
-  lab_spawn s1 "$dir/server-s1.log" "$cli" discovery-server --listen "$LAB_S1:3478" \
-    --alt-ip "$LAB_S1_ALT" --alt-port 3479
-  p1=$LAB_LAST_PID
-  lab_spawn s2 "$dir/server-s2.log" "$cli" discovery-server --listen "$LAB_S2:3478"
-  p2=$LAB_LAST_PID
-  lab_wait_udp s1 3478 "$p1" && lab_wait_udp s1 3479 "$p1" && lab_wait_udp s2 3478 "$p2" || {
+  local cli=$1 dir=$2 p1="" p2="" down=${LAB_SERVER_DOWN:-0}
+  if [ "$down" != 1 ]; then
+    lab_spawn s1 "$dir/server-s1.log" "$cli" discovery-server --listen "$LAB_S1:3478" \
+      --alt-ip "$LAB_S1_ALT" --alt-port 3479
+    p1=$LAB_LAST_PID
+  fi
+  if [ "$down" != 2 ]; then
+    lab_spawn s2 "$dir/server-s2.log" "$cli" discovery-server --listen "$LAB_S2:3478"
+    p2=$LAB_LAST_PID
+  fi
+  { [ "$down" = 1 ] || { lab_wait_udp s1 3478 "$p1" && lab_wait_udp s1 3479 "$p1"; }; } &&
+    { [ "$down" = 2 ] || lab_wait_udp s2 3478 "$p2"; } || {
     echo "lab: natpunch discovery servers did not start; logs:" >&2
     tail -n 20 "$dir"/server-s*.log >&2
     return 1
