@@ -31,9 +31,16 @@ static void usage(FILE *out) {
           "minus first, null with one server), mapping and filtering\n"
           "(endpoint-independent | address-dependent | address-and-port-dependent |\n"
           "unknown), port_preserving, nat, hairpinning (true/false/null), rfc5780,\n"
-          "other_address, servers (per server: address, mapped, rtt_ms, error).\n\n"
-          "Exit status: 0 all servers answered; 1 a server did not answer or another\n"
-          "failure (with --json an object with an \"error\" field is still printed);\n"
+          "other_address, servers (per server: address, mapped, rtt_ms, error),\n"
+          "port_allocation (cone | sequential | random | unknown: how the NAT picks a\n"
+          "new mapping's port), stride (step between successive mappings, null when\n"
+          "unknown or random), evidence (views: every mapping of the main socket in\n"
+          "the order it was made, each {to, mapped}; deltas between them on the port\n"
+          "ring 1024..65535; verdict, a sentence; guessed: true when judged from one\n"
+          "delta only), warning (a server that did not answer while another did).\n\n"
+          "Exit status: 0 at least one server answered (a server that did not is\n"
+          "named in a warning on stderr); 1 no server answered, or another failure\n"
+          "(with --json an object with an \"error\" field is still printed);\n"
           "2 bad command line.\n",
           DEFAULT_STUN_PORT);
 }
@@ -85,6 +92,45 @@ static const char *nat_summary(const np_probe_result *r) {
   return "NAT of unknown kind";
 }
 
+static const char *allocation_name(int kind) {
+  static const char *const names[] = {"unknown", "cone", "sequential", "random"};
+  return kind >= 0 && kind <= 3 ? names[kind] : "unknown";
+}
+
+/* The deltas between successive views, on the port ring 1024..65535 (a
+ * sequence that wraps past 65535 is still one stride per step). */
+static int view_delta(const np_probe_result *r, int i) {
+  int d = (int)np_addr_port(&r->view_mapped[i + 1]) - (int)np_addr_port(&r->view_mapped[i]);
+  const int ring = 65536 - 1024;
+  if (np_addr_port(&r->view_mapped[i]) >= 1024 && np_addr_port(&r->view_mapped[i + 1]) >= 1024) {
+    if (d > ring / 2)
+      d -= ring;
+    else if (d <= -ring / 2)
+      d += ring;
+  }
+  return d;
+}
+
+/* The verdict on the port allocation, with its evidence, as a sentence. */
+static void allocation_text(const np_probe_result *r, char *buf, size_t size) {
+  switch (r->port_kind) {
+  case 1:
+    snprintf(buf, size, "cone: %d views, all on one port", r->n_views);
+    break;
+  case 2:
+    snprintf(buf, size, "sequential, stride %+d (%d views%s)", r->stride, r->n_views,
+             r->port_kind_guessed ? ": one delta only, taken as sequential as it is small" : "");
+    break;
+  case 3:
+    snprintf(buf, size, "random (%d views%s)", r->n_views,
+             r->port_kind_guessed ? ": one delta only, taken as random as it is large"
+                                  : ": the deltas disagree");
+    break;
+  default:
+    snprintf(buf, size, "unknown (%d view%s: needs two)", r->n_views, r->n_views == 1 ? "" : "s");
+  }
+}
+
 static void print_human(const np_probe_config *cfg, const np_probe_result *r) {
   char a[NP_ADDRSTRLEN], b[NP_ADDRSTRLEN], err[128];
   printf("Local address     %s\n", addr_text(&r->local, a));
@@ -104,6 +150,9 @@ static void print_human(const np_probe_config *cfg, const np_probe_result *r) {
     printf("Port delta        %+d\n", r->delta);
   else
     printf("Port delta        unknown (needs two servers)\n");
+  char verdict[160];
+  allocation_text(r, verdict, sizeof verdict);
+  printf("Port allocation   %s\n", verdict);
   printf("Behind NAT        %s\n", r->nat ? "yes" : "no");
   if (!r->rfc5780)
     printf("RFC 5780          first server has no alternate address: behaviour unknown\n");
@@ -163,12 +212,40 @@ static void print_json(const np_probe_config *cfg, const np_probe_result *r, int
     cJSON_AddBoolToObject(o, "hairpinning", r->hairpinning == NP_YES);
   cJSON_AddBoolToObject(o, "rfc5780", r->rfc5780);
   cJSON_AddItemToObject(o, "other_address", json_addr(&r->other_address));
-  if (rc != 0 || r->n_mapped < cfg->n_servers) {
+  cJSON_AddStringToObject(o, "port_allocation", allocation_name(r->port_kind));
+  if (r->port_kind == 1 || r->port_kind == 2)
+    cJSON_AddNumberToObject(o, "stride", r->stride);
+  else
+    cJSON_AddNullToObject(o, "stride");
+  cJSON *ev = cJSON_AddObjectToObject(o, "evidence");
+  cJSON *views = cJSON_AddArrayToObject(ev, "views");
+  cJSON *deltas = cJSON_AddArrayToObject(ev, "deltas");
+  for (int i = 0; i < r->n_views; i++) {
+    cJSON *v = cJSON_CreateObject();
+    cJSON_AddItemToObject(v, "to", json_addr(&r->view_to[i]));
+    cJSON_AddItemToObject(v, "mapped", json_addr(&r->view_mapped[i]));
+    cJSON_AddItemToArray(views, v);
+    if (i + 1 < r->n_views)
+      cJSON_AddItemToArray(deltas, cJSON_CreateNumber(view_delta(r, i)));
+  }
+  char verdict[160];
+  allocation_text(r, verdict, sizeof verdict);
+  cJSON_AddStringToObject(ev, "verdict", verdict);
+  cJSON_AddBoolToObject(ev, "guessed", r->port_kind_guessed);
+  if (r->n_views > 0)
+    cJSON_AddNumberToObject(ev, "base_port", r->base_port);
+  else
+    cJSON_AddNullToObject(ev, "base_port");
+  if (r->n_mapped < cfg->n_servers || (rc != 0 && r->n_mapped == 0)) {
     int bad = r->server_err[0] ? 0 : 1;
     server_error_text(r, bad, cfg->timeout_ms, err, sizeof err);
-    char msg[NP_ADDRSTRLEN + 160], a[NP_ADDRSTRLEN];
-    snprintf(msg, sizeof msg, "discovery server %s: %s", addr_text(&cfg->servers[bad], a), err);
-    cJSON_AddStringToObject(o, "error", msg);
+    char msg[NP_ADDRSTRLEN + 200], a[NP_ADDRSTRLEN];
+    if (r->n_mapped > 0)
+      snprintf(msg, sizeof msg, "discovery server %d (%s): %s; going on with %d view(s)", bad + 1,
+               addr_text(&cfg->servers[bad], a), err, r->n_views);
+    else
+      snprintf(msg, sizeof msg, "discovery server %s: %s", addr_text(&cfg->servers[bad], a), err);
+    cJSON_AddStringToObject(o, r->n_mapped > 0 ? "warning" : "error", msg);
   }
   char *text = cJSON_PrintUnformatted(o);
   if (text)
@@ -257,18 +334,24 @@ int cli_probe(int argc, char **argv) {
   }
   if (json)
     print_json(&cfg, &r, rc);
-  else if (rc == 0)
+  else if (r.n_mapped > 0)
     print_human(&cfg, &r);
 
+  /* One server down still gives a view (two with the first server's
+   * alternate): say which one, and go on. */
   char a[NP_ADDRSTRLEN], err[128];
-  int status = CLI_EXIT_OK;
   for (int i = 0; i < cfg.n_servers; i++) {
     if (r.server_err[i]) {
       server_error_text(&r, i, cfg.timeout_ms, err, sizeof err);
-      fprintf(stderr, "natpunch probe: discovery server %s: %s\n", addr_text(&cfg.servers[i], a),
-              err);
-      status = CLI_EXIT_FAIL;
+      if (r.n_mapped > 0)
+        fprintf(stderr,
+                "natpunch probe: warning: discovery server %d (%s): %s; going on with %d "
+                "view(s)\n",
+                i + 1, addr_text(&cfg.servers[i], a), err, r.n_views);
+      else
+        fprintf(stderr, "natpunch probe: discovery server %s: %s\n",
+                addr_text(&cfg.servers[i], a), err);
     }
   }
-  return status;
+  return r.n_mapped > 0 ? CLI_EXIT_OK : CLI_EXIT_FAIL;
 }

@@ -120,6 +120,9 @@ static void check_same(const np_sig_msg *a, const np_sig_msg *b, bool with_obser
   for (int i = 0; i < x->n_mapped; i++)
     CHECK(addr_same(&x->mapped[i], &y->mapped[i]));
   CHECK(x->have_delta == y->have_delta && x->delta == y->delta);
+  CHECK(x->have_stride == y->have_stride && x->stride == y->stride &&
+        x->nat_kind == y->nat_kind && x->n_views == y->n_views &&
+        x->stride_base == y->stride_base);
   CHECK(x->have_nat == y->have_nat && x->mapping == y->mapping && x->filtering == y->filtering);
   CHECK(addr_same(&x->portmap, &y->portmap));
   CHECK(addr_same(&a->peer_seen, &b->peer_seen));

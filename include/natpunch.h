@@ -205,6 +205,8 @@ NP_EXPORT const char *np_nat_behavior_name(enum np_nat_behavior b);
 enum np_tristate { NP_NO = 0, NP_YES = 1, NP_UNKNOWN = -1 };
 
 #define NP_PROBE_MAX_SERVERS 2
+/* Views of one socket a probe reports: two servers and two alternates. */
+#define NP_PROBE_MAX_VIEWS 4
 
 typedef struct np_probe_config {
   /* Discovery servers, in query order. servers[0] should support RFC 5780
@@ -225,9 +227,11 @@ typedef struct np_probe_config {
   int timeout_ms;
   /* Skip the hairpinning test. */
   bool no_hairpin;
-  /* Only ask the servers for the mapped addresses and the delta: no
-   * RFC 5780 tests, no hairpinning, so one round trip and no mapping on the
-   * socket but the two servers' (what the traversal engine gathers). */
+  /* Only ask for the views the port prediction needs: the two servers,
+   * then servers[0]'s alternate address and port (its OTHER-ADDRESS), a
+   * third mapping in about two round trips; no filtering tests, no
+   * hairpinning, no other mapping on the socket (what the traversal engine
+   * gathers). */
   bool quick;
   np_log_fn log;
   void *log_user;
@@ -255,6 +259,24 @@ typedef struct np_probe_result {
   bool port_preserving;                   /* mapped port == local port */
   bool nat;                               /* mapped differs from local */
   enum np_tristate hairpinning;
+  /* Every mapping of the socket a server answered with, in the order the
+   * mappings were made (the order of the first requests: a NAT maps on the
+   * first packet): server 1, server 2, server 1's alternate address(es).
+   * A view that an address-dependent NAT could only have answered from a
+   * mapping already listed (same server IP, same mapped address) is left
+   * out: it is no new mapping. */
+  int n_views;
+  np_addr view_to[NP_PROBE_MAX_VIEWS];     /* where the request went */
+  np_addr view_mapped[NP_PROBE_MAX_VIEWS]; /* as that server saw us */
+  /* Port allocation judged from the views: 0 unknown (fewer than two), 1
+   * cone (no view moved), 2 sequential (one stride apart, noise allowed:
+   * whole strides), 3 random (the deltas disagree). port_kind_guessed:
+   * from two views only, one delta with nothing to check it against, so
+   * the old rule (sequential when |delta| <= 64). */
+  int port_kind;
+  bool port_kind_guessed;
+  int stride;         /* step between successive mappings (port ring 1024..65535) */
+  uint16_t base_port; /* port of the last mapping made */
 } np_probe_result;
 
 /* Runs the probe synchronously: this call blocks the calling thread for up

@@ -11,6 +11,7 @@
 #include "natpunch.h"
 
 #include "discovery/nat_probe.h"
+#include "traversal/predict.h"
 #include "net/addr.h"
 #include "net/udp.h"
 #include "portmap/portmap.h"
@@ -359,6 +360,11 @@ static int measured_prime_ttl(const np_agent *a) {
 static void drain_errqueue(np_agent *a, int fd) {
   np_udp_error e;
   for (int guard = 0; guard < 64 && np_udp_read_error(fd, &e); guard++) {
+    /* A discovery server that is down answers its query with port
+     * unreachable: the gathering need not wait for its timeout. */
+    if (a->probe && a->nsocks > 0 && fd == a->socks[0] && e.icmp && !e.time_exceeded &&
+        np_addr_is_set(&e.dest))
+      np_nat_probe_unreachable(a->probe, np_now_ms(), NP_PROBE_SOCK_MAIN, &e.dest);
     if (!e.time_exceeded || e.len < NP_STUN_HEADER_LEN)
       continue;
     for (int ttl = 1; ttl <= HOP_MAX_TTL; ttl++)
@@ -554,8 +560,29 @@ static void gather_finish(np_agent *a) {
         a->cand.mapped[a->cand.n_mapped++] = r.mapped[i];
     a->cand.have_delta = r.have_delta;
     a->cand.delta = r.delta;
+    /* The verdict on all the views (three with server 1's alternate), so
+     * the peer predicts with the stride the NAT really has. */
+    a->cand.have_stride = r.n_views >= 2 && r.port_kind >= NP_NAT_KIND_CONE && r.base_port != 0;
+    if (a->cand.have_stride) {
+      a->cand.stride = r.stride;
+      a->cand.nat_kind = (uint8_t)r.port_kind;
+      a->cand.n_views = (uint8_t)r.n_views;
+      a->cand.stride_base = r.base_port;
+    }
+    int64_t took = np_now_ms() - a->gather_started;
     np_nat_probe_free(a->probe);
     a->probe = NULL;
+    for (int i = 0; i < a->cfg.n_discovery && a->cand.n_mapped > 0; i++) {
+      if (np_addr_port(&r.mapped[i]))
+        continue;
+      char t[NP_ADDRSTRLEN];
+      NP_LOGW(&a->log,
+              "agent: discovery server %d (%s) did not answer (%s, after %lld ms); going on with "
+              "%d view(s)%s",
+              i + 1, np_addr_format(&a->cfg.discovery[i], t, sizeof t), np_strerror(r.server_err[i]),
+              (long long)took, r.n_views,
+              r.n_views < 2 ? ": no stride, a pair that needs prediction may fail" : "");
+    }
     if (a->cand.n_mapped == 0)
       NP_LOGW(&a->log, "agent: no discovery server answered; offering private addresses only");
   }
@@ -570,9 +597,13 @@ static void gather_finish(np_agent *a) {
     np_addr_format(&a->cand.mapped[1], m1, sizeof m1);
   if (np_addr_is_set(&a->cand.portmap))
     np_addr_format(&a->cand.portmap, pmt, sizeof pmt);
-  NP_LOGI(&a->log, "agent: gathered: %d private, mapped %s %s (delta %s%d), portmap %s, prime TTL %d",
-          a->cand.n_private, m0, m1, a->cand.have_delta ? "" : "unknown ", a->cand.delta, pmt,
-          a->prime_ttl);
+  static const char *const kinds[] = {"unknown", "cone", "sequential", "random"};
+  NP_LOGI(&a->log,
+          "agent: gathered: %d private, mapped %s %s (delta %s%d; %s, stride %d, base %u, %d "
+          "views), portmap %s, prime TTL %d",
+          a->cand.n_private, m0, m1, a->cand.have_delta ? "" : "unknown ", a->cand.delta,
+          kinds[a->cand.have_stride && a->cand.nat_kind <= 3 ? a->cand.nat_kind : 0],
+          a->cand.stride, (unsigned)a->cand.stride_base, a->cand.n_views, pmt, a->prime_ttl);
 }
 
 static void punch_start(np_agent *a, int64_t now) {

@@ -10,6 +10,7 @@
 #include "net/udp.h"
 #include "util/clock.h"
 #include "util/log.h"
+#include "traversal/predict.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -31,6 +32,11 @@
  * of transactions, and a missing view costs the session its delta. It is
  * two small requests, to our own servers, for at most a few seconds. */
 #define QUICK_MAX_SENDS 16
+/* The quick mode's third view (servers[0]'s alternate address and port) is
+ * a bonus: once both servers have answered it gets this many RTOs from its
+ * first request, not the whole timeout, so an alternate port that a
+ * firewall drops costs the session little. */
+#define ALT_GRACE_RTOS 4
 
 /* The transactions of one probe, in the order their first datagrams go out. */
 enum txn_id {
@@ -54,6 +60,7 @@ struct txn {
   uint8_t txid[NP_STUN_TXID_LEN];
   int sends;
   int64_t first_sent;
+  int order; /* 1 + how many first requests went before ours; 0 unsent */
   int64_t next_send;
   int64_t rto;
   int err;        /* why it failed: NP_ERR_TIMEOUT / _UNREACHABLE / _PROTO */
@@ -73,6 +80,7 @@ struct np_nat_probe {
   int64_t started;
   int64_t deadline;
   int rto;
+  int first_sends; /* new (socket, destination) pairs sent to: mappings made */
   struct txn tx[TX_COUNT];
 };
 
@@ -99,6 +107,7 @@ static void txn_start(np_nat_probe *p, enum txn_id id, int sock, const np_addr *
   t->to = *to;
   t->change = change;
   t->sends = 0;
+  t->order = 0;
   t->next_send = now;
   t->rto = p->rto;
   t->rtt_ms = -1;
@@ -142,11 +151,13 @@ int np_nat_probe_new(const np_probe_config *cfg, const np_addr *local_main,
   if (cfg->n_servers > 1)
     txn_start(p, TX_SERVER2, NP_PROBE_SOCK_MAIN, &cfg->servers[1], 0, now);
   if (cfg->quick) {
-    /* Only the two views: any further destination would be one more
-     * mapping on a symmetric NAT, after the second server's, and the
-     * traversal engine counts on the second view being the last. */
+    /* Only the views: the two servers now, servers[0]'s alternate address
+     * and port when its answer names it (on_server1_answer). Any other
+     * destination would be one more mapping on a symmetric NAT, and the
+     * traversal engine counts on the last view being the last mapping. */
     for (int i = TX_MAP2; i < TX_COUNT; i++)
-      p->tx[i].state = TS_SKIPPED;
+      if (i != TX_MAP3)
+        p->tx[i].state = TS_SKIPPED;
     *out = p;
     return 0;
   }
@@ -167,9 +178,22 @@ void np_nat_probe_free(np_nat_probe *p) {
 /* Starts what the first server's answer makes possible: the mapping tests
  * (they need OTHER-ADDRESS) and the hairpinning test (it needs M1). */
 static void on_server1_answer(np_nat_probe *p, int64_t now) {
-  if (p->cfg.quick)
-    return;
   const struct txn *s1 = &p->tx[TX_SERVER1];
+  if (p->cfg.quick) {
+    /* A third view for the stride. Not when the alternate is one of the
+     * servers we already asked (a deployment may put server 2 on server
+     * 1's alternate IP): the same destination makes no new mapping. */
+    const np_addr *o = &s1->other;
+    bool usable = np_addr_is_set(o) && o->u.sa.sa_family == s1->mapped.u.sa.sa_family &&
+                  np_addr_port(o) != 0;
+    for (int i = 0; usable && i < p->cfg.n_servers; i++)
+      usable = !np_addr_equal(o, &p->cfg.servers[i]);
+    if (usable)
+      txn_start(p, TX_MAP3, NP_PROBE_SOCK_MAIN, o, 0, now);
+    else
+      p->tx[TX_MAP3].state = TS_SKIPPED;
+    return;
+  }
   const np_addr *m1 = &s1->mapped;
   bool behind_nat = !np_addr_equal(m1, &p->local_main);
   if (np_addr_is_set(&s1->other) && s1->other.u.sa.sa_family == m1->u.sa.sa_family &&
@@ -202,6 +226,10 @@ static void expire(np_nat_probe *p, int64_t now) {
     if (now >= p->deadline || (t->sends >= max_sends(p) && now >= t->next_send))
       txn_fail(p, (enum txn_id)i, NP_ERR_TIMEOUT);
   }
+  if (p->cfg.quick && p->tx[TX_MAP3].state == TS_PENDING && p->tx[TX_MAP3].sends > 0 &&
+      p->tx[TX_SERVER2].state != TS_PENDING &&
+      now >= p->tx[TX_MAP3].first_sent + (int64_t)p->rto * ALT_GRACE_RTOS)
+    txn_fail(p, TX_MAP3, NP_ERR_TIMEOUT);
   if (p->tx[TX_SERVER1].state == TS_FAILED) {
     /* Without the first server's answer no RFC 5780 test can be judged. */
     for (int i = TX_MAP2; i < TX_COUNT; i++)
@@ -236,8 +264,19 @@ int np_nat_probe_next_datagram(np_nat_probe *p, int64_t now, np_probe_datagram *
     dg->len = n;
     dg->sock = t->sock;
     dg->to = t->to;
-    if (t->sends == 0)
+    if (t->sends == 0) {
       t->first_sent = now;
+      /* Each first request from a socket to a destination it has not
+       * sent to is a mapping on a symmetric NAT, answered or not (the
+       * FILTER socket's too: a sequential NAT has one counter): the views'
+       * places among them. */
+      bool seen = false;
+      for (int j = 0; j < TX_COUNT && !seen; j++)
+        seen = j != i && p->tx[j].order > 0 && p->tx[j].sock == t->sock &&
+               np_addr_equal(&p->tx[j].to, &t->to);
+      if (!seen)
+        t->order = ++p->first_sends;
+    }
     t->sends++;
     /* After the last transmission, wait a few RTOs for a late answer. */
     t->next_send = now + (t->sends < most ? t->rto : (int64_t)p->rto * LAST_WAIT_RTOS);
@@ -312,6 +351,10 @@ int64_t np_nat_probe_wakeup(const np_nat_probe *p) {
   for (int i = 0; i < TX_COUNT; i++)
     if (p->tx[i].state == TS_PENDING && p->tx[i].next_send < w)
       w = p->tx[i].next_send;
+  const struct txn *alt = &p->tx[TX_MAP3];
+  if (p->cfg.quick && alt->state == TS_PENDING && alt->sends > 0 &&
+      alt->first_sent + (int64_t)p->rto * ALT_GRACE_RTOS < w)
+    w = alt->first_sent + (int64_t)p->rto * ALT_GRACE_RTOS;
   return w < p->deadline ? w : p->deadline;
 }
 
@@ -378,6 +421,65 @@ static enum np_nat_behavior classify_filtering(const np_nat_probe *p) {
   return NP_BEHAVIOR_UNKNOWN;
 }
 
+/* The views in the order their mappings were made, without the ones an
+ * address-dependent NAT answered from a mapping already listed; then the
+ * verdict on them (np_predict_classify()). */
+static void collect_views(const np_nat_probe *p, np_probe_result *out) {
+  static const enum txn_id ids[] = {TX_SERVER1, TX_SERVER2, TX_MAP2, TX_MAP3};
+  const struct txn *v[NP_PROBE_MAX_VIEWS];
+  int n = 0;
+  for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
+    if (p->tx[ids[i]].state == TS_DONE && p->tx[ids[i]].order > 0 && n < NP_PROBE_MAX_VIEWS)
+      v[n++] = &p->tx[ids[i]];
+  for (int i = 1; i < n; i++) /* insertion sort by order: at most four */
+    for (int j = i; j > 0 && v[j]->order < v[j - 1]->order; j--) {
+      const struct txn *t = v[j];
+      v[j] = v[j - 1];
+      v[j - 1] = t;
+    }
+  uint16_t ports[NP_PROBE_MAX_VIEWS];
+  int at[NP_PROBE_MAX_VIEWS];
+  out->n_views = 0;
+  for (int i = 0; i < n; i++) {
+    bool reused = false;
+    for (int j = 0; j < out->n_views && !reused; j++)
+      reused = np_addr_same_ip(&out->view_to[j], &v[i]->to) &&
+               np_addr_equal(&out->view_mapped[j], &v[i]->mapped);
+    if (reused)
+      continue;
+    out->view_to[out->n_views] = v[i]->to;
+    out->view_mapped[out->n_views] = v[i]->mapped;
+    at[out->n_views] = v[i]->order;
+    ports[out->n_views++] = np_addr_port(&v[i]->mapped);
+  }
+  if (out->n_views == 0)
+    return;
+  out->base_port = ports[out->n_views - 1];
+  int32_t stride = 0;
+  enum np_nat_kind k = np_predict_classify_at(ports, at, out->n_views, &stride);
+  out->stride = stride;
+  /* Requests that went out after the last answered one (unanswered) still
+   * took mappings: the NAT's last mapping is that many strides on. */
+  int after = p->first_sends - at[out->n_views - 1];
+  if (after > 0 && k != NP_NAT_KIND_RANDOM && stride != 0) {
+    int32_t b = np_predict_port_at(out->base_port, stride, after);
+    if (b > 0)
+      out->base_port = (uint16_t)b;
+  }
+  if (out->n_views < 2) {
+    out->port_kind = 0;
+    return;
+  }
+  if (k == NP_NAT_KIND_FROM_DELTA) {
+    /* one delta: the two-view rule of the predictor */
+    np_nat_model m = {.known = true, .base = out->base_port, .stride = stride};
+    static const int from_rule[] = {NP_NAT_KIND_CONE, NP_NAT_KIND_SEQUENTIAL, NP_NAT_KIND_RANDOM};
+    k = (enum np_nat_kind)from_rule[np_predict_kind(&m)];
+    out->port_kind_guessed = k != NP_NAT_KIND_CONE;
+  }
+  out->port_kind = (int)k;
+}
+
 int np_nat_probe_result(const np_nat_probe *p, np_probe_result *out) {
   memset(out, 0, sizeof *out);
   out->local = p->local_main;
@@ -393,6 +495,7 @@ int np_nat_probe_result(const np_nat_probe *p, np_probe_result *out) {
       out->server_error_code[i] = t->error_code;
     }
   }
+  collect_views(p, out); /* also with server 1 down: server 2's view counts */
   const struct txn *s1 = &p->tx[TX_SERVER1];
   if (s1->state != TS_DONE)
     return out->server_err[0];
@@ -439,7 +542,7 @@ static bool drain_error(np_nat_probe *p, int fd, int sock, int64_t now) {
   np_udp_error e;
   if (!np_udp_read_error(fd, &e))
     return false;
-  if (e.icmp && np_addr_is_set(&e.dest))
+  if (e.icmp && !e.time_exceeded && np_addr_is_set(&e.dest))
     np_nat_probe_unreachable(p, now, sock, &e.dest);
   return true;
 }

@@ -50,9 +50,13 @@ void np_nat_probe_free(np_nat_probe *p);
 
 /* Returns 1 and fills *dg with the next datagram due at 'now', or 0 when
  * nothing is due. Call repeatedly until it returns 0. Datagrams come out in
- * a fixed order (first server, second server, then the tests), so on a NAT
- * with sequential port allocation the delta between the two servers' views
- * is not inflated by the probe's own other mappings. */
+ * a fixed order (first server, second server, then the tests: the first
+ * server's alternate address and port), and the result lists the views in
+ * the order of their first requests, which is the order a NAT made the
+ * mappings; so on a NAT with sequential port allocation the stride is not
+ * inflated by the probe's own other mappings. In quick mode the only test
+ * is the alternate address and port (a third view, for the stride), which
+ * gets a few RTOs once both servers are settled, not the whole timeout. */
 int np_nat_probe_next_datagram(np_nat_probe *p, int64_t now, np_probe_datagram *dg);
 
 /* Feeds a datagram that arrived on socket 'sock' from 'from'. Anything that
@@ -62,8 +66,11 @@ void np_nat_probe_input(np_nat_probe *p, int64_t now, int sock, const np_addr *f
                         const uint8_t *buf, size_t len);
 
 /* Tells the machine that datagrams from 'sock' to 'to' were reported
- * unreachable (ICMP error, EHOSTUNREACH): transactions to it fail at once
- * with NP_ERR_UNREACHABLE instead of waiting for the deadline. */
+ * unreachable (an ICMP port or host unreachable from the socket's error
+ * queue, or EHOSTUNREACH from a send): pending transactions to it fail at
+ * once with NP_ERR_UNREACHABLE instead of waiting for the deadline, so a
+ * discovery server that is down costs one round trip, not the timeout.
+ * Not for "time exceeded" (a TTL-limited packet of the caller's own). */
 void np_nat_probe_unreachable(np_nat_probe *p, int64_t now, int sock, const np_addr *to);
 
 /* The time by which np_nat_probe_next_datagram() must be called again

@@ -23,6 +23,13 @@
 #define TIMESTAMP_LEN 8
 #define DELTA_LEN 4
 #define NAT_LEN 2
+#define STRIDE_LEN 8
+/* STRIDE's kind: 1 cone .. 3 random (enum np_nat_kind; 0 is "not
+ * classified", which is said by leaving the TLV out). */
+#define STRIDE_KIND_MIN 1
+#define STRIDE_KIND_MAX 3
+#define STRIDE_VIEWS_MIN 2
+#define STRIDE_VIEWS_MAX 8
 /* ERROR value: u16 code, then the text. */
 #define ERROR_FIXED_LEN 2
 /* Codes read as three decimal digits, like HTTP's. */
@@ -31,7 +38,7 @@
 /* The highest enum np_nat_behavior value a NAT TLV may carry. */
 #define NAT_BEHAVIOR_MAX NP_BEHAVIOR_ADDRESS_AND_PORT_DEPENDENT
 /* Highest TLV type we know; bit i of the "seen" mask is type i. */
-#define TLV_KNOWN_MAX NP_SIG_T_KX
+#define TLV_KNOWN_MAX NP_SIG_T_STRIDE
 
 /* Domain separation for REGISTER signatures: the NUL is included so no
  * other context string can be a prefix of this one. */
@@ -234,6 +241,16 @@ static int read_tlv(np_sig_msg *msg, uint16_t t, const uint8_t *v, size_t vlen) 
     /* Two's complement on the wire; the conversion is exact for every
      * int32_t value. */
     msg->cand.delta = (int32_t)rd32(v);
+    return 0;
+  case NP_SIG_T_STRIDE:
+    if (vlen != STRIDE_LEN || v[4] < STRIDE_KIND_MIN || v[4] > STRIDE_KIND_MAX ||
+        v[5] < STRIDE_VIEWS_MIN || v[5] > STRIDE_VIEWS_MAX)
+      return NP_ERR_PROTO;
+    msg->cand.have_stride = true;
+    msg->cand.stride = (int32_t)rd32(v); /* two's complement, as DELTA */
+    msg->cand.nat_kind = v[4];
+    msg->cand.n_views = v[5];
+    msg->cand.stride_base = rd16(v + 6);
     return 0;
   case NP_SIG_T_NAT:
     if (vlen != NAT_LEN || v[0] > NAT_BEHAVIOR_MAX || v[1] > NAT_BEHAVIOR_MAX)
@@ -453,6 +470,9 @@ static int check_encodable(const np_sig_msg *m, const np_identity *id) {
     return NP_ERR_INVAL;
   if (c->have_nat && (c->mapping > NAT_BEHAVIOR_MAX || c->filtering > NAT_BEHAVIOR_MAX))
     return NP_ERR_INVAL;
+  if (c->have_stride && (c->nat_kind < STRIDE_KIND_MIN || c->nat_kind > STRIDE_KIND_MAX ||
+                         c->n_views < STRIDE_VIEWS_MIN || c->n_views > STRIDE_VIEWS_MAX))
+    return NP_ERR_INVAL;
   if (m->error_code != 0 && (m->error_code < ERROR_CODE_MIN || m->error_code > ERROR_CODE_MAX))
     return NP_ERR_INVAL;
 
@@ -529,6 +549,15 @@ int np_sig_encode(const np_sig_msg *msg, const np_identity *id, uint8_t *buf, si
     uint8_t *p = put_tlv(&w, NP_SIG_T_DELTA, DELTA_LEN);
     if (p)
       wr32(p, (uint32_t)c->delta);
+  }
+  if (c->have_stride) {
+    uint8_t *p = put_tlv(&w, NP_SIG_T_STRIDE, STRIDE_LEN);
+    if (p) {
+      wr32(p, (uint32_t)c->stride);
+      p[4] = c->nat_kind;
+      p[5] = c->n_views;
+      wr16(p + 6, c->stride_base);
+    }
   }
   if (c->have_nat) {
     uint8_t *p = put_tlv(&w, NP_SIG_T_NAT, NAT_LEN);

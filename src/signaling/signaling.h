@@ -97,6 +97,10 @@ enum np_sig_tlv {
   NP_SIG_T_ERROR = 0x000F,     /* u16 code + UTF-8 text */
   NP_SIG_T_ALLOW = 0x0010,     /* 32-byte public key; repeatable */
   NP_SIG_T_KX = 0x0011,        /* 32-byte X25519 key for this session's probe key */
+  /* i32 stride, u8 kind (enum np_nat_kind: 1 cone, 2 sequential, 3
+   * random), u8 number of views it was judged from (2..8), u16 port of the
+   * last mapping made (the predictor's base) */
+  NP_SIG_T_STRIDE = 0x0012,
 };
 /* Addresses in TLVs: family(1: 4 or 6) reserved(1) port(2) ip(4 or 16). */
 
@@ -108,6 +112,14 @@ typedef struct np_sig_candidates {
   int n_mapped;
   bool have_delta;
   int32_t delta;
+  /* The NAT's allocation as the probe classified it (np_predict_classify()
+   * over all the views, in the order the mappings were made); without it a
+   * peer falls back to the two-view delta. */
+  bool have_stride;
+  int32_t stride;
+  uint8_t nat_kind;     /* enum np_nat_kind (traversal/predict.h) */
+  uint8_t n_views;
+  uint16_t stride_base; /* port of the last mapping made */
   bool have_nat;
   uint8_t mapping, filtering; /* enum np_nat_behavior */
   np_addr portmap;            /* AF_UNSPEC when none */

@@ -1,6 +1,8 @@
 /* Phase-0 candidate pairing (see checklist.h for the rules). */
 #include "traversal/checklist.h"
 
+#include <string.h>
+
 #include "net/addr.h"
 
 #include <arpa/inet.h>
@@ -87,17 +89,23 @@ int np_checklist_build(const np_sig_candidates *self, const np_sig_candidates *p
 }
 
 void np_checklist_model(const np_sig_candidates *c, struct np_nat_model *out) {
-  out->known = false;
-  out->base = 0;
-  out->delta = 0;
-  out->sent = 0;
+  memset(out, 0, sizeof *out);
   if (!c)
     return;
   int nm = clamp_count(c->n_mapped, NP_SIG_MAX_MAPPED);
+  if (c->have_stride && nm >= 1 && c->nat_kind >= NP_NAT_KIND_CONE &&
+      c->nat_kind <= NP_NAT_KIND_RANDOM && c->stride_base != 0) {
+    /* Classified from all the views by the side that made them. */
+    out->known = true;
+    out->kind = c->nat_kind;
+    out->base = c->stride_base;
+    out->stride = c->stride;
+    return;
+  }
   out->known = nm == NP_SIG_MAX_MAPPED || (nm >= 1 && c->have_delta);
   if (nm > 0)
     out->base = np_addr_port(&c->mapped[nm - 1]);
-  out->delta = c->have_delta ? c->delta : 0;
+  out->stride = c->have_delta ? c->delta : 0;
 }
 
 const char *np_cand_type_via(enum np_cand_type t) {

@@ -59,9 +59,12 @@ int np_checklist_build(const np_sig_candidates *self, const np_sig_candidates *p
  * each), i.e. they sit behind the same NAT. */
 bool np_checklist_same_nat(const np_sig_candidates *self, const np_sig_candidates *peer);
 
-/* The model of a side's NAT (predict.h) from its candidates: base = port of
- * the last mapped address, delta from have_delta (0 without it), known when
- * there are two mapped addresses (or one plus a delta); 'sent' is left 0 for
+/* The model of a side's NAT (predict.h) from its candidates. With a STRIDE
+ * (have_stride, at least one mapped address, a valid kind and base): known,
+ * kind, stride and base as the side classified them. Otherwise the two-view
+ * model: base = port of the last mapped address, stride from have_delta (0
+ * without it), kind FROM_DELTA, known when there are two mapped addresses
+ * (or one plus a delta). 'sent' is left 0 for
  * the caller to fill with the mapping count of the modelled side's own
  * checklist, np_checklist_build(c, <the other side>, ...). */
 void np_checklist_model(const np_sig_candidates *c, struct np_nat_model *out);

@@ -4,22 +4,29 @@
  * injected: both peers run the same functions on the same data (the offer
  * and the answer) and so agree on who sends where without talking.
  *
- * The model of a NAT is what the two discovery servers saw of one socket:
+ * The model of a NAT is what the discovery servers saw of one socket: up
+ * to three (or more) mappings, in the order they were made (server 1,
+ * server 2, server 1's alternate address and port; see nat_probe.h):
  *
- *   base   the port of the *last* mapping made (the view of the second
- *          discovery server, queried after the first);
- *   delta  second mapping minus first: 0 for an endpoint-independent
- *          mapping (cone), small for a symmetric NAT that hands out ports in
- *          sequence (each new remote address:port gets base + delta, then
- *          base + 2*delta, ...), large and meaningless for one that picks
- *          them at random.
+ *   base    the port of the *last* mapping made;
+ *   stride  the step between successive mappings: 0 for an
+ *           endpoint-independent mapping (cone), the constant step of a
+ *           symmetric NAT that hands out ports in sequence (each new remote
+ *           address:port gets base + stride, then base + 2*stride, ...,
+ *           whatever the stride: 1, 7, 300, negative), meaningless for one
+ *           that picks them at random;
+ *   kind    cone, sequential or random, from np_predict_classify().
+ *
+ * Port arithmetic is done on the ring of ports 1024..65535 (NP_PREDICT_RING
+ * ports), where NATs allocate: a sequence that wraps past 65535 to 1024 is
+ * still one stride per step.
  *
  * After gathering, a peer's NAT makes one new mapping for each new remote
  * address:port the peer sends to. The engine sends in a fixed order (phase 0:
  * the other side's public candidates, see checklist.h; then the rounds
  * below), so each side can count how far the other's allocation has moved:
  * that count is 'sent' below. Traffic from other hosts behind the same NAT
- * ("noise") moves it further, always forward, in steps of delta; the growing
+ * ("noise") moves it further, always forward, in steps of stride; the growing
  * windows below absorb it.
  *
  * Strategies (np_predict_plan()):
@@ -27,7 +34,7 @@
  *               candidates are all there is to try.
  *  - SWEEP      we are endpoint-independent, the peer is sequential: its
  *               mapping toward our single public port is about
- *               base + delta * sent; we probe that and its neighbours in
+ *               base + stride * sent; we probe that and its neighbours in
  *               windows that double each round (one dimension: our own
  *               mapping does not move, whatever we send to).
  *  - HOLD       we are sequential, the peer is endpoint-independent: our
@@ -57,10 +64,24 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* A delta larger than this (in absolute value) is taken as random ports:
- * sequential NATs step by 1 or a small stride, and noise between the two
- * discovery queries (milliseconds apart) adds only a few steps. */
+/* With only two views (one discovery server down, or an offer from an
+ * older peer) there is a single delta and nothing to check it against: a
+ * delta larger than this (in absolute value) is then taken as random ports,
+ * as the seed did. With three views or more, np_predict_classify() decides
+ * from the agreement of the deltas instead, whatever the stride. */
 #define NP_PREDICT_MAX_SEQ_DELTA 64
+
+/* Noise tolerance of np_predict_classify(): other hosts behind a sequential
+ * NAT move it forward by whole strides between two of our mappings, so a
+ * delta may be k strides, 1 <= k <= this. */
+#define NP_PREDICT_NOISE_MAX_STEPS 16
+
+/* The ports NATs hand out, as a ring: 1024..65535. */
+#define NP_PREDICT_RING_LOW 1024
+#define NP_PREDICT_RING (65536 - NP_PREDICT_RING_LOW)
+
+/* Most views np_predict_classify() looks at. */
+#define NP_PREDICT_MAX_VIEWS 8
 
 /* Ports probed per LOCKSTEP round. */
 #define NP_PREDICT_LOCKSTEP_WINDOW 16
@@ -74,11 +95,22 @@
  * new destination, and the k-th target really gets the k-th new mapping. */
 #define NP_PREDICT_LOCKSTEP_SPACERS (2 * NP_PREDICT_LOCKSTEP_MAX_SHIFT)
 
-/* What one side's NAT looks like, from the two discovery views. */
+/* How a NAT allocates public ports. FROM_DELTA: not classified (a model
+ * from two views, or built by hand), np_predict_kind() applies the
+ * two-view rule to the stride (NP_PREDICT_MAX_SEQ_DELTA). */
+enum np_nat_kind {
+  NP_NAT_KIND_FROM_DELTA = 0,
+  NP_NAT_KIND_CONE,
+  NP_NAT_KIND_SEQUENTIAL,
+  NP_NAT_KIND_RANDOM,
+};
+
+/* What one side's NAT looks like, from the discovery views. */
 typedef struct np_nat_model {
-  bool known;     /* false: no (or one) discovery answer; treated as cone */
-  uint16_t base;  /* port of the last mapping (second discovery server) */
-  int32_t delta;  /* second minus first mapping port */
+  bool known;      /* false: no (or one) discovery answer; treated as cone */
+  uint8_t kind;    /* enum np_nat_kind */
+  uint16_t base;   /* port of the last mapping made */
+  int32_t stride;  /* step between successive mappings (ring arithmetic) */
   /* Distinct remote address:ports this side sends to in phase 0, i.e. how
    * many new mappings its NAT makes before round 1 (np_checklist_*). */
   int sent;
@@ -94,9 +126,52 @@ enum np_predict_strategy {
   NP_PREDICT_IMPOSSIBLE,
 };
 
-/* Classification of a model: 0 endpoint-independent (delta 0 or unknown),
- * 1 sequential (0 < |delta| <= NP_PREDICT_MAX_SEQ_DELTA), 2 random. */
+/* Classification of a model: 0 endpoint-independent (unknown, kind CONE,
+ * or FROM_DELTA with stride 0), 1 sequential (kind SEQUENTIAL with a
+ * non-zero stride, or FROM_DELTA with 0 < |stride| <=
+ * NP_PREDICT_MAX_SEQ_DELTA), 2 random. */
 int np_predict_kind(const np_nat_model *m);
+
+/* Classifies a NAT from the public ports of n successive mappings of one
+ * socket, in the order the mappings were made (n <= NP_PREDICT_MAX_VIEWS;
+ * more are ignored). The deltas are taken on the port ring
+ * (np_predict_ring_diff()). Returns the kind and sets *stride:
+ *  - n < 2: FROM_DELTA, stride 0 (nothing to compare: unknown);
+ *  - every delta 0: CONE, stride 0;
+ *  - n == 2: FROM_DELTA with the one delta as stride (np_predict_kind()
+ *    applies the two-view rule);
+ *  - n >= 3: SEQUENTIAL when every delta is non-zero, of one sign, and a
+ *    whole multiple k (1 <= k <= NP_PREDICT_NOISE_MAX_STEPS) of their
+ *    greatest common divisor g, which is the stride (noise from other hosts
+ *    moves a sequential NAT by whole strides, only forward); RANDOM
+ *    otherwise (the deltas disagree), stride the last delta. */
+enum np_nat_kind np_predict_classify(const uint16_t *ports, int n, int32_t *stride);
+
+/* As np_predict_classify(), for views that are not all successive
+ * mappings: at[i] is the index of view i among the mappings the socket
+ * made (increasing; a destination that never answered still took a
+ * mapping, e.g. a discovery server that is down), so between views i and
+ * i + 1 the NAT moved gap = at[i+1] - at[i] strides plus noise: k strides
+ * with gap <= k < gap + NP_PREDICT_NOISE_MAX_STEPS. With two views the
+ * one delta is divided by its gap when it can be (FROM_DELTA all the
+ * same). at NULL means 0, 1, 2, ... */
+enum np_nat_kind np_predict_classify_at(const uint16_t *ports, const int *at, int n,
+                                        int32_t *stride);
+
+/* b - a on the port ring, in (-NP_PREDICT_RING/2, NP_PREDICT_RING/2]: the
+ * shortest step from a to b. Ports below the ring are taken as they are
+ * (plain difference). */
+int32_t np_predict_ring_diff(uint16_t a, uint16_t b);
+
+/* base + stride * steps on the port ring (base in the ring), or plain
+ * arithmetic when base is below it; -1 when that is no usable port. */
+int32_t np_predict_port_at(uint16_t base, int32_t stride, int64_t steps);
+
+/* LOCKSTEP spacers of round 'round' for 'self' probing 'peer': n ports of
+ * the peer's IP that no LOCKSTEP window of either side uses up to round
+ * + 2 (for any shift), so each is a new destination and so a new mapping of
+ * our NAT. Returns how many were written (n unless the ring runs out). */
+int np_predict_spacers(const np_nat_model *peer, int round, uint16_t *out, int n);
 
 /* Which strategy 'self' uses against 'peer' (see the top of this file).
  * Symmetric in the sense that np_predict_plan(a, b) == SWEEP exactly when
@@ -118,21 +193,20 @@ int np_predict_lockstep_shift(int round);
  * ports to out, most likely first, without duplicates and without port 0;
  * returns how many.
  *
+ * All port arithmetic is on the ring (np_predict_port_at()).
  *  SWEEP:    the peer's first new mapping (our mapped address comes first
- *            in its phase 0) is expected at peer.base + peer.delta. Round
- *            r probes peer.base + peer.delta * k for k in [1 - w/4, w],
+ *            in its phase 0) is expected at peer.base + peer.stride. Round
+ *            r probes peer.base + peer.stride * k for k in [1 - w/4, w],
  *            w = 8 << (r - 1) (w at most 1024), ordered by distance from
  *            k = 1 with the forward side first at equal distance (noise only
  *            moves a sequential NAT forward, but an estimate can be high).
  *  HOLD:     the peer's base port (its one public port): one target.
- *  LOCKSTEP: round base B = peer.base + peer.delta * (peer.sent +
+ *  LOCKSTEP: round base B = peer.base + peer.stride * (peer.sent +
  *            (W + S) * (round - 1)), W = NP_PREDICT_LOCKSTEP_WINDOW,
  *            S = NP_PREDICT_LOCKSTEP_SPACERS; targets
- *            B + peer.delta * (k + shift) for k = 1..W in that order (order
+ *            B + peer.stride * (k + shift) for k = 1..W in that order (order
  *            matters: the k-th new destination gets our k-th new mapping),
- *            shift = callee ? np_predict_lockstep_shift(round) : 0. Ports
- *            that fall outside 1..65535 are skipped (the order of the rest
- *            is kept).
+ *            shift = callee ? np_predict_lockstep_shift(round) : 0.
  * Other strategies return 0. */
 int np_predict_round(enum np_predict_strategy s, const np_nat_model *self,
                      const np_nat_model *peer, bool callee, int round, uint16_t *out, int cap);

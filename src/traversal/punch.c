@@ -323,8 +323,27 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
    * signaling delay after us: so our rounds start a hold later. (In
    * LOCKSTEP the callee must be the earlier one: it primes, the caller
    * probes.) */
+  /* When offer and answer already say that the pair needs prediction
+   * (both NATs classified, a strategy other than NONE), waiting for the
+   * direct candidates first only costs time: the rounds start with phase 0
+   * (its targets are added first, so they still go first and the counts in
+   * 'sent' hold). The callee's hold and READY gating below still order the
+   * two sides. Where a NAT's kind is unknown, or a direct candidate should
+   * work anyway (an open side, a port mapping, one LAN), the old delay
+   * stays: prediction would only add probes there. */
+  bool direct_likely = p->peer_open || has_no_nat(&cfg->self) ||
+                       np_addr_is_set(&cfg->self.portmap) || np_addr_is_set(&cfg->peer.portmap) ||
+                       np_checklist_same_nat(&cfg->self, &cfg->peer);
+  if (p->strategy != NP_PREDICT_NONE && p->strategy != NP_PREDICT_IMPOSSIBLE &&
+      p->self_m.known && p->peer_m.known && !direct_likely)
+    p->predict_after = 0;
   p->predict_at = now + p->predict_after;
-  if (cfg->callee && (p->strategy == NP_PREDICT_SWEEP || p->strategy == NP_PREDICT_SPRAY))
+  bool gated = cfg->callee && cfg->prime_ttl > 0 &&
+               (p->strategy == NP_PREDICT_SWEEP || p->strategy == NP_PREDICT_SPRAY);
+  /* (A gated callee's READY already says the caller has primed: when the
+   * plan was known at once the hold would only add to it.) */
+  if (cfg->callee && (p->strategy == NP_PREDICT_SWEEP || p->strategy == NP_PREDICT_SPRAY) &&
+      !(gated && p->predict_after == 0))
     p->predict_at += p->hold;
   p->next_round_at = p->predict_at;
   /* And a priming callee's sweep or spray must not overtake the caller,
@@ -334,8 +353,7 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
    * waits for the caller's READY (np_punch_peer_ready), or for the
    * fallback when none comes. */
   p->ready_at = -1;
-  p->round_gated = cfg->callee && cfg->prime_ttl > 0 &&
-                   (p->strategy == NP_PREDICT_SWEEP || p->strategy == NP_PREDICT_SPRAY);
+  p->round_gated = gated;
   if (p->round_gated)
     p->next_round_at += FALLBACK_MS;
   for (int i = 0; i < n; i++) {
@@ -344,11 +362,12 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
       activate(p, k, now, 0);
   }
   NP_LOGI(&p->log,
-          "punch: %s, %d direct candidate(s); our NAT delta %d%s, peer's %d%s; strategy %s; "
-          "prime TTL %d",
-          cfg->callee ? "callee" : "caller", n, p->self_m.delta, p->self_m.known ? "" : " (unknown)",
-          p->peer_m.delta, p->peer_m.known ? "" : " (unknown)",
-          np_predict_strategy_name(p->strategy), cfg->prime_ttl);
+          "punch: %s, %d direct candidate(s); our NAT stride %d%s, peer's %d%s; strategy %s "
+          "after %d ms; prime TTL %d",
+          cfg->callee ? "callee" : "caller", n, p->self_m.stride,
+          p->self_m.known ? "" : " (unknown)", p->peer_m.stride,
+          p->peer_m.known ? "" : " (unknown)", np_predict_strategy_name(p->strategy),
+          (int)(p->predict_at - now), cfg->prime_ttl);
   *out = p;
   return 0;
 }
@@ -365,7 +384,9 @@ void np_punch_peer_ready(np_punch *p, int64_t now) {
       p->t[i].next = now;
   if (p->round_gated && p->round == 0) {
     /* A spraying callee also waits for the caller's first round, which
-     * primes its sockets a predict_after after its start. */
+     * primes its sockets a predict_after after its start (at once when
+     * the plan was known at once: they are primed, paced, while our spray
+     * goes out, and a probe that comes too early only misses). */
     int64_t at = now + (p->strategy == NP_PREDICT_SPRAY ? p->predict_after : 0);
     p->next_round_at = at > p->predict_at ? at : p->predict_at;
   }
@@ -517,6 +538,11 @@ static void fail(np_punch *p, int err, const char *reason) {
 static void start_round(np_punch *p, int64_t now) {
   p->round++;
   p->next_round_at = now + p->round_ms;
+  /* A spray started at once goes on back to back (a round takes its
+   * paced sends): the odds grow with every probe, and idle time between
+   * rounds only delays the hit. */
+  if (p->strategy == NP_PREDICT_SPRAY && p->predict_after == 0)
+    p->next_round_at = now + (int64_t)p->bd_ports * PACE_US / 1000;
   np_addr peer_ip = p->cfg.peer.n_mapped ? p->cfg.peer.mapped[0] : p->t[0].to;
   int added = 0;
   switch (p->strategy) {
@@ -538,10 +564,11 @@ static void start_round(np_punch *p, int64_t now) {
       /* Spacers: new mappings after the window, toward ports half the
        * range away from any window, so both NATs advance by exactly
        * W + S per round (predict.h); TTL-limited, they reach no one. */
-      for (int i = 0; i < NP_PREDICT_LOCKSTEP_SPACERS; i++) {
+      uint16_t sp[NP_PREDICT_LOCKSTEP_SPACERS];
+      int nsp = np_predict_spacers(&p->peer_m, p->round, sp, NP_PREDICT_LOCKSTEP_SPACERS);
+      for (int i = 0; i < nsp; i++) {
         np_addr a = peer_ip;
-        int port = p->peer_m.base + 32768 + p->round * NP_PREDICT_LOCKSTEP_SPACERS + i;
-        np_addr_set_port(&a, (uint16_t)(1024 + port % (65536 - 1024)));
+        np_addr_set_port(&a, sp[i]);
         int k = add_target(p, 0, &a, NP_CAND_PREDICTED);
         if (k >= 0) {
           p->t[k].spacer = true;

@@ -67,6 +67,10 @@
 #   symmetric  every new conntrack (i.e. every new remote address:port) gets
 #              the next port of a counter starting at 20000 (APDM, APDF,
 #              sequential ports 20000, 20001, ...: predictable deltas)
+#   seq7 seq300 seqneg seqwrap
+#              symmetric with another stride on the ring 1024..65535: 7 and
+#              300 from 20000, -5 from 60000, 20011 from 50000 (wraps past
+#              65535 every few mappings)
 #   random     masquerade fully-random: a random port per remote
 #              address:port (APDM, APDF)
 #   double     cone+cone: home NAT behind a CGNAT (100.64.i.0/24)
@@ -93,7 +97,7 @@
 #   LAB_NS[NAME-r], LAB_NS[NAME-r2]   its NAT routers (inner, outer)
 #   LAB_LAN[NAME]    i, the number of its NAT and LAN (not for open hosts)
 
-LAB_KINDS="open cone addr fullcone symmetric random double"
+LAB_KINDS="open cone addr fullcone symmetric seq7 seq300 seqneg seqwrap random double"
 
 declare -gA LAB_NS=() LAB_IP=() LAB_PUBIP=() LAB_KIND=() LAB_LAN=() LAB_LAN_NEXT=()
 declare -ga LAB_ALL_NS=() LAB_PIDS=() LAB_PUBLINKS=()
@@ -243,13 +247,25 @@ _lab_nat_rules() {
   case "$kind" in
     cone)
       snat="masquerade" ;;
-    symmetric)
+    symmetric | seq7 | seq300 | seqneg | seqwrap)
       # NAT chains see only the first packet of a conntrack, so the counter
       # moves once per new mapping: ports 20000, 20001, ... in order. (A
       # plain "numgen inc offset 20000" as the port comes out byte-swapped
       # in nft 1.0.6 -- steps of 256 -- so the port goes through a typed map.)
-      local m="" n
-      for ((n = 0; n < LAB_SYM_PORTS; n++)); do m+="$n : $((20000 + n)), "; done
+      # The seq kinds take other strides on the ring 1024..65535, where
+      # real NATs allocate: n -> 1024 + (start - 1024 + n * stride) mod
+      # 64512. Each stride's period on the ring exceeds LAB_SYM_PORTS, so
+      # the map's ports are distinct.
+      local m="" n start=20000 stride=1 ring=64512
+      case "$kind" in
+        seq7) stride=7 ;;
+        seq300) stride=300 ;;          # above the seed's limit of 64; wraps after ~150
+        seqneg) start=60000 stride=-5 ;;
+        seqwrap) start=50000 stride=20011 ;; # wraps every third mapping or so
+      esac
+      for ((n = 0; n < LAB_SYM_PORTS; n++)); do
+        m+="$n : $((1024 + (((start - 1024 + n * stride) % ring) + ring) % ring)), "
+      done
       snat="meta l4proto udp snat to $pub : numgen inc mod $LAB_SYM_PORTS map { ${m%, } }
       masquerade" ;;
     random)
@@ -455,14 +471,21 @@ lab_servers() {
 
 # lab_start_natpunch_servers CLI LOGDIR: our discovery servers on s1 (with
 # alternate IP and port, for RFC 5780) and s2, listening on 3478.
+# With LAB_SERVER_DOWN=1 or 2 that server is not started: its host is up
+# and answers with ICMP port unreachable, as a crashed server's would.
 lab_start_natpunch_servers() {
-  local cli=$1 dir=$2 p1 p2
-  lab_spawn s1 "$dir/server-s1.log" "$cli" discovery-server --listen "$LAB_S1:3478" \
-    --alt-ip "$LAB_S1_ALT" --alt-port 3479
-  p1=$LAB_LAST_PID
-  lab_spawn s2 "$dir/server-s2.log" "$cli" discovery-server --listen "$LAB_S2:3478"
-  p2=$LAB_LAST_PID
-  lab_wait_udp s1 3478 "$p1" && lab_wait_udp s1 3479 "$p1" && lab_wait_udp s2 3478 "$p2" || {
+  local cli=$1 dir=$2 p1="" p2="" down=${LAB_SERVER_DOWN:-0}
+  if [ "$down" != 1 ]; then
+    lab_spawn s1 "$dir/server-s1.log" "$cli" discovery-server --listen "$LAB_S1:3478" \
+      --alt-ip "$LAB_S1_ALT" --alt-port 3479
+    p1=$LAB_LAST_PID
+  fi
+  if [ "$down" != 2 ]; then
+    lab_spawn s2 "$dir/server-s2.log" "$cli" discovery-server --listen "$LAB_S2:3478"
+    p2=$LAB_LAST_PID
+  fi
+  { [ "$down" = 1 ] || { lab_wait_udp s1 3478 "$p1" && lab_wait_udp s1 3479 "$p1"; }; } &&
+    { [ "$down" = 2 ] || lab_wait_udp s2 3478 "$p2"; } || {
     echo "lab: natpunch discovery servers did not start; logs:" >&2
     tail -n 20 "$dir"/server-s*.log >&2
     return 1

@@ -89,7 +89,9 @@ case "$kind" in
     lab_check filtering "$(j .filtering)" "$want"
     lab_check port_preserving "$(j .port_preserving)" true
     lab_check "mapped[0] port = local port" "$m0port" "$local_port"
-    lab_check delta "$delta" 0 ;;
+    lab_check delta "$delta" 0
+    lab_check port_allocation "$(j .port_allocation)" cone
+    lab_check stride "$(j .stride)" 0 ;;
   symmetric)
     # A new public port per remote address:port, taken in order from 20000:
     # address-and-port-dependent mapping, and a small positive delta (the
@@ -99,10 +101,34 @@ case "$kind" in
     lab_check filtering "$(j .filtering)" address-and-port-dependent
     lab_check port_preserving "$(j .port_preserving)" false
     check_if "delta (sequential)" "$delta" "1..8" test "$delta" -ge 1 -a "$delta" -le 8
+    lab_check port_allocation "$(j .port_allocation)" sequential
+    lab_check stride "$(j .stride)" 1
+    lab_check "views" "$(j '.evidence.views | length')" 4
     check_if "mapped[0] port in the NAT's sequence" "$m0port" "20000..$((20000 + LAB_SYM_PORTS - 1))" \
       test "$m0port" -ge 20000 -a "$m0port" -lt $((20000 + LAB_SYM_PORTS)) ;;
+  seq7 | seq300 | seqneg | seqwrap)
+    # Sequential with another stride: a constant step between successive
+    # mappings, whatever it is (the seed took every delta beyond 64 as
+    # random). The probe's own mappings (the filtering socket's, between
+    # the servers' views and the alternate's) move the NAT by whole
+    # strides, so every delta is a multiple of the stride and the verdict
+    # is the stride itself.
+    case "$kind" in seq7) want=7 ;; seq300) want=300 ;; seqneg) want=-5 ;; seqwrap) want=20011 ;; esac
+    lab_check nat "$(j .nat)" true
+    lab_check mapping "$(j .mapping)" address-and-port-dependent
+    lab_check port_preserving "$(j .port_preserving)" false
+    lab_check port_allocation "$(j .port_allocation)" sequential
+    lab_check stride "$(j .stride)" "$want"
+    lab_check "views (two servers, two alternates)" "$(j '.evidence.views | length')" 4
+    lab_check "views in mapping order" "$(j '[.evidence.views[].to] | join(" ")')" \
+      "$LAB_S1:3478 $LAB_S2:3478 $LAB_S1_ALT:3478 $LAB_S1_ALT:3479"
+    lab_check "deltas whole strides (on the ring 1024..65535)" \
+      "$(j "[.evidence.deltas[] as \$d | any(range(1; 17); ((. * $want - \$d) % 64512) == 0)] | all")" true
+    lab_check "first delta (on the ring) = stride" "$(j '.evidence.deltas[0]')" "$want"
+    lab_check "guessed" "$(j .evidence.guessed)" false ;;
   random)
     lab_check nat "$(j .nat)" true
+    lab_check port_allocation "$(j .port_allocation)" random
     lab_check mapping "$(j .mapping)" address-and-port-dependent
     lab_check filtering "$(j .filtering)" address-and-port-dependent
     lab_check port_preserving "$(j .port_preserving)" false

@@ -182,14 +182,14 @@ static void model_from_candidates(void **state) {
   np_checklist_model(&c, &m);
   assert_true(m.known);
   assert_int_equal(m.base, 30002); /* the second server's view */
-  assert_int_equal(m.delta, 2);
+  assert_int_equal(m.stride, 2);
   assert_int_equal(m.sent, 0);
   assert_int_equal(np_predict_kind(&m), 1);
   /* two views without a delta: known, taken as cone */
   c.have_delta = false;
   np_checklist_model(&c, &m);
   assert_true(m.known);
-  assert_int_equal(m.delta, 0);
+  assert_int_equal(m.stride, 0);
   /* one view: unknown unless a delta came with it */
   c = cands(NULL, NULL, "198.51.100.9:30000", NULL, NULL);
   np_checklist_model(&c, &m);
@@ -199,7 +199,7 @@ static void model_from_candidates(void **state) {
   c.delta = -1;
   np_checklist_model(&c, &m);
   assert_true(m.known);
-  assert_int_equal(m.delta, -1);
+  assert_int_equal(m.stride, -1);
   /* nothing */
   memset(&c, 0, sizeof c);
   np_checklist_model(&c, &m);

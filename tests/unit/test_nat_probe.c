@@ -32,6 +32,9 @@ struct world {
   bool hairpin;
   bool hairpin_silent; /* drop instead of ICMP port unreachable (Linux sends one) */
   uint16_t next_port;
+  int32_t stride;    /* step of next_port per new mapping (0: 1), on 1024..65535 */
+  bool random_ports; /* new mappings get LCG ports instead */
+  uint32_t lcg;
   np_addr public_ip;
   struct mapping maps[MAX_MAPS];
   int n_maps;
@@ -41,6 +44,8 @@ struct world {
   bool s1_rfc5780;
   bool s1_ignores_change; /* answers CHANGE-REQUEST from the primary address */
   bool s1_down, s2_down;
+  bool s2_icmp;     /* a down server 2 answers with port unreachable */
+  bool s1_alt_down; /* server 1's alternate address and port drop everything */
   int s1_error;   /* answer Binding with this STUN error code */
   int drop_first; /* lose this many of the probe's first datagrams */
   /* the probe's sockets */
@@ -103,8 +108,19 @@ static np_addr nat_out(struct world *w, const np_addr *local, const np_addr *rem
   }
   if (!found) {
     mapped = w->public_ip;
-    np_addr_set_port(&mapped,
-                     w->preserve_port && !port_used ? np_addr_port(local) : w->next_port++);
+    uint16_t port;
+    if (w->preserve_port && !port_used) {
+      port = np_addr_port(local);
+    } else if (w->random_ports) {
+      w->lcg = w->lcg * 1103515245u + 12345u;
+      port = (uint16_t)(1024 + (w->lcg >> 8) % 64512);
+    } else {
+      port = w->next_port;
+      int32_t step = w->stride ? w->stride : 1;
+      int32_t r = ((int32_t)w->next_port - 1024 + step) % 64512;
+      w->next_port = (uint16_t)(1024 + (r < 0 ? r + 64512 : r));
+    }
+    np_addr_set_port(&mapped, port);
   }
   assert_true(w->n_maps < MAX_MAPS);
   w->maps[w->n_maps++] = (struct mapping){*local, *remote, mapped};
@@ -198,11 +214,15 @@ static void deliver(struct world *w, np_nat_probe *p, int64_t now, const np_prob
   }
   np_addr src = nat_out(w, &w->local[dg->sock], &dg->to);
   if (is_s1_address(w, &dg->to)) {
+    if (w->s1_alt_down && np_addr_equal(&dg->to, &w->s1_alt))
+      return;
     if (!w->s1_down)
       server_answer(w, p, now, &dg->to, &src, dg->buf, dg->len, w->s1_rfc5780);
   } else if (np_addr_equal(&dg->to, &w->s2)) {
     if (!w->s2_down)
       server_answer(w, p, now, &dg->to, &src, dg->buf, dg->len, false);
+    else if (w->s2_icmp)
+      np_nat_probe_unreachable(p, now, dg->sock, &dg->to);
   } else if (w->nat && np_addr_same_ip(&dg->to, &w->public_ip)) {
     /* Hairpinning: the NAT loops it back, translating the source. */
     np_addr local;
@@ -427,9 +447,10 @@ static void single_server(void **state) {
   assert_int_equal(r.server_err[1], 0);
 }
 
-/* Quick mode (what the traversal engine gathers): the two views and the
- * delta in one round trip, and not one datagram to any other destination,
- * since on a symmetric NAT each would be a mapping after the second view. */
+/* Quick mode (what the traversal engine gathers): the two servers, then
+ * server 1's alternate address and port (its OTHER-ADDRESS) as a third
+ * view, and not one datagram to any other destination, since on a
+ * symmetric NAT each would be a mapping after the last view. */
 static void quick_mode(void **state) {
   (void)state;
   struct world w;
@@ -441,13 +462,146 @@ static void quick_mode(void **state) {
   int rc;
   int64_t took = run(&w, &c, &r, &rc);
   assert_int_equal(rc, 0);
-  assert_int_equal(w.sent, 2);
+  assert_int_equal(w.sent, 3);
   assert_int_equal(r.n_mapped, 2);
   assert_true(r.have_delta);
   assert_int_not_equal(r.delta, 0);
+  assert_int_equal(r.n_views, 3);
+  assert_true(np_addr_equal(&r.view_to[0], &w.s1));
+  assert_true(np_addr_equal(&r.view_to[1], &w.s2));
+  assert_true(np_addr_equal(&r.view_to[2], &w.s1_alt));
+  assert_int_equal(r.port_kind, 2);
+  assert_false(r.port_kind_guessed);
+  assert_int_equal(r.stride, 1);
+  assert_int_equal(r.base_port, 40002);
   assert_int_equal(r.mapping, NP_BEHAVIOR_UNKNOWN);
   assert_int_equal(r.filtering, NP_BEHAVIOR_UNKNOWN);
-  assert_int_equal(took, 0); /* done as soon as both answered */
+  assert_int_equal(took, 0); /* done as soon as all three answered */
+}
+
+/* The stride the NAT really has, from the three views: any stride, above
+ * the seed's limit of 64, negative, wrapping past 65535 (where the seed
+ * had one delta and called everything beyond 64 random). */
+static void quick_mode_stride(void **state) {
+  (void)state;
+  static const struct {
+    uint16_t start;
+    int32_t stride;
+  } cases[] = {{20000, 1}, {20000, 2}, {20000, 7}, {20000, 300}, {60000, -5}, {50000, 20011},
+               {65400, 300}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    struct world w;
+    world_init(&w);
+    w.mapping = NP_BEHAVIOR_ADDRESS_AND_PORT_DEPENDENT;
+    w.next_port = cases[i].start;
+    w.stride = cases[i].stride;
+    np_probe_config c = config(&w, 2);
+    c.quick = true;
+    np_probe_result r;
+    int rc;
+    run(&w, &c, &r, &rc);
+    assert_int_equal(rc, 0);
+    assert_int_equal(r.n_views, 3);
+    assert_int_equal(r.port_kind, 2);
+    assert_false(r.port_kind_guessed);
+    assert_int_equal(r.stride, cases[i].stride);
+    /* the base is the last mapping made: the NAT's next one is base + stride */
+    assert_int_equal(r.base_port, np_addr_port(&r.view_mapped[2]));
+    int32_t next = ((int32_t)r.base_port - 1024 + cases[i].stride) % 64512;
+    assert_int_equal((w.next_port - 1024), next < 0 ? next + 64512 : next);
+  }
+  /* cone: nothing moves */
+  struct world w;
+  world_init(&w);
+  np_probe_config c = config(&w, 2);
+  c.quick = true;
+  np_probe_result r;
+  int rc;
+  run(&w, &c, &r, &rc);
+  assert_int_equal(r.port_kind, 1);
+  assert_int_equal(r.stride, 0);
+  /* random ports: the deltas disagree */
+  world_init(&w);
+  w.mapping = NP_BEHAVIOR_ADDRESS_AND_PORT_DEPENDENT;
+  w.random_ports = true;
+  w.lcg = 7;
+  c = config(&w, 2);
+  c.quick = true;
+  run(&w, &c, &r, &rc);
+  assert_int_equal(r.n_views, 3);
+  assert_int_equal(r.port_kind, 3);
+  /* an address-dependent NAT reuses the mapping toward server 2's IP when
+   * server 1's alternate is on it: that view is no new mapping */
+  world_init(&w);
+  w.mapping = NP_BEHAVIOR_ADDRESS_DEPENDENT;
+  w.s1_alt = A("203.0.113.3:3479");
+  c = config(&w, 2);
+  c.quick = true;
+  run(&w, &c, &r, &rc);
+  assert_int_equal(r.n_views, 2);
+  assert_int_equal(r.port_kind, 2);
+  assert_true(r.port_kind_guessed);
+}
+
+/* One discovery server down. Server 2 answering with port unreachable ends
+ * its query at once, and server 1 with its alternate still gives two views
+ * (a delta); without the ICMP it costs the whole timeout. Server 1 down:
+ * one view (no alternate is known), no stride. */
+static void quick_mode_one_server_down(void **state) {
+  (void)state;
+  for (int icmp = 0; icmp < 2; icmp++) {
+    struct world w;
+    world_init(&w);
+    w.mapping = NP_BEHAVIOR_ADDRESS_AND_PORT_DEPENDENT;
+    w.stride = 7;
+    w.s2_down = true;
+    w.s2_icmp = icmp;
+    np_probe_config c = config(&w, 2);
+    c.quick = true;
+    c.rto_ms = 200;
+    c.timeout_ms = 1500;
+    np_probe_result r;
+    int rc;
+    int64_t took = run(&w, &c, &r, &rc);
+    assert_int_equal(rc, 0);
+    assert_int_equal(r.server_err[1], icmp ? NP_ERR_UNREACHABLE : NP_ERR_TIMEOUT);
+    assert_int_equal(r.n_views, 2);
+    assert_true(np_addr_equal(&r.view_to[1], &w.s1_alt));
+    assert_int_equal(r.stride, 7);
+    assert_int_equal(r.port_kind, 2);
+    assert_true(r.port_kind_guessed);
+    if (icmp)
+      assert_int_equal(took, 0);
+    else
+      assert_int_equal(took, 1500);
+  }
+  struct world w;
+  world_init(&w);
+  w.s1_down = true;
+  np_probe_config c = config(&w, 2);
+  c.quick = true;
+  np_probe_result r;
+  int rc;
+  run(&w, &c, &r, &rc);
+  assert_int_equal(r.n_views, 1);
+  assert_int_equal(r.port_kind, 0);
+  assert_int_equal(r.n_mapped, 1);
+  /* an alternate port that drops everything costs a few RTOs, not the
+   * timeout */
+  world_init(&w);
+  w.mapping = NP_BEHAVIOR_ADDRESS_AND_PORT_DEPENDENT;
+  w.s1_alt_down = true;
+  c = config(&w, 2);
+  c.quick = true;
+  c.rto_ms = 200;
+  c.timeout_ms = 1500;
+  int64_t took = run(&w, &c, &r, &rc);
+  assert_int_equal(rc, 0);
+  assert_int_equal(r.n_views, 2);
+  assert_int_equal(took, 800);
+  /* the unanswered request still took a mapping (40002): that is the base */
+  assert_int_equal(w.next_port, 40003);
+  assert_int_equal(r.base_port, 40002);
 }
 
 /* Quick mode under loss: a fixed resend interval (no doubling) until the
@@ -599,6 +753,8 @@ int main(void) {
       cmocka_unit_test(second_server_down),
       cmocka_unit_test(single_server),
       cmocka_unit_test(quick_mode),
+      cmocka_unit_test(quick_mode_stride),
+      cmocka_unit_test(quick_mode_one_server_down),
       cmocka_unit_test(quick_mode_resends),
       cmocka_unit_test(lossy_start),
       cmocka_unit_test(error_response),

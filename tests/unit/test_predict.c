@@ -15,7 +15,7 @@
 #define S NP_PREDICT_LOCKSTEP_SPACERS
 
 static np_nat_model model(bool known, uint16_t base, int32_t delta, int sent) {
-  np_nat_model m = {.known = known, .base = base, .delta = delta, .sent = sent};
+  np_nat_model m = {.known = known, .base = base, .stride = delta, .sent = sent};
   return m;
 }
 
@@ -122,20 +122,184 @@ static void sweep_negative_delta(void **state) {
   assert_memory_equal(out, want, sizeof want);
 }
 
-static void sweep_skips_ports_outside_range(void **state) {
+/* NATs allocate on the ring 1024..65535: a sequence that passes 65535
+ * goes on at 1024 (and one counting down past 1024 at 65535), so the sweep
+ * follows it around instead of stopping at the edge. (The seed skipped
+ * those ports and lost the NAT's next mappings.) Bases below the ring keep
+ * plain arithmetic: port 0 and negatives never appear. */
+static void sweep_wraps_around_the_ring(void **state) {
   (void)state;
   np_nat_model self = model(true, 5000, 0, 0), high = model(true, 65530, 1, 0);
   uint16_t out[16];
-  static const uint16_t want_high[] = {65531, 65532, 65530, 65533, 65529, 65534, 65535};
+  static const uint16_t want_high[] = {65531, 65532, 65530, 65533, 65529,
+                                       65534, 65535, 1024, 1025, 1026};
   int n = np_predict_round(NP_PREDICT_SWEEP, &self, &high, false, 1, out, 16);
-  assert_int_equal(n, 7);
+  assert_int_equal(n, 10);
   assert_memory_equal(out, want_high, sizeof want_high);
-  /* counting down past 1: port 0 and negatives never appear */
+  np_nat_model down = model(true, 1026, -1, 0);
+  static const uint16_t want_down[] = {1025, 1024, 1026, 65535, 1027,
+                                       65534, 65533, 65532, 65531, 65530};
+  n = np_predict_round(NP_PREDICT_SWEEP, &self, &down, false, 1, out, 16);
+  assert_int_equal(n, 10);
+  assert_memory_equal(out, want_down, sizeof want_down);
   np_nat_model low = model(true, 2, -1, 0);
   static const uint16_t want_low[] = {1, 2, 3};
   n = np_predict_round(NP_PREDICT_SWEEP, &self, &low, false, 1, out, 16);
   assert_int_equal(n, 3);
   assert_memory_equal(out, want_low, sizeof want_low);
+}
+
+/* Ports of n mappings made one stride apart (plus extra strides of noise
+ * before mapping i), on the ring 1024..65535. */
+static void seq_ports(uint16_t start, int32_t stride, const int *noise, int n, uint16_t *out) {
+  int64_t steps = 0;
+  for (int i = 0; i < n; i++) {
+    if (i > 0)
+      steps += 1 + (noise ? noise[i] : 0);
+    out[i] = (uint16_t)np_predict_port_at(start, stride, steps);
+  }
+}
+
+/* Three views one constant stride apart are sequential with that stride,
+ * whatever it is: small, above the seed's limit of 64, negative, and one
+ * that wraps past 65535. (The seed took every delta beyond 64 as random.) */
+static void classify_any_stride(void **state) {
+  (void)state;
+  static const struct {
+    uint16_t start;
+    int32_t stride;
+  } cases[] = {{20000, 1}, {20000, 2}, {20000, 7}, {20000, 300}, {60000, -5},
+               {50000, 20011}, {65000, 400}, {1100, -300}, {3000, -20011}, {40000, 32255}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    uint16_t v[3];
+    seq_ports(cases[i].start, cases[i].stride, NULL, 3, v);
+    int32_t stride = 0;
+    assert_int_equal(np_predict_classify(v, 3, &stride), NP_NAT_KIND_SEQUENTIAL);
+    assert_int_equal(stride, cases[i].stride);
+    np_nat_model m = {.known = true, .kind = NP_NAT_KIND_SEQUENTIAL, .base = v[2],
+                      .stride = stride};
+    assert_int_equal(np_predict_kind(&m), 1);
+    /* the model's next mapping is the NAT's next one */
+    uint16_t next[4];
+    seq_ports(cases[i].start, cases[i].stride, NULL, 4, next);
+    assert_int_equal(np_predict_port_at(m.base, m.stride, 1), next[3]);
+  }
+  /* the wrap is one stride on the ring: 65000 -> 65400 -> 264 + 1024 */
+  uint16_t w[3] = {65000, 65400, 1288};
+  int32_t stride = 0;
+  assert_int_equal(np_predict_classify(w, 3, &stride), NP_NAT_KIND_SEQUENTIAL);
+  assert_int_equal(stride, 400);
+}
+
+/* Noise from other hosts moves a sequential NAT forward by whole strides
+ * between two of our mappings: deltas d and k*d (or k*d and d, or two
+ * multiples) are still that NAT, with stride d. */
+static void classify_tolerates_noise(void **state) {
+  (void)state;
+  static const struct {
+    int32_t stride;
+    int noise[4];
+    int n;
+    int32_t want;
+  } cases[] = {
+      {1, {0, 2, 0}, 3, 1},     {1, {0, 0, 3}, 3, 1},      {7, {0, 1, 0}, 3, 7},
+      {300, {0, 0, 4}, 3, 300}, {-5, {0, 3, 0}, 3, -5},    {20011, {0, 1, 0}, 3, 20011},
+      {1, {0, 1, 2}, 3, 1},     {2, {0, 0, 0, 5}, 4, 2},   {300, {0, 15, 0}, 3, 300},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    uint16_t v[4];
+    seq_ports(20000, cases[i].stride, cases[i].noise, cases[i].n, v);
+    int32_t stride = 0;
+    assert_int_equal(np_predict_classify(v, cases[i].n, &stride), NP_NAT_KIND_SEQUENTIAL);
+    assert_int_equal(stride, cases[i].want);
+  }
+}
+
+/* Random only when the deltas disagree; cone when nothing moved; two views
+ * leave the verdict to the two-view rule; one view is unknown. */
+static void classify_random_cone_and_few_views(void **state) {
+  (void)state;
+  int32_t stride = 99;
+  static const uint16_t disagree[][3] = {
+      {20000, 20300, 20301}, /* 300 then 1: 300 is not a few strides of 1... */
+      {31000, 47123, 2211},  /* random ports */
+      {20000, 20005, 19995}, /* forward then back */
+      {20000, 20000, 20007}, /* stayed, then moved */
+      {20000, 20007, 20007}, /* moved, then stayed */
+      {40000, 40100, 40350}, /* 100 and 250: gcd 50, but no constant stride... */
+  };
+  /* ...except that 100 = 2*50 and 250 = 5*50 are whole strides of 50; and
+   * 300 and 1 are 300 strides of 1, beyond the noise tolerance. */
+  static const int want[] = {NP_NAT_KIND_RANDOM, NP_NAT_KIND_RANDOM, NP_NAT_KIND_RANDOM,
+                             NP_NAT_KIND_RANDOM, NP_NAT_KIND_RANDOM, NP_NAT_KIND_SEQUENTIAL};
+  for (size_t i = 0; i < sizeof disagree / sizeof disagree[0]; i++)
+    assert_int_equal(np_predict_classify(disagree[i], 3, &stride), want[i]);
+  assert_int_equal(stride, 50);
+  uint16_t cone[3] = {40000, 40000, 40000};
+  assert_int_equal(np_predict_classify(cone, 3, &stride), NP_NAT_KIND_CONE);
+  assert_int_equal(stride, 0);
+  uint16_t two[2] = {20000, 20300};
+  assert_int_equal(np_predict_classify(two, 2, &stride), NP_NAT_KIND_FROM_DELTA);
+  assert_int_equal(stride, 300);
+  np_nat_model m = {.known = true, .base = 20300, .stride = stride};
+  assert_int_equal(np_predict_kind(&m), 2); /* the seed's rule for one delta */
+  assert_int_equal(np_predict_classify(two, 1, &stride), NP_NAT_KIND_FROM_DELTA);
+  assert_int_equal(stride, 0);
+  assert_int_equal(np_predict_classify(NULL, 3, &stride), NP_NAT_KIND_FROM_DELTA);
+  /* a random verdict is random whatever the stride */
+  m = (np_nat_model){.known = true, .kind = NP_NAT_KIND_RANDOM, .base = 20000, .stride = 1};
+  assert_int_equal(np_predict_kind(&m), 2);
+  m.kind = NP_NAT_KIND_CONE;
+  assert_int_equal(np_predict_kind(&m), 0);
+  m.known = false;
+  m.kind = NP_NAT_KIND_SEQUENTIAL;
+  assert_int_equal(np_predict_kind(&m), 0);
+}
+
+/* SWEEP and LOCKSTEP follow a large or wrapping stride around the ring. */
+static void rounds_follow_large_strides(void **state) {
+  (void)state;
+  np_nat_model self = model(true, 5000, 0, 0);
+  np_nat_model peer = {.known = true, .kind = NP_NAT_KIND_SEQUENTIAL, .base = 50000,
+                       .stride = 20011, .sent = 2};
+  uint16_t out[64];
+  int n = np_predict_round(NP_PREDICT_SWEEP, &self, &peer, false, 1, out, 64);
+  assert_int_equal(n, 10);
+  assert_int_equal(out[0], np_predict_port_at(50000, 20011, 1)); /* 70011 -> 5499 */
+  assert_int_equal(out[0], 5499);
+  self = model(true, 5000, 1, 0);
+  n = np_predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, false, 1, out, 64);
+  assert_int_equal(n, W);
+  for (int k = 1; k <= W; k++)
+    assert_int_equal(out[k - 1], np_predict_port_at(50000, 20011, 2 + k));
+}
+
+/* Spacers are new destinations: never a window target of rounds up to two
+ * ahead, for any shift, even when the stride's lattice covers the ring. */
+static void spacers_avoid_windows(void **state) {
+  (void)state;
+  static const int32_t strides[] = {1, -1, 7, 300, -5, 20011, 32256 - 1};
+  for (size_t i = 0; i < sizeof strides / sizeof strides[0]; i++) {
+    np_nat_model self = model(true, 5000, 1, 0);
+    np_nat_model peer = {.known = true, .kind = NP_NAT_KIND_SEQUENTIAL, .base = 30000,
+                         .stride = strides[i], .sent = 3};
+    for (int r = 1; r <= 12; r++) {
+      uint16_t sp[S];
+      assert_int_equal(np_predict_spacers(&peer, r, sp, S), S);
+      for (int q = r; q <= r + 2; q++) {
+        for (int callee = 0; callee < 2; callee++) {
+          uint16_t win[W];
+          int n = np_predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, callee, q, win, W);
+          for (int a = 0; a < S; a++)
+            for (int b = 0; b < n; b++)
+              assert_int_not_equal(sp[a], win[b]);
+        }
+      }
+      for (int a = 0; a < S; a++)
+        for (int b = 0; b < a; b++)
+          assert_int_not_equal(sp[a], sp[b]);
+    }
+  }
 }
 
 static void hold_targets_peer_port(void **state) {
@@ -177,12 +341,15 @@ static void lockstep_caller_and_callee(void **state) {
     for (int k = 1; k <= W; k++)
       assert_int_equal(out[k - 1], base + 3 * (k + shift));
   }
-  /* near the top of the range the ports beyond 65535 are dropped, in order */
+  /* near the top of the range the ports go on at 1024, in order (the seed
+   * dropped them: a wrapping NAT's next mappings were never probed) */
   peer = model(true, 65505, 1, 0);
   int n = np_predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, true, 2, out, W);
-  assert_int_equal(n, 9); /* 65505 + 20 + (k + 1) for k = 1..9 */
+  assert_int_equal(n, W); /* 65505 + 20 + (k + 1) for k = 1..16 */
   assert_int_equal(out[0], 65527);
-  assert_int_equal(out[n - 1], 65535);
+  assert_int_equal(out[8], 65535);
+  assert_int_equal(out[9], 1024);
+  assert_int_equal(out[n - 1], 1030);
 }
 
 /* One side of the simulation: a sequential NAT whose true allocations run
@@ -356,7 +523,12 @@ int main(void) {
       cmocka_unit_test(sweep_first_round_order),
       cmocka_unit_test(sweep_windows_double_and_cap),
       cmocka_unit_test(sweep_negative_delta),
-      cmocka_unit_test(sweep_skips_ports_outside_range),
+      cmocka_unit_test(sweep_wraps_around_the_ring),
+      cmocka_unit_test(classify_any_stride),
+      cmocka_unit_test(classify_tolerates_noise),
+      cmocka_unit_test(classify_random_cone_and_few_views),
+      cmocka_unit_test(rounds_follow_large_strides),
+      cmocka_unit_test(spacers_avoid_windows),
       cmocka_unit_test(hold_targets_peer_port),
       cmocka_unit_test(lockstep_shift_sequence),
       cmocka_unit_test(lockstep_windows_never_overlap),

@@ -685,7 +685,8 @@ static void rude_slow_signaling(void **state) {
  * reached the sequential caller's rude NAT before the caller's own packet
  * toward us and taken the ports the NAT was about to give it, round after
  * round; a spray would have hit sockets not yet opened. Without a READY
- * the fallback (hold + 5 s) gets there too, later. */
+ * the fallback (5 s; hold + 5 s before prediction started at once) gets
+ * there too, later. */
 static void prediction_waits_for_ready(void **state) {
   (void)state;
   const enum nat_kind callers[] = {NAT_SEQ, NAT_RANDOM};
@@ -702,7 +703,7 @@ static void prediction_waits_for_ready(void **state) {
       if (ready)
         assert_true(re->elapsed_ms < 2000 + 50 + (callers[k] == NAT_SEQ ? 500 : 1500));
       else
-        assert_true(re->elapsed_ms >= 1000 + 400 + 5000);
+        assert_true(re->elapsed_ms >= 5000);
       assert_budget(s);
       sim_free(s);
     }
@@ -723,10 +724,11 @@ static void symmetric_cone(void **state) {
       int seq = dir == 0 ? CALLER : CALLEE;
       assert_int_equal(s->side[seq].res.strategy, NP_PREDICT_HOLD);
       assert_int_equal(s->side[!seq].res.strategy, NP_PREDICT_SWEEP);
-      /* The first prediction round found it (predict_after 1000 ms). */
+      /* The first prediction round found it, and it started at once: offer
+       * and answer already said the pair needs prediction, so nothing
+       * waits predict_after (1000 ms) for the direct candidates. */
       assert_int_equal(s->side[!seq].res.rounds, 1);
-      assert_true(s->side[CALLER].res.elapsed_ms >= 1000);
-      assert_true(s->side[CALLER].res.elapsed_ms < 1800);
+      assert_true(s->side[CALLER].res.elapsed_ms < 300); /* was >= 1000 */
       assert_budget(s);
       sim_free(s);
     }

@@ -79,6 +79,11 @@ static void full_msg(np_sig_msg *m, uint8_t type, bool v6) {
   c->mapped[1] = addr(v6 ? "[2001:db8::10]:50007" : "203.0.113.10:50007");
   c->have_delta = true;
   c->delta = -7;
+  c->have_stride = true;
+  c->stride = -20011; /* negative and large: the full i32 and u16 ranges round trip */
+  c->nat_kind = 2;
+  c->n_views = 3;
+  c->stride_base = 65000;
   c->have_nat = true;
   c->mapping = NP_BEHAVIOR_ADDRESS_AND_PORT_DEPENDENT;
   c->filtering = NP_BEHAVIOR_ADDRESS_DEPENDENT;
@@ -146,6 +151,11 @@ static void assert_same_fields(const np_sig_msg *d, const np_sig_msg *m) {
     assert_addr_equal(&d->cand.mapped[i], &m->cand.mapped[i]);
   assert_int_equal(d->cand.have_delta, m->cand.have_delta);
   assert_int_equal(d->cand.delta, m->cand.delta);
+  assert_int_equal(d->cand.have_stride, m->cand.have_stride);
+  assert_int_equal(d->cand.stride, m->cand.stride);
+  assert_int_equal(d->cand.nat_kind, m->cand.nat_kind);
+  assert_int_equal(d->cand.n_views, m->cand.n_views);
+  assert_int_equal(d->cand.stride_base, m->cand.stride_base);
   assert_int_equal(d->cand.have_nat, m->cand.have_nat);
   assert_int_equal(d->cand.mapping, m->cand.mapping);
   assert_int_equal(d->cand.filtering, m->cand.filtering);
@@ -747,6 +757,14 @@ static void test_fixed_sizes(void **state) {
       {NP_SIG_T_TO, 32},     {NP_SIG_T_SESSION, 16}, {NP_SIG_T_TIMESTAMP, 8},
       {NP_SIG_T_DELTA, 4},   {NP_SIG_T_NAT, 2},      {NP_SIG_T_ALLOW, 32},
   };
+  /* STRIDE: exactly 8 bytes (a valid kind and view count). */
+  for (size_t size = 0; size <= 16; size++) {
+    body x0;
+    body_init(&x0, NP_SIG_PING);
+    uint8_t v[16] = {0, 0, 0, 7, 2, 3, 0x4e, 0x20};
+    tlv(&x0, NP_SIG_T_STRIDE, v, size);
+    assert_int_equal(dec(&x0), size == 8 ? 0 : NP_ERR_PROTO);
+  }
   body x;
   for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
     for (size_t size = 0; size <= fixed[i].size + 8; size++) {
@@ -867,7 +885,8 @@ static void test_repeat_limits(void **state) {
   static const uint16_t once[] = {NP_SIG_T_PUBKEY,    NP_SIG_T_NONCE,    NP_SIG_T_FROM,
                                   NP_SIG_T_TO,        NP_SIG_T_SESSION,  NP_SIG_T_TIMESTAMP,
                                   NP_SIG_T_DELTA,     NP_SIG_T_NAT,      NP_SIG_T_PORTMAP,
-                                  NP_SIG_T_PEER_SEEN, NP_SIG_T_OBSERVED, NP_SIG_T_ERROR};
+                                  NP_SIG_T_PEER_SEEN, NP_SIG_T_OBSERVED, NP_SIG_T_ERROR,
+                                  NP_SIG_T_STRIDE};
   for (size_t i = 0; i < sizeof once / sizeof once[0]; i++) {
     uint16_t t = once[i];
     uint8_t v[32] = {0};
@@ -875,11 +894,16 @@ static void test_repeat_limits(void **state) {
                   : t == NP_SIG_T_TIMESTAMP ? 8
                   : t == NP_SIG_T_DELTA     ? 4
                   : t == NP_SIG_T_NAT       ? 2
+                  : t == NP_SIG_T_STRIDE    ? 8
                   : t == NP_SIG_T_ERROR     ? 5
                                             : 32;
     if (t == NP_SIG_T_ERROR) {
       v[0] = 0x01;
       v[1] = 0x90;
+    }
+    if (t == NP_SIG_T_STRIDE) {
+      v[4] = 2;
+      v[5] = 3;
     }
     body_init(&x, NP_SIG_PING);
     if (t == NP_SIG_T_PORTMAP || t == NP_SIG_T_PEER_SEEN || t == NP_SIG_T_OBSERVED)
@@ -959,7 +983,7 @@ static void test_unknown_tlv_skipped(void **state) {
   tlv_fill(&x, 0x1234, 5);
   tlv_fill(&x, 0, 0);
   tlv_fill(&x, 0xffff, 200);
-  tlv_fill(&x, NP_SIG_T_KX + 1, 3);
+  tlv_fill(&x, 0x001f, 3); /* the top of the seen mask, unassigned */
   assert_int_equal(np_sig_decode(x.b, x.len, &m), 0);
   assert_int_equal(m.type, NP_SIG_PING);
   /* Unknown TLVs may repeat. */
@@ -1026,6 +1050,23 @@ static void test_values(void **state) {
       body_init(&x, NP_SIG_PING);
       tlv(&x, NP_SIG_T_NAT, v, 2);
       assert_int_equal(dec(&x), (a <= 3 && b <= 3) ? 0 : NP_ERR_PROTO);
+    }
+  }
+  /* STRIDE: i32 stride, kind 1..3, views 2..8, u16 base. */
+  for (int kind = 0; kind <= 4; kind++) {
+    for (int views = 0; views <= 9; views++) {
+      uint8_t v[8] = {0xff, 0xff, 0xb1, 0xd5, (uint8_t)kind, (uint8_t)views, 0xfd, 0xe8};
+      body_init(&x, NP_SIG_PING);
+      tlv(&x, NP_SIG_T_STRIDE, v, 8);
+      bool ok = kind >= 1 && kind <= 3 && views >= 2 && views <= 8;
+      assert_int_equal(np_sig_decode(x.b, x.len, &m), ok ? 0 : NP_ERR_PROTO);
+      if (ok) {
+        assert_true(m.cand.have_stride);
+        assert_int_equal(m.cand.stride, -20011);
+        assert_int_equal(m.cand.nat_kind, kind);
+        assert_int_equal(m.cand.n_views, views);
+        assert_int_equal(m.cand.stride_base, 65000);
+      }
     }
   }
   /* DELTA is signed; TIMESTAMP is 64-bit big-endian. */
@@ -1159,6 +1200,12 @@ static void test_encode_invalid(void **state) {
   assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
   full_msg(&m, NP_SIG_PING, false);
   m.cand.mapping = 4;
+  assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
+  full_msg(&m, NP_SIG_PING, false);
+  m.cand.nat_kind = 0; /* "not classified" is said by leaving STRIDE out */
+  assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
+  full_msg(&m, NP_SIG_PING, false);
+  m.cand.n_views = 9;
   assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
   full_msg(&m, NP_SIG_PING, false);
   m.error_code = 42;
