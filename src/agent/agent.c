@@ -113,6 +113,7 @@ struct np_agent {
   uint8_t hop_txid[HOP_MAX_TTL + 1][NP_STUN_TXID_LEN];
   bool hop_private[HOP_MAX_TTL + 1];
   bool hop_answered[HOP_MAX_TTL + 1];
+  bool hop_reached[HOP_MAX_TTL + 1]; /* the server itself answered this TTL */
   int prime_ttl;
 
   struct pm_job *pm; /* port-mapping worker, NULL when none */
@@ -353,6 +354,16 @@ static int measured_prime_ttl(const np_agent *a) {
   return depth + 1;
 }
 
+/* Whether a primer would reach the discovery server itself: the hop probe
+ * with the priming TTL was answered by the server instead of expiring in
+ * the first public router. Then our gateway and the server share a segment
+ * with no router between them, and a peer's gateway on it would get our
+ * primers too (punch.h, "Flat segment"). Only measured TTLs count: a
+ * --prime-ttl set by hand sends no hop probes. */
+static bool primes_reach_server(const np_agent *a) {
+  return a->prime_ttl >= 2 && a->prime_ttl <= HOP_MAX_TTL && a->hop_reached[a->prime_ttl];
+}
+
 /* ICMP errors queued on socket 0: time-exceeded answers to the hop probes
  * tell the NAT depth; the rest (port unreachable from a peer's gateway...)
  * are only drained. */
@@ -563,6 +574,14 @@ static void gather_finish(np_agent *a) {
   if (portmap_get(a, &pm, NULL))
     a->cand.portmap = pm;
   a->prime_ttl = measured_prime_ttl(a);
+  a->cand.flags = 0;
+  if (primes_reach_server(a)) {
+    a->cand.flags |= NP_SIG_CAND_FLAT;
+    NP_LOGI(&a->log,
+            "agent: a priming packet (TTL %d) reaches the discovery server: no router between our "
+            "NAT and its segment (flat segment; a peer there may need the flat-segment wait)",
+            a->prime_ttl);
+  }
   char m0[NP_ADDRSTRLEN] = "-", m1[NP_ADDRSTRLEN] = "-", pmt[NP_ADDRSTRLEN] = "-";
   if (a->cand.n_mapped > 0)
     np_addr_format(&a->cand.mapped[0], m0, sizeof m0);
@@ -1009,7 +1028,7 @@ static void read_socket(np_agent *a, int sock, int64_t now) {
       if (np_stun_read(buf, (size_t)n, &m) == 0)
         for (int t = 1; t <= HOP_MAX_TTL; t++)
           if (memcmp(m.txid, a->hop_txid[t], NP_STUN_TXID_LEN) == 0)
-            a->hop_answered[t] = true;
+            a->hop_answered[t] = a->hop_reached[t] = true;
     }
     deliver(a, sock, &from, buf, (size_t)n, now);
     if (sock >= a->nsocks || a->socks[sock] < 0)

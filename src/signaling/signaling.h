@@ -97,6 +97,17 @@ enum np_sig_tlv {
   NP_SIG_T_ERROR = 0x000F,     /* u16 code + UTF-8 text */
   NP_SIG_T_ALLOW = 0x0010,     /* 32-byte public key; repeatable */
   NP_SIG_T_KX = 0x0011,        /* 32-byte X25519 key for this session's probe key */
+  NP_SIG_T_FLAGS = 0x0014,     /* u32 NP_SIG_CAND_* bits; absent = 0 */
+};
+
+/* Bits of np_sig_candidates.flags (NP_SIG_T_FLAGS). Unknown bits are
+ * carried and ignored, so later versions can add some. */
+enum np_sig_cand_flag {
+  /* The sender's priming packets (TTL = NAT depth + 1) reach the first
+   * discovery server: no router between its outermost NAT and that
+   * server's segment, so its primers would also reach a peer's gateway
+   * there (see punch.h, "Flat segment"). */
+  NP_SIG_CAND_FLAT = 1u << 0,
 };
 /* Addresses in TLVs: family(1: 4 or 6) reserved(1) port(2) ip(4 or 16). */
 
@@ -117,6 +128,7 @@ typedef struct np_sig_candidates {
    * signed messages but holds neither private key) can forge a probe. */
   bool has_kx;
   uint8_t kx[NP_SIG_KX_LEN];
+  uint32_t flags; /* NP_SIG_CAND_* bits; written only when non-zero */
 } np_sig_candidates;
 
 /* A decoded message. Only fields relevant to the type are meaningful; the
