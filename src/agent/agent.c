@@ -391,7 +391,8 @@ static void update_flat_flag(np_agent *a) {
             "agent: a priming packet (TTL %d) reaches the discovery server: no router between our "
             "NAT and its segment (flat segment; a peer there may need the flat-segment wait)",
             a->prime_ttl);
-  a->cand.flags = flat ? a->cand.flags | NP_SIG_CAND_FLAT : a->cand.flags & ~(uint32_t)NP_SIG_CAND_FLAT;
+  a->cand.flags =
+      flat ? a->cand.flags | NP_SIG_CAND_FLAT : a->cand.flags & ~(uint32_t)NP_SIG_CAND_FLAT;
 }
 
 /* ICMP errors queued on socket 0: time-exceeded answers to the hop probes

@@ -502,8 +502,10 @@ static void flat_start(np_punch *p, int64_t now) {
    * session to last beyond that. */
   int64_t need = now + FLAT_EARLY_MS + FLAT_CT_TIMEOUT_MS + FLAT_MARGIN_MS + FLAT_AFTER_MS;
   if (p->deadline < need) {
-    NP_LOGI(&p->log, "punch: flat segment: session deadline extended from %lld to %lld ms to "
-            "cover the wait", (long long)(p->deadline - now), (long long)(need - now));
+    NP_LOGI(&p->log,
+            "punch: flat segment: session deadline extended from %lld to %lld ms to "
+            "cover the wait",
+            (long long)(p->deadline - now), (long long)(need - now));
     p->deadline = need;
   }
   if (p->cfg.callee)

@@ -1056,12 +1056,12 @@ struct flat_side {
   int64_t start;
   np_punch_result res;
   /* what the machine sent, in order */
-  int64_t first_rx;          /* first datagram delivered to it (-1: none) */
-  int64_t last_full_req;     /* last full-TTL request before first_rx */
+  int64_t first_rx;                       /* first datagram delivered to it (-1: none) */
+  int64_t last_full_req;                  /* last full-TTL request before first_rx */
   int64_t waiter_gap_from, waiter_gap_to; /* caller: longest silence toward the peer */
   int64_t last_tx;
-  int short_ttl[8];          /* counts of TTL-limited datagrams by TTL */
-  uint16_t path_pub;         /* caller: the public port its probes left with at the end */
+  int short_ttl[8];  /* counts of TTL-limited datagrams by TTL */
+  uint16_t path_pub; /* caller: the public port its probes left with at the end */
 };
 
 struct flat_world {
@@ -1085,7 +1085,8 @@ static struct flat_entry *flat_live(struct flat_nat *n, bool rude, uint16_t pub,
     struct flat_entry *e = &n->e[i];
     if (e->expires <= now || e->rude != rude || (pub && e->pub != pub))
       continue;
-    if (!remote || (by_ip ? np_addr_same_ip(&e->remote, remote) : np_addr_equal(&e->remote, remote)))
+    if (!remote ||
+        (by_ip ? np_addr_same_ip(&e->remote, remote) : np_addr_equal(&e->remote, remote)))
       return e;
   }
   return NULL;
@@ -1114,7 +1115,7 @@ static uint16_t flat_out(struct flat_nat *n, uint16_t lport, const np_addr *remo
     }
   }
   if (ttl == 1)
-    return 0; /* an unconfirmed entry: gone with the packet */
+    return 0;           /* an unconfirmed entry: gone with the packet */
   uint16_t pub = lport; /* port-preserving */
   if (flat_live(n, true, pub, remote, false, now)) {
     pub = n->next_port++;
@@ -1174,8 +1175,8 @@ static void flat_side_init(struct flat_side *sd, int which, enum flat_kind kind,
 
 /* Runs a flat session: the callee starts at 0, the caller signaling_ms
  * later (its answer's travel), until both are settled or limit_ms. */
-static void flat_run(struct flat_world *w, enum flat_kind caller, enum flat_kind callee,
-                     bool flags, int signaling_ms, int64_t limit_ms) {
+static void flat_run(struct flat_world *w, enum flat_kind caller, enum flat_kind callee, bool flags,
+                     int signaling_ms, int64_t limit_ms) {
   memset(w, 0, sizeof *w);
   flat_side_init(&w->s[CALLER], CALLER, caller, flags);
   flat_side_init(&w->s[CALLEE], CALLEE, callee, flags);
@@ -1341,8 +1342,8 @@ static void flat_fast_pairs(void **state) {
     enum flat_kind caller, callee;
     bool fast;
   } pairs[] = {
-      {FLAT_FULL, FLAT_CONE, true},  {FLAT_CONE, FLAT_FULL, true}, {FLAT_CONE, FLAT_ADDR, true},
-      {FLAT_ADDR, FLAT_ADDR, true},  {FLAT_FULL, FLAT_FULL, true}, {FLAT_ADDR, FLAT_CONE, false},
+      {FLAT_FULL, FLAT_CONE, true}, {FLAT_CONE, FLAT_FULL, true}, {FLAT_CONE, FLAT_ADDR, true},
+      {FLAT_ADDR, FLAT_ADDR, true}, {FLAT_FULL, FLAT_FULL, true}, {FLAT_ADDR, FLAT_CONE, false},
   };
   struct flat_world *w = calloc(1, sizeof *w);
   assert_non_null(w);
@@ -1429,7 +1430,8 @@ int main(void) {
       cmocka_unit_test(open_anything),       cmocka_unit_test(lossy),
       cmocka_unit_test(keepalives),          cmocka_unit_test(refused_input),
       /* flat segment */
-      cmocka_unit_test(flat_cone_cone),      cmocka_unit_test(flat_fast_pairs),
+      cmocka_unit_test(flat_cone_cone),
+      cmocka_unit_test(flat_fast_pairs),
       cmocka_unit_test(flat_needs_both_flags),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
