@@ -125,6 +125,7 @@ static void check_same(const np_sig_msg *a, const np_sig_msg *b, bool with_obser
         x->stride_base == y->stride_base);
   CHECK(x->have_nat == y->have_nat && x->mapping == y->mapping && x->filtering == y->filtering);
   CHECK(addr_same(&x->portmap, &y->portmap));
+  CHECK(x->flags == y->flags);
   CHECK(addr_same(&a->peer_seen, &b->peer_seen));
   if (with_observed)
     CHECK(addr_same(&a->observed, &b->observed));

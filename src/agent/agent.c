@@ -43,6 +43,13 @@
 #define GATHER_TIMEOUT_MS 1500
 #define GATHER_RTO_MS 200
 #define HOP_MAX_TTL 4         /* NAT depth we can measure: 3 stacked NATs */
+/* Hop probes go HOP_COPIES at a time, and the unanswered ones again every
+ * HOP_RTO_MS, HOP_ROUNDS times in all: on a lossy link one lost probe (or
+ * answer) would otherwise miss a flat segment for the agent's lifetime,
+ * and the flat flag is what both sides' roles depend on. */
+#define HOP_COPIES 2
+#define HOP_ROUNDS 5
+#define HOP_RTO_MS 200
 #define DEFAULT_TIMEOUT_MS 20000
 #define PORTMAP_TIMEOUT_MS 2000
 /* How long the callee's gathering waits for a port mapping still in
@@ -114,6 +121,9 @@ struct np_agent {
   uint8_t hop_txid[HOP_MAX_TTL + 1][NP_STUN_TXID_LEN];
   bool hop_private[HOP_MAX_TTL + 1];
   bool hop_answered[HOP_MAX_TTL + 1];
+  bool hop_reached[HOP_MAX_TTL + 1]; /* the server itself answered this TTL */
+  int hop_rounds;                    /* hop probe rounds sent */
+  int64_t hop_next;                  /* next round (INT64_MAX: none) */
   int prime_ttl;
 
   struct pm_job *pm; /* port-mapping worker, NULL when none */
@@ -317,17 +327,26 @@ static void gather_private(np_agent *a, np_sig_candidates *c) {
  * exceeded" from it would use up the port unreachable that tells the
  * port-mapping worker at once that the router speaks no PCP. */
 static void hop_probe_send(np_agent *a) {
-  if (a->cfg.n_discovery == 0 || a->cfg.prime_ttl > 0 || a->cfg.no_prime)
+  a->hop_next = INT64_MAX;
+  if (a->cfg.n_discovery == 0 || a->cfg.prime_ttl > 0 || a->cfg.no_prime ||
+      a->hop_rounds >= HOP_ROUNDS)
     return;
+  bool first = a->hop_rounds++ == 0;
+  a->hop_next = np_now_ms() + HOP_RTO_MS;
   for (int ttl = 2; ttl <= HOP_MAX_TTL; ttl++) {
+    /* Resent (same transaction) only while neither the server nor a
+     * router has answered that TTL. */
+    if (!first && (a->hop_answered[ttl] || a->hop_reached[ttl]))
+      continue;
     uint8_t buf[64];
-    np_random_bytes(a->hop_txid[ttl], NP_STUN_TXID_LEN);
+    if (first)
+      np_random_bytes(a->hop_txid[ttl], NP_STUN_TXID_LEN);
     np_stun_writer w;
     np_stun_writer_init(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_REQUEST,
                         NP_STUN_MAGIC_COOKIE, a->hop_txid[ttl]);
     np_stun_put_fingerprint(&w);
     int n = np_stun_writer_finish(&w);
-    if (n > 0)
+    for (int c = 0; c < (first ? HOP_COPIES : 1) && n > 0; c++)
       (void)send_on(a, 0, &a->cfg.discovery[0], ttl, buf, (size_t)n);
   }
 }
@@ -352,6 +371,29 @@ static int measured_prime_ttl(const np_agent *a) {
   while (depth < HOP_MAX_TTL && a->hop_private[depth + 1])
     depth++;
   return depth + 1;
+}
+
+/* Whether a primer would reach the discovery server itself: the hop probe
+ * with the priming TTL was answered by the server instead of expiring in
+ * the first public router. Then our gateway and the server share a segment
+ * with no router between them, and a peer's gateway on it would get our
+ * primers too (punch.h, "Flat segment"). Only measured TTLs count: a
+ * --prime-ttl set by hand sends no hop probes. */
+static bool primes_reach_server(const np_agent *a) {
+  return a->prime_ttl >= 2 && a->prime_ttl <= HOP_MAX_TTL && a->hop_reached[a->prime_ttl];
+}
+
+/* Sets or clears NP_SIG_CAND_FLAT in our candidates from what the hop
+ * probes found so far (a late answer to a resent hop probe counts). */
+static void update_flat_flag(np_agent *a) {
+  bool flat = primes_reach_server(a);
+  if (flat && !(a->cand.flags & NP_SIG_CAND_FLAT))
+    NP_LOGI(&a->log,
+            "agent: a priming packet (TTL %d) reaches the discovery server: no router between our "
+            "NAT and its segment (flat segment; a peer there may need the flat-segment wait)",
+            a->prime_ttl);
+  a->cand.flags =
+      flat ? a->cand.flags | NP_SIG_CAND_FLAT : a->cand.flags & ~(uint32_t)NP_SIG_CAND_FLAT;
 }
 
 /* ICMP errors queued on socket 0: time-exceeded answers to the hop probes
@@ -590,6 +632,7 @@ static void gather_finish(np_agent *a) {
   if (portmap_get(a, &pm, NULL))
     a->cand.portmap = pm;
   a->prime_ttl = measured_prime_ttl(a);
+  update_flat_flag(a);
   char m0[NP_ADDRSTRLEN] = "-", m1[NP_ADDRSTRLEN] = "-", pmt[NP_ADDRSTRLEN] = "-";
   if (a->cand.n_mapped > 0)
     np_addr_format(&a->cand.mapped[0], m0, sizeof m0);
@@ -691,7 +734,9 @@ static void on_rdv_state(void *user, enum np_rdv_state state, const np_addr *obs
     ev.observed = *observed;
   push_event(a, &ev);
   if (!a->callee && a->st == S_GATHERING && !a->probe) {
-    /* Gathering finished before registration: offer now. */
+    /* Gathering finished before registration: offer now, with what the
+     * hop probes have found by now. */
+    update_flat_flag(a);
     int rc = np_rdv_client_send_offer(a->rdv, a->peer, a->session, &a->cand);
     if (rc == 0)
       a->st = S_OFFERED;
@@ -1040,7 +1085,7 @@ static void read_socket(np_agent *a, int sock, int64_t now) {
       if (np_stun_read(buf, (size_t)n, &m) == 0)
         for (int t = 1; t <= HOP_MAX_TTL; t++)
           if (memcmp(m.txid, a->hop_txid[t], NP_STUN_TXID_LEN) == 0)
-            a->hop_answered[t] = true;
+            a->hop_answered[t] = a->hop_reached[t] = true;
     }
     deliver(a, sock, &from, buf, (size_t)n, now);
     if (sock >= a->nsocks || a->socks[sock] < 0)
@@ -1067,6 +1112,8 @@ static void sync_rdv_fd(np_agent *a) {
 }
 
 static void run_machines(np_agent *a, int64_t now) {
+  if (now >= a->hop_next)
+    hop_probe_send(a);
   if (a->probe) {
     np_probe_datagram dg;
     for (int guard = 0; guard < 16 && np_nat_probe_next_datagram(a->probe, now, &dg); guard++)
@@ -1147,6 +1194,8 @@ NP_EXPORT int np_agent_timeout(const np_agent *a) {
     return -1;
   int64_t now = np_now_ms();
   int64_t w = np_rdv_client_wakeup(a->rdv);
+  if (a->hop_next < w)
+    w = a->hop_next;
   if (a->probe) {
     int64_t p = np_nat_probe_wakeup(a->probe);
     if (np_nat_probe_done(a->probe) && a->callee)

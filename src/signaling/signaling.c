@@ -30,6 +30,7 @@
 #define STRIDE_KIND_MAX 3
 #define STRIDE_VIEWS_MIN 2
 #define STRIDE_VIEWS_MAX 8
+#define FLAGS_LEN 4
 /* ERROR value: u16 code, then the text. */
 #define ERROR_FIXED_LEN 2
 /* Codes read as three decimal digits, like HTTP's. */
@@ -38,7 +39,7 @@
 /* The highest enum np_nat_behavior value a NAT TLV may carry. */
 #define NAT_BEHAVIOR_MAX NP_BEHAVIOR_ADDRESS_AND_PORT_DEPENDENT
 /* Highest TLV type we know; bit i of the "seen" mask is type i. */
-#define TLV_KNOWN_MAX NP_SIG_T_STRIDE
+#define TLV_KNOWN_MAX NP_SIG_T_FLAGS
 
 /* Domain separation for REGISTER signatures: the NUL is included so no
  * other context string can be a prefix of this one. */
@@ -266,6 +267,11 @@ static int read_tlv(np_sig_msg *msg, uint16_t t, const uint8_t *v, size_t vlen) 
   case NP_SIG_T_KX:
     msg->cand.has_kx = true;
     return read_fixed(v, vlen, msg->cand.kx, NP_SIG_KX_LEN);
+  case NP_SIG_T_FLAGS:
+    if (vlen != FLAGS_LEN)
+      return NP_ERR_PROTO;
+    msg->cand.flags = rd32(v);
+    return 0;
   case NP_SIG_T_OBSERVED:
     return read_addr(v, vlen, &msg->observed);
   case NP_SIG_T_ERROR: {
@@ -572,6 +578,12 @@ int np_sig_encode(const np_sig_msg *msg, const np_identity *id, uint8_t *buf, si
     put_addr(&w, NP_SIG_T_PEER_SEEN, &msg->peer_seen);
   if (c->has_kx)
     put_bytes(&w, NP_SIG_T_KX, c->kx, NP_SIG_KX_LEN);
+  /* Only when set: a message without flags encodes as it always did. */
+  if (c->flags != 0) {
+    uint8_t *p = put_tlv(&w, NP_SIG_T_FLAGS, FLAGS_LEN);
+    if (p)
+      wr32(p, c->flags);
+  }
   if (msg->error_code != 0) {
     char text[NP_SIG_MAX_TEXT + 1];
     size_t n = clean_text((const uint8_t *)msg->error_text,

@@ -101,6 +101,17 @@ enum np_sig_tlv {
    * random), u8 number of views it was judged from (2..8), u16 port of the
    * last mapping made (the predictor's base) */
   NP_SIG_T_STRIDE = 0x0012,
+  NP_SIG_T_FLAGS = 0x0014,     /* u32 NP_SIG_CAND_* bits; absent = 0 */
+};
+
+/* Bits of np_sig_candidates.flags (NP_SIG_T_FLAGS). Unknown bits are
+ * carried and ignored, so later versions can add some. */
+enum np_sig_cand_flag {
+  /* The sender's priming packets (TTL = NAT depth + 1) reach the first
+   * discovery server: no router between its outermost NAT and that
+   * server's segment, so its primers would also reach a peer's gateway
+   * there (see punch.h, "Flat segment"). */
+  NP_SIG_CAND_FLAT = 1u << 0,
 };
 /* Addresses in TLVs: family(1: 4 or 6) reserved(1) port(2) ip(4 or 16). */
 
@@ -129,6 +140,7 @@ typedef struct np_sig_candidates {
    * signed messages but holds neither private key) can forge a probe. */
   bool has_kx;
   uint8_t kx[NP_SIG_KX_LEN];
+  uint32_t flags; /* NP_SIG_CAND_* bits; written only when non-zero */
 } np_sig_candidates;
 
 /* A decoded message. Only fields relevant to the type are meaningful; the

@@ -42,6 +42,14 @@
  * after the answer) goes ahead this long after its hold: on direct pairs,
  * and with the first round of a sweep or spray. */
 #define FALLBACK_MS 5000
+/* Flat segment (punch.h): Linux's nf_conntrack_udp_timeout, the life of an
+ * unreplied UDP entry, which only packets that reach the gateway renew. */
+#define FLAT_CT_TIMEOUT_MS 30000
+#define FLAT_EARLY_MS 600   /* caller: it probes as usual this long first */
+#define FLAT_BURST_MS 350   /* callee: full-TTL probes this long (3 sends) */
+#define FLAT_MARGIN_MS 600  /* after the entries' expiry: clocks, scheduling */
+#define FLAT_KEEP_MS 5000   /* callee: TTL = depth refreshes of its mapping */
+#define FLAT_AFTER_MS 10000 /* the session lasts at least this after the wait */
 
 struct target {
   np_addr to;
@@ -108,6 +116,14 @@ struct np_punch {
   int nsprayed;
   int max_sock;
   uint32_t probes_sent, probes_received;
+
+  /* Flat segment (punch.h): on when both sides' candidates say so. The
+   * callee opens (full-TTL burst until flat_burst_end, then TTL = depth
+   * refreshes every FLAT_KEEP_MS); the caller is silent toward the peer
+   * from flat_quiet_from to flat_quiet_until. */
+  bool flat;
+  int64_t flat_burst_end, flat_quiet_from, flat_quiet_until, flat_keep_at;
+  int flat_keep_i;
 };
 
 /* ---- helpers ---------------------------------------------------------------- */
@@ -250,6 +266,10 @@ static enum np_via merge_via(enum np_via a, enum np_via b) {
   return via_rank(a) >= via_rank(b) ? a : b;
 }
 
+/* The flat-segment mode (punch.h); defined with the send rules. */
+static void flat_start(np_punch *p, int64_t now);
+static bool pace(np_punch *p, int64_t now);
+
 /* ---- creation --------------------------------------------------------------- */
 
 int np_punch_derive_key(const uint8_t our_secret[32], const uint8_t our_public[32],
@@ -361,6 +381,7 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
     if (k >= 0)
       activate(p, k, now, 0);
   }
+  flat_start(p, now);
   NP_LOGI(&p->log,
           "punch: %s, %d direct candidate(s); our NAT stride %d%s, peer's %d%s; strategy %s "
           "after %d ms; prime TTL %d",
@@ -463,6 +484,106 @@ static int64_t full_allowed_at(const np_punch *p, const struct target *t) {
   if (t->round > 0)
     return NEVER;
   return p->ready_at >= 0 ? p->ready_at : t->activated + p->hold + FALLBACK_MS;
+}
+
+/* ---- flat segment (punch.h) ------------------------------------------------ */
+
+/* A direct public target, the kind a rude gateway on our segment keeps
+ * state for: the flat rules apply to it. A host address is on our LAN, a
+ * port mapping is forwarded, and a target a probe came from has a mapping
+ * toward us on the peer's NAT already. */
+static bool flat_gated(const struct target *t) {
+  return !t->inbound && t->sock == 0 && t->type != NP_CAND_HOST && t->type != NP_CAND_PORTMAP;
+}
+
+/* Both sides compute this from the same two candidate sets, so they agree
+ * on the mode and (by role) on who opens and who waits. Only pairs whose
+ * ports are known to each other (strategy none: both mappings
+ * endpoint-independent) and that go through two NATs on different public
+ * IPs; only when both sides' primers reach the discovery server (a
+ * primer that dies in a router is the normal case). */
+static void flat_start(np_punch *p, int64_t now) {
+  bool flat = (p->cfg.self.flags & p->cfg.peer.flags & NP_SIG_CAND_FLAT) != 0 &&
+              p->strategy == NP_PREDICT_NONE && p->cfg.prime_ttl > 1 && !p->peer_open &&
+              !has_no_nat(&p->cfg.self) && p->cfg.self.n_mapped > 0 && p->cfg.peer.n_mapped > 0 &&
+              !np_addr_same_ip(&p->cfg.self.mapped[0], &p->cfg.peer.mapped[0]);
+  if (!flat)
+    return;
+  p->flat = true;
+  p->flat_burst_end = now + FLAT_BURST_MS;
+  p->flat_quiet_from = now + FLAT_EARLY_MS;
+  p->flat_quiet_until = p->flat_quiet_from + FLAT_CT_TIMEOUT_MS + FLAT_MARGIN_MS;
+  p->flat_keep_at = now + FLAT_KEEP_MS;
+  /* On this segment a primer reaches the peer's gateway like a full probe
+   * (and, unlike one, is not delivered through a full-cone NAT): none. */
+  for (int i = 0; i < p->nt; i++)
+    p->t[i].primed = true;
+  /* The caller's probes resume at flat_quiet_until (its start is after the
+   * callee's, which sent its answer behind its burst); both need the
+   * session to last beyond that. */
+  int64_t need = now + FLAT_EARLY_MS + FLAT_CT_TIMEOUT_MS + FLAT_MARGIN_MS + FLAT_AFTER_MS;
+  if (p->deadline < need) {
+    NP_LOGI(&p->log,
+            "punch: flat segment: session deadline extended from %lld to %lld ms to "
+            "cover the wait",
+            (long long)(p->deadline - now), (long long)(need - now));
+    p->deadline = need;
+  }
+  if (p->cfg.callee)
+    NP_LOGI(&p->log,
+            "punch: flat segment (our primers and the peer's reach the discovery server, so they "
+            "would reach each other's gateways): we open with a %d ms full-TTL burst, then "
+            "only refresh our mapping with TTL %d every %d ms; the caller waits about %d ms "
+            "for the state our burst left on its gateway to expire",
+            FLAT_BURST_MS, p->cfg.prime_ttl - 1, FLAT_KEEP_MS,
+            FLAT_EARLY_MS + FLAT_CT_TIMEOUT_MS + FLAT_MARGIN_MS);
+  else
+    NP_LOGI(&p->log,
+            "punch: flat segment (our primers and the peer's reach the discovery server, so they "
+            "would reach each other's gateways): we probe for %d ms, then send nothing toward "
+            "the peer for %d ms, until the state the callee's burst left on our gateway has "
+            "expired (conntrack's %d s UDP timeout), then probe again",
+            FLAT_EARLY_MS, FLAT_CT_TIMEOUT_MS + FLAT_MARGIN_MS, FLAT_CT_TIMEOUT_MS / 1000);
+}
+
+/* The send rule of the flat mode, on top of the usual one ('allowed'). */
+static int64_t flat_allowed_at(np_punch *p, struct target *t, int64_t now, int64_t allowed) {
+  if (!flat_gated(t))
+    return allowed;
+  if (p->cfg.callee)
+    return now < p->flat_burst_end ? 0 : NEVER; /* then only inbound re-arms it */
+  if (now >= p->flat_quiet_from && now < p->flat_quiet_until) {
+    t->rto = RTO_MIN_MS; /* resume at the quick pace */
+    return p->flat_quiet_until;
+  }
+  return allowed;
+}
+
+static int encode_request(np_punch *p, int idx, bool nominate, np_punch_datagram *dg);
+
+/* Callee: the next TTL = depth refresh of our mapping toward a gated
+ * target. Such a packet dies in our outermost NAT, which renews its entry
+ * on the way in (conntrack runs before the TTL check), so the mapping
+ * outlives the caller's wait while the peer's gateway sees nothing that
+ * would renew its own entry. Returns 1 with *dg filled, 0 when the round
+ * is done (the next one is scheduled). */
+static int flat_keep_next(np_punch *p, int64_t now, np_punch_datagram *dg) {
+  for (; p->flat_keep_i < p->nt; p->flat_keep_i++) {
+    int i = p->flat_keep_i;
+    if (!flat_gated(&p->t[i]) || p->t[i].round != 0)
+      continue;
+    if (!pace(p, now))
+      return 0; /* wakeup covers the pace; flat_keep_at stays due */
+    if (encode_request(p, i, false, dg) != 0)
+      continue;
+    dg->ttl = p->cfg.prime_ttl - 1;
+    p->probes_sent++;
+    p->flat_keep_i++;
+    return 1;
+  }
+  p->flat_keep_i = 0;
+  p->flat_keep_at = now + FLAT_KEEP_MS;
+  return 0;
 }
 
 /* ---- encoding --------------------------------------------------------------- */
@@ -735,12 +856,16 @@ int np_punch_next(np_punch *p, int64_t now, np_punch_datagram *dg) {
       return 0;
     }
   }
+  if (p->flat && p->cfg.callee && now >= p->flat_keep_at && flat_keep_next(p, now, dg))
+    return 1;
   for (int i = 0; i < p->nt; i++) {
     struct target *t = &p->t[i];
     if (!t->active || t->next > now)
       continue;
     bool prime = needs_prime(p, t) && !t->primed;
     int64_t allowed = prime ? 0 : full_allowed_at(p, t);
+    if (p->flat)
+      allowed = flat_allowed_at(p, t, now, allowed);
     if (allowed > now) {
       t->next = allowed; /* NEVER until an inbound probe re-arms it */
       continue;
@@ -786,6 +911,8 @@ int64_t np_punch_wakeup(const np_punch *p) {
   for (int i = 0; i < p->nt; i++)
     if (p->t[i].active && p->t[i].next < w)
       w = p->t[i].next;
+  if (p->flat && p->cfg.callee && p->flat_keep_at < w)
+    w = p->flat_keep_at;
   if (p->pace_tokens == 0 && w < p->pace_next_us / 1000 + 1)
     w = p->pace_next_us / 1000 + 1;
   return w;

@@ -46,6 +46,35 @@
  * endpoint-independent peer) we only prime and wait for the peer's sweep
  * to land.
  *
+ * Flat segment. Priming relies on a router between the two gateways: where
+ * they share one segment with none between them (two home routers on a
+ * building's network, NAT boxes on one VLAN), a primer reaches the peer's
+ * gateway with TTL 1 and, on a rude NAT, leaves the very state it was
+ * meant to avoid. Both sides learn this from their hop measurement (the
+ * hop probe with the priming TTL is answered by the discovery server, not
+ * expired in a router) and say it in their candidates (NP_SIG_CAND_FLAT);
+ * when both do, on a pair with no prediction (both mappings endpoint-
+ * independent), different public IPs and a NAT on each side:
+ *   - the callee opens: full-TTL probes for 350 ms from its start (before
+ *     its answer leaves), which make its mapping toward the caller's port
+ *     (and reach a full-cone caller outright); after that no full-TTL
+ *     packet toward a target no probe came from, only a TTL = depth copy
+ *     every 5 s, which dies in its own outermost NAT after renewing the
+ *     mapping there (conntrack runs before the TTL check), so the mapping
+ *     outlives the wait while the caller's gateway sees nothing that would
+ *     renew the state the burst left there;
+ *   - the caller probes as usual for 600 ms (an address-dependent or
+ *     full-cone callee lets those in: connected at once), then sends
+ *     nothing toward the callee until 31.2 s after its start: the rude
+ *     entry the burst left on its gateway, and the one its own early probes
+ *     made there, have expired by then (an unreplied UDP entry lives 30 s
+ *     on Linux); its probes then keep its port and match the callee's
+ *     mapping: connected about 31 s after the answer;
+ *   - no primes on either side (they would reach the peer's gateway like a
+ *     full probe, and unlike one would not be delivered through a full-cone
+ *     NAT); the session lasts at least 10 s beyond the wait, whatever its
+ *     configured timeout (logged).
+ *
  * Phases: phase 0 probes the direct candidates (checklist.h); after
  * predict_after_ms without success, rounds of prediction (predict.h) start,
  * one every round_ms, until a pair works, the probe budget is spent or the

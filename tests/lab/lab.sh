@@ -46,6 +46,14 @@
 # answers ICMP time exceeded from its LAN address (10.i.0.1; for a stacked
 # NAT, TTL 2 dies in the outer NAT: 100.64.i.1). No ICMP comes from the core.
 #
+# Flat segment. With LAB_FLAT=1 in the environment of lab_init there is no
+# core hop: the public bridge lets every TTL through, like two gateways on
+# one building network or data-centre VLAN with no router between them. A
+# priming packet (TTL = NAT depth + 1) then reaches the far NAT with TTL 1
+# and, on a rude NAT, leaves the UNREPLIED entry that priming is meant to
+# avoid; it also reaches the discovery servers, which answer it. The
+# default (LAB_FLAT unset or 0) keeps the core hop.
+#
 # Nothing is connected to the root namespace: no veth end, no route, no
 # forwarding there. IP forwarding is switched on only inside NAT routers.
 # Every interface is created inside a lab namespace (`ip -n A link add X type
@@ -110,6 +118,7 @@ LAB_NEXT_NAT=0     # NAT/host index i (public IP 203.0.113.(10+i), LAN 10.i.0.0/
 LAB_NEXT_PORT=0    # bridge port counter in the public namespace
 LAB_PUBNET=203.0.113
 LAB_VERBOSE=${LAB_VERBOSE:-0}
+LAB_FLAT=${LAB_FLAT:-0}   # 1: no core router hop (see "Flat segment")
 # Symmetric NAT: ports 20000..24095, used in turn. Large enough that a
 # matrix run (hundreds of sessions on one lab) never wraps around: a real
 # sequential NAT wraps too, but not within one session's prediction window,
@@ -158,20 +167,22 @@ lab_init() {
   trap 'exit 143' TERM
   _lab_mkns "$LAB_ID-pub"
   _lab_bridge "$LAB_ID-pub" br0
-  # The core: see "Core router hop" at the top. Chain impair is for
-  # lab_loss and lab_delay.
-  ip netns exec "$LAB_ID-pub" nft -f - <<'EOF' || lab_die "nft rules of the public segment"
+  # The core: see "Core router hop" at the top (none with LAB_FLAT=1: see
+  # "Flat segment"). Chain impair is for lab_loss and lab_delay.
+  local core='ether type ip ip ttl < 2 drop'
+  [ "$LAB_FLAT" = 1 ] && core='# flat segment: no core router hop'
+  ip netns exec "$LAB_ID-pub" nft -f - <<EOF || lab_die "nft rules of the public segment"
 table bridge lab {
   chain forward {
     type filter hook forward priority filter; policy accept;
-    ether type ip ip ttl < 2 drop
+    $core
     jump impair
   }
   chain impair {
   }
 }
 EOF
-  lab_log "public segment $LAB_ID-pub ($LAB_PUBNET.0/24)"
+  lab_log "public segment $LAB_ID-pub ($LAB_PUBNET.0/24, flat $LAB_FLAT)"
 }
 
 # Namespaces of earlier labs whose shell is gone (killed with SIGKILL, e.g. by

@@ -1010,6 +1010,416 @@ static void refused_input(void **state) {
   sim_free(s);
 }
 
+/* ==== flat segment (punch.h "Flat segment") ====================================
+ * A world of its own, so that the model above stays as it is: two NATs on
+ * one segment with no router between them, and Linux conntrack's timing.
+ *  - Every entry expires FLAT_CT_MS after the last packet that matched it
+ *    (an unreplied UDP entry's 30 s; a replied one lives longer, which the
+ *    test does not need).
+ *  - A packet sent with TTL t leaves our NAT when t >= 2 and then reaches
+ *    the peer's NAT with t - 1 >= 1: nothing dies in between. With t = 1 it
+ *    dies in our own NAT, which renews a matching entry first (conntrack
+ *    runs before the TTL check) but creates none.
+ *  - Inbound: a packet matching a mapping gets in (to be forwarded it needs
+ *    TTL >= 2 on arrival; the entry is renewed either way); a full-cone NAT
+ *    lets in anything to a mapped port, an address-dependent one anything
+ *    from an IP the mapping has sent to (a forwarded packet makes a mapping
+ *    of its own, one that dies in forwarding makes none); anything else is
+ *    rude state (remote -> public port) for FLAT_CT_MS, renewed by every
+ *    later packet from that remote, and a mapping toward that remote cannot
+ *    take that port (it gets another one). */
+#define FLAT_CT_MS 30000
+#define FLAT_MAX_E 256
+#define FLAT_LAT_MS 5
+
+enum flat_kind { FLAT_CONE, FLAT_ADDR, FLAT_FULL };
+
+struct flat_entry {
+  bool rude;
+  uint16_t lport, pub;
+  np_addr remote;
+  int64_t expires;
+};
+
+struct flat_nat {
+  enum flat_kind kind;
+  struct flat_entry e[FLAT_MAX_E];
+  int n;
+  uint16_t next_port; /* for a mapping that must move */
+  int clashes;
+};
+
+struct flat_side {
+  struct flat_nat nat;
+  np_addr pub;
+  np_sig_candidates cand;
+  struct prng rng;
+  np_punch *p;
+  int64_t start;
+  np_punch_result res;
+  /* what the machine sent, in order */
+  int64_t first_rx;                       /* first datagram delivered to it (-1: none) */
+  int64_t last_full_req;                  /* last full-TTL request before first_rx */
+  int64_t waiter_gap_from, waiter_gap_to; /* caller: longest silence toward the peer */
+  int64_t last_tx;
+  int short_ttl[8];  /* counts of TTL-limited datagrams by TTL */
+  uint16_t path_pub; /* caller: the public port its probes left with at the end */
+};
+
+struct flat_world {
+  struct flat_side s[2];
+  struct {
+    int64_t at;
+    int to;
+    np_addr from;
+    uint16_t port;
+    int ttl;
+    size_t len;
+    uint8_t buf[NP_PUNCH_MAX_DATAGRAM];
+  } q[512];
+  int nq;
+  int64_t now;
+};
+
+static struct flat_entry *flat_live(struct flat_nat *n, bool rude, uint16_t pub,
+                                    const np_addr *remote, bool by_ip, int64_t now) {
+  for (int i = 0; i < n->n; i++) {
+    struct flat_entry *e = &n->e[i];
+    if (e->expires <= now || e->rude != rude || (pub && e->pub != pub))
+      continue;
+    if (!remote ||
+        (by_ip ? np_addr_same_ip(&e->remote, remote) : np_addr_equal(&e->remote, remote)))
+      return e;
+  }
+  return NULL;
+}
+
+static struct flat_entry *flat_add(struct flat_nat *n, bool rude, uint16_t lport, uint16_t pub,
+                                   const np_addr *remote, int64_t now) {
+  for (int i = 0; i < n->n; i++)
+    if (n->e[i].expires <= now) { /* reuse a dead slot */
+      n->e[i] = (struct flat_entry){rude, lport, pub, *remote, now + FLAT_CT_MS};
+      return &n->e[i];
+    }
+  assert_true(n->n < FLAT_MAX_E);
+  n->e[n->n] = (struct flat_entry){rude, lport, pub, *remote, now + FLAT_CT_MS};
+  return &n->e[n->n++];
+}
+
+/* Outbound: returns the public port, or 0 when the packet dies in our NAT. */
+static uint16_t flat_out(struct flat_nat *n, uint16_t lport, const np_addr *remote, int ttl,
+                         int64_t now) {
+  for (int i = 0; i < n->n; i++) {
+    struct flat_entry *e = &n->e[i];
+    if (!e->rude && e->expires > now && e->lport == lport && np_addr_equal(&e->remote, remote)) {
+      e->expires = now + FLAT_CT_MS;
+      return ttl == 1 ? 0 : e->pub;
+    }
+  }
+  if (ttl == 1)
+    return 0;           /* an unconfirmed entry: gone with the packet */
+  uint16_t pub = lport; /* port-preserving */
+  if (flat_live(n, true, pub, remote, false, now)) {
+    pub = n->next_port++;
+    n->clashes++;
+  }
+  flat_add(n, false, lport, pub, remote, now);
+  return pub;
+}
+
+/* Inbound: true and *lport when the packet reaches the host. */
+static bool flat_in(struct flat_nat *n, uint16_t pub, const np_addr *from, int ttl, int64_t now,
+                    uint16_t *lport) {
+  struct flat_entry *e = flat_live(n, false, pub, from, false, now);
+  if (e) {
+    e->expires = now + FLAT_CT_MS;
+    *lport = e->lport;
+    return ttl >= 2;
+  }
+  if (n->kind != FLAT_CONE) {
+    e = flat_live(n, false, pub, n->kind == FLAT_ADDR ? from : NULL, true, now);
+    if (e) {
+      if (ttl < 2)
+        return false; /* dies in forwarding, before the entry is confirmed */
+      *lport = e->lport;
+      flat_add(n, false, e->lport, pub, from, now);
+      return true;
+    }
+  }
+  e = flat_live(n, true, pub, from, false, now);
+  if (e)
+    e->expires = now + FLAT_CT_MS;
+  else
+    flat_add(n, true, 0, pub, from, now);
+  return false;
+}
+
+static void flat_side_init(struct flat_side *sd, int which, enum flat_kind kind, bool flag) {
+  memset(sd, 0, sizeof *sd);
+  sd->nat.kind = kind;
+  sd->nat.next_port = 40000;
+  sd->pub = A(which == CALLER ? "203.0.113.11:5000" : "203.0.113.12:5000");
+  sd->cand.private_addrs[0] = A(which == CALLER ? "10.1.0.2:5000" : "10.2.0.2:5000");
+  sd->cand.n_private = 1;
+  sd->cand.mapped[0] = sd->cand.mapped[1] = sd->pub;
+  sd->cand.n_mapped = 2;
+  sd->cand.have_delta = true;
+  sd->cand.flags = flag ? NP_SIG_CAND_FLAT : 0;
+  /* Gathering's mappings toward the two servers (answered: long-lived). */
+  const np_addr s1 = A("203.0.113.1:3478"), s2 = A("203.0.113.3:3478");
+  flat_add(&sd->nat, false, 5000, 5000, &s1, 0)->expires = INT64_MAX;
+  flat_add(&sd->nat, false, 5000, 5000, &s2, 0)->expires = INT64_MAX;
+  sd->rng.s = 77 + (uint64_t)which;
+  sd->first_rx = -1;
+  sd->last_full_req = -1;
+  sd->last_tx = -1;
+}
+
+/* Runs a flat session: the callee starts at 0, the caller signaling_ms
+ * later (its answer's travel), until both are settled or limit_ms. */
+static void flat_run(struct flat_world *w, enum flat_kind caller, enum flat_kind callee, bool flags,
+                     int signaling_ms, int64_t limit_ms) {
+  memset(w, 0, sizeof *w);
+  flat_side_init(&w->s[CALLER], CALLER, caller, flags);
+  flat_side_init(&w->s[CALLEE], CALLEE, callee, flags);
+  w->s[CALLER].start = signaling_ms;
+  uint8_t key[NP_PUNCH_KEY_LEN], session[NP_SIG_SESSION_LEN];
+  memset(key, 0x5a, sizeof key);
+  memset(session, 0x3c, sizeof session);
+  for (w->now = 0; w->now <= limit_ms; w->now++) {
+    for (int k = CALLEE; k >= CALLER; k--) {
+      struct flat_side *sd = &w->s[k];
+      if (sd->p || w->now < sd->start)
+        continue;
+      np_punch_config c;
+      memset(&c, 0, sizeof c);
+      c.callee = k == CALLEE;
+      memcpy(c.key, key, sizeof key);
+      memcpy(c.session, session, sizeof session);
+      c.self = sd->cand;
+      c.peer = w->s[!k].cand;
+      c.prime_ttl = 2;
+      c.random = prng_fill;
+      c.random_user = &sd->rng;
+      if (getenv("PUNCH_TEST_LOG")) {
+        c.log = log_stderr;
+        c.log_user = k == CALLER ? "flat caller" : "flat callee";
+        c.log_level = NP_LOG_DEBUG;
+      }
+      assert_int_equal(np_punch_new(&c, w->now, &sd->p), 0);
+      if (k == CALLER) /* READY: right behind the caller's start */
+        np_punch_peer_ready(w->s[CALLEE].p, w->now + signaling_ms);
+    }
+    /* Deliveries due now. */
+    for (int i = 0; i < w->nq;) {
+      if (w->q[i].at > w->now) {
+        i++;
+        continue;
+      }
+      struct flat_side *sd = &w->s[w->q[i].to];
+      uint16_t lport;
+      if (flat_in(&sd->nat, w->q[i].port, &w->q[i].from, w->q[i].ttl, w->now, &lport) && sd->p &&
+          lport == 5000) {
+        if (sd->first_rx < 0)
+          sd->first_rx = w->now;
+        (void)np_punch_input(sd->p, w->now, 0, &w->q[i].from, w->q[i].buf, w->q[i].len);
+      }
+      w->q[i] = w->q[--w->nq];
+    }
+    for (int k = CALLEE; k >= CALLER; k--) {
+      struct flat_side *sd = &w->s[k];
+      if (!sd->p)
+        continue;
+      np_punch_datagram dg;
+      for (int guard = 0; guard < 64 && np_punch_next(sd->p, w->now, &dg); guard++) {
+        int ttl = dg.ttl > 0 ? dg.ttl : 64;
+        bool request = stun_class(&dg) == NP_STUN_REQUEST;
+        bool to_peer = np_addr_same_ip(&dg.to, &w->s[!k].pub);
+        if (ttl < 8)
+          sd->short_ttl[ttl]++;
+        if (to_peer && ttl >= 2) {
+          if (request && ttl == 64 && sd->first_rx < 0)
+            sd->last_full_req = w->now;
+          if (sd->last_tx >= 0 && w->now - sd->last_tx > sd->waiter_gap_to - sd->waiter_gap_from) {
+            sd->waiter_gap_from = sd->last_tx;
+            sd->waiter_gap_to = w->now;
+          }
+          sd->last_tx = w->now;
+        }
+        uint16_t pub = flat_out(&sd->nat, 5000, &dg.to, ttl, w->now);
+        if (pub == 0 || !to_peer)
+          continue;
+        if (k == CALLER)
+          sd->path_pub = pub;
+        assert_true(w->nq < 512);
+        w->q[w->nq].at = w->now + FLAT_LAT_MS;
+        w->q[w->nq].to = !k;
+        w->q[w->nq].from = with_port(sd->pub, pub);
+        w->q[w->nq].port = np_addr_port(&dg.to);
+        w->q[w->nq].ttl = ttl - 1;
+        w->q[w->nq].len = dg.len;
+        memcpy(w->q[w->nq].buf, dg.buf, dg.len);
+        w->nq++;
+      }
+    }
+    bool settled = true;
+    for (int k = 0; k < 2; k++) {
+      if (!w->s[k].p) {
+        settled = false;
+        continue;
+      }
+      np_punch_result_get(w->s[k].p, &w->s[k].res);
+      if (w->s[k].res.state == NP_PUNCH_RUNNING)
+        settled = false;
+    }
+    if (settled)
+      break;
+  }
+  for (int k = 0; k < 2; k++)
+    if (w->s[k].p)
+      np_punch_result_get(w->s[k].p, &w->s[k].res);
+}
+
+static void flat_free(struct flat_world *w) {
+  for (int k = 0; k < 2; k++)
+    np_punch_free(w->s[k].p);
+}
+
+/* Two rude cone NATs on one segment. Without the mode (neither side says
+ * its primers reach the server) the callee's primes leave rude state on
+ * the caller's gateway, the caller's probes move to another port, the
+ * callee's filter refuses them, and the session times out: the defect.
+ * With it, the order the mode promises:
+ *  - the callee (opener) sends full-TTL requests only in its first 350 ms
+ *    burst, then only TTL 1 refreshes (dying in its own NAT), until a probe
+ *    of the caller's arrives;
+ *  - the caller (waiter) probes for 600 ms, then sends nothing toward the
+ *    callee for the 30.6 s that the rude state takes to expire;
+ *  - then its probe leaves from its own port (the state has expired: no
+ *    clash) and matches the callee's mapping, kept alive all along: both
+ *    connect about 31 s after the caller's start. */
+static void flat_cone_cone(void **state) {
+  (void)state;
+  struct flat_world *w = calloc(1, sizeof *w);
+  assert_non_null(w);
+  flat_run(w, FLAT_CONE, FLAT_CONE, false, 20, 45000);
+  assert_int_equal(w->s[CALLER].res.state, NP_PUNCH_FAILED);
+  assert_true(w->s[CALLER].nat.clashes >= 1);
+  flat_free(w);
+
+  const int delays[] = {20, 300};
+  for (int d = 0; d < 2; d++) {
+    flat_run(w, FLAT_CONE, FLAT_CONE, true, delays[d], 45000);
+    struct flat_side *cr = &w->s[CALLER], *ce = &w->s[CALLEE];
+    assert_int_equal(cr->res.state, NP_PUNCH_CONNECTED);
+    assert_int_equal(ce->res.state, NP_PUNCH_CONNECTED);
+    assert_true(np_addr_equal(&cr->res.remote, &ce->pub)); /* the callee's own port */
+    assert_int_equal(cr->path_pub, 5000);                  /* and the caller's */
+    /* Opener: its last full-TTL request (before anything came in) was in
+     * the burst; its refreshes had TTL 1 and nothing had TTL 2 (a primer:
+     * here it would be one more packet to the peer's gateway). */
+    assert_true(ce->last_full_req >= 0 && ce->last_full_req < 350);
+    assert_true(ce->short_ttl[1] >= 5); /* every 5 s over the wait */
+    assert_int_equal(ce->short_ttl[2], 0);
+    /* Waiter: silent toward the callee from its 600 ms to 31.2 s. */
+    assert_true(cr->waiter_gap_from < cr->start + 600);
+    assert_true(cr->waiter_gap_to >= cr->start + 31200);
+    assert_int_equal(cr->short_ttl[2], 0);
+    /* Connected after the wait, a round trip or two later. */
+    assert_true(cr->res.elapsed_ms >= 31200 && cr->res.elapsed_ms <= 31300);
+    assert_true(ce->res.elapsed_ms >= cr->start + 31200);
+    flat_free(w);
+  }
+  free(w);
+}
+
+/* Where a gateway lets the other side's probe in anyway, the mode costs
+ * nothing: a full-cone caller takes the callee's burst, an address-
+ * dependent or full-cone callee takes the caller's first probes (which the
+ * waiter sends before its wait for that reason). A cone callee with an
+ * address-dependent caller has to wait like cone-cone. */
+static void flat_fast_pairs(void **state) {
+  (void)state;
+  static const struct {
+    enum flat_kind caller, callee;
+    bool fast;
+  } pairs[] = {
+      {FLAT_FULL, FLAT_CONE, true}, {FLAT_CONE, FLAT_FULL, true}, {FLAT_CONE, FLAT_ADDR, true},
+      {FLAT_ADDR, FLAT_ADDR, true}, {FLAT_FULL, FLAT_FULL, true}, {FLAT_ADDR, FLAT_CONE, false},
+  };
+  struct flat_world *w = calloc(1, sizeof *w);
+  assert_non_null(w);
+  for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+    flat_run(w, pairs[i].caller, pairs[i].callee, true, 20, 45000);
+    for (int k = 0; k < 2; k++)
+      if (w->s[k].res.state != NP_PUNCH_CONNECTED)
+        fail_msg("pair %zu: side %d state %d (%s)", i, k, w->s[k].res.state, w->s[k].res.reason);
+    int64_t ms = w->s[CALLER].res.elapsed_ms;
+    if (pairs[i].fast ? ms > 100 : ms < 31200)
+      fail_msg("pair %zu: the caller connected after %lld ms", i, (long long)ms);
+    flat_free(w);
+  }
+  free(w);
+}
+
+/* The mode needs both sides' word: one side alone (or a pair that shares a
+ * public IP, or one whose ports must be predicted) goes the usual way,
+ * without the wait and the extended deadline. */
+static void flat_needs_both_flags(void **state) {
+  (void)state;
+  struct flat_world *w = calloc(1, sizeof *w);
+  assert_non_null(w);
+  flat_side_init(&w->s[CALLER], CALLER, FLAT_CONE, true);
+  flat_side_init(&w->s[CALLEE], CALLEE, FLAT_CONE, false);
+  np_punch_config c;
+  memset(&c, 0, sizeof c);
+  c.self = w->s[CALLER].cand;
+  c.peer = w->s[CALLEE].cand;
+  c.prime_ttl = 2;
+  c.session_timeout_ms = 20000;
+  np_punch *p;
+  /* One flag: the caller's probes go at once and keep going (no 30 s
+   * silence): its second send is the usual 100 ms retransmission. */
+  assert_int_equal(np_punch_new(&c, 0, &p), 0);
+  np_punch_datagram dg;
+  int64_t sends[4];
+  int n = 0;
+  for (int64_t t = 0; t < 2000 && n < 4; t++)
+    while (n < 4 && np_punch_next(p, t, &dg))
+      if (dg.ttl == 0)
+        sends[n++] = t;
+  assert_int_equal(n, 4);
+  assert_true(sends[3] < 1000);
+  np_punch_free(p);
+  /* Both flags: the mode is on, the same caller falls silent after 600 ms. */
+  c.peer.flags = NP_SIG_CAND_FLAT;
+  assert_int_equal(np_punch_new(&c, 0, &p), 0);
+  n = 0;
+  for (int64_t t = 0; t < 31000; t++)
+    while (np_punch_next(p, t, &dg))
+      if (dg.ttl == 0 && t >= 600)
+        n++;
+  assert_int_equal(n, 0);
+  /* and its deadline covers the wait */
+  assert_true(np_punch_wakeup(p) <= 31200);
+  np_punch_result r;
+  np_punch_result_get(p, &r);
+  assert_int_equal(r.state, NP_PUNCH_RUNNING);
+  np_punch_free(p);
+  /* Same public IP: the usual way (the LAN addresses are tried). */
+  c.peer.mapped[0] = c.peer.mapped[1] = A("203.0.113.11:6000");
+  assert_int_equal(np_punch_new(&c, 0, &p), 0);
+  n = 0;
+  for (int64_t t = 600; t < 3000; t++)
+    while (np_punch_next(p, t, &dg))
+      if (dg.ttl == 0 && np_addr_same_ip(&dg.to, &c.peer.mapped[0]))
+        n++;
+  assert_true(n > 0);
+  np_punch_free(p);
+  free(w);
+}
+/* ==== end of flat segment ===================================================== */
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(cone_cone_phase0),    cmocka_unit_test(rude_needs_priming),
@@ -1021,6 +1431,10 @@ int main(void) {
       cmocka_unit_test(portmap_symmetric),
       cmocka_unit_test(open_anything),       cmocka_unit_test(lossy),
       cmocka_unit_test(keepalives),          cmocka_unit_test(refused_input),
+      /* flat segment */
+      cmocka_unit_test(flat_cone_cone),
+      cmocka_unit_test(flat_fast_pairs),
+      cmocka_unit_test(flat_needs_both_flags),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -91,6 +91,7 @@ static void full_msg(np_sig_msg *m, uint8_t type, bool v6) {
   c->has_kx = true;
   for (int i = 0; i < NP_SIG_KX_LEN; i++)
     c->kx[i] = (uint8_t)(0xA0 + i);
+  c->flags = NP_SIG_CAND_FLAT | 0x80000000u; /* an unknown bit is carried too */
   m->peer_seen = addr(v6 ? "[2001:db8::30]:7000" : "198.51.100.30:7000");
   m->observed = addr(v6 ? "[2001:db8::40]:8000" : "198.51.100.40:8000");
   m->error_code = NP_SIG_E_UNKNOWN_PEER;
@@ -163,6 +164,7 @@ static void assert_same_fields(const np_sig_msg *d, const np_sig_msg *m) {
   assert_int_equal(d->cand.has_kx, m->cand.has_kx);
   if (m->cand.has_kx)
     assert_memory_equal(d->cand.kx, m->cand.kx, NP_SIG_KX_LEN);
+  assert_int_equal(d->cand.flags, m->cand.flags);
   assert_addr_equal(&d->peer_seen, &m->peer_seen);
   assert_addr_equal(&d->observed, &m->observed);
   assert_int_equal(d->error_code, m->error_code);
@@ -756,6 +758,7 @@ static void test_fixed_sizes(void **state) {
       {NP_SIG_T_PUBKEY, 32}, {NP_SIG_T_NONCE, 32},   {NP_SIG_T_FROM, 32},
       {NP_SIG_T_TO, 32},     {NP_SIG_T_SESSION, 16}, {NP_SIG_T_TIMESTAMP, 8},
       {NP_SIG_T_DELTA, 4},   {NP_SIG_T_NAT, 2},      {NP_SIG_T_ALLOW, 32},
+      {NP_SIG_T_FLAGS, 4},
   };
   /* STRIDE: exactly 8 bytes (a valid kind and view count). */
   for (size_t size = 0; size <= 16; size++) {
@@ -1173,6 +1176,34 @@ static void test_encode_overflow_every_capacity(void **state) {
   }
 }
 
+/* FLAGS (0x0014) is written only when a bit is set, so a message without
+ * flags is byte for byte what it was before the TLV existed (older peers
+ * see nothing new), and a set FLAT bit survives the round trip. */
+static void test_flags_only_when_set(void **state) {
+  (void)state;
+  np_sig_msg m, d;
+  minimal_msg(&m, NP_SIG_OFFER);
+  uint8_t plain[BUF_CAP], flagged[BUF_CAP];
+  int n0 = encode(&m, plain);
+  decode_frame(plain, n0, &d);
+  assert_int_equal(d.cand.flags, 0);
+  m.cand.flags = NP_SIG_CAND_FLAT;
+  int n1 = encode(&m, flagged);
+  assert_int_equal(n1, n0 + 8); /* one TLV: header + u32 */
+  decode_frame(flagged, n1, &d);
+  assert_int_equal(d.cand.flags, NP_SIG_CAND_FLAT);
+  assert_int_equal(np_sig_verify(flagged + NP_SIG_LEN_PREFIX, (size_t)n1 - NP_SIG_LEN_PREFIX, &d),
+                   0);
+  /* Given twice it is ambiguous: refused like any repeated fixed TLV. */
+  body x;
+  body_init(&x, NP_SIG_PING);
+  uint8_t v[4] = {0, 0, 0, 1};
+  tlv(&x, NP_SIG_T_FLAGS, v, sizeof v);
+  assert_int_equal(dec(&x), 0);
+  tlv(&x, NP_SIG_T_FLAGS, v, sizeof v);
+  assert_int_equal(dec(&x), NP_ERR_PROTO);
+}
+
 static void test_encode_invalid(void **state) {
   (void)state;
   static uint8_t buf[BUF_CAP];
@@ -1254,6 +1285,7 @@ int main(void) {
       cmocka_unit_test(test_error_text),
       cmocka_unit_test(test_encode_overflow_every_capacity),
       cmocka_unit_test(test_encode_invalid),
+      cmocka_unit_test(test_flags_only_when_set),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
