@@ -948,7 +948,10 @@ static void on_request(np_punch *p, int64_t now, int sock, const np_addr *from,
         t->nom_via = via;
       }
     }
-  } else if (p->state == NP_PUNCH_CONNECTED && callee_nom && i != p->sel && !t->nominated) {
+  } else if (p->state == NP_PUNCH_CONNECTED && callee_nom && i != p->sel && !t->nominated &&
+             p->probes_sent + TRIGGERED_SENDS <= (uint32_t)p->max_probes) {
+    /* (Within the session's probe budget: a peer that nominates pair
+     * after pair once connected gets no more than any session.) */
     /* A nomination of another pair once connected: a fresh check of that
      * pair first, whatever it proved before (a replay from an address
      * the peer has left must not take the path there). */
