@@ -88,8 +88,9 @@ int64_t np_budget_retry_ms(np_budget *b, const uint8_t id[NP_BUDGET_ID_LEN], int
   for (int i = 0; i < 2; i++)
     if (ks[i]->tokens_milli < need) {
       /* refill rate: cap * 1000 per window */
-      int64_t ms = ((need - ks[i]->tokens_milli) * NP_BUDGET_WINDOW_MS + (int64_t)caps[i] * 1000 - 1) /
-                   ((int64_t)caps[i] * 1000);
+      int64_t ms =
+          ((need - ks[i]->tokens_milli) * NP_BUDGET_WINDOW_MS + (int64_t)caps[i] * 1000 - 1) /
+          ((int64_t)caps[i] * 1000);
       if (ms > worst)
         worst = ms;
     }

@@ -20,8 +20,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define NP_BUDGET_PER_PEER 12000 /* probes per peer ID per minute: two full sessions */
-#define NP_BUDGET_TOTAL 60000    /* probes per minute for all peers together */
+#define NP_BUDGET_PER_PEER 12000  /* probes per peer ID per minute: two full sessions */
+#define NP_BUDGET_TOTAL 60000     /* probes per minute for all peers together */
 #define NP_BUDGET_MIN_SESSION 300 /* an allowance below this is refused: too small to connect */
 #define NP_BUDGET_PEERS 256
 #define NP_BUDGET_WINDOW_MS 60000

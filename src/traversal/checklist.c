@@ -67,8 +67,7 @@ static const char *special(const np_addr *a) {
   return NULL;
 }
 
-static bool is_own(const np_sig_candidates *self, const np_checklist_seen *seen,
-                   const np_addr *a) {
+static bool is_own(const np_sig_candidates *self, const np_checklist_seen *seen, const np_addr *a) {
   if (seen && np_addr_same_ip(&seen->self, a))
     return true;
   if (!self)

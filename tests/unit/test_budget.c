@@ -28,7 +28,7 @@ static void per_peer(void **state) {
   id_of(x, 1);
   assert_int_equal(np_budget_take(&b, x, 6000, 1000), 6000);
   assert_int_equal(np_budget_take(&b, x, 6000, 1000), 6000);
-  assert_int_equal(np_budget_take(&b, x, 6000, 1000), 0); /* declined */
+  assert_int_equal(np_budget_take(&b, x, 6000, 1000), 0);  /* declined */
   assert_int_equal(np_budget_retry_ms(&b, x, 1000), 1500); /* 300 probes at 200/s */
   assert_int_equal(np_budget_take(&b, x, 6000, 1000 + 1499), 0);
   /* Shrunk: what refilled, once it is at least the minimum. */
