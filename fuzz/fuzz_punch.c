@@ -6,7 +6,19 @@
  * sequential/sequential, cone/random, random/cone, open/cone), the role
  * (caller or callee) and how far it has gone before the script starts
  * (fresh, into the prediction rounds, or connected through a real exchange
- * with a second machine). Then records, each starting with an op byte:
+ * with a second machine). With bit 0x40 of the first byte, the peer's
+ * candidate set is the fuzzer's instead (a hostile offer or answer), read
+ * from the bytes after the second:
+ *   flags   bits 0-1 private count (0..3), bits 2-3 mapped count (0..2),
+ *           bit 4 a port mapping, bit 5 no OBSERVED address for the peer,
+ *           bit 6 both sides behind one NAT (the same OBSERVED IP), bit 7
+ *           our own OBSERVED unknown
+ *   delta   i8, and have_delta when not 0
+ *   then per address: an IP from a table of the interesting ones (the
+ *           peer's, ours, a third host's, loopback, broadcast, multicast,
+ *           link-local, private, IPv6...) and a port byte
+ * so zero candidates, or none usable, are inputs like any other. Then
+ * records, each starting with an op byte:
  *
  *   0 raw       sock, from, u16 length, bytes: an arbitrary datagram
  *   1 forged    class, username, truncation, sock, from, attributes: a
@@ -21,7 +33,9 @@
  *
  * After every record the harness drains np_punch_next() (bounded) and
  * checks the invariants: every datagram fits, names a valid socket, decodes
- * as STUN and verifies with the key; the result is consistent with the
+ * as STUN and verifies with the key, and goes only where the peer can be
+ * (its OBSERVED IP, or private space behind a NAT both share: no third
+ * party, whatever the candidates or the inputs say); the result is consistent with the
  * state; the wakeup is not in the past after a drain (but once, see
  * below). Time and randomness are fixed, so a crash replays exactly.
  */
@@ -109,6 +123,11 @@ static const enum kind pairs[][2] = {
 };
 #define NPAIRS (sizeof pairs / sizeof pairs[0])
 
+/* Public IPs of the two sides (side_cands), what a rendezvous server sees. */
+static np_addr public_ip(bool caller) {
+  return addr(caller ? "203.0.113.11:7000" : "203.0.113.12:7000");
+}
+
 static np_punch_config config(unsigned pair, bool callee, struct rng *r) {
   np_punch_config c;
   memset(&c, 0, sizeof c);
@@ -126,10 +145,55 @@ static np_punch_config config(unsigned pair, bool callee, struct rng *r) {
   c.prime_ttl = pairs[pair][callee ? 1 : 0] == K_OPEN ? 0 : 2;
   c.random = rng_fill;
   c.random_user = r;
+  c.self_observed = public_ip(!callee);
+  c.peer_observed = public_ip(callee);
   return c;
 }
 
+/* Addresses a hostile candidate set may name. */
+static np_addr table_addr(uint8_t sel, bool callee) {
+  static const char *const ips[] = {
+      NULL, /* the peer's own public IP */
+      NULL, /* ours */
+      "198.51.100.77:1", "127.0.0.1:1",   "0.0.0.0:1",   "255.255.255.255:1", "224.0.0.1:1",
+      "169.254.1.1:1",   "10.1.0.3:1",    "10.2.0.3:1",  "192.168.1.1:1",     "100.64.0.9:1",
+      "[2001:db8::1]:1", "[fe80::1]:1",   "[::1]:1",     "[::ffff:198.51.100.77]:1",
+  };
+  uint8_t i = (uint8_t)(sel % (sizeof ips / sizeof ips[0]));
+  if (i == 0)
+    return public_ip(callee);
+  if (i == 1)
+    return public_ip(!callee);
+  return addr(ips[i]);
+}
+
+
 /* ---- invariants ------------------------------------------------------------- */
+
+/* RFC 1918, 100.64/10, fc00::/7: where a shared LAN can be. */
+static bool private_space(const np_addr *a) {
+  if (a->u.sa.sa_family == AF_INET) {
+    const uint8_t *b = (const uint8_t *)&a->u.in4.sin_addr.s_addr;
+    return b[0] == 10 || (b[0] == 172 && (b[1] & 0xF0) == 16) || (b[0] == 192 && b[1] == 168) ||
+           (b[0] == 100 && (b[1] & 0xC0) == 64);
+  }
+  return (a->u.in6.sin6_addr.s6_addr[0] & 0xFE) == 0xFC;
+}
+
+/* The aiming rule, from outside the machine: only the peer's OBSERVED IP,
+ * or private space when both sides showed the server the same IP. */
+static void check_aim(const np_punch_config *c, const np_addr *to) {
+  if (np_addr_is_set(&c->peer_observed) && np_addr_same_ip(to, &c->peer_observed))
+    return;
+  bool same = np_addr_is_set(&c->peer_observed) && np_addr_is_set(&c->self_observed) &&
+              np_addr_same_ip(&c->peer_observed, &c->self_observed);
+  if (!same || !private_space(to)) {
+    char t[NP_ADDRSTRLEN];
+    fprintf(stderr, "datagram to %s, not where the peer can be\n",
+            np_addr_format(to, t, sizeof t));
+    CHECK(0);
+  }
+}
 
 static void check_datagram(const np_punch_datagram *dg) {
   CHECK(dg->sock >= 0 && dg->sock < NP_PUNCH_MAX_SOCKETS);
@@ -165,6 +229,7 @@ static void check_result(const np_punch *p) {
 
 struct harness {
   np_punch *p;
+  np_punch_config cfg; /* as the machine was made, for check_aim() */
   struct rng rng;
   int64_t now;
   bool have_last; /* the last request the machine sent, for "answer" */
@@ -178,6 +243,7 @@ static void drain(struct harness *h) {
   for (int i = 0; i < MAX_DRAIN; i++) {
     if (np_punch_next(h->p, h->now, &dg)) {
       check_datagram(&dg);
+      check_aim(&h->cfg, &dg.to);
       if (((dg.buf[0] << 8 | dg.buf[1]) & 0x0110) == NP_STUN_REQUEST) {
         h->last = dg;
         h->have_last = true;
@@ -224,6 +290,7 @@ static void connect_through_peer(struct harness *h, unsigned pair, bool callee) 
     np_punch_datagram dg;
     for (int i = 0; i < MAX_DRAIN && np_punch_next(h->p, h->now, &dg); i++) {
       check_datagram(&dg);
+      check_aim(&h->cfg, &dg.to);
       if (dg.ttl == 0)
         (void)np_punch_input(peer, h->now, dg.sock, &self.mapped[0], dg.buf, dg.len);
     }
@@ -258,6 +325,38 @@ static size_t take(struct reader *r, size_t want, const uint8_t **p) {
   *p = r->d + r->off;
   r->off += got;
   return got;
+}
+
+/* The peer's candidates and the OBSERVED addresses, from the input. */
+static void fuzzed_config(np_punch_config *c, bool callee, struct reader *r) {
+  uint8_t flags = u8(r);
+  int8_t delta = (int8_t)u8(r);
+  memset(&c->peer, 0, sizeof c->peer);
+  c->peer.have_delta = delta != 0;
+  c->peer.delta = delta;
+  int np = flags & 3, nm = (flags >> 2) & 3;
+  if (nm > NP_SIG_MAX_MAPPED)
+    nm = NP_SIG_MAX_MAPPED;
+  for (int i = 0; i < np; i++) {
+    c->peer.private_addrs[i] = table_addr(u8(r), callee);
+    np_addr_set_port(&c->peer.private_addrs[i], (uint16_t)(u8(r) * 257u));
+  }
+  c->peer.n_private = np;
+  for (int i = 0; i < nm; i++) {
+    c->peer.mapped[i] = table_addr(u8(r), callee);
+    np_addr_set_port(&c->peer.mapped[i], (uint16_t)(u8(r) * 257u));
+  }
+  c->peer.n_mapped = nm;
+  if (flags & 0x10) {
+    c->peer.portmap = table_addr(u8(r), callee);
+    np_addr_set_port(&c->peer.portmap, (uint16_t)(u8(r) * 257u));
+  }
+  if (flags & 0x20)
+    memset(&c->peer_observed, 0, sizeof c->peer_observed);
+  if (flags & 0x40)
+    c->self_observed = c->peer_observed;
+  if (flags & 0x80)
+    memset(&c->self_observed, 0, sizeof c->self_observed);
 }
 
 static void feed(struct harness *h, uint8_t sock_sel, uint8_t from_sel, const uint8_t *buf,
@@ -372,7 +471,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   h.rng.s = 0xF022ull + sel;
   h.now = 1000;
   np_punch_config c = config(pair, callee, &h.rng);
+  if (sel & 0x40)
+    fuzzed_config(&c, callee, &r);
+  h.cfg = c;
   CHECK(np_punch_new(&c, h.now, &h.p) == 0);
+  check_result(h.p);
   np_sig_candidates peer =
       callee ? side_cands(pairs[pair][0], true) : side_cands(pairs[pair][1], false);
   h.peer_addrs[0] = peer.mapped[0];

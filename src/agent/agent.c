@@ -18,6 +18,7 @@
 #include "rendezvous/rendezvous_client.h"
 #include "signaling/signaling.h"
 #include "stun/stun.h"
+#include "traversal/budget.h"
 #include "traversal/punch.h"
 #include "util/clock.h"
 #include "util/log.h"
@@ -51,6 +52,7 @@
 #define HOP_ROUNDS 5
 #define HOP_RTO_MS 200
 #define DEFAULT_TIMEOUT_MS 20000
+#define DEFAULT_MAX_PROBES 6000 /* punch.h's default max_probes */
 #define PORTMAP_TIMEOUT_MS 2000
 /* How long the callee's gathering waits for a port mapping still in
  * progress: enough for PCP and NAT-PMP, which answer in one round trip on
@@ -135,7 +137,12 @@ struct np_agent {
   uint8_t session[NP_SIG_SESSION_LEN];
   uint8_t kx_sk[32], kx_pk[32];
   np_sig_candidates cand, peer_cand;
-  np_addr peer_seen;
+  np_addr peer_seen; /* the peer's OBSERVED (its offer's or answer's) */
+  np_addr self_seen; /* ours, from our registration */
+  /* Callee: probes on strangers' calls over time (budget.h), and this
+   * session's allowance, given back in part when it ends. */
+  np_budget budget;
+  int budget_granted;
   int hold_ms; /* callee: the answer's expected travel time (punch.h's hold_ms) */
   int64_t session_start, session_deadline, gather_started;
   np_nat_probe *probe;
@@ -555,6 +562,14 @@ static bool portmap_pending(np_agent *a) {
 /* ---- session --------------------------------------------------------------------- */
 
 static void session_reset(np_agent *a) {
+  if (a->budget_granted > 0) {
+    np_punch_result r = {0};
+    if (a->punch)
+      np_punch_result_get(a->punch, &r);
+    int used = r.probes_sent > (uint32_t)a->budget_granted ? a->budget_granted : (int)r.probes_sent;
+    np_budget_refund(&a->budget, a->peer, a->budget_granted - used, np_now_ms());
+    a->budget_granted = 0;
+  }
   np_nat_probe_free(a->probe);
   a->probe = NULL;
   np_punch_free(a->punch);
@@ -657,7 +672,9 @@ static void punch_start(np_agent *a, int64_t now) {
       .predict_after_ms = a->cfg.predict_after_ms,
       .session_timeout_ms = (int)(a->session_deadline - now > 0 ? a->session_deadline - now : 1),
       .keepalive_ms = a->cfg.keepalive_ms,
-      .max_probes = a->cfg.max_probes,
+      .max_probes = a->callee && a->budget_granted > 0 ? a->budget_granted : a->cfg.max_probes,
+      .peer_observed = a->peer_seen,
+      .self_observed = a->self_seen,
       .birthday_sockets = a->cfg.birthday_sockets,
       .prime_ttl = a->prime_ttl,
       .hold_ms = a->callee ? a->hold_ms : 0,
@@ -676,6 +693,17 @@ static void punch_start(np_agent *a, int64_t now) {
   sodium_memzero(pc.key, sizeof pc.key);
   if (rc != 0) {
     session_fail(a, rc, "cannot start the traversal");
+    return;
+  }
+  np_punch_result r;
+  np_punch_result_get(a->punch, &r);
+  if (r.state == NP_PUNCH_FAILED) {
+    /* Nothing of the peer's we may probe: say so to a caller rather than
+     * answer and wait. */
+    if (a->callee)
+      (void)np_rdv_client_send_decline(a->rdv, a->peer, a->session, NP_SIG_E_BAD_REQUEST,
+                                       "no usable candidate in the offer");
+    session_fail(a, r.error, r.reason);
     return;
   }
   a->st = S_PUNCHING;
@@ -729,6 +757,8 @@ static void on_rdv_state(void *user, enum np_rdv_state state, const np_addr *obs
   a->registered = state == NP_RDV_REGISTERED;
   if (!a->registered)
     return;
+  if (observed)
+    a->self_seen = *observed; /* the same-NAT test of checklist.h */
   np_agent_event ev = {.type = NP_AGENT_REGISTERED};
   if (observed)
     ev.observed = *observed;
@@ -762,6 +792,24 @@ static void on_rdv_offer(void *user, const np_sig_msg *offer) {
     return;
   }
   int64_t now = np_now_ms();
+  /* The probes this call may cost us, against this caller's and
+   * everyone's use of the last minute: a session runs smaller, or the
+   * call is declined. */
+  int want = a->cfg.max_probes > 0 ? a->cfg.max_probes : DEFAULT_MAX_PROBES;
+  int granted = np_budget_take(&a->budget, offer->from, want, now);
+  if (granted == 0) {
+    char id[NP_PEER_ID_LEN + 1], text[96];
+    np_peer_id_format(offer->from, id);
+    long long wait_s = (np_budget_retry_ms(&a->budget, offer->from, now) + 999) / 1000;
+    snprintf(text, sizeof text, "probe budget spent; try again in %lld s", wait_s);
+    NP_LOGI(&a->log, "agent: declining a call from %s: %s", id, text);
+    (void)np_rdv_client_send_decline(a->rdv, offer->from, offer->session, NP_SIG_E_RATE, text);
+    return;
+  }
+  if (granted < want)
+    NP_LOGI(&a->log, "agent: probe budget: this session may send %d probes (of %d)", granted,
+            want);
+  a->budget_granted = granted;
   a->callee = true;
   memcpy(a->peer, offer->from, NP_PUBKEY_LEN);
   memcpy(a->session, offer->session, NP_SIG_SESSION_LEN);
@@ -807,6 +855,7 @@ static void on_rdv_answer(void *user, const np_sig_msg *answer) {
     return;
   }
   a->peer_cand = answer->cand;
+  a->peer_seen = answer->observed; /* where the callee can be (checklist.h) */
   int64_t now = np_now_ms();
   punch_start(a, now);
   if (a->st != S_PUNCHING)
@@ -891,6 +940,7 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
   a->cfg = *cfg;
   a->epfd = a->wakefd = -1;
   a->rdv_fd = -1;
+  np_budget_init(&a->budget, 0, 0, np_now_ms());
   a->log = (np_logger){cfg->log, cfg->log_user, cfg->log_level};
   np_identity_public_key(cfg->identity, a->self_pk);
   int rc = NP_ERR_NOMEM;

@@ -89,9 +89,11 @@ static void xor_mask(const uint8_t *msg_start, uint8_t mask[16]) {
 bool np_stun_is_stun(const uint8_t *buf, size_t len) {
   if (!buf || len < NP_STUN_HEADER_LEN)
     return false;
-  /* RFC 7983 §7: first byte 0..3 is STUN. RFC 8489 §5: "The most
-   * significant 2 bits of every STUN message MUST be zeroes." */
-  if ((buf[0] & 0xC0) != 0)
+  /* RFC 7983 §7: "If the value of the first byte is in the range 0 to 3
+   * (inclusive), then the packet is STUN." 4..63 is not: checking only
+   * RFC 8489's two zero bits took application payloads starting 0x04..0x3f
+   * for STUN and swallowed them. */
+  if (buf[0] > 3)
     return false;
   size_t body = rd16(buf + 2);
   return body % 4 == 0 && body == len - NP_STUN_HEADER_LEN;

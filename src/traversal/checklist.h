@@ -4,22 +4,36 @@
  * mappings that costs (np_nat_model.sent, for the predictor). Pure: both
  * peers compute the same list from the offer and the answer.
  *
- * Rules, and why:
+ * Rules, and why. A listener probes on a stranger's word, so what it probes
+ * must be what the peer can plausibly be, never a third party named in an
+ * offer (np_checklist_aim(), for every target a session may probe):
+ *  - The anchor is the peer's public IP as the rendezvous server saw it on
+ *    its TCP connection (the OBSERVED stamped on the offer or answer): the
+ *    one address a peer cannot choose. Public candidates (discovery views,
+ *    the port mapping) count only on that IP; so does every predicted or
+ *    sprayed port (punch.h). Without it, nothing public is probed.
  *  - The peer's private (host) addresses are probed only when both sides
- *    show the same public IP (same NAT: they share a LAN or a hairpinning
- *    gateway) or when either side has no public mapping at all (a lab or a
- *    flat network). Across two NATs a private address is someone else's
- *    LAN; probing it would waste a mapping on a symmetric NAT (it leaves by
- *    the default route) and break the count the predictor relies on.
+ *    show the same OBSERVED IP (same NAT: they share a LAN or a hairpinning
+ *    gateway). Across two NATs a private address is someone else's LAN, and
+ *    probing it wastes a mapping on a symmetric NAT. Behind a shared NAT
+ *    they must be private space (RFC 1918, 100.64/10, fc00::/7), and so
+ *    must a peer-reflexive source that is not the OBSERVED IP. A host address equal
+ *    to the peer's OBSERVED IP is its public address (no NAT, a flat
+ *    network) and counts as such.
+ *  - Never loopback, unspecified, broadcast, multicast, link-local or one
+ *    of our own addresses (our interfaces, our public IP) - unless it is
+ *    exactly the peer's OBSERVED IP: two peers on one machine meet through
+ *    a rendezvous server on loopback and are each other's 127.0.0.1.
  *  - Then the peer's public candidates, deduplicated, in this order: the
  *    first discovery server's view, the second's, the port mapping
  *    (UPnP/NAT-PMP/PCP); a mapped address equal to the port mapping is
  *    kept once, as PORTMAP (it is a forwarded port). The first view comes first so that, on a
  *    sequential NAT, the mapping toward an endpoint-independent peer is
  *    the first new one (np_predict_round() SWEEP).
- *  - Only addresses of the local socket's family; never port 0, never a
- *    wildcard or multicast address.
+ *  - Only addresses of the local socket's family; never port 0.
  *  - At most NP_CHECKLIST_MAX entries.
+ * Both peers apply the same rules to both lists (with the two OBSERVED
+ * addresses swapped), so both count the same mappings.
  */
 #ifndef NP_CHECKLIST_H
 #define NP_CHECKLIST_H
@@ -46,18 +60,39 @@ typedef struct np_check {
   enum np_cand_type type;
 } np_check;
 
+/* What the rendezvous server saw of each side (its OBSERVED stamps: the
+ * TCP source address, so the port is ignored). Unset (AF_UNSPEC) is
+ * unknown: with no 'peer', nothing public may be probed; with no 'self',
+ * no private address is (the same-NAT test cannot be made). */
+typedef struct np_checklist_seen {
+  np_addr self; /* our address, from our registration */
+  np_addr peer; /* the peer's, from its offer (callee) or answer (caller) */
+} np_checklist_seen;
+
+/* May 'self' send probes to 'a', a remote address of the given type (HOST
+ * and PRFLX are held to the private-address rule, every other type must be
+ * on the peer's OBSERVED IP)? Returns NULL when it may, else a short reason
+ * for a debug log ("not the peer's public IP", "loopback"...). Port 0 and
+ * wildcards are refused too. */
+const char *np_checklist_aim(const np_sig_candidates *self, const np_checklist_seen *seen,
+                             const np_addr *a, enum np_cand_type type);
+
 /* Builds the phase-0 list of remote candidates 'self' probes, from its own
- * candidates and the peer's, following the rules above. Returns the number
- * of entries written to out (at most cap). *mappings (may be NULL) is set
+ * candidates, the peer's and what the server saw of both, following the
+ * rules above. Returns the number of entries written to out (at most cap):
+ * 0 when the peer offered nothing usable. *mappings (may be NULL) is set
  * to how many of them leave through self's NAT as new mappings: every entry
  * that is not a HOST entry (host entries are on self's own network when
- * they are used at all). */
-int np_checklist_build(const np_sig_candidates *self, const np_sig_candidates *peer, np_check *out,
-                       int cap, int *mappings);
+ * they are used at all). 'log' (may be NULL) is told of each candidate
+ * dropped and why. */
+int np_checklist_build(const np_sig_candidates *self, const np_sig_candidates *peer,
+                       const np_checklist_seen *seen, np_check *out, int cap, int *mappings,
+                       void (*log)(void *user, const np_addr *a, const char *why), void *log_user);
 
-/* True when self and peer show the same public IP (first mapped address of
- * each), i.e. they sit behind the same NAT. */
-bool np_checklist_same_nat(const np_sig_candidates *self, const np_sig_candidates *peer);
+/* True when both sides show the same public IP to the rendezvous server
+ * (seen->self and seen->peer both set and equal), i.e. they sit behind the
+ * same NAT. */
+bool np_checklist_same_nat(const np_checklist_seen *seen);
 
 /* The model of a side's NAT (predict.h) from its candidates. With a STRIDE
  * (have_stride, at least one mapped address, a valid kind and base): known,

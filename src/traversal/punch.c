@@ -37,6 +37,11 @@
 #define NOMINATE_SENDS 7
 #define MAX_TARGETS 16384
 #define MAX_RESPONSES 64
+/* Outstanding transactions a target remembers: more than the sends that
+ * can be in flight at once (the RTO doubles from 100 ms, so within a
+ * second's round trip at most four). */
+#define TX_KEEP 4
+#define TX_RAND_LEN 8
 #define NEVER INT64_MAX
 /* A priming callee that gets no READY (the rendezvous connection broke
  * after the answer) goes ahead this long after its hold: on direct pairs,
@@ -66,6 +71,11 @@ struct target {
   bool inbound;        /* an authenticated request came from it */
   bool valid;          /* it answered one of our requests */
   bool spacer;         /* LOCKSTEP spacer: only a mapping on our NAT, never a probe */
+  bool nominated;      /* callee: a nomination came on it before it was valid */
+  uint32_t nom_via;    /* ...and the view it carried */
+  uint8_t tx[TX_KEEP][TX_RAND_LEN]; /* outstanding transactions (random part) */
+  uint8_t tx_live;     /* bit i: tx[i] awaits its answer */
+  uint8_t tx_next;     /* ring position of the next send */
 };
 
 struct response {
@@ -97,7 +107,12 @@ struct np_punch {
   int64_t pace_next_us; /* in microseconds, for sub-ms pacing */
   int pace_tokens;
 
-  uint8_t salt[8]; /* txid bytes 4..11: ours, per session */
+  uint8_t salt[8]; /* drawn once: with the key, it seeds the transaction ids */
+  uint8_t txkey[crypto_shorthash_KEYBYTES];
+  uint64_t txctr;
+  np_checklist_seen seen;
+  np_addr peer_ip;   /* where predicted and sprayed ports go: the peer's OBSERVED IP */
+  int pending_moves; /* callee, connected: nominations of other pairs awaiting a check */
   char user_tx[64], user_rx[64];
   size_t user_len;
 
@@ -127,6 +142,8 @@ struct np_punch {
 };
 
 /* ---- helpers ---------------------------------------------------------------- */
+
+static void fail(np_punch *p, int err, const char *reason);
 
 static void default_random(void *user, uint8_t *buf, size_t len) {
   (void)user;
@@ -292,6 +309,13 @@ int np_punch_derive_key(const uint8_t our_secret[32], const uint8_t our_public[3
 }
 
 
+static void log_dropped(void *user, const np_addr *a, const char *why) {
+  np_punch *p = user;
+  char t[NP_ADDRSTRLEN];
+  NP_LOGD(&p->log, "punch: not probing the peer's candidate %s: %s",
+          np_addr_format(a, t, sizeof t), why);
+}
+
 int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
   *out = NULL;
   if (!cfg || cfg->birthday_sockets < 0 || cfg->birthday_sockets >= NP_PUNCH_MAX_SOCKETS ||
@@ -319,6 +343,19 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
   p->max_sock = 1;
   p->pace_tokens = PACE_BURST;
   rnd(p, p->salt, sizeof p->salt);
+  /* The transaction ids' random part: SipHash of a counter under a key
+   * only the two peers can derive (the session key and our salt), so ids
+   * never repeat within a session and an onlooker cannot predict them. */
+  {
+    static const char ctx[] = "natpunch txid v1";
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, cfg->key, NP_PUNCH_KEY_LEN, sizeof p->txkey);
+    crypto_generichash_update(&st, (const uint8_t *)ctx, sizeof ctx - 1);
+    crypto_generichash_update(&st, p->salt, sizeof p->salt);
+    crypto_generichash_final(&st, p->txkey, sizeof p->txkey);
+  }
+  p->seen.self = cfg->self_observed;
+  p->seen.peer = cfg->peer_observed;
 
   char sess[2 * NP_SIG_SESSION_LEN + 1];
   hex(cfg->session, NP_SIG_SESSION_LEN, sess);
@@ -330,8 +367,12 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
    * (the predictor's 'sent'): both sides compute both lists. */
   np_check self_list[NP_CHECKLIST_MAX], peer_list[NP_CHECKLIST_MAX];
   int self_maps = 0, peer_maps = 0;
-  int n = np_checklist_build(&cfg->self, &cfg->peer, self_list, NP_CHECKLIST_MAX, &self_maps);
-  (void)np_checklist_build(&cfg->peer, &cfg->self, peer_list, NP_CHECKLIST_MAX, &peer_maps);
+  int n = np_checklist_build(&cfg->self, &cfg->peer, &p->seen, self_list, NP_CHECKLIST_MAX,
+                             &self_maps, log_dropped, p);
+  /* The peer's list by the peer's rules: the same two views, swapped. */
+  np_checklist_seen theirs = {.self = p->seen.peer, .peer = p->seen.self};
+  (void)np_checklist_build(&cfg->peer, &cfg->self, &theirs, peer_list, NP_CHECKLIST_MAX,
+                           &peer_maps, NULL, NULL);
   np_checklist_model(&cfg->self, &p->self_m);
   np_checklist_model(&cfg->peer, &p->peer_m);
   p->self_m.sent = self_maps;
@@ -353,7 +394,7 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
    * stays: prediction would only add probes there. */
   bool direct_likely = p->peer_open || has_no_nat(&cfg->self) ||
                        np_addr_is_set(&cfg->self.portmap) || np_addr_is_set(&cfg->peer.portmap) ||
-                       np_checklist_same_nat(&cfg->self, &cfg->peer);
+                       np_checklist_same_nat(&p->seen);
   if (p->strategy != NP_PREDICT_NONE && p->strategy != NP_PREDICT_IMPOSSIBLE &&
       p->self_m.known && p->peer_m.known && !direct_likely)
     p->predict_after = 0;
@@ -381,6 +422,18 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
     if (k >= 0)
       activate(p, k, now, 0);
   }
+  /* Predicted and sprayed ports go to the peer's OBSERVED IP only, and the
+   * birthday sockets to its first mapped port there. */
+  if (np_addr_is_set(&p->seen.peer)) {
+    p->peer_ip = p->seen.peer;
+    np_addr_set_port(&p->peer_ip, cfg->peer.n_mapped > 0 ? np_addr_port(&cfg->peer.mapped[0])
+                                  : p->nt > 0           ? np_addr_port(&p->t[0].to)
+                                                        : 0);
+  }
+  if (p->nt == 0)
+    fail(p, NP_ERR_UNREACHABLE,
+         "the peer offered no usable candidate (none on its public IP as the rendezvous "
+         "server saw it)");
   flat_start(p, now);
   NP_LOGI(&p->log,
           "punch: %s, %d direct candidate(s); our NAT stride %d%s, peer's %d%s; strategy %s "
@@ -611,7 +664,16 @@ static int encode_request(np_punch *p, int idx, bool nominate, np_punch_datagram
   txid[1] = (uint8_t)(u >> 16);
   txid[2] = (uint8_t)(u >> 8);
   txid[3] = (uint8_t)u;
-  memcpy(txid + 4, p->salt, sizeof p->salt);
+  uint8_t ctr[8];
+  for (int i = 0; i < 8; i++)
+    ctr[i] = (uint8_t)(p->txctr >> (8 * i));
+  p->txctr++;
+  crypto_shorthash(txid + 4, ctr, sizeof ctr, p->txkey);
+  /* Remembered as outstanding: its answer counts once (on_success). */
+  struct target *t = &p->t[idx];
+  memcpy(t->tx[t->tx_next], txid + 4, TX_RAND_LEN);
+  t->tx_live |= (uint8_t)(1u << t->tx_next);
+  t->tx_next = (uint8_t)((t->tx_next + 1) % TX_KEEP);
   np_stun_writer w;
   np_stun_writer_init(&w, dg->buf, sizeof dg->buf, NP_STUN_BINDING | NP_STUN_REQUEST,
                       NP_STUN_MAGIC_COOKIE, txid);
@@ -664,7 +726,13 @@ static void start_round(np_punch *p, int64_t now) {
    * rounds only delays the hit. */
   if (p->strategy == NP_PREDICT_SPRAY && p->predict_after == 0)
     p->next_round_at = now + (int64_t)p->bd_ports * PACE_US / 1000;
-  np_addr peer_ip = p->cfg.peer.n_mapped ? p->cfg.peer.mapped[0] : p->t[0].to;
+  np_addr peer_ip = p->peer_ip;
+  if (!np_addr_is_set(&peer_ip) || np_addr_port(&peer_ip) == 0) {
+    fail(p, NP_ERR_UNREACHABLE,
+         "nothing to predict toward: the peer's public IP (the rendezvous server's view) or "
+         "its mapped port is unknown");
+    return;
+  }
   int added = 0;
   switch (p->strategy) {
   case NP_PREDICT_SWEEP:
@@ -811,6 +879,24 @@ int np_punch_next(np_punch *p, int64_t now, np_punch_datagram *dg) {
       p->probes_sent++;
       return 1;
     }
+    /* Callee: fresh checks of pairs the caller nominated since. */
+    for (int i = 0; p->pending_moves > 0 && i < p->nt; i++) {
+      struct target *t = &p->t[i];
+      if (!t->nominated || !t->active || t->next > now)
+        continue;
+      if (!pace(p, now) || encode_request(p, i, false, dg) != 0)
+        break;
+      p->probes_sent++;
+      t->sends++;
+      t->next = now + t->rto;
+      t->rto = t->rto * 2 > RTO_MAX_MS ? RTO_MAX_MS : t->rto * 2;
+      if (t->sends >= t->max_sends) {
+        t->active = false; /* unanswered: the path stays where it is */
+        t->nominated = false;
+        p->pending_moves--;
+      }
+      return 1;
+    }
     if (now >= p->next_keepalive) {
       p->next_keepalive = now + p->keepalive;
       if (encode_keepalive(p, dg) == 0)
@@ -897,9 +983,15 @@ int64_t np_punch_wakeup(const np_punch *p) {
   if (p->nresp > 0)
     return 0;
   if (p->state == NP_PUNCH_CONNECTED) {
-    if (p->nominating >= 0 && p->nom_sends < NOMINATE_SENDS && p->nom_next < p->next_keepalive)
-      return p->nom_next;
-    return p->next_keepalive;
+    int64_t w = p->next_keepalive;
+    if (p->nominating >= 0 && p->nom_sends < NOMINATE_SENDS && p->nom_next < w)
+      w = p->nom_next;
+    for (int i = 0; p->pending_moves > 0 && i < p->nt; i++)
+      if (p->t[i].nominated && p->t[i].active && p->t[i].next < w)
+        w = p->t[i].next;
+    if (p->pending_moves > 0 && p->pace_tokens == 0 && w < p->pace_next_us / 1000 + 1)
+      w = p->pace_next_us / 1000 + 1;
+    return w;
   }
   if (p->state != NP_PUNCH_RUNNING)
     return NEVER;
@@ -951,10 +1043,37 @@ static void queue_response(np_punch *p, int sock, const np_addr *to,
   r->nominate = nominate;
 }
 
+/* Callee: takes (or moves to) the nominated pair i, which it has validated. */
+static void take_nomination(np_punch *p, int i, uint32_t via, int64_t now) {
+  enum np_via v = via <= NP_VIA_BIRTHDAY ? (enum np_via)via : NP_VIA_NONE;
+  if (p->state == NP_PUNCH_RUNNING) {
+    connect_on(p, i, v, now);
+  } else if (p->state == NP_PUNCH_CONNECTED && i != p->sel) {
+    /* The caller lost our answer to its nomination and nominated again,
+     * another pair: follow it, since that is the pair it uses, now that
+     * a fresh round trip showed the peer is there. */
+    char a[NP_ADDRSTRLEN];
+    NP_LOGI(&p->log, "punch: the caller moved the path to %s (socket %d)",
+            np_addr_format(&p->t[i].to, a, sizeof a), p->t[i].sock);
+    p->sel = i;
+  }
+}
+
 static void on_request(np_punch *p, int64_t now, int sock, const np_addr *from,
                        const np_stun_msg *m, bool nominate, uint32_t via) {
   int i = find_target(p, sock, from);
   if (i < 0) {
+    /* Not one of our targets: a peer-reflexive address. It gets answers
+     * and checks only if it is where the peer can be; anything else is a
+     * request spoofed or replayed from a third host, which must not make
+     * us send there. */
+    const char *why = np_checklist_aim(&p->cfg.self, &p->seen, from, NP_CAND_PRFLX);
+    if (why) {
+      char a[NP_ADDRSTRLEN];
+      NP_LOGD(&p->log, "punch: request from %s not answered: %s",
+              np_addr_format(from, a, sizeof a), why);
+      return;
+    }
     i = add_target(p, sock, from, NP_CAND_PRFLX);
     if (i >= 0)
       p->t[i].round = p->round;
@@ -962,6 +1081,7 @@ static void on_request(np_punch *p, int64_t now, int sock, const np_addr *from,
   if (i < 0)
     return;
   struct target *t = &p->t[i];
+  bool callee_nom = nominate && p->cfg.callee;
   if (p->state == NP_PUNCH_RUNNING) {
     if (!t->inbound || !t->active) {
       /* Triggered check: the peer's NAT now holds a mapping toward us on
@@ -972,41 +1092,80 @@ static void on_request(np_punch *p, int64_t now, int sock, const np_addr *from,
       t->round = keep_round;
       t->primed = true;
     }
-    if (nominate && p->cfg.callee)
-      connect_on(p, i, via <= NP_VIA_BIRTHDAY ? (enum np_via)via : NP_VIA_NONE, now);
-  } else if (p->state == NP_PUNCH_CONNECTED && nominate && p->cfg.callee && i != p->sel) {
-    /* The caller lost our answer to its nomination and nominated again,
-     * possibly another pair: follow it, since that is the pair it uses. */
-    p->sel = i;
+    if (callee_nom) {
+      if (t->valid) {
+        take_nomination(p, i, via, now);
+      } else {
+        /* Not validated by a round trip of ours yet: honoured when the
+         * triggered check succeeds (on_success). */
+        t->nominated = true;
+        t->nom_via = via;
+      }
+    }
+  } else if (p->state == NP_PUNCH_CONNECTED && callee_nom && i != p->sel && !t->nominated &&
+             p->probes_sent + TRIGGERED_SENDS <= (uint32_t)p->max_probes) {
+    /* (Within the session's probe budget: a peer that nominates pair
+     * after pair once connected gets no more than any session.) */
+    /* A nomination of another pair once connected: a fresh check of that
+     * pair first, whatever it proved before (a replay from an address
+     * the peer has left must not take the path there). */
+    t->nominated = true;
+    t->nom_via = via;
+    t->valid = false;
+    t->inbound = true;
+    activate(p, i, now, TRIGGERED_SENDS);
+    t->primed = true;
+    p->pending_moves++;
   }
-  queue_response(p, sock, from, m->txid, nominate && p->cfg.callee);
+  /* The answer says NOMINATE only for the pair we have taken: the caller
+   * retransmits its nomination until it sees one. */
+  queue_response(p, sock, from, m->txid,
+                 callee_nom && p->state == NP_PUNCH_CONNECTED && i == p->sel);
 }
 
-static void on_success(np_punch *p, int64_t now, int sock, const np_addr *from,
+/* Consumes the outstanding transaction of t that txid answers; false when
+ * there is none (a replayed or stale answer). */
+static bool consume_tx(struct target *t, const uint8_t txid[NP_STUN_TXID_LEN]) {
+  for (int k = 0; k < TX_KEEP; k++)
+    if ((t->tx_live & (1u << k)) &&
+        sodium_memcmp(t->tx[k], txid + 4, TX_RAND_LEN) == 0) {
+      t->tx_live = (uint8_t)(t->tx_live & ~(1u << k));
+      return true;
+    }
+  return false;
+}
+
+static bool on_success(np_punch *p, int64_t now, int sock, const np_addr *from,
                        const np_stun_msg *m, bool nominate, uint32_t via) {
-  if (memcmp(m->txid + 4, p->salt, sizeof p->salt) != 0)
-    return;
   uint32_t idx = (uint32_t)m->txid[0] << 24 | (uint32_t)m->txid[1] << 16 |
                  (uint32_t)m->txid[2] << 8 | m->txid[3];
   if (idx >= (uint32_t)p->nt)
-    return;
+    return false;
   struct target *t = &p->t[idx];
-  /* A check is valid only if the answer came back on the same pair. */
-  if (t->sock != sock || !np_addr_equal(&t->to, from))
-    return;
+  /* A check is valid only if the answer came back on the same pair, for a
+   * transaction still outstanding: each counts once. */
+  if (t->sock != sock || !np_addr_equal(&t->to, from) || !consume_tx(t, m->txid))
+    return false;
   t->valid = true;
-  if (p->cfg.callee)
-    return;
+  if (p->cfg.callee) {
+    if (t->nominated) {
+      t->nominated = false;
+      if (p->state == NP_PUNCH_CONNECTED && p->pending_moves > 0)
+        p->pending_moves--;
+      take_nomination(p, (int)idx, t->nom_via, now);
+    }
+    return true;
+  }
   if (nominate && p->nominating == (int)idx) {
     /* The callee took the pair: nothing more to send; adopt its view of
      * how the pair was found if it is the stronger one. */
     p->nominating = -1;
     if (p->state == NP_PUNCH_CONNECTED && via <= NP_VIA_BIRTHDAY)
       p->via = merge_via(p->via, (enum np_via)via);
-    return;
+    return true;
   }
   if (p->state != NP_PUNCH_RUNNING || p->nominating >= 0)
-    return;
+    return true;
   /* This pair works both ways: use it now (data may flow at once; the
    * callee keeps early data until the nomination reaches it) and nominate
    * it. Connecting here rather than on the nomination's answer saves the
@@ -1023,6 +1182,7 @@ static void on_success(np_punch *p, int64_t now, int sock, const np_addr *from,
       np_addr_equal(&m->xor_mapped, &p->cfg.self.portmap))
     hint = NP_VIA_PORTMAP;
   connect_on(p, (int)idx, hint, now);
+  return true;
 }
 
 bool np_punch_input(np_punch *p, int64_t now, int sock, const np_addr *from, const uint8_t *buf,
@@ -1052,8 +1212,9 @@ bool np_punch_input(np_punch *p, int64_t now, int sock, const np_addr *from, con
     p->probes_received++;
     on_request(p, now, sock, from, &m, nominate, via);
   } else if (m.cls == NP_STUN_SUCCESS) {
+    if (!on_success(p, now, sock, from, &m, nominate, via))
+      return false; /* not an answer to anything outstanding: a replay */
     p->probes_received++;
-    on_success(p, now, sock, from, &m, nominate, via);
   }
   return true;
 }

@@ -19,6 +19,21 @@
  * Anything that fails these checks is ignored: spoofed and stale probes
  * (an earlier session has another key) cannot steer the session.
  *
+ * Replays. Integrity only proves that a sender once knew the key, so a
+ * probe captured on the wire and replayed later, from anywhere, would pass
+ * it. So every request we send has a transaction id of its own (the target
+ * index and 8 fresh bytes); a target remembers its last few, and a success
+ * response counts only once, for an outstanding transaction, arriving on
+ * the socket and from the address the request went to. The callee takes a
+ * nominated pair (to set up the path, or later to move it) only when it
+ * has itself validated that exact pair by such a round trip: a nomination
+ * on a pair not yet valid is remembered and honoured when the triggered
+ * check on it succeeds. On the normal path the triggered check and the
+ * nomination cross, so this costs no round trip; a replayed nomination
+ * from another address gets a check its sender cannot answer. Requests
+ * from an address the aiming rules of checklist.h refuse (a third host)
+ * are not answered at all.
+ *
  * Ordering against "rude" gateways. A Linux NAT without an input firewall
  * keeps conntrack state for an unsolicited inbound packet, and a later
  * outbound packet to that same remote address:port then gets another public
@@ -106,6 +121,14 @@ typedef struct np_punch_config {
   uint8_t session[NP_SIG_SESSION_LEN];
   np_sig_candidates self; /* what we sent */
   np_sig_candidates peer; /* what the peer sent */
+  /* The peer's address as the rendezvous server saw it (the OBSERVED
+   * stamped on its offer or answer; the port is ignored): the only IP that
+   * public candidates count on and that predicted or sprayed ports are
+   * sent to (checklist.h). Unset: nothing public is probed. */
+  np_addr peer_observed;
+  /* Ours, from our registration: the same-NAT test for private
+   * candidates. Unset: no private candidate is probed. */
+  np_addr self_observed;
   int predict_after_ms;   /* 0 = 1000 */
   int round_ms;           /* 0 = 800 */
   int hold_ms;            /* callee: the answer's travel time (see above); 0 = 400 */
@@ -148,7 +171,10 @@ typedef struct np_punch_result {
 } np_punch_result;
 
 /* Creates the session at 'now' (ms, monotonic). The key and both candidate
- * sets must be those of the exchange. Returns 0, NP_ERR_INVAL, NP_ERR_NOMEM. */
+ * sets must be those of the exchange. Returns 0, NP_ERR_INVAL, NP_ERR_NOMEM.
+ * A peer whose candidates leave nothing to probe (none, or none the rules
+ * of checklist.h allow) gives a machine that is FAILED at once
+ * (NP_ERR_UNREACHABLE, "the peer offered no usable candidate"). */
 int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out);
 
 /* Frees; NULL is fine. */

@@ -220,6 +220,13 @@ struct scenario {
   int linger_ms;          /* keep running this long after both connected */
   int64_t limit_ms;       /* 0: 25 s */
   uint64_t seed;
+  /* An attacker who sees the caller's first NOMINATE on the wire and
+   * replays it to the callee from 'hijack_from', past the callee's NAT:
+   * 1 at once (racing the genuine one), 2 'replay_ms' after both
+   * connected. */
+  int hijack;
+  const char *hijack_from;
+  int replay_ms;
 };
 
 #define CALLER 0
@@ -262,6 +269,13 @@ struct sim {
   int64_t done_at; /* both settled (-1: ran to the limit) */
   uint32_t delivered, lost, primes_dropped;
   uint32_t stale_wakeups; /* wakeups <= now after np_punch_next() gave 0 */
+  /* the hijack attempt (scenario.hijack) */
+  np_addr attacker;
+  bool have_nom, replayed;
+  struct pkt nom;         /* the caller's first nomination, as on the wire */
+  uint32_t to_attacker;   /* datagrams either machine sent to the attacker */
+  bool have_resp;
+  struct pkt resp;        /* the first success response the caller took */
 };
 
 static np_addr A(const char *s) {
@@ -351,6 +365,10 @@ static np_punch_config make_config(struct sim *s, int which, const uint8_t *key,
   c.prime_ttl = s->sc.prime_ttl >= 0 ? s->sc.prime_ttl : sd->nat.kind == NAT_OPEN ? 0 : 2;
   c.random = prng_fill;
   c.random_user = &sd->rng;
+  /* What a rendezvous server would stamp: each side's public IP (with a
+   * TCP port, which the machine ignores). */
+  c.self_observed = with_port(sd->pub, 40000);
+  c.peer_observed = with_port(s->side[!which].pub, 40001);
   if (getenv("PUNCH_TEST_LOG")) {
     c.log = log_stderr;
     c.log_user = which == CALLER ? "caller" : "callee";
@@ -362,6 +380,31 @@ static np_punch_config make_config(struct sim *s, int which, const uint8_t *key,
 static int stun_class(const np_punch_datagram *dg) {
   assert_true(dg->len >= NP_STUN_HEADER_LEN);
   return (dg->buf[0] << 8 | dg->buf[1]) & 0x0110;
+}
+
+/* A request carrying our NOMINATE attribute (0xC001, punch.c's wire
+ * format). */
+static bool is_nomination(const np_punch_datagram *dg) {
+  if (stun_class(dg) != NP_STUN_REQUEST)
+    return false;
+  for (size_t off = NP_STUN_HEADER_LEN; off + 4 <= dg->len;) {
+    uint16_t type = (uint16_t)(dg->buf[off] << 8 | dg->buf[off + 1]);
+    size_t alen = (size_t)(dg->buf[off + 2] << 8 | dg->buf[off + 3]);
+    if (type == 0xC001)
+      return true;
+    off += 4 + ((alen + 3) & ~(size_t)3);
+  }
+  return false;
+}
+
+/* The attacker's copy of the caller's nomination reaches the callee's
+ * machine from its own address (past the NAT: a full-cone gateway, or an
+ * attacker on the callee's LAN). */
+static void replay_nomination(struct sim *s) {
+  if (!s->have_nom || !s->side[CALLEE].p)
+    return;
+  s->replayed = true;
+  (void)np_punch_input(s->side[CALLEE].p, s->now, 0, &s->attacker, s->nom.buf, s->nom.len);
 }
 
 /* A datagram leaves 'from' side: its NAT translates it, the core routes it. */
@@ -379,6 +422,8 @@ static void transmit(struct sim *s, int which, const np_punch_datagram *dg) {
     sd->keepalive_sock = dg->sock;
   } else if (stun_class(dg) == NP_STUN_REQUEST)
     sd->full++;
+  if (s->sc.hijack && np_addr_equal(&dg->to, &s->attacker))
+    s->to_attacker++;
   uint16_t pub = nat_out(&sd->nat, (uint16_t)(LOCAL_PORT + dg->sock), &dg->to);
   if (dg->ttl > 0) {
     s->primes_dropped++; /* it made our mapping; it dies in the core */
@@ -399,6 +444,12 @@ static void transmit(struct sim *s, int which, const np_punch_datagram *dg) {
   k->to_port = np_addr_port(&dg->to);
   k->len = dg->len;
   memcpy(k->buf, dg->buf, dg->len);
+  if (s->sc.hijack && which == CALLER && !s->have_nom && is_nomination(dg)) {
+    s->nom = *k;
+    s->have_nom = true;
+    if (s->sc.hijack == 1)
+      replay_nomination(s); /* the attacker is closer: it gets there first */
+  }
 }
 
 /* Delivers what is due; a packet reaching a host whose machine has not
@@ -416,7 +467,13 @@ static void deliver_due(struct sim *s) {
     if (sock < 0 || sock >= NP_PUNCH_MAX_SOCKETS)
       continue;
     s->delivered++;
-    (void)np_punch_input(sd->p, s->now, sock, &k->from, k->buf, k->len);
+    bool took = np_punch_input(sd->p, s->now, sock, &k->from, k->buf, k->len);
+    if (took && k->to_side == CALLER && !s->have_resp && (k->buf[0] << 8 | k->buf[1]) ==
+                                                             (NP_STUN_BINDING | NP_STUN_SUCCESS)) {
+      s->resp = *k;
+      s->resp.to_port = (uint16_t)sock; /* here: the socket it arrived on */
+      s->have_resp = true;
+    }
   }
 }
 
@@ -438,6 +495,8 @@ static struct sim *run(const struct scenario *sc) {
   s->q = calloc(QCAP, sizeof *s->q);
   assert_non_null(s->q);
   s->loss.s = sc->seed ^ 0x10551055ull;
+  if (sc->hijack)
+    s->attacker = A(sc->hijack_from);
   for (int w = 0; w < 2; w++)
     side_init(&s->side[w], w, &sc->nat[w], sc->seed);
   struct prng kr = {sc->seed ^ 0x5EC2E7ull};
@@ -459,6 +518,10 @@ static struct sim *run(const struct scenario *sc) {
     int ready = sc->ready_ms ? sc->ready_ms : sc->signaling_ms;
     if (sc->ready_ms >= 0 && s->now == s->side[CALLER].start + ready && s->side[CALLEE].p)
       np_punch_peer_ready(s->side[CALLEE].p, s->now);
+    if (sc->hijack == 2 && s->side[CALLEE].connected && s->side[CALLER].connected &&
+        !s->replayed && s->now >= s->side[CALLEE].start + s->side[CALLEE].at_connect.elapsed_ms +
+                                       sc->replay_ms)
+      replay_nomination(s);
     deliver_due(s);
     for (int w = CALLEE; w >= CALLER; w--) {
       struct side *sd = &s->side[w];
@@ -1198,6 +1261,10 @@ static void flat_run(struct flat_world *w, enum flat_kind caller, enum flat_kind
       memcpy(c.session, session, sizeof session);
       c.self = sd->cand;
       c.peer = w->s[!k].cand;
+      /* What the rendezvous server saw (the public IPs): the aiming rules
+       * hold every target to the peer's. */
+      c.self_observed = sd->pub;
+      c.peer_observed = w->s[!k].pub;
       c.prime_ttl = 2;
       c.random = prng_fill;
       c.random_user = &sd->rng;
@@ -1375,6 +1442,8 @@ static void flat_needs_both_flags(void **state) {
   memset(&c, 0, sizeof c);
   c.self = w->s[CALLER].cand;
   c.peer = w->s[CALLEE].cand;
+  c.self_observed = w->s[CALLER].pub;
+  c.peer_observed = w->s[CALLEE].pub;
   c.prime_ttl = 2;
   c.session_timeout_ms = 20000;
   np_punch *p;
@@ -1408,6 +1477,7 @@ static void flat_needs_both_flags(void **state) {
   np_punch_free(p);
   /* Same public IP: the usual way (the LAN addresses are tried). */
   c.peer.mapped[0] = c.peer.mapped[1] = A("203.0.113.11:6000");
+  c.peer_observed = A("203.0.113.11:7001"); /* the server saw one IP too */
   assert_int_equal(np_punch_new(&c, 0, &p), 0);
   n = 0;
   for (int64_t t = 600; t < 3000; t++)
@@ -1419,6 +1489,222 @@ static void flat_needs_both_flags(void **state) {
   free(w);
 }
 /* ==== end of flat segment ===================================================== */
+/* A captured nomination replayed from another address, racing the genuine
+ * one or long after the connection, from a third host or from another
+ * port of the caller's own public IP (an attacker behind the same NAT):
+ * the callee's path is the genuine pair, found as fast as without the
+ * attacker; the third host gets nothing, the spoofed port at most the
+ * callee's few checks, which it cannot answer. */
+static void hijack_replayed_nomination(void **state) {
+  (void)state;
+  const char *froms[] = {"198.51.100.66:5000", "203.0.113.11:31999"};
+  for (int mode = 1; mode <= 2; mode++)
+    for (int f = 0; f < 2; f++) {
+      struct scenario sc = pair(NAT_CONE, NAT_CONE, false);
+      sc.hijack = mode;
+      sc.hijack_from = froms[f];
+      sc.replay_ms = 500;
+      sc.linger_ms = 3000;
+      struct sim *s = run(&sc);
+      assert_true(s->replayed);
+      assert_agreed(s, NP_VIA_REFLEXIVE); /* the genuine pair, both ends */
+      const np_punch_result *re = &s->side[CALLEE].res;
+      assert_false(np_addr_equal(&re->remote, &s->attacker));
+      /* ...and it never was: the first pair it took was the genuine one. */
+      assert_true(np_addr_equal(&s->side[CALLEE].at_connect.remote, &re->remote));
+      /* No round trip lost: as fast as cone_cone_phase0. */
+      assert_int_equal(s->side[CALLER].res.elapsed_ms, 2 * sc.latency_ms);
+      assert_int_equal(re->elapsed_ms, sc.signaling_ms + 3 * sc.latency_ms);
+      if (f == 0)
+        assert_int_equal(s->to_attacker, 0); /* a third IP: not even answered */
+      else
+        assert_true(s->to_attacker <= 8); /* a response and a few checks */
+      sim_free(s);
+    }
+}
+
+/* A success response the caller took, replayed to it (from where it came,
+ * on the socket it came on) is refused: each transaction counts once. */
+static void replayed_response_refused(void **state) {
+  (void)state;
+  struct scenario sc = pair(NAT_CONE, NAT_CONE, false);
+  sc.hijack = 2; /* only to record the traffic */
+  sc.hijack_from = "198.51.100.66:5000";
+  sc.replay_ms = 100000; /* never */
+  struct sim *s = run(&sc);
+  assert_agreed(s, NP_VIA_REFLEXIVE);
+  assert_true(s->have_resp);
+  np_punch_result before, after;
+  np_punch_result_get(s->side[CALLER].p, &before);
+  assert_false(np_punch_input(s->side[CALLER].p, s->now, s->resp.to_port, &s->resp.from,
+                              s->resp.buf, s->resp.len));
+  np_punch_result_get(s->side[CALLER].p, &after);
+  assert_int_equal(after.probes_received, before.probes_received);
+  sim_free(s);
+}
+
+/* Builds a machine of the given role whose peer offered 'peer' (its
+ * OBSERVED address 'observed'), against the cone side of a sim. */
+static np_punch *hostile_machine(struct sim *s, bool callee, const np_sig_candidates *peer,
+                                 const char *observed) {
+  uint8_t key[NP_PUNCH_KEY_LEN], session[NP_SIG_SESSION_LEN];
+  memset(key, 0x42, sizeof key);
+  memset(session, 0x17, sizeof session);
+  np_punch_config c = make_config(s, callee ? CALLEE : CALLER, key, session);
+  c.peer = *peer;
+  c.peer_observed = A(observed);
+  np_punch *p = NULL;
+  assert_int_equal(np_punch_new(&c, 0, &p), 0);
+  return p;
+}
+
+/* Steps a machine for 'ms' (READY at once), calling 'check' on every
+ * datagram it sends; returns how many it sent. */
+static int drive(np_punch *p, int64_t ms, void (*check)(const np_punch_datagram *, void *),
+                 void *user) {
+  np_punch_peer_ready(p, 0);
+  int sent = 0;
+  for (int64_t now = 0; now <= ms; now++) {
+    np_punch_datagram dg;
+    for (int i = 0; i < 4096 && np_punch_next(p, now, &dg); i++) {
+      check(&dg, user);
+      sent++;
+    }
+  }
+  return sent;
+}
+
+static void never(const np_punch_datagram *dg, void *user) {
+  (void)dg;
+  (void)user;
+  fail_msg("a machine with nothing to probe sent a datagram");
+}
+
+/* An offer or answer with no candidate, or only ones the rules refuse:
+ * the session ends at once with a reason, sends nothing, never crashes. */
+static void no_usable_candidates(void **state) {
+  (void)state;
+  struct scenario sc = pair(NAT_CONE, NAT_CONE, false);
+  struct sim *s = run(&sc); /* only for our own candidates */
+  np_sig_candidates sets[4];
+  memset(sets, 0, sizeof sets); /* [0]: nothing at all */
+  /* [1]: a third host's public address, loopback, link-local, broadcast,
+   * multicast, a private address behind another NAT, our own addresses */
+  sets[1].mapped[0] = A("198.51.100.77:3478");
+  sets[1].mapped[1] = A("127.0.0.1:22");
+  sets[1].n_mapped = 2;
+  sets[1].private_addrs[0] = A("10.1.0.9:53");
+  sets[1].private_addrs[1] = A("169.254.1.1:5000");
+  sets[1].private_addrs[2] = A("255.255.255.255:5000");
+  sets[1].private_addrs[3] = A("224.0.0.251:5353");
+  sets[1].n_private = 4;
+  sets[1].portmap = A("198.51.100.78:80");
+  /* [2]: our own public address and LAN address (set per role below) */
+  /* [3]: addresses with port 0, wildcards, counts beyond the arrays */
+  sets[3].mapped[0] = A("203.0.113.11:1");
+  np_addr_set_port(&sets[3].mapped[0], 0);
+  sets[3].mapped[1] = A("0.0.0.0:5000");
+  sets[3].n_mapped = 99;
+  sets[3].n_private = -3;
+  for (int k = 0; k < 4; k++)
+    for (int callee = 0; callee < 2; callee++) {
+      const struct side *own = &s->side[callee ? CALLEE : CALLER];
+      sets[2].mapped[0] = own->cand.mapped[0];
+      sets[2].n_mapped = 1;
+      sets[2].private_addrs[0] = own->cand.private_addrs[0];
+      sets[2].n_private = 1;
+      /* The peer's OBSERVED IP is the other side's (203.0.113.11 for the
+       * caller, .12 for the callee): none of the candidates is on it. */
+      np_punch *p =
+          hostile_machine(s, callee, &sets[k], callee ? "203.0.113.11:40001" : "203.0.113.12:4");
+      np_punch_result r;
+      np_punch_result_get(p, &r);
+      assert_int_equal(r.state, NP_PUNCH_FAILED);
+      assert_int_equal(r.error, NP_ERR_UNREACHABLE);
+      assert_non_null(strstr(r.reason, "no usable candidate"));
+      assert_int_equal(drive(p, 3000, never, NULL), 0);
+      np_punch_free(p);
+    }
+  sim_free(s);
+}
+
+struct aim_check {
+  np_addr observed;
+  int sent;
+};
+
+static void only_observed(const np_punch_datagram *dg, void *user) {
+  struct aim_check *a = user;
+  char t[NP_ADDRSTRLEN];
+  if (!np_addr_same_ip(&dg->to, &a->observed))
+    fail_msg("probe to %s, not the peer's observed IP", np_addr_format(&dg->to, t, sizeof t));
+  a->sent++;
+}
+
+/* A hostile offer mixing third parties with its own sequential-NAT
+ * candidates: the listener's probes, phase 0 and the whole sweep, go to
+ * the caller's observed IP only. And a caller whose "public" candidates
+ * are somebody else's sweeps nobody but the OBSERVED IP either. */
+static void aims_only_at_observed(void **state) {
+  (void)state;
+  struct scenario sc = pair(NAT_CONE, NAT_CONE, false);
+  struct sim *s = run(&sc);
+  for (int callee = 0; callee < 2; callee++) {
+    const char *ip = callee ? "203.0.113.11" : "203.0.113.12"; /* the peer's */
+    char m0[32], obs[32];
+    snprintf(m0, sizeof m0, "%s:31000", ip);
+    snprintf(obs, sizeof obs, "%s:40001", ip);
+    np_sig_candidates peer;
+    memset(&peer, 0, sizeof peer);
+    peer.mapped[0] = A(m0);                    /* its own, sequential */
+    peer.mapped[1] = A("198.51.100.77:31001"); /* a third host */
+    peer.n_mapped = 2;
+    peer.have_delta = true;
+    peer.delta = 1;
+    peer.private_addrs[0] = A(callee ? "10.2.0.3:5000" : "10.1.0.3:5000"); /* on our LAN */
+    peer.private_addrs[1] = A("203.0.113.99:5000");
+    peer.n_private = 2;
+    peer.portmap = A(callee ? "10.2.0.1:80" : "10.1.0.1:80"); /* our own gateway */
+    np_punch *p = hostile_machine(s, callee, &peer, obs);
+    struct aim_check a = {A(obs), 0};
+    np_punch_result r;
+    np_punch_result_get(p, &r);
+    assert_int_equal(r.state, NP_PUNCH_RUNNING);
+    assert_true(drive(p, 4000, only_observed, &a) > 0);
+    np_punch_result_get(p, &r);
+    assert_true(r.rounds >= 1); /* the sweep ran, on the observed IP */
+    np_punch_free(p);
+  }
+  sim_free(s);
+}
+
+/* An authenticated request from a third host (a spoofed source, a
+ * replay) is not answered and leaves no target to check. */
+static void third_party_request_ignored(void **state) {
+  (void)state;
+  struct scenario sc = pair(NAT_CONE, NAT_CONE, false);
+  struct sim *s = run(&sc);
+  uint8_t key[NP_PUNCH_KEY_LEN], session[NP_SIG_SESSION_LEN];
+  memset(key, 0x42, sizeof key);
+  memset(session, 0x17, sizeof session);
+  np_punch_config cc = make_config(s, CALLER, key, session);
+  np_punch_config ce = make_config(s, CALLEE, key, session);
+  np_punch *caller, *callee;
+  assert_int_equal(np_punch_new(&cc, 0, &caller), 0);
+  assert_int_equal(np_punch_new(&ce, 0, &callee), 0);
+  np_punch_datagram dg, out;
+  assert_int_equal(np_punch_next(caller, 0, &dg), 1);
+  while (np_punch_next(callee, 0, &out)) /* its own primes */
+    ;
+  np_addr third = A("198.51.100.66:5000");
+  assert_true(np_punch_input(callee, 1, 0, &third, dg.buf, dg.len));
+  for (int64_t now = 1; now < 2000; now++)
+    while (np_punch_next(callee, now, &out))
+      assert_false(np_addr_same_ip(&out.to, &third));
+  np_punch_free(caller);
+  np_punch_free(callee);
+  sim_free(s);
+}
 
 int main(void) {
   const struct CMUnitTest tests[] = {
@@ -1435,6 +1721,11 @@ int main(void) {
       cmocka_unit_test(flat_cone_cone),
       cmocka_unit_test(flat_fast_pairs),
       cmocka_unit_test(flat_needs_both_flags),
+      cmocka_unit_test(hijack_replayed_nomination),
+      cmocka_unit_test(replayed_response_refused),
+      cmocka_unit_test(no_usable_candidates),
+      cmocka_unit_test(aims_only_at_observed),
+      cmocka_unit_test(third_party_request_ignored),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

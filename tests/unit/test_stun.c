@@ -1217,6 +1217,22 @@ static void test_attr_name(void **state) {
   assert_null(np_stun_attr_name(0x7f7f));
 }
 
+/* RFC 7983 §7 demultiplexing: a first byte 0..3 is STUN; 4..63 is not,
+ * even when the rest looks like a STUN header (length matching the
+ * datagram, cookie in place): an application payload that starts 0x04
+ * or 0x3f must reach the application. */
+static void test_is_stun_rfc7983(void **state) {
+  (void)state;
+  uint8_t buf[sizeof rfc5769_response_v4];
+  for (int first = 0; first < 256; first++) {
+    memcpy(buf, rfc5769_response_v4, sizeof buf);
+    buf[0] = (uint8_t)first;
+    bool want = first <= 3;
+    if (np_stun_is_stun(buf, sizeof buf) != want)
+      fail_msg("first byte 0x%02x: is_stun %d, want %d", first, !want, want);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rfc5769_request),
@@ -1237,6 +1253,7 @@ int main(void) {
       cmocka_unit_test(test_after_integrity_ignored),
       cmocka_unit_test(test_truncated),
       cmocka_unit_test(test_bad_header),
+      cmocka_unit_test(test_is_stun_rfc7983),
       cmocka_unit_test(test_attr_overrun),
       cmocka_unit_test(test_malformed_attributes),
       cmocka_unit_test(test_unknown_attributes),
