@@ -54,6 +54,11 @@
  * matters most. */
 #define PORTMAP_WAIT_MS 100
 #define BYE_SENDS 3
+/* A vanished peer: nothing authenticated on the path for this long ends the
+ * session. Keepalives (authenticated STUN indications from punch.c) come
+ * every DEFAULT_KEEPALIVE_MS, so four in a row must be lost first. */
+#define DEFAULT_PEER_TIMEOUT_MS 20000
+#define DEFAULT_KEEPALIVE_MS 5000
 #define HOLD_MIN_MS 400
 #define HOLD_MAX_MS 3000
 #define RECV_BATCH 64         /* datagrams read per socket per process call */
@@ -62,6 +67,10 @@
  * unassigned; QUIC, later, uses 64..255). */
 #define PKT_DATA 0x04
 #define PKT_BYE 0x05
+/* The byte after PKT_BYE: why we leave. A BYE without it (older peers) is
+ * a normal close. */
+#define BYE_NORMAL 0
+#define BYE_ABORT 1
 
 /* epoll tags: sockets use their index; these are above any index. */
 #define TAG_RDV 0x7ffffff0u
@@ -130,6 +139,7 @@ struct np_agent {
   np_nat_probe *probe;
   np_punch *punch;
   np_session_stats stats;
+  int64_t peer_heard; /* connected: last authenticated packet from the peer on the path */
 
   np_agent_event ev[MAX_EVENTS];
   int ev_head, ev_n;
@@ -804,6 +814,10 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
   /* Checked now rather than when a session starts: a TTL over 255, say,
    * would otherwise fail every call, long after the mistake was made. */
   if (cfg->predict_after_ms < 0 || cfg->session_timeout_ms < 0 || cfg->keepalive_ms < 0 ||
+      cfg->peer_timeout_ms < 0 ||
+      (cfg->keepalive_ms > 0 && cfg->peer_timeout_ms > 0 &&
+       cfg->keepalive_ms >= cfg->peer_timeout_ms) ||
+      (cfg->keepalive_ms >= DEFAULT_PEER_TIMEOUT_MS && cfg->peer_timeout_ms == 0) ||
       cfg->max_probes < 0 || cfg->birthday_sockets < 0 ||
       cfg->birthday_sockets >= NP_PUNCH_MAX_SOCKETS || cfg->prime_ttl < 0 || cfg->prime_ttl > 255)
     return NP_ERR_INVAL;
@@ -813,6 +827,16 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
   if (!a)
     return NP_ERR_NOMEM;
   a->cfg = *cfg;
+  if (a->cfg.peer_timeout_ms == 0)
+    a->cfg.peer_timeout_ms = DEFAULT_PEER_TIMEOUT_MS;
+  if (a->cfg.keepalive_ms == 0) {
+    /* Frequent enough that a few lost ones do not end the session. */
+    a->cfg.keepalive_ms = a->cfg.peer_timeout_ms / 4 < DEFAULT_KEEPALIVE_MS
+                              ? a->cfg.peer_timeout_ms / 4
+                              : DEFAULT_KEEPALIVE_MS;
+    if (a->cfg.keepalive_ms < 1)
+      a->cfg.keepalive_ms = 1;
+  }
   a->epfd = a->wakefd = -1;
   a->rdv_fd = -1;
   a->log = (np_logger){cfg->log, cfg->log_user, cfg->log_level};
@@ -919,6 +943,7 @@ static void enqueue_data(np_agent *a, const uint8_t *payload, size_t len) {
   a->stats.datagrams_received++;
   a->stats.bytes_received += len;
   if (a->rx_n == MAX_RX) {
+    a->stats.datagrams_dropped++;
     NP_LOGD(&a->log, "agent: receive queue full; datagram dropped");
     return;
   }
@@ -943,6 +968,7 @@ static void on_connected(np_agent *a, int64_t now) {
   a->stats.probes_received = r.probes_received;
   a->stats.rounds = r.rounds;
   a->stats.sockets = r.sockets;
+  a->peer_heard = now;
   /* The winner stays; every other birthday socket goes. */
   close_sockets_except(a, r.sock);
   for (int i = 0; i < a->n_early; i++)
@@ -957,8 +983,17 @@ static void deliver(np_agent *a, int sock, const np_addr *from, const uint8_t *b
   if (a->probe && sock == 0) {
     np_nat_probe_input(a->probe, now, NP_PROBE_SOCK_MAIN, from, buf, len);
   }
-  if (a->punch && np_punch_input(a->punch, now, sock, from, buf, len))
+  if (a->punch && np_punch_input(a->punch, now, sock, from, buf, len)) {
+    /* Authenticated, of this session: the peer is alive, if it came on the
+     * path (the session key makes it the peer's; a copy replayed from
+     * elsewhere does not count). */
+    int ps;
+    np_addr pr;
+    if (a->st == S_CONNECTED && np_punch_path(a->punch, &ps, &pr) && ps == sock &&
+        np_addr_equal(from, &pr))
+      a->peer_heard = now;
     return;
+  }
   if (len == 0 || np_stun_is_stun(buf, len))
     return;
   if (a->st == S_PUNCHING && buf[0] == PKT_DATA && a->n_early < MAX_EARLY) {
@@ -978,7 +1013,10 @@ static void deliver(np_agent *a, int sock, const np_addr *from, const uint8_t *b
     return; /* only the peer, on the path */
   if (buf[0] == PKT_BYE) {
     a->st = S_DONE;
-    session_event(a, NP_AGENT_CLOSED, 0, "the peer closed the session");
+    if (len > 1 && buf[1] == BYE_ABORT)
+      session_event(a, NP_AGENT_CLOSED, NP_ERR_CANCELLED, "the peer aborted the session");
+    else
+      session_event(a, NP_AGENT_CLOSED, 0, "the peer closed the session");
     return;
   }
   if (buf[0] != PKT_DATA)
@@ -1063,6 +1101,15 @@ static void run_machines(np_agent *a, int64_t now) {
     else if (a->st == S_PUNCHING && r.state == NP_PUNCH_FAILED)
       session_fail(a, r.error, r.reason);
   }
+  if (a->st == S_CONNECTED && now >= a->peer_heard + a->cfg.peer_timeout_ms) {
+    char reason[160];
+    snprintf(reason, sizeof reason,
+             "the peer vanished: nothing authenticated from it for %d s (no keepalive)",
+             (a->cfg.peer_timeout_ms + 500) / 1000);
+    NP_LOGI(&a->log, "agent: %s", reason);
+    a->st = S_DONE;
+    session_event(a, NP_AGENT_CLOSED, NP_ERR_TIMEOUT, reason);
+  }
   if (a->st == S_DONE && a->cfg.listen && a->callee && a->rx_n == 0)
     session_reset(a); /* ready for the next call, once the data is read */
 }
@@ -1126,6 +1173,8 @@ NP_EXPORT int np_agent_timeout(const np_agent *a) {
     int64_t p = np_punch_wakeup(a->punch);
     w = p < w ? p : w;
   }
+  if (a->st == S_CONNECTED && a->peer_heard + a->cfg.peer_timeout_ms < w)
+    w = a->peer_heard + a->cfg.peer_timeout_ms;
   if ((a->st == S_GATHERING || a->st == S_OFFERED) && a->session_deadline < w)
     w = a->session_deadline;
   if (w == INT64_MAX)
@@ -1199,18 +1248,26 @@ NP_EXPORT int np_agent_recv(np_agent *a, void *buf, size_t cap) {
   return (int)n;
 }
 
-NP_EXPORT void np_agent_close(np_agent *a) {
+static void agent_end(np_agent *a, uint8_t why) {
   if (!a)
     return;
   if (a->st == S_CONNECTED && a->punch) {
     np_punch_result r;
     np_punch_result_get(a->punch, &r);
-    uint8_t bye = PKT_BYE;
+    uint8_t bye[2] = {PKT_BYE, why};
     /* Best effort: a few copies, since a datagram may be lost. */
     for (int i = 0; i < BYE_SENDS; i++)
-      (void)send_on(a, r.sock, &r.remote, 0, &bye, 1);
+      (void)send_on(a, r.sock, &r.remote, 0, bye, sizeof bye);
   }
   session_reset(a);
+}
+
+NP_EXPORT void np_agent_close(np_agent *a) {
+  agent_end(a, BYE_NORMAL);
+}
+
+NP_EXPORT void np_agent_abort(np_agent *a) {
+  agent_end(a, BYE_ABORT);
 }
 
 NP_EXPORT void np_agent_stats(const np_agent *a, np_session_stats *out) {
