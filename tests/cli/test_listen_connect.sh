@@ -163,6 +163,17 @@ np_wait_log "$tmp/rs3.log" "listening on" $rs3 5
 expect "rendezvous-server --listen 127.0.0.3 listens on port 7000" 1 "$(grep -c 'listening on 127.0.0.3:7000' "$tmp/rs3.log")"
 kill -TERM $rs3 2>/dev/null; np_wait_exit $rs3 5
 
+# A failed signalfd is an error (SIGINT could not end a session cleanly
+# without it), not ignored; strace's fault injection makes it fail.
+if command -v strace >/dev/null && strace -f -o /dev/null -e inject=signalfd4:error=EMFILE true 2>/dev/null; then
+  timeout 20 strace -f -o /dev/null -e trace=signalfd4 -e inject=signalfd4:error=EMFILE \
+    "$NP" connect -r "$rdv" --key "$tmp/c" --peer "$B" --no-portmap --timeout 2 </dev/null >/dev/null 2>"$tmp/err"
+  expect "failed signalfd: exit 1" 1 $?
+  grep -q "signalfd: Too many open files" "$tmp/err"; expect "failed signalfd: says so" 0 $?
+else
+  echo "  skip signalfd failure (no strace with fault injection)"
+fi
+
 expect "listener still running after the sessions (--keep)" 0 "$(kill -0 $listener 2>/dev/null; echo $?)"
 kill -TERM $listener; np_wait_exit $listener 5
 expect "listener exits 0 on SIGTERM" 0 "$NP_RC"
