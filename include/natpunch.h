@@ -488,7 +488,10 @@ typedef struct np_agent_config {
   int birthday_sockets; /* sockets for the birthday method. 0 = 256, at most 1023 */
   int prime_ttl;        /* TTL of priming packets, at most 255. 0 = measured (hops to our
                          * outermost NAT + 1) */
-  bool no_portmap;      /* skip UPnP / NAT-PMP / PCP */
+  /* Skip UPnP / NAT-PMP / PCP. Without it, a mapping the gateway grants is
+   * renewed at half its granted lifetime, and one that runs out unrenewed
+   * is no longer offered. */
+  bool no_portmap;
   bool no_prime;        /* never send TTL-limited priming packets */
   /* Optional: called from np_agent_process() for each event, in addition
    * to the np_agent_next_event() queue. */
