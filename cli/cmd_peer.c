@@ -59,6 +59,7 @@
 #define ACK_EVERY 16
 #define ACK_DELAY_MS 10
 #define STALL_MS 500            /* no acknowledgement for so long: send one */
+#define FINAL_ACKS 3
 #define EOF_REORDER_MS 500      /* after the peer's 'E', late data gets this long */
 #define EOF_RESEND_MS 200
 /* After our 'E', how long we repeat it; the peer answers an 'E' with its
@@ -545,6 +546,11 @@ static bool report_loss(struct peer_run *r) {
 /* A session ended: leave, or with --keep take the next call. ok says
  * whether it ended normally (both inputs, or the peer's normal close). */
 static void end_session(struct peer_run *r, bool ok) {
+  /* Our last word on what arrived, in a few copies: the peer may still be
+   * waiting for it (its 'E' answered) when ours came after its own. */
+  if (r->connected && r->peer_eof)
+    for (int i = 0; i < FINAL_ACKS; i++)
+      send_ack(r, mono_ms());
   if (report_loss(r))
     ok = false;
   r->exit_code = ok ? CLI_EXIT_OK : CLI_EXIT_FAIL;
