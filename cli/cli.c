@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <getopt.h>
 #include <stdarg.h>
@@ -58,15 +59,61 @@ int cli_parse_long(const char *s, long min, long max, long *out) {
   return 0;
 }
 
+/* Says what is wrong with an address the user typed: a port out of range
+ * and a host name deserve their own sentence, not "not a numeric address". */
 int cli_parse_addr(const char *cmd, const char *opt, const char *s, uint16_t default_port,
                    np_addr *out) {
   if (np_addr_parse(s, default_port, out) == 0)
     return 0;
+  const char *colon = strrchr(s, ':');
+  const char *bracket = strrchr(s, ']');
+  bool has_port = colon && (s[0] != '[' || (bracket && colon > bracket)) &&
+                  (s[0] == '[' || strchr(s, ':') == colon);
+  if (has_port) {
+    char host[NP_ADDRSTRLEN];
+    size_t hl = (size_t)(colon - s);
+    np_addr probe;
+    const char *p = colon + 1;
+    bool digits = *p != '\0' && strspn(p, "0123456789") == strlen(p);
+    if (hl < sizeof host) {
+      memcpy(host, s, hl);
+      host[hl] = '\0';
+      /* The address is fine, so the port is what is wrong. */
+      if (digits && np_addr_parse(host, 1, &probe) == 0) {
+        cli_usage_error(cmd, "%s: '%s': port %s is out of range (1 to 65535)", opt, s, p);
+        return -1;
+      }
+    }
+  }
   cli_usage_error(
-      cmd, "%s: '%s' is not a numeric address%s (expected e.g. 203.0.113.1%s or [2001:db8::1]%s)",
+      cmd,
+      "%s: '%s' is not a numeric address%s (expected e.g. 203.0.113.1%s or [2001:db8::1]%s; "
+      "host names are not resolved)",
       opt, s, default_port ? "" : " with a port", default_port ? "" : ":3478",
       default_port ? "" : ":3478");
   return -1;
+}
+
+void cli_key_error(char *buf, size_t size, const char *path, int rc, int err) {
+  struct stat sb;
+  if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+    snprintf(buf, size, "'%s' is a directory, not a key file (give the key file's path, e.g. '%s/key')",
+             path, path);
+  else if (rc == NP_ERR_SYS && err == ENOENT)
+    snprintf(buf, size, "no key file '%s' (make one with: natpunch keygen '%s')", path, path);
+  else if (rc == NP_ERR_SYS)
+    snprintf(buf, size, "cannot read key file '%s': %s", path, strerror(err));
+  else if (rc == NP_ERR_AUTH)
+    snprintf(buf, size,
+             "key file '%s' is accessible by group or others; refusing to use a key that may "
+             "have leaked (if it has not, run: chmod 600 '%s')",
+             path, path);
+  else if (rc == NP_ERR_PROTO)
+    snprintf(buf, size,
+             "'%s' is not a natpunch key file (expected \"natpunch-key-v1\" and 64 hex digits)",
+             path);
+  else
+    snprintf(buf, size, "cannot load key file '%s': %s", path, np_strerror(rc));
 }
 
 struct serve_thread {

@@ -64,4 +64,11 @@ int cli_parse_long(const char *s, long min, long max, long *out);
 int cli_parse_addr(const char *cmd, const char *opt, const char *s, uint16_t default_port,
                    np_addr *out);
 
+/* Explains in a sentence (no "natpunch CMD:" prefix, no newline) why the key
+ * file at path could not be loaded, from np_identity_load()'s rc and the
+ * errno it left: a directory, a missing or unreadable file, a file others
+ * may read (with the chmod that fixes it), a file that is not a key. Shared
+ * by id, listen and connect so that they say the same. */
+void cli_key_error(char *buf, size_t size, const char *path, int rc, int err);
+
 #endif

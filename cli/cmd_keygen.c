@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static void keygen_usage(FILE *out) {
   fprintf(out, "Usage: natpunch keygen [FILE] [--force]\n\n"
@@ -40,23 +41,9 @@ static void id_usage(FILE *out) {
 
 /* Explains why a key file could not be loaded; returns CLI_EXIT_FAIL. */
 static int load_error(const char *cmd, const char *path, int rc, int err) {
-  if (rc == NP_ERR_SYS && err == ENOENT)
-    fprintf(stderr, "natpunch %s: no key file '%s' (make one with: natpunch keygen '%s')\n", cmd,
-            path, path);
-  else if (rc == NP_ERR_SYS)
-    fprintf(stderr, "natpunch %s: cannot read key file '%s': %s\n", cmd, path, strerror(err));
-  else if (rc == NP_ERR_AUTH)
-    fprintf(stderr,
-            "natpunch %s: key file '%s' is accessible by group or others; refusing to use a "
-            "key that may have leaked (if it has not, run: chmod 600 '%s')\n",
-            cmd, path, path);
-  else if (rc == NP_ERR_PROTO)
-    fprintf(stderr,
-            "natpunch %s: '%s' is not a natpunch key file (expected \"natpunch-key-v1\" and "
-            "64 hex digits)\n",
-            cmd, path);
-  else
-    fprintf(stderr, "natpunch %s: cannot load key file '%s': %s\n", cmd, path, np_strerror(rc));
+  char msg[PATH_MAX * 2 + 200];
+  cli_key_error(msg, sizeof msg, path, rc, err);
+  fprintf(stderr, "natpunch %s: %s\n", cmd, msg);
   return CLI_EXIT_FAIL;
 }
 
@@ -110,6 +97,14 @@ int cli_keygen(int argc, char **argv) {
     path = def;
   }
 
+  struct stat sb;
+  if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+    /* Even with --force: replacing a directory is never what was meant. */
+    fprintf(stderr,
+            "natpunch keygen: '%s' is a directory; give the key file's path (e.g. '%s/key')\n",
+            path, path);
+    return CLI_EXIT_FAIL;
+  }
   np_identity *id = NULL;
   int rc = np_identity_generate(&id);
   if (rc) {

@@ -9,10 +9,23 @@
  * the peer. stdout carries only the peer's data.
  *
  * Data protocol on top of the agent's datagrams: the first byte says what
- * follows, 'D' data or 'E' end of our input (half-close, like TCP's FIN:
- * the other direction goes on). A side exits once its input has ended and
- * the peer's has too, or when the peer closes; 'E' is repeated for a while,
- * since a datagram may be lost, and answered by the peer's own 'E'.
+ * follows, numbers are 32-bit big-endian:
+ *   'D' seq data     data, numbered from 0 in each direction
+ *   'E' total        end of our input after 'total' data datagrams
+ *                    (half-close, like TCP's FIN: the other direction goes on)
+ *   'A' count high flags
+ *                    acknowledgement: 'count' data datagrams received so far,
+ *                    the highest number seen + 1, flags bit 0 = "I have your E"
+ * There is no retransmission (the session layer with QUIC comes next), but
+ * loss is never silent: the sender keeps at most WINDOW datagrams
+ * unacknowledged (pacing, so that a fast sender does not overflow the
+ * receiver's socket buffer or its agent's queue), a datagram the socket
+ * refuses (EAGAIN) is kept and sent again, and at the end each side compares
+ * what was sent with what arrived and reports any difference as a failure
+ * (exit 1). A side exits once its input has ended and the peer's has too
+ * (and the peer confirmed ours), or when the peer closes; 'E' is repeated
+ * for a while, since a datagram may be lost, and answered by the peer's
+ * own 'E' and an 'A'.
  */
 #include "cli.h"
 
@@ -28,13 +41,26 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #define DEFAULT_STUN_PORT 3478
 #define DEFAULT_RDV_PORT 7000
 #define DEFAULT_TIMEOUT_MS 30000
-#define CHUNK 1199 /* agent datagrams are up to 1200 bytes; one is the type */
+#define CHUNK_MAX 1200          /* an agent datagram */
+#define CHUNK (CHUNK_MAX - 5)   /* data per 'D': type and number first */
+#define WINDOW 64               /* data datagrams in flight; ~77 KB, which a
+                                 * default socket buffer (208 KB) holds */
+/* Until the peer's first acknowledgement: the caller is connected a round
+ * trip before the callee, which keeps only 16 early datagrams (the agent's
+ * MAX_EARLY) until it is. */
+#define FIRST_WINDOW 8
+#define ACK_EVERY 16
+#define ACK_DELAY_MS 10
+#define STALL_MS 500            /* no acknowledgement for so long: send one */
+#define FINAL_ACKS 3
+#define EOF_REORDER_MS 500      /* after the peer's 'E', late data gets this long */
 #define EOF_RESEND_MS 200
 /* After our 'E', how long we repeat it; the peer answers an 'E' with its
  * own once its input has ended, so a late one still gets through. */
@@ -55,6 +81,7 @@ struct peer_opts {
   int timeout_ms;
   int predict_after_ms;
   int prime_ttl;
+  int peer_timeout_ms;
   bool no_portmap;
   bool keep;
   bool json;
@@ -72,7 +99,8 @@ static void listen_usage(FILE *out) {
           "datagrams (no retransmission, no encryption yet). The listener serves one\n"
           "session (unless --keep): it exits when both sides' input has ended or the peer\n"
           "closes. A failed call is reported and the listener waits for the next one.\n"
-          "A call that comes during a session is declined at once (busy, 486).\n\n"
+          "A call that comes during a session is declined at once (busy, 486).\n"
+          "Addresses are numeric (IPv4, or [IPv6]); host names are not resolved.\n\n"
           "Options:\n"
           "  -r, --rendezvous IP[:PORT]  rendezvous server (port defaults to %d)\n"
           "  -d, --discovery IP[:PORT]   discovery server; give two (port defaults to %d)\n"
@@ -80,13 +108,18 @@ static void listen_usage(FILE *out) {
           "                              created on first use)\n"
           "  -a, --allow PEERID          accept calls only from this peer; repeatable\n"
           "  -A, --allow-file FILE       accept calls only from the peer IDs in FILE, one\n"
-          "                              per line ('#' starts a comment)\n"
+          "                              per line ('#' starts a comment); a file that\n"
+          "                              names no peer is an error, never \"anyone\"\n"
           "                              (without --allow/--allow-file anyone may call;\n"
           "                              refused callers get error 403 from the server)\n"
           "  -P, --predict-after MS      start port prediction after MS without a direct\n"
           "                              answer (default 1000)\n"
           "  -T, --prime-ttl N           TTL of priming packets, 1 to 255 (default:\n"
           "                              measured, hops to the outermost NAT + 1)\n"
+          "  -W, --peer-timeout SEC      once connected, end the session when nothing\n"
+          "                              authenticated came from the peer for SEC\n"
+          "                              seconds (it vanished; default 20, 1 to 3600;\n"
+          "                              keepalives go every 5 s, or SEC/4 if shorter)\n"
           "  -N, --no-portmap            do not ask the gateway for a port mapping\n"
           "  -K, --keep                  after a session, wait for the next call (stdin\n"
           "                              goes to the first session only)\n"
@@ -97,10 +130,17 @@ static void listen_usage(FILE *out) {
           "{\"event\":\"call\",\"from\":...}, {\"event\":\"connected\",\"path\":\"direct\",\n"
           "\"via\":\"host|reflexive|predicted|birthday|portmap\",\"remote\":\"IP:PORT\",\n"
           "\"elapsed_ms\":N,\"probes\":N}, {\"event\":\"failed\",\"reason\":...},\n"
-          "{\"event\":\"closed\",\"reason\":...}, and {\"event\":\"log\",\"time_ms\":...,\n"
-          "\"level\":...,\"message\":...} for warnings (and --verbose steps).\n\n"
-          "Exit status: 0 the session ended normally, or SIGINT/SIGTERM; 1 failure (bad\n"
-          "key, no UDP socket); 2 bad command line.\n",
+          "{\"event\":\"closed\",\"cause\":\"normal|abort|vanished|interrupted\",\n"
+          "\"reason\":...}, and {\"event\":\"log\",\"time_ms\":...,\"level\":...,\n"
+          "\"message\":...} for warnings (and --verbose steps). \"abort\": the peer was\n"
+          "interrupted; \"vanished\": see --peer-timeout; \"interrupted\": we were.\n\n"
+          "Data: datagrams, paced (at most 64 unacknowledged), never retransmitted; a\n"
+          "datagram lost either way is counted and reported as a failure at the end.\n\n"
+          "Exit status: 0 the session ended normally (both inputs ended, or the peer\n"
+          "closed), or SIGINT/SIGTERM stopped the listener (a session in progress is\n"
+          "aborted, and the peer told so); 1 failure (bad key, no UDP socket, the peer\n"
+          "aborted or vanished, data lost); 2 bad command line. With --keep, only\n"
+          "SIGINT/SIGTERM end it: exit 0.\n",
           DEFAULT_RDV_PORT, DEFAULT_STUN_PORT);
 }
 
@@ -111,7 +151,8 @@ static void connect_usage(FILE *out) {
           "Calls PEERID through the rendezvous server and punches a direct UDP path to it\n"
           "through both NATs. Once the path is up, stdin goes to the peer and the peer's\n"
           "data to stdout, as datagrams (no retransmission, no encryption yet); the\n"
-          "command exits when both sides' input has ended or the peer closes.\n\n"
+          "command exits when both sides' input has ended or the peer closes.\n"
+          "Addresses are numeric (IPv4, or [IPv6]); host names are not resolved.\n\n"
           "Options:\n"
           "  -r, --rendezvous IP[:PORT]  rendezvous server (port defaults to %d)\n"
           "  -d, --discovery IP[:PORT]   discovery server; give two (port defaults to %d)\n"
@@ -120,6 +161,10 @@ static void connect_usage(FILE *out) {
           "                              created on first use)\n"
           "  -t, --timeout SEC           give up if no path is up after SEC seconds\n"
           "                              (default 30, 0.1 to 3600)\n"
+          "  -W, --peer-timeout SEC      once connected, end the session when nothing\n"
+          "                              authenticated came from the peer for SEC\n"
+          "                              seconds (it vanished; default 20, 1 to 3600;\n"
+          "                              keepalives go every 5 s, or SEC/4 if shorter)\n"
           "  -P, --predict-after MS      start port prediction after MS without a direct\n"
           "                              answer (default 1000)\n"
           "  -T, --prime-ttl N           TTL of priming packets, 1 to 255 (default:\n"
@@ -131,11 +176,17 @@ static void connect_usage(FILE *out) {
           "JSON events (stderr): {\"event\":\"connected\",\"path\":\"direct\",\n"
           "\"via\":\"host|reflexive|predicted|birthday|portmap\",\"remote\":\"IP:PORT\",\n"
           "\"elapsed_ms\":N,\"probes\":N}, {\"event\":\"failed\",\"reason\":...},\n"
-          "{\"event\":\"closed\",\"reason\":...}, and {\"event\":\"log\",\"time_ms\":...,\n"
-          "\"level\":...,\"message\":...} for warnings (and --verbose steps).\n\n"
-          "Exit status: 0 connected and the session ended normally; 1 no path (peer\n"
-          "unknown, offline or refusing us, no answer, no direct path before the timeout,\n"
-          "bad key) or interrupted; 2 bad command line.\n",
+          "{\"event\":\"closed\",\"cause\":\"normal|abort|vanished|interrupted\",\n"
+          "\"reason\":...}, and {\"event\":\"log\",\"time_ms\":...,\"level\":...,\n"
+          "\"message\":...} for warnings (and --verbose steps). \"abort\": the peer was\n"
+          "interrupted; \"vanished\": see --peer-timeout; \"interrupted\": we were.\n\n"
+          "Data: datagrams, paced (at most 64 unacknowledged), never retransmitted; a\n"
+          "datagram lost either way is counted and reported as a failure at the end.\n\n"
+          "Exit status: 0 connected and the session ended normally (both inputs ended,\n"
+          "or the peer closed); 1 no path (peer unknown, offline, busy or refusing us, no\n"
+          "answer, no direct path before the timeout, bad key), the peer aborted or\n"
+          "vanished, data lost, or interrupted by SIGINT/SIGTERM (the peer is told the\n"
+          "session was aborted); 2 bad command line.\n",
           DEFAULT_RDV_PORT, DEFAULT_STUN_PORT);
 }
 
@@ -230,12 +281,18 @@ static int add_allow(struct peer_opts *o, const char *text, const char *where) {
   return 0;
 }
 
+/* An allow file that names nobody is refused: the agent reads an empty
+ * allow list as "anyone may call", the opposite of what such a file says. */
 static int read_allow_file(struct peer_opts *o, const char *path) {
+  struct stat sb;
+  if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+    return cli_usage_error(o->cmd, "--allow-file: '%s' is a directory, not a file of peer IDs",
+                           path);
   FILE *f = fopen(path, "r");
   if (!f)
     return cli_usage_error(o->cmd, "--allow-file: cannot open '%s': %s", path, strerror(errno));
   char line[256];
-  int lineno = 0, rc = 0;
+  int lineno = 0, rc = 0, before = o->n_allow;
   while (rc == 0 && fgets(line, sizeof line, f)) {
     lineno++;
     char *hash = strchr(line, '#');
@@ -254,7 +311,15 @@ static int read_allow_file(struct peer_opts *o, const char *path) {
     else
       rc = add_allow(o, start, where);
   }
+  bool read_error = ferror(f);
   fclose(f);
+  if (rc == 0 && read_error)
+    return cli_usage_error(o->cmd, "--allow-file: cannot read '%s'", path);
+  if (rc == 0 && o->n_allow == before)
+    return cli_usage_error(o->cmd,
+                           "--allow-file: '%s' names no peer (one peer ID per line); an empty "
+                           "allow list would let anyone call",
+                           path);
   return rc;
 }
 
@@ -268,6 +333,7 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
                                        {"timeout", required_argument, NULL, 't'},
                                        {"predict-after", required_argument, NULL, 'P'},
                                        {"prime-ttl", required_argument, NULL, 'T'},
+                                       {"peer-timeout", required_argument, NULL, 'W'},
                                        {"no-portmap", no_argument, NULL, 'N'},
                                        {"keep", no_argument, NULL, 'K'},
                                        {"json", no_argument, NULL, 'j'},
@@ -277,7 +343,7 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
   int c, rc;
   optind = 1;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, ":r:d:k:a:A:p:t:P:T:NKjvh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":r:d:k:a:A:p:t:P:T:W:NKjvh", opts, NULL)) != -1) {
     bool listen_only = c == 'a' || c == 'A' || c == 'K', connect_only = c == 'p' || c == 't';
     if ((listen_only && !o->listen) || (connect_only && o->listen))
       return cli_usage_error(o->cmd, "option '%s' is not for %s", argv[optind - 1], o->cmd);
@@ -337,6 +403,14 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
       o->prime_ttl = (int)ttl;
       break;
     }
+    case 'W': {
+      long sec;
+      if (cli_parse_long(optarg, 1, 3600, &sec) != 0)
+        return cli_usage_error(o->cmd, "--peer-timeout: '%s' is not a number of seconds (1 to 3600)",
+                               optarg);
+      o->peer_timeout_ms = (int)sec * 1000;
+      break;
+    }
     case 'N':
       o->no_portmap = true;
       break;
@@ -370,13 +444,28 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
 
 /* ---- the loop ------------------------------------------------------------ */
 
+/* One direction's bookkeeping of the data protocol (see the top of the
+ * file). */
 struct peer_run {
   struct peer_opts *o;
   np_agent *agent;
   char id[NP_PEER_ID_LEN + 1];
   bool connected, stdin_eof, peer_eof, done;
-  int64_t eof_next, eof_until;
+  int64_t eof_next, eof_until, peer_eof_at;
   int exit_code;
+  /* What we send. */
+  uint32_t sent;         /* 'D' datagrams sent (the next one's number) */
+  uint32_t acked_high;   /* the peer has seen up to this number (exclusive) */
+  uint32_t peer_count;   /* how many of ours the peer says it received */
+  bool peer_saw_eof;     /* the peer's 'A' says it has our 'E' */
+  bool send_warned;
+  bool peer_acked;       /* an 'A' came: the peer is connected and reading */
+  int64_t progress_at;   /* when acked_high last moved (or the window opened) */
+  uint8_t pending[CHUNK_MAX];
+  size_t pending_len;    /* a datagram the socket refused (EAGAIN), kept */
+  /* What we receive. */
+  uint32_t rx_count, rx_high, peer_total, acked_count;
+  int64_t ack_at;
 };
 
 static int64_t mono_ms(void) {
@@ -385,17 +474,86 @@ static int64_t mono_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static void put32(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)(v >> 24);
+  p[1] = (uint8_t)(v >> 16);
+  p[2] = (uint8_t)(v >> 8);
+  p[3] = (uint8_t)v;
+}
+
+static uint32_t get32(const uint8_t *p) {
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
 static void send_eof(struct peer_run *r, int64_t now) {
-  uint8_t e = 'E';
-  (void)np_agent_send(r->agent, &e, 1);
+  uint8_t e[5] = {'E'};
+  put32(e + 1, r->sent);
+  (void)np_agent_send(r->agent, e, sizeof e);
   r->eof_next = now + EOF_RESEND_MS;
+}
+
+static void send_ack(struct peer_run *r, int64_t now) {
+  uint8_t a[10] = {'A'};
+  put32(a + 1, r->rx_count);
+  put32(a + 5, r->rx_high);
+  a[9] = r->peer_eof ? 1 : 0;
+  if (np_agent_send(r->agent, a, sizeof a) == 0) {
+    r->acked_count = r->rx_count;
+    r->ack_at = now;
+  }
+}
+
+static void reset_counters(struct peer_run *r) {
+  r->sent = r->acked_high = r->peer_count = 0;
+  r->rx_count = r->rx_high = r->peer_total = r->acked_count = 0;
+  r->peer_saw_eof = false;
+  r->send_warned = false;
+  r->peer_acked = false;
+  r->pending_len = 0;
+  r->peer_eof_at = 0;
+  r->progress_at = mono_ms();
 }
 
 static void drain_data(struct peer_run *r, int64_t now);
 
-/* A session ended normally: leave, or with --keep take the next call. */
-static void end_session(struct peer_run *r) {
-  r->exit_code = CLI_EXIT_OK;
+/* Loss in either direction, as counted by the data protocol, is a failure
+ * of the session: reported, exit 1. Returns true when there was some. */
+static bool report_loss(struct peer_run *r) {
+  char reason[200];
+  bool lost = false;
+  if (r->peer_eof && r->peer_total > r->rx_count) {
+    snprintf(reason, sizeof reason,
+             "lost %u of %u datagrams from the peer (no retransmission yet: "
+             "the receiver or the network dropped them)",
+             r->peer_total - r->rx_count, r->peer_total);
+    emit_simple(r->o, "failed", reason);
+    lost = true;
+  }
+  if (r->sent > 0 && r->peer_saw_eof && r->peer_count < r->sent) {
+    snprintf(reason, sizeof reason, "the peer lost %u of %u datagrams we sent",
+             r->sent - r->peer_count, r->sent);
+    emit_simple(r->o, "failed", reason);
+    lost = true;
+  } else if (r->sent > 0 && !r->peer_saw_eof) {
+    snprintf(reason, sizeof reason,
+             "the peer did not confirm our %u datagrams; some may be lost", r->sent);
+    emit_simple(r->o, "failed", reason);
+    lost = true;
+  }
+  return lost;
+}
+
+/* A session ended: leave, or with --keep take the next call. ok says
+ * whether it ended normally (both inputs, or the peer's normal close). */
+static void end_session(struct peer_run *r, bool ok) {
+  /* Our last word on what arrived, in a few copies: the peer may still be
+   * waiting for it (its 'E' answered) when ours came after its own. */
+  if (r->connected && r->peer_eof)
+    for (int i = 0; i < FINAL_ACKS; i++)
+      send_ack(r, mono_ms());
+  if (report_loss(r))
+    ok = false;
+  r->exit_code = ok ? CLI_EXIT_OK : CLI_EXIT_FAIL;
   if (!r->o->listen || !r->o->keep) {
     r->done = true;
     return;
@@ -403,6 +561,7 @@ static void end_session(struct peer_run *r) {
   np_agent_close(r->agent);
   r->connected = false;
   r->peer_eof = false;
+  reset_counters(r);
   if (!r->stdin_eof) {
     r->stdin_eof = true; /* stdin belonged to the first session */
     r->eof_until = 0;
@@ -438,6 +597,7 @@ static void on_event(struct peer_run *r, const np_agent_event *ev) {
     np_agent_stats(r->agent, &st);
     emit_connected(r->o, &st);
     r->connected = true;
+    reset_counters(r);
     if (r->stdin_eof) {
       r->eof_until = mono_ms() + EOF_LINGER_MS;
       send_eof(r, mono_ms());
@@ -451,16 +611,25 @@ static void on_event(struct peer_run *r, const np_agent_event *ev) {
       r->exit_code = CLI_EXIT_FAIL;
     }
     break;
-  case NP_AGENT_CLOSED:
+  case NP_AGENT_CLOSED: {
     /* The last data can arrive together with the goodbye: deliver it. */
     drain_data(r, mono_ms());
-    emit_simple(r->o, "closed", ev->reason);
-    end_session(r);
+    const char *cause = ev->error == NP_ERR_CANCELLED ? "abort"
+                        : ev->error == NP_ERR_TIMEOUT ? "vanished"
+                                                      : "normal";
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "event", "closed");
+    cJSON_AddStringToObject(o, "cause", cause);
+    cJSON_AddStringToObject(o, "reason", ev->reason);
+    emit(r->o, o, ev->reason);
+    end_session(r, ev->error == 0);
     break;
+  }
   }
 }
 
-/* Peer data to stdout; 'E' ends the peer's direction. */
+/* Peer data to stdout; 'E' ends the peer's direction, 'A' acknowledges
+ * ours. */
 static void drain_data(struct peer_run *r, int64_t now) {
   uint8_t buf[1300];
   for (int guard = 0; guard < 1024; guard++) {
@@ -469,23 +638,85 @@ static void drain_data(struct peer_run *r, int64_t now) {
       break;
     if (n == 0)
       continue;
-    if (buf[0] == 'D') {
-      if (fwrite(buf + 1, 1, (size_t)n - 1, stdout) != (size_t)n - 1) {
+    if (buf[0] == 'D' && n >= 5) {
+      uint32_t seq = get32(buf + 1);
+      r->rx_count++;
+      if (seq + 1 > r->rx_high)
+        r->rx_high = seq + 1;
+      if (fwrite(buf + 5, 1, (size_t)n - 5, stdout) != (size_t)n - 5) {
         r->done = true; /* stdout closed: nothing more to deliver */
         r->exit_code = CLI_EXIT_FAIL;
       }
-    } else if (buf[0] == 'E') {
-      if (!r->peer_eof && r->stdin_eof)
-        send_eof(r, now); /* answer at once, so the peer can leave too */
+    } else if (buf[0] == 'E' && n >= 5) {
+      r->peer_total = get32(buf + 1);
+      if (!r->peer_eof) {
+        r->peer_eof_at = now;
+        if (r->stdin_eof)
+          send_eof(r, now); /* answer at once, so the peer can leave too */
+      }
       r->peer_eof = true;
+      send_ack(r, now); /* says we have its 'E', and how much came */
+    } else if (buf[0] == 'A' && n >= 10) {
+      uint32_t count = get32(buf + 1), high = get32(buf + 5);
+      r->peer_acked = true;
+      if (high > r->acked_high && high <= r->sent) {
+        r->acked_high = high;
+        r->progress_at = now;
+      }
+      if (count <= r->sent && count >= r->peer_count)
+        r->peer_count = count;
+      if (buf[9] & 1)
+        r->peer_saw_eof = true;
     }
   }
   fflush(stdout);
+  /* Acknowledge every ACK_EVERY datagrams, or soon after the last: the
+   * sender's window moves with it. */
+  if (r->rx_count != r->acked_count &&
+      (r->rx_count - r->acked_count >= ACK_EVERY || now >= r->ack_at + ACK_DELAY_MS))
+    send_ack(r, now);
+}
+
+/* May we send another datagram? At most WINDOW unacknowledged ones (and
+ * FIRST_WINDOW before the peer's first acknowledgement), so that
+ * neither the peer's socket buffer nor its agent's queue overflows; when
+ * the acknowledgements stop for STALL_MS (lost, or the peer is slow), one
+ * more goes, and the vanish timeout ends a dead session. */
+static bool window_open(struct peer_run *r, int64_t now) {
+  uint32_t window = r->peer_acked ? WINDOW : FIRST_WINDOW;
+  if (r->sent - r->acked_high < window)
+    return true;
+  if (now >= r->progress_at + STALL_MS) {
+    r->acked_high = r->sent - window + 1;
+    r->progress_at = now;
+    return true;
+  }
+  return false;
+}
+
+/* Sends the kept datagram; true when it went (or there was none). */
+static bool flush_pending(struct peer_run *r) {
+  if (r->pending_len == 0)
+    return true;
+  int rc = np_agent_send(r->agent, r->pending, r->pending_len);
+  if (rc == NP_ERR_AGAIN)
+    return false; /* the socket buffer is full: keep it, try again soon */
+  /* Any other failure (a firewall's EPERM, an ICMP error) loses this
+   * datagram like the network would: it keeps its number, so the count at
+   * the end shows it. */
+  if (rc != 0 && !r->send_warned) {
+    say(r->o, NP_LOG_WARN, "send: %s (the datagram is lost; more such are not logged)",
+        np_strerror(rc));
+    r->send_warned = true;
+  }
+  r->sent++;
+  r->pending_len = 0;
+  return true;
 }
 
 static void read_stdin(struct peer_run *r, int64_t now) {
-  uint8_t buf[CHUNK + 1];
-  ssize_t n = read(STDIN_FILENO, buf + 1, CHUNK);
+  uint8_t *buf = r->pending;
+  ssize_t n = read(STDIN_FILENO, buf + 5, CHUNK);
   if (n < 0 && (errno == EAGAIN || errno == EINTR))
     return;
   if (n <= 0) {
@@ -495,9 +726,40 @@ static void read_stdin(struct peer_run *r, int64_t now) {
     return;
   }
   buf[0] = 'D';
-  int rc = np_agent_send(r->agent, buf, (size_t)n + 1);
-  if (rc != 0 && rc != NP_ERR_AGAIN)
-    say(r->o, NP_LOG_WARN, "send: %s", np_strerror(rc));
+  put32(buf + 1, r->sent);
+  r->pending_len = (size_t)n + 5;
+  (void)flush_pending(r);
+}
+
+/* stdin's file status flags as we found them: O_NONBLOCK is set on the
+ * open file description, which the shell and other processes share. */
+static int stdin_flags = -1;
+
+static void restore_stdin(void) {
+  if (stdin_flags >= 0)
+    (void)fcntl(STDIN_FILENO, F_SETFL, stdin_flags);
+  stdin_flags = -1;
+}
+
+/* Key errors in the words of 'natpunch id' (cli_key_error). */
+static int load_key(struct peer_opts *o, np_identity **id, bool *created) {
+  char def[PATH_MAX];
+  const char *path = o->key_path;
+  if (!path) {
+    if (np_identity_default_path(def, sizeof def) != 0) {
+      emit_simple(o, "failed", "no default key location: neither XDG_CONFIG_HOME nor HOME is "
+                               "set (give --key FILE)");
+      return CLI_EXIT_FAIL;
+    }
+    path = def;
+  }
+  int rc = o->key_path ? np_identity_load(path, id) : np_identity_load_or_create(path, id, created);
+  if (rc == 0)
+    return 0;
+  char reason[PATH_MAX + 300];
+  cli_key_error(reason, sizeof reason, path, rc, errno);
+  emit_simple(o, "failed", reason);
+  return CLI_EXIT_FAIL;
 }
 
 static int run_peer(struct peer_opts *o, int argc, char **argv) {
@@ -509,19 +771,28 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
         "%s discovery server; two are needed to see the NAT's port delta (port prediction)",
         o->n_discovery ? "only one" : "no");
 
-  np_identity *id = NULL;
-  bool created = false;
-  if ((rc = o->key_path ? np_identity_load(o->key_path, &id)
-                        : np_identity_load_or_create(NULL, &id, &created)) != 0) {
-    /* A missing or unreadable file says more through errno than "system
-     * call failed" would. */
-    int err = errno;
-    char reason[PATH_MAX + 200];
-    snprintf(reason, sizeof reason, "cannot use key %s: %s (see natpunch id --help)",
-             o->key_path ? o->key_path : "(default)",
-             rc == NP_ERR_SYS ? strerror(err) : np_strerror(rc));
+  /* Signals first: without the signalfd, SIGINT could not end a session
+   * cleanly (abort, exit code), so its failure is an error. */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  sigdelset(&set, SIGPIPE);
+  int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+  if (sfd < 0) {
+    char reason[200];
+    snprintf(reason, sizeof reason, "signalfd: %s", strerror(errno));
     emit_simple(o, "failed", reason);
     return CLI_EXIT_FAIL;
+  }
+
+  np_identity *id = NULL;
+  bool created = false;
+  if ((rc = load_key(o, &id, &created)) != 0) {
+    close(sfd);
+    return rc;
   }
   struct peer_run run = {.o = o, .exit_code = CLI_EXIT_FAIL};
   np_identity_peer_id(id, run.id);
@@ -532,6 +803,7 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
     np_identity_public_key(id, pk);
     if (memcmp(pk, o->peer, NP_PUBKEY_LEN) == 0) {
       np_identity_free(id);
+      close(sfd);
       return cli_usage_error(o->cmd, "--peer is this peer's own ID");
     }
   }
@@ -545,6 +817,7 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
       .n_allow = o->n_allow,
       .predict_after_ms = o->predict_after_ms,
       .prime_ttl = o->prime_ttl,
+      .peer_timeout_ms = o->peer_timeout_ms,
       .session_timeout_ms = o->listen ? 0 : (o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS),
       .no_portmap = o->no_portmap,
       .log = o->json ? log_json : cli_log_stderr,
@@ -556,6 +829,7 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
     snprintf(reason, sizeof reason, "cannot start: %s", np_strerror(rc));
     emit_simple(o, "failed", reason);
     np_identity_free(id);
+    close(sfd);
     return CLI_EXIT_FAIL;
   }
   if (!o->listen && (rc = np_agent_connect(run.agent, o->peer)) != 0) {
@@ -565,47 +839,83 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
     run.done = true;
   }
 
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGPIPE);
-  pthread_sigmask(SIG_BLOCK, &set, NULL);
-  sigdelset(&set, SIGPIPE);
-  int sfd = signalfd(-1, &set, SFD_CLOEXEC);
-  (void)fcntl(STDIN_FILENO, F_SETFL, fcntl(STDIN_FILENO, F_GETFL) | O_NONBLOCK);
+  stdin_flags = fcntl(STDIN_FILENO, F_GETFL);
+  if (stdin_flags >= 0)
+    (void)fcntl(STDIN_FILENO, F_SETFL, stdin_flags | O_NONBLOCK);
+  run.progress_at = mono_ms();
 
   while (!run.done) {
     int64_t now = mono_ms();
     bool resending = run.connected && run.stdin_eof && now < run.eof_until;
     if (run.connected && run.stdin_eof) {
-      if (run.peer_eof) {
-        end_session(&run);
+      /* Leave once the peer's input has ended too (and its data is in,
+       * or late datagrams had their chance), and the peer has confirmed
+       * ours (or we stop waiting for it). */
+      bool rx_done = run.peer_eof && (run.rx_count >= run.peer_total ||
+                                      now >= run.peer_eof_at + EOF_REORDER_MS);
+      bool tx_done = run.sent == 0 || run.peer_saw_eof || !resending;
+      if (rx_done && tx_done) {
+        end_session(&run, true);
         continue;
       }
       if (resending && now >= run.eof_next)
         send_eof(&run, now);
     }
     int wait = np_agent_timeout(run.agent);
-    if (resending) {
-      int64_t d = run.eof_next - now;
+    int64_t next = INT64_MAX;
+    if (resending)
+      next = run.eof_next;
+    if (run.connected && run.peer_eof && run.peer_eof_at + EOF_REORDER_MS < next)
+      next = run.peer_eof_at + EOF_REORDER_MS;
+    if (run.connected && run.rx_count != run.acked_count && run.ack_at + ACK_DELAY_MS < next)
+      next = run.ack_at + ACK_DELAY_MS;
+    bool want_stdin = run.connected && !run.stdin_eof;
+    bool can_send = want_stdin && run.pending_len == 0 && window_open(&run, now);
+    if (want_stdin && run.pending_len > 0)
+      next = now + 1; /* the socket buffer was full a moment ago */
+    else if (want_stdin && !can_send && run.progress_at + STALL_MS < next)
+      next = run.progress_at + STALL_MS;
+    if (next != INT64_MAX) {
+      int64_t d = next - now;
       if (wait < 0 || d < wait)
         wait = d < 0 ? 0 : (int)d;
     }
     struct pollfd pfd[3] = {{sfd, POLLIN, 0},
                             {np_agent_fd(run.agent), POLLIN, 0},
                             {STDIN_FILENO, POLLIN, 0}};
-    int nfds = run.connected && !run.stdin_eof ? 3 : 2;
-    if (poll(pfd, (nfds_t)nfds, wait) < 0 && errno != EINTR)
+    int nfds = can_send ? 3 : 2;
+    if (poll(pfd, (nfds_t)nfds, wait) < 0 && errno != EINTR) {
+      say(o, NP_LOG_ERROR, "poll: %s", strerror(errno));
       break;
+    }
     if (pfd[0].revents & POLLIN) {
-      if (!o->listen || run.connected)
-        emit_simple(o, "failed", "interrupted");
-      run.exit_code = o->listen && !run.connected ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+      struct signalfd_siginfo si;
+      int sig = read(sfd, &si, sizeof si) == (ssize_t)sizeof si ? (int)si.ssi_signo : SIGINT;
+      const char *name = sig == SIGTERM ? "SIGTERM" : "SIGINT";
+      char reason[100];
+      if (run.connected) {
+        /* The peer learns that this was an abort, not the end of our data. */
+        snprintf(reason, sizeof reason, "interrupted by %s; the peer is told the session was aborted",
+                 name);
+        cJSON *ev = cJSON_CreateObject();
+        cJSON_AddStringToObject(ev, "event", "closed");
+        cJSON_AddStringToObject(ev, "cause", "interrupted");
+        cJSON_AddStringToObject(ev, "reason", reason);
+        emit(o, ev, reason);
+        np_agent_abort(run.agent);
+      } else if (!o->listen) {
+        snprintf(reason, sizeof reason, "interrupted by %s", name);
+        emit_simple(o, "failed", reason);
+        np_agent_abort(run.agent);
+      }
+      /* As --help says: a listener stopped by a signal exits 0, a caller 1. */
+      run.exit_code = o->listen ? CLI_EXIT_OK : CLI_EXIT_FAIL;
       break;
     }
     now = mono_ms();
-    if (nfds == 3 && (pfd[2].revents & (POLLIN | POLLHUP | POLLERR)))
+    if (run.connected && !run.stdin_eof && run.pending_len > 0)
+      (void)flush_pending(&run);
+    else if (nfds == 3 && (pfd[2].revents & (POLLIN | POLLHUP | POLLERR)))
       read_stdin(&run, now);
     np_agent_process(run.agent);
     np_agent_event ev;
@@ -614,9 +924,9 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
     if (run.connected)
       drain_data(&run, mono_ms());
   }
+  restore_stdin();
   np_agent_free(run.agent); /* says goodbye to the peer, deletes the port mapping */
-  if (sfd >= 0)
-    close(sfd);
+  close(sfd);
   np_identity_free(id);
   return run.exit_code;
 }

@@ -8,9 +8,11 @@
 #include <string.h>
 
 #define CMD "rendezvous-server"
+/* The port the clients' --rendezvous IP defaults to. */
+#define DEFAULT_PORT 7000
 
 static void usage(FILE *out) {
-  fprintf(out, "Usage: natpunch rendezvous-server --listen IP:PORT [OPTIONS]\n\n"
+  fprintf(out, "Usage: natpunch rendezvous-server --listen IP[:PORT] [OPTIONS]\n\n"
                "Runs the rendezvous (signaling) server in the foreground, on TCP. A peer\n"
                "registers its peer ID by signing a fresh challenge with its key, so nobody can\n"
                "register an ID whose key it lacks; registering the same ID again moves it to the\n"
@@ -19,7 +21,8 @@ static void usage(FILE *out) {
                "sender is who it claims, honours the callee's list of allowed callers (403), and\n"
                "adds the sender's address as it sees it. One thread, one epoll loop.\n\n"
                "Options:\n"
-               "  -l, --listen IP:PORT         TCP address (IPv6 as [addr]:port)\n"
+               "  -l, --listen IP[:PORT]       TCP address, numeric (IPv6 as [addr]:port);\n"
+               "                               the port defaults to 7000, as the clients'\n"
                "  -c, --max-connections N      connections at once, 1..1000000 (default 20000);\n"
                "                               beyond it new ones get error 503 and are closed.\n"
                "                               The open-file limit is raised to fit (the hard\n"
@@ -105,7 +108,7 @@ int cli_rendezvous_server(int argc, char **argv) {
     int bad = 0;
     switch (c) {
     case 'l':
-      if (cli_parse_addr(CMD, "--listen", optarg, 0, &cfg.listen) != 0)
+      if (cli_parse_addr(CMD, "--listen", optarg, DEFAULT_PORT, &cfg.listen) != 0)
         return CLI_EXIT_USAGE;
       have_listen = true;
       break;
@@ -144,7 +147,7 @@ int cli_rendezvous_server(int argc, char **argv) {
   if (optind < argc)
     return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
   if (!have_listen)
-    return cli_usage_error(CMD, "--listen IP:PORT is required");
+    return cli_usage_error(CMD, "--listen IP[:PORT] is required");
 
   np_rendezvous_server *srv = NULL;
   int rc = np_rendezvous_server_new(&cfg, &srv);

@@ -437,7 +437,11 @@ enum np_agent_event_type {
   NP_AGENT_CALL,           /* an allowed caller's offer arrived: traversal starts */
   NP_AGENT_CONNECTED,      /* the direct path is up: np_agent_stats() has it */
   NP_AGENT_FAILED,         /* the session failed; 'error' and 'reason' say why */
-  NP_AGENT_CLOSED,         /* the peer closed the session */
+  NP_AGENT_CLOSED,         /* the session ended; 'error' and 'reason' say how: 0 the
+                            * peer closed it normally (np_agent_close()),
+                            * NP_ERR_CANCELLED the peer aborted it (np_agent_abort()),
+                            * NP_ERR_TIMEOUT the peer vanished (nothing
+                            * authenticated from it for peer_timeout_ms) */
 };
 
 /* How the winning pair was found. */
@@ -456,8 +460,8 @@ NP_EXPORT const char *np_via_name(enum np_via via);
 typedef struct np_agent_event {
   enum np_agent_event_type type;
   uint8_t peer[NP_PUBKEY_LEN]; /* CALL, CONNECTED, FAILED, CLOSED */
-  int error;                   /* FAILED: an NP_ERR_* code */
-  char reason[160];            /* FAILED: a sentence for humans */
+  int error;                   /* FAILED, CLOSED: an NP_ERR_* code (CLOSED: see above) */
+  char reason[160];            /* FAILED, CLOSED: a sentence for humans */
   np_addr observed;            /* REGISTERED: our address as the server saw it */
 } np_agent_event;
 
@@ -473,6 +477,10 @@ typedef struct np_session_stats {
   uint32_t rounds;       /* prediction rounds run (0: direct candidates sufficed) */
   int sockets;           /* UDP sockets open at the peak (birthday method) */
   uint64_t bytes_sent, bytes_received, datagrams_sent, datagrams_received;
+  /* Datagrams from the peer dropped because np_agent_recv()'s queue (256)
+   * was full: the application did not read fast enough. Loss on the way,
+   * or in a full socket buffer, is not seen here. */
+  uint64_t datagrams_dropped;
 } np_session_stats;
 
 typedef struct np_agent_config {
@@ -489,12 +497,23 @@ typedef struct np_agent_config {
   int n_allow;
   int predict_after_ms; /* no direct success by then: predict. 0 = 1000 */
   int session_timeout_ms; /* give up a traversal after this. 0 = 20000 */
-  int keepalive_ms;     /* on the established path. 0 = 25000 */
+  /* Authenticated keepalives on the established path (they also hold the
+   * NATs' mappings open). 0 = 5000, or a quarter of peer_timeout_ms when
+   * that is shorter. Must be below peer_timeout_ms. */
+  int keepalive_ms;
+  /* A connected session ends (CLOSED, NP_ERR_TIMEOUT, "the peer vanished")
+   * when nothing authenticated (keepalive or probe; data datagrams are not
+   * authenticated yet and do not count) came from the peer on the path for
+   * this long. 0 = 20000. */
+  int peer_timeout_ms;
   int max_probes;       /* discovery packets per session. 0 = 6000 */
   int birthday_sockets; /* sockets for the birthday method. 0 = 256, at most 1023 */
   int prime_ttl;        /* TTL of priming packets, at most 255. 0 = measured (hops to our
                          * outermost NAT + 1) */
-  bool no_portmap;      /* skip UPnP / NAT-PMP / PCP */
+  /* Skip UPnP / NAT-PMP / PCP. Without it, a mapping the gateway grants is
+   * renewed at half its granted lifetime, and one that runs out unrenewed
+   * is no longer offered. */
+  bool no_portmap;
   bool no_prime;        /* never send TTL-limited priming packets */
   /* Optional: called from np_agent_process() for each event, in addition
    * to the np_agent_next_event() queue. */
@@ -543,7 +562,9 @@ NP_EXPORT int np_agent_next_event(np_agent *a, np_agent_event *ev);
 
 /* Sends one datagram to the peer on the established path. Returns 0,
  * NP_ERR_INVAL when not connected or len > 1200 (fits any path MTU),
- * NP_ERR_AGAIN when the socket buffer is full. */
+ * NP_ERR_AGAIN when the socket buffer is full: nothing was sent, keep the
+ * datagram and try again shortly (there is no retransmission: a datagram
+ * sent may still be lost on the way). */
 NP_EXPORT int np_agent_send(np_agent *a, const void *buf, size_t len);
 
 /* Copies the next datagram received from the peer into buf (at most cap
@@ -552,10 +573,14 @@ NP_EXPORT int np_agent_send(np_agent *a, const void *buf, size_t len);
  * connected. */
 NP_EXPORT int np_agent_recv(np_agent *a, void *buf, size_t cap);
 
-/* Ends the session: tells the peer (best effort) and releases the path,
- * the extra sockets and the port mapping. A listening agent then accepts
- * the next call. Safe in any state. */
+/* Ends the session: tells the peer (best effort; its CLOSED event has
+ * error 0) and releases the path and the extra sockets. A listening agent
+ * then accepts the next call. Safe in any state. */
 NP_EXPORT void np_agent_close(np_agent *a);
+
+/* Like np_agent_close(), but tells the peer that the session was aborted
+ * (interrupted, not finished): its CLOSED event has NP_ERR_CANCELLED. */
+NP_EXPORT void np_agent_abort(np_agent *a);
 
 /* Copies the session's statistics. */
 NP_EXPORT void np_agent_stats(const np_agent *a, np_session_stats *out);

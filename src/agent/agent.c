@@ -64,6 +64,11 @@
  * matters most. */
 #define PORTMAP_WAIT_MS 100
 #define BYE_SENDS 3
+/* A vanished peer: nothing authenticated on the path for this long ends the
+ * session. Keepalives (authenticated STUN indications from punch.c) come
+ * every DEFAULT_KEEPALIVE_MS, so four in a row must be lost first. */
+#define DEFAULT_PEER_TIMEOUT_MS 20000
+#define DEFAULT_KEEPALIVE_MS 5000
 #define HOLD_MIN_MS 400
 #define HOLD_MAX_MS 3000
 #define RECV_BATCH 64         /* datagrams read per socket per process call */
@@ -72,6 +77,10 @@
  * unassigned; QUIC, later, uses 64..255). */
 #define PKT_DATA 0x04
 #define PKT_BYE 0x05
+/* The byte after PKT_BYE: why we leave. A BYE without it (older peers) is
+ * a normal close. */
+#define BYE_NORMAL 0
+#define BYE_ABORT 1
 
 /* epoll tags: sockets use their index; these are above any index. */
 #define TAG_RDV 0x7ffffff0u
@@ -129,6 +138,7 @@ struct np_agent {
   int prime_ttl;
 
   struct pm_job *pm; /* port-mapping worker, NULL when none */
+  bool pm_offered;   /* the worker's last word was a live mapping */
 
   /* Session. */
   enum session_state st;
@@ -148,6 +158,7 @@ struct np_agent {
   np_nat_probe *probe;
   np_punch *punch;
   np_session_stats stats;
+  int64_t peer_heard; /* connected: last authenticated packet from the peer on the path */
 
   np_agent_event ev[MAX_EVENTS];
   int ev_head, ev_n;
@@ -432,15 +443,31 @@ static void drain_errqueue(np_agent *a, int fd) {
 /* The port-mapping worker's state lives apart from the agent and is freed
  * by whichever of the two lets go last: freeing an agent must not wait for
  * a UPnP discovery that can take seconds, so the agent may abandon a
- * running worker, which then deletes whatever it mapped and frees itself. */
+ * running worker, which then deletes whatever it mapped and frees itself.
+ *
+ * Once mapped, the worker stays to renew the mapping at half its granted
+ * lifetime (RFC 6887 11.2.1 says between 1/2 and 5/8; RFC 6886 3.3 half),
+ * retrying a failed renewal at a quarter of what is left, and marks the
+ * mapping dead when its lifetime runs out unrenewed, so that a long-running
+ * listener never offers it; it keeps trying (the same request recreates the
+ * mapping after a gateway restart), every PM_RETRY_MAX_MS at most. */
+#define PM_MIN_RENEW_MS 1000
+#define PM_RETRY_MAX_MS 60000
+
+enum pm_phase { PM_OPENING, PM_SLEEPING, PM_RENEWING, PM_EXITED };
+
 struct pm_job {
   pthread_mutex_t lock;
+  pthread_cond_t cond; /* signalled when the agent lets go */
+  pthread_t thread;
   int refs;           /* agent + worker */
+  enum pm_phase phase;
   bool done;
   bool slow;          /* the unicast protocols failed; UPnP discovery runs */
   bool abandoned;     /* the agent is gone */
   int rc;
   np_addr external;
+  int64_t expires;    /* monotonic ms when the mapping ends unless renewed; INT64_MAX: never */
   int wakefd;         /* the agent's eventfd (not ours to close) */
   np_portmap *fast;   /* PCP and NAT-PMP: one round trip to the gateway */
   np_portmap *upnp;   /* UPnP IGD: multicast discovery, then HTTP */
@@ -457,8 +484,93 @@ static void pm_job_release(struct pm_job *j) {
     (void)np_portmap_close(j->used); /* mappings do not outlive the agent */
   np_portmap_free(j->fast);
   np_portmap_free(j->upnp);
+  pthread_cond_destroy(&j->cond);
   pthread_mutex_destroy(&j->lock);
   free(j);
+}
+
+/* Tells the agent's loop (under the lock). */
+static void pm_wake_agent(struct pm_job *j) {
+  if (!j->abandoned) {
+    uint64_t one = 1;
+    ssize_t w = write(j->wakefd, &one, sizeof one);
+    (void)w;
+  }
+}
+
+static int64_t pm_expiry(int64_t now, uint32_t lifetime_s) {
+  return lifetime_s ? now + (int64_t)lifetime_s * 1000 : INT64_MAX;
+}
+
+/* Sleeps until 'until' (monotonic ms) or the agent lets go; under the lock.
+ * Returns false when abandoned. */
+static bool pm_sleep(struct pm_job *j, int64_t until) {
+  j->phase = PM_SLEEPING;
+  while (!j->abandoned) {
+    int64_t now = np_now_ms();
+    if (until != INT64_MAX && now >= until)
+      break;
+    if (until == INT64_MAX) {
+      pthread_cond_wait(&j->cond, &j->lock);
+      continue;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t ns = (int64_t)ts.tv_nsec + (until - now) * 1000000;
+    ts.tv_sec += (time_t)(ns / 1000000000);
+    ts.tv_nsec = (long)(ns % 1000000000);
+    (void)pthread_cond_timedwait(&j->cond, &j->lock, &ts);
+  }
+  return !j->abandoned;
+}
+
+/* Renews j->used until the agent lets go. */
+static void pm_keep(struct pm_job *j) {
+  pthread_mutex_lock(&j->lock);
+  int64_t granted_at = np_now_ms();
+  uint32_t life = np_portmap_lifetime(j->used);
+  int64_t next = life ? granted_at + (int64_t)life * 500 : INT64_MAX;
+  if (next != INT64_MAX && next < granted_at + PM_MIN_RENEW_MS)
+    next = granted_at + PM_MIN_RENEW_MS;
+  int64_t retry = 0;
+  while (pm_sleep(j, next)) {
+    j->phase = PM_RENEWING;
+    pthread_mutex_unlock(&j->lock);
+    np_addr ext;
+    int rc = np_portmap_renew(j->used, &ext);
+    int64_t now = np_now_ms();
+    pthread_mutex_lock(&j->lock);
+    if (rc == 0) {
+      bool changed = j->rc != 0 || !np_addr_equal(&ext, &j->external);
+      life = np_portmap_lifetime(j->used);
+      j->rc = 0;
+      j->external = ext;
+      j->expires = pm_expiry(now, life);
+      retry = 0;
+      next = life ? now + (int64_t)life * 500 : INT64_MAX;
+      if (next != INT64_MAX && next < now + PM_MIN_RENEW_MS)
+        next = now + PM_MIN_RENEW_MS;
+      if (changed)
+        pm_wake_agent(j);
+      continue;
+    }
+    if (j->rc == 0 && now >= j->expires) {
+      j->rc = NP_ERR_TIMEOUT; /* dead: no longer offered */
+      pm_wake_agent(j);
+    }
+    /* Before expiry, a quarter of what is left (at least a second); after,
+     * backing off to PM_RETRY_MAX_MS. */
+    if (j->rc == 0) {
+      int64_t left = j->expires - now;
+      next = now + (left / 4 > PM_MIN_RENEW_MS ? left / 4 : PM_MIN_RENEW_MS);
+    } else {
+      retry = retry ? retry * 2 : 2000;
+      if (retry > PM_RETRY_MAX_MS)
+        retry = PM_RETRY_MAX_MS;
+      next = now + retry;
+    }
+  }
+  pthread_mutex_unlock(&j->lock);
 }
 
 static void *portmap_worker(void *arg) {
@@ -479,11 +591,15 @@ static void *portmap_worker(void *arg) {
   j->rc = rc;
   j->external = ext;
   j->used = rc == 0 ? used : NULL;
-  if (!j->abandoned) {
-    uint64_t one = 1;
-    ssize_t w = write(j->wakefd, &one, sizeof one);
-    (void)w;
-  }
+  if (rc == 0)
+    j->expires = pm_expiry(np_now_ms(), np_portmap_lifetime(used));
+  pm_wake_agent(j);
+  bool keep = rc == 0 && !j->abandoned;
+  pthread_mutex_unlock(&j->lock);
+  if (keep)
+    pm_keep(j);
+  pthread_mutex_lock(&j->lock);
+  j->phase = PM_EXITED;
   pthread_mutex_unlock(&j->lock);
   pm_job_release(j);
   return NULL;
@@ -496,6 +612,11 @@ static void portmap_start(np_agent *a) {
   if (!j)
     return;
   pthread_mutex_init(&j->lock, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* np_now_ms()'s clock */
+  pthread_cond_init(&j->cond, &ca);
+  pthread_condattr_destroy(&ca);
   j->wakefd = a->wakefd;
   j->refs = 2;
   np_portmap_config pc = {
@@ -509,38 +630,49 @@ static void portmap_start(np_agent *a) {
   np_portmap_config fast = pc, slow = pc;
   fast.no_upnp = true;
   slow.no_pcp = slow.no_natpmp = true;
-  pthread_t t;
   if (np_portmap_new(&fast, &j->fast) != 0 || np_portmap_new(&slow, &j->upnp) != 0 ||
-      pthread_create(&t, NULL, portmap_worker, j) != 0) {
+      pthread_create(&j->thread, NULL, portmap_worker, j) != 0) {
     j->refs = 1;
     pm_job_release(j);
     return;
   }
-  pthread_detach(t);
   a->pm = j;
 }
 
-/* Lets go of the worker: deletes the mapping now if it is done, else leaves
- * that to the worker. The log callback may still be called by the worker
+/* Lets go of the worker. A worker that is between renewals (or finished)
+ * is woken and joined, and the mapping is deleted now, before this
+ * returns (a round trip to the gateway): a process that exits right after
+ * must not leave it behind. One still in a blocking exchange (UPnP
+ * discovery takes seconds) is left to finish on its own: it deletes
+ * whatever it mapped. The log callback may be called by such a worker
  * until it ends, so applications keep their log sink alive (the CLI's is
  * static). */
 static void portmap_stop(np_agent *a) {
-  if (!a->pm)
+  struct pm_job *j = a->pm;
+  if (!j)
     return;
-  pthread_mutex_lock(&a->pm->lock);
-  a->pm->abandoned = true;
-  pthread_mutex_unlock(&a->pm->lock);
-  pm_job_release(a->pm);
+  pthread_mutex_lock(&j->lock);
+  j->abandoned = true;
+  pthread_cond_broadcast(&j->cond);
+  bool join = j->phase == PM_SLEEPING || j->phase == PM_EXITED;
+  /* Kept alive across the join: the worker's release is then not the
+   * last, and ours deletes the mapping here. */
+  pthread_mutex_unlock(&j->lock);
+  if (join)
+    pthread_join(j->thread, NULL);
+  else
+    pthread_detach(j->thread);
+  pm_job_release(j);
   a->pm = NULL;
 }
 
-/* The mapped address, if the worker has one by now. */
+/* The mapped address, if the worker has one by now and it has not expired. */
 static bool portmap_get(np_agent *a, np_addr *out, enum np_portmap_proto *proto) {
   bool ok = false;
   if (!a->pm)
     return false;
   pthread_mutex_lock(&a->pm->lock);
-  if (a->pm->done && a->pm->rc == 0) {
+  if (a->pm->done && a->pm->rc == 0 && np_now_ms() < a->pm->expires) {
     *out = a->pm->external;
     if (proto)
       *proto = np_portmap_protocol(a->pm->used);
@@ -929,6 +1061,10 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
   /* Checked now rather than when a session starts: a TTL over 255, say,
    * would otherwise fail every call, long after the mistake was made. */
   if (cfg->predict_after_ms < 0 || cfg->session_timeout_ms < 0 || cfg->keepalive_ms < 0 ||
+      cfg->peer_timeout_ms < 0 ||
+      (cfg->keepalive_ms > 0 && cfg->peer_timeout_ms > 0 &&
+       cfg->keepalive_ms >= cfg->peer_timeout_ms) ||
+      (cfg->keepalive_ms >= DEFAULT_PEER_TIMEOUT_MS && cfg->peer_timeout_ms == 0) ||
       cfg->max_probes < 0 || cfg->birthday_sockets < 0 ||
       cfg->birthday_sockets >= NP_PUNCH_MAX_SOCKETS || cfg->prime_ttl < 0 || cfg->prime_ttl > 255)
     return NP_ERR_INVAL;
@@ -938,6 +1074,16 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
   if (!a)
     return NP_ERR_NOMEM;
   a->cfg = *cfg;
+  if (a->cfg.peer_timeout_ms == 0)
+    a->cfg.peer_timeout_ms = DEFAULT_PEER_TIMEOUT_MS;
+  if (a->cfg.keepalive_ms == 0) {
+    /* Frequent enough that a few lost ones do not end the session. */
+    a->cfg.keepalive_ms = a->cfg.peer_timeout_ms / 4 < DEFAULT_KEEPALIVE_MS
+                              ? a->cfg.peer_timeout_ms / 4
+                              : DEFAULT_KEEPALIVE_MS;
+    if (a->cfg.keepalive_ms < 1)
+      a->cfg.keepalive_ms = 1;
+  }
   a->epfd = a->wakefd = -1;
   a->rdv_fd = -1;
   np_budget_init(&a->budget, 0, 0, np_now_ms());
@@ -1045,6 +1191,7 @@ static void enqueue_data(np_agent *a, const uint8_t *payload, size_t len) {
   a->stats.datagrams_received++;
   a->stats.bytes_received += len;
   if (a->rx_n == MAX_RX) {
+    a->stats.datagrams_dropped++;
     NP_LOGD(&a->log, "agent: receive queue full; datagram dropped");
     return;
   }
@@ -1069,6 +1216,7 @@ static void on_connected(np_agent *a, int64_t now) {
   a->stats.probes_received = r.probes_received;
   a->stats.rounds = r.rounds;
   a->stats.sockets = r.sockets;
+  a->peer_heard = now;
   /* The winner stays; every other birthday socket goes. */
   close_sockets_except(a, r.sock);
   for (int i = 0; i < a->n_early; i++)
@@ -1083,8 +1231,17 @@ static void deliver(np_agent *a, int sock, const np_addr *from, const uint8_t *b
   if (a->probe && sock == 0) {
     np_nat_probe_input(a->probe, now, NP_PROBE_SOCK_MAIN, from, buf, len);
   }
-  if (a->punch && np_punch_input(a->punch, now, sock, from, buf, len))
+  if (a->punch && np_punch_input(a->punch, now, sock, from, buf, len)) {
+    /* Authenticated, of this session: the peer is alive, if it came on the
+     * path (the session key makes it the peer's; a copy replayed from
+     * elsewhere does not count). */
+    int ps;
+    np_addr pr;
+    if (a->st == S_CONNECTED && np_punch_path(a->punch, &ps, &pr) && ps == sock &&
+        np_addr_equal(from, &pr))
+      a->peer_heard = now;
     return;
+  }
   if (len == 0 || np_stun_is_stun(buf, len))
     return;
   if (a->st == S_PUNCHING && buf[0] == PKT_DATA && a->n_early < MAX_EARLY) {
@@ -1104,7 +1261,10 @@ static void deliver(np_agent *a, int sock, const np_addr *from, const uint8_t *b
     return; /* only the peer, on the path */
   if (buf[0] == PKT_BYE) {
     a->st = S_DONE;
-    session_event(a, NP_AGENT_CLOSED, 0, "the peer closed the session");
+    if (len > 1 && buf[1] == BYE_ABORT)
+      session_event(a, NP_AGENT_CLOSED, NP_ERR_CANCELLED, "the peer aborted the session");
+    else
+      session_event(a, NP_AGENT_CLOSED, 0, "the peer closed the session");
     return;
   }
   if (buf[0] != PKT_DATA)
@@ -1191,6 +1351,15 @@ static void run_machines(np_agent *a, int64_t now) {
     else if (a->st == S_PUNCHING && r.state == NP_PUNCH_FAILED)
       session_fail(a, r.error, r.reason);
   }
+  if (a->st == S_CONNECTED && now >= a->peer_heard + a->cfg.peer_timeout_ms) {
+    char reason[160];
+    snprintf(reason, sizeof reason,
+             "the peer vanished: nothing authenticated from it for %d s (no keepalive)",
+             (a->cfg.peer_timeout_ms + 500) / 1000);
+    NP_LOGI(&a->log, "agent: %s", reason);
+    a->st = S_DONE;
+    session_event(a, NP_AGENT_CLOSED, NP_ERR_TIMEOUT, reason);
+  }
   if (a->st == S_DONE && a->cfg.listen && a->callee && a->rx_n == 0)
     session_reset(a); /* ready for the next call, once the data is read */
 }
@@ -1217,11 +1386,16 @@ NP_EXPORT int np_agent_process(np_agent *a) {
       (void)r;
       np_addr pm;
       enum np_portmap_proto proto;
-      if (portmap_get(a, &pm, &proto)) {
+      bool have = portmap_get(a, &pm, &proto);
+      if (have) {
         char t[NP_ADDRSTRLEN];
         NP_LOGI(&a->log, "agent: gateway mapped %s (%s)", np_addr_format(&pm, t, sizeof t),
                 np_portmap_proto_name(proto));
+      } else if (a->pm_offered) {
+        NP_LOGW(&a->log, "agent: the gateway's port mapping ran out unrenewed; no longer offered "
+                         "(renewal goes on trying)");
       }
+      a->pm_offered = have;
     } else if ((int)tag < a->nsocks && a->socks[tag] >= 0) {
       if (evs[i].events & EPOLLERR)
         drain_errqueue(a, a->socks[tag]);
@@ -1256,6 +1430,8 @@ NP_EXPORT int np_agent_timeout(const np_agent *a) {
     int64_t p = np_punch_wakeup(a->punch);
     w = p < w ? p : w;
   }
+  if (a->st == S_CONNECTED && a->peer_heard + a->cfg.peer_timeout_ms < w)
+    w = a->peer_heard + a->cfg.peer_timeout_ms;
   if ((a->st == S_GATHERING || a->st == S_OFFERED) && a->session_deadline < w)
     w = a->session_deadline;
   if (w == INT64_MAX)
@@ -1329,18 +1505,26 @@ NP_EXPORT int np_agent_recv(np_agent *a, void *buf, size_t cap) {
   return (int)n;
 }
 
-NP_EXPORT void np_agent_close(np_agent *a) {
+static void agent_end(np_agent *a, uint8_t why) {
   if (!a)
     return;
   if (a->st == S_CONNECTED && a->punch) {
     np_punch_result r;
     np_punch_result_get(a->punch, &r);
-    uint8_t bye = PKT_BYE;
+    uint8_t bye[2] = {PKT_BYE, why};
     /* Best effort: a few copies, since a datagram may be lost. */
     for (int i = 0; i < BYE_SENDS; i++)
-      (void)send_on(a, r.sock, &r.remote, 0, &bye, 1);
+      (void)send_on(a, r.sock, &r.remote, 0, bye, sizeof bye);
   }
   session_reset(a);
+}
+
+NP_EXPORT void np_agent_close(np_agent *a) {
+  agent_end(a, BYE_NORMAL);
+}
+
+NP_EXPORT void np_agent_abort(np_agent *a) {
+  agent_end(a, BYE_ABORT);
 }
 
 NP_EXPORT void np_agent_stats(const np_agent *a, np_session_stats *out) {

@@ -57,12 +57,14 @@ struct np_portmap {
   enum np_portmap_proto proto; /* what made the current mapping */
   np_addr external;
   np_addr gateway; /* NAT-PMP/PCP gateway actually used */
+  uint32_t granted_s; /* lifetime of the current mapping, as granted */
   /* PCP: the request that made the mapping, replayed with lifetime 0. */
   np_pcp_map_request pcp_req;
   /* UPnP: enough to delete the mapping without discovering again. */
   char *upnp_control_url;
   char upnp_service_type[MINIUPNPC_URL_MAXSIZE];
   char upnp_ext_port[8];
+  char upnp_client[64];
 };
 
 const char *np_portmap_proto_name(enum np_portmap_proto p) {
@@ -243,21 +245,33 @@ static int pcp_exchange(np_portmap *pm, int fd, const np_pcp_map_request *req, i
   }
 }
 
-static int try_pcp(np_portmap *pm, int64_t deadline, np_addr *external) {
+/* One MAP request: a new one (renew false), or the current mapping's again
+ * with its nonce and the assigned port suggested (renew true). */
+static int pcp_map(np_portmap *pm, int64_t deadline, bool renew, np_addr *external) {
   np_addr local;
   int fd = pcp_socket(pm, &local);
   if (fd < 0)
     return fd;
   np_pcp_map_request req;
-  memset(&req, 0, sizeof req);
-  req.client = local;
-  req.lifetime = (uint32_t)pm->cfg.lifetime_s;
-  req.protocol = NP_PCP_PROTO_UDP;
-  req.internal_port = pm->cfg.internal_port;
-  /* Ask for the same port outside: peers and logs are simpler that way,
-   * and the server picks another when it is taken. */
-  req.suggested_port = pm->cfg.internal_port;
-  int rc = np_random_bytes(req.nonce, sizeof req.nonce);
+  int rc = 0;
+  if (renew) {
+    req = pm->pcp_req;
+    req.client = local;
+    req.lifetime = (uint32_t)pm->cfg.lifetime_s;
+    req.suggested_port = np_addr_port(&pm->external);
+    req.suggested = pm->external;
+    np_addr_set_port(&req.suggested, 0);
+  } else {
+    memset(&req, 0, sizeof req);
+    req.client = local;
+    req.lifetime = (uint32_t)pm->cfg.lifetime_s;
+    req.protocol = NP_PCP_PROTO_UDP;
+    req.internal_port = pm->cfg.internal_port;
+    /* Ask for the same port outside: peers and logs are simpler that way,
+     * and the server picks another when it is taken. */
+    req.suggested_port = pm->cfg.internal_port;
+    rc = np_random_bytes(req.nonce, sizeof req.nonce);
+  }
   if (rc == 0) {
     np_pcp_map_response resp;
     rc = pcp_exchange(pm, fd, &req, deadline, &resp);
@@ -272,13 +286,19 @@ static int try_pcp(np_portmap *pm, int64_t deadline, np_addr *external) {
     } else if (rc == 0) {
       *external = resp.external;
       pm->pcp_req = req;
+      pm->granted_s = resp.lifetime;
       char a[NP_ADDRSTRLEN];
-      NP_LOGI(&pm->log, "portmap: pcp: mapped udp %u -> %s for %" PRIu32 " s",
-              pm->cfg.internal_port, np_addr_format(external, a, sizeof a), resp.lifetime);
+      NP_LOGI(&pm->log, "portmap: pcp: %s udp %u -> %s for %" PRIu32 " s",
+              renew ? "renewed" : "mapped", pm->cfg.internal_port,
+              np_addr_format(external, a, sizeof a), resp.lifetime);
     }
   }
   close(fd);
   return rc;
+}
+
+static int try_pcp(np_portmap *pm, int64_t deadline, np_addr *external) {
+  return pcp_map(pm, deadline, false, external);
 }
 
 static int delete_pcp(np_portmap *pm, int64_t deadline) {
@@ -352,7 +372,10 @@ static int natpmp_open_handle(np_portmap *pm, natpmp_t *n) {
   return 0;
 }
 
-static int try_natpmp(np_portmap *pm, int64_t deadline, np_addr *external) {
+/* A mapping request asking for public_port outside (the internal port for a
+ * new mapping, the assigned one for a renewal). */
+static int natpmp_map(np_portmap *pm, int64_t deadline, uint16_t public_port, bool renew,
+                      np_addr *external) {
   natpmp_t n;
   int rc = natpmp_open_handle(pm, &n);
   if (rc != 0)
@@ -372,8 +395,8 @@ static int try_natpmp(np_portmap *pm, int64_t deadline, np_addr *external) {
     goto out;
   }
   struct in_addr pub = resp.pnu.publicaddress.addr;
-  if (sendnewportmappingrequest(&n, NATPMP_PROTOCOL_UDP, pm->cfg.internal_port,
-                                pm->cfg.internal_port, (uint32_t)pm->cfg.lifetime_s) < 0) {
+  if (sendnewportmappingrequest(&n, NATPMP_PROTOCOL_UDP, pm->cfg.internal_port, public_port,
+                                (uint32_t)pm->cfg.lifetime_s) < 0) {
     rc = NP_ERR_SYS;
     goto out;
   }
@@ -390,12 +413,18 @@ static int try_natpmp(np_portmap *pm, int64_t deadline, np_addr *external) {
   external->u.in4.sin_family = AF_INET;
   external->u.in4.sin_addr = pub;
   external->u.in4.sin_port = htons(resp.pnu.newportmapping.mappedpublicport);
+  pm->granted_s = resp.pnu.newportmapping.lifetime;
   char a[NP_ADDRSTRLEN];
-  NP_LOGI(&pm->log, "portmap: natpmp: mapped udp %u -> %s for %" PRIu32 " s", pm->cfg.internal_port,
+  NP_LOGI(&pm->log, "portmap: natpmp: %s udp %u -> %s for %" PRIu32 " s",
+          renew ? "renewed" : "mapped", pm->cfg.internal_port,
           np_addr_format(external, a, sizeof a), resp.pnu.newportmapping.lifetime);
 out:
   closenatpmp(&n);
   return rc;
+}
+
+static int try_natpmp(np_portmap *pm, int64_t deadline, np_addr *external) {
+  return natpmp_map(pm, deadline, pm->cfg.internal_port, false, external);
 }
 
 static int delete_natpmp(np_portmap *pm, int64_t deadline) {
@@ -416,6 +445,28 @@ static int delete_natpmp(np_portmap *pm, int64_t deadline) {
 }
 
 /* ---- UPnP IGD ---------------------------------------------------------- */
+
+/* The lease the gateway holds for our entry (IGD's PortMappingLeaseDuration,
+ * seconds left), which may be less than we asked: IGDv2 caps leases at a
+ * week, and gateways have their own limits. Falls back on 'asked' when the
+ * gateway does not say. */
+static uint32_t upnp_lease(np_portmap *pm, const char *control_url, const char *service,
+                           const char *ext_port, uint32_t asked) {
+  char client[64] = "", in_port[8] = "", desc[80] = "", enabled[4] = "", lease[16] = "";
+  int r = UPNP_GetSpecificPortMappingEntry(control_url, service, ext_port, "UDP", NULL, client,
+                                           in_port, desc, enabled, lease);
+  long v;
+  char *end = NULL;
+  if (r != 0 || lease[0] == '\0')
+    return asked;
+  v = strtol(lease, &end, 10);
+  if (*end != '\0' || v < 0 || v > (long)UINT32_MAX)
+    return asked;
+  if (v != (long)asked)
+    NP_LOGD(&pm->log, "portmap: upnp: the gateway holds the lease for %ld s (asked %" PRIu32 ")",
+            v, asked);
+  return (uint32_t)v;
+}
 
 static int try_upnp(np_portmap *pm, int64_t deadline, np_addr *external) {
   int left = remaining_ms(deadline);
@@ -467,15 +518,18 @@ static int try_upnp(np_portmap *pm, int64_t deadline, np_addr *external) {
   snprintf(in_port, sizeof in_port, "%u", pm->cfg.internal_port);
   snprintf(lease, sizeof lease, "%d", pm->cfg.lifetime_s);
   int r = -1;
+  uint32_t asked = (uint32_t)pm->cfg.lifetime_s;
   uint16_t eport = pm->cfg.internal_port;
   /* The same port outside first; on a conflict a few random ones. */
   for (int attempt = 0; attempt < UPNP_PORT_ATTEMPTS; attempt++) {
     snprintf(ext_port, sizeof ext_port, "%u", eport);
     r = UPNP_AddPortMapping(urls.controlURL, data.first.servicetype, ext_port, in_port, client,
                             pm->description, "UDP", NULL, lease);
-    if (r == 725) /* OnlyPermanentLeasesSupported: we delete it on close */
+    if (r == 725) { /* OnlyPermanentLeasesSupported: we delete it on close */
       r = UPNP_AddPortMapping(urls.controlURL, data.first.servicetype, ext_port, in_port, client,
                               pm->description, "UDP", NULL, "0");
+      asked = 0;
+    }
     if (r != 718) /* ConflictInMappingEntry */
       break;
     uint16_t rnd = 0;
@@ -505,6 +559,8 @@ static int try_upnp(np_portmap *pm, int64_t deadline, np_addr *external) {
   }
   snprintf(pm->upnp_service_type, sizeof pm->upnp_service_type, "%s", data.first.servicetype);
   snprintf(pm->upnp_ext_port, sizeof pm->upnp_ext_port, "%s", ext_port);
+  snprintf(pm->upnp_client, sizeof pm->upnp_client, "%s", client);
+  pm->granted_s = upnp_lease(pm, urls.controlURL, data.first.servicetype, ext_port, asked);
   *external = ext;
   char a[NP_ADDRSTRLEN];
   NP_LOGI(&pm->log, "portmap: upnp: mapped udp %s:%u -> %s", client, pm->cfg.internal_port,
@@ -512,6 +568,29 @@ static int try_upnp(np_portmap *pm, int64_t deadline, np_addr *external) {
 out:
   FreeUPNPUrls(&urls);
   return rc;
+}
+
+/* AddPortMapping again for the same entry: it refreshes the lease (and
+ * recreates the entry if the gateway lost it). */
+static int renew_upnp(np_portmap *pm, np_addr *external) {
+  if (!pm->upnp_control_url)
+    return NP_ERR_INVAL;
+  char in_port[8], lease[16];
+  snprintf(in_port, sizeof in_port, "%u", pm->cfg.internal_port);
+  snprintf(lease, sizeof lease, "%d", pm->cfg.lifetime_s);
+  int r = UPNP_AddPortMapping(pm->upnp_control_url, pm->upnp_service_type, pm->upnp_ext_port,
+                              in_port, pm->upnp_client, pm->description, "UDP", NULL, lease);
+  if (r != 0) {
+    NP_LOGI(&pm->log, "portmap: upnp: renewing: AddPortMapping failed: %d %s", r, strupnperror(r));
+    return r < 0 ? NP_ERR_TIMEOUT : NP_ERR_REFUSED;
+  }
+  pm->granted_s = upnp_lease(pm, pm->upnp_control_url, pm->upnp_service_type, pm->upnp_ext_port,
+                             (uint32_t)pm->cfg.lifetime_s);
+  *external = pm->external;
+  char a[NP_ADDRSTRLEN];
+  NP_LOGI(&pm->log, "portmap: upnp: renewed udp %u -> %s for %" PRIu32 " s",
+          pm->cfg.internal_port, np_addr_format(external, a, sizeof a), pm->granted_s);
+  return 0;
 }
 
 static int delete_upnp(np_portmap *pm) {
@@ -592,6 +671,39 @@ done:
   return 0;
 }
 
+uint32_t np_portmap_lifetime(const np_portmap *pm) {
+  return pm && pm->proto != NP_PORTMAP_NONE ? pm->granted_s : 0;
+}
+
+int np_portmap_renew(np_portmap *pm, np_addr *external) {
+  if (!pm || !external || pm->proto == NP_PORTMAP_NONE)
+    return NP_ERR_INVAL;
+  int64_t deadline = np_now_ms() + pm->cfg.timeout_ms;
+  np_addr ext;
+  int rc;
+  switch (pm->proto) {
+  case NP_PORTMAP_PCP:
+    rc = pcp_map(pm, deadline, true, &ext);
+    break;
+  case NP_PORTMAP_NATPMP:
+    rc = natpmp_map(pm, deadline, np_addr_port(&pm->external), true, &ext);
+    break;
+  case NP_PORTMAP_UPNP:
+    rc = renew_upnp(pm, &ext);
+    break;
+  default:
+    return NP_ERR_INVAL;
+  }
+  if (rc != 0) {
+    NP_LOGI(&pm->log, "portmap: %s: renewing udp %u failed: %s", np_portmap_proto_name(pm->proto),
+            pm->cfg.internal_port, np_err_name(rc));
+    return rc;
+  }
+  pm->external = ext;
+  *external = ext;
+  return 0;
+}
+
 int np_portmap_close(np_portmap *pm) {
   if (!pm)
     return NP_ERR_INVAL;
@@ -615,6 +727,7 @@ int np_portmap_close(np_portmap *pm) {
   /* Forgotten even when the gateway did not confirm: the lease runs out
    * on its own, and the handle can open a new mapping. */
   pm->proto = NP_PORTMAP_NONE;
+  pm->granted_s = 0;
   memset(&pm->external, 0, sizeof pm->external);
   return rc;
 }

@@ -61,6 +61,25 @@ int np_portmap_new(const np_portmap_config *cfg, np_portmap **out);
  * open on this handle. Blocks. */
 int np_portmap_open(np_portmap *pm, np_addr *external);
 
+/* The lifetime the gateway granted for the current mapping, in seconds, as
+ * of the last np_portmap_open() or np_portmap_renew(): what PCP and NAT-PMP
+ * answered (a gateway may grant less than was asked), for UPnP the lease
+ * the gateway reports for the entry (GetSpecificPortMappingEntry), else the
+ * one asked for. 0 when there is no mapping, or for a UPnP lease the
+ * gateway made permanent (it needs no renewal). */
+uint32_t np_portmap_lifetime(const np_portmap *pm);
+
+/* Refreshes the current mapping with the protocol that made it, before its
+ * lifetime ends (RFC 6887 11.2.1, RFC 6886 3.3): PCP sends the same MAP
+ * request (same nonce, the assigned port suggested), NAT-PMP the same
+ * mapping request, UPnP AddPortMapping for the same external port again.
+ * Sent after the mapping was lost (a gateway restart) it makes it anew.
+ * Fills *external (it may change) and updates np_portmap_lifetime().
+ * Returns 0, NP_ERR_INVAL when there is no mapping, or an NP_ERR_* for
+ * the failure (the old mapping still lives until its lifetime ends).
+ * Blocks, bounded by the configured timeout. */
+int np_portmap_renew(np_portmap *pm, np_addr *external);
+
 /* The protocol that succeeded (NONE before or after failure). */
 enum np_portmap_proto np_portmap_protocol(const np_portmap *pm);
 

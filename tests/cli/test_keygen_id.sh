@@ -39,6 +39,30 @@ grep -q "created" "$tmp/err"; expect "creation announced on stderr" 0 $?
 expect "default key reused" "$d1" "$(XDG_CONFIG_HOME="$tmp/cfg" "$NP" id 2>/dev/null)"
 expect "default key dir mode" 700 "$(stat -c %a "$tmp/cfg/natpunch")"
 
+# Key-file errors in listen/connect are as clear as id's, not a bare
+# "malformed or unexpected message" / "authentication failed".
+mkdir "$tmp/kdir"
+printf 'garbage\n' >"$tmp/garbage"; chmod 600 "$tmp/garbage"
+"$NP" keygen "$tmp/open" >/dev/null 2>&1; chmod 644 "$tmp/open"
+peer=$("$NP" keygen "$tmp/peer" 2>/dev/null)
+keyerr() { # keyerr WHAT CMD FILE REGEX
+  "$NP" "$2" -r 127.0.0.1:9 --key "$3" $([ "$2" = connect ] && echo --peer "$peer") \
+    --no-portmap --timeout 1 </dev/null >/dev/null 2>"$tmp/err"
+  expect "$1: exit 1" 1 $?
+  grep -Eq "$4" "$tmp/err"; expect "$1: says '$4'" 0 $?
+  grep -q "malformed or unexpected\|authentication failed" "$tmp/err"; expect "$1: not the bare library error" 1 $?
+}
+keyerr "connect --key DIR" connect "$tmp/kdir" "is a directory"
+keyerr "connect --key garbage" connect "$tmp/garbage" "not a natpunch key file"
+keyerr "connect --key 0644" connect "$tmp/open" "chmod 600"
+"$NP" listen -r 127.0.0.1:9 --key "$tmp/garbage" --no-portmap </dev/null >/dev/null 2>"$tmp/err"
+expect "listen --key garbage: exit 1" 1 $?
+grep -q "not a natpunch key file" "$tmp/err"; expect "listen --key garbage: says so" 0 $?
+"$NP" id --key "$tmp/kdir" >/dev/null 2>"$tmp/err"; expect "id --key DIR: exit 1" 1 $?
+grep -q "is a directory" "$tmp/err"; expect "id --key DIR: says it is a directory" 0 $?
+"$NP" keygen "$tmp/kdir" --force >/dev/null 2>"$tmp/err"; expect "keygen DIR --force: exit 1" 1 $?
+grep -q "is a directory.*kdir/key" "$tmp/err"; expect "keygen DIR --force: says it is a directory and what to give" 0 $?
+
 "$NP" keygen --help | grep -q "Exit status"; expect "keygen --help documents exit codes" 0 $?
 [ "$fails" -eq 0 ] && { echo "PASS"; exit 0; }
 echo "FAIL: $fails check(s)"; exit 1

@@ -131,6 +131,49 @@ printf '# ok\n%s\nzzz\n' "$A" > "$tmp/badallow"
 usage "bad allow file" listen -r "$rdv" --allow-file "$tmp/badallow"
 grep -q "line 3" "$tmp/err"; expect "the error names the line (line 3)" 0 $?
 
+# An allow list that names nobody is an error at start, never "anyone may
+# call" (it used to start a listener open to all).
+: >"$tmp/empty"
+printf '# nobody yet\n   # really\n\n' >"$tmp/comments"
+mkdir "$tmp/allowdir"
+for f in empty comments allowdir; do
+  timeout 5 "$NP" listen -r "$rdv" --key "$tmp/c" --no-portmap --allow-file "$tmp/$f" \
+    </dev/null >/dev/null 2>"$tmp/err"
+  expect "--allow-file naming nobody ($f) is a usage error" 2 $?
+  grep -q "names no peer\|is a directory" "$tmp/err"; expect "--allow-file $f: the error says why" 0 $?
+done
+
+# Addresses: an out-of-range port says so; --help says addresses are numeric.
+"$NP" connect -r 127.0.0.1:70000 --peer "$A" </dev/null >/dev/null 2>"$tmp/err"
+expect "port 70000 is a usage error" 2 $?
+grep -q "out of range" "$tmp/err"; expect "port 70000: says out of range" 0 $?
+grep -q "not a numeric address" "$tmp/err"; expect "port 70000: not 'not a numeric address'" 1 $?
+"$NP" listen -r 127.0.0.1:0 </dev/null >/dev/null 2>"$tmp/err"
+expect "port 0 is a usage error" 2 $?
+grep -q "out of range" "$tmp/err"; expect "port 0: says out of range" 0 $?
+"$NP" connect -r localhost --peer "$A" </dev/null >/dev/null 2>"$tmp/err"
+expect "a host name is a usage error" 2 $?
+grep -q "numeric" "$tmp/err"; expect "a host name: says addresses are numeric" 0 $?
+for c in listen connect; do
+  "$NP" $c --help | grep -qi "numeric"; expect "$c --help says addresses are numeric" 0 $?
+done
+# rendezvous-server --listen IP takes the default port 7000, like the clients.
+"$NP" rendezvous-server --listen 127.0.0.3 2>"$tmp/rs3.log" & rs3=$!; pids+=($rs3)
+np_wait_log "$tmp/rs3.log" "listening on" $rs3 5
+expect "rendezvous-server --listen 127.0.0.3 listens on port 7000" 1 "$(grep -c 'listening on 127.0.0.3:7000' "$tmp/rs3.log")"
+kill -TERM $rs3 2>/dev/null; np_wait_exit $rs3 5
+
+# A failed signalfd is an error (SIGINT could not end a session cleanly
+# without it), not ignored; strace's fault injection makes it fail.
+if command -v strace >/dev/null && strace -f -o /dev/null -e inject=signalfd4:error=EMFILE true 2>/dev/null; then
+  timeout 20 strace -f -o /dev/null -e trace=signalfd4 -e inject=signalfd4:error=EMFILE \
+    "$NP" connect -r "$rdv" --key "$tmp/c" --peer "$B" --no-portmap --timeout 2 </dev/null >/dev/null 2>"$tmp/err"
+  expect "failed signalfd: exit 1" 1 $?
+  grep -q "signalfd: Too many open files" "$tmp/err"; expect "failed signalfd: says so" 0 $?
+else
+  echo "  skip signalfd failure (no strace with fault injection)"
+fi
+
 expect "listener still running after the sessions (--keep)" 0 "$(kill -0 $listener 2>/dev/null; echo $?)"
 kill -TERM $listener; np_wait_exit $listener 5
 expect "listener exits 0 on SIGTERM" 0 "$NP_RC"

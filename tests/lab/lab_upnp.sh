@@ -10,6 +10,9 @@
 #   lab_upnp_host NAME                host NAME behind a miniupnpd gateway
 #   LAB_UPNP_NATPMP=no lab_upnp_host NAME   the same with NAT-PMP and PCP off
 #                                     (a UPnP-only gateway: udp/5351 closed)
+#   LAB_UPNP_MIN_LIFETIME=S LAB_UPNP_MAX_LIFETIME=T lab_upnp_host NAME
+#                                     leases granted within S..T seconds
+#                                     (default 60..86400)
 #   lab_upnp_routes                   (again) on-link routes to LAB_UPNP_NET
 #                                     in every public-side namespace
 #   lab_upnp_rules NAME               miniupnpd's nft table in NAME's router
@@ -170,8 +173,8 @@ secure_mode=yes
 system_uptime=no
 notify_interval=60
 clean_ruleset_interval=600
-min_lifetime=60
-max_lifetime=86400
+min_lifetime=${LAB_UPNP_MIN_LIFETIME:-60}
+max_lifetime=${LAB_UPNP_MAX_LIFETIME:-86400}
 lease_file=$dir/leases
 uuid=$(cat /proc/sys/kernel/random/uuid)
 friendly_name=natpunch lab gateway $name

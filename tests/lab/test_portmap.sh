@@ -5,7 +5,12 @@
 # external address the library reported, and the datagram must arrive at
 # the host's socket. After np_portmap_close() the gateway's DNAT rule must be
 # gone and a new datagram must not arrive.
-# Usage: test_portmap.sh PORTMAP_DRIVER        (exit 77 = skipped)
+# Then renewal, with the natpunch CLI: a listener behind a gateway that
+# grants PCP leases of 8 s (less than the hour asked for) renews its mapping
+# before each lease ends, so that the mapping is still in the gateway and
+# still offered 20 s later; once the gateway is gone, the mapping runs out
+# unrenewed and the listener stops offering it.
+# Usage: test_portmap.sh PORTMAP_DRIVER [NATPUNCH_CLI]   (exit 77 = skipped)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lab.sh
@@ -13,8 +18,10 @@ source "$here/lab.sh"
 # shellcheck source=lab_upnp.sh
 source "$here/lab_upnp.sh"
 
-driver=${1:?usage: $0 PORTMAP_DRIVER}
+driver=${1:?usage: $0 PORTMAP_DRIVER [NATPUNCH_CLI]}
 case "$driver" in /*) ;; *) driver="$PWD/$driver" ;; esac
+cli=${2:-}
+if [ -n "$cli" ]; then case "$cli" in /*) ;; *) cli="$PWD/$cli" ;; esac; fi
 [ -x "$driver" ] || { echo "FAIL: $driver is not an executable"; exit 1; }
 lab_require_root
 lab_upnp_require
@@ -28,6 +35,10 @@ trap on_exit EXIT
 lab_servers
 lab_upnp_host h
 LAB_UPNP_NATPMP=no lab_upnp_host u
+# Leases of 2..8 s: miniupnpd grants PCP no more than max_lifetime.
+LAB_UPNP_MIN_LIFETIME=2 LAB_UPNP_MAX_LIFETIME=8 lab_upnp_host r
+lab_nat_host cone c
+lab_upnp_routes
 pub=$(lab_pubip h)
 echo "port mapping from $(lab_ip h) behind miniupnpd gateway $pub"
 
@@ -125,6 +136,51 @@ run_case upnp 40004 5031 upnp --no-pcp --no-natpmp
 # and the default 2 s budget is left for UPnP.
 echo "UPnP-only gateway $(lab_pubip u) for $(lab_ip u)"
 run_case -h u upnp-only 40005 5041 upnp --timeout 2000
+
+# --- renewal, through natpunch listen --------------------------------------
+if [ -n "$cli" ] && [ -x "$cli" ] && command -v jq >/dev/null; then
+  echo "--- renewal: listener behind $(lab_pubip r), leases of 8 s"
+  lab_start_natpunch_servers "$cli" "$logs"
+  lab_spawn s1 "$logs/rdv.log" "$cli" rendezvous-server --listen "$LAB_S1"
+  for k in r c; do lab_exec "$k" "$cli" keygen "$logs/$k.key" >/dev/null 2>&1; done
+  rid=$(lab_exec r "$cli" id --key "$logs/r.key")
+  common=(-r "$LAB_S1" -d "$LAB_S1" -d "$LAB_S2" --json)
+  lab_spawn r "$logs/listen.log" "$cli" listen "${common[@]}" --key "$logs/r.key" --keep -v
+  lpid=$LAB_LAST_PID
+  if line=$(wait_line "$logs/listen.log" 'agent: gateway mapped' 100); then
+    ext=$(jq -r .message <<<"$line" | sed -n 's/.*gateway mapped \([0-9.:]*\) .*/\1/p')
+    t0=$SECONDS
+    lab_check "renewal: mapped by PCP" "$(jq -r .message <<<"$line" | sed -n 's/.*(\(.*\))$/\1/p')" pcp
+    lab_check "renewal: the gateway granted 8 s" \
+      "$(grep -c 'portmap: pcp: mapped udp .* for 8 s' "$logs/listen.log" || true)" 1
+    sleep 20 # 2.5 leases
+    n=$(grep -c 'portmap: pcp: renewed udp' "$logs/listen.log" || true)
+    rc=0; [ "$n" -ge 4 ] || rc=1
+    lab_check "renewal: renewed at half the lease (>= 4 in $((SECONDS - t0)) s, got $n)" $rc 0
+    if has_rule r "${ext##*:}"; then echo "  ok   renewal: the gateway still has the mapping after 20 s"; else
+      echo "  FAIL renewal: the gateway dropped the mapping ${ext##*:} (not renewed)"; LAB_FAILS=$((LAB_FAILS + 1)); fi
+    lab_exec c timeout 20 "$cli" connect "${common[@]}" --key "$logs/c.key" --peer "$rid" --timeout 10 \
+      </dev/null >/dev/null 2>"$logs/call1.log" && rc=0 || rc=$?
+    lab_check "renewal: a call after 20 s connects" $rc 0
+    offered=$(jq -r 'select(.event == "log") | .message' "$logs/listen.log" | grep 'agent: gathered' | tail -n 1 || true)
+    lab_check "renewal: the listener offers its live mapping" "$(sed -n 's/.*portmap \([^,]*\),.*/\1/p' <<<"$offered")" "$ext"
+    # The gateway dies (SIGKILL: no cleanup); the mapping runs out within 8 s.
+    kill -KILL "${LAB_UPNP_PID[r]}"
+    t0=$SECONDS
+    wait_line "$logs/listen.log" 'no longer offered' 150 >/dev/null && rc=0 || rc=$?
+    lab_check "renewal: a dead mapping is dropped when its lease ends (in $((SECONDS - t0)) s)" $rc 0
+    lab_exec c timeout 20 "$cli" connect "${common[@]}" --key "$logs/c.key" --peer "$rid" --timeout 10 \
+      </dev/null >/dev/null 2>"$logs/call2.log" && rc=0 || rc=$?
+    lab_check "renewal: a call after the gateway died connects" $rc 0
+    offered=$(jq -r 'select(.event == "log") | .message' "$logs/listen.log" | grep 'agent: gathered' | tail -n 1 || true)
+    lab_check "renewal: the listener no longer offers the dead mapping" "$(sed -n 's/.*portmap \([^,]*\),.*/\1/p' <<<"$offered")" "-"
+  else
+    echo "  FAIL renewal: the listener never got a mapping"; LAB_FAILS=$((LAB_FAILS + 1))
+  fi
+  kill -TERM "$lpid" 2>/dev/null || true
+else
+  echo "  skip renewal (no natpunch CLI given, or no jq)"
+fi
 
 # lab_down must take miniupnpd with it (it runs in the router's namespace).
 lab_down

@@ -82,6 +82,7 @@ static void test_bad_numbers_refused(void **state) {
   BAD(predict_after_ms, -1);
   BAD(session_timeout_ms, -1);
   BAD(keepalive_ms, -1);
+  BAD(peer_timeout_ms, -1);
   BAD(max_probes, -1);
   BAD(n_discovery, 3);
   BAD(n_allow, 1); /* no list */
@@ -95,10 +96,52 @@ static void test_bad_numbers_refused(void **state) {
   assert_int_equal(np_agent_new(&c, NULL), NP_ERR_INVAL);
 }
 
+/* The vanish timeout and the keepalive: keepalives must come more often
+ * than the peer is declared gone, or every session would end by itself. */
+static void test_peer_timeout(void **state) {
+  (void)state;
+  np_agent_config c = good();
+  c.peer_timeout_ms = 1000;
+  expect(&c, 0, "peer_timeout_ms 1000 (keepalive defaults to 250)");
+  c.keepalive_ms = 999;
+  expect(&c, 0, "keepalive just below the timeout");
+  c.keepalive_ms = 1000;
+  expect(&c, NP_ERR_INVAL, "keepalive equal to the timeout");
+  c.keepalive_ms = 5000;
+  expect(&c, NP_ERR_INVAL, "keepalive above the timeout");
+  c = good();
+  c.keepalive_ms = 25000; /* the old default: above the default timeout of 20 s */
+  expect(&c, NP_ERR_INVAL, "keepalive 25 s with the default 20 s timeout");
+  c.keepalive_ms = 19999;
+  expect(&c, 0, "keepalive just below the default timeout");
+  c.peer_timeout_ms = 60000;
+  c.keepalive_ms = 25000;
+  expect(&c, 0, "keepalive 25 s with a 60 s timeout");
+}
+
+/* Close and abort are safe in any state, NULL included. */
+static void test_close_abort_idle(void **state) {
+  (void)state;
+  np_agent_close(NULL);
+  np_agent_abort(NULL);
+  np_agent_config c = good();
+  np_agent *a = NULL;
+  assert_int_equal(np_agent_new(&c, &a), 0);
+  np_agent_abort(a);
+  np_agent_close(a);
+  np_session_stats st;
+  np_agent_stats(a, &st);
+  assert_false(st.connected);
+  assert_int_equal(st.datagrams_dropped, 0);
+  np_agent_free(a);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_limits_accepted),
       cmocka_unit_test(test_bad_numbers_refused),
+      cmocka_unit_test(test_peer_timeout),
+      cmocka_unit_test(test_close_abort_idle),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
