@@ -483,9 +483,16 @@ lab_servers() {
 # lab_start_natpunch_servers CLI LOGDIR: our discovery servers on s1 (with
 # alternate IP and port, for RFC 5780) and s2, listening on 3478.
 # With LAB_SERVER_DOWN=1 or 2 that server is not started: its host is up
-# and answers with ICMP port unreachable, as a crashed server's would.
+# and answers with ICMP port unreachable, as a crashed server's would. Its
+# kernel's ICMP rate limit (one per destination IP a second) is lifted
+# there: two hosts behind one NAT share that destination, and the second
+# one's query would then wait out its timeout (1.5 s) — real behaviour, but
+# not what lab.server_down measures (that an ICMP error ends a query).
 lab_start_natpunch_servers() {
   local cli=$1 dir=$2 p1="" p2="" down=${LAB_SERVER_DOWN:-0}
+  if [ "$down" = 1 ] || [ "$down" = 2 ]; then
+    ip netns exec "${LAB_NS[s$down]}" sysctl -qw net.ipv4.icmp_ratelimit=0 || return 1
+  fi
   if [ "$down" != 1 ]; then
     lab_spawn s1 "$dir/server-s1.log" "$cli" discovery-server --listen "$LAB_S1:3478" \
       --alt-ip "$LAB_S1_ALT" --alt-port 3479

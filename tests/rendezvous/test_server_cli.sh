@@ -22,8 +22,8 @@ expect() {
   grep -qF -- "$pattern" "$tmp/err" || { cat "$tmp/err" >&2; np_fail "'$*': stderr lacks '$pattern'"; }
 }
 
-expect 2 "--listen IP:PORT is required"
-expect 2 "'127.0.0.1'" --listen 127.0.0.1
+expect 2 "--listen IP[:PORT] is required"
+expect 2 "'host.example'" --listen host.example
 expect 2 "'127.0.0.1:99999'" --listen 127.0.0.1:99999
 expect 2 "--max-connections: '0'" --listen 127.0.0.1:5000 --max-connections 0
 expect 2 "--max-frame: '100'" --listen 127.0.0.1:5000 --max-frame 100
