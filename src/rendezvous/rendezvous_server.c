@@ -758,6 +758,32 @@ static void remember_call(struct rs_conn *c, const uint8_t to[NP_PUBKEY_LEN],
     c->n_calls++;
 }
 
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A receiver drops a signed message whose TIMESTAMP is further than the
+ * window from its own clock, and says so only in its own log. The sender
+ * learns it here, with the figure, instead of waiting for its timeout. The
+ * message is still forwarded: the receiver's clock, not ours, decides. */
+static void check_clock(np_rendezvous_server *srv, struct rs_conn *c, const np_sig_msg *m) {
+  int64_t ts = m->timestamp_ms > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)m->timestamp_ms;
+  int64_t skew = ts - wall_ms(); /* > 0: the sender's clock is ahead */
+  if (skew >= -NP_SIG_CLOCK_WINDOW_MS && skew <= NP_SIG_CLOCK_WINDOW_MS)
+    return;
+  long long secs = (long long)((skew < 0 ? -(skew / 1000) : skew / 1000));
+  char text[NP_SIG_MAX_TEXT];
+  snprintf(text, sizeof text,
+           "your clock is %lld s %s the server's (more than %d s): peers will drop your %s",
+           secs, skew > 0 ? "ahead of" : "behind", NP_SIG_CLOCK_WINDOW_MS / 1000,
+           np_sig_type_name(m->type));
+  conn_log(srv, c, "%s with a clock %lld s %s ours", np_sig_type_name(m->type), secs,
+           skew > 0 ? "ahead of" : "behind");
+  send_error(srv, c, NP_SIG_E_CLOCK, text, m->session, m->to);
+}
+
 /* OFFER, ANSWER or READY from a registered peer: frame/len is the whole
  * frame as received (prefix + body). */
 static void on_forward(np_rendezvous_server *srv, struct rs_conn *c, const uint8_t *frame,
@@ -779,6 +805,9 @@ static void on_forward(np_rendezvous_server *srv, struct rs_conn *c, const uint8
     fail_conn(srv, c, RS_WHY_AUTH, NP_SIG_E_AUTH, "bad signature");
     return;
   }
+  check_clock(srv, c, m);
+  if (c->state == RS_DEAD)
+    return;
   struct rs_conn *to = srv->reg->ops->get(srv->reg, m->to);
   if (!to) {
     send_error(srv, c, NP_SIG_E_UNKNOWN_PEER, "no such peer registered", m->session, m->to);

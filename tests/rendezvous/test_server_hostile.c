@@ -269,6 +269,13 @@ static int tc_register(tconn *c, const np_identity *id, const uint8_t (*allow)[N
   return t;
 }
 
+/* Wall clock: what a peer puts in TIMESTAMP (the server checks it). */
+static uint64_t wall_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 static void make_fwd(np_sig_msg *m, uint8_t type, const np_identity *from,
                      const uint8_t to[NP_PUBKEY_LEN], uint8_t session_byte) {
   memset(m, 0, sizeof *m);
@@ -277,7 +284,7 @@ static void make_fwd(np_sig_msg *m, uint8_t type, const np_identity *from,
   pubkey_of(from, m->from);
   memcpy(m->to, to, NP_PUBKEY_LEN);
   memset(m->session, session_byte, NP_SIG_SESSION_LEN);
-  m->timestamp_ms = 1700000000000ull;
+  m->timestamp_ms = wall_now_ms();
   assert_int_equal(np_addr_parse("10.0.0.7:40000", 0, &m->cand.private_addrs[0]), 0);
   m->cand.n_private = 1;
 }
@@ -768,6 +775,38 @@ static void test_allow_list(void **state) {
   check_alive();
 }
 
+/* A sender whose clock is more than 2 minutes off (a hand-made TIMESTAMP,
+ * 300 s behind, then 200 s ahead) is told so at once (425, naming the
+ * skew and the session); the message still goes on (the receiver's clock
+ * decides), and a sender within the window hears nothing. */
+static void test_clock_skew(void **state) {
+  (void)state;
+  np_sig_msg m;
+  make_fwd(&m, NP_SIG_OFFER, g_a.id, g_b.pk, 0xA1);
+  m.timestamp_ms = wall_now_ms() - 300000;
+  tc_send_msg(g_a.c, &m, g_a.id);
+  tc_expect_error(g_a.c, NP_SIG_E_CLOCK);
+  assert_true(g_a.c->msg.has_session);
+  assert_int_equal(g_a.c->msg.session[0], 0xA1);
+  assert_non_null(strstr(g_a.c->msg.error_text, "300 s behind"));
+  assert_int_equal(tc_read(g_b.c, WAIT_MS), NP_SIG_OFFER);
+  assert_int_equal(g_b.c->msg.session[0], 0xA1);
+
+  make_fwd(&m, NP_SIG_OFFER, g_a.id, g_b.pk, 0xA2);
+  m.timestamp_ms = wall_now_ms() + 200000;
+  tc_send_msg(g_a.c, &m, g_a.id);
+  tc_expect_error(g_a.c, NP_SIG_E_CLOCK);
+  assert_non_null(strstr(g_a.c->msg.error_text, "ahead of"));
+  assert_int_equal(tc_read(g_b.c, WAIT_MS), NP_SIG_OFFER);
+
+  make_fwd(&m, NP_SIG_OFFER, g_a.id, g_b.pk, 0xA3);
+  m.timestamp_ms = wall_now_ms() - 60000; /* within the window */
+  tc_send_msg(g_a.c, &m, g_a.id);
+  assert_int_equal(tc_read(g_b.c, WAIT_MS), NP_SIG_OFFER);
+  tc_expect_silence(g_a.c);
+  check_alive();
+}
+
 /* Messages out of order or of types a peer must not send: 400, close. */
 static void test_out_of_order(void **state) {
   (void)state;
@@ -1126,6 +1165,7 @@ int main(void) {
       cmocka_unit_test(test_register_twice),
       cmocka_unit_test(test_unknown_peer),
       cmocka_unit_test(test_allow_list),
+      cmocka_unit_test(test_clock_skew),
       cmocka_unit_test(test_out_of_order),
       cmocka_unit_test(test_rate_limit),
       cmocka_unit_test(test_random_frames),
