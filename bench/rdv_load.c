@@ -16,6 +16,14 @@
 #include "natpunch.h"
 #include "signaling/signaling.h"
 
+#include <time.h>
+
+static uint64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 #include <errno.h>
 #include <getopt.h>
 #include <netinet/in.h>
@@ -177,7 +185,7 @@ static void on_msg(int i) {
     memcpy(g_out.from, p->pk, NP_PUBKEY_LEN);
     memcpy(g_out.to, m->from, NP_PUBKEY_LEN);
     memcpy(g_out.session, m->session, NP_SIG_SESSION_LEN);
-    g_out.timestamp_ms = 1;
+    g_out.timestamp_ms = wall_ms(); /* the server tells a sender off by more than 120 s */
     g_out.peer_seen = m->observed;
     g_out.cand.private_addrs[0] = m->observed;
     g_out.cand.n_private = 1;
@@ -235,7 +243,7 @@ static void start_offer(int k) {
     uint32_t k32 = (uint32_t)k;
     memcpy(g_out.session, &k32, sizeof k32);
     memcpy(g_out.session + 4, &s->seq, sizeof s->seq);
-    g_out.timestamp_ms = 1;
+    g_out.timestamp_ms = wall_ms(); /* the server tells a sender off by more than 120 s */
     np_addr_parse("192.168.1.10:40000", 0, &g_out.cand.private_addrs[0]);
     g_out.cand.n_private = 1;
     np_addr_parse("198.51.100.7:51000", 0, &g_out.cand.mapped[0]);
