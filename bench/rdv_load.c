@@ -16,6 +16,14 @@
 #include "natpunch.h"
 #include "signaling/signaling.h"
 
+#include <time.h>
+
+static uint64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 #include <errno.h>
 #include <getopt.h>
 #include <netinet/in.h>
@@ -177,7 +185,7 @@ static void on_msg(int i) {
     memcpy(g_out.from, p->pk, NP_PUBKEY_LEN);
     memcpy(g_out.to, m->from, NP_PUBKEY_LEN);
     memcpy(g_out.session, m->session, NP_SIG_SESSION_LEN);
-    g_out.timestamp_ms = 1;
+    g_out.timestamp_ms = wall_ms(); /* the server tells a sender off by more than 120 s */
     g_out.peer_seen = m->observed;
     g_out.cand.private_addrs[0] = m->observed;
     g_out.cand.n_private = 1;
@@ -235,7 +243,7 @@ static void start_offer(int k) {
     uint32_t k32 = (uint32_t)k;
     memcpy(g_out.session, &k32, sizeof k32);
     memcpy(g_out.session + 4, &s->seq, sizeof s->seq);
-    g_out.timestamp_ms = 1;
+    g_out.timestamp_ms = wall_ms(); /* the server tells a sender off by more than 120 s */
     np_addr_parse("192.168.1.10:40000", 0, &g_out.cand.private_addrs[0]);
     g_out.cand.n_private = 1;
     np_addr_parse("198.51.100.7:51000", 0, &g_out.cand.mapped[0]);
@@ -265,6 +273,14 @@ static void on_event(int i, uint32_t events) {
     g_out.type = NP_SIG_HELLO;
     g_out.has_pubkey = true;
     memcpy(g_out.pubkey, p->pk, NP_PUBKEY_LEN);
+    /* A KX key as real clients send, so the server's side of the channel
+     * key (a key pair and an X25519 per registration) is in the figures;
+     * the load does not check the MACs it gets back. */
+    {
+      uint8_t sk[NP_SIG_KX_LEN];
+      if (np_sig_kx_keypair(g_out.cand.kx, sk) == 0)
+        g_out.cand.has_kx = true;
+    }
     if (send_msg(p, &g_out, NULL))
       p->state = P_HELLO_SENT;
     return;

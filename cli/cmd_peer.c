@@ -611,6 +611,12 @@ static void on_event(struct peer_run *r, const np_agent_event *ev) {
       r->exit_code = CLI_EXIT_FAIL;
     }
     break;
+  case NP_AGENT_REPLACED:
+    /* Another process with our key took the ID: this one steps down. */
+    emit_simple(r->o, "replaced", ev->reason);
+    r->done = true;
+    r->exit_code = CLI_EXIT_FAIL;
+    break;
   case NP_AGENT_CLOSED: {
     /* The last data can arrive together with the goodbye: deliver it. */
     drain_data(r, mono_ms());

@@ -18,7 +18,9 @@ static void usage(FILE *out) {
                "register an ID whose key it lacks; registering the same ID again moves it to the\n"
                "new connection (the old one gets error 409 and is closed). Registered peers send\n"
                "each other signed offers and answers through the server, which checks that the\n"
-               "sender is who it claims, honours the callee's list of allowed callers (403), and\n"
+               "sender is who it claims, honours the receiver's list of allowed callers for\n"
+               "offers, answers and READY alike (403; an answer to the receiver's own offer\n"
+               "passes), and "
                "adds the sender's address as it sees it. One thread, one epoll loop.\n\n"
                "Options:\n"
                "  -l, --listen IP[:PORT]       TCP address, numeric (IPv6 as [addr]:port);\n"
@@ -31,6 +33,14 @@ static void usage(FILE *out) {
                "  -u, --max-unauthenticated N  connections not yet registered, 1..1000000\n"
                "                               (default 1024); beyond it new ones are closed at\n"
                "                               once\n"
+               "  -P, --max-conn-per-ip N      connections at once from one source address (IPv4,\n"
+               "                               or an IPv6 /64), 1..1000000 (default 256); beyond\n"
+               "                               it error 503 and a close\n"
+               "  -U, --max-unauth-per-ip N    of them not yet registered, 1..1000000 (default\n"
+               "                               16); beyond it new ones are closed at once\n"
+               "  -R, --max-register-per-ip N  REGISTER attempts a minute from one source\n"
+               "                               address, 1..1000000 (default 120); beyond it\n"
+               "                               error 429 and a close\n"
                "  -a, --auth-timeout MS        time from connect to registration (default 10000)\n"
                "  -i, --idle-timeout MS        time without any message from a registered peer\n"
                "                               (default 90000; clients ping every 25 s)\n"
@@ -56,10 +66,10 @@ static void log_stats(const np_rendezvous_server *srv, const char *when) {
            "%s: connections=%" PRIu64 " open=%" PRIu64 " registered=%" PRIu64
            " registrations=%" PRIu64 " offers=%" PRIu64 " answers=%" PRIu64 " errors_sent=%" PRIu64
            " closed_bad_frame=%" PRIu64 " closed_idle=%" PRIu64 " closed_auth=%" PRIu64
-           " closed_rate=%" PRIu64 " refused_full=%" PRIu64,
+           " closed_rate=%" PRIu64 " refused_full=%" PRIu64 " refused_per_ip=%" PRIu64,
            when, st.connections, st.open, st.registered, st.registrations, st.offers, st.answers,
            st.errors_sent, st.closed_bad_frame, st.closed_idle, st.closed_auth, st.closed_rate,
-           st.refused_full);
+           st.refused_full, st.refused_per_ip);
   cli_log_stderr(NULL, NP_LOG_INFO, msg);
 }
 
@@ -94,6 +104,9 @@ int cli_rendezvous_server(int argc, char **argv) {
                                        {"idle-timeout", required_argument, NULL, 'i'},
                                        {"max-frame", required_argument, NULL, 'f'},
                                        {"rate", required_argument, NULL, 'r'},
+                                       {"max-conn-per-ip", required_argument, NULL, 'P'},
+                                       {"max-unauth-per-ip", required_argument, NULL, 'U'},
+                                       {"max-register-per-ip", required_argument, NULL, 'R'},
                                        {"verbose", no_argument, NULL, 'v'},
                                        {"help", no_argument, NULL, 'h'},
                                        {NULL, 0, NULL, 0}};
@@ -104,7 +117,7 @@ int cli_rendezvous_server(int argc, char **argv) {
   int c;
   optind = 1;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, ":l:c:u:a:i:f:r:vh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":l:c:u:a:i:f:r:P:U:R:vh", opts, NULL)) != -1) {
     int bad = 0;
     switch (c) {
     case 'l':
@@ -131,6 +144,18 @@ int cli_rendezvous_server(int argc, char **argv) {
       break;
     case 'r':
       bad = int_option("--rate", optarg, 1, 1000000, "messages per second", &cfg.msgs_per_sec);
+      break;
+    case 'P':
+      bad = int_option("--max-conn-per-ip", optarg, 1, 1000000, "a number of connections",
+                       &cfg.max_conn_per_ip);
+      break;
+    case 'U':
+      bad = int_option("--max-unauth-per-ip", optarg, 1, 1000000, "a number of connections",
+                       &cfg.max_unauth_per_ip);
+      break;
+    case 'R':
+      bad = int_option("--max-register-per-ip", optarg, 1, 1000000, "registrations a minute",
+                       &cfg.max_register_per_ip);
       break;
     case 'v':
       cfg.log_level = NP_LOG_DEBUG;

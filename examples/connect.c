@@ -101,6 +101,10 @@ int main(int argc, char **argv) {
         printf("closed by the peer\n");
         ended = true;
         break;
+      case NP_AGENT_REPLACED:
+        printf("%s\n", ev.reason);
+        ended = true;
+        break;
       }
     }
     if (!connected)

@@ -170,6 +170,25 @@ static void re_encode(const np_sig_msg *orig, size_t len) {
   check_same(&r, &m, true);
   /* One byte less room is never enough. */
   CHECK(np_sig_encode(&m, id, out, (size_t)n - 1) == NP_ERR_NOSPACE);
+
+  /* A MAC appended to a server-made type verifies under its key and
+   * counter only, and changes no field; peer-signed types refuse one. */
+  static const uint8_t key[NP_SIG_CHANNEL_KEY_LEN] = {9, 8, 7};
+  int k = np_sig_append_mac(out, (size_t)n, sizeof out, key, 5);
+  if (is_peer(m.type) || m.type == NP_SIG_REGISTER) {
+    CHECK(k == NP_ERR_INVAL);
+    return;
+  }
+  if (k == NP_ERR_NOSPACE)
+    return;
+  CHECK(k == n + 4 + NP_SIG_MAC_LEN);
+  np_sig_msg a;
+  CHECK(np_sig_decode(out + NP_SIG_LEN_PREFIX, (size_t)k - NP_SIG_LEN_PREFIX, &a) == 0);
+  CHECK(a.has_mac && a.mac_len == body_len);
+  CHECK(np_sig_verify_mac(out + NP_SIG_LEN_PREFIX, (size_t)k - NP_SIG_LEN_PREFIX, &a, key, 5) == 0);
+  CHECK(np_sig_verify_mac(out + NP_SIG_LEN_PREFIX, (size_t)k - NP_SIG_LEN_PREFIX, &a, key, 6) ==
+        NP_ERR_AUTH);
+  check_same(&a, &r, true);
 }
 
 /* Stamping OBSERVED changes nothing else, keeps the signature's verdict and
@@ -232,7 +251,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (m.type != NP_SIG_REGISTER)
     CHECK(v == NP_ERR_AUTH);
 
+  v = np_sig_verify_mac(body, len, &m, fuzz_nonce, 0);
+  CHECK(v == 0 || v == NP_ERR_AUTH);
+  if (!m.has_mac)
+    CHECK(v == NP_ERR_AUTH);
+  else
+    CHECK(!is_peer(m.type) && m.type != NP_SIG_REGISTER &&
+          m.mac_len + 4 + NP_SIG_MAC_LEN == len);
+
   re_encode(&m, len);
-  stamp(body, len, &m);
+  /* Only forwarded peer messages are stamped; a MAC'd frame never is (its
+   * MAC must stay last). */
+  if (!m.has_mac)
+    stamp(body, len, &m);
   return 0;
 }

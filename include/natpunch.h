@@ -364,6 +364,11 @@ typedef struct np_rendezvous_server_config {
   int idle_timeout_ms;          /* 0 = 90000 without any frame from a peer */
   int max_frame;                /* 0 = NP_SIG_MAX_FRAME (16384) */
   int msgs_per_sec;             /* 0 = 20 per connection, burst twice that */
+  /* Per source address (IPv4 /32, IPv6 /64), so one host cannot take the
+   * slots other hosts need: */
+  int max_conn_per_ip;     /* 0 = 256 open connections (503 beyond) */
+  int max_unauth_per_ip;   /* 0 = 16 not yet registered (closed beyond) */
+  int max_register_per_ip; /* 0 = 120 REGISTER attempts a minute (429, close) */
   np_log_fn log;
   void *log_user;
   enum np_log_level log_level;
@@ -376,6 +381,7 @@ typedef struct np_rendezvous_stats {
   uint64_t registrations; /* successful registrations so far */
   uint64_t offers, answers, errors_sent;
   uint64_t closed_bad_frame, closed_idle, closed_auth, closed_rate, refused_full;
+  uint64_t refused_per_ip; /* of refused_full: over a per-address limit */
 } np_rendezvous_stats;
 
 /* Creates the server and binds/listens (so errors surface here). Starts no
@@ -442,6 +448,11 @@ enum np_agent_event_type {
                             * NP_ERR_CANCELLED the peer aborted it (np_agent_abort()),
                             * NP_ERR_TIMEOUT the peer vanished (nothing
                             * authenticated from it for peer_timeout_ms) */
+  /* The rendezvous server said (authenticated) that another process
+   * registered our key: it holds our ID now. The agent does not take the ID
+   * back (the two would take it from each other for ever): it can no
+   * longer be called or call, and should be closed. 'reason' says so. */
+  NP_AGENT_REPLACED,
 };
 
 /* How the winning pair was found. */

@@ -876,6 +876,8 @@ static void on_gathered(np_agent *a, int64_t now) {
   if (a->st != S_PUNCHING)
     return;
   punch_flush(a, now);
+  if (!a->registered)
+    return; /* answered from on_rdv_state once registered again */
   const np_addr *seen = np_addr_is_set(&a->peer_seen) ? &a->peer_seen : NULL;
   int rc = np_rdv_client_send_answer(a->rdv, a->peer, a->session, &a->cand, seen);
   if (rc != 0)
@@ -886,20 +888,48 @@ static void on_gathered(np_agent *a, int64_t now) {
 
 static void on_rdv_state(void *user, enum np_rdv_state state, const np_addr *observed) {
   np_agent *a = user;
+  bool was = a->registered;
   a->registered = state == NP_RDV_REGISTERED;
-  if (!a->registered)
+  if (!a->registered) {
+    if (was && a->st != S_NONE && a->st != S_DONE)
+      NP_LOGW(&a->log, "agent: rendezvous connection lost during a call; what it still has to "
+                       "send goes out again once registered");
     return;
+  }
   if (observed)
     a->self_seen = *observed; /* the same-NAT test of checklist.h */
   np_agent_event ev = {.type = NP_AGENT_REGISTERED};
   if (observed)
     ev.observed = *observed;
   push_event(a, &ev);
+  /* A connection lost mid-call took the queued offer, answer or READY
+   * with it (or the server restarted and never forwarded them): send the
+   * one this side still waits on again, freshly signed, so the call goes
+   * on instead of waiting for its timeout. A copy the peer did get is
+   * harmless: the caller's re-offer is answered again, the rest is
+   * ignored by the state checks. */
+  int rc = 0;
+  const char *what = NULL;
+  if (!a->callee && a->st == S_OFFERED) {
+    what = "offer";
+    rc = np_rdv_client_send_offer(a->rdv, a->peer, a->session, &a->cand);
+  } else if (!a->callee && a->st == S_PUNCHING) {
+    what = "READY";
+    rc = np_rdv_client_send_ready(a->rdv, a->peer, a->session);
+  } else if (a->callee && a->st == S_PUNCHING) {
+    what = "answer";
+    const np_addr *seen = np_addr_is_set(&a->peer_seen) ? &a->peer_seen : NULL;
+    rc = np_rdv_client_send_answer(a->rdv, a->peer, a->session, &a->cand, seen);
+  }
+  if (what && rc != 0)
+    session_fail(a, rc, "cannot send again after the rendezvous connection was lost");
+  else if (what)
+    NP_LOGI(&a->log, "agent: sent the %s again after re-registering", what);
   if (!a->callee && a->st == S_GATHERING && !a->probe) {
     /* Gathering finished before registration: offer now, with what the
      * hop probes have found by now. */
     update_flat_flag(a);
-    int rc = np_rdv_client_send_offer(a->rdv, a->peer, a->session, &a->cand);
+    rc = np_rdv_client_send_offer(a->rdv, a->peer, a->session, &a->cand);
     if (rc == 0)
       a->st = S_OFFERED;
     else
@@ -911,6 +941,18 @@ static void on_rdv_offer(void *user, const np_sig_msg *offer) {
   np_agent *a = user;
   if (!a->cfg.listen)
     return;
+  if (a->st != S_NONE && memcmp(offer->from, a->peer, NP_PUBKEY_LEN) == 0 &&
+      memcmp(offer->session, a->session, NP_SIG_SESSION_LEN) == 0) {
+    /* Our caller's offer again: it lost our answer (its rendezvous
+     * connection dropped, or the server restarted). Answer again. */
+    if (a->callee && (a->st == S_PUNCHING || a->st == S_CONNECTED)) {
+      const np_addr *seen = np_addr_is_set(&a->peer_seen) ? &a->peer_seen : NULL;
+      int rc = np_rdv_client_send_answer(a->rdv, a->peer, a->session, &a->cand, seen);
+      if (rc != 0)
+        NP_LOGW(&a->log, "agent: cannot answer the repeated offer: %s", np_strerror(rc));
+    }
+    return;
+  }
   if (a->st != S_NONE) {
     /* One session per agent. A signed "busy" lets the caller fail now,
      * with a reason, rather than at its timeout. */
@@ -1012,6 +1054,27 @@ static void on_rdv_ready(void *user, const np_sig_msg *ready) {
 
 static void on_rdv_error(void *user, uint16_t code, const char *text, const uint8_t *session) {
   np_agent *a = user;
+  /* Only authenticated errors get here (the client checks the MAC). */
+  if (code == NP_SIG_E_REPLACED) {
+    if (a->st != S_NONE && a->st != S_DONE)
+      session_fail(a, NP_ERR_REFUSED, "our ID was registered by another process");
+    np_agent_event ev = {.type = NP_AGENT_REPLACED};
+    snprintf(ev.reason, sizeof ev.reason,
+             "another process registered our key with the rendezvous server and holds our ID "
+             "now; this one stops");
+    push_event(a, &ev);
+    return;
+  }
+  if (code == NP_SIG_E_CLOCK && session && memcmp(session, a->session, NP_SIG_SESSION_LEN) == 0 &&
+      a->st != S_NONE && a->st != S_DONE && a->st != S_CONNECTED) {
+    /* The peer drops what we sign as too old or too new: the call cannot
+     * work, and the reason is the clock, not the network. */
+    char reason[200];
+    snprintf(reason, sizeof reason, "rendezvous server: %.150s (%u)", text, code);
+    NP_LOGW(&a->log, "agent: %s", reason);
+    session_fail(a, NP_ERR_REFUSED, reason);
+    return;
+  }
   if (a->callee || !session || memcmp(session, a->session, NP_SIG_SESSION_LEN) != 0 ||
       (a->st != S_OFFERED && a->st != S_GATHERING)) {
     NP_LOGW(&a->log, "agent: rendezvous server: %s (%u)", text, code);

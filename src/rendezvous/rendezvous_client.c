@@ -16,6 +16,14 @@
  * claims to have checked. Only OBSERVED is taken on the server's word, and
  * it is documented as such.
  *
+ * Server errors: the TCP connection is plain, so anyone who can inject into
+ * it could send an ERROR. The client sends an ephemeral X25519 key in HELLO
+ * and derives a per-connection key from the server's in CHALLENGE (see
+ * signaling.h); ERROR and REGISTERED are acted on only with a valid MAC
+ * under it. Without one, an ERROR during the handshake only ends that
+ * attempt (the normal short backoff), and once registered it is logged and
+ * ignored: it cannot end a call, impose a backoff or take our ID.
+ *
  * Memory: everything is allocated in np_rdv_client_new(); the input buffer
  * holds exactly one maximum frame and the output queue has a fixed size, so
  * neither a hostile server nor a caller sending too fast can grow it.
@@ -37,6 +45,8 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <sodium.h>
 
 #define RDV_BACKOFF_MIN_MS 250
 #define RDV_BACKOFF_MAX_MS 30000
@@ -65,6 +75,10 @@ struct rdv_seen {
   uint8_t type;
   uint8_t from[NP_PUBKEY_LEN];
   uint8_t session[NP_SIG_SESSION_LEN];
+  /* With the timestamp, a verbatim copy is a replay, while the sender's
+   * fresh signing of the same session (an offer sent again after a lost
+   * connection) gets through. */
+  uint64_t timestamp_ms;
 };
 
 struct np_rdv_client {
@@ -96,6 +110,16 @@ struct np_rdv_client {
   uint64_t rng;         /* xorshift state for the jitter */
 
   np_addr observed; /* from CHALLENGE, then REGISTERED */
+
+  /* Channel key of the current connection (see the file comment). */
+  uint8_t kx_pk[NP_SIG_KX_LEN], kx_sk[NP_SIG_KX_LEN];
+  bool got_challenge;
+  bool has_key;
+  uint64_t mac_seq; /* MAC'd frames accepted on this connection */
+  uint8_t chan_key[NP_SIG_CHANNEL_KEY_LEN];
+  /* An authenticated 409: another registration holds our ID. The client
+   * stops: it does not take the ID back (see on_error_msg()). */
+  bool replaced;
 
   uint8_t in[RDV_IN_CAP];
   size_t in_len;
@@ -163,7 +187,7 @@ static int next_delay(np_rdv_client *c) {
 
 enum lost_kind {
   LOST_NORMAL,   /* exponential backoff from where it is */
-  LOST_REPLACED, /* 409: someone else holds our ID; wait the longest */
+  LOST_REPLACED, /* authenticated 409: someone else holds our ID; stop */
 };
 
 /* The one way out of a connection: close, forget everything that belonged
@@ -178,14 +202,26 @@ static void conn_lost(np_rdv_client *c, int64_t now, enum lost_kind kind, const 
   c->in_len = 0;
   c->out_off = c->out_len = 0;
   memset(&c->observed, 0, sizeof c->observed);
+  c->got_challenge = c->has_key = false;
+  c->mac_seq = 0;
+  sodium_memzero(c->chan_key, sizeof c->chan_key);
+  sodium_memzero(c->kx_sk, sizeof c->kx_sk);
+  if (kind == LOST_REPLACED) {
+    /* Taking the ID back would make the two registrations replace each
+     * other for ever, and each would lose its calls; the application is
+     * told (on_error 409) and decides. */
+    c->replaced = true;
+    c->next_attempt = INT64_MAX;
+    NP_LOGW(&c->lg, "rdv %.8s: %s; not reconnecting", c->peer_id, why);
+    set_state(c, NP_RDV_DISCONNECTED);
+    return;
+  }
   /* The first failure of a streak is a warning, so a user without
    * --verbose learns that the server is unreachable; the retries are not. */
   bool first = c->backoff_ms <= c->cfg.backoff_min_ms;
-  if (kind == LOST_REPLACED)
-    c->backoff_ms = c->cfg.backoff_max_ms;
   int delay = next_delay(c);
   c->next_attempt = now + delay;
-  np_log(&c->lg, kind == LOST_REPLACED || first ? NP_LOG_WARN : NP_LOG_INFO,
+  np_log(&c->lg, first ? NP_LOG_WARN : NP_LOG_INFO,
          "rdv %.8s: %s; reconnecting in %d ms", c->peer_id, why, delay);
   set_state(c, NP_RDV_DISCONNECTED);
 }
@@ -298,6 +334,12 @@ static void finish_connect(np_rdv_client *c, int64_t now) {
   tx_reset(c, NP_SIG_HELLO);
   c->tx.has_pubkey = true;
   memcpy(c->tx.pubkey, c->pubkey, NP_PUBKEY_LEN);
+  if (np_sig_kx_keypair(c->kx_pk, c->kx_sk) != 0) {
+    conn_lost(c, now, LOST_NORMAL, "cannot make a key pair");
+    return;
+  }
+  c->tx.cand.has_kx = true;
+  memcpy(c->tx.cand.kx, c->kx_pk, NP_SIG_KX_LEN);
   int rc = queue_tx(c, NULL);
   if (rc < 0)
     conn_lost(c, now, LOST_NORMAL, "cannot encode HELLO");
@@ -313,10 +355,27 @@ static bool caller_allowed(const np_rdv_client *c, const uint8_t from[NP_PUBKEY_
 }
 
 static void on_challenge(np_rdv_client *c, int64_t now) {
-  if (c->state != NP_RDV_AUTHENTICATING || !c->rx.has_nonce) {
+  /* One per connection: a second one is injected (or the server is
+   * broken); answering it would key the channel to whoever sent it. */
+  if (c->state != NP_RDV_AUTHENTICATING || !c->rx.has_nonce || c->got_challenge) {
     conn_lost(c, now, LOST_NORMAL, "unexpected CHALLENGE");
     return;
   }
+  c->got_challenge = true;
+  if (c->rx.cand.has_kx) {
+    if (np_sig_channel_key(false, c->kx_pk, c->kx_sk, c->rx.cand.kx, c->rx.nonce, c->chan_key) !=
+        0) {
+      conn_lost(c, now, LOST_NORMAL, "unusable KX key in CHALLENGE");
+      return;
+    }
+    c->has_key = true;
+  } else {
+    /* A server without KX (an older one): its errors stay unauthenticated
+     * and are never acted on beyond ending a handshake attempt. */
+    NP_LOGW(&c->lg, "rdv %.8s: the server does not authenticate its errors (older version?)",
+            c->peer_id);
+  }
+  sodium_memzero(c->kx_sk, sizeof c->kx_sk);
   if (c->rx.observed.u.sa.sa_family != AF_UNSPEC)
     c->observed = c->rx.observed;
   tx_reset(c, NP_SIG_REGISTER);
@@ -333,7 +392,20 @@ static void on_challenge(np_rdv_client *c, int64_t now) {
   }
 }
 
-static void on_registered(np_rdv_client *c, int64_t now) {
+/* Whether the frame in rx carries a valid MAC under this connection's key
+ * (and counts it: the next one must carry the next number). */
+static bool mac_ok(np_rdv_client *c, const uint8_t *body, size_t len) {
+  if (!c->has_key || np_sig_verify_mac(body, len, &c->rx, c->chan_key, c->mac_seq) != 0)
+    return false;
+  c->mac_seq++;
+  return true;
+}
+
+static void on_registered(np_rdv_client *c, int64_t now, const uint8_t *body, size_t len) {
+  if (c->has_key && !mac_ok(c, body, len)) {
+    NP_LOGW(&c->lg, "rdv %.8s: ignored a REGISTERED without a valid MAC (injected?)", c->peer_id);
+    return;
+  }
   if (c->state != NP_RDV_AUTHENTICATING) {
     conn_lost(c, now, LOST_NORMAL, "unexpected REGISTERED");
     return;
@@ -364,15 +436,27 @@ static uint64_t unix_ms(void) {
  * The signed TIMESTAMP bounds how old it may be; within that window a ring
  * of recently accepted (type, sender, session) triples catches verbatim
  * repeats. The window allows for clock skew between the peers. */
-#define RDV_REPLAY_WINDOW_MS 120000
+#define RDV_REPLAY_WINDOW_MS NP_SIG_CLOCK_WINDOW_MS
 static_assert(RDV_REPLAY_RING >= 64, "ring must cover a window's worth of sessions");
 
-static bool is_fresh(np_rdv_client *c, const np_sig_msg *m) {
+/* A signed message outside the window is either old (a replay) or from a
+ * peer whose clock is off: say which figure, so a user with a wrong clock
+ * reads that, not a timeout. */
+static bool in_window(np_rdv_client *c, const np_sig_msg *m, const char *from) {
   uint64_t now = unix_ms();
   uint64_t age = now > m->timestamp_ms ? now - m->timestamp_ms : m->timestamp_ms - now;
-  if (age > RDV_REPLAY_WINDOW_MS)
-    return false;
-  struct rdv_seen key = {.type = m->type};
+  if (age <= RDV_REPLAY_WINDOW_MS)
+    return true;
+  NP_LOGW(&c->lg,
+          "rdv %.8s: dropped %s from %.8s: its clock is %llu s %s ours (more than %d s); "
+          "check the clocks (NTP) on both sides",
+          c->peer_id, np_sig_type_name(m->type), from, (unsigned long long)(age / 1000),
+          m->timestamp_ms > now ? "ahead of" : "behind", RDV_REPLAY_WINDOW_MS / 1000);
+  return false;
+}
+
+static bool is_fresh(np_rdv_client *c, const np_sig_msg *m) {
+  struct rdv_seen key = {.type = m->type, .timestamp_ms = m->timestamp_ms};
   memcpy(key.from, m->from, sizeof key.from);
   memcpy(key.session, m->session, sizeof key.session);
   for (int i = 0; i < RDV_REPLAY_RING; i++)
@@ -409,9 +493,10 @@ static void on_signed(np_rdv_client *c, const uint8_t *body, size_t len) {
             from);
     return;
   }
+  if (!in_window(c, m, from))
+    return;
   if (!is_fresh(c, m)) {
-    NP_LOGW(&c->lg, "rdv %.8s: dropped %s from %.8s: replayed or outside the %d s window",
-            c->peer_id, what, from, RDV_REPLAY_WINDOW_MS / 1000);
+    NP_LOGW(&c->lg, "rdv %.8s: dropped %s from %.8s: replayed", c->peer_id, what, from);
     return;
   }
   if (m->type == NP_SIG_OFFER) {
@@ -429,16 +514,29 @@ static void on_signed(np_rdv_client *c, const uint8_t *body, size_t len) {
   }
 }
 
-static void on_error_msg(np_rdv_client *c, int64_t now) {
+static void on_error_msg(np_rdv_client *c, int64_t now, const uint8_t *body, size_t len) {
   const np_sig_msg *m = &c->rx;
   enum np_rdv_state st = c->state;
+  if (!mac_ok(c, body, len)) {
+    if (st != NP_RDV_REGISTERED) {
+      /* Before (or without) a key nothing is known about who sent it: this
+       * attempt is over, as for any failed connection, and nothing more
+       * (a 409 or 503 here imposes no special backoff). */
+      NP_LOGW(&c->lg, "rdv %.8s: registration failed: unauthenticated error %u %s", c->peer_id,
+              m->error_code, m->error_text);
+      conn_lost(c, now, LOST_NORMAL, "registration refused (unauthenticated error)");
+    } else {
+      NP_LOGW(&c->lg, "rdv %.8s: ignored an ERROR %u without a valid MAC (not the server's)",
+              c->peer_id, m->error_code);
+    }
+    return;
+  }
   NP_LOGD(&c->lg, "rdv %.8s: server error %u %s", c->peer_id, m->error_code, m->error_text);
   if (c->cfg.on_error)
     c->cfg.on_error(c->cfg.user, m->error_code, m->error_text, m->has_session ? m->session : NULL);
-  if (m->error_code == NP_SIG_E_REPLACED) {
+  if (m->error_code == NP_SIG_E_REPLACED && c->fd >= 0) {
     /* Another client registered our ID (the same key running twice, or a
-     * stale process). Fighting back would make the two replace each other
-     * forever, so yield and try again only after the longest backoff. */
+     * stale process), and the server said so itself. */
     NP_LOGW(&c->lg, "rdv %.8s: our ID was registered from another connection", c->peer_id);
     conn_lost(c, now, LOST_REPLACED, "replaced by another registration");
     return;
@@ -471,7 +569,7 @@ static void handle_frame(np_rdv_client *c, int64_t now, const uint8_t *body, siz
     on_challenge(c, now);
     break;
   case NP_SIG_REGISTERED:
-    on_registered(c, now);
+    on_registered(c, now, body, len);
     break;
   case NP_SIG_OFFER:
   case NP_SIG_ANSWER:
@@ -479,7 +577,7 @@ static void handle_frame(np_rdv_client *c, int64_t now, const uint8_t *body, siz
     on_signed(c, body, len);
     break;
   case NP_SIG_ERROR:
-    on_error_msg(c, now);
+    on_error_msg(c, now, body, len);
     break;
   case NP_SIG_PING:
     if (send_simple(c, NP_SIG_PONG) < 0)
@@ -623,6 +721,8 @@ int np_rdv_client_fd(const np_rdv_client *c, short *events) {
 int64_t np_rdv_client_wakeup(const np_rdv_client *c) {
   if (c->broken)
     return 0; /* torn down on the next process(), as soon as possible */
+  if (c->replaced)
+    return INT64_MAX;
   switch (c->state) {
   case NP_RDV_DISCONNECTED:
     return c->next_attempt;
@@ -663,6 +763,10 @@ int np_rdv_client_process(np_rdv_client *c, int64_t now, short revents) {
 
 enum np_rdv_state np_rdv_client_state(const np_rdv_client *c) {
   return c->state;
+}
+
+bool np_rdv_client_replaced(const np_rdv_client *c) {
+  return c && c->replaced;
 }
 
 static int send_signed(np_rdv_client *c, uint8_t type, const uint8_t to[NP_PUBKEY_LEN],
@@ -726,5 +830,6 @@ void np_rdv_client_free(np_rdv_client *c) {
     return;
   if (c->fd >= 0)
     close(c->fd);
+  sodium_memzero(c, sizeof *c);
   free(c);
 }

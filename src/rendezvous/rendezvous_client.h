@@ -40,8 +40,9 @@ typedef struct np_rdv_client_config {
   void (*on_offer)(void *user, const np_sig_msg *offer);   /* signature verified */
   void (*on_answer)(void *user, const np_sig_msg *answer); /* signature verified */
   void (*on_ready)(void *user, const np_sig_msg *ready);   /* signature verified */
-  /* A server ERROR (e.g. 404 for an offer to an unknown peer, 403 refused);
-   * session is NULL when the error is not about a session. */
+  /* A server ERROR (e.g. 404 for an offer to an unknown peer, 403 refused,
+   * 409 our ID taken, 425 our clock off), only when authenticated by the
+   * connection's MAC; session is NULL when it is not about a session. */
   void (*on_error)(void *user, uint16_t code, const char *text, const uint8_t *session);
   void *user;
 
@@ -67,6 +68,12 @@ int np_rdv_client_process(np_rdv_client *c, int64_t now, short revents);
 
 /* Current state. */
 enum np_rdv_state np_rdv_client_state(const np_rdv_client *c);
+
+/* True once the server said, authenticated, that another connection
+ * registered our key (409): the client then stays DISCONNECTED and does not
+ * try again, so two processes with one key do not take the ID from each
+ * other for ever. */
+bool np_rdv_client_replaced(const np_rdv_client *c);
 
 /* Queues a signed OFFER to peer 'to' with these candidates; session is the
  * caller-chosen session nonce. Returns 0, NP_ERR_INVAL when not registered,

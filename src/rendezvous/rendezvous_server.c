@@ -26,9 +26,15 @@
  *    connected: they are normal events of a rendezvous.
  *  - REGISTER must carry the key announced in HELLO; the signature covers the
  *    challenge nonce, so a captured REGISTER cannot be replayed.
- *  - ANSWER is not checked against the callee's allow list (the allow list
- *    says who may call a peer; an answer goes back to someone the peer
- *    chose to answer).
+ *  - OFFER, ANSWER and READY obey one rule: the receiver's allow list must
+ *    name the sender, unless the receiver itself offered this session to the
+ *    sender (a caller with an allow list for its own callers still hears
+ *    the answer of the peer it called). So an allow list cannot be bypassed
+ *    by sending an unsolicited ANSWER or READY.
+ *  - Per source address (IPv4 /32, IPv6 /64: one host or one NAT) there are
+ *    limits on open and on unregistered connections and on REGISTER
+ *    attempts per minute, so one host cannot fill the server's slots that
+ *    other hosts need; the global limits stay as the last line.
  *  - Connection-level logs (why a connection was closed) are at INFO, at most
  *    RS_LOG_PER_SEC lines a second; the rest is counted and reported as
  *    "suppressed" once the window passes, so a flood cannot flood the log.
@@ -54,13 +60,26 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <sodium.h>
 
 #define RS_DEFAULT_MAX_CONN 20000
 #define RS_DEFAULT_MAX_UNAUTH 1024
 #define RS_DEFAULT_AUTH_MS 10000
 #define RS_DEFAULT_IDLE_MS 90000
 #define RS_DEFAULT_RATE 20
+/* Per source address (see the file comment). Generous for a NAT shared by
+ * an office, small against the global limits. */
+#define RS_DEFAULT_CONN_PER_IP 256
+#define RS_DEFAULT_UNAUTH_PER_IP 16
+#define RS_DEFAULT_REGISTER_PER_IP 120 /* per minute */
+#define RS_REGISTER_WINDOW_MS 60000
+/* Buckets of the per-address table; chains stay short at max_conn. */
+#define RS_IP_BUCKETS 4096
+/* Calls remembered per connection, for ANSWER/READY to a caller. */
+#define RS_CALLS 4
 /* Token bucket depth, in seconds of the sustained rate. */
 #define RS_BURST_FACTOR 2
 /* Descriptors beyond the connections: listener, epoll, eventfd, reserve fd,
@@ -96,8 +115,27 @@ enum rs_why {
   RS_WHY_RATE,
 };
 
+/* What one source address holds (see the file comment). Kept while it has
+ * connections or its registration window is still running. */
+struct rs_ip {
+  struct rs_ip *next;
+  uint8_t key[17]; /* family byte + /32 or /64 */
+  int n_open, n_unauth;
+  int n_register;       /* REGISTER attempts in the window */
+  int64_t window_start; /* of the registration window (ms) */
+};
+
+/* An OFFER this connection sent: lets the answer and READY back through. */
+struct rs_call {
+  uint8_t to[NP_PUBKEY_LEN];
+  uint8_t session[NP_SIG_SESSION_LEN];
+};
+
 struct rs_conn {
   struct rs_conn *prev, *next; /* in srv->unauth or srv->reg (timer order) */
+  struct rs_ip *ip;            /* its source address's counters */
+  struct rs_call calls[RS_CALLS];
+  uint8_t n_calls, next_call;
   struct rs_conn *dead_next;
   int fd;
   uint8_t state;    /* enum rs_state */
@@ -114,6 +152,11 @@ struct rs_conn {
   uint32_t in_len;
   uint8_t *out; /* queued output, out_off..out_len still to send */
   uint32_t out_len, out_off;
+  /* Channel key (the client sent KX in HELLO): ERROR and REGISTERED to it
+   * carry a MAC, so nobody else on the TCP path can forge them. */
+  bool has_key;
+  uint32_t mac_seq; /* MAC'd frames sent so far */
+  uint8_t chan_key[NP_SIG_CHANNEL_KEY_LEN];
 };
 
 struct rs_list {
@@ -122,13 +165,17 @@ struct rs_list {
 
 struct rs_counters {
   _Atomic uint64_t connections, open, registered, registrations, offers, answers, errors_sent,
-      closed_bad_frame, closed_idle, closed_auth, closed_rate, refused_full;
+      closed_bad_frame, closed_idle, closed_auth, closed_rate, refused_full, refused_per_ip;
 };
 
 struct np_rendezvous_server {
   np_logger log;
   np_addr local;
   int max_conn, max_unauth, auth_ms, idle_ms, rate;
+  int conn_per_ip, unauth_per_ip, register_per_ip;
+  struct rs_ip *ips[RS_IP_BUCKETS];
+  int64_t ip_swept; /* last sweep of expired registration windows */
+  uint32_t ip_salt;
   size_t max_frame;
   size_t out_max;
 
@@ -241,6 +288,114 @@ static struct rs_list *list_of(np_rendezvous_server *srv, const struct rs_conn *
 }
 
 /* ------------------------------------------------------------------------ */
+/* Per source address                                                        */
+/* ------------------------------------------------------------------------ */
+
+/* The table key of an address: IPv4 whole, IPv6 by its /64 (a host gets a
+ * whole /64, so counting /128s would let one host be thousands). */
+static void ip_key(const np_addr *a, uint8_t key[17]) {
+  memset(key, 0, 17);
+  if (a->u.sa.sa_family == AF_INET6) {
+    const uint8_t *b = a->u.in6.sin6_addr.s6_addr;
+    /* A v4-mapped address is an IPv4 host. */
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(b, mapped, 12) == 0) {
+      key[0] = 4;
+      memcpy(key + 1, b + 12, 4);
+    } else {
+      key[0] = 6;
+      memcpy(key + 1, b, 8);
+    }
+  } else {
+    key[0] = 4;
+    memcpy(key + 1, &a->u.in4.sin_addr, 4);
+  }
+}
+
+static unsigned ip_hash(const np_rendezvous_server *srv, const uint8_t key[17]) {
+  /* FNV-1a, salted per server so a remote host cannot aim at one chain. */
+  uint32_t h = 2166136261u ^ srv->ip_salt;
+  for (int i = 0; i < 17; i++)
+    h = (h ^ key[i]) * 16777619u;
+  return h % RS_IP_BUCKETS;
+}
+
+/* The entry of a's address, made if missing (NULL only when out of
+ * memory). */
+static struct rs_ip *ip_get(np_rendezvous_server *srv, const np_addr *a) {
+  uint8_t key[17];
+  ip_key(a, key);
+  unsigned h = ip_hash(srv, key);
+  for (struct rs_ip *e = srv->ips[h]; e; e = e->next)
+    if (memcmp(e->key, key, sizeof key) == 0)
+      return e;
+  struct rs_ip *e = calloc(1, sizeof *e);
+  if (!e)
+    return NULL;
+  memcpy(e->key, key, sizeof key);
+  e->next = srv->ips[h];
+  srv->ips[h] = e;
+  return e;
+}
+
+static bool ip_idle(const np_rendezvous_server *srv, const struct rs_ip *e) {
+  return e->n_open == 0 &&
+         (e->n_register == 0 || srv->now - e->window_start >= RS_REGISTER_WINDOW_MS);
+}
+
+/* Frees e if it holds nothing any more. */
+static void ip_release(np_rendezvous_server *srv, struct rs_ip *e) {
+  if (!ip_idle(srv, e))
+    return;
+  struct rs_ip **pp = &srv->ips[ip_hash(srv, e->key)];
+  while (*pp != e)
+    pp = &(*pp)->next;
+  *pp = e->next;
+  free(e);
+}
+
+/* Frees entries kept only for a registration window that has passed; at
+ * most every few seconds (a walk of the buckets). */
+static void ip_sweep(np_rendezvous_server *srv) {
+  if (srv->now - srv->ip_swept < 5000)
+    return;
+  srv->ip_swept = srv->now;
+  for (int i = 0; i < RS_IP_BUCKETS; i++) {
+    struct rs_ip **pp = &srv->ips[i];
+    while (*pp) {
+      struct rs_ip *e = *pp;
+      if (ip_idle(srv, e)) {
+        *pp = e->next;
+        free(e);
+      } else {
+        pp = &e->next;
+      }
+    }
+  }
+}
+
+/* Counts one REGISTER attempt from e; false once over the limit. */
+static bool ip_take_register(np_rendezvous_server *srv, struct rs_ip *e) {
+  if (srv->now - e->window_start >= RS_REGISTER_WINDOW_MS) {
+    e->window_start = srv->now;
+    e->n_register = 0;
+  }
+  if (e->n_register >= srv->register_per_ip)
+    return false;
+  e->n_register++;
+  return true;
+}
+
+static void ip_free_all(np_rendezvous_server *srv) {
+  for (int i = 0; i < RS_IP_BUCKETS; i++)
+    while (srv->ips[i]) {
+      struct rs_ip *e = srv->ips[i];
+      srv->ips[i] = e->next;
+      free(e);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
 /* Closing                                                                   */
 /* ------------------------------------------------------------------------ */
 
@@ -268,7 +423,11 @@ static void conn_close(np_rendezvous_server *srv, struct rs_conn *c, enum rs_why
       RS_DEC(srv, registered);
   } else {
     srv->n_unauth--;
+    c->ip->n_unauth--;
   }
+  c->ip->n_open--;
+  ip_release(srv, c->ip);
+  c->ip = NULL;
   switch (why) {
   case RS_WHY_NONE:
     break;
@@ -395,9 +554,17 @@ static bool send_frame(np_rendezvous_server *srv, struct rs_conn *c, const uint8
   return true;
 }
 
-/* Encodes srv->reply (unsigned, server-made) and sends it. */
+/* Encodes srv->reply (unsigned, server-made) and sends it; ERROR and
+ * REGISTERED get a MAC when the connection has a key: they are the frames
+ * that end a call or a registration (see signaling.h). */
 static bool send_reply(np_rendezvous_server *srv, struct rs_conn *c) {
   int n = np_sig_encode(&srv->reply, NULL, srv->small, sizeof srv->small);
+  if (n > 0 && c->has_key &&
+      (srv->reply.type == NP_SIG_ERROR || srv->reply.type == NP_SIG_REGISTERED)) {
+    n = np_sig_append_mac(srv->small, (size_t)n, sizeof srv->small, c->chan_key, c->mac_seq);
+    if (n > 0)
+      c->mac_seq++;
+  }
   if (n <= 0) {
     NP_LOGE(&srv->log, "cannot encode %s: %s", np_sig_type_name(srv->reply.type), np_strerror(n));
     return c->state != RS_DEAD;
@@ -468,6 +635,22 @@ static void on_hello(np_rendezvous_server *srv, struct rs_conn *c) {
   srv->reply.has_nonce = true;
   memcpy(srv->reply.nonce, c->nonce, NP_SIG_NONCE_LEN);
   srv->reply.observed = c->peer;
+  if (srv->msg.cand.has_kx) {
+    /* Our half of the channel key goes in CHALLENGE, itself sent before
+     * the key exists: a forged CHALLENGE only makes the attempt fail. */
+    uint8_t sk[NP_SIG_KX_LEN];
+    int krc = np_sig_kx_keypair(srv->reply.cand.kx, sk);
+    if (krc == 0)
+      krc = np_sig_channel_key(true, srv->reply.cand.kx, sk, srv->msg.cand.kx, c->nonce,
+                               c->chan_key);
+    sodium_memzero(sk, sizeof sk);
+    if (krc != 0) {
+      fail_conn(srv, c, RS_WHY_AUTH, NP_SIG_E_AUTH, "unusable KX key");
+      return;
+    }
+    srv->reply.cand.has_kx = true;
+    c->has_key = true;
+  }
   if (send_reply(srv, c))
     c->state = RS_CHALLENGED;
 }
@@ -480,6 +663,10 @@ static void on_register(np_rendezvous_server *srv, struct rs_conn *c) {
   }
   if (memcmp(m->pubkey, c->key, NP_PUBKEY_LEN) != 0) {
     fail_conn(srv, c, RS_WHY_AUTH, NP_SIG_E_AUTH, "REGISTER key differs from HELLO");
+    return;
+  }
+  if (!ip_take_register(srv, c->ip)) {
+    fail_conn(srv, c, RS_WHY_RATE, NP_SIG_E_RATE, "too many registrations from your address");
     return;
   }
   if (np_sig_verify_register(m, c->nonce) != 0) {
@@ -506,6 +693,7 @@ static void on_register(np_rendezvous_server *srv, struct rs_conn *c) {
   /* Now registered: out of the auth list, into the idle list. */
   list_unlink(&srv->unauth, c);
   srv->n_unauth--;
+  c->ip->n_unauth--;
   c->state = RS_REGISTERED;
   c->allow = allow;
   c->n_allow = m->n_allow;
@@ -545,6 +733,57 @@ static bool allowed(const struct rs_conn *callee, const uint8_t caller[NP_PUBKEY
   return false;
 }
 
+/* Whether c offered session to peer (its answer and READY may come back
+ * whatever c's allow list says). */
+static bool called(const struct rs_conn *c, const uint8_t peer[NP_PUBKEY_LEN],
+                   const uint8_t session[NP_SIG_SESSION_LEN]) {
+  for (int i = 0; i < c->n_calls; i++)
+    if (memcmp(c->calls[i].to, peer, NP_PUBKEY_LEN) == 0 &&
+        memcmp(c->calls[i].session, session, NP_SIG_SESSION_LEN) == 0)
+      return true;
+  return false;
+}
+
+/* Records an offer c sent; the oldest of RS_CALLS is forgotten (an agent
+ * has one call at a time; a few cover retries). */
+static void remember_call(struct rs_conn *c, const uint8_t to[NP_PUBKEY_LEN],
+                          const uint8_t session[NP_SIG_SESSION_LEN]) {
+  if (called(c, to, session))
+    return;
+  struct rs_call *k = &c->calls[c->next_call];
+  memcpy(k->to, to, NP_PUBKEY_LEN);
+  memcpy(k->session, session, NP_SIG_SESSION_LEN);
+  c->next_call = (uint8_t)((c->next_call + 1) % RS_CALLS);
+  if (c->n_calls < RS_CALLS)
+    c->n_calls++;
+}
+
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A receiver drops a signed message whose TIMESTAMP is further than the
+ * window from its own clock, and says so only in its own log. The sender
+ * learns it here, with the figure, instead of waiting for its timeout. The
+ * message is still forwarded: the receiver's clock, not ours, decides. */
+static void check_clock(np_rendezvous_server *srv, struct rs_conn *c, const np_sig_msg *m) {
+  int64_t ts = m->timestamp_ms > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)m->timestamp_ms;
+  int64_t skew = ts - wall_ms(); /* > 0: the sender's clock is ahead */
+  if (skew >= -NP_SIG_CLOCK_WINDOW_MS && skew <= NP_SIG_CLOCK_WINDOW_MS)
+    return;
+  long long secs = (long long)((skew < 0 ? -(skew / 1000) : skew / 1000));
+  char text[NP_SIG_MAX_TEXT];
+  snprintf(text, sizeof text,
+           "your clock is %lld s %s the server's (more than %d s): peers will drop your %s",
+           secs, skew > 0 ? "ahead of" : "behind", NP_SIG_CLOCK_WINDOW_MS / 1000,
+           np_sig_type_name(m->type));
+  conn_log(srv, c, "%s with a clock %lld s %s ours", np_sig_type_name(m->type), secs,
+           skew > 0 ? "ahead of" : "behind");
+  send_error(srv, c, NP_SIG_E_CLOCK, text, m->session, m->to);
+}
+
 /* OFFER, ANSWER or READY from a registered peer: frame/len is the whole
  * frame as received (prefix + body). */
 static void on_forward(np_rendezvous_server *srv, struct rs_conn *c, const uint8_t *frame,
@@ -566,14 +805,17 @@ static void on_forward(np_rendezvous_server *srv, struct rs_conn *c, const uint8
     fail_conn(srv, c, RS_WHY_AUTH, NP_SIG_E_AUTH, "bad signature");
     return;
   }
+  check_clock(srv, c, m);
+  if (c->state == RS_DEAD)
+    return;
   struct rs_conn *to = srv->reg->ops->get(srv->reg, m->to);
   if (!to) {
     send_error(srv, c, NP_SIG_E_UNKNOWN_PEER, "no such peer registered", m->session, m->to);
     return;
   }
-  /* The callee never learns of a refused caller (READY comes from callers
-   * too). */
-  if (m->type != NP_SIG_ANSWER && !allowed(to, m->from)) {
+  /* One rule for all three (see the file comment); the receiver never
+   * learns of a refused sender. */
+  if (!allowed(to, m->from) && !called(to, m->from, m->session)) {
     send_error(srv, c, NP_SIG_E_REFUSED, "the peer does not accept calls from you", m->session,
                m->to);
     return;
@@ -586,9 +828,11 @@ static void on_forward(np_rendezvous_server *srv, struct rs_conn *c, const uint8
     return;
   }
   if (send_frame(srv, to, srv->stamp, (size_t)n)) {
-    if (offer)
+    if (offer) {
+      remember_call(c, m->to, m->session);
       RS_INC(srv, offers);
-    else if (m->type == NP_SIG_ANSWER)
+    }
+    if (m->type == NP_SIG_ANSWER)
       RS_INC(srv, answers);
   }
 }
@@ -714,11 +958,12 @@ static void on_readable(np_rendezvous_server *srv, struct rs_conn *c) {
 /* Refuses a fresh socket: 503 when the server is full (the peer may retry
  * elsewhere or later), silence when too many have not registered yet (a
  * flood gets nothing but a closed socket). */
-static void refuse(np_rendezvous_server *srv, int fd, const np_addr *peer, bool full) {
+static void refuse(np_rendezvous_server *srv, int fd, const np_addr *peer, bool full,
+                   const char *why) {
   if (full) {
     reply_init(srv, NP_SIG_ERROR);
     srv->reply.error_code = NP_SIG_E_UNAVAILABLE;
-    snprintf(srv->reply.error_text, sizeof srv->reply.error_text, "server full");
+    snprintf(srv->reply.error_text, sizeof srv->reply.error_text, "%s", why);
     int n = np_sig_encode(&srv->reply, NULL, srv->small, sizeof srv->small);
     if (n > 0 && send(fd, srv->small, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) == n)
       RS_INC(srv, errors_sent);
@@ -727,24 +972,41 @@ static void refuse(np_rendezvous_server *srv, int fd, const np_addr *peer, bool 
   close(fd);
   char a[NP_ADDRSTRLEN];
   np_addr_format(peer, a, sizeof a);
-  conn_log(srv, NULL, "%s: refused: %s", a,
-           full ? "503 at max_connections" : "too many unregistered connections");
+  conn_log(srv, NULL, "%s: refused: %s%s", a, full ? "503 " : "", why);
 }
 
 static void accept_one(np_rendezvous_server *srv, int fd, const np_addr *peer) {
   if (srv->n_open >= srv->max_conn) {
-    refuse(srv, fd, peer, true);
+    refuse(srv, fd, peer, true, "server full");
     return;
   }
   if (srv->n_unauth >= srv->max_unauth) {
-    refuse(srv, fd, peer, false);
+    refuse(srv, fd, peer, false, "too many unregistered connections");
+    return;
+  }
+  struct rs_ip *ip = ip_get(srv, peer);
+  if (!ip) {
+    close(fd);
+    return;
+  }
+  if (ip->n_open >= srv->conn_per_ip || ip->n_unauth >= srv->unauth_per_ip) {
+    /* Counted apart from refused_full: the server is not full, this host
+     * is. Silence for unregistered ones, as for the global limit. */
+    bool total = ip->n_open >= srv->conn_per_ip;
+    RS_INC(srv, refused_per_ip);
+    refuse(srv, fd, peer, total,
+           total ? "too many connections from your address"
+                 : "too many unregistered connections from its address");
+    ip_release(srv, ip);
     return;
   }
   struct rs_conn *c = calloc(1, sizeof *c);
   if (!c) {
     close(fd);
+    ip_release(srv, ip);
     return;
   }
+  c->ip = ip;
   c->fd = fd;
   c->peer = *peer;
   c->state = RS_NEW;
@@ -756,6 +1018,7 @@ static void accept_one(np_rendezvous_server *srv, int fd, const np_addr *peer) {
     NP_LOGW(&srv->log, "epoll_ctl(ADD): %s", strerror(errno));
     close(fd);
     free(c);
+    ip_release(srv, ip);
     return;
   }
   /* Small frames, each written whole: no reason to wait for Nagle. */
@@ -764,6 +1027,8 @@ static void accept_one(np_rendezvous_server *srv, int fd, const np_addr *peer) {
   list_append(&srv->unauth, c);
   srv->n_unauth++;
   srv->n_open++;
+  ip->n_open++;
+  ip->n_unauth++;
   RS_INC(srv, open);
   RS_INC(srv, connections);
 }
@@ -821,6 +1086,7 @@ static int expire(np_rendezvous_server *srv) {
     conn_log(srv, c, "closed: idle for %d ms", srv->idle_ms);
     conn_close(srv, c, RS_WHY_IDLE);
   }
+  ip_sweep(srv);
   /* A flood that stopped still gets its "suppressed" line. */
   if (srv->log_suppressed)
     log_window_roll(srv);
@@ -916,6 +1182,7 @@ NP_EXPORT void np_rendezvous_server_stats(const np_rendezvous_server *srv,
   RS_LOAD_(closed_auth)
   RS_LOAD_(closed_rate)
   RS_LOAD_(refused_full)
+  RS_LOAD_(refused_per_ip)
 #undef RS_LOAD_
 }
 
@@ -946,6 +1213,7 @@ NP_EXPORT void np_rendezvous_server_free(np_rendezvous_server *srv) {
   reap_dead(srv);
   free_list(&srv->unauth);
   free_list(&srv->regd);
+  ip_free_all(srv);
   if (srv->reg)
     srv->reg->ops->free(srv->reg);
   if (srv->listen_fd >= 0)
@@ -1045,7 +1313,8 @@ NP_EXPORT int np_rendezvous_server_new(const np_rendezvous_server_config *cfg,
     goto fail;
   }
   if (cfg->max_connections < 0 || cfg->max_unauthenticated < 0 || cfg->auth_timeout_ms < 0 ||
-      cfg->idle_timeout_ms < 0 || cfg->max_frame < 0 || cfg->msgs_per_sec < 0) {
+      cfg->idle_timeout_ms < 0 || cfg->max_frame < 0 || cfg->msgs_per_sec < 0 ||
+      cfg->max_conn_per_ip < 0 || cfg->max_unauth_per_ip < 0 || cfg->max_register_per_ip < 0) {
     NP_LOGE(&srv->log, "negative limit in the configuration");
     goto fail;
   }
@@ -1064,6 +1333,12 @@ NP_EXPORT int np_rendezvous_server_new(const np_rendezvous_server_config *cfg,
   srv->idle_ms = cfg->idle_timeout_ms ? cfg->idle_timeout_ms : RS_DEFAULT_IDLE_MS;
   srv->max_frame = cfg->max_frame ? (size_t)cfg->max_frame : NP_SIG_MAX_FRAME;
   srv->rate = cfg->msgs_per_sec ? cfg->msgs_per_sec : RS_DEFAULT_RATE;
+  srv->conn_per_ip = cfg->max_conn_per_ip ? cfg->max_conn_per_ip : RS_DEFAULT_CONN_PER_IP;
+  srv->unauth_per_ip = cfg->max_unauth_per_ip ? cfg->max_unauth_per_ip : RS_DEFAULT_UNAUTH_PER_IP;
+  srv->register_per_ip =
+      cfg->max_register_per_ip ? cfg->max_register_per_ip : RS_DEFAULT_REGISTER_PER_IP;
+  if (np_random_bytes((uint8_t *)&srv->ip_salt, sizeof srv->ip_salt) != 0)
+    srv->ip_salt = (uint32_t)np_now_ms();
   srv->out_max = RS_OUT_FRAMES * (NP_SIG_LEN_PREFIX + NP_SIG_MAX_FRAME + RS_STAMP_ROOM);
   srv->scratch_cap = NP_SIG_LEN_PREFIX + srv->max_frame + RS_READ_CHUNK;
   srv->scratch = malloc(srv->scratch_cap);
@@ -1095,9 +1370,11 @@ NP_EXPORT int np_rendezvous_server_new(const np_rendezvous_server_config *cfg,
   if (np_log_enabled(&srv->log, NP_LOG_INFO)) {
     char a[NP_ADDRSTRLEN];
     NP_LOGI(&srv->log,
-            "listening on %s (max %d connections, %d unregistered; auth %d ms, idle %d ms; "
+            "listening on %s (max %d connections, %d unregistered; per address %d, %d "
+            "unregistered, %d registrations a minute; auth %d ms, idle %d ms; "
             "frames up to %zu bytes; %d messages/s per peer)",
-            np_addr_format(&srv->local, a, sizeof a), srv->max_conn, srv->max_unauth, srv->auth_ms,
+            np_addr_format(&srv->local, a, sizeof a), srv->max_conn, srv->max_unauth,
+            srv->conn_per_ip, srv->unauth_per_ip, srv->register_per_ip, srv->auth_ms,
             srv->idle_ms, srv->max_frame, srv->rate);
   }
   *out = srv;

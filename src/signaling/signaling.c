@@ -11,6 +11,7 @@
 #include "signaling/signaling.h"
 
 #include <arpa/inet.h>
+#include <sodium.h>
 #include <string.h>
 
 #define TLV_HEADER_LEN 4
@@ -357,6 +358,18 @@ static int decode(const uint8_t *body, size_t len, np_sig_msg *msg) {
       if (seen & (1u << t))
         return NP_ERR_PROTO;
       seen |= 1u << t;
+    }
+    if (t == NP_SIG_T_MAC) {
+      /* Only server-made frames carry one, and it is the last TLV, so
+       * nothing unauthenticated can follow what it covers (and it cannot
+       * appear twice). */
+      if (signed_type || vlen != NP_SIG_MAC_LEN || pos + TLV_HEADER_LEN + NP_SIG_MAC_LEN != len)
+        return NP_ERR_PROTO;
+      msg->has_mac = true;
+      msg->mac_len = pos;
+      memcpy(msg->mac, v, NP_SIG_MAC_LEN);
+      pos += TLV_HEADER_LEN + NP_SIG_MAC_LEN;
+      continue;
     }
     if (t == NP_SIG_T_SIGNATURE) {
       if (!signed_type)
@@ -720,4 +733,90 @@ int np_sig_stamp_observed(uint8_t *buf, size_t len, size_t cap, const np_addr *o
     return w.err;
   wr32(buf, (uint32_t)(w.len - NP_SIG_LEN_PREFIX));
   return (int)w.len;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Channel authentication                                                    */
+/* ------------------------------------------------------------------------ */
+
+static const char channel_context[] = "natpunch channel v1";
+
+int np_sig_kx_keypair(uint8_t pk[NP_SIG_KX_LEN], uint8_t sk[NP_SIG_KX_LEN]) {
+  _Static_assert(NP_SIG_KX_LEN == crypto_kx_PUBLICKEYBYTES, "X25519 key size");
+  _Static_assert(NP_SIG_KX_LEN == crypto_kx_SECRETKEYBYTES, "X25519 key size");
+  if (!pk || !sk || sodium_init() < 0)
+    return NP_ERR_SYS;
+  return crypto_kx_keypair(pk, sk) == 0 ? 0 : NP_ERR_SYS;
+}
+
+int np_sig_channel_key(bool server, const uint8_t my_pk[NP_SIG_KX_LEN],
+                       const uint8_t my_sk[NP_SIG_KX_LEN], const uint8_t peer_pk[NP_SIG_KX_LEN],
+                       const uint8_t nonce[NP_SIG_NONCE_LEN],
+                       uint8_t key[NP_SIG_CHANNEL_KEY_LEN]) {
+  if (!my_pk || !my_sk || !peer_pk || !nonce || !key)
+    return NP_ERR_INVAL;
+  uint8_t rx[crypto_kx_SESSIONKEYBYTES], tx[crypto_kx_SESSIONKEYBYTES];
+  /* crypto_kx hashes the shared secret with both public keys, so either
+   * side's substituted key gives another result. The server's tx key is the
+   * client's rx key: the direction server -> client. */
+  int rc = server ? crypto_kx_server_session_keys(rx, tx, my_pk, my_sk, peer_pk)
+                  : crypto_kx_client_session_keys(rx, tx, my_pk, my_sk, peer_pk);
+  if (rc != 0) {
+    sodium_memzero(rx, sizeof rx);
+    sodium_memzero(tx, sizeof tx);
+    return NP_ERR_AUTH;
+  }
+  const uint8_t *dir = server ? tx : rx;
+  /* Bound to this connection's challenge too, and to its use. */
+  crypto_generichash_state st;
+  crypto_generichash_init(&st, dir, crypto_kx_SESSIONKEYBYTES, NP_SIG_CHANNEL_KEY_LEN);
+  crypto_generichash_update(&st, (const uint8_t *)channel_context, sizeof channel_context);
+  crypto_generichash_update(&st, nonce, NP_SIG_NONCE_LEN);
+  crypto_generichash_final(&st, key, NP_SIG_CHANNEL_KEY_LEN);
+  sodium_memzero(rx, sizeof rx);
+  sodium_memzero(tx, sizeof tx);
+  sodium_memzero(&st, sizeof st);
+  return 0;
+}
+
+static void mac_compute(const uint8_t *body, size_t len, const uint8_t key[NP_SIG_CHANNEL_KEY_LEN],
+                        uint64_t seq, uint8_t out[NP_SIG_MAC_LEN]) {
+  uint8_t ctr[8];
+  wr64(ctr, seq);
+  crypto_generichash_state st;
+  crypto_generichash_init(&st, key, NP_SIG_CHANNEL_KEY_LEN, NP_SIG_MAC_LEN);
+  crypto_generichash_update(&st, ctr, sizeof ctr);
+  crypto_generichash_update(&st, body, len);
+  crypto_generichash_final(&st, out, NP_SIG_MAC_LEN);
+}
+
+int np_sig_append_mac(uint8_t *buf, size_t len, size_t cap,
+                      const uint8_t key[NP_SIG_CHANNEL_KEY_LEN], uint64_t seq) {
+  if (!buf || !key || len < NP_SIG_LEN_PREFIX + NP_SIG_HEADER_LEN || len > cap)
+    return NP_ERR_INVAL;
+  if (rd32(buf) != len - NP_SIG_LEN_PREFIX)
+    return NP_ERR_PROTO;
+  if (is_signed_type(buf[NP_SIG_LEN_PREFIX + 1]))
+    return NP_ERR_INVAL;
+  size_t need = TLV_HEADER_LEN + NP_SIG_MAC_LEN;
+  if (cap - len < need || len - NP_SIG_LEN_PREFIX + need > NP_SIG_MAX_FRAME)
+    return NP_ERR_NOSPACE;
+  uint8_t mac[NP_SIG_MAC_LEN];
+  mac_compute(buf + NP_SIG_LEN_PREFIX, len - NP_SIG_LEN_PREFIX, key, seq, mac);
+  wr16(buf + len, NP_SIG_T_MAC);
+  wr16(buf + len + 2, NP_SIG_MAC_LEN);
+  memcpy(buf + len + TLV_HEADER_LEN, mac, NP_SIG_MAC_LEN);
+  len += need;
+  wr32(buf, (uint32_t)(len - NP_SIG_LEN_PREFIX));
+  return (int)len;
+}
+
+int np_sig_verify_mac(const uint8_t *body, size_t len, const np_sig_msg *msg,
+                      const uint8_t key[NP_SIG_CHANNEL_KEY_LEN], uint64_t seq) {
+  if (!body || !msg || !key || !msg->has_mac || msg->mac_len < NP_SIG_HEADER_LEN ||
+      msg->mac_len > len)
+    return NP_ERR_AUTH;
+  uint8_t mac[NP_SIG_MAC_LEN];
+  mac_compute(body, msg->mac_len, key, seq, mac);
+  return sodium_memcmp(mac, msg->mac, NP_SIG_MAC_LEN) == 0 ? 0 : NP_ERR_AUTH;
 }

@@ -43,6 +43,12 @@
 #define NP_SIG_MAX_ALLOW 128     /* allowed callers sent with REGISTER */
 #define NP_SIG_MAX_TEXT 200      /* error text bytes */
 #define NP_SIG_KX_LEN 32         /* X25519 public key */
+#define NP_SIG_MAC_LEN 32        /* keyed BLAKE2b-256 of a server frame */
+#define NP_SIG_CHANNEL_KEY_LEN 32
+/* Peers' clocks may differ by this much: a signed OFFER/ANSWER/READY whose
+ * TIMESTAMP is further from the receiver's clock is dropped (replay bound),
+ * and the server tells a sender whose clock is further from its own. */
+#define NP_SIG_CLOCK_WINDOW_MS 120000
 
 enum np_sig_type {
   NP_SIG_HELLO = 1,      /* peer -> server: "I want to register PUBKEY" */
@@ -73,7 +79,8 @@ enum np_sig_error {
   NP_SIG_E_UNKNOWN_PEER = 404, /* no such peer registered (unknown or offline) */
   NP_SIG_E_REPLACED = 409,     /* same ID registered from another connection */
   NP_SIG_E_TOO_LARGE = 413,    /* frame over the limit */
-  NP_SIG_E_RATE = 429,         /* too many messages */
+  NP_SIG_E_CLOCK = 425,        /* TIMESTAMP too far from the server's clock */
+  NP_SIG_E_RATE = 429,         /* too many messages (or connections from one address) */
   NP_SIG_E_BUSY = 486,         /* callee: in another session (SIP's Busy Here) */
   NP_SIG_E_UNAVAILABLE = 503,  /* server full */
   NP_SIG_E_VERSION = 505,      /* protocol version not supported */
@@ -96,11 +103,16 @@ enum np_sig_tlv {
   NP_SIG_T_OBSERVED = 0x000E,  /* server-stamped: sender's TCP address as seen */
   NP_SIG_T_ERROR = 0x000F,     /* u16 code + UTF-8 text */
   NP_SIG_T_ALLOW = 0x0010,     /* 32-byte public key; repeatable */
-  NP_SIG_T_KX = 0x0011,        /* 32-byte X25519 key for this session's probe key */
+  /* 32-byte X25519 key: in OFFER/ANSWER for the session's probe key, in
+   * HELLO/CHALLENGE for the connection's channel key (see below). */
+  NP_SIG_T_KX = 0x0011,
   /* i32 stride, u8 kind (enum np_nat_kind: 1 cone, 2 sequential, 3
    * random), u8 number of views it was judged from (2..8), u16 port of the
    * last mapping made (the predictor's base) */
   NP_SIG_T_STRIDE = 0x0012,
+  /* 32-byte keyed BLAKE2b over a server frame's body before it, always the
+   * last TLV; see np_sig_append_mac(). */
+  NP_SIG_T_MAC = 0x0013,
   NP_SIG_T_FLAGS = 0x0014,     /* u32 NP_SIG_CAND_* bits; absent = 0 */
 };
 
@@ -170,6 +182,12 @@ typedef struct np_sig_msg {
   /* Body bytes covered by SIGNATURE (0 when unsigned): verify with
    * np_sig_verify(). */
   size_t signed_len;
+
+  /* MAC (server frames): the body bytes it covers; verify with
+   * np_sig_verify_mac(). */
+  bool has_mac;
+  uint8_t mac[NP_SIG_MAC_LEN];
+  size_t mac_len;
 } np_sig_msg;
 
 /* Framing: looks at the first avail bytes of a stream buffer. Returns 0 and
@@ -219,6 +237,45 @@ int np_sig_verify_register(const np_sig_msg *msg, const uint8_t nonce[NP_SIG_NON
  * stays valid because it does not cover OBSERVED. Returns the new frame
  * length or NP_ERR_NOSPACE / NP_ERR_PROTO. */
 int np_sig_stamp_observed(uint8_t *buf, size_t len, size_t cap, const np_addr *observed);
+
+/* Channel authentication. The plain TCP connection to the server can carry
+ * frames injected by a third party (a blind attacker who guesses sequence
+ * numbers, or one who watches the path); the frames that end a call or the
+ * registration (ERROR, REGISTERED) must not be taken on such a party's
+ * word. So HELLO carries the client's ephemeral X25519 key (KX), CHALLENGE
+ * the server's, and both derive a per-connection key (crypto_kx, then
+ * BLAKE2b keyed with it over a context string and the challenge nonce).
+ * The server appends a MAC to ERROR and REGISTERED; the client acts on
+ * them only when it verifies. Each MAC also covers a counter of MAC'd
+ * frames on the connection, so a captured one cannot be played again.
+ * There is no server identity key: an active man in the middle present
+ * when the connection is made can still run its own exchange with each
+ * side (TLS with a pinned server key would be needed for that). */
+
+/* A fresh X25519 key pair for one connection. Returns 0 or NP_ERR_SYS. */
+int np_sig_kx_keypair(uint8_t pk[NP_SIG_KX_LEN], uint8_t sk[NP_SIG_KX_LEN]);
+
+/* Derives the key that authenticates server -> client frames of one
+ * connection. server: true on the server's side. my_pk/my_sk: our key pair;
+ * peer_pk: the other side's KX; nonce: the CHALLENGE nonce. Returns 0, or
+ * NP_ERR_AUTH for an unusable peer key (a low-order point). */
+int np_sig_channel_key(bool server, const uint8_t my_pk[NP_SIG_KX_LEN],
+                       const uint8_t my_sk[NP_SIG_KX_LEN], const uint8_t peer_pk[NP_SIG_KX_LEN],
+                       const uint8_t nonce[NP_SIG_NONCE_LEN],
+                       uint8_t key[NP_SIG_CHANNEL_KEY_LEN]);
+
+/* Appends a MAC TLV to an encoded frame (buf, len; capacity cap) of a type
+ * that is not peer-signed: BLAKE2b-256 keyed with key over seq (u64 big
+ * endian: the number of MAC'd frames sent on this connection before) and
+ * the whole body; fixes the length prefix. Returns the new frame length or
+ * NP_ERR_NOSPACE / NP_ERR_PROTO / NP_ERR_INVAL. */
+int np_sig_append_mac(uint8_t *buf, size_t len, size_t cap,
+                      const uint8_t key[NP_SIG_CHANNEL_KEY_LEN], uint64_t seq);
+
+/* Verifies a decoded frame's MAC (see above) over the first msg->mac_len
+ * bytes of body. Returns 0, or NP_ERR_AUTH when it is absent or wrong. */
+int np_sig_verify_mac(const uint8_t *body, size_t len, const np_sig_msg *msg,
+                      const uint8_t key[NP_SIG_CHANNEL_KEY_LEN], uint64_t seq);
 
 /* "OFFER", "ANSWER"...; "?" for unknown types. */
 const char *np_sig_type_name(uint8_t type);

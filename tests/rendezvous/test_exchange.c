@@ -125,10 +125,14 @@ static void exchange(rdv_peer **peers, int n, rdv_peer *a, rdv_peer *b, int salt
   assert_memory_equal(y->from, a->pk, NP_PUBKEY_LEN);
   assert_memory_equal(y->to, b->pk, NP_PUBKEY_LEN);
   assert_memory_equal(y->session, session, NP_SIG_SESSION_LEN);
-  /* A replayed READY of the same session is dropped by the client. */
+  /* The caller's READY of the same session signed again (what its agent
+   * sends after a lost rendezvous connection) gets through; a verbatim
+   * copy would not (test_fake_replay). A few ms later, as a re-send is:
+   * the timestamp has millisecond resolution. */
+  rdv_run(peers, n, 5, NULL, NULL);
   assert_int_equal(np_rdv_client_send_ready(a->c, b->pk, session), 0);
-  assert_false(rdv_run(peers, n, 200, readies_at_least, (void *[]){b, &(int){readies + 2}}));
-  assert_int_equal(b->n_readies, readies + 1);
+  assert_true(rdv_run(peers, n, RDV_WAIT_MS, readies_at_least, (void *[]){b, &(int){readies + 2}}));
+  assert_int_equal(b->n_readies, readies + 2);
 }
 
 static bool counted_2_2(void *arg) {
@@ -492,8 +496,9 @@ static bool replaced(void *arg) {
          np_rdv_client_state(a[1]->c) == NP_RDV_REGISTERED;
 }
 
-/* 6. The same ID from two clients: the first is told 409 and yields; it
- * does not reconnect aggressively and take the ID back at once. */
+/* 6. The same ID from two clients: the first is told 409 (authenticated)
+ * and stops for good: it does not take the ID back, so the newer one keeps
+ * it and the two do not replace each other for ever. */
 static void test_exchange_same_id(void **state) {
   (void)state;
   rdv_srv s;
@@ -508,21 +513,16 @@ static void test_exchange_same_id(void **state) {
   rdv_peer *peers[] = {a1, a2};
   assert_true(rdv_run(peers, 2, RDV_WAIT_MS, replaced, peers));
   assert_int_equal(a1->err_code, NP_SIG_E_REPLACED);
+  assert_true(np_rdv_client_replaced(a1->c));
+  assert_false(np_rdv_client_replaced(a2->c));
   assert_int_equal(np_rdv_client_state(a2->c), NP_RDV_REGISTERED);
-  /* A1's next attempt is about the longest backoff away (900..1200 ms)... */
-  int64_t next = np_rdv_client_wakeup(a1->c) - a1->err_at;
-  assert_in_range(next, 900 - 50, 1200);
   int connects = a1->n_connects;
-  /* ... and indeed nothing happens for most of that time. */
-  rdv_run(peers, 2, 700, NULL, NULL);
+  /* Over twice its longest backoff, A1 never comes back. */
+  rdv_run(peers, 2, 2500, NULL, NULL);
   assert_int_equal(a1->n_connects, connects);
+  assert_int_equal(np_rdv_client_state(a1->c), NP_RDV_DISCONNECTED);
   assert_int_equal(np_rdv_client_state(a2->c), NP_RDV_REGISTERED);
   assert_int_equal(a2->n_state[NP_RDV_DISCONNECTED], 0);
-
-  /* Over a longer window the two take turns at most every ~second rather
-   * than fighting in a tight loop. */
-  rdv_run(peers, 2, 2500, NULL, NULL);
-  assert_in_range(a1->n_connects + a2->n_connects, 2, 6);
 
   rdv_peer_free(a1);
   rdv_peer_free(a2);

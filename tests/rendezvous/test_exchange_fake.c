@@ -32,6 +32,10 @@ typedef struct fake {
   rdv_raw conn; /* the current client connection */
   uint8_t nonce[NP_SIG_NONCE_LEN];
   int accepted;
+  /* Channel key agreed with the client's KX, and the MAC counter. */
+  bool has_key;
+  uint8_t key[NP_SIG_CHANNEL_KEY_LEN];
+  uint64_t seq;
 } fake;
 
 static void fake_listen(fake *f) {
@@ -74,6 +78,20 @@ static void send_msg(fake *f, np_sig_msg *m) {
   rdv_raw_send_msg(&f->conn, m, NULL);
 }
 
+/* Sends m with a MAC under the connection's key, as the real server sends
+ * ERROR and REGISTERED; the frame is kept in last_mac for replays. */
+static uint8_t last_mac[1024];
+static int last_mac_len;
+static void send_mac(fake *f, np_sig_msg *m) {
+  assert_true(f->has_key);
+  int n = np_sig_encode(m, NULL, last_mac, sizeof last_mac);
+  assert_true(n > 0);
+  n = np_sig_append_mac(last_mac, (size_t)n, sizeof last_mac, f->key, f->seq++);
+  assert_true(n > 0);
+  last_mac_len = n;
+  rdv_raw_send(&f->conn, last_mac, n);
+}
+
 /* Accepts the client and runs the server side of the handshake, checking
  * what the client sends; REGISTERED carries 'observed'. */
 static void fake_register(fake *f, rdv_peer *p, rdv_peer **peers, int n, const np_addr *observed) {
@@ -88,6 +106,16 @@ static void fake_register(fake *f, rdv_peer *p, rdv_peer **peers, int n, const n
   m.has_nonce = true;
   rdv_random(f->nonce, sizeof f->nonce);
   memcpy(m.nonce, f->nonce, sizeof f->nonce);
+  /* The client offers KX in HELLO; the fake keys the channel like the
+   * real server. */
+  assert_true(f->conn.msg.cand.has_kx);
+  uint8_t sk[NP_SIG_KX_LEN];
+  assert_int_equal(np_sig_kx_keypair(m.cand.kx, sk), 0);
+  assert_int_equal(np_sig_channel_key(true, m.cand.kx, sk, f->conn.msg.cand.kx, f->nonce, f->key),
+                   0);
+  m.cand.has_kx = true;
+  f->has_key = true;
+  f->seq = 0;
   /* A different address than REGISTERED's, so the test sees which one the
    * client reports (REGISTERED's: the server's final word). */
   m.observed = *observed;
@@ -105,7 +133,7 @@ static void fake_register(fake *f, rdv_peer *p, rdv_peer **peers, int n, const n
   memset(&m, 0, sizeof m);
   m.type = NP_SIG_REGISTERED;
   m.observed = *observed;
-  send_msg(f, &m);
+  send_mac(f, &m);
   assert_true(rdv_run(peers, n, RDV_WAIT_MS, rdv_all_registered, (rdv_peer *[]){p, NULL}));
 }
 
@@ -393,9 +421,10 @@ static bool got_error(void *arg) {
   return ((rdv_peer *)arg)->n_errors > 0;
 }
 
-/* 409: someone else holds our ID. The client yields for about the longest
- * backoff, while a plain connection loss is retried after the shortest. */
-static void test_fake_replaced_backs_off(void **state) {
+/* An authenticated 409: someone else holds our ID. The client stops for
+ * good (no attempt to take the ID back), while a plain connection loss is
+ * retried after the shortest backoff. */
+static void test_fake_replaced_stops(void **state) {
   (void)state;
   fake f;
   fake_listen(&f);
@@ -413,29 +442,119 @@ static void test_fake_replaced_backs_off(void **state) {
   fake_register(&f, a, peers, 1, &observed);
   assert_in_range(rdv_now() - t0, 0, 500);
   assert_int_equal(a->n_connects, 2);
+  assert_false(np_rdv_client_replaced(a->c));
 
   static np_sig_msg m;
   memset(&m, 0, sizeof m);
   m.type = NP_SIG_ERROR;
   m.error_code = NP_SIG_E_REPLACED;
   snprintf(m.error_text, sizeof m.error_text, "registered elsewhere");
-  send_msg(&f, &m);
+  send_mac(&f, &m);
   assert_true(rdv_run(peers, 1, RDV_WAIT_MS, got_error, a));
   assert_int_equal(a->n_errors, 1);
   assert_int_equal(a->err_code, NP_SIG_E_REPLACED);
   assert_false(a->err_has_session);
   assert_string_equal(a->err_text, "registered elsewhere");
   assert_int_equal(np_rdv_client_state(a->c), NP_RDV_DISCONNECTED);
-  /* The next attempt is scheduled near the longest backoff (jitter takes
-   * at most a quarter off) ... */
-  int64_t wait = np_rdv_client_wakeup(a->c) - a->err_at;
-  assert_in_range(wait, 1500 - 50, 2000);
-  /* ... and it really waits: no attempt in the next second. */
-  assert_false(fake_accept(&f, peers, 1, 1000));
+  assert_true(np_rdv_client_replaced(a->c));
+  assert_true(np_rdv_client_wakeup(a->c) == INT64_MAX);
+  /* ... and it really stays away (its backoff maximum is 2 s). */
+  assert_false(fake_accept(&f, peers, 1, 2500));
   assert_int_equal(a->n_connects, 2);
 
   fake_close(&f);
   rdv_peer_free(a);
+}
+
+/* Forged server errors: a third party injecting into the plain TCP
+ * connection can send ERROR frames but cannot MAC them. Unauthenticated
+ * 403/404/409/429/503 are ignored while registered (no callback, no
+ * reconnection, no backoff), and so is a replayed authenticated one; the
+ * server's own authenticated error still arrives at once with its reason. */
+static void test_fake_forged_errors(void **state) {
+  (void)state;
+  fake f;
+  fake_listen(&f);
+  rdv_peer *a = rdv_peer_new("A", NULL), *b = rdv_peer_new("B", NULL);
+  rdv_peer_start(a, &f.addr);
+  rdv_peer *peers[] = {a};
+  np_addr observed = rdv_addr("127.0.0.1:4000");
+  fake_register(&f, a, peers, 1, &observed);
+  uint8_t session[NP_SIG_SESSION_LEN] = {7};
+
+  static np_sig_msg m;
+  const uint16_t codes[] = {NP_SIG_E_REFUSED, NP_SIG_E_UNKNOWN_PEER, NP_SIG_E_REPLACED,
+                            NP_SIG_E_RATE, NP_SIG_E_UNAVAILABLE, NP_SIG_E_CLOCK};
+  for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+    memset(&m, 0, sizeof m);
+    m.type = NP_SIG_ERROR;
+    m.error_code = codes[i];
+    snprintf(m.error_text, sizeof m.error_text, "forged");
+    m.has_session = true;
+    memcpy(m.session, session, sizeof session);
+    m.has_to = true;
+    memcpy(m.to, b->pk, NP_PUBKEY_LEN);
+    send_msg(&f, &m); /* no MAC */
+    /* With a MAC under another key: as good as none. */
+    int n = np_sig_encode(&m, NULL, last_mac, sizeof last_mac);
+    assert_true(n > 0);
+    uint8_t other[NP_SIG_CHANNEL_KEY_LEN];
+    rdv_random(other, sizeof other);
+    n = np_sig_append_mac(last_mac, (size_t)n, sizeof last_mac, other, f.seq);
+    rdv_raw_send(&f.conn, last_mac, n);
+  }
+  /* A forged REGISTERED is no handshake either. */
+  memset(&m, 0, sizeof m);
+  m.type = NP_SIG_REGISTERED;
+  send_msg(&f, &m);
+  barrier(&f, peers, 1);
+  assert_int_equal(a->n_errors, 0);
+  assert_int_equal(np_rdv_client_state(a->c), NP_RDV_REGISTERED);
+  assert_int_equal(a->n_connects, 1);
+  assert_false(np_rdv_client_replaced(a->c));
+
+  /* The server's own 404 about the session: reported at once. */
+  memset(&m, 0, sizeof m);
+  m.type = NP_SIG_ERROR;
+  m.error_code = NP_SIG_E_UNKNOWN_PEER;
+  snprintf(m.error_text, sizeof m.error_text, "no such peer registered");
+  m.has_session = true;
+  memcpy(m.session, session, sizeof session);
+  send_mac(&f, &m);
+  assert_true(rdv_run(peers, 1, RDV_WAIT_MS, got_error, a));
+  assert_int_equal(a->n_errors, 1);
+  assert_int_equal(a->err_code, NP_SIG_E_UNKNOWN_PEER);
+  assert_true(a->err_has_session);
+  assert_memory_equal(a->err_session, session, sizeof session);
+  assert_string_equal(a->err_text, "no such peer registered");
+
+  /* The same authenticated frame again (captured and replayed): its MAC
+   * counter is spent. */
+  rdv_raw_send(&f.conn, last_mac, last_mac_len);
+  barrier(&f, peers, 1);
+  assert_int_equal(a->n_errors, 1);
+  assert_int_equal(np_rdv_client_state(a->c), NP_RDV_REGISTERED);
+
+  /* An unauthenticated error during the handshake ends that attempt like
+   * any failed connection: normal short backoff, no "replaced". */
+  rdv_raw_close(&f.conn);
+  assert_true(fake_accept(&f, peers, 1, RDV_WAIT_MS));
+  assert_true(rdv_raw_wait(&f.conn, peers, 1, RDV_WAIT_MS));
+  assert_int_equal(f.conn.msg.type, NP_SIG_HELLO);
+  memset(&m, 0, sizeof m);
+  m.type = NP_SIG_ERROR;
+  m.error_code = NP_SIG_E_REPLACED;
+  snprintf(m.error_text, sizeof m.error_text, "forged");
+  send_msg(&f, &m);
+  int64_t t0 = rdv_now();
+  fake_register(&f, a, peers, 1, &observed);
+  assert_in_range(rdv_now() - t0, 0, 1500);
+  assert_false(np_rdv_client_replaced(a->c));
+  assert_int_equal(a->n_errors, 1);
+
+  fake_close(&f);
+  rdv_peer_free(a);
+  rdv_peer_free(b);
 }
 
 static bool connects_at_least(void *arg) {
@@ -606,7 +725,8 @@ int main(void) {
       cmocka_unit_test(test_fake_replay),
       cmocka_unit_test(test_fake_keepalive),
       cmocka_unit_test(test_fake_handshake_timeout),
-      cmocka_unit_test(test_fake_replaced_backs_off),
+      cmocka_unit_test(test_fake_replaced_stops),
+      cmocka_unit_test(test_fake_forged_errors),
       cmocka_unit_test(test_fake_backoff_growth),
       cmocka_unit_test(test_fake_backoff_jitter),
       cmocka_unit_test(test_fake_framing),

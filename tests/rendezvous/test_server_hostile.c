@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -124,10 +125,21 @@ typedef struct tconn {
   np_sig_msg msg; /* the last frame tc_read() returned */
 } tconn;
 
-static tconn *tc_connect(const struct server *s) {
+/* A TCP socket bound to src (an IPv4 literal, port 0): loopback answers
+ * every 127.0.0.x, so each x looks like another host to the server. */
+static int socket_from(const char *src, int flags) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | flags, 0);
+  assert_true(fd >= 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET};
+  assert_int_equal(inet_pton(AF_INET, src, &sa.sin_addr), 1);
+  assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+  return fd;
+}
+
+static tconn *tc_connect_from(const struct server *s, const char *src) {
   tconn *c = calloc(1, sizeof *c);
   assert_non_null(c);
-  c->fd = socket(s->addr.u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  c->fd = src ? socket_from(src, 0) : socket(s->addr.u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   assert_true(c->fd >= 0);
   assert_int_equal(connect(c->fd, &s->addr.u.sa, np_addr_len(&s->addr)), 0);
   int one = 1;
@@ -137,6 +149,10 @@ static tconn *tc_connect(const struct server *s) {
   assert_int_equal(getsockname(c->fd, (struct sockaddr *)&ss, &sl), 0);
   assert_int_equal(np_addr_from_sockaddr((struct sockaddr *)&ss, sl, &c->local), 0);
   return c;
+}
+
+static tconn *tc_connect(const struct server *s) {
+  return tc_connect_from(s, NULL);
 }
 
 static void tc_free(tconn *c) {
@@ -269,6 +285,13 @@ static int tc_register(tconn *c, const np_identity *id, const uint8_t (*allow)[N
   return t;
 }
 
+/* Wall clock: what a peer puts in TIMESTAMP (the server checks it). */
+static uint64_t wall_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 static void make_fwd(np_sig_msg *m, uint8_t type, const np_identity *from,
                      const uint8_t to[NP_PUBKEY_LEN], uint8_t session_byte) {
   memset(m, 0, sizeof *m);
@@ -277,7 +300,7 @@ static void make_fwd(np_sig_msg *m, uint8_t type, const np_identity *from,
   pubkey_of(from, m->from);
   memcpy(m->to, to, NP_PUBKEY_LEN);
   memset(m->session, session_byte, NP_SIG_SESSION_LEN);
-  m->timestamp_ms = 1700000000000ull;
+  m->timestamp_ms = wall_now_ms();
   assert_int_equal(np_addr_parse("10.0.0.7:40000", 0, &m->cand.private_addrs[0]), 0);
   m->cand.n_private = 1;
 }
@@ -347,6 +370,11 @@ static int group_setup(void **state) {
   cfg.auth_timeout_ms = AUTH_MS;
   cfg.max_unauthenticated = MAX_UNAUTH;
   cfg.max_connections = 4000;
+  /* These tests aim at the global limits from one address: the per-address
+   * ones (test_per_ip_*) out of their way. */
+  cfg.max_conn_per_ip = 100000;
+  cfg.max_unauth_per_ip = 100000;
+  cfg.max_register_per_ip = 100000;
   server_start(&g_srv, cfg);
   peer_init(&g_a);
   peer_init(&g_b);
@@ -758,13 +786,67 @@ static void test_allow_list(void **state) {
   tc_send_msg(g_a.c, &m, g_a.id);
   assert_int_equal(tc_read(callee.c, WAIT_MS), NP_SIG_OFFER);
   assert_int_equal(callee.c->msg.session[0], 0x92);
-  /* The callee may answer anyone (B too): answers are not filtered. */
-  make_fwd(&m, NP_SIG_ANSWER, callee.id, g_b.pk, 0x91);
+  /* ANSWER and READY obey the receiver's allow list as OFFER does: B is not
+   * on the callee's list, and the callee never called B. */
+  make_fwd(&m, NP_SIG_ANSWER, g_b.id, callee.pk, 0x93);
+  tc_send_msg(g_b.c, &m, g_b.id);
+  tc_expect_error(g_b.c, NP_SIG_E_REFUSED);
+  make_fwd(&m, NP_SIG_READY, g_b.id, callee.pk, 0x93);
+  tc_send_msg(g_b.c, &m, g_b.id);
+  tc_expect_error(g_b.c, NP_SIG_E_REFUSED);
+  tc_expect_silence(callee.c);
+  /* The callee calls B itself: B's answer and READY to that session pass
+   * (the list says who may call the callee, not whom it may call)... */
+  make_fwd(&m, NP_SIG_OFFER, callee.id, g_b.pk, 0x94);
   tc_send_msg(callee.c, &m, callee.id);
-  assert_int_equal(tc_read(g_b.c, WAIT_MS), NP_SIG_ANSWER);
+  assert_int_equal(tc_read(g_b.c, WAIT_MS), NP_SIG_OFFER);
+  make_fwd(&m, NP_SIG_ANSWER, g_b.id, callee.pk, 0x94);
+  tc_send_msg(g_b.c, &m, g_b.id);
+  assert_int_equal(tc_read(callee.c, WAIT_MS), NP_SIG_ANSWER);
+  assert_int_equal(callee.c->msg.session[0], 0x94);
+  make_fwd(&m, NP_SIG_READY, g_b.id, callee.pk, 0x94);
+  tc_send_msg(g_b.c, &m, g_b.id);
+  assert_int_equal(tc_read(callee.c, WAIT_MS), NP_SIG_READY);
+  /* ...but not to another session. */
+  make_fwd(&m, NP_SIG_ANSWER, g_b.id, callee.pk, 0x95);
+  tc_send_msg(g_b.c, &m, g_b.id);
+  tc_expect_error(g_b.c, NP_SIG_E_REFUSED);
+  tc_expect_silence(callee.c);
   np_rendezvous_stats st;
-  WAIT_FOR(&g_srv, st, st.offers == before.offers + 1 && st.answers == before.answers + 1);
+  WAIT_FOR(&g_srv, st, st.offers == before.offers + 2 && st.answers == before.answers + 1);
   peer_free(&callee);
+  check_alive();
+}
+
+/* A sender whose clock is more than 2 minutes off (a hand-made TIMESTAMP,
+ * 300 s behind, then 200 s ahead) is told so at once (425, naming the
+ * skew and the session); the message still goes on (the receiver's clock
+ * decides), and a sender within the window hears nothing. */
+static void test_clock_skew(void **state) {
+  (void)state;
+  np_sig_msg m;
+  make_fwd(&m, NP_SIG_OFFER, g_a.id, g_b.pk, 0xA1);
+  m.timestamp_ms = wall_now_ms() - 300000;
+  tc_send_msg(g_a.c, &m, g_a.id);
+  tc_expect_error(g_a.c, NP_SIG_E_CLOCK);
+  assert_true(g_a.c->msg.has_session);
+  assert_int_equal(g_a.c->msg.session[0], 0xA1);
+  assert_non_null(strstr(g_a.c->msg.error_text, "300 s behind"));
+  assert_int_equal(tc_read(g_b.c, WAIT_MS), NP_SIG_OFFER);
+  assert_int_equal(g_b.c->msg.session[0], 0xA1);
+
+  make_fwd(&m, NP_SIG_OFFER, g_a.id, g_b.pk, 0xA2);
+  m.timestamp_ms = wall_now_ms() + 200000;
+  tc_send_msg(g_a.c, &m, g_a.id);
+  tc_expect_error(g_a.c, NP_SIG_E_CLOCK);
+  assert_non_null(strstr(g_a.c->msg.error_text, "ahead of"));
+  assert_int_equal(tc_read(g_b.c, WAIT_MS), NP_SIG_OFFER);
+
+  make_fwd(&m, NP_SIG_OFFER, g_a.id, g_b.pk, 0xA3);
+  m.timestamp_ms = wall_now_ms() - 60000; /* within the window */
+  tc_send_msg(g_a.c, &m, g_a.id);
+  assert_int_equal(tc_read(g_b.c, WAIT_MS), NP_SIG_OFFER);
+  tc_expect_silence(g_a.c);
   check_alive();
 }
 
@@ -1084,6 +1166,133 @@ static void test_free_with_connections(void **state) {
   peer_free(&q);
 }
 
+/* ---- per source address -------------------------------------------------------- */
+
+#define IP_FLOOD 600 /* connections one host opens at once */
+#define IP_PEERS 16  /* good peers, each from its own 127.0.0.x */
+
+/* One host (127.0.0.2) opens IP_FLOOD connections and holds them, more than
+ * the server's whole unregistered allowance (64); meanwhile IP_PEERS peers
+ * from other addresses register and call each other (offer, answer). Per
+ * address only max_unauth_per_ip of the flood get in, so the others are
+ * served. Without per-address limits the flood takes every unregistered
+ * slot and the good peers are refused. */
+static void test_per_ip_flood(void **state) {
+  (void)state;
+  struct server s;
+  np_rendezvous_server_config cfg = {0};
+  cfg.max_unauthenticated = 64;
+  cfg.max_connections = 4000;
+  cfg.auth_timeout_ms = 5000; /* the flood holds its slots through the test */
+  cfg.max_unauth_per_ip = 8;
+  cfg.max_conn_per_ip = 32;
+  server_start(&s, cfg);
+  static int fds[IP_FLOOD];
+  int64_t t0 = now_ms();
+  for (int i = 0; i < IP_FLOOD; i++) {
+    fds[i] = socket_from("127.0.0.2", SOCK_NONBLOCK);
+    int rc = connect(fds[i], &s.addr.u.sa, np_addr_len(&s.addr));
+    assert_true(rc == 0 || errno == EINPROGRESS);
+  }
+  np_rendezvous_stats st;
+  WAIT_FOR(&s, st, st.connections + st.refused_full >= IP_FLOOD);
+  int64_t t_flood = now_ms() - t0;
+  assert_true(st.connections <= 8);
+  assert_true(st.refused_per_ip >= IP_FLOOD - 8);
+
+  static struct peer p[IP_PEERS];
+  int64_t worst_reg = 0, worst_call = 0;
+  t0 = now_ms();
+  for (int i = 0; i < IP_PEERS; i++) {
+    char ip[32];
+    snprintf(ip, sizeof ip, "127.0.0.%d", 10 + i);
+    peer_init(&p[i]);
+    int64_t t = now_ms();
+    p[i].c = tc_connect_from(&s, ip);
+    assert_int_equal(tc_register(p[i].c, p[i].id, NULL, 0), NP_SIG_REGISTERED);
+    if (now_ms() - t > worst_reg)
+      worst_reg = now_ms() - t;
+  }
+  int64_t t_reg = now_ms() - t0;
+  t0 = now_ms();
+  for (int i = 0; i < IP_PEERS; i++) {
+    struct peer *a = &p[i], *b = &p[(i + 1) % IP_PEERS];
+    int64_t t = now_ms();
+    np_sig_msg m;
+    make_fwd(&m, NP_SIG_OFFER, a->id, b->pk, (uint8_t)(0x40 + i));
+    tc_send_msg(a->c, &m, a->id);
+    assert_int_equal(tc_read(b->c, WAIT_MS), NP_SIG_OFFER);
+    make_fwd(&m, NP_SIG_ANSWER, b->id, a->pk, (uint8_t)(0x40 + i));
+    tc_send_msg(b->c, &m, b->id);
+    assert_int_equal(tc_read(a->c, WAIT_MS), NP_SIG_ANSWER);
+    if (now_ms() - t > worst_call)
+      worst_call = now_ms() - t;
+  }
+  int64_t t_call = now_ms() - t0;
+  fprintf(stderr,
+          "per-ip flood: %d connections from one host settled in %lld ms (%llu admitted, %llu "
+          "refused per address); %d peers registered in %lld ms (worst %lld ms), %d calls "
+          "(offer+answer) in %lld ms (worst %lld ms)\n",
+          IP_FLOOD, (long long)t_flood, (unsigned long long)st.connections,
+          (unsigned long long)st.refused_per_ip, IP_PEERS, (long long)t_reg, (long long)worst_reg,
+          IP_PEERS, (long long)t_call, (long long)worst_call);
+  /* Still the flooder's own quota only: its next connection is refused. */
+  np_rendezvous_stats before = stats_of(&s);
+  int extra = socket_from("127.0.0.2", 0);
+  assert_int_equal(connect(extra, &s.addr.u.sa, np_addr_len(&s.addr)), 0);
+  WAIT_FOR(&s, st, st.refused_per_ip == before.refused_per_ip + 1);
+  close(extra);
+  for (int i = 0; i < IP_FLOOD; i++)
+    close(fds[i]);
+  for (int i = 0; i < IP_PEERS; i++)
+    peer_free(&p[i]);
+  server_stop(&s);
+}
+
+/* A host that registers and drops keys over and over: max_register_per_ip a
+ * minute, then 429 and a close; another address still registers; and a host
+ * holding many registered connections stops at max_conn_per_ip (503). */
+static void test_per_ip_registrations(void **state) {
+  (void)state;
+  struct server s;
+  np_rendezvous_server_config cfg = {0};
+  cfg.max_register_per_ip = 5;
+  cfg.max_conn_per_ip = 3;
+  server_start(&s, cfg);
+  for (int i = 0; i < 5; i++) {
+    struct peer p;
+    peer_init(&p);
+    p.c = tc_connect_from(&s, "127.0.0.2");
+    assert_int_equal(tc_register(p.c, p.id, NULL, 0), NP_SIG_REGISTERED);
+    peer_free(&p);
+  }
+  struct peer p, q;
+  peer_init(&p);
+  np_rendezvous_stats st;
+  WAIT_FOR(&s, st, st.open == 0);
+  p.c = tc_connect_from(&s, "127.0.0.2");
+  tc_hello(p.c, p.id);
+  np_sig_msg m;
+  make_register(&m, p.c->msg.nonce, NULL, 0);
+  tc_send_msg(p.c, &m, p.id);
+  tc_expect_error(p.c, NP_SIG_E_RATE);
+  tc_expect_close(p.c);
+  peer_free(&p);
+  peer_init(&q);
+  q.c = tc_connect_from(&s, "127.0.0.3");
+  assert_int_equal(tc_register(q.c, q.id, NULL, 0), NP_SIG_REGISTERED);
+  /* 127.0.0.3 holds q; two more fit, the fourth connection gets 503. */
+  tconn *c1 = tc_connect_from(&s, "127.0.0.3");
+  tconn *c2 = tc_connect_from(&s, "127.0.0.3");
+  tconn *c3 = tc_connect_from(&s, "127.0.0.3");
+  tc_expect_error(c3, NP_SIG_E_UNAVAILABLE);
+  tc_free(c1);
+  tc_free(c2);
+  tc_free(c3);
+  peer_free(&q);
+  server_stop(&s);
+}
+
 static void test_config_errors(void **state) {
   (void)state;
   np_rendezvous_server *srv = NULL;
@@ -1126,6 +1335,7 @@ int main(void) {
       cmocka_unit_test(test_register_twice),
       cmocka_unit_test(test_unknown_peer),
       cmocka_unit_test(test_allow_list),
+      cmocka_unit_test(test_clock_skew),
       cmocka_unit_test(test_out_of_order),
       cmocka_unit_test(test_rate_limit),
       cmocka_unit_test(test_random_frames),
@@ -1134,6 +1344,8 @@ int main(void) {
       cmocka_unit_test(test_idle_timeout),
       cmocka_unit_test(test_slow_reader),
       cmocka_unit_test(test_free_with_connections),
+      cmocka_unit_test(test_per_ip_flood),
+      cmocka_unit_test(test_per_ip_registrations),
       cmocka_unit_test(test_config_errors),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
