@@ -139,8 +139,9 @@ static void listen_usage(FILE *out) {
           "Exit status: 0 the session ended normally (both inputs ended, or the peer\n"
           "closed), or SIGINT/SIGTERM stopped the listener (a session in progress is\n"
           "aborted, and the peer told so); 1 failure (bad key, no UDP socket, the peer\n"
-          "aborted or vanished, data lost); 2 bad command line. With --keep, only\n"
-          "SIGINT/SIGTERM end it: exit 0.\n",
+          "aborted or vanished, data lost, or another `listen` with the same key took\n"
+          "the ID: a \"replaced\" event); 2 bad command line. With --keep, only\n"
+          "SIGINT/SIGTERM (exit 0) or a replacement (exit 1) end it.\n",
           DEFAULT_RDV_PORT, DEFAULT_STUN_PORT);
 }
 
