@@ -361,8 +361,12 @@ int np_stun_read(const uint8_t *buf, size_t len, np_stun_msg *msg) {
    * +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
    */
   uint16_t type = rd16(buf);
-  /* "The most significant 2 bits of every STUN message MUST be zeroes." */
-  if (type & 0xC000)
+  /* "The most significant 2 bits of every STUN message MUST be zeroes."
+   * Stricter, as np_stun_is_stun(): a first byte above 3 belongs to another
+   * protocol on a shared socket (RFC 7983), and no STUN or TURN method
+   * needs one (all are below 0x100), so the reader and the demultiplexer
+   * agree on what is STUN. */
+  if (type & 0xC000 || buf[0] > 3)
     return NP_ERR_PROTO;
   uint16_t body = rd16(buf + 2);
   /* "The message length MUST contain the size of the message in bytes, not

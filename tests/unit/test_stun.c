@@ -1079,11 +1079,14 @@ static void test_rfc3489(void **state) {
 
 static void test_method_and_class(void **state) {
   (void)state;
-  /* Method 0xABC with each class: bits interleave as in RFC 8489 §5. */
+  /* Method 0x0BC with each class: bits interleave as in RFC 8489 §5 (every
+   * field of the interleave is non-zero; methods from 0x100 on would make
+   * the first byte exceed 3, which is not STUN on a shared socket: RFC 7983,
+   * refused below). */
   const uint16_t classes[] = {NP_STUN_REQUEST, NP_STUN_INDICATION, NP_STUN_SUCCESS,
                               NP_STUN_ERROR};
   for (size_t i = 0; i < 4; i++) {
-    uint16_t method = 0xABC;
+    uint16_t method = 0x0BC;
     uint16_t type = (uint16_t)((method & 0x000F) | ((method & 0x0070) << 1) |
                                ((method & 0x0F80) << 2) | classes[i]);
     uint8_t buf[32];
@@ -1095,6 +1098,11 @@ static void test_method_and_class(void **state) {
     assert_int_equal(m.type, type);
     assert_int_equal(m.method, method);
     assert_int_equal(m.cls, classes[i]);
+    /* The same with method 0xABC: first byte 0x2B, another protocol. */
+    uint16_t high = (uint16_t)(type | ((0xA00 & 0x0F80) << 2));
+    buf[0] = (uint8_t)(high >> 8);
+    assert_true(buf[0] > 3);
+    assert_int_equal(np_stun_read(buf, n, &m), NP_ERR_PROTO);
   }
 }
 
