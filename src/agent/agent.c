@@ -207,17 +207,13 @@ static void session_event(np_agent *a, enum np_agent_event_type type, int err,
   push_event(a, &ev);
 }
 
+/* A hop address in private space (a stacked NAT's inner side), link-local
+ * included. */
 static bool is_private_ip(const np_addr *ad) {
-  if (ad->u.sa.sa_family == AF_INET) {
-    uint32_t ip = ntohl(ad->u.in4.sin_addr.s_addr);
-    return (ip >> 24) == 10 || (ip >> 20) == (172u << 4 | 1) || (ip >> 16) == (192u << 8 | 168) ||
-           (ip >> 22) == (100u << 2 | 1) /* 100.64/10, carrier-grade NAT */ ||
-           (ip >> 16) == (169u << 8 | 254);
-  }
-  if (ad->u.sa.sa_family == AF_INET6)
-    return (ad->u.in6.sin6_addr.s6_addr[0] & 0xfe) == 0xfc ||
-           IN6_IS_ADDR_LINKLOCAL(&ad->u.in6.sin6_addr);
-  return false;
+  if (ad->u.sa.sa_family == AF_INET)
+    return np_addr_is_private(ad) || (ntohl(ad->u.in4.sin_addr.s_addr) >> 16) == (169u << 8 | 254);
+  return np_addr_is_private(ad) ||
+         (ad->u.sa.sa_family == AF_INET6 && IN6_IS_ADDR_LINKLOCAL(&ad->u.in6.sin6_addr));
 }
 
 /* ---- sockets -------------------------------------------------------------------- */

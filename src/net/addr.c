@@ -156,6 +156,19 @@ bool np_addr_is_any(const np_addr *addr) {
   return IN6_IS_ADDR_UNSPECIFIED(&addr->u.in6.sin6_addr);
 }
 
+bool np_addr_is_private(const np_addr *addr) {
+  if (!addr)
+    return false;
+  if (addr->u.sa.sa_family == AF_INET) {
+    uint32_t ip = ntohl(addr->u.in4.sin_addr.s_addr);
+    return (ip >> 24) == 10 || (ip >> 20) == (172u << 4 | 1) || (ip >> 16) == (192u << 8 | 168) ||
+           (ip >> 22) == (100u << 2 | 1);
+  }
+  if (addr->u.sa.sa_family == AF_INET6)
+    return (addr->u.in6.sin6_addr.s6_addr[0] & 0xfe) == 0xfc;
+  return false;
+}
+
 int np_addr_from_sockaddr(const struct sockaddr *sa, socklen_t len, np_addr *out) {
   memset(out, 0, sizeof *out);
   if (!sa)

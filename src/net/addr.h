@@ -16,4 +16,10 @@ bool np_addr_is_set(const np_addr *addr);
 /* True for the IPv4/IPv6 wildcard address (0.0.0.0 or ::). */
 bool np_addr_is_any(const np_addr *addr);
 
+/* True for the space a LAN behind a NAT lives in: RFC 1918 (10/8,
+ * 172.16/12, 192.168/16), RFC 6598 (100.64/10, carrier-grade NAT) and RFC
+ * 4193 (fc00::/7). Link-local is not included: callers that count it as
+ * private (a router's hop address) test it themselves. */
+bool np_addr_is_private(const np_addr *addr);
+
 #endif

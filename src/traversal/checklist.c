@@ -26,17 +26,6 @@ static sa_family_t side_family(const np_sig_candidates *c) {
   return AF_UNSPEC;
 }
 
-/* RFC 1918, RFC 6598 (CGNAT) and RFC 4193 (ULA) space: where a LAN
- * behind a NAT lives. */
-static bool is_private(const np_addr *a) {
-  if (a->u.sa.sa_family == AF_INET) {
-    uint32_t ip = ntohl(a->u.in4.sin_addr.s_addr);
-    return (ip >> 24) == 10 || (ip >> 20) == (172u << 4 | 1) || (ip >> 16) == (192u << 8 | 168) ||
-           (ip >> 22) == (100u << 2 | 1);
-  }
-  return (a->u.in6.sin6_addr.s6_addr[0] & 0xfe) == 0xfc;
-}
-
 /* Addresses no peer can be reached at from outside our host or link:
  * probing them would reach our own machine, our link's neighbours, or
  * everyone at once. */
@@ -110,7 +99,7 @@ const char *np_checklist_aim(const np_sig_candidates *self, const np_checklist_s
      * private space: a public address here would be a third party. */
     if (!np_checklist_same_nat(seen))
       return "a private address behind another NAT";
-    return is_private(a) ? NULL : "a public address that is not the peer's";
+    return np_addr_is_private(a) ? NULL : "a public address that is not the peer's";
   }
   return "not the peer's public IP (the server's view)";
 }

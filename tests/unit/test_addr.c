@@ -122,11 +122,38 @@ static void errors_have_text(void **state) {
   assert_string_equal(np_nat_behavior_name((enum np_nat_behavior)99), "unknown");
 }
 
+/* LAN space (where a peer behind a NAT lives) against its neighbours on
+ * either side of each range's edge. */
+static void private_space(void **state) {
+  (void)state;
+  const char *yes[] = {"10.0.0.1:1",   "10.255.255.255:1", "172.16.0.1:1",  "172.31.255.255:1",
+                       "192.168.0.1:1", "100.64.0.1:1",     "100.127.255.1:1", "[fc00::1]:1",
+                       "[fdff::1]:1"};
+  const char *no[] = {"9.255.255.255:1", "11.0.0.1:1",   "172.15.255.255:1", "172.32.0.1:1",
+                      "192.167.255.1:1", "192.169.0.1:1", "100.63.255.255:1", "100.128.0.1:1",
+                      "169.254.1.1:1",   "203.0.113.1:1", "[fe80::1]:1",      "[2001:db8::1]:1"};
+  np_addr a;
+  for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
+    assert_int_equal(np_addr_parse(yes[i], 0, &a), 0);
+    if (!np_addr_is_private(&a))
+      fail_msg("%s should be private", yes[i]);
+  }
+  for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) {
+    assert_int_equal(np_addr_parse(no[i], 0, &a), 0);
+    if (np_addr_is_private(&a))
+      fail_msg("%s should not be private", no[i]);
+  }
+  memset(&a, 0, sizeof a);
+  assert_false(np_addr_is_private(&a));
+  assert_false(np_addr_is_private(NULL));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(parse_ipv4),        cmocka_unit_test(parse_ipv6),
       cmocka_unit_test(rejects_bad_input), cmocka_unit_test(compare),
       cmocka_unit_test(format_edges),      cmocka_unit_test(errors_have_text),
+      cmocka_unit_test(private_space),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
