@@ -6,16 +6,17 @@
 set -euo pipefail
 
 build_pkgs=(cmake make gcc pkg-config libgnutls28-dev zlib1g-dev libcjson-dev libsodium-dev libcmocka-dev
-            libminiupnpc-dev libnatpmp-dev)
+            libminiupnpc-dev libnatpmp-dev libngtcp2-dev libngtcp2-crypto-gnutls-dev)
 test_pkgs=(clang libclang-rt-14-dev coturn iproute2 nftables conntrack procps jq
-           miniupnpd-nftables libnetfilter-queue-dev iptables)
+           miniupnpd-nftables libnetfilter-queue-dev iptables
+           openssh-server openssh-client iperf3)
 demo_pkgs=(iproute2 nftables conntrack procps jq)
 
 case "${1:-build}" in
   build) want=("${build_pkgs[@]}") ;;
   test)  want=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
   demo)  want=("${build_pkgs[@]}" "${demo_pkgs[@]}") ;;
-  bench) want=("${build_pkgs[@]}" coturn) ;;
+  bench) want=("${build_pkgs[@]}" coturn iproute2 nftables iperf3) ;;
   *) echo "usage: $0 build|test|demo|bench" >&2; exit 2 ;;
 esac
 
