@@ -17,12 +17,12 @@ struct np_progress {
   bool active;
   uint64_t total, offset, bytes;
   int64_t start_ms;
-  int64_t sample_ms;    /* when the last rate sample was taken */
+  int64_t sample_ms; /* when the last rate sample was taken */
   uint64_t sample_bytes;
-  double rate;          /* bytes/s, smoothed; 0 until the first sample */
-  int64_t drawn_ms;     /* when the bar (or a JSON line) was last written */
-  int last_tenth;       /* plain mode: the last 10 % step printed */
-  bool drawn;           /* tty: a bar is on the line */
+  double rate;      /* bytes/s, smoothed; 0 until the first sample */
+  int64_t drawn_ms; /* when the bar (or a JSON line) was last written */
+  int last_tenth;   /* plain mode: the last 10 % step printed */
+  bool drawn;       /* tty: a bar is on the line */
 };
 
 np_progress_mode np_progress_pick(FILE *out, bool json) {

@@ -26,11 +26,11 @@
 
 typedef struct xfile {
   np_xfer_file pub;
-  int fd;             /* sender: the source; receiver: the .part while ACTIVE */
-  bool answered;      /* sender: ACCEPT/REFUSE seen */
-  bool started;       /* START reported */
-  bool hashing;       /* receiver: h is live */
-  gnutls_hash_hd_t h; /* receiver: SHA-256 of the .part so far */
+  int fd;                   /* sender: the source; receiver: the .part while ACTIVE */
+  bool answered;            /* sender: ACCEPT/REFUSE seen */
+  bool started;             /* START reported */
+  bool hashing;             /* receiver: h is live */
+  gnutls_hash_hd_t h;       /* receiver: SHA-256 of the .part so far */
   char part[PART_NAME_MAX]; /* receiver: the .part and sidecar names */
   char meta[PART_NAME_MAX];
 } xfile;
@@ -47,9 +47,9 @@ struct np_xfer {
   int dirfd;
   bool force, auto_accept;
   bool got_hello;
-  size_t seen;     /* FILE frames received */
-  uint64_t total;  /* HELLO's total */
-  size_t rcur;     /* the file whose DATA comes next */
+  size_t seen;    /* FILE frames received */
+  uint64_t total; /* HELLO's total */
+  size_t rcur;    /* the file whose DATA comes next */
 
   xfile *files;
   size_t count;
@@ -93,7 +93,8 @@ static uint64_t rd64(const uint8_t *p) {
   return ((uint64_t)rd32(p) << 32) | rd32(p + 4);
 }
 
-static void set_err(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void set_err(char *buf, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static void set_err(char *buf, size_t len, const char *fmt, ...) {
   if (!buf || !len)
     return;
@@ -300,8 +301,7 @@ static int hash_prefix(int fd, uint64_t len, gnutls_hash_hd_t h) {
   return 0;
 }
 
-int np_xfer_sender_new(const np_xfer_send_config *cfg, np_xfer **out, char *errbuf,
-                       size_t errlen) {
+int np_xfer_sender_new(const np_xfer_send_config *cfg, np_xfer **out, char *errbuf, size_t errlen) {
   *out = NULL;
   if (!cfg || cfg->count == 0 || cfg->count > NP_XFER_MAX_FILES || !cfg->paths) {
     set_err(errbuf, errlen, "give 1 to %d files", NP_XFER_MAX_FILES);
@@ -626,8 +626,8 @@ static int recv_hello(np_xfer *x, const uint8_t *b, size_t len) {
 
 static int recv_file(np_xfer *x, const uint8_t *b, size_t len) {
   if (len < 47 || len > 46 + NP_XFER_MAX_NAME)
-    return fail(x, NP_ERR_PROTO, NP_XFER_ABORT_PROTO,
-                "a FILE frame of %zu bytes (47..%d allowed)", len, 46 + NP_XFER_MAX_NAME);
+    return fail(x, NP_ERR_PROTO, NP_XFER_ABORT_PROTO, "a FILE frame of %zu bytes (47..%d allowed)",
+                len, 46 + NP_XFER_MAX_NAME);
   uint16_t index = rd16(b);
   if (index != x->seen)
     return fail(x, NP_ERR_PROTO, NP_XFER_ABORT_PROTO, "FILE frame %u where %zu was due", index,
@@ -721,9 +721,8 @@ static int recv_end(np_xfer *x, const uint8_t *b, size_t len) {
   if (len != 2 || rd16(b) != x->rcur)
     return fail(x, NP_ERR_PROTO, NP_XFER_ABORT_PROTO, "an END frame not for file %zu", x->rcur);
   if (f->pub.done != f->pub.size)
-    return fail(x, NP_ERR_PROTO, NP_XFER_ABORT_PROTO,
-                "\"%s\" ended after %llu of its %llu bytes", f->pub.name,
-                (unsigned long long)f->pub.done, (unsigned long long)f->pub.size);
+    return fail(x, NP_ERR_PROTO, NP_XFER_ABORT_PROTO, "\"%s\" ended after %llu of its %llu bytes",
+                f->pub.name, (unsigned long long)f->pub.done, (unsigned long long)f->pub.size);
   uint8_t digest[NP_XFER_SHA256_LEN];
   gnutls_hash_deinit(f->h, digest);
   f->hashing = false;

@@ -49,12 +49,12 @@
 #include <stdint.h>
 
 #define NP_XFER_VERSION 1
-#define NP_XFER_HDR_LEN 5           /* type + length */
-#define NP_XFER_MAX_DATA 65536      /* a DATA frame's largest body */
-#define NP_XFER_MAX_BODY 65536      /* no frame body is larger */
-#define NP_XFER_MAX_FILES 1024      /* files in one offer */
-#define NP_XFER_MAX_NAME 255        /* bytes of a file name (NAME_MAX) */
-#define NP_XFER_MAX_TEXT 200        /* bytes of an ABORT text */
+#define NP_XFER_HDR_LEN 5      /* type + length */
+#define NP_XFER_MAX_DATA 65536 /* a DATA frame's largest body */
+#define NP_XFER_MAX_BODY 65536 /* no frame body is larger */
+#define NP_XFER_MAX_FILES 1024 /* files in one offer */
+#define NP_XFER_MAX_NAME 255   /* bytes of a file name (NAME_MAX) */
+#define NP_XFER_MAX_TEXT 200   /* bytes of an ABORT text */
 #define NP_XFER_SHA256_LEN 32
 
 enum np_xfer_frame_type {
@@ -105,9 +105,9 @@ typedef struct np_xfer_file {
   uint32_t mode;
   uint8_t sha256[NP_XFER_SHA256_LEN];
   np_xfer_file_status status;
-  np_xfer_refusal refusal;  /* REFUSED: why */
-  uint64_t offset;          /* accepted: where the data started (> 0: resumed) */
-  uint64_t done;            /* bytes handled so far, offset included */
+  np_xfer_refusal refusal; /* REFUSED: why */
+  uint64_t offset;         /* accepted: where the data started (> 0: resumed) */
+  uint64_t done;           /* bytes handled so far, offset included */
 } np_xfer_file;
 
 typedef enum np_xfer_event_kind {
@@ -119,8 +119,8 @@ typedef enum np_xfer_event_kind {
 
 typedef struct np_xfer_event {
   np_xfer_event_kind kind;
-  size_t index;              /* START/PROGRESS/END: the file; OFFER: 0 */
-  const np_xfer_file *file;  /* START/PROGRESS/END: the file; valid during the call */
+  size_t index;             /* START/PROGRESS/END: the file; OFFER: 0 */
+  const np_xfer_file *file; /* START/PROGRESS/END: the file; valid during the call */
 } np_xfer_event;
 
 /* Called from inside np_xfer_input/np_xfer_output/np_xfer_accept_all when
@@ -129,9 +129,9 @@ typedef struct np_xfer_event {
 typedef void (*np_xfer_event_cb)(void *user, const np_xfer_event *ev);
 
 typedef struct np_xfer_recv_config {
-  const char *dir;      /* where files go; must exist */
-  bool force;           /* overwrite an existing DIR/name */
-  bool auto_accept;     /* accept the offer at once (the caller checked the peer ID) */
+  const char *dir;  /* where files go; must exist */
+  bool force;       /* overwrite an existing DIR/name */
+  bool auto_accept; /* accept the offer at once (the caller checked the peer ID) */
   np_xfer_event_cb on_event;
   void *user;
 } np_xfer_recv_config;
@@ -159,8 +159,7 @@ typedef struct np_xfer np_xfer;
  * 0, NP_ERR_INVAL (no files, too many, not a regular file, a bad or
  * duplicate name: errbuf says which), NP_ERR_SYS (open/read failed, errno
  * kept) or NP_ERR_NOMEM. errbuf (may be NULL) gets a sentence on failure. */
-int np_xfer_sender_new(const np_xfer_send_config *cfg, np_xfer **out, char *errbuf,
-                       size_t errlen);
+int np_xfer_sender_new(const np_xfer_send_config *cfg, np_xfer **out, char *errbuf, size_t errlen);
 
 /* Makes the receiving side writing into cfg->dir (which must be a
  * directory). Nothing is written before the offer is accepted. Returns 0,

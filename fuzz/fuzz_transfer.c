@@ -133,8 +133,7 @@ static void check_frame_start(outcheck *o) {
     if (t == NP_XFER_DATA)
       CHECK(len >= 1 && len <= NP_XFER_MAX_DATA);
   } else {
-    CHECK(t == NP_XFER_ACCEPT || t == NP_XFER_REFUSE || t == NP_XFER_VERDICT ||
-          t == NP_XFER_ABORT);
+    CHECK(t == NP_XFER_ACCEPT || t == NP_XFER_REFUSE || t == NP_XFER_VERDICT || t == NP_XFER_ABORT);
     if (t == NP_XFER_ACCEPT)
       CHECK(len == 10);
     if (t == NP_XFER_REFUSE || t == NP_XFER_VERDICT)

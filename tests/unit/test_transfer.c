@@ -271,8 +271,12 @@ static void several_files(void **state) {
   static const struct {
     const char *name;
     size_t size;
-  } spec[] = {{"empty", 0}, {"one", 1}, {"frame", NP_XFER_MAX_DATA}, {"frame+1", NP_XFER_MAX_DATA + 1},
-              {"notes with spaces.txt", 200 * 1000}, {"日本語.bin", 4321}};
+  } spec[] = {{"empty", 0},
+              {"one", 1},
+              {"frame", NP_XFER_MAX_DATA},
+              {"frame+1", NP_XFER_MAX_DATA + 1},
+              {"notes with spaces.txt", 200 * 1000},
+              {"日本語.bin", 4321}};
   enum { N = sizeof spec / sizeof *spec };
   char src[N][256];
   const char *paths[N];
@@ -318,8 +322,9 @@ static void fifty_mb_random_chunks(void **state) {
   assert_true(moved > 50u * 1000 * 1000);
   snprintf(dst, sizeof dst, "%s/big.bin", d->dst);
   assert_true(same_content(src, dst));
-  print_message("50 MB in random chunks of 1..100000 bytes: %.2f s (%.0f MB/s), %llu stream bytes\n",
-                t1 - t0, 50.0 / (t1 - t0), (unsigned long long)moved);
+  print_message(
+      "50 MB in random chunks of 1..100000 bytes: %.2f s (%.0f MB/s), %llu stream bytes\n", t1 - t0,
+      50.0 / (t1 - t0), (unsigned long long)moved);
   np_xfer_free(s);
   np_xfer_free(r);
 }
@@ -554,8 +559,18 @@ static void hostile_names(void **state) {
     const char *name;
     size_t len;
   } bad[] = {
-      {"../evil", 7}, {"a/b", 3},     {".hidden", 7}, {"x\0y", 3},   {"\x01" "ctl", 4},
-      {"..", 2},      {"a..b", 4},    {"tab\there", 8}, {"del\x7f", 4}, {"/etc/passwd", 11},
+      {"../evil", 7},
+      {"a/b", 3},
+      {".hidden", 7},
+      {"x\0y", 3},
+      {"\x01"
+       "ctl",
+       4},
+      {"..", 2},
+      {"a..b", 4},
+      {"tab\there", 8},
+      {"del\x7f", 4},
+      {"/etc/passwd", 11},
       {"ok.txt", 6} /* duplicated below */,
   };
   enum { NB = sizeof bad / sizeof *bad };
