@@ -770,6 +770,62 @@ static void garbage_and_truncation(void **state) {
   np_xfer_free(s);
 }
 
+/* More than the disk can take is refused up front (NO_SPACE), by size. */
+static void no_space_refused(void **state) {
+  dirs *d = *state;
+  uint8_t in[400];
+  size_t n = hello(in, 1, 1ull << 60);
+  n += file_frame(in + n, 0, 1ull << 60, "huge.iso", 8);
+  seen rs = {0};
+  np_xfer *r = receiver_for(d->dst, false, true, &rs);
+  assert_int_equal(np_xfer_input(r, in, n), 0);
+  assert_int_equal(np_xfer_get_state(r), NP_XFER_DONE);
+  assert_int_equal(np_xfer_file_at(r, 0)->refusal, NP_XFER_REFUSE_NO_SPACE);
+  uint8_t out[64];
+  bool fin = false;
+  assert_int_equal(np_xfer_output(r, out, sizeof out, &fin), 8);
+  assert_true(fin);
+  assert_int_equal(out[0], NP_XFER_REFUSE);
+  assert_int_equal(out[7], NP_XFER_REFUSE_NO_SPACE);
+  assert_int_equal(dir_entries(d->dst), 0);
+  np_xfer_free(r);
+}
+
+/* The user stops the receiver mid-file: the sender learns why, the .part
+ * stays for a resume. A source that shrinks while sent fails the sender. */
+static void cancel_and_shrink(void **state) {
+  dirs *d = *state;
+  char src[256];
+  make_file(src, sizeof src, d->src, "log.txt", 1000 * 1000, 17, 0644);
+  const char *paths[] = {src};
+  seen ss = {0}, rs = {0};
+  np_xfer *s = sender_for(paths, 1, &ss);
+  np_xfer *r = receiver_for(d->dst, false, true, &rs);
+  pump(s, r, &(pump_opts){.stop_after = 300 * 1000, .seed = 17});
+  np_xfer_cancel(r);
+  assert_int_equal(np_xfer_get_state(r), NP_XFER_FAILED);
+  assert_int_equal(np_xfer_file_at(r, 0)->status, NP_XFER_FILE_FAILED);
+  pump(s, r, &(pump_opts){.seed = 17});
+  const char *msg;
+  assert_int_equal(np_xfer_error(s, &msg), NP_ERR_CANCELLED);
+  assert_string_equal(msg, "the peer aborted: cancelled");
+  assert_int_equal(np_xfer_file_at(s, 0)->status, NP_XFER_FILE_FAILED);
+  assert_true(size_of(d->dst, ".log.txt.natpunch-part") > 0);
+  np_xfer_free(s);
+  np_xfer_free(r);
+
+  s = sender_for(paths, 1, &ss);
+  r = receiver_for(d->dst, false, true, &rs);
+  assert_int_equal(truncate(src, 500 * 1000), 0);
+  pump(s, r, &(pump_opts){.seed = 18});
+  assert_int_equal(np_xfer_error(s, &msg), NP_ERR_SYS);
+  assert_non_null(strstr(msg, "shrank"));
+  assert_int_equal(np_xfer_get_state(r), NP_XFER_FAILED);
+  assert_false(exists_in(d->dst, "log.txt"));
+  np_xfer_free(s);
+  np_xfer_free(r);
+}
+
 /* ---- progress ----------------------------------------------------------------- */
 
 static char *run_progress(np_progress_mode mode, size_t *len) {
@@ -894,6 +950,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(hostile_names, setup, teardown),
       cmocka_unit_test_setup_teardown(corrupted_byte_gives_mismatch, setup, teardown),
       cmocka_unit_test_setup_teardown(garbage_and_truncation, setup, teardown),
+      cmocka_unit_test_setup_teardown(no_space_refused, setup, teardown),
+      cmocka_unit_test_setup_teardown(cancel_and_shrink, setup, teardown),
       cmocka_unit_test(progress_tty),
       cmocka_unit_test(progress_plain),
       cmocka_unit_test(progress_json),
