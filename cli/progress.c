@@ -297,3 +297,35 @@ void np_progress_xfer_event(np_progress *p, const np_xfer_event *ev, int64_t now
     break;
   }
 }
+
+void np_progress_offer(np_progress *p, const char *peer, const np_xfer *x) {
+  size_t n = np_xfer_count(x);
+  uint64_t total = 0;
+  for (size_t i = 0; i < n; i++)
+    total += np_xfer_file_at(x, i)->size;
+  char hex[2 * NP_XFER_SHA256_LEN + 1], sz[32];
+  if (p->mode == NP_PROGRESS_JSON) {
+    fputs("{\"event\":\"offer\",\"from\":", p->out);
+    json_str(p->out, peer);
+    fputs(",\"files\":[", p->out);
+    for (size_t i = 0; i < n; i++) {
+      const np_xfer_file *f = np_xfer_file_at(x, i);
+      np_xfer_hex(f->sha256, hex);
+      fputs(i ? ",{\"name\":" : "{\"name\":", p->out);
+      json_str(p->out, f->name);
+      fprintf(p->out, ",\"size\":%llu,\"sha256\":\"%s\"}", (unsigned long long)f->size, hex);
+    }
+    fputs("]}\n", p->out);
+    fflush(p->out);
+    return;
+  }
+  human(sz, sizeof sz, (double)total);
+  fprintf(p->out, "%s offers %zu file%s, %s:\n", peer, n, n == 1 ? "" : "s", sz);
+  for (size_t i = 0; i < n; i++) {
+    const np_xfer_file *f = np_xfer_file_at(x, i);
+    human(sz, sizeof sz, (double)f->size);
+    fprintf(p->out, "  %s (%s)%s\n", f->name, sz,
+            f->refusal == NP_XFER_REFUSE_BAD_NAME ? " - bad name, will be refused" : "");
+  }
+  fflush(p->out);
+}

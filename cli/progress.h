@@ -57,6 +57,13 @@ void np_progress_end(np_progress *p, const char *name, uint64_t size,
  * END map onto the three calls above; OFFER is the caller's to show. */
 void np_progress_xfer_event(np_progress *p, const np_xfer_event *ev, int64_t now_ms);
 
+/* Shows what a peer offers before the user decides: in text modes a line
+ * "PEER offers N file(s), SIZE:" and one indented "name (size)" line each
+ * (a refused-by-name file marked "bad name"); in JSON one line
+ * {"event":"offer","from":PEER,"files":[{"name":..,"size":..,"sha256":..},..]}.
+ * A tty bar in progress is not expected here (offers come before data). */
+void np_progress_offer(np_progress *p, const char *peer, const np_xfer *x);
+
 /* The rate (bytes/s, smoothed) and the ETA (ms, -1 when unknown) of the
  * current file as the display last computed them. */
 double np_progress_rate(const np_progress *p);

@@ -498,6 +498,34 @@ static void offer_waits_for_decision(void **state) {
   assert_int_equal(np_xfer_file_at(r, 1)->size, 20);
   assert_int_equal(np_xfer_get_state(s), NP_XFER_RUNNING);
   assert_int_equal(dir_entries(d->dst), 0);
+  /* What the user is shown before deciding. */
+  char *shown = NULL;
+  size_t shown_len = 0;
+  FILE *mem = open_memstream(&shown, &shown_len);
+  assert_non_null(mem);
+  np_progress *p = np_progress_new(mem, NP_PROGRESS_PLAIN);
+  np_progress_offer(p, "PEERID", r);
+  np_progress_free(p);
+  p = np_progress_new(mem, NP_PROGRESS_JSON);
+  np_progress_offer(p, "PEERID", r);
+  np_progress_free(p);
+  fclose(mem);
+  const char *json = strstr(shown, "{\"event\":\"offer\"");
+  assert_non_null(json);
+  assert_memory_equal(shown, "PEERID offers 2 files, 30 B:\n  a.txt (10 B)\n  b.txt (20 B)\n",
+                      json - shown);
+  cJSON *j = cJSON_Parse(json);
+  assert_non_null(j);
+  assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(j, "from")), "PEERID");
+  cJSON *files = cJSON_GetObjectItem(j, "files");
+  assert_int_equal(cJSON_GetArraySize(files), 2);
+  assert_string_equal(
+      cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetArrayItem(files, 1), "name")), "b.txt");
+  assert_int_equal(
+      strlen(cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetArrayItem(files, 0), "sha256"))),
+      64);
+  cJSON_Delete(j);
+  free(shown);
   assert_int_equal(np_xfer_refuse(r), 0);
   assert_int_equal(np_xfer_refuse(r), NP_ERR_INVAL); /* only once */
   pump(s, r, &(pump_opts){.seed = 12});
