@@ -645,8 +645,11 @@ static int recv_file(np_xfer *x, const uint8_t *b, size_t len) {
   size_t nlen = len - 46;
   show_name(f->pub.name, name, nlen);
   bool ok = np_xfer_name_ok(name, nlen);
+  /* Only valid names are compared: a bad one is shown with '?' in place of
+   * its control bytes, which must not make a later valid name a duplicate. */
   for (size_t j = 0; ok && j < index; j++)
-    if (strcmp(x->files[j].pub.name, f->pub.name) == 0)
+    if (x->files[j].pub.refusal != NP_XFER_REFUSE_BAD_NAME &&
+        strcmp(x->files[j].pub.name, f->pub.name) == 0)
       ok = false; /* a duplicate would share the .part */
   if (!ok)
     f->pub.refusal = NP_XFER_REFUSE_BAD_NAME;
