@@ -14,8 +14,8 @@
 typedef enum np_progress_mode {
   NP_PROGRESS_TTY = 0,   /* "\r" + bar + "\033[K", redrawn at most every NP_PROGRESS_TTY_MS */
   NP_PROGRESS_PLAIN = 1, /* a line at each file start and end and at every 10 % */
-  NP_PROGRESS_JSON =
-      2, /* {"event":"progress",...} at most every NP_PROGRESS_JSON_MS, {"event":"file",...} */
+  /* {"event":"progress",...} at most every NP_PROGRESS_JSON_MS; {"event":"file",...} at the end */
+  NP_PROGRESS_JSON = 2,
 } np_progress_mode;
 
 #define NP_PROGRESS_TTY_MS 100

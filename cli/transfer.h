@@ -174,15 +174,16 @@ void np_xfer_free(np_xfer *x);
 
 /* Feeds len bytes read from the stream. All of them are consumed (a frame
  * may be split anywhere; DATA is written to disk at once). Returns 0, or
- * NP_ERR_PROTO when the peer broke the protocol (or sent ABORT),
- * NP_ERR_SYS when a local write failed; after an error the machine is
- * FAILED, has queued an ABORT for np_xfer_output and ignores further
- * input. */
+ * NP_ERR_PROTO when the peer broke the protocol or sent ABORT (for a user's
+ * cancel: NP_ERR_CANCELLED), NP_ERR_SYS when a local write failed; after an
+ * error the machine is FAILED, has queued an ABORT for np_xfer_output
+ * (unless the peer's ABORT was the cause) and ignores further input. */
 int np_xfer_input(np_xfer *x, const uint8_t *buf, size_t len);
 
 /* Tells the machine the peer half-closed its direction. Returns 0 when
  * nothing more was expected from the peer, NP_ERR_PROTO (state FAILED, "the
- * peer closed the stream mid-transfer") otherwise. */
+ * peer closed the stream before the transfer was complete", or "in the
+ * middle of a frame") otherwise. */
 int np_xfer_input_eof(np_xfer *x);
 
 /* Copies up to cap bytes the stream should carry next into buf and returns
@@ -225,7 +226,8 @@ const np_xfer_file *np_xfer_file_at(const np_xfer *x, size_t i);
  * also rules out "." and ".."), and not containing "..". */
 bool np_xfer_name_ok(const uint8_t *name, size_t len);
 
-/* A static sentence for a refusal reason ("exists (use --force)", ...). */
+/* A static sentence for a refusal reason ("the file exists at the receiver
+ * (it can use --force)", ...). */
 const char *np_xfer_refusal_str(np_xfer_refusal r);
 
 /* Lower-case hex of a SHA-256 into out (65 bytes with the NUL). */
