@@ -308,12 +308,14 @@ static void emit_connected(const struct peer_opts *opts, const np_session_stats 
 static int not_a_peer(struct peer_opts *o, const char *where, const char *text) {
   char src[2 * CLI_CFG_MAX_PATH + 16];
   if (o->cfg.n_files)
-    return cli_usage_error(o->cmd, "%s: '%s' is not a peer ID (52 base32 characters) nor an alias in %s",
+    return cli_usage_error(o->cmd,
+                           "%s: '%s' is not a peer ID (52 base32 characters) nor an alias in %s",
                            where, text, cli_config_sources(&o->cfg, src, sizeof src));
   return cli_usage_error(o->cmd,
                          "%s: '%s' is not a peer ID (52 base32 characters), and there is no config "
                          "file with aliases (write 'alias NAME = PEERID' in %s)",
-                         where, text, o->user_config[0] ? o->user_config : "~/.config/natpunch/config");
+                         where, text,
+                         o->user_config[0] ? o->user_config : "~/.config/natpunch/config");
 }
 
 static int add_allow(struct peer_opts *o, const char *text, const char *where) {
@@ -376,8 +378,8 @@ static int apply_config(struct peer_opts *o) {
   if (cli_config_user_path(getenv("XDG_CONFIG_HOME"), home, o->user_config,
                            sizeof o->user_config) != 0)
     snprintf(o->user_config, sizeof o->user_config, "~/.config/natpunch/config");
-  if (cli_config_load(&o->cfg, o->config_path, getenv("XDG_CONFIG_HOME"), home,
-                      CLI_CFG_SYSTEM_PATH, err, sizeof err) != 0)
+  if (cli_config_load(&o->cfg, o->config_path, getenv("XDG_CONFIG_HOME"), home, CLI_CFG_SYSTEM_PATH,
+                      err, sizeof err) != 0)
     return cli_usage_error(o->cmd, "%s", err);
   const cli_config *c = &o->cfg;
   if (!o->have_rendezvous && c->have_rendezvous) {
@@ -391,7 +393,8 @@ static int apply_config(struct peer_opts *o) {
   if (!o->key_path) {
     int k = cli_config_key_path(c, home, o->cfg_key, sizeof o->cfg_key);
     if (k < 0)
-      return cli_usage_error(o->cmd, "key = %s: cannot expand '~' (HOME unset) or too long", c->key);
+      return cli_usage_error(o->cmd, "key = %s: cannot expand '~' (HOME unset) or too long",
+                             c->key);
     if (k == 0)
       o->key_path = o->cfg_key;
   }
@@ -527,8 +530,12 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
     }
   }
   /* `connect laptop` is `connect --peer laptop`. */
-  if (!o->listen && optind < argc && !o->peer_text)
+  if (!o->listen && optind < argc) {
+    if (o->peer_text)
+      return cli_usage_error(o->cmd, "give the peer once: '%s' and --peer %s", argv[optind],
+                             o->peer_text);
     o->peer_text = argv[optind++];
+  }
   if (optind < argc)
     return cli_usage_error(o->cmd, "unexpected argument '%s'", argv[optind]);
   if ((rc = apply_config(o)) != 0)

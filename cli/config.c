@@ -21,7 +21,9 @@ static int fail(char *err, size_t size, const char *fmt, ...) {
   return -1;
 }
 
-static bool blank(char c) { return c == ' ' || c == '\t'; }
+static bool blank(char c) {
+  return c == ' ' || c == '\t';
+}
 
 static char *trim(char *s) {
   while (blank(*s))
@@ -65,8 +67,8 @@ struct seen {
   int alias_line[CLI_CFG_MAX_ALIASES];
 };
 
-static int parse_line(cli_config *cfg, struct seen *seen, char *line, const char *file,
-                      int lineno, char *err, size_t es) {
+static int parse_line(cli_config *cfg, struct seen *seen, char *line, const char *file, int lineno,
+                      char *err, size_t es) {
   /* A '#' begins a comment at the start or after a blank, so that a
    * value such as a path may still hold one. */
   for (char *p = line; *p; p++)
@@ -109,9 +111,10 @@ static int parse_line(cli_config *cfg, struct seen *seen, char *line, const char
       return fail(err, es, "%s line %d: rendezvous is already set on line %d", file, lineno,
                   seen->rendezvous);
     if (np_addr_parse(val, CLI_CFG_DEFAULT_RDV_PORT, &cfg->rendezvous) != 0)
-      return fail(err, es,
-                  "%s line %d: rendezvous: '%s' is not a numeric IP[:PORT] (e.g. 198.51.100.10:7000)",
-                  file, lineno, val);
+      return fail(
+          err, es,
+          "%s line %d: rendezvous: '%s' is not a numeric IP[:PORT] (e.g. 198.51.100.10:7000)", file,
+          lineno, val);
     cfg->have_rendezvous = true;
     seen->rendezvous = lineno;
     return 0;
@@ -122,9 +125,10 @@ static int parse_line(cli_config *cfg, struct seen *seen, char *line, const char
                   NP_PROBE_MAX_SERVERS, val);
     np_addr *d = &cfg->discovery[cfg->n_discovery];
     if (np_addr_parse(val, CLI_CFG_DEFAULT_STUN_PORT, d) != 0)
-      return fail(err, es,
-                  "%s line %d: discovery: '%s' is not a numeric IP[:PORT] (e.g. 198.51.100.10:3478)",
-                  file, lineno, val);
+      return fail(
+          err, es,
+          "%s line %d: discovery: '%s' is not a numeric IP[:PORT] (e.g. 198.51.100.10:3478)", file,
+          lineno, val);
     if (cfg->n_discovery == 1 && d->u.sa.sa_family != cfg->discovery[0].u.sa.sa_family)
       return fail(err, es, "%s line %d: discovery: '%s': both servers must be IPv4, or both IPv6",
                   file, lineno, val);
@@ -154,9 +158,10 @@ static int parse_line(cli_config *cfg, struct seen *seen, char *line, const char
     memcpy(cfg->allow[cfg->n_allow++], val, strlen(val) + 1);
     return 0;
   }
-  return fail(err, es,
-              "%s line %d: unknown setting '%s' (known: rendezvous, discovery, key, allow, alias NAME)",
-              file, lineno, lhs);
+  return fail(
+      err, es,
+      "%s line %d: unknown setting '%s' (known: rendezvous, discovery, key, allow, alias NAME)",
+      file, lineno, lhs);
 }
 
 int cli_config_parse(cli_config *cfg, const char *buf, size_t len, const char *file, char *err,
@@ -211,8 +216,8 @@ int cli_config_merge(cli_config *hi, const cli_config *lo, char *err, size_t err
     if (find_alias(hi, lo->aliases[i].name))
       continue;
     if (hi->n_aliases == CLI_CFG_MAX_ALIASES)
-      return fail(err, err_size, "more than %d aliases in %s and %s together",
-                  CLI_CFG_MAX_ALIASES, hi->n_files ? hi->files[0] : "the user config",
+      return fail(err, err_size, "more than %d aliases in %s and %s together", CLI_CFG_MAX_ALIASES,
+                  hi->n_files ? hi->files[0] : "the user config",
                   lo->n_files ? lo->files[0] : "the system config");
     hi->aliases[hi->n_aliases++] = lo->aliases[i];
   }

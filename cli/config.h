@@ -27,9 +27,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CLI_CFG_MAX_LINE 1024       /* bytes, without the newline */
+#define CLI_CFG_MAX_LINE 1024         /* bytes, without the newline */
 #define CLI_CFG_MAX_FILE (256 * 1024) /* a bigger file is refused, not truncated */
-#define CLI_CFG_MAX_ALIASES 256     /* in all files together */
+#define CLI_CFG_MAX_ALIASES 256       /* in all files together */
 #define CLI_CFG_MAX_NAME 32
 #define CLI_CFG_MAX_ALLOW NP_AGENT_MAX_ALLOW
 #define CLI_CFG_MAX_PATH 1024

@@ -121,7 +121,8 @@ usage "unknown alias" "'carol' is not a peer ID .* nor an alias in '$tmp/xa/natp
 usage "unknown alias, no config file" "no config file with aliases \\(write 'alias NAME = PEERID' in $tmp/empty/natpunch/config\\)" \
   XDG_CONFIG_HOME=$tmp/empty -- connect -r "$rdv" carol
 usage "--allow unknown alias" "--allow: 'carol'" XDG_CONFIG_HOME=$tmp/xb -- listen --allow carol
-usage "peer given twice" "unexpected argument 'bob'" XDG_CONFIG_HOME=$tmp/xa -- connect --peer bob bob
+usage "peer given twice" "give the peer once: 'bob' and --peer bob" XDG_CONFIG_HOME=$tmp/xa -- connect --peer bob bob
+usage "two positional peers" "unexpected argument 'bob'" XDG_CONFIG_HOME=$tmp/xa -- connect bob bob
 usage "a positional for listen" "unexpected argument 'alice'" XDG_CONFIG_HOME=$tmp/xb -- listen alice
 usage "--config missing" "cannot open config file '$tmp/nope'" -- connect --config "$tmp/nope" bob
 mkdir -p "$tmp/xbad/natpunch"

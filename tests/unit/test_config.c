@@ -53,7 +53,7 @@ static void test_good_file(void **state) {
   addr_is(&cfg.rendezvous, "198.51.100.10:7000");
   assert_int_equal(cfg.n_discovery, 2);
   addr_is(&cfg.discovery[0], "198.51.100.10:3478");
-  addr_is(&cfg.discovery[1], "198.51.100.11:3478"); /* default port */
+  addr_is(&cfg.discovery[1], "198.51.100.11:3478");  /* default port */
   assert_string_equal(cfg.key, "~/keys/natpunch#1"); /* '#' not after a blank */
   assert_int_equal(cfg.n_aliases, 2);
   assert_string_equal(cfg.aliases[1].name, "nas.home_2-x");
@@ -65,7 +65,8 @@ static void test_good_file(void **state) {
   assert_int_equal(np_peer_id_parse(ID_A, want), 0);
   assert_memory_equal(k, want, NP_PUBKEY_LEN);
   /* A peer ID is itself, whatever the aliases; lower case too. */
-  assert_int_equal(cli_config_resolve(&cfg, "aebagbafaydqqcikbmga2dqpcaireeyuculbogazdinryhi6d4qa", k), 0);
+  assert_int_equal(
+      cli_config_resolve(&cfg, "aebagbafaydqqcikbmga2dqpcaireeyuculbogazdinryhi6d4qa", k), 0);
   assert_int_equal(np_peer_id_parse(ID_B, want), 0);
   assert_memory_equal(k, want, NP_PUBKEY_LEN);
   /* Names are case-sensitive; unknown names fail. */
@@ -113,7 +114,8 @@ static void test_errors(void **state) {
   refused("discovery = 1.2.3.4\ndiscovery = 1.2.3.5\ndiscovery = 1.2.3.6\n", "line 3",
           "more than 2 discovery servers: '1.2.3.6'");
   refused("discovery = nope\n", "line 1", "discovery: 'nope'");
-  refused("discovery = 1.2.3.4\ndiscovery = [2001:db8::1]\n", "line 2", "must be IPv4, or both IPv6");
+  refused("discovery = 1.2.3.4\ndiscovery = [2001:db8::1]\n", "line 2",
+          "must be IPv4, or both IPv6");
   refused("key = relative/key\n", "line 1", "'relative/key' is not an absolute path");
   refused("key = /a\nkey = /b\n", "line 2", "key is already set on line 1");
   refused("colour = blue\n", "line 1", "unknown setting 'colour'");
@@ -165,7 +167,8 @@ static void test_name_like_peer_id(void **state) {
    * still no name: longer than any name may be. */
   refused("alias AAAQEAYEAUDAOCAJBIFQYDIOB4IBCEQTCQKRMFYYDENBWHA5DYPZ = " ID_B "\n", "line 1",
           "too long");
-  assert_string_equal(cli_config_name_error(ID_A), "is a peer ID, not a name (write: alias NAME = PEERID)");
+  assert_string_equal(cli_config_name_error(ID_A),
+                      "is a peer ID, not a name (write: alias NAME = PEERID)");
   assert_null(cli_config_name_error("a"));
   assert_null(cli_config_name_error("abcdefghijklmnopqrstuvwxyz012345")); /* 32 */
   assert_non_null(cli_config_name_error(""));
@@ -264,7 +267,8 @@ static void test_precedence(void **state) {
   assert_int_equal(cfg.n_files, 1);
   /* No file at all: an empty config, not an error. */
   memset(&cfg, 0, sizeof cfg);
-  assert_int_equal(cli_config_load(&cfg, NULL, NULL, home, "/nonexistent/config", err, sizeof err), 0);
+  assert_int_equal(cli_config_load(&cfg, NULL, NULL, home, "/nonexistent/config", err, sizeof err),
+                   0);
   assert_int_equal(cfg.n_files, 0);
   assert_string_equal(cli_config_sources(&cfg, src, sizeof src), "no config file");
   char p[64];
@@ -329,14 +333,10 @@ static void test_merge_alias_limit(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_good_file),
-      cmocka_unit_test(test_empty_and_ipv6),
-      cmocka_unit_test(test_errors),
-      cmocka_unit_test(test_name_like_peer_id),
-      cmocka_unit_test(test_alias_limit),
-      cmocka_unit_test(test_precedence),
-      cmocka_unit_test(test_load_errors),
-      cmocka_unit_test(test_merge_alias_limit),
+      cmocka_unit_test(test_good_file),   cmocka_unit_test(test_empty_and_ipv6),
+      cmocka_unit_test(test_errors),      cmocka_unit_test(test_name_like_peer_id),
+      cmocka_unit_test(test_alias_limit), cmocka_unit_test(test_precedence),
+      cmocka_unit_test(test_load_errors), cmocka_unit_test(test_merge_alias_limit),
   };
   return cmocka_run_group_tests(tests, make_dir, remove_dir);
 }
