@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 static int fail(char *err, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -55,7 +56,9 @@ const char *cli_config_name_error(const char *name) {
 
 static const cli_alias *find_alias(const cli_config *cfg, const char *name) {
   for (int i = 0; i < cfg->n_aliases; i++)
-    if (strcmp(cfg->aliases[i].name, name) == 0)
+    /* ASCII case folded: ssh lowercases the %h of a ProxyCommand, so
+     * `ssh MyLaptop` asks for "mylaptop". */
+    if (strcasecmp(cfg->aliases[i].name, name) == 0)
       return &cfg->aliases[i];
   return NULL;
 }

@@ -9,8 +9,9 @@
  *   alias NAME = PEERID             repeatable: a local name for a peer
  * NAME: 1 to 32 characters of [A-Za-z0-9._-], not starting with '-' or
  * '.', and never 52 characters long, so it can never be mistaken for a
- * peer ID. Names are case-sensitive. Unknown keys, a key given too often,
- * a duplicate alias, a line over CLI_CFG_MAX_LINE bytes and a NUL byte are
+ * peer ID. Names match whatever their case (ssh lowercases the %h of a
+ * ProxyCommand), so two that differ only in case are duplicates. Unknown
+ * keys, a key given too often, a duplicate alias, a line over CLI_CFG_MAX_LINE bytes and a NUL byte are
  * errors that quote the file, line number and text.
  *
  * Files, per setting the first that has it wins: command-line flags, then

@@ -4,7 +4,7 @@
  * The input is a config file's text. Parsing either fails with a message
  * that names the file, or gives a config whose every field keeps the
  * format's rules: counts within their limits, alias names that pass the
- * name check and are unique and resolve to their key, a key path that is
+ * name check and are unique (in any case) and resolve to their key, a key path that is
  * absolute or ~/, allow entries that are peer IDs or names. The config is
  * then written back as text, which must parse to the same config, and
  * merged with itself, which must change nothing.
@@ -14,6 +14,7 @@
 
 #include <stdarg.h>
 #include <string.h>
+#include <strings.h>
 
 #define FILE_NAME "fuzz.conf"
 
@@ -25,7 +26,7 @@ static void check_fields(const cli_config *c) {
   for (int i = 0; i < c->n_aliases; i++) {
     CHECK(cli_config_name_error(c->aliases[i].name) == NULL);
     for (int j = 0; j < i; j++)
-      CHECK(strcmp(c->aliases[i].name, c->aliases[j].name) != 0);
+      CHECK(strcasecmp(c->aliases[i].name, c->aliases[j].name) != 0);
     uint8_t k[NP_PUBKEY_LEN];
     CHECK(cli_config_resolve(c, c->aliases[i].name, k) == 0);
     CHECK(memcmp(k, c->aliases[i].key, NP_PUBKEY_LEN) == 0);

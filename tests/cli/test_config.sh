@@ -93,10 +93,11 @@ expect "C with its config's dead server exits 1" 1 $?
 expect "... and says rendezvous" true "$(event "$tmp/c2.log" failed | jq '.reason | test("rendezvous")')"
 ms=$(( ($(date +%s%N) - start) / 1000000 ))
 [ "$ms" -lt 4000 ]; expect "... within --timeout 1 (${ms} ms)" 0 $?
-# --config replaces XDG's file: A's config (alias bob, key a) from C's environment.
+# --config replaces XDG's file: A's config (alias bob, key a) from C's
+# environment. BOB: names match in any case (ssh lowercases %h).
 XDG_CONFIG_HOME=$tmp/xc timeout 20 "$NP" connect --config "$tmp/xa/natpunch/config" --json --no-portmap \
-  --timeout 10 bob </dev/null >/dev/null 2>"$tmp/a2.log"
-expect "--config FILE: connect bob as A exits 0 (--keep listener)" 0 $?
+  --timeout 10 BOB </dev/null >/dev/null 2>"$tmp/a2.log"
+expect "--config FILE: connect BOB as A exits 0 (--keep listener)" 0 $?
 expect "--config FILE: B saw A again" "$A" "$(event "$tmp/b.log" call | jq -r .from)"
 
 # probe: discovery servers from the config.

@@ -69,8 +69,12 @@ static void test_good_file(void **state) {
       cli_config_resolve(&cfg, "aebagbafaydqqcikbmga2dqpcaireeyuculbogazdinryhi6d4qa", k), 0);
   assert_int_equal(np_peer_id_parse(ID_B, want), 0);
   assert_memory_equal(k, want, NP_PUBKEY_LEN);
-  /* Names are case-sensitive; unknown names fail. */
-  assert_int_equal(cli_config_resolve(&cfg, "Laptop", k), -1);
+  /* Names match in any case (ssh hands a ProxyCommand a lowercased %h);
+   * unknown names fail. */
+  assert_int_equal(cli_config_resolve(&cfg, "LapTop", k), 0);
+  assert_int_equal(np_peer_id_parse(ID_A, want), 0);
+  assert_memory_equal(k, want, NP_PUBKEY_LEN);
+  assert_int_equal(cli_config_resolve(&cfg, "NAS.HOME_2-X", k), 0);
   assert_int_equal(cli_config_resolve(&cfg, "desktop", k), -1);
   assert_int_equal(cli_config_resolve(NULL, "laptop", k), -1);
 
@@ -127,6 +131,8 @@ static void test_errors(void **state) {
   refused("alias .x = " ID_A "\n", "line 1", "starts with '-' or '.'");
   refused("alias abcdefghijklmnopqrstuvwxyz0123456 = " ID_A "\n", "line 1", "too long");
   refused("alias a = " ID_A "\n#\nalias a = " ID_B "\n", "line 3", "already defined on line 1");
+  refused("alias Laptop = " ID_A "\nalias laptop = " ID_B "\n", "line 2",
+          "alias 'laptop' is already defined on line 1");
   refused("allow = bad name!\n", "line 1", "'bad name!' is neither a peer ID nor an alias name");
   refused("rendezvous = 1.2.3.4\x01\n", "line 1", "control character 0x01 at column 21");
   refused("ok = 1\n", "line 1", "unknown setting 'ok'");
