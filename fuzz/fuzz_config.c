@@ -60,7 +60,7 @@ static size_t write_back(const cli_config *c, char *out, size_t cap) {
   for (int i = 0; i < c->n_discovery; i++)
     PUT("discovery=%s  # server %d\n", np_addr_format(&c->discovery[i], a, sizeof a), i);
   if (c->key[0])
-    PUT("\tkey = %s\n", c->key);
+    PUT("key=%s\n", c->key); /* no blanks: the value may fill a line */
   for (int i = 0; i < c->n_allow; i++)
     PUT("allow = %s\n", c->allow[i]);
   for (int i = 0; i < c->n_aliases; i++) {
