@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static int fail(char *err, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int fail(char *err, size_t size, const char *fmt, ...) {
@@ -243,6 +244,15 @@ int cli_config_load_file(cli_config *cfg, const char *path, bool must_exist, cha
   if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
     fclose(f);
     return fail(err, err_size, "config file '%s' is a directory", path);
+  }
+  /* ssh's rule for its config: the file says who may call (allow) and
+   * whom a name reaches (alias), so nobody else may have written it. */
+  if (S_ISREG(sb.st_mode) && ((sb.st_uid != 0 && sb.st_uid != geteuid()) || (sb.st_mode & 022))) {
+    fclose(f);
+    return fail(err, err_size,
+                "config file '%s' is writable by others or owned by another user; refusing it "
+                "(it names who may call and whom an alias reaches; fix with: chmod go-w '%s')",
+                path, path);
   }
   char *buf = malloc(CLI_CFG_MAX_FILE + 1);
   if (!buf) {

@@ -11,8 +11,11 @@
  * '.', and never 52 characters long, so it can never be mistaken for a
  * peer ID. Names match whatever their case (ssh lowercases the %h of a
  * ProxyCommand), so two that differ only in case are duplicates. Unknown
- * keys, a key given too often, a duplicate alias, a line over CLI_CFG_MAX_LINE bytes and a NUL byte are
- * errors that quote the file, line number and text.
+ * keys, a key given too often, a duplicate alias, a line over
+ * CLI_CFG_MAX_LINE bytes and a control character (NUL included) are errors
+ * that quote the file, line number and text. Like ssh's config, a file
+ * that group or others may write, or that another user (not root) owns, is
+ * refused: it says who may call and whom a name reaches.
  *
  * Files, per setting the first that has it wins: command-line flags, then
  * `--config FILE` (which replaces the next two entirely), else

@@ -133,6 +133,11 @@ usage "a name that is a peer ID" "$tmp/xbad/natpunch/config line 3: alias name '
 printf 'rendezvous = %s\nrendevous = 1.2.3.4\n' "$rdv" >"$tmp/xbad/natpunch/config"
 usage "a typo in the config, even with all flags" "line 2: unknown setting 'rendevous'" \
   XDG_CONFIG_HOME=$tmp/xbad -- connect -r "$rdv" -d "$stun1" --key "$tmp/a" "$B"
+printf 'rendezvous = %s\n' "$rdv" >"$tmp/xbad/natpunch/config"
+chmod 0666 "$tmp/xbad/natpunch/config"
+usage "a config others may write (it names who may call)" "writable by others .*chmod go-w" \
+  XDG_CONFIG_HOME=$tmp/xbad -- connect --key "$tmp/a" "$B"
+chmod 0644 "$tmp/xbad/natpunch/config"
 printf 'key = relative\n' >"$tmp/xbad/natpunch/config"
 usage "probe with a bad config" "line 1: key: 'relative' is not an absolute path" \
   XDG_CONFIG_HOME=$tmp/xbad -- probe -d "$stun1"

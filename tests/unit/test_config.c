@@ -307,6 +307,22 @@ static void test_load_errors(void **state) {
   assert_int_equal(cli_config_load(&cfg, NULL, NULL, NULL, sys, err, sizeof err), -1);
   assert_non_null(strstr(err, sys));
   assert_non_null(strstr(err, "line 4: unknown setting 'rendevous'"));
+  /* Writable by group or others: refused like ssh refuses such a config;
+   * /dev/null (not a regular file) is fine as an empty --config. */
+  snprintf(path, sizeof path, "%s/open.conf", dir);
+  write_file(path, "rendezvous = 1.2.3.4\n");
+  chmod(path, 0664);
+  memset(&cfg, 0, sizeof cfg);
+  assert_int_equal(cli_config_load_file(&cfg, path, false, err, sizeof err), -1);
+  assert_non_null(strstr(err, "writable by others"));
+  assert_non_null(strstr(err, "chmod go-w"));
+  chmod(path, 0646);
+  assert_int_equal(cli_config_load_file(&cfg, path, false, err, sizeof err), -1);
+  chmod(path, 0644);
+  assert_int_equal(cli_config_load_file(&cfg, path, false, err, sizeof err), 0);
+  memset(&cfg, 0, sizeof cfg);
+  assert_int_equal(cli_config_load(&cfg, "/dev/null", NULL, NULL, NULL, err, sizeof err), 0);
+  assert_int_equal(cfg.n_files, 1);
   /* An unreadable file (skipped as root, who reads anything). */
   if (geteuid() != 0) {
     snprintf(path, sizeof path, "%s/unreadable", dir);
