@@ -17,7 +17,7 @@ help:
 	@echo "make demo     install missing packages, build, run the NAT lab demo"
 	@echo "make bench    benchmarks: discovery server vs coturn, rendezvous server with 10,000 peers"
 	@echo "make fuzz     run each libFuzzer target for FUZZ_SECONDS (default $(FUZZ_SECONDS))"
-	@echo "make install  install library, header, pkg-config file and CLI (PREFIX via CMAKE_FLAGS)"
+	@echo "make install  install library, header, pkg-config file, CLI, man pages, bash completion (PREFIX via CMAKE_FLAGS)"
 
 build:
 	@scripts/deps.sh build

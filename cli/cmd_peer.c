@@ -28,6 +28,7 @@
  * own 'E' and an 'A'.
  */
 #include "cli.h"
+#include "config.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -86,12 +87,22 @@ struct peer_opts {
   bool keep;
   bool json;
   bool verbose;
+  /* Taken from the command line first, resolved once the config file
+   * (which may hold aliases, or be named by --config) is read. */
+  const char *config_path;
+  const char *peer_text;
+  const char *allow_text[NP_AGENT_MAX_ALLOW];
+  bool allow_is_file[NP_AGENT_MAX_ALLOW];
+  int n_allow_text;
+  cli_config cfg;
+  char user_config[CLI_CFG_MAX_PATH]; /* where settings are documented to go */
+  char cfg_key[CLI_CFG_MAX_PATH];
 };
 
 static void listen_usage(FILE *out) {
   fprintf(out,
-          "Usage: natpunch listen --rendezvous IP:PORT --discovery IP:PORT --discovery IP:PORT\n"
-          "                       [--key FILE] [--allow PEERID]... [OPTIONS]\n\n"
+          "Usage: natpunch listen [--rendezvous IP:PORT] [--discovery IP:PORT]...\n"
+          "                       [--key FILE] [--allow PEER]... [--config FILE] [OPTIONS]\n\n"
           "Registers this peer's ID with the rendezvous server and waits for a call. When\n"
           "an allowed peer calls, both sides punch a direct UDP path through their NATs\n"
           "(discovery servers, port prediction, the birthday method, UPnP/NAT-PMP/PCP).\n"
@@ -100,18 +111,28 @@ static void listen_usage(FILE *out) {
           "session (unless --keep): it exits when both sides' input has ended or the peer\n"
           "closes. A failed call is reported and the listener waits for the next one.\n"
           "A call that comes during a session is declined at once (busy, 486).\n"
-          "Addresses are numeric (IPv4, or [IPv6]); host names are not resolved.\n\n"
+          "Addresses are numeric (IPv4, or [IPv6]); host names are not resolved.\n"
+          "Servers, key and allow list not given as options come from the config file\n"
+          "(see 'natpunch --help'); a PEER is a peer ID or an alias defined there.\n\n"
           "Options:\n"
-          "  -r, --rendezvous IP[:PORT]  rendezvous server (port defaults to %d)\n"
-          "  -d, --discovery IP[:PORT]   discovery server; give two (port defaults to %d)\n"
-          "  -k, --key FILE              identity key (default ~/.config/natpunch/key,\n"
-          "                              created on first use)\n"
-          "  -a, --allow PEERID          accept calls only from this peer; repeatable\n"
-          "  -A, --allow-file FILE       accept calls only from the peer IDs in FILE, one\n"
-          "                              per line ('#' starts a comment); a file that\n"
-          "                              names no peer is an error, never \"anyone\"\n"
-          "                              (without --allow/--allow-file anyone may call;\n"
-          "                              refused callers get error 403 from the server)\n"
+          "  -r, --rendezvous IP[:PORT]  rendezvous server (port defaults to %d; default:\n"
+          "                              rendezvous = in the config file; required)\n"
+          "  -d, --discovery IP[:PORT]   discovery server; give two (port defaults to %d;\n"
+          "                              default: the config file's discovery = lines)\n"
+          "  -k, --key FILE              identity key (default: key = in the config file,\n"
+          "                              else ~/.config/natpunch/key, created on first use)\n"
+          "  -c, --config FILE           read settings and aliases from FILE only (default:\n"
+          "                              ~/.config/natpunch/config, then\n"
+          "                              /etc/natpunch/config)\n"
+          "  -a, --allow PEER            accept calls only from this peer (a peer ID or an\n"
+          "                              alias); repeatable\n"
+          "  -A, --allow-file FILE       accept calls only from the peers in FILE, one\n"
+          "                              peer ID or alias per line ('#' starts a comment);\n"
+          "                              a file that names no peer is an error, never\n"
+          "                              \"anyone\" (without --allow/--allow-file the config\n"
+          "                              file's allow = lines apply; with none, anyone may\n"
+          "                              call; refused callers get error 403 from the\n"
+          "                              server)\n"
           "  -P, --predict-after MS      start port prediction after MS without a direct\n"
           "                              answer (default 1000)\n"
           "  -T, --prime-ttl N           TTL of priming packets, 1 to 255 (default:\n"
@@ -140,26 +161,36 @@ static void listen_usage(FILE *out) {
           "closed), or SIGINT/SIGTERM stopped the listener (a session in progress is\n"
           "aborted, and the peer told so); 1 failure (bad key, no UDP socket, the peer\n"
           "aborted or vanished, data lost, or another `listen` with the same key took\n"
-          "the ID: a \"replaced\" event); 2 bad command line. With --keep, only\n"
-          "SIGINT/SIGTERM (exit 0) or a replacement (exit 1) end it.\n",
+          "the ID: a \"replaced\" event); 2 bad command line or config file. With\n"
+          "--keep, only SIGINT/SIGTERM (exit 0) or a replacement (exit 1) end it.\n",
           DEFAULT_RDV_PORT, DEFAULT_STUN_PORT);
 }
 
 static void connect_usage(FILE *out) {
   fprintf(out,
-          "Usage: natpunch connect --rendezvous IP:PORT --discovery IP:PORT --discovery IP:PORT\n"
-          "                        [--key FILE] --peer PEERID [--timeout SEC] [OPTIONS]\n\n"
-          "Calls PEERID through the rendezvous server and punches a direct UDP path to it\n"
-          "through both NATs. Once the path is up, stdin goes to the peer and the peer's\n"
-          "data to stdout, as datagrams (no retransmission, no encryption yet); the\n"
-          "command exits when both sides' input has ended or the peer closes.\n"
-          "Addresses are numeric (IPv4, or [IPv6]); host names are not resolved.\n\n"
+          "Usage: natpunch connect [--rendezvous IP:PORT] [--discovery IP:PORT]...\n"
+          "                        [--key FILE] [--config FILE] [OPTIONS] PEER\n"
+          "       natpunch connect [OPTIONS] --peer PEER\n\n"
+          "Calls PEER (a peer ID, or an alias from the config file) through the rendezvous\n"
+          "server and punches a direct UDP path to it through both NATs. Once the path\n"
+          "is up, stdin goes to the peer and the peer's data to stdout, as datagrams (no\n"
+          "retransmission, no encryption yet); the command exits when both sides' input\n"
+          "has ended or the peer closes.\n"
+          "Addresses are numeric (IPv4, or [IPv6]); host names are not resolved.\n"
+          "Servers and key not given as options come from the config file (see\n"
+          "'natpunch --help'), so with one a call is: natpunch connect laptop\n\n"
           "Options:\n"
-          "  -r, --rendezvous IP[:PORT]  rendezvous server (port defaults to %d)\n"
-          "  -d, --discovery IP[:PORT]   discovery server; give two (port defaults to %d)\n"
-          "  -p, --peer PEERID           the peer to call\n"
-          "  -k, --key FILE              identity key (default ~/.config/natpunch/key,\n"
-          "                              created on first use)\n"
+          "  -r, --rendezvous IP[:PORT]  rendezvous server (port defaults to %d; default:\n"
+          "                              rendezvous = in the config file; required)\n"
+          "  -d, --discovery IP[:PORT]   discovery server; give two (port defaults to %d;\n"
+          "                              default: the config file's discovery = lines)\n"
+          "  -p, --peer PEER             the peer to call: a peer ID or an alias (the\n"
+          "                              same as the PEER argument)\n"
+          "  -k, --key FILE              identity key (default: key = in the config file,\n"
+          "                              else ~/.config/natpunch/key, created on first use)\n"
+          "  -c, --config FILE           read settings and aliases from FILE only (default:\n"
+          "                              ~/.config/natpunch/config, then\n"
+          "                              /etc/natpunch/config)\n"
           "  -t, --timeout SEC           give up if no path is up after SEC seconds\n"
           "                              (default 30, 0.1 to 3600)\n"
           "  -W, --peer-timeout SEC      once connected, end the session when nothing\n"
@@ -187,7 +218,7 @@ static void connect_usage(FILE *out) {
           "or the peer closed); 1 no path (peer unknown, offline, busy or refusing us, no\n"
           "answer, no direct path before the timeout, bad key), the peer aborted or\n"
           "vanished, data lost, or interrupted by SIGINT/SIGTERM (the peer is told the\n"
-          "session was aborted); 2 bad command line.\n",
+          "session was aborted); 2 bad command line or config file.\n",
           DEFAULT_RDV_PORT, DEFAULT_STUN_PORT);
 }
 
@@ -273,11 +304,25 @@ static void emit_connected(const struct peer_opts *opts, const np_session_stats 
 
 /* ---- options and the loop ------------------------------------------------ */
 
+/* "not a peer ID (...) nor an alias in FILE", for --peer and --allow. */
+static int not_a_peer(struct peer_opts *o, const char *where, const char *text) {
+  char src[2 * CLI_CFG_MAX_PATH + 16];
+  if (o->cfg.n_files)
+    return cli_usage_error(o->cmd,
+                           "%s: '%s' is not a peer ID (52 base32 characters) nor an alias in %s",
+                           where, text, cli_config_sources(&o->cfg, src, sizeof src));
+  return cli_usage_error(o->cmd,
+                         "%s: '%s' is not a peer ID (52 base32 characters), and there is no config "
+                         "file with aliases (write 'alias NAME = PEERID' in %s)",
+                         where, text,
+                         o->user_config[0] ? o->user_config : "~/.config/natpunch/config");
+}
+
 static int add_allow(struct peer_opts *o, const char *text, const char *where) {
   if (o->n_allow == NP_AGENT_MAX_ALLOW)
     return cli_usage_error(o->cmd, "more than %d allowed peers", NP_AGENT_MAX_ALLOW);
-  if (np_peer_id_parse(text, o->allow[o->n_allow]) != 0)
-    return cli_usage_error(o->cmd, "%s: '%s' is not a peer ID (52 base32 characters)", where, text);
+  if (cli_config_resolve(&o->cfg, text, o->allow[o->n_allow]) != 0)
+    return not_a_peer(o, where, text);
   o->n_allow++;
   return 0;
 }
@@ -324,8 +369,60 @@ static int read_allow_file(struct peer_opts *o, const char *path) {
   return rc;
 }
 
+/* Reads the config files and fills in what the command line left out:
+ * servers, key and allow list come from the config only when no flag
+ * gave them; names given as --peer/--allow resolve through its aliases. */
+static int apply_config(struct peer_opts *o) {
+  char err[2 * CLI_CFG_MAX_PATH + 200];
+  const char *home = getenv("HOME");
+  if (cli_config_user_path(getenv("XDG_CONFIG_HOME"), home, o->user_config,
+                           sizeof o->user_config) != 0)
+    snprintf(o->user_config, sizeof o->user_config, "~/.config/natpunch/config");
+  if (cli_config_load(&o->cfg, o->config_path, getenv("XDG_CONFIG_HOME"), home, CLI_CFG_SYSTEM_PATH,
+                      err, sizeof err) != 0)
+    return cli_usage_error(o->cmd, "%s", err);
+  const cli_config *c = &o->cfg;
+  if (!o->have_rendezvous && c->have_rendezvous) {
+    o->rendezvous = c->rendezvous;
+    o->have_rendezvous = true;
+  }
+  if (o->n_discovery == 0) {
+    o->n_discovery = c->n_discovery;
+    memcpy(o->discovery, c->discovery, sizeof o->discovery);
+  }
+  if (!o->key_path) {
+    int k = cli_config_key_path(c, home, o->cfg_key, sizeof o->cfg_key);
+    if (k < 0)
+      return cli_usage_error(o->cmd, "key = %s: cannot expand '~' (HOME unset) or too long",
+                             c->key);
+    if (k == 0)
+      o->key_path = o->cfg_key;
+  }
+  int rc;
+  if (o->peer_text) {
+    if (cli_config_resolve(c, o->peer_text, o->peer) != 0)
+      return not_a_peer(o, "--peer", o->peer_text);
+    o->have_peer = true;
+  }
+  for (int i = 0; i < o->n_allow_text; i++) {
+    rc = o->allow_is_file[i] ? read_allow_file(o, o->allow_text[i])
+                             : add_allow(o, o->allow_text[i], "--allow");
+    if (rc != 0)
+      return rc;
+  }
+  if (o->listen && o->n_allow_text == 0)
+    for (int i = 0; i < c->n_allow; i++) {
+      char where[2 * CLI_CFG_MAX_PATH + 40], src[2 * CLI_CFG_MAX_PATH + 16];
+      snprintf(where, sizeof where, "allow = in %s", cli_config_sources(c, src, sizeof src));
+      if ((rc = add_allow(o, c->allow[i], where)) != 0)
+        return rc;
+    }
+  return 0;
+}
+
 static int parse(struct peer_opts *o, int argc, char **argv) {
   static const struct option opts[] = {{"rendezvous", required_argument, NULL, 'r'},
+                                       {"config", required_argument, NULL, 'c'},
                                        {"discovery", required_argument, NULL, 'd'},
                                        {"key", required_argument, NULL, 'k'},
                                        {"allow", required_argument, NULL, 'a'},
@@ -344,7 +441,7 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
   int c, rc;
   optind = 1;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, ":r:d:k:a:A:p:t:P:T:W:NKjvh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":r:c:d:k:a:A:p:t:P:T:W:NKjvh", opts, NULL)) != -1) {
     bool listen_only = c == 'a' || c == 'A' || c == 'K', connect_only = c == 'p' || c == 't';
     if ((listen_only && !o->listen) || (connect_only && o->listen))
       return cli_usage_error(o->cmd, "option '%s' is not for %s", argv[optind - 1], o->cmd);
@@ -366,19 +463,20 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
     case 'k':
       o->key_path = optarg;
       break;
-    case 'a':
-      if ((rc = add_allow(o, optarg, "--allow")) != 0)
-        return rc;
+    case 'c':
+      o->config_path = optarg;
       break;
+    case 'a':
     case 'A':
-      if ((rc = read_allow_file(o, optarg)) != 0)
-        return rc;
+      if (o->n_allow_text == NP_AGENT_MAX_ALLOW)
+        return cli_usage_error(o->cmd, "more than %d allowed peers", NP_AGENT_MAX_ALLOW);
+      o->allow_is_file[o->n_allow_text] = c == 'A';
+      o->allow_text[o->n_allow_text++] = optarg;
       break;
     case 'p':
-      if (np_peer_id_parse(optarg, o->peer) != 0)
-        return cli_usage_error(o->cmd, "--peer: '%s' is not a peer ID (52 base32 characters)",
-                               optarg);
-      o->have_peer = true;
+      if (o->peer_text)
+        return cli_usage_error(o->cmd, "give one peer (--peer given twice)");
+      o->peer_text = optarg;
       break;
     case 't': {
       char *end = NULL;
@@ -431,12 +529,25 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
       return cli_option_error(o->cmd, c, argv);
     }
   }
+  /* `connect laptop` is `connect --peer laptop`. */
+  if (!o->listen && optind < argc) {
+    if (o->peer_text)
+      return cli_usage_error(o->cmd, "give the peer once: '%s' and --peer %s", argv[optind],
+                             o->peer_text);
+    o->peer_text = argv[optind++];
+  }
   if (optind < argc)
     return cli_usage_error(o->cmd, "unexpected argument '%s'", argv[optind]);
+  if ((rc = apply_config(o)) != 0)
+    return rc;
   if (!o->have_rendezvous)
-    return cli_usage_error(o->cmd, "--rendezvous IP[:PORT] is required");
+    return cli_usage_error(o->cmd,
+                           "no rendezvous server: give --rendezvous IP:PORT or set rendezvous = "
+                           "in %s",
+                           o->config_path ? o->config_path : o->user_config);
   if (!o->listen && !o->have_peer)
-    return cli_usage_error(o->cmd, "--peer PEERID is required");
+    return cli_usage_error(o->cmd, "no peer to call: give PEER or --peer PEER (a peer ID or an "
+                                   "alias)");
   if (o->n_discovery == 2 && o->discovery[0].u.sa.sa_family != o->discovery[1].u.sa.sa_family)
     return cli_usage_error(o->cmd, "both --discovery servers must be IPv4, or both IPv6");
   return 0;

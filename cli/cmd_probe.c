@@ -1,5 +1,6 @@
 /* natpunch probe: "what does my NAT do?" */
 #include "cli.h"
+#include "config.h"
 
 #include <cjson/cJSON.h>
 #include <getopt.h>
@@ -12,15 +13,19 @@
 
 static void usage(FILE *out) {
   fprintf(out,
-          "Usage: natpunch probe --discovery IP:PORT [--discovery IP:PORT] [OPTIONS]\n\n"
+          "Usage: natpunch probe [--discovery IP:PORT [--discovery IP:PORT]] [OPTIONS]\n\n"
           "Asks one or two discovery (STUN) servers, from one local UDP socket, how this\n"
           "host's traffic appears on the internet: the public address each server sees,\n"
           "the port delta between the two views, and (when the first server supports\n"
           "RFC 5780, i.e. has an alternate address) the NAT's mapping and filtering\n"
-          "behaviour, port preservation and hairpinning.\n\n"
+          "behaviour, port preservation and hairpinning. Without --discovery the\n"
+          "servers come from the config file's discovery = lines (see 'natpunch --help').\n\n"
           "Options:\n"
           "  -d, --discovery IP[:PORT]  discovery server, given once or twice, in query\n"
           "                             order (port defaults to %d; IPv6 as [addr]:port)\n"
+          "  -c, --config FILE          read the discovery servers from FILE only\n"
+          "                             (default: ~/.config/natpunch/config, then\n"
+          "                             /etc/natpunch/config)\n"
           "  -b, --bind IP[:PORT]       local address for the main socket (default: any)\n"
           "  -t, --timeout SEC          give up after SEC seconds (default 3, max 60)\n"
           "      --no-hairpin           skip the hairpinning test\n"
@@ -257,6 +262,7 @@ static void print_json(const np_probe_config *cfg, const np_probe_result *r, int
 int cli_probe(int argc, char **argv) {
   static const struct option opts[] = {{"discovery", required_argument, NULL, 'd'},
                                        {"bind", required_argument, NULL, 'b'},
+                                       {"config", required_argument, NULL, 'c'},
                                        {"timeout", required_argument, NULL, 't'},
                                        {"no-hairpin", no_argument, NULL, 'H'},
                                        {"json", no_argument, NULL, 'j'},
@@ -268,10 +274,11 @@ int cli_probe(int argc, char **argv) {
   cfg.log = cli_log_stderr;
   cfg.log_level = NP_LOG_WARN;
   bool json = false;
+  const char *config_path = NULL;
   int c;
   optind = 1;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, ":d:b:t:jvh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":d:b:c:t:jvh", opts, NULL)) != -1) {
     switch (c) {
     case 'd':
       if (cfg.n_servers == NP_PROBE_MAX_SERVERS)
@@ -298,6 +305,9 @@ int cli_probe(int argc, char **argv) {
       cfg.timeout_ms = (int)(sec * 1000 + 0.5);
       break;
     }
+    case 'c':
+      config_path = optarg;
+      break;
     case 'H':
       cfg.no_hairpin = true;
       break;
@@ -316,8 +326,23 @@ int cli_probe(int argc, char **argv) {
   }
   if (optind < argc)
     return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+  /* The config file is read even when flags give the servers: a broken
+   * one is reported the same way by every command. */
+  static cli_config file_cfg;
+  char cfg_err[2 * CLI_CFG_MAX_PATH + 200], user[CLI_CFG_MAX_PATH];
+  if (cli_config_load(&file_cfg, config_path, getenv("XDG_CONFIG_HOME"), getenv("HOME"),
+                      CLI_CFG_SYSTEM_PATH, cfg_err, sizeof cfg_err) != 0)
+    return cli_usage_error(CMD, "%s", cfg_err);
+  if (cfg.n_servers == 0) {
+    cfg.n_servers = file_cfg.n_discovery;
+    memcpy(cfg.servers, file_cfg.discovery, sizeof cfg.servers);
+  }
+  if (cli_config_user_path(getenv("XDG_CONFIG_HOME"), getenv("HOME"), user, sizeof user) != 0)
+    snprintf(user, sizeof user, "~/.config/natpunch/config");
   if (cfg.n_servers == 0)
-    return cli_usage_error(CMD, "at least one --discovery server is required");
+    return cli_usage_error(CMD,
+                           "no discovery server: give --discovery IP:PORT or set discovery = in %s",
+                           config_path ? config_path : user);
   if (cfg.n_servers == 2 && cfg.servers[0].u.sa.sa_family != cfg.servers[1].u.sa.sa_family)
     return cli_usage_error(CMD, "both --discovery servers must be IPv4, or both IPv6");
   if (cfg.bind.u.sa.sa_family != AF_UNSPEC &&

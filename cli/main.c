@@ -27,6 +27,28 @@ static void usage(FILE *out) {
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     fprintf(out, "  %-18s %s\n", commands[i].name, commands[i].summary);
   fprintf(out,
+          "\nConfig file: listen, connect and probe take the settings that no option gives\n"
+          "from $XDG_CONFIG_HOME/natpunch/config (default ~/.config/natpunch/config), then\n"
+          "from /etc/natpunch/config (per setting, the first file that has it wins; their\n"
+          "aliases are merged, the user's first); --config FILE reads FILE instead of both.\n"
+          "One setting a line, '#' starts a comment (at the start or after a blank):\n"
+          "  rendezvous = IP[:PORT]      the rendezvous server (port defaults to 7000)\n"
+          "  discovery = IP[:PORT]       a discovery server; give two (port 3478)\n"
+          "  key = PATH                  identity key, absolute or ~/PATH\n"
+          "  allow = PEER                listen: who may call (repeatable; options win)\n"
+          "  alias NAME = PEERID         a local name for a peer (repeatable)\n"
+          "A PEER, wherever one is asked for, is a peer ID or an alias NAME. A NAME has 1\n"
+          "to 32 characters of A-Z a-z 0-9 . _ - (not first: - or .), matches in any\n"
+          "case (ssh lowercases a ProxyCommand's %%h) and cannot be a peer ID. An error\n"
+          "in a config file quotes its file, line and text, and fails the command\n"
+          "(exit 2), as does a file that group or others may write (chmod go-w), or\n"
+          "that another user owns. Limits: 1024 bytes a line, 256 aliases.\n"
+          "Example:\n"
+          "  rendezvous = 198.51.100.10:7000\n"
+          "  discovery = 198.51.100.10:3478\n"
+          "  discovery = 198.51.100.11:3478\n"
+          "  alias laptop = <the laptop's 52-character peer ID, from 'natpunch id'>\n"
+          "then: natpunch connect laptop\n"
           "\nExit status: 0 success, 1 the operation failed, 2 bad command line.\n"
           "natpunch %s\n",
           NP_VERSION_STRING);
