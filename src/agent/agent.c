@@ -170,23 +170,6 @@ struct np_agent {
 
 /* ---- small helpers ------------------------------------------------------------ */
 
-NP_EXPORT const char *np_via_name(enum np_via via) {
-  switch (via) {
-  case NP_VIA_HOST:
-    return "host";
-  case NP_VIA_REFLEXIVE:
-    return "reflexive";
-  case NP_VIA_PORTMAP:
-    return "portmap";
-  case NP_VIA_PREDICTED:
-    return "predicted";
-  case NP_VIA_BIRTHDAY:
-    return "birthday";
-  default:
-    return "none";
-  }
-}
-
 static void push_event(np_agent *a, const np_agent_event *ev) {
   if (a->cfg.on_event)
     a->cfg.on_event(a->cfg.user, ev);

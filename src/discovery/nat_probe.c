@@ -75,7 +75,7 @@ struct np_nat_probe {
   np_probe_config cfg;
   np_logger log;
   np_addr local_main;
-  np_probe_random_fn random;
+  np_random_fn random;
   void *random_user;
   int64_t started;
   int64_t deadline;
@@ -124,7 +124,7 @@ static void txn_fail(np_nat_probe *p, enum txn_id id, int err) {
 }
 
 int np_nat_probe_new(const np_probe_config *cfg, const np_addr *local_main,
-                     np_probe_random_fn random, void *random_user, int64_t now,
+                     np_random_fn random, void *random_user, int64_t now,
                      np_nat_probe **out) {
   *out = NULL;
   if (!cfg || cfg->n_servers < 1 || cfg->n_servers > NP_PROBE_MAX_SERVERS)

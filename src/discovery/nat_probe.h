@@ -21,6 +21,7 @@
 
 #include "natpunch.h"
 #include "stun/stun.h"
+#include "util/random.h"
 
 enum { NP_PROBE_SOCK_MAIN = 0, NP_PROBE_SOCK_FILTER = 1, NP_PROBE_NSOCK = 2 };
 
@@ -32,9 +33,6 @@ typedef struct np_probe_datagram {
   uint8_t buf[128]; /* our requests are small: header + CHANGE-REQUEST + FINGERPRINT */
 } np_probe_datagram;
 
-/* Source of transaction IDs; tests inject a deterministic one. */
-typedef void (*np_probe_random_fn)(void *user, uint8_t *buf, size_t len);
-
 typedef struct np_nat_probe np_nat_probe;
 
 /* Creates a probe for cfg (servers, rto_ms, timeout_ms, no_hairpin and log
@@ -43,7 +41,7 @@ typedef struct np_nat_probe np_nat_probe;
  * used for the nat/port_preserving verdicts. random may be NULL for the
  * kernel CSPRNG. Returns 0, NP_ERR_INVAL for a bad config, NP_ERR_NOMEM. */
 int np_nat_probe_new(const np_probe_config *cfg, const np_addr *local_main,
-                     np_probe_random_fn random, void *random_user, int64_t now, np_nat_probe **out);
+                     np_random_fn random, void *random_user, int64_t now, np_nat_probe **out);
 
 /* Frees the probe; NULL is fine. */
 void np_nat_probe_free(np_nat_probe *p);

@@ -46,6 +46,7 @@
 #include "signaling/signaling.h"
 #include "util/clock.h"
 #include "util/log.h"
+#include "util/bytes.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -886,10 +887,6 @@ static void on_frame(np_rendezvous_server *srv, struct rs_conn *c, const uint8_t
 /* Input                                                                     */
 /* ------------------------------------------------------------------------ */
 
-static uint32_t get_be32(const uint8_t *p) {
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 /* Reads what is there (one chunk: level-triggered epoll calls again if more
  * is waiting, which keeps one busy peer from starving the others), handles
  * every whole frame and keeps the partial one. */
@@ -918,7 +915,7 @@ static void on_readable(np_rendezvous_server *srv, struct rs_conn *c) {
   while (c->state != RS_DEAD && total - off >= NP_SIG_LEN_PREFIX) {
     /* The length prefix is checked as soon as it is here, before any of the
      * body is kept: an oversized frame is refused, not buffered. */
-    uint32_t body = get_be32(srv->scratch + off);
+    uint32_t body = rd32(srv->scratch + off);
     if (body > srv->max_frame) {
       fail_conn(srv, c, RS_WHY_BAD_FRAME, NP_SIG_E_TOO_LARGE, "frame larger than the limit");
       return;

@@ -1,14 +1,15 @@
 /*
  * Signaling codec (see signaling.h for the wire format and why it is so).
  *
- * Pure: no sockets, clocks or allocation. Fields are read with memcpy and
- * ntohs/ntohl, never through casts to packed structs, and every read is
+ * Pure: no sockets, clocks or allocation. Fields are read byte by byte
+ * (util/bytes.h), never through casts to packed structs, and every read is
  * bounds-checked first. The decoder is strict where leniency would create
  * ambiguity in signed data: a non-repeatable TLV given twice, a fixed-size
  * TLV of another size, non-zero padding or reserved bits are all errors, so
  * one set of fields has exactly one encoding the signer could have meant.
  */
 #include "signaling/signaling.h"
+#include "util/bytes.h"
 
 #include <arpa/inet.h>
 #include <sodium.h>
@@ -49,37 +50,6 @@ static const char register_context[] = "natpunch register v1";
   (sizeof register_context + NP_SIG_NONCE_LEN + NP_PUBKEY_LEN + NP_SIG_MAX_ALLOW * NP_PUBKEY_LEN)
 
 _Static_assert(TLV_KNOWN_MAX < 32, "seen mask is 32 bits");
-
-static uint16_t rd16(const uint8_t *p) {
-  uint16_t v;
-  memcpy(&v, p, sizeof v);
-  return ntohs(v);
-}
-
-static uint32_t rd32(const uint8_t *p) {
-  uint32_t v;
-  memcpy(&v, p, sizeof v);
-  return ntohl(v);
-}
-
-static uint64_t rd64(const uint8_t *p) {
-  return ((uint64_t)rd32(p) << 32) | rd32(p + 4);
-}
-
-static void wr16(uint8_t *p, uint16_t v) {
-  v = htons(v);
-  memcpy(p, &v, sizeof v);
-}
-
-static void wr32(uint8_t *p, uint32_t v) {
-  v = htonl(v);
-  memcpy(p, &v, sizeof v);
-}
-
-static void wr64(uint8_t *p, uint64_t v) {
-  wr32(p, (uint32_t)(v >> 32));
-  wr32(p + 4, (uint32_t)v);
-}
 
 static size_t pad4(size_t n) {
   return (n + 3u) & ~(size_t)3u;

@@ -3,11 +3,12 @@
  * behaviour-discovery attributes, and enough RFC 3489 to talk to old
  * servers and clients.
  *
- * Pure: no sockets, clocks or allocation. Fields are read with memcpy and
- * ntohs/ntohl, never through casts to packed structs, so alignment and
+ * Pure: no sockets, clocks or allocation. Fields are read byte by byte
+ * (util/bytes.h), never through casts to packed structs, so alignment and
  * strict aliasing never matter and every read is bounds-checked first.
  */
 #include "stun/stun.h"
+#include "util/bytes.h"
 
 #include <arpa/inet.h>
 #include <gnutls/crypto.h>
@@ -37,28 +38,6 @@
 #define ADDR_V6_LEN 20
 #define FAMILY_IPV4 0x01
 #define FAMILY_IPV6 0x02
-
-static uint16_t rd16(const uint8_t *p) {
-  uint16_t v;
-  memcpy(&v, p, sizeof v);
-  return ntohs(v);
-}
-
-static uint32_t rd32(const uint8_t *p) {
-  uint32_t v;
-  memcpy(&v, p, sizeof v);
-  return ntohl(v);
-}
-
-static void wr16(uint8_t *p, uint16_t v) {
-  v = htons(v);
-  memcpy(p, &v, sizeof v);
-}
-
-static void wr32(uint8_t *p, uint32_t v) {
-  v = htonl(v);
-  memcpy(p, &v, sizeof v);
-}
 
 static size_t pad4(size_t n) { return (n + 3u) & ~(size_t)3u; }
 

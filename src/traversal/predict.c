@@ -313,7 +313,7 @@ static void bit_set(uint8_t *bits, uint16_t port) {
   bits[port >> 3] |= (uint8_t)(1u << (port & 7));
 }
 
-int np_predict_spray(np_predict_random_fn random, void *user, const uint16_t *avoid, int n_avoid,
+int np_predict_spray(np_random_fn random, void *user, const uint16_t *avoid, int n_avoid,
                      uint16_t *out, int n) {
   if (!random || !out || n <= 0)
     return 0;

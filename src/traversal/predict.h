@@ -64,6 +64,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/random.h"
+
 /* With only two views (one discovery server down, or an offer from an
  * older peer) there is a single delta and nothing to check it against: a
  * delta larger than this (in absolute value) is then taken as random ports,
@@ -215,8 +217,7 @@ int np_predict_round(enum np_predict_strategy s, const np_nat_model *self,
  * buf, len) (the engine passes its injected RNG), excluding the ports in
  * 'avoid' (already sprayed). Returns how many were written (n unless the
  * range runs out). */
-typedef void (*np_predict_random_fn)(void *user, uint8_t *buf, size_t len);
-int np_predict_spray(np_predict_random_fn random, void *user, const uint16_t *avoid,
+int np_predict_spray(np_random_fn random, void *user, const uint16_t *avoid,
                      int n_avoid, uint16_t *out, int n);
 
 /* Probability (0..1) that a birthday attempt with 'sockets' random mappings

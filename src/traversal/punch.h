@@ -138,7 +138,7 @@ typedef struct np_punch_config {
   int birthday_sockets;   /* 0 = 256, at most NP_PUNCH_MAX_SOCKETS - 1 */
   int birthday_ports;     /* random ports per SPRAY round; 0 = 512 */
   int prime_ttl;          /* 0: do not prime */
-  np_predict_random_fn random; /* NULL: kernel CSPRNG */
+  np_random_fn random; /* NULL: kernel CSPRNG */
   void *random_user;
   np_log_fn log;
   void *log_user;
