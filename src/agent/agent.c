@@ -4,10 +4,11 @@
  * gathering (gather.h) and the port-mapping worker (portmap_job.h), and
  * drives the sans-IO punch machine of the current session.
  *
- * One epoll set holds every descriptor, so the application sees a single
- * fd; timers are reported through np_agent_timeout(). Nothing here blocks
- * except np_agent_wait() (asked for) and np_agent_free() (deleting a port
- * mapping is a round trip to the gateway).
+ * One event loop (net/loop.h) holds every descriptor, so the application
+ * sees a single fd (the loop's epoll set); timers are reported through
+ * np_agent_timeout(). Nothing here blocks except np_agent_wait() (asked
+ * for) and np_agent_free() (deleting a port mapping is a round trip to the
+ * gateway). Time is the loop's clock.
  */
 #include "natpunch.h"
 
@@ -15,6 +16,7 @@
 #include "agent/portmap_job.h"
 #include "discovery/nat_probe.h"
 #include "net/addr.h"
+#include "net/loop.h"
 #include "net/udp.h"
 #include "path/path.h"
 #include "portmap/portmap.h"
@@ -31,8 +33,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -67,9 +67,6 @@
 #define BYE_NORMAL 0
 #define BYE_ABORT 1
 
-/* epoll tags: sockets use their index; these are above any index. */
-#define TAG_RDV 0x7ffffff0u
-#define TAG_WAKE 0x7ffffff1u
 
 enum session_state {
   S_NONE = 0,
@@ -102,10 +99,11 @@ struct np_agent {
   np_logger log;
   uint8_t self_pk[NP_PUBKEY_LEN];
 
-  int epfd, wakefd;
+  np_loop *loop;
   np_rdv_client *rdv;
   int rdv_fd;
-  uint32_t rdv_events;
+  unsigned rdv_mask;
+  short rdv_revents; /* from the loop's callback, for np_rdv_client_process */
   bool registered;
 
   np_path *path;  /* socket 0 is the gathered socket; 1.. birthday sockets */
@@ -178,7 +176,7 @@ static void session_reset(np_agent *a) {
     if (a->punch)
       np_punch_result_get(a->punch, &r);
     int used = r.probes_sent > (uint32_t)a->budget_granted ? a->budget_granted : (int)r.probes_sent;
-    np_budget_refund(&a->budget, a->peer, a->budget_granted - used, np_now_ms());
+    np_budget_refund(&a->budget, a->peer, a->budget_granted - used, np_loop_now(a->loop));
     a->budget_granted = 0;
   }
   np_gather_stop(&a->gather);
@@ -395,7 +393,7 @@ static void on_rdv_offer(void *user, const np_sig_msg *offer) {
       NP_LOGW(&a->log, "agent: cannot decline the call from %s: %s", id, np_strerror(rc));
     return;
   }
-  int64_t now = np_now_ms();
+  int64_t now = np_loop_now(a->loop);
   /* The probes this call may cost us, against this caller's and
    * everyone's use of the last minute: a session runs smaller, or the
    * call is declined. */
@@ -460,7 +458,7 @@ static void on_rdv_answer(void *user, const np_sig_msg *answer) {
   }
   a->peer_cand = answer->cand;
   a->peer_seen = answer->observed; /* where the callee can be (checklist.h) */
-  int64_t now = np_now_ms();
+  int64_t now = np_loop_now(a->loop);
   punch_start(a, now);
   if (a->st != S_PUNCHING)
     return;
@@ -479,7 +477,7 @@ static void on_rdv_ready(void *user, const np_sig_msg *ready) {
       memcmp(ready->session, a->session, NP_SIG_SESSION_LEN) != 0 ||
       memcmp(ready->from, a->peer, NP_PUBKEY_LEN) != 0)
     return;
-  np_punch_peer_ready(a->punch, np_now_ms());
+  np_punch_peer_ready(a->punch, np_loop_now(a->loop));
 }
 
 static void on_rdv_error(void *user, uint16_t code, const char *text, const uint8_t *session) {
@@ -518,12 +516,28 @@ static void on_rdv_error(void *user, uint16_t code, const char *text, const uint
   session_fail(a, code == NP_SIG_E_REFUSED ? NP_ERR_REFUSED : NP_ERR_UNREACHABLE, reason);
 }
 
-/* The port-mapping worker's news: from its thread, so only the eventfd. */
+/* The port-mapping worker's news: from its thread, so only the loop's
+ * wakeup (thread-safe); on_loop_wake reads the news in the loop's thread. */
 static void wake_agent(void *user) {
   np_agent *a = user;
-  uint64_t one = 1;
-  ssize_t w = write(a->wakefd, &one, sizeof one);
-  (void)w;
+  np_loop_wake(a->loop);
+}
+
+static void on_loop_wake(np_loop *loop, void *user) {
+  (void)loop;
+  np_agent *a = user;
+  np_addr pm;
+  enum np_portmap_proto proto;
+  bool have = np_pm_job_get(a->pm, &pm, &proto);
+  if (have) {
+    char t[NP_ADDRSTRLEN];
+    NP_LOGI(&a->log, "agent: gateway mapped %s (%s)", np_addr_format(&pm, t, sizeof t),
+            np_portmap_proto_name(proto));
+  } else if (a->pm_offered) {
+    NP_LOGW(&a->log, "agent: the gateway's port mapping ran out unrenewed; no longer offered "
+                     "(renewal goes on trying)");
+  }
+  a->pm_offered = have;
 }
 
 /* ---- creation ---------------------------------------------------------------------- */
@@ -534,10 +548,7 @@ static void agent_free_parts(np_agent *a) {
   np_punch_free(a->punch);
   np_rdv_client_free(a->rdv);
   np_path_free(a->path);
-  if (a->epfd >= 0)
-    close(a->epfd);
-  if (a->wakefd >= 0)
-    close(a->wakefd);
+  np_loop_free(a->loop); /* last: the path and the rendezvous fd leave it first */
   free(a->allow);
   free(a->rx);
   free(a->early);
@@ -582,12 +593,17 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
     if (a->cfg.keepalive_ms < 1)
       a->cfg.keepalive_ms = 1;
   }
-  a->epfd = a->wakefd = -1;
   a->rdv_fd = -1;
-  np_budget_init(&a->budget, 0, 0, np_now_ms());
+  np_loop_config lcfg = {.on_wake = on_loop_wake, .wake_user = a};
+  int rc = np_loop_new(&lcfg, &a->loop);
+  if (rc != 0) {
+    free(a);
+    return rc;
+  }
+  np_budget_init(&a->budget, 0, 0, np_loop_now(a->loop));
   a->log = (np_logger){cfg->log, cfg->log_user, cfg->log_level};
   np_identity_public_key(cfg->identity, a->self_pk);
-  int rc = NP_ERR_NOMEM;
+  rc = NP_ERR_NOMEM;
   a->rx = calloc(MAX_RX, sizeof *a->rx);
   a->early = calloc(MAX_EARLY, sizeof *a->early);
   if (!a->rx || !a->early)
@@ -599,17 +615,9 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
     memcpy(a->allow, cfg->allow, (size_t)cfg->n_allow * NP_PUBKEY_LEN);
     a->cfg.allow = (const uint8_t(*)[NP_PUBKEY_LEN])a->allow;
   }
-  rc = NP_ERR_SYS;
-  a->epfd = epoll_create1(EPOLL_CLOEXEC);
-  a->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (a->epfd < 0 || a->wakefd < 0)
-    goto fail;
-  struct epoll_event wev = {.events = EPOLLIN, .data.u32 = TAG_WAKE};
-  if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->wakefd, &wev) != 0)
-    goto fail;
   a->family = cfg->n_discovery ? cfg->discovery[0].u.sa.sa_family : cfg->rendezvous.u.sa.sa_family;
   np_path_config pcfg = {.family = a->family,
-                         .epfd = a->epfd,
+                         .loop = a->loop,
                          .log = a->log,
                          .on_datagram = on_path_datagram,
                          .on_icmp = on_path_icmp,
@@ -626,7 +634,7 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
       a->local = via;
     }
   }
-  int64_t now = np_now_ms();
+  int64_t now = np_loop_now(a->loop);
   np_rdv_client_config rc_cfg = {
       .server = cfg->rendezvous,
       .identity = cfg->identity,
@@ -681,7 +689,7 @@ NP_EXPORT int np_agent_connect(np_agent *a, const uint8_t peer[NP_PUBKEY_LEN]) {
   if (a->st != S_NONE && a->st != S_DONE)
     return NP_ERR_AGAIN;
   session_reset(a);
-  int64_t now = np_now_ms();
+  int64_t now = np_loop_now(a->loop);
   a->callee = false;
   memcpy(a->peer, peer, NP_PUBKEY_LEN);
   if (np_random_bytes(a->session, sizeof a->session) != 0)
@@ -804,25 +812,32 @@ static void on_path_datagram(void *user, enum np_path_class cls, int sock, const
 
 static void on_path_icmp(void *user, int sock, const np_udp_error *e) {
   np_agent *a = user;
-  np_gather_icmp(&a->gather, sock, e, np_now_ms());
+  np_gather_icmp(&a->gather, sock, e, np_loop_now(a->loop));
 }
 
+static void on_rdv_fd(np_loop *loop, int fd, unsigned events, void *user) {
+  (void)loop;
+  (void)fd;
+  np_agent *a = user;
+  a->rdv_revents |= (short)((events & NP_LOOP_READ ? POLLIN : 0) |
+                            (events & NP_LOOP_WRITE ? POLLOUT : 0) |
+                            (events & NP_LOOP_ERROR ? POLLERR : 0));
+}
+
+/* The rendezvous client may reconnect (a new fd) and wants POLLOUT only
+ * while it has output queued. */
 static void sync_rdv_fd(np_agent *a) {
   short want = 0;
   int fd = np_rdv_client_fd(a->rdv, &want);
-  uint32_t ev = (want & POLLIN ? EPOLLIN : 0) | (want & POLLOUT ? EPOLLOUT : 0);
-  if (fd == a->rdv_fd && ev == a->rdv_events)
+  unsigned mask = (want & POLLIN ? NP_LOOP_READ : 0) | (want & POLLOUT ? NP_LOOP_WRITE : 0);
+  if (fd == a->rdv_fd && mask == a->rdv_mask)
     return;
   if (a->rdv_fd >= 0 && fd != a->rdv_fd)
-    (void)epoll_ctl(a->epfd, EPOLL_CTL_DEL, a->rdv_fd, NULL);
-  if (fd >= 0) {
-    struct epoll_event e = {.events = ev, .data.u32 = TAG_RDV};
-    if (epoll_ctl(a->epfd, fd == a->rdv_fd ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &e) != 0 &&
-        errno == EEXIST)
-      (void)epoll_ctl(a->epfd, EPOLL_CTL_MOD, fd, &e);
-  }
+    np_loop_del_fd(a->loop, a->rdv_fd);
+  if (fd >= 0)
+    (void)np_loop_add_fd(a->loop, fd, mask, on_rdv_fd, a);
   a->rdv_fd = fd;
-  a->rdv_events = ev;
+  a->rdv_mask = mask;
 }
 
 static void run_machines(np_agent *a, int64_t now) {
@@ -868,53 +883,27 @@ static void run_machines(np_agent *a, int64_t now) {
 NP_EXPORT int np_agent_process(np_agent *a) {
   if (!a)
     return NP_ERR_INVAL;
-  struct epoll_event evs[64];
-  int n = epoll_wait(a->epfd, evs, 64, 0);
-  if (n < 0 && errno != EINTR)
+  a->rdv_revents = 0;
+  /* What is ready now (never waits): the path's sockets, the rendezvous
+   * fd (noted for the client below), the worker's wakeup. */
+  if (np_loop_process(a->loop, 0) < 0)
     return NP_ERR_SYS;
-  int64_t now = np_now_ms();
-  short rdv_revents = 0;
-  for (int i = 0; i < n; i++) {
-    uint32_t tag = evs[i].data.u32;
-    if (tag == TAG_RDV) {
-      rdv_revents = (short)((evs[i].events & EPOLLIN ? POLLIN : 0) |
-                            (evs[i].events & EPOLLOUT ? POLLOUT : 0) |
-                            (evs[i].events & EPOLLERR ? POLLERR : 0) |
-                            (evs[i].events & EPOLLHUP ? POLLHUP : 0));
-    } else if (tag == TAG_WAKE) {
-      uint64_t v;
-      ssize_t r = read(a->wakefd, &v, sizeof v);
-      (void)r;
-      np_addr pm;
-      enum np_portmap_proto proto;
-      bool have = np_pm_job_get(a->pm, &pm, &proto);
-      if (have) {
-        char t[NP_ADDRSTRLEN];
-        NP_LOGI(&a->log, "agent: gateway mapped %s (%s)", np_addr_format(&pm, t, sizeof t),
-                np_portmap_proto_name(proto));
-      } else if (a->pm_offered) {
-        NP_LOGW(&a->log, "agent: the gateway's port mapping ran out unrenewed; no longer offered "
-                         "(renewal goes on trying)");
-      }
-      a->pm_offered = have;
-    } else {
-      np_path_ready(a->path, (int)tag, evs[i].events & EPOLLERR, evs[i].events & EPOLLIN, now);
-    }
-  }
-  np_rdv_client_process(a->rdv, now, rdv_revents);
+  int64_t now = np_loop_now(a->loop);
+  np_rdv_client_process(a->rdv, now, a->rdv_revents);
+  a->rdv_revents = 0;
   run_machines(a, now);
   sync_rdv_fd(a);
   return 0;
 }
 
 NP_EXPORT int np_agent_fd(const np_agent *a) {
-  return a ? a->epfd : -1;
+  return a ? np_loop_fd(a->loop) : -1;
 }
 
 NP_EXPORT int np_agent_timeout(const np_agent *a) {
   if (!a)
     return -1;
-  int64_t now = np_now_ms();
+  int64_t now = np_loop_now(a->loop);
   int64_t w = np_rdv_client_wakeup(a->rdv);
   if (np_gather_hop_next(&a->gather) < w)
     w = np_gather_hop_next(&a->gather);
@@ -941,21 +930,21 @@ NP_EXPORT int np_agent_timeout(const np_agent *a) {
 NP_EXPORT int np_agent_wait(np_agent *a, int timeout_ms) {
   if (!a)
     return NP_ERR_INVAL;
-  int64_t end = timeout_ms < 0 ? INT64_MAX : np_now_ms() + timeout_ms;
+  int64_t end = timeout_ms < 0 ? INT64_MAX : np_loop_now(a->loop) + timeout_ms;
   for (;;) {
     int rc = np_agent_process(a);
     if (rc != 0)
       return rc;
     if (a->ev_n > 0 || a->rx_n > 0)
       return 0;
-    int64_t now = np_now_ms();
+    int64_t now = np_loop_now(a->loop);
     if (now >= end)
       return NP_ERR_TIMEOUT;
     int t = np_agent_timeout(a);
     int64_t left = end - now;
     if (t < 0 || t > left)
       t = left > 60000 ? 60000 : (int)left;
-    struct pollfd pfd = {a->epfd, POLLIN, 0};
+    struct pollfd pfd = {np_loop_fd(a->loop), POLLIN, 0};
     if (poll(&pfd, 1, t) < 0 && errno != EINTR)
       return NP_ERR_SYS;
   }

@@ -7,7 +7,6 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -47,13 +46,17 @@ void np_path_free(np_path *p) {
   if (!p)
     return;
   for (int i = 0; i < p->n; i++)
-    if (p->socks[i] >= 0)
+    if (p->socks[i] >= 0) {
+      np_loop_del_fd(p->cfg.loop, p->socks[i]);
       close(p->socks[i]);
+    }
   free(p->socks);
   free(p);
 }
 
-static int open_udp(np_path *p, int index) {
+static void on_ready(np_loop *loop, int fd, unsigned events, void *user);
+
+static int open_udp(np_path *p) {
   np_addr any = {0};
   any.u.sa.sa_family = (sa_family_t)p->cfg.family;
   char err[NP_UDP_ERRLEN];
@@ -63,10 +66,10 @@ static int open_udp(np_path *p, int index) {
     return fd;
   }
   np_udp_recverr(fd, p->cfg.family);
-  struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)index};
-  if (epoll_ctl(p->cfg.epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+  int rc = np_loop_add_fd(p->cfg.loop, fd, NP_LOOP_READ, on_ready, p);
+  if (rc != 0) {
     close(fd);
-    return NP_ERR_SYS;
+    return rc;
   }
   return fd;
 }
@@ -79,7 +82,7 @@ int np_path_ensure(np_path *p, int n) {
     return NP_ERR_NOMEM;
   p->socks = grown;
   while (p->n < n) {
-    int fd = open_udp(p, p->n);
+    int fd = open_udp(p);
     if (fd < 0)
       return fd;
     p->socks[p->n++] = fd;
@@ -99,7 +102,7 @@ void np_path_keep_only(np_path *p, int keep) {
   for (int i = 1; i < p->n; i++) {
     if (i == keep || p->socks[i] < 0)
       continue;
-    (void)epoll_ctl(p->cfg.epfd, EPOLL_CTL_DEL, p->socks[i], NULL);
+    np_loop_del_fd(p->cfg.loop, p->socks[i]);
     close(p->socks[i]);
     p->socks[i] = -1;
   }
@@ -177,11 +180,17 @@ static void read_batch(np_path *p, int sock, int64_t now) {
   }
 }
 
-void np_path_ready(np_path *p, int sock, bool err, bool in, int64_t now) {
-  if (np_path_fd(p, sock) < 0)
+static void on_ready(np_loop *loop, int fd, unsigned events, void *user) {
+  np_path *p = user;
+  int sock = 0;
+  /* A scan: one socket most of the time, NP_PUNCH_MAX_SOCKETS ints at
+   * worst while a birthday attempt runs. */
+  while (sock < p->n && p->socks[sock] != fd)
+    sock++;
+  if (sock == p->n)
     return;
-  if (err)
+  if (events & NP_LOOP_ERROR)
     np_path_drain_errors(p, sock);
-  if (in)
-    read_batch(p, sock, now);
+  if (events & NP_LOOP_READ)
+    read_batch(p, sock, np_loop_now(loop));
 }

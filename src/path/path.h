@@ -3,6 +3,7 @@
 #define NP_PATH_H
 
 #include "natpunch.h"
+#include "net/loop.h"
 #include "net/udp.h"
 #include "util/log.h"
 
@@ -36,7 +37,7 @@ typedef struct np_path np_path;
 
 typedef struct np_path_config {
   int family;  /* AF_INET or AF_INET6: every socket is of this family */
-  int epfd;    /* sockets are added with data.u32 = their index */
+  np_loop *loop; /* every socket is watched there, for reading */
   np_logger log;
   /* A datagram of class STUN or APP arrived on socket 'sock' (index). The
    * callback may close sockets (np_path_keep_only) but not open any. */
@@ -48,7 +49,11 @@ typedef struct np_path_config {
   void *user;
 } np_path_config;
 
-/* Creates a path with no sockets yet; cfg is copied. Returns 0 or
+/* Creates a path with no sockets yet; cfg is copied. When a socket is
+ * ready the path reads its ICMP error queue, then a bounded batch of
+ * datagrams (one busy socket cannot starve the rest of the loop:
+ * level-triggered readiness calls again for what is left), each classified
+ * and handed to on_datagram with the loop's time. Returns 0 or
  * NP_ERR_NOMEM. */
 int np_path_new(const np_path_config *cfg, np_path **out);
 
@@ -83,13 +88,6 @@ void np_path_close_extra(np_path *p);
  * NP_ERR_SYS. */
 int np_path_send(np_path *p, int sock, const np_addr *to, int ttl, const void *buf,
                  size_t len);
-
-/* Handles readiness of socket 'sock' as epoll reported it: the ICMP error
- * queue when 'err', then up to a batch of datagrams when 'in', each
- * classified and handed to on_datagram. Bounded, so that one busy socket
- * cannot starve the rest of the loop: level-triggered readiness calls
- * again for what is left. */
-void np_path_ready(np_path *p, int sock, bool err, bool in, int64_t now);
 
 /* Reads socket 'sock''s ICMP error queue to the end (bounded), reporting
  * each entry to on_icmp. */
