@@ -5,8 +5,8 @@
  *
  * Shape: stateless. Each worker thread owns one SO_REUSEPORT socket per
  * server address (up to four: IP1:P1, IP2:P1, IP1:P2, IP2:P2), waits on them
- * with epoll plus a shared eventfd that np_discovery_server_stop() makes
- * readable, reads datagrams in batches with recvmmsg(), answers each one into
+ * in its own event loop (net/loop.h), which np_discovery_server_stop() stops
+ * (each worker's, async-signal-safe), reads datagrams in batches with recvmmsg(), answers each one into
  * a preallocated buffer and sends the answers in batches with sendmmsg(). No
  * memory is allocated after np_discovery_server_new(), and no state is kept
  * between datagrams, so a flood costs CPU but never memory.
@@ -35,6 +35,7 @@
 #include "natpunch.h"
 
 #include "net/addr.h"
+#include "net/loop.h"
 #include "net/udp.h"
 #include "stun/stun.h"
 #include "util/log.h"
@@ -47,8 +48,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -109,7 +108,7 @@ struct ds_worker {
   struct np_discovery_server *srv;
   int id;
   int fds[DS_NSOCK]; /* -1 where the server has no such address */
-  int epfd;
+  np_loop *loop;
   pthread_t thread;
   struct ds_counters count;
 
@@ -143,7 +142,6 @@ struct np_discovery_server {
   size_t software_len;
   int n_workers;
   struct ds_worker **workers;
-  int stop_fd; /* eventfd: readable once stop is requested */
   atomic_bool running;
 };
 
@@ -496,33 +494,24 @@ static int serve_batch(struct ds_worker *wk, int s) {
   return n;
 }
 
+static void on_socket(np_loop *loop, int fd, unsigned events, void *user) {
+  (void)loop;
+  (void)events;
+  struct ds_worker *wk = user;
+  int s = 0;
+  while (s < DS_NSOCK && wk->fds[s] != fd)
+    s++;
+  if (s == DS_NSOCK)
+    return;
+  for (int b = 0; b < DS_BATCHES_PER_WAKEUP; b++)
+    if (serve_batch(wk, s) < DS_BATCH)
+      break;
+}
+
 static void *worker_main(void *arg) {
   struct ds_worker *wk = arg;
-  struct epoll_event ev[DS_NSOCK + 1];
-  for (;;) {
-    int n = epoll_wait(wk->epfd, ev, DS_NSOCK + 1, -1);
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      NP_LOGE(&wk->srv->log, "worker %d: epoll_wait: %s", wk->id, strerror(errno));
-      break;
-    }
-    bool stop = false;
-    for (int i = 0; i < n; i++) {
-      int s = (int)ev[i].data.u32;
-      if (s == DS_NSOCK) {
-        /* The eventfd is never read here, so it stays readable and every
-         * worker sees it. */
-        stop = true;
-        continue;
-      }
-      for (int b = 0; b < DS_BATCHES_PER_WAKEUP; b++)
-        if (serve_batch(wk, s) < DS_BATCH)
-          break;
-    }
-    if (stop)
-      break;
-  }
+  if (np_loop_run(wk->loop) != 0)
+    NP_LOGE(&wk->srv->log, "worker %d: epoll_wait: %s", wk->id, strerror(errno));
   return NULL;
 }
 
@@ -536,8 +525,7 @@ static void worker_free(struct ds_worker *wk) {
   for (int s = 0; s < DS_NSOCK; s++)
     if (wk->fds[s] >= 0)
       close(wk->fds[s]);
-  if (wk->epfd >= 0)
-    close(wk->epfd);
+  np_loop_free(wk->loop);
   free(wk);
 }
 
@@ -548,8 +536,6 @@ NP_EXPORT void np_discovery_server_free(np_discovery_server *srv) {
     for (int i = 0; i < srv->n_workers; i++)
       worker_free(srv->workers[i]);
   free(srv->workers);
-  if (srv->stop_fd >= 0)
-    close(srv->stop_fd);
   free(srv);
 }
 
@@ -621,13 +607,11 @@ static int worker_new(np_discovery_server *srv, int id, struct ds_worker **out) 
     return NP_ERR_NOMEM;
   wk->srv = srv;
   wk->id = id;
-  wk->epfd = -1;
   for (int s = 0; s < DS_NSOCK; s++)
     wk->fds[s] = -1;
   int rc = NP_ERR_SYS;
-  wk->epfd = epoll_create1(EPOLL_CLOEXEC);
-  if (wk->epfd < 0) {
-    NP_LOGE(&srv->log, "epoll_create1: %s", strerror(errno));
+  if (np_loop_new(NULL, &wk->loop) != 0) {
+    NP_LOGE(&srv->log, "epoll_create1/eventfd: %s", strerror(errno));
     goto fail;
   }
   for (int s = 0; s < DS_NSOCK; s++) {
@@ -652,16 +636,10 @@ static int worker_new(np_discovery_server *srv, int id, struct ds_worker **out) 
         goto fail;
       }
     }
-    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)s};
-    if (epoll_ctl(wk->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    if (np_loop_add_fd(wk->loop, fd, NP_LOOP_READ, on_socket, wk) != 0) {
       NP_LOGE(&srv->log, "epoll_ctl: %s", strerror(errno));
       goto fail;
     }
-  }
-  struct epoll_event ev = {.events = EPOLLIN, .data.u32 = DS_NSOCK};
-  if (epoll_ctl(wk->epfd, EPOLL_CTL_ADD, srv->stop_fd, &ev) < 0) {
-    NP_LOGE(&srv->log, "epoll_ctl: %s", strerror(errno));
-    goto fail;
   }
   *out = wk;
   return 0;
@@ -685,7 +663,6 @@ NP_EXPORT int np_discovery_server_new(const np_discovery_server_config *cfg,
   np_discovery_server *srv = calloc(1, sizeof *srv);
   if (!srv)
     return NP_ERR_NOMEM;
-  srv->stop_fd = -1;
   srv->log = (np_logger){cfg->log, cfg->log_user, cfg->log_level};
   char a[NP_ADDRSTRLEN], b[NP_ADDRSTRLEN];
   int rc = NP_ERR_INVAL;
@@ -765,12 +742,6 @@ NP_EXPORT int np_discovery_server_new(const np_discovery_server_config *cfg,
   if (rc != 0)
     goto fail;
 
-  srv->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (srv->stop_fd < 0) {
-    NP_LOGE(&srv->log, "eventfd: %s", strerror(errno));
-    rc = NP_ERR_SYS;
-    goto fail;
-  }
   srv->n_workers = cfg->threads ? cfg->threads : (int)(online_cpus() < DS_MAX_THREADS
                                                            ? online_cpus()
                                                            : DS_MAX_THREADS);
@@ -825,17 +796,16 @@ NP_EXPORT int np_discovery_server_run(np_discovery_server *srv) {
     if (e != 0) {
       NP_LOGE(&srv->log, "pthread_create: %s", strerror(e));
       rc = NP_ERR_SYS;
-      np_discovery_server_stop(srv);
+      /* Only the running ones: a stop requested of a loop that never
+       * runs would stay armed and end the next run at once. */
+      for (int i = 0; i < started; i++)
+        np_loop_stop(srv->workers[i]->loop);
       break;
     }
   }
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   for (int i = 0; i < started; i++)
-    pthread_join(srv->workers[i]->thread, NULL);
-  /* Re-arm for a later run: consume the stop request. */
-  uint64_t v;
-  while (read(srv->stop_fd, &v, sizeof v) < 0 && errno == EINTR) {
-  }
+    pthread_join(srv->workers[i]->thread, NULL); /* each run consumed its stop */
   atomic_store(&srv->running, false);
   return rc;
 }
@@ -843,13 +813,10 @@ NP_EXPORT int np_discovery_server_run(np_discovery_server *srv) {
 NP_EXPORT void np_discovery_server_stop(np_discovery_server *srv) {
   if (!srv)
     return;
-  /* Only write(2): async-signal-safe. errno is preserved because a signal
-   * handler may interrupt code that is about to read it. */
-  int saved = errno;
-  uint64_t one = 1;
-  ssize_t r = write(srv->stop_fd, &one, sizeof one);
-  (void)r;
-  errno = saved;
+  /* Async-signal-safe: each loop's stop is an atomic store and a write(2),
+   * errno preserved. */
+  for (int i = 0; i < srv->n_workers; i++)
+    np_loop_stop(srv->workers[i]->loop);
 }
 
 NP_EXPORT void np_discovery_server_stats(const np_discovery_server *srv,

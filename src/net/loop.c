@@ -13,7 +13,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#define LOOP_EVENTS 64 /* epoll events per turn; level-triggered, the rest wait */
+#define LOOP_EVENTS 256 /* epoll events per turn (the rendezvous server's figure); the rest wait */
 
 struct fd_reg {
   unsigned mask; /* asked for; 0 with fn == NULL: not registered */

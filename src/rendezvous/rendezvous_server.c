@@ -4,7 +4,8 @@
  * ANSWER frames through the server, which checks who sends them and stamps
  * the sender's address as it sees it (OBSERVED).
  *
- * Shape: one thread, one epoll loop, non-blocking sockets, level-triggered.
+ * Shape: one thread, one event loop (net/loop.h: epoll, level-triggered),
+ * non-blocking sockets.
  * A connection costs a small struct plus a registry slot while it is idle:
  *  - Input is read into one server-wide scratch buffer and whole frames are
  *    handled straight from it; only a partial frame left at the end of a
@@ -47,6 +48,7 @@
 #include "util/clock.h"
 #include "util/log.h"
 #include "util/bytes.h"
+#include "net/loop.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -57,8 +59,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -92,8 +92,7 @@
 #define RS_OUT_FRAMES 4
 /* Room OBSERVED may add to a forwarded frame: TLV header + IPv6 address. */
 #define RS_STAMP_ROOM 64
-/* Events per epoll_wait, connections accepted per listener wakeup. */
-#define RS_EVENTS 256
+/* Connections accepted per listener wakeup. */
 #define RS_ACCEPT_BATCH 64
 /* Rate of connection-level log lines (closes, refusals). */
 #define RS_LOG_PER_SEC 20
@@ -134,6 +133,7 @@ struct rs_call {
 
 struct rs_conn {
   struct rs_conn *prev, *next; /* in srv->unauth or srv->reg (timer order) */
+  np_rendezvous_server *srv;   /* for the loop's callback */
   struct rs_ip *ip;            /* its source address's counters */
   struct rs_call calls[RS_CALLS];
   uint8_t n_calls, next_call;
@@ -180,7 +180,9 @@ struct np_rendezvous_server {
   size_t max_frame;
   size_t out_max;
 
-  int listen_fd, epoll_fd, stop_fd;
+  int listen_fd;
+  np_loop *loop;
+  uint64_t sweep_timer; /* the next connection deadline (expire) */
   int reserve_fd; /* spare descriptor, given up to shed connections at EMFILE */
   np_registry *reg;
 
@@ -204,9 +206,6 @@ struct np_rendezvous_server {
   np_sig_msg msg;      /* decoded input */
   np_sig_msg reply;    /* what we encode */
 };
-
-/* Tags for epoll data.ptr that are not connections. */
-static char tag_listen, tag_stop;
 
 #define RS_INC(srv, f) atomic_fetch_add_explicit(&(srv)->count.f, 1, memory_order_relaxed)
 #define RS_DEC(srv, f) atomic_fetch_sub_explicit(&(srv)->count.f, 1, memory_order_relaxed)
@@ -412,9 +411,9 @@ static void drain_input(int fd) {
   }
 }
 
-/* Closes a connection now: out of the registry, the timer lists and epoll
- * (close() does that), counted. The struct lives until the end of the loop
- * iteration, because the current epoll batch may still name it. */
+/* Closes a connection now: out of the registry, the timer lists and the
+ * loop, counted. The struct lives until the end of the loop turn, because a
+ * callback of the current batch may still hold it. */
 static void conn_close(np_rendezvous_server *srv, struct rs_conn *c, enum rs_why why) {
   if (c->state == RS_DEAD)
     return;
@@ -446,6 +445,7 @@ static void conn_close(np_rendezvous_server *srv, struct rs_conn *c, enum rs_why
     break;
   }
   drain_input(c->fd);
+  np_loop_del_fd(srv->loop, c->fd);
   close(c->fd);
   c->fd = -1;
   c->state = RS_DEAD;
@@ -475,8 +475,7 @@ static void reap_dead(np_rendezvous_server *srv) {
 static void set_want_out(np_rendezvous_server *srv, struct rs_conn *c, bool on) {
   if (c->want_out == on)
     return;
-  struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0), .data.ptr = c};
-  if (epoll_ctl(srv->epoll_fd, EPOLL_CTL_MOD, c->fd, &ev) == 0)
+  if (np_loop_mod_fd(srv->loop, c->fd, NP_LOOP_READ | (on ? NP_LOOP_WRITE : 0)) == 0)
     c->want_out = on;
 }
 
@@ -972,6 +971,20 @@ static void refuse(np_rendezvous_server *srv, int fd, const np_addr *peer, bool 
   conn_log(srv, NULL, "%s: refused: %s%s", a, full ? "503 " : "", why);
 }
 
+static void on_conn_fd(np_loop *loop, int fd, unsigned events, void *user) {
+  (void)fd;
+  struct rs_conn *c = user;
+  np_rendezvous_server *srv = c->srv;
+  srv->now = np_loop_now(loop);
+  if (c->state == RS_DEAD)
+    return; /* closed earlier in this batch */
+  if (events & NP_LOOP_WRITE)
+    if (!flush_out(srv, c))
+      return;
+  if (events & (NP_LOOP_READ | NP_LOOP_ERROR))
+    on_readable(srv, c);
+}
+
 static void accept_one(np_rendezvous_server *srv, int fd, const np_addr *peer) {
   if (srv->n_open >= srv->max_conn) {
     refuse(srv, fd, peer, true, "server full");
@@ -1003,6 +1016,7 @@ static void accept_one(np_rendezvous_server *srv, int fd, const np_addr *peer) {
     ip_release(srv, ip);
     return;
   }
+  c->srv = srv;
   c->ip = ip;
   c->fd = fd;
   c->peer = *peer;
@@ -1010,8 +1024,7 @@ static void accept_one(np_rendezvous_server *srv, int fd, const np_addr *peer) {
   c->tokens = srv->rate * 1000 * RS_BURST_FACTOR;
   c->refilled = srv->now;
   c->deadline = srv->now + srv->auth_ms;
-  struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-  if (epoll_ctl(srv->epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+  if (np_loop_add_fd(srv->loop, fd, NP_LOOP_READ, on_conn_fd, c) != 0) {
     NP_LOGW(&srv->log, "epoll_ctl(ADD): %s", strerror(errno));
     close(fd);
     free(c);
@@ -1066,6 +1079,14 @@ static void on_listen(np_rendezvous_server *srv) {
   }
 }
 
+static void on_listen_fd(np_loop *loop, int fd, unsigned events, void *user) {
+  (void)fd;
+  (void)events;
+  np_rendezvous_server *srv = user;
+  srv->now = np_loop_now(loop);
+  on_listen(srv);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Loop                                                                      */
 /* ------------------------------------------------------------------------ */
@@ -1095,53 +1116,35 @@ static int expire(np_rendezvous_server *srv) {
   return (int)(next - srv->now);
 }
 
+static void on_sweep(np_loop *loop, uint64_t id, void *user) {
+  (void)loop;
+  (void)id;
+  (void)user; /* the wait ends; before_wait does the sweep */
+}
+
+/* Before each wait: close what timed out, free what closed in the last
+ * turn (no callback holds it any more), and arm the timer for the next
+ * deadline. */
+static void before_wait(np_loop *loop, void *user) {
+  np_rendezvous_server *srv = user;
+  srv->now = np_loop_now(loop);
+  int wait = expire(srv);
+  reap_dead(srv);
+  np_loop_cancel_timer(loop, srv->sweep_timer);
+  srv->sweep_timer = np_loop_add_timer(loop, srv->now + wait, on_sweep, srv);
+}
+
 NP_EXPORT int np_rendezvous_server_run(np_rendezvous_server *srv) {
   if (!srv)
     return NP_ERR_INVAL;
   bool expected = false;
   if (!atomic_compare_exchange_strong(&srv->running, &expected, true))
     return NP_ERR_INVAL;
-  struct epoll_event ev[RS_EVENTS];
-  int rc = 0;
-  bool stop = false;
-  while (!stop) {
-    srv->now = np_now_ms();
-    int wait = expire(srv);
-    reap_dead(srv);
-    int n = epoll_wait(srv->epoll_fd, ev, RS_EVENTS, wait);
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      NP_LOGE(&srv->log, "epoll_wait: %s", strerror(errno));
-      rc = NP_ERR_SYS;
-      break;
-    }
-    srv->now = np_now_ms();
-    for (int i = 0; i < n; i++) {
-      void *p = ev[i].data.ptr;
-      if (p == &tag_stop) {
-        stop = true;
-        continue;
-      }
-      if (p == &tag_listen) {
-        on_listen(srv);
-        continue;
-      }
-      struct rs_conn *c = p;
-      if (c->state == RS_DEAD)
-        continue; /* closed earlier in this batch */
-      if (ev[i].events & EPOLLOUT)
-        if (!flush_out(srv, c))
-          continue;
-      if (ev[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
-        on_readable(srv, c);
-    }
-    reap_dead(srv);
-  }
-  /* Re-arm for a later run: consume the stop request. */
-  uint64_t v;
-  while (read(srv->stop_fd, &v, sizeof v) < 0 && errno == EINTR) {
-  }
+  np_loop_set_before_wait(srv->loop, before_wait, srv);
+  int rc = np_loop_run(srv->loop); /* consumes the stop request: may run again */
+  if (rc != 0)
+    NP_LOGE(&srv->log, "epoll_wait: %s", strerror(errno));
+  reap_dead(srv);
   atomic_store(&srv->running, false);
   return rc;
 }
@@ -1149,13 +1152,7 @@ NP_EXPORT int np_rendezvous_server_run(np_rendezvous_server *srv) {
 NP_EXPORT void np_rendezvous_server_stop(np_rendezvous_server *srv) {
   if (!srv)
     return;
-  /* Only write(2): async-signal-safe; errno preserved for the interrupted
-   * code. */
-  int saved = errno;
-  uint64_t one = 1;
-  ssize_t r = write(srv->stop_fd, &one, sizeof one);
-  (void)r;
-  errno = saved;
+  np_loop_stop(srv->loop); /* async-signal-safe */
 }
 
 NP_EXPORT void np_rendezvous_server_stats(const np_rendezvous_server *srv,
@@ -1215,10 +1212,7 @@ NP_EXPORT void np_rendezvous_server_free(np_rendezvous_server *srv) {
     srv->reg->ops->free(srv->reg);
   if (srv->listen_fd >= 0)
     close(srv->listen_fd);
-  if (srv->epoll_fd >= 0)
-    close(srv->epoll_fd);
-  if (srv->stop_fd >= 0)
-    close(srv->stop_fd);
+  np_loop_free(srv->loop);
   if (srv->reserve_fd >= 0)
     close(srv->reserve_fd);
   free(srv->scratch);
@@ -1301,7 +1295,7 @@ NP_EXPORT int np_rendezvous_server_new(const np_rendezvous_server_config *cfg,
   np_rendezvous_server *srv = calloc(1, sizeof *srv);
   if (!srv)
     return NP_ERR_NOMEM;
-  srv->listen_fd = srv->epoll_fd = srv->stop_fd = srv->reserve_fd = -1;
+  srv->listen_fd = srv->reserve_fd = -1;
   srv->log = (np_logger){cfg->log, cfg->log_user, cfg->log_level};
   int rc = NP_ERR_INVAL;
 
@@ -1349,17 +1343,12 @@ NP_EXPORT int np_rendezvous_server_new(const np_rendezvous_server_config *cfg,
   if (rc != 0)
     goto fail;
   rc = NP_ERR_SYS;
-  srv->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
-  srv->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (srv->epoll_fd < 0 || srv->stop_fd < 0 || srv->reserve_fd < 0) {
+  if (np_loop_new(NULL, &srv->loop) != 0 || srv->reserve_fd < 0) {
     NP_LOGE(&srv->log, "epoll/eventfd/open: %s", strerror(errno));
     goto fail;
   }
-  struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &tag_listen};
-  struct epoll_event sv = {.events = EPOLLIN, .data.ptr = &tag_stop};
-  if (epoll_ctl(srv->epoll_fd, EPOLL_CTL_ADD, srv->listen_fd, &ev) != 0 ||
-      epoll_ctl(srv->epoll_fd, EPOLL_CTL_ADD, srv->stop_fd, &sv) != 0) {
+  if (np_loop_add_fd(srv->loop, srv->listen_fd, NP_LOOP_READ, on_listen_fd, srv) != 0) {
     NP_LOGE(&srv->log, "epoll_ctl: %s", strerror(errno));
     goto fail;
   }
