@@ -103,7 +103,7 @@ struct np_agent {
   np_rdv_client *rdv;
   int rdv_fd;
   unsigned rdv_mask;
-  short rdv_revents; /* from the loop's callback, for np_rdv_client_process */
+  short rdv_revents; /* from the loop's callback, for np__rdv_client_process */
   bool registered;
 
   np_path *path;  /* socket 0 is the gathered socket; 1.. birthday sockets */
@@ -174,15 +174,15 @@ static void session_reset(np_agent *a) {
   if (a->budget_granted > 0) {
     np_punch_result r = {0};
     if (a->punch)
-      np_punch_result_get(a->punch, &r);
+      np__punch_result_get(a->punch, &r);
     int used = r.probes_sent > (uint32_t)a->budget_granted ? a->budget_granted : (int)r.probes_sent;
-    np_budget_refund(&a->budget, a->peer, a->budget_granted - used, np_loop_now(a->loop));
+    np__budget_refund(&a->budget, a->peer, a->budget_granted - used, np__loop_now(a->loop));
     a->budget_granted = 0;
   }
-  np_gather_stop(&a->gather);
-  np_punch_free(a->punch);
+  np__gather_stop(&a->gather);
+  np__punch_free(a->punch);
   a->punch = NULL;
-  np_path_close_extra(a->path);
+  np__path_close_extra(a->path);
   sodium_memzero(a->kx_sk, sizeof a->kx_sk);
   a->rx_n = 0;
   a->n_early = 0;
@@ -199,19 +199,19 @@ static void session_fail(np_agent *a, int err, const char *reason) {
  * to the machines, which retransmit. */
 static int send_on(np_agent *a, int sock, const np_addr *to, int ttl, const void *buf,
                    size_t len) {
-  return np_path_send(a->path, sock, to, ttl, buf, len);
+  return np__path_send(a->path, sock, to, ttl, buf, len);
 }
 
 /* Makes sure sockets 0..n-1 exist (the birthday method asks for more). */
 static int ensure_sockets(np_agent *a, int n) {
-  int rc = np_path_ensure(a->path, n);
-  if (np_path_count(a->path) > a->stats.sockets)
-    a->stats.sockets = np_path_count(a->path);
+  int rc = np__path_ensure(a->path, n);
+  if (np__path_count(a->path) > a->stats.sockets)
+    a->stats.sockets = np__path_count(a->path);
   return rc;
 }
 
 static int gather_start(np_agent *a, int64_t now) {
-  int rc = np_gather_start(&a->gather, now, &a->cand);
+  int rc = np__gather_start(&a->gather, now, &a->cand);
   crypto_box_keypair(a->kx_pk, a->kx_sk); /* X25519 */
   a->cand.has_kx = true;
   memcpy(a->cand.kx, a->kx_pk, sizeof a->kx_pk);
@@ -220,8 +220,8 @@ static int gather_start(np_agent *a, int64_t now) {
 
 static void gather_finish(np_agent *a, int64_t now) {
   np_addr pm;
-  bool have_pm = np_pm_job_get(a->pm, &pm, NULL);
-  np_gather_finish(&a->gather, now, have_pm ? &pm : NULL, &a->cand);
+  bool have_pm = np__pm_job_get(a->pm, &pm, NULL);
+  np__gather_finish(&a->gather, now, have_pm ? &pm : NULL, &a->cand);
 }
 
 static void punch_start(np_agent *a, int64_t now) {
@@ -236,7 +236,7 @@ static void punch_start(np_agent *a, int64_t now) {
       .peer_observed = a->peer_seen,
       .self_observed = a->self_seen,
       .birthday_sockets = a->cfg.birthday_sockets,
-      .prime_ttl = np_gather_prime_ttl(&a->gather),
+      .prime_ttl = np__gather_prime_ttl(&a->gather),
       .hold_ms = a->callee ? a->hold_ms : 0,
       .log = a->cfg.log,
       .log_user = a->cfg.log_user,
@@ -244,24 +244,24 @@ static void punch_start(np_agent *a, int64_t now) {
   };
   memcpy(pc.session, a->session, sizeof pc.session);
   if (!a->peer_cand.has_kx ||
-      np_punch_derive_key(a->kx_sk, a->kx_pk, a->peer_cand.kx, a->callee, a->session, pc.key) !=
+      np__punch_derive_key(a->kx_sk, a->kx_pk, a->peer_cand.kx, a->callee, a->session, pc.key) !=
           0) {
     session_fail(a, NP_ERR_AUTH, "the peer sent no usable session key");
     return;
   }
-  int rc = np_punch_new(&pc, now, &a->punch);
+  int rc = np__punch_new(&pc, now, &a->punch);
   sodium_memzero(pc.key, sizeof pc.key);
   if (rc != 0) {
     session_fail(a, rc, "cannot start the traversal");
     return;
   }
   np_punch_result r;
-  np_punch_result_get(a->punch, &r);
+  np__punch_result_get(a->punch, &r);
   if (r.state == NP_PUNCH_FAILED) {
     /* Nothing of the peer's we may probe: say so to a caller rather than
      * answer and wait. */
     if (a->callee)
-      (void)np_rdv_client_send_decline(a->rdv, a->peer, a->session, NP_SIG_E_BAD_REQUEST,
+      (void)np__rdv_client_send_decline(a->rdv, a->peer, a->session, NP_SIG_E_BAD_REQUEST,
                                        "no usable candidate in the offer");
     session_fail(a, r.error, r.reason);
     return;
@@ -272,10 +272,10 @@ static void punch_start(np_agent *a, int64_t now) {
 /* Sends what the punch machine has due now (a bounded batch). */
 static void punch_flush(np_agent *a, int64_t now) {
   np_punch_datagram dg;
-  for (int guard = 0; guard < 256 && np_punch_next(a->punch, now, &dg); guard++) {
+  for (int guard = 0; guard < 256 && np__punch_next(a->punch, now, &dg); guard++) {
     if (ensure_sockets(a, dg.sock + 1) != 0) {
       NP_LOGW(&a->log, "agent: cannot open more sockets (%d); birthday attempt is smaller",
-              np_path_count(a->path));
+              np__path_count(a->path));
       continue;
     }
     (void)send_on(a, dg.sock, &dg.to, dg.ttl, dg.buf, dg.len);
@@ -288,7 +288,7 @@ static void on_gathered(np_agent *a, int64_t now) {
   if (!a->callee) {
     if (!a->registered)
       return; /* offered from on_state once registered */
-    int rc = np_rdv_client_send_offer(a->rdv, a->peer, a->session, &a->cand);
+    int rc = np__rdv_client_send_offer(a->rdv, a->peer, a->session, &a->cand);
     if (rc != 0) {
       session_fail(a, rc, "cannot send the offer to the rendezvous server");
       return;
@@ -306,8 +306,8 @@ static void on_gathered(np_agent *a, int64_t now) {
   punch_flush(a, now);
   if (!a->registered)
     return; /* answered from on_rdv_state once registered again */
-  const np_addr *seen = np_addr_is_set(&a->peer_seen) ? &a->peer_seen : NULL;
-  int rc = np_rdv_client_send_answer(a->rdv, a->peer, a->session, &a->cand, seen);
+  const np_addr *seen = np__addr_is_set(&a->peer_seen) ? &a->peer_seen : NULL;
+  int rc = np__rdv_client_send_answer(a->rdv, a->peer, a->session, &a->cand, seen);
   if (rc != 0)
     session_fail(a, rc, "cannot send the answer to the rendezvous server");
 }
@@ -340,24 +340,24 @@ static void on_rdv_state(void *user, enum np_rdv_state state, const np_addr *obs
   const char *what = NULL;
   if (!a->callee && a->st == S_OFFERED) {
     what = "offer";
-    rc = np_rdv_client_send_offer(a->rdv, a->peer, a->session, &a->cand);
+    rc = np__rdv_client_send_offer(a->rdv, a->peer, a->session, &a->cand);
   } else if (!a->callee && a->st == S_PUNCHING) {
     what = "READY";
-    rc = np_rdv_client_send_ready(a->rdv, a->peer, a->session);
+    rc = np__rdv_client_send_ready(a->rdv, a->peer, a->session);
   } else if (a->callee && a->st == S_PUNCHING) {
     what = "answer";
-    const np_addr *seen = np_addr_is_set(&a->peer_seen) ? &a->peer_seen : NULL;
-    rc = np_rdv_client_send_answer(a->rdv, a->peer, a->session, &a->cand, seen);
+    const np_addr *seen = np__addr_is_set(&a->peer_seen) ? &a->peer_seen : NULL;
+    rc = np__rdv_client_send_answer(a->rdv, a->peer, a->session, &a->cand, seen);
   }
   if (what && rc != 0)
     session_fail(a, rc, "cannot send again after the rendezvous connection was lost");
   else if (what)
     NP_LOGI(&a->log, "agent: sent the %s again after re-registering", what);
-  if (!a->callee && a->st == S_GATHERING && !np_gather_active(&a->gather)) {
+  if (!a->callee && a->st == S_GATHERING && !np__gather_active(&a->gather)) {
     /* Gathering finished before registration: offer now, with what the
      * hop probes have found by now. */
-    np_gather_update_flat(&a->gather, &a->cand);
-    rc = np_rdv_client_send_offer(a->rdv, a->peer, a->session, &a->cand);
+    np__gather_update_flat(&a->gather, &a->cand);
+    rc = np__rdv_client_send_offer(a->rdv, a->peer, a->session, &a->cand);
     if (rc == 0)
       a->st = S_OFFERED;
     else
@@ -374,8 +374,8 @@ static void on_rdv_offer(void *user, const np_sig_msg *offer) {
     /* Our caller's offer again: it lost our answer (its rendezvous
      * connection dropped, or the server restarted). Answer again. */
     if (a->callee && (a->st == S_PUNCHING || a->st == S_CONNECTED)) {
-      const np_addr *seen = np_addr_is_set(&a->peer_seen) ? &a->peer_seen : NULL;
-      int rc = np_rdv_client_send_answer(a->rdv, a->peer, a->session, &a->cand, seen);
+      const np_addr *seen = np__addr_is_set(&a->peer_seen) ? &a->peer_seen : NULL;
+      int rc = np__rdv_client_send_answer(a->rdv, a->peer, a->session, &a->cand, seen);
       if (rc != 0)
         NP_LOGW(&a->log, "agent: cannot answer the repeated offer: %s", np_strerror(rc));
     }
@@ -387,25 +387,25 @@ static void on_rdv_offer(void *user, const np_sig_msg *offer) {
     char id[NP_PEER_ID_LEN + 1];
     np_peer_id_format(offer->from, id);
     NP_LOGI(&a->log, "agent: busy; declining a call from %s", id);
-    int rc = np_rdv_client_send_decline(a->rdv, offer->from, offer->session, NP_SIG_E_BUSY,
+    int rc = np__rdv_client_send_decline(a->rdv, offer->from, offer->session, NP_SIG_E_BUSY,
                                         "busy in another session");
     if (rc != 0)
       NP_LOGW(&a->log, "agent: cannot decline the call from %s: %s", id, np_strerror(rc));
     return;
   }
-  int64_t now = np_loop_now(a->loop);
+  int64_t now = np__loop_now(a->loop);
   /* The probes this call may cost us, against this caller's and
    * everyone's use of the last minute: a session runs smaller, or the
    * call is declined. */
   int want = a->cfg.max_probes > 0 ? a->cfg.max_probes : DEFAULT_MAX_PROBES;
-  int granted = np_budget_take(&a->budget, offer->from, want, now);
+  int granted = np__budget_take(&a->budget, offer->from, want, now);
   if (granted == 0) {
     char id[NP_PEER_ID_LEN + 1], text[96];
     np_peer_id_format(offer->from, id);
-    long long wait_s = (np_budget_retry_ms(&a->budget, offer->from, now) + 999) / 1000;
+    long long wait_s = (np__budget_retry_ms(&a->budget, offer->from, now) + 999) / 1000;
     snprintf(text, sizeof text, "probe budget spent; try again in %lld s", wait_s);
     NP_LOGI(&a->log, "agent: declining a call from %s: %s", id, text);
-    (void)np_rdv_client_send_decline(a->rdv, offer->from, offer->session, NP_SIG_E_RATE, text);
+    (void)np__rdv_client_send_decline(a->rdv, offer->from, offer->session, NP_SIG_E_RATE, text);
     return;
   }
   if (granted < want)
@@ -437,7 +437,7 @@ static void on_rdv_offer(void *user, const np_sig_msg *offer) {
     session_fail(a, rc, "cannot gather candidates");
     return;
   }
-  if (!np_gather_active(&a->gather))
+  if (!np__gather_active(&a->gather))
     on_gathered(a, now);
 }
 
@@ -458,14 +458,14 @@ static void on_rdv_answer(void *user, const np_sig_msg *answer) {
   }
   a->peer_cand = answer->cand;
   a->peer_seen = answer->observed; /* where the callee can be (checklist.h) */
-  int64_t now = np_loop_now(a->loop);
+  int64_t now = np__loop_now(a->loop);
   punch_start(a, now);
   if (a->st != S_PUNCHING)
     return;
   /* Our primes leave first; READY, behind them through the server, lets
    * the callee send toward us without racing them. */
   punch_flush(a, now);
-  int rc = np_rdv_client_send_ready(a->rdv, a->peer, a->session);
+  int rc = np__rdv_client_send_ready(a->rdv, a->peer, a->session);
   if (rc != 0)
     NP_LOGW(&a->log, "agent: cannot send READY (%s); the callee falls back on its timer",
             np_strerror(rc));
@@ -477,7 +477,7 @@ static void on_rdv_ready(void *user, const np_sig_msg *ready) {
       memcmp(ready->session, a->session, NP_SIG_SESSION_LEN) != 0 ||
       memcmp(ready->from, a->peer, NP_PUBKEY_LEN) != 0)
     return;
-  np_punch_peer_ready(a->punch, np_loop_now(a->loop));
+  np__punch_peer_ready(a->punch, np__loop_now(a->loop));
 }
 
 static void on_rdv_error(void *user, uint16_t code, const char *text, const uint8_t *session) {
@@ -520,7 +520,7 @@ static void on_rdv_error(void *user, uint16_t code, const char *text, const uint
  * wakeup (thread-safe); on_loop_wake reads the news in the loop's thread. */
 static void wake_agent(void *user) {
   np_agent *a = user;
-  np_loop_wake(a->loop);
+  np__loop_wake(a->loop);
 }
 
 static void on_loop_wake(np_loop *loop, void *user) {
@@ -528,11 +528,11 @@ static void on_loop_wake(np_loop *loop, void *user) {
   np_agent *a = user;
   np_addr pm;
   enum np_portmap_proto proto;
-  bool have = np_pm_job_get(a->pm, &pm, &proto);
+  bool have = np__pm_job_get(a->pm, &pm, &proto);
   if (have) {
     char t[NP_ADDRSTRLEN];
     NP_LOGI(&a->log, "agent: gateway mapped %s (%s)", np_addr_format(&pm, t, sizeof t),
-            np_portmap_proto_name(proto));
+            np__portmap_proto_name(proto));
   } else if (a->pm_offered) {
     NP_LOGW(&a->log, "agent: the gateway's port mapping ran out unrenewed; no longer offered "
                      "(renewal goes on trying)");
@@ -543,12 +543,12 @@ static void on_loop_wake(np_loop *loop, void *user) {
 /* ---- creation ---------------------------------------------------------------------- */
 
 static void agent_free_parts(np_agent *a) {
-  np_pm_job_stop(a->pm);
-  np_gather_stop(&a->gather);
-  np_punch_free(a->punch);
-  np_rdv_client_free(a->rdv);
-  np_path_free(a->path);
-  np_loop_free(a->loop); /* last: the path and the rendezvous fd leave it first */
+  np__pm_job_stop(a->pm);
+  np__gather_stop(&a->gather);
+  np__punch_free(a->punch);
+  np__rdv_client_free(a->rdv);
+  np__path_free(a->path);
+  np__loop_free(a->loop); /* last: the path and the rendezvous fd leave it first */
   free(a->allow);
   free(a->rx);
   free(a->early);
@@ -560,7 +560,7 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
   if (!out)
     return NP_ERR_INVAL;
   *out = NULL;
-  if (!cfg || !cfg->identity || !np_addr_is_set(&cfg->rendezvous) || cfg->n_discovery < 0 ||
+  if (!cfg || !cfg->identity || !np__addr_is_set(&cfg->rendezvous) || cfg->n_discovery < 0 ||
       cfg->n_discovery > NP_PROBE_MAX_SERVERS || cfg->n_allow < 0 ||
       cfg->n_allow > NP_SIG_MAX_ALLOW || (cfg->n_allow > 0 && !cfg->allow))
     return NP_ERR_INVAL;
@@ -595,12 +595,12 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
   }
   a->rdv_fd = -1;
   np_loop_config lcfg = {.on_wake = on_loop_wake, .wake_user = a};
-  int rc = np_loop_new(&lcfg, &a->loop);
+  int rc = np__loop_new(&lcfg, &a->loop);
   if (rc != 0) {
     free(a);
     return rc;
   }
-  np_budget_init(&a->budget, 0, 0, np_loop_now(a->loop));
+  np__budget_init(&a->budget, 0, 0, np__loop_now(a->loop));
   a->log = (np_logger){cfg->log, cfg->log_user, cfg->log_level};
   np_identity_public_key(cfg->identity, a->self_pk);
   rc = NP_ERR_NOMEM;
@@ -622,19 +622,19 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
                          .on_datagram = on_path_datagram,
                          .on_icmp = on_path_icmp,
                          .user = a};
-  if ((rc = np_path_new(&pcfg, &a->path)) != 0 || (rc = ensure_sockets(a, 1)) != 0)
+  if ((rc = np__path_new(&pcfg, &a->path)) != 0 || (rc = ensure_sockets(a, 1)) != 0)
     goto fail;
-  (void)np_udp_local(np_path_fd(a->path, 0), &a->local);
+  (void)np__udp_local(np__path_fd(a->path, 0), &a->local);
   {
     /* A concrete local IP, for the NAT verdicts and the portmap. */
     np_addr via = {0};
-    (void)np_udp_route_source(cfg->n_discovery ? &cfg->discovery[0] : &cfg->rendezvous, &via);
-    if (np_addr_is_set(&via)) {
+    (void)np__udp_route_source(cfg->n_discovery ? &cfg->discovery[0] : &cfg->rendezvous, &via);
+    if (np__addr_is_set(&via)) {
       np_addr_set_port(&via, np_addr_port(&a->local));
       a->local = via;
     }
   }
-  int64_t now = np_loop_now(a->loop);
+  int64_t now = np__loop_now(a->loop);
   np_rdv_client_config rc_cfg = {
       .server = cfg->rendezvous,
       .identity = cfg->identity,
@@ -650,7 +650,7 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
       .log_user = cfg->log_user,
       .log_level = cfg->log_level,
   };
-  if ((rc = np_rdv_client_new(&rc_cfg, now, &a->rdv)) != 0)
+  if ((rc = np__rdv_client_new(&rc_cfg, now, &a->rdv)) != 0)
     goto fail;
   np_gather_config gcfg = {.family = a->family,
                            .local = a->local,
@@ -659,14 +659,14 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
                            .no_prime = cfg->no_prime,
                            .log = a->log};
   memcpy(gcfg.discovery, cfg->discovery, sizeof gcfg.discovery);
-  np_gather_init(&a->gather, &gcfg);
-  np_gather_hop_send(&a->gather, a->path, now);
+  np__gather_init(&a->gather, &gcfg);
+  np__gather_hop_send(&a->gather, a->path, now);
   if (!cfg->no_portmap) {
     np_pm_job_config pmc = {.internal_port = np_addr_port(&a->local),
                             .wake = wake_agent,
                             .wake_user = a,
                             .log = a->log};
-    a->pm = np_pm_job_start(&pmc);
+    a->pm = np__pm_job_start(&pmc);
   }
   *out = a;
   return 0;
@@ -689,10 +689,10 @@ NP_EXPORT int np_agent_connect(np_agent *a, const uint8_t peer[NP_PUBKEY_LEN]) {
   if (a->st != S_NONE && a->st != S_DONE)
     return NP_ERR_AGAIN;
   session_reset(a);
-  int64_t now = np_loop_now(a->loop);
+  int64_t now = np__loop_now(a->loop);
   a->callee = false;
   memcpy(a->peer, peer, NP_PUBKEY_LEN);
-  if (np_random_bytes(a->session, sizeof a->session) != 0)
+  if (np__random_bytes(a->session, sizeof a->session) != 0)
     return NP_ERR_SYS;
   memset(&a->stats, 0, sizeof a->stats);
   memcpy(a->stats.peer, peer, NP_PUBKEY_LEN);
@@ -706,7 +706,7 @@ NP_EXPORT int np_agent_connect(np_agent *a, const uint8_t peer[NP_PUBKEY_LEN]) {
     a->st = S_NONE;
     return rc;
   }
-  if (!np_gather_active(&a->gather))
+  if (!np__gather_active(&a->gather))
     on_gathered(a, now);
   return 0;
 }
@@ -729,14 +729,14 @@ static void enqueue_data(np_agent *a, const uint8_t *payload, size_t len) {
 
 static void on_connected(np_agent *a, int64_t now) {
   np_punch_result r;
-  np_punch_result_get(a->punch, &r);
+  np__punch_result_get(a->punch, &r);
   a->st = S_CONNECTED;
   a->stats.connected = true;
   a->stats.via = r.via;
   a->stats.remote = r.remote;
   a->stats.local = a->local;
   if (r.sock > 0)
-    (void)np_udp_local(np_path_fd(a->path, r.sock), &a->stats.local);
+    (void)np__udp_local(np__path_fd(a->path, r.sock), &a->stats.local);
   a->stats.elapsed_ms = now - a->session_start;
   a->stats.probes_sent = r.probes_sent;
   a->stats.probes_received = r.probes_received;
@@ -744,7 +744,7 @@ static void on_connected(np_agent *a, int64_t now) {
   a->stats.sockets = r.sockets;
   a->peer_heard = now;
   /* The winner stays; every other birthday socket goes. */
-  np_path_keep_only(a->path, r.sock);
+  np__path_keep_only(a->path, r.sock);
   for (int i = 0; i < a->n_early; i++)
     if (a->early[i].sock == r.sock && np_addr_equal(&a->early[i].from, &r.remote))
       enqueue_data(a, a->early[i].d.buf, a->early[i].d.len);
@@ -756,14 +756,14 @@ static void on_connected(np_agent *a, int64_t now) {
  * and keepalives. */
 static void deliver_stun(np_agent *a, int sock, const np_addr *from, const uint8_t *buf,
                          size_t len, int64_t now) {
-  np_gather_stun_input(&a->gather, sock, from, buf, len, now);
-  if (a->punch && np_punch_input(a->punch, now, sock, from, buf, len)) {
+  np__gather_stun_input(&a->gather, sock, from, buf, len, now);
+  if (a->punch && np__punch_input(a->punch, now, sock, from, buf, len)) {
     /* Authenticated, of this session: the peer is alive, if it came on the
      * path (the session key makes it the peer's; a copy replayed from
      * elsewhere does not count). */
     int ps;
     np_addr pr;
-    if (a->st == S_CONNECTED && np_punch_path(a->punch, &ps, &pr) && ps == sock &&
+    if (a->st == S_CONNECTED && np__punch_path(a->punch, &ps, &pr) && ps == sock &&
         np_addr_equal(from, &pr))
       a->peer_heard = now;
   }
@@ -784,7 +784,7 @@ static void deliver_app(np_agent *a, int sock, const np_addr *from, const uint8_
     return;
   int path_sock;
   np_addr path_remote;
-  if (!np_punch_path(a->punch, &path_sock, &path_remote) || sock != path_sock ||
+  if (!np__punch_path(a->punch, &path_sock, &path_remote) || sock != path_sock ||
       !np_addr_equal(from, &path_remote))
     return; /* only the peer, on the path */
   if (buf[0] == PKT_BYE) {
@@ -812,7 +812,7 @@ static void on_path_datagram(void *user, enum np_path_class cls, int sock, const
 
 static void on_path_icmp(void *user, int sock, const np_udp_error *e) {
   np_agent *a = user;
-  np_gather_icmp(&a->gather, sock, e, np_loop_now(a->loop));
+  np__gather_icmp(&a->gather, sock, e, np__loop_now(a->loop));
 }
 
 static void on_rdv_fd(np_loop *loop, int fd, unsigned events, void *user) {
@@ -828,37 +828,37 @@ static void on_rdv_fd(np_loop *loop, int fd, unsigned events, void *user) {
  * while it has output queued. */
 static void sync_rdv_fd(np_agent *a) {
   short want = 0;
-  int fd = np_rdv_client_fd(a->rdv, &want);
+  int fd = np__rdv_client_fd(a->rdv, &want);
   unsigned mask = (want & POLLIN ? NP_LOOP_READ : 0) | (want & POLLOUT ? NP_LOOP_WRITE : 0);
   if (fd == a->rdv_fd && mask == a->rdv_mask)
     return;
   if (a->rdv_fd >= 0 && fd != a->rdv_fd)
-    np_loop_del_fd(a->loop, a->rdv_fd);
+    np__loop_del_fd(a->loop, a->rdv_fd);
   if (fd >= 0)
-    (void)np_loop_add_fd(a->loop, fd, mask, on_rdv_fd, a);
+    (void)np__loop_add_fd(a->loop, fd, mask, on_rdv_fd, a);
   a->rdv_fd = fd;
   a->rdv_mask = mask;
 }
 
 static void run_machines(np_agent *a, int64_t now) {
-  if (now >= np_gather_hop_next(&a->gather))
-    np_gather_hop_send(&a->gather, a->path, now);
-  if (np_gather_active(&a->gather)) {
-    np_gather_flush(&a->gather, a->path, now);
-    if (np_gather_done(&a->gather) && a->st == S_GATHERING &&
-        (!a->callee || now >= a->gather.started + PORTMAP_WAIT_MS || !np_pm_job_pending(a->pm)))
+  if (now >= np__gather_hop_next(&a->gather))
+    np__gather_hop_send(&a->gather, a->path, now);
+  if (np__gather_active(&a->gather)) {
+    np__gather_flush(&a->gather, a->path, now);
+    if (np__gather_done(&a->gather) && a->st == S_GATHERING &&
+        (!a->callee || now >= a->gather.started + PORTMAP_WAIT_MS || !np__pm_job_pending(a->pm)))
       on_gathered(a, now);
   }
   if ((a->st == S_GATHERING || a->st == S_OFFERED) && now >= a->session_deadline) {
     session_fail(a, NP_ERR_TIMEOUT,
                  a->st == S_OFFERED ? "no answer from the peer before the timeout"
                                     : "could not reach the rendezvous server before the timeout");
-    np_gather_stop(&a->gather);
+    np__gather_stop(&a->gather);
   }
   if (a->punch && (a->st == S_PUNCHING || a->st == S_CONNECTED)) {
     punch_flush(a, now);
     np_punch_result r;
-    np_punch_result_get(a->punch, &r);
+    np__punch_result_get(a->punch, &r);
     a->stats.probes_sent = r.probes_sent;
     a->stats.probes_received = r.probes_received;
     a->stats.rounds = r.rounds;
@@ -886,10 +886,10 @@ NP_EXPORT int np_agent_process(np_agent *a) {
   a->rdv_revents = 0;
   /* What is ready now (never waits): the path's sockets, the rendezvous
    * fd (noted for the client below), the worker's wakeup. */
-  if (np_loop_process(a->loop, 0) < 0)
+  if (np__loop_process(a->loop, 0) < 0)
     return NP_ERR_SYS;
-  int64_t now = np_loop_now(a->loop);
-  np_rdv_client_process(a->rdv, now, a->rdv_revents);
+  int64_t now = np__loop_now(a->loop);
+  np__rdv_client_process(a->rdv, now, a->rdv_revents);
   a->rdv_revents = 0;
   run_machines(a, now);
   sync_rdv_fd(a);
@@ -897,24 +897,24 @@ NP_EXPORT int np_agent_process(np_agent *a) {
 }
 
 NP_EXPORT int np_agent_fd(const np_agent *a) {
-  return a ? np_loop_fd(a->loop) : -1;
+  return a ? np__loop_fd(a->loop) : -1;
 }
 
 NP_EXPORT int np_agent_timeout(const np_agent *a) {
   if (!a)
     return -1;
-  int64_t now = np_loop_now(a->loop);
-  int64_t w = np_rdv_client_wakeup(a->rdv);
-  if (np_gather_hop_next(&a->gather) < w)
-    w = np_gather_hop_next(&a->gather);
-  if (np_gather_active(&a->gather)) {
-    int64_t p = np_gather_wakeup(&a->gather);
-    if (np_gather_done(&a->gather) && a->callee)
+  int64_t now = np__loop_now(a->loop);
+  int64_t w = np__rdv_client_wakeup(a->rdv);
+  if (np__gather_hop_next(&a->gather) < w)
+    w = np__gather_hop_next(&a->gather);
+  if (np__gather_active(&a->gather)) {
+    int64_t p = np__gather_wakeup(&a->gather);
+    if (np__gather_done(&a->gather) && a->callee)
       p = a->gather.started + PORTMAP_WAIT_MS; /* or the worker's eventfd */
     w = p < w ? p : w;
   }
   if (a->punch && (a->st == S_PUNCHING || a->st == S_CONNECTED)) {
-    int64_t p = np_punch_wakeup(a->punch);
+    int64_t p = np__punch_wakeup(a->punch);
     w = p < w ? p : w;
   }
   if (a->st == S_CONNECTED && a->peer_heard + a->cfg.peer_timeout_ms < w)
@@ -930,21 +930,21 @@ NP_EXPORT int np_agent_timeout(const np_agent *a) {
 NP_EXPORT int np_agent_wait(np_agent *a, int timeout_ms) {
   if (!a)
     return NP_ERR_INVAL;
-  int64_t end = timeout_ms < 0 ? INT64_MAX : np_loop_now(a->loop) + timeout_ms;
+  int64_t end = timeout_ms < 0 ? INT64_MAX : np__loop_now(a->loop) + timeout_ms;
   for (;;) {
     int rc = np_agent_process(a);
     if (rc != 0)
       return rc;
     if (a->ev_n > 0 || a->rx_n > 0)
       return 0;
-    int64_t now = np_loop_now(a->loop);
+    int64_t now = np__loop_now(a->loop);
     if (now >= end)
       return NP_ERR_TIMEOUT;
     int t = np_agent_timeout(a);
     int64_t left = end - now;
     if (t < 0 || t > left)
       t = left > 60000 ? 60000 : (int)left;
-    struct pollfd pfd = {np_loop_fd(a->loop), POLLIN, 0};
+    struct pollfd pfd = {np__loop_fd(a->loop), POLLIN, 0};
     if (poll(&pfd, 1, t) < 0 && errno != EINTR)
       return NP_ERR_SYS;
   }
@@ -968,7 +968,7 @@ NP_EXPORT int np_agent_send(np_agent *a, const void *buf, size_t len) {
     memcpy(pkt + 1, buf, len);
   int sock;
   np_addr remote;
-  if (!np_punch_path(a->punch, &sock, &remote))
+  if (!np__punch_path(a->punch, &sock, &remote))
     return NP_ERR_INVAL;
   int rc = send_on(a, sock, &remote, 0, pkt, len + 1);
   if (rc == 0) {
@@ -997,7 +997,7 @@ static void agent_end(np_agent *a, uint8_t why) {
     return;
   if (a->st == S_CONNECTED && a->punch) {
     np_punch_result r;
-    np_punch_result_get(a->punch, &r);
+    np__punch_result_get(a->punch, &r);
     uint8_t bye[2] = {PKT_BYE, why};
     /* Best effort: a few copies, since a datagram may be lost. */
     for (int i = 0; i < BYE_SENDS; i++)

@@ -24,18 +24,18 @@
  * included. */
 static bool is_private_ip(const np_addr *ad) {
   if (ad->u.sa.sa_family == AF_INET)
-    return np_addr_is_private(ad) || (ntohl(ad->u.in4.sin_addr.s_addr) >> 16) == (169u << 8 | 254);
-  return np_addr_is_private(ad) ||
+    return np__addr_is_private(ad) || (ntohl(ad->u.in4.sin_addr.s_addr) >> 16) == (169u << 8 | 254);
+  return np__addr_is_private(ad) ||
          (ad->u.sa.sa_family == AF_INET6 && IN6_IS_ADDR_LINKLOCAL(&ad->u.in6.sin6_addr));
 }
 
-void np_gather_init(np_gather *g, const np_gather_config *cfg) {
+void np__gather_init(np_gather *g, const np_gather_config *cfg) {
   memset(g, 0, sizeof *g);
   g->cfg = *cfg;
 }
 
-void np_gather_stop(np_gather *g) {
-  np_nat_probe_free(g->probe);
+void np__gather_stop(np_gather *g) {
+  np__nat_probe_free(g->probe);
   g->probe = NULL;
 }
 
@@ -52,7 +52,7 @@ static void gather_private(np_gather *g, np_sig_candidates *c) {
       if (!i->ifa_addr || i->ifa_addr->sa_family != family)
         continue;
       np_addr ad;
-      if (np_addr_from_sockaddr(i->ifa_addr,
+      if (np__addr_from_sockaddr(i->ifa_addr,
                                 family == AF_INET ? sizeof(struct sockaddr_in)
                                                   : sizeof(struct sockaddr_in6),
                                 &ad) != 0)
@@ -73,7 +73,7 @@ static void gather_private(np_gather *g, np_sig_candidates *c) {
  * and routers rate-limit the ICMP they send to one host, so a "time
  * exceeded" from it would use up the port unreachable that tells the
  * port-mapping worker at once that the router speaks no PCP. */
-void np_gather_hop_send(np_gather *g, np_path *path, int64_t now) {
+void np__gather_hop_send(np_gather *g, np_path *path, int64_t now) {
   g->hop_next = INT64_MAX;
   if (g->cfg.n_discovery == 0 || g->cfg.prime_ttl > 0 || g->cfg.no_prime ||
       g->hop_rounds >= HOP_ROUNDS)
@@ -87,18 +87,18 @@ void np_gather_hop_send(np_gather *g, np_path *path, int64_t now) {
       continue;
     uint8_t buf[64];
     if (first)
-      np_random_bytes(g->hop_txid[ttl], NP_STUN_TXID_LEN);
+      np__random_bytes(g->hop_txid[ttl], NP_STUN_TXID_LEN);
     np_stun_writer w;
-    np_stun_writer_init(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_REQUEST,
+    np__stun_writer_init(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_REQUEST,
                         NP_STUN_MAGIC_COOKIE, g->hop_txid[ttl]);
-    np_stun_put_fingerprint(&w);
-    int n = np_stun_writer_finish(&w);
+    np__stun_put_fingerprint(&w);
+    int n = np__stun_writer_finish(&w);
     for (int c = 0; c < (first ? HOP_COPIES : 1) && n > 0; c++)
-      (void)np_path_send(path, 0, &g->cfg.discovery[0], ttl, buf, (size_t)n);
+      (void)np__path_send(path, 0, &g->cfg.discovery[0], ttl, buf, (size_t)n);
   }
 }
 
-int64_t np_gather_hop_next(const np_gather *g) {
+int64_t np__gather_hop_next(const np_gather *g) {
   return g->hop_next;
 }
 
@@ -134,7 +134,7 @@ static bool primes_reach_server(const np_gather *g) {
   return g->prime_ttl >= 2 && g->prime_ttl <= HOP_MAX_TTL && g->hop_reached[g->prime_ttl];
 }
 
-void np_gather_update_flat(np_gather *g, np_sig_candidates *cand) {
+void np__gather_update_flat(np_gather *g, np_sig_candidates *cand) {
   bool flat = primes_reach_server(g);
   if (flat && !(cand->flags & NP_SIG_CAND_FLAT))
     NP_LOGI(&g->cfg.log,
@@ -144,15 +144,15 @@ void np_gather_update_flat(np_gather *g, np_sig_candidates *cand) {
   cand->flags = flat ? cand->flags | NP_SIG_CAND_FLAT : cand->flags & ~(uint32_t)NP_SIG_CAND_FLAT;
 }
 
-int np_gather_prime_ttl(const np_gather *g) {
+int np__gather_prime_ttl(const np_gather *g) {
   return g->prime_ttl;
 }
 
-void np_gather_icmp(np_gather *g, int sock, const np_udp_error *e, int64_t now) {
+void np__gather_icmp(np_gather *g, int sock, const np_udp_error *e, int64_t now) {
   /* A discovery server that is down answers its query with port
    * unreachable: the gathering need not wait for its timeout. */
-  if (g->probe && sock == 0 && e->icmp && !e->time_exceeded && np_addr_is_set(&e->dest))
-    np_nat_probe_unreachable(g->probe, now, NP_PROBE_SOCK_MAIN, &e->dest);
+  if (g->probe && sock == 0 && e->icmp && !e->time_exceeded && np__addr_is_set(&e->dest))
+    np__nat_probe_unreachable(g->probe, now, NP_PROBE_SOCK_MAIN, &e->dest);
   if (!e->time_exceeded || e->len < NP_STUN_HEADER_LEN)
     return;
   for (int ttl = 1; ttl <= HOP_MAX_TTL; ttl++)
@@ -165,23 +165,23 @@ void np_gather_icmp(np_gather *g, int sock, const np_udp_error *e, int64_t now) 
     }
 }
 
-void np_gather_stun_input(np_gather *g, int sock, const np_addr *from, const uint8_t *buf,
+void np__gather_stun_input(np_gather *g, int sock, const np_addr *from, const uint8_t *buf,
                           size_t len, int64_t now) {
   if (sock != 0)
     return;
-  if (np_stun_is_stun(buf, len)) {
+  if (np__stun_is_stun(buf, len)) {
     /* A hop probe's answer (it reached the server: the TTL was enough). */
     np_stun_msg m;
-    if (np_stun_read(buf, len, &m) == 0)
+    if (np__stun_read(buf, len, &m) == 0)
       for (int t = 1; t <= HOP_MAX_TTL; t++)
         if (memcmp(m.txid, g->hop_txid[t], NP_STUN_TXID_LEN) == 0)
           g->hop_answered[t] = g->hop_reached[t] = true;
   }
   if (g->probe)
-    np_nat_probe_input(g->probe, now, NP_PROBE_SOCK_MAIN, from, buf, len);
+    np__nat_probe_input(g->probe, now, NP_PROBE_SOCK_MAIN, from, buf, len);
 }
 
-int np_gather_start(np_gather *g, int64_t now, np_sig_candidates *cand) {
+int np__gather_start(np_gather *g, int64_t now, np_sig_candidates *cand) {
   g->started = now;
   memset(cand, 0, sizeof *cand);
   gather_private(g, cand);
@@ -196,33 +196,33 @@ int np_gather_start(np_gather *g, int64_t now, np_sig_candidates *cand) {
                         .log_user = g->cfg.log.user,
                         .log_level = g->cfg.log.level};
   memcpy(pc.servers, g->cfg.discovery, sizeof pc.servers);
-  return np_nat_probe_new(&pc, &g->cfg.local, NULL, NULL, now, &g->probe);
+  return np__nat_probe_new(&pc, &g->cfg.local, NULL, NULL, now, &g->probe);
 }
 
-bool np_gather_active(const np_gather *g) {
+bool np__gather_active(const np_gather *g) {
   return g->probe != NULL;
 }
 
-bool np_gather_done(const np_gather *g) {
-  return g->probe && np_nat_probe_done(g->probe);
+bool np__gather_done(const np_gather *g) {
+  return g->probe && np__nat_probe_done(g->probe);
 }
 
-void np_gather_flush(np_gather *g, np_path *path, int64_t now) {
+void np__gather_flush(np_gather *g, np_path *path, int64_t now) {
   if (!g->probe)
     return;
   np_probe_datagram dg;
-  for (int guard = 0; guard < 16 && np_nat_probe_next_datagram(g->probe, now, &dg); guard++)
-    (void)np_path_send(path, 0, &dg.to, 0, dg.buf, dg.len);
+  for (int guard = 0; guard < 16 && np__nat_probe_next_datagram(g->probe, now, &dg); guard++)
+    (void)np__path_send(path, 0, &dg.to, 0, dg.buf, dg.len);
 }
 
-int64_t np_gather_wakeup(const np_gather *g) {
-  return g->probe ? np_nat_probe_wakeup(g->probe) : INT64_MAX;
+int64_t np__gather_wakeup(const np_gather *g) {
+  return g->probe ? np__nat_probe_wakeup(g->probe) : INT64_MAX;
 }
 
-void np_gather_finish(np_gather *g, int64_t now, const np_addr *portmap, np_sig_candidates *cand) {
+void np__gather_finish(np_gather *g, int64_t now, const np_addr *portmap, np_sig_candidates *cand) {
   if (g->probe) {
     np_probe_result r;
-    (void)np_nat_probe_result(g->probe, &r);
+    (void)np__nat_probe_result(g->probe, &r);
     for (int i = 0; i < NP_PROBE_MAX_SERVERS; i++)
       if (np_addr_port(&r.mapped[i]) && cand->n_mapped < NP_SIG_MAX_MAPPED)
         cand->mapped[cand->n_mapped++] = r.mapped[i];
@@ -238,7 +238,7 @@ void np_gather_finish(np_gather *g, int64_t now, const np_addr *portmap, np_sig_
       cand->stride_base = r.base_port;
     }
     int64_t took = now - g->started;
-    np_gather_stop(g);
+    np__gather_stop(g);
     for (int i = 0; i < g->cfg.n_discovery && cand->n_mapped > 0; i++) {
       if (np_addr_port(&r.mapped[i]))
         continue;
@@ -256,13 +256,13 @@ void np_gather_finish(np_gather *g, int64_t now, const np_addr *portmap, np_sig_
   if (portmap)
     cand->portmap = *portmap;
   g->prime_ttl = measured_prime_ttl(g, cand);
-  np_gather_update_flat(g, cand);
+  np__gather_update_flat(g, cand);
   char m0[NP_ADDRSTRLEN] = "-", m1[NP_ADDRSTRLEN] = "-", pmt[NP_ADDRSTRLEN] = "-";
   if (cand->n_mapped > 0)
     np_addr_format(&cand->mapped[0], m0, sizeof m0);
   if (cand->n_mapped > 1)
     np_addr_format(&cand->mapped[1], m1, sizeof m1);
-  if (np_addr_is_set(&cand->portmap))
+  if (np__addr_is_set(&cand->portmap))
     np_addr_format(&cand->portmap, pmt, sizeof pmt);
   static const char *const kinds[] = {"unknown", "cone", "sequential", "random"};
   NP_LOGI(&g->cfg.log,

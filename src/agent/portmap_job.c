@@ -51,9 +51,9 @@ static void pm_job_release(struct np_pm_job *j) {
   if (!last)
     return;
   if (j->used)
-    (void)np_portmap_close(j->used); /* mappings do not outlive the agent */
-  np_portmap_free(j->fast);
-  np_portmap_free(j->upnp);
+    (void)np__portmap_close(j->used); /* mappings do not outlive the agent */
+  np__portmap_free(j->fast);
+  np__portmap_free(j->upnp);
   pthread_cond_destroy(&j->cond);
   pthread_mutex_destroy(&j->lock);
   free(j);
@@ -74,7 +74,7 @@ static int64_t pm_expiry(int64_t now, uint32_t lifetime_s) {
 static bool pm_sleep(struct np_pm_job *j, int64_t until) {
   j->phase = PM_SLEEPING;
   while (!j->abandoned) {
-    int64_t now = np_now_ms();
+    int64_t now = np__now_ms();
     if (until != INT64_MAX && now >= until)
       break;
     if (until == INT64_MAX) {
@@ -94,8 +94,8 @@ static bool pm_sleep(struct np_pm_job *j, int64_t until) {
 /* Renews j->used until the agent lets go. */
 static void pm_keep(struct np_pm_job *j) {
   pthread_mutex_lock(&j->lock);
-  int64_t granted_at = np_now_ms();
-  uint32_t life = np_portmap_lifetime(j->used);
+  int64_t granted_at = np__now_ms();
+  uint32_t life = np__portmap_lifetime(j->used);
   int64_t next = life ? granted_at + (int64_t)life * 500 : INT64_MAX;
   if (next != INT64_MAX && next < granted_at + PM_MIN_RENEW_MS)
     next = granted_at + PM_MIN_RENEW_MS;
@@ -104,12 +104,12 @@ static void pm_keep(struct np_pm_job *j) {
     j->phase = PM_RENEWING;
     pthread_mutex_unlock(&j->lock);
     np_addr ext;
-    int rc = np_portmap_renew(j->used, &ext);
-    int64_t now = np_now_ms();
+    int rc = np__portmap_renew(j->used, &ext);
+    int64_t now = np__now_ms();
     pthread_mutex_lock(&j->lock);
     if (rc == 0) {
       bool changed = j->rc != 0 || !np_addr_equal(&ext, &j->external);
-      life = np_portmap_lifetime(j->used);
+      life = np__portmap_lifetime(j->used);
       j->rc = 0;
       j->external = ext;
       j->expires = pm_expiry(now, life);
@@ -144,14 +144,14 @@ static void *portmap_worker(void *arg) {
   struct np_pm_job *j = arg;
   np_addr ext = {0};
   np_portmap *used = j->fast;
-  int rc = np_portmap_open(j->fast, &ext);
+  int rc = np__portmap_open(j->fast, &ext);
   if (rc != 0) {
     pthread_mutex_lock(&j->lock);
     j->slow = true;
     bool stop = j->abandoned;
     pthread_mutex_unlock(&j->lock);
     used = j->upnp;
-    rc = stop ? NP_ERR_CANCELLED : np_portmap_open(j->upnp, &ext);
+    rc = stop ? NP_ERR_CANCELLED : np__portmap_open(j->upnp, &ext);
   }
   pthread_mutex_lock(&j->lock);
   j->done = true;
@@ -159,7 +159,7 @@ static void *portmap_worker(void *arg) {
   j->external = ext;
   j->used = rc == 0 ? used : NULL;
   if (rc == 0)
-    j->expires = pm_expiry(np_now_ms(), np_portmap_lifetime(used));
+    j->expires = pm_expiry(np__now_ms(), np__portmap_lifetime(used));
   pm_wake_agent(j);
   bool keep = rc == 0 && !j->abandoned;
   pthread_mutex_unlock(&j->lock);
@@ -172,14 +172,14 @@ static void *portmap_worker(void *arg) {
   return NULL;
 }
 
-struct np_pm_job *np_pm_job_start(const np_pm_job_config *cfg) {
+struct np_pm_job *np__pm_job_start(const np_pm_job_config *cfg) {
   struct np_pm_job *j = calloc(1, sizeof *j);
   if (!j)
     return NULL;
   pthread_mutex_init(&j->lock, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* np_now_ms()'s clock */
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* np__now_ms()'s clock */
   pthread_cond_init(&j->cond, &ca);
   pthread_condattr_destroy(&ca);
   j->wake = cfg->wake;
@@ -196,7 +196,7 @@ struct np_pm_job *np_pm_job_start(const np_pm_job_config *cfg) {
   np_portmap_config fast = pc, slow = pc;
   fast.no_upnp = true;
   slow.no_pcp = slow.no_natpmp = true;
-  if (np_portmap_new(&fast, &j->fast) != 0 || np_portmap_new(&slow, &j->upnp) != 0 ||
+  if (np__portmap_new(&fast, &j->fast) != 0 || np__portmap_new(&slow, &j->upnp) != 0 ||
       pthread_create(&j->thread, NULL, portmap_worker, j) != 0) {
     j->refs = 1;
     pm_job_release(j);
@@ -213,7 +213,7 @@ struct np_pm_job *np_pm_job_start(const np_pm_job_config *cfg) {
  * whatever it mapped. The log callback may be called by such a worker
  * until it ends, so applications keep their log sink alive (the CLI's is
  * static). */
-void np_pm_job_stop(struct np_pm_job *j) {
+void np__pm_job_stop(struct np_pm_job *j) {
   if (!j)
     return;
   pthread_mutex_lock(&j->lock);
@@ -231,22 +231,22 @@ void np_pm_job_stop(struct np_pm_job *j) {
 }
 
 /* The mapped address, if the worker has one by now and it has not expired. */
-bool np_pm_job_get(struct np_pm_job *j, np_addr *out, enum np_portmap_proto *proto) {
+bool np__pm_job_get(struct np_pm_job *j, np_addr *out, enum np_portmap_proto *proto) {
   bool ok = false;
   if (!j)
     return false;
   pthread_mutex_lock(&j->lock);
-  if (j->done && j->rc == 0 && np_now_ms() < j->expires) {
+  if (j->done && j->rc == 0 && np__now_ms() < j->expires) {
     *out = j->external;
     if (proto)
-      *proto = np_portmap_protocol(j->used);
+      *proto = np__portmap_protocol(j->used);
     ok = true;
   }
   pthread_mutex_unlock(&j->lock);
   return ok;
 }
 
-bool np_pm_job_pending(struct np_pm_job *j) {
+bool np__pm_job_pending(struct np_pm_job *j) {
   if (!j)
     return false;
   pthread_mutex_lock(&j->lock);

@@ -45,10 +45,10 @@ struct np_loop {
 
 static int64_t default_clock(void *user) {
   (void)user;
-  return np_now_ms();
+  return np__now_ms();
 }
 
-int np_loop_new(const np_loop_config *cfg, np_loop **out) {
+int np__loop_new(const np_loop_config *cfg, np_loop **out) {
   *out = NULL;
   np_loop *l = calloc(1, sizeof *l);
   if (!l)
@@ -64,14 +64,14 @@ int np_loop_new(const np_loop_config *cfg, np_loop **out) {
   /* The wakeup is tagged -1, which no registered fd can be. */
   struct epoll_event ev = {.events = EPOLLIN, .data.fd = -1};
   if (l->epfd < 0 || l->wakefd < 0 || epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wakefd, &ev) != 0) {
-    np_loop_free(l);
+    np__loop_free(l);
     return NP_ERR_SYS;
   }
   *out = l;
   return 0;
 }
 
-void np_loop_free(np_loop *loop) {
+void np__loop_free(np_loop *loop) {
   if (!loop)
     return;
   while (loop->timers) {
@@ -87,7 +87,7 @@ void np_loop_free(np_loop *loop) {
   free(loop);
 }
 
-int64_t np_loop_now(const np_loop *loop) {
+int64_t np__loop_now(const np_loop *loop) {
   return loop->cfg.clock(loop->cfg.clock_user);
 }
 
@@ -113,7 +113,7 @@ static int ctl(np_loop *loop, int op, int fd, unsigned mask) {
   return NP_ERR_SYS;
 }
 
-int np_loop_add_fd(np_loop *loop, int fd, unsigned mask, np_loop_fd_fn fn, void *user) {
+int np__loop_add_fd(np_loop *loop, int fd, unsigned mask, np_loop_fd_fn fn, void *user) {
   if (fd < 0 || !fn)
     return NP_ERR_INVAL;
   if (fd >= loop->nfds) {
@@ -134,7 +134,7 @@ int np_loop_add_fd(np_loop *loop, int fd, unsigned mask, np_loop_fd_fn fn, void 
   return 0;
 }
 
-int np_loop_mod_fd(np_loop *loop, int fd, unsigned mask) {
+int np__loop_mod_fd(np_loop *loop, int fd, unsigned mask) {
   if (!registered(loop, fd))
     return NP_ERR_INVAL;
   int rc = ctl(loop, EPOLL_CTL_MOD, fd, mask);
@@ -143,14 +143,14 @@ int np_loop_mod_fd(np_loop *loop, int fd, unsigned mask) {
   return rc;
 }
 
-void np_loop_del_fd(np_loop *loop, int fd) {
+void np__loop_del_fd(np_loop *loop, int fd) {
   if (!registered(loop, fd))
     return;
   (void)epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, NULL); /* fails if already closed */
   loop->fds[fd] = (struct fd_reg){0};
 }
 
-uint64_t np_loop_add_timer(np_loop *loop, int64_t at, np_loop_timer_fn fn, void *user) {
+uint64_t np__loop_add_timer(np_loop *loop, int64_t at, np_loop_timer_fn fn, void *user) {
   struct timer *t = malloc(sizeof *t);
   if (!t || !fn) {
     free(t);
@@ -165,7 +165,7 @@ uint64_t np_loop_add_timer(np_loop *loop, int64_t at, np_loop_timer_fn fn, void 
   return t->id;
 }
 
-bool np_loop_cancel_timer(np_loop *loop, uint64_t id) {
+bool np__loop_cancel_timer(np_loop *loop, uint64_t id) {
   for (struct timer **pp = &loop->timers; *pp; pp = &(*pp)->next)
     if ((*pp)->id == id) {
       struct timer *t = *pp;
@@ -176,10 +176,10 @@ bool np_loop_cancel_timer(np_loop *loop, uint64_t id) {
   return false;
 }
 
-int np_loop_timeout(const np_loop *loop) {
+int np__loop_timeout(const np_loop *loop) {
   if (!loop->timers)
     return -1;
-  int64_t d = loop->timers->at - np_loop_now(loop);
+  int64_t d = loop->timers->at - np__loop_now(loop);
   return d <= 0 ? 0 : d > INT32_MAX ? INT32_MAX : (int)d;
 }
 
@@ -193,7 +193,7 @@ static void drain_wakeup(np_loop *loop) {
  * (ids below 'limit'): one re-armed from its own callback waits a turn. */
 static int fire_timers(np_loop *loop, uint64_t limit) {
   int ran = 0;
-  int64_t now = np_loop_now(loop);
+  int64_t now = np__loop_now(loop);
   for (;;) {
     struct timer **pp = &loop->timers;
     while (*pp && (*pp)->at <= now && (*pp)->id >= limit)
@@ -211,9 +211,9 @@ static int fire_timers(np_loop *loop, uint64_t limit) {
   }
 }
 
-int np_loop_process(np_loop *loop, int timeout_ms) {
+int np__loop_process(np_loop *loop, int timeout_ms) {
   uint64_t limit = loop->next_id;
-  int wait = np_loop_timeout(loop);
+  int wait = np__loop_timeout(loop);
   if (timeout_ms >= 0 && (wait < 0 || timeout_ms < wait))
     wait = timeout_ms;
   struct epoll_event evs[LOOP_EVENTS];
@@ -251,19 +251,19 @@ int np_loop_process(np_loop *loop, int timeout_ms) {
   return ran + fire_timers(loop, limit);
 }
 
-void np_loop_set_before_wait(np_loop *loop, np_loop_hook_fn fn, void *user) {
+void np__loop_set_before_wait(np_loop *loop, np_loop_hook_fn fn, void *user) {
   loop->before_wait = fn;
   loop->before_wait_user = user;
 }
 
-int np_loop_run(np_loop *loop) {
+int np__loop_run(np_loop *loop) {
   int rc = 0;
   while (!atomic_load(&loop->stop)) {
     if (loop->before_wait)
       loop->before_wait(loop, loop->before_wait_user);
     if (atomic_load(&loop->stop))
       break;
-    int n = np_loop_process(loop, -1);
+    int n = np__loop_process(loop, -1);
     if (n < 0) {
       rc = n;
       break;
@@ -273,7 +273,7 @@ int np_loop_run(np_loop *loop) {
   return rc;
 }
 
-void np_loop_wake(np_loop *loop) {
+void np__loop_wake(np_loop *loop) {
   /* Only write(2): async-signal-safe; errno preserved for the interrupted
    * code. */
   int saved = errno;
@@ -283,11 +283,11 @@ void np_loop_wake(np_loop *loop) {
   errno = saved;
 }
 
-void np_loop_stop(np_loop *loop) {
+void np__loop_stop(np_loop *loop) {
   atomic_store(&loop->stop, true);
-  np_loop_wake(loop);
+  np__loop_wake(loop);
 }
 
-int np_loop_fd(const np_loop *loop) {
+int np__loop_fd(const np_loop *loop) {
   return loop->epfd;
 }

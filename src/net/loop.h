@@ -13,12 +13,12 @@
  * (default: CLOCK_MONOTONIC in ms), so a test drives the timers by hand.
  *
  * Two ways to drive it:
- *  - blocking, for a server thread: np_loop_run() until np_loop_stop();
+ *  - blocking, for a server thread: np__loop_run() until np__loop_stop();
  *  - embedded, for the agent inside an application's own loop: watch
- *    np_loop_fd() (readable when one of our fds or the wakeup is ready),
- *    sleep at most np_loop_timeout() ms, then np_loop_process(loop, 0).
+ *    np__loop_fd() (readable when one of our fds or the wakeup is ready),
+ *    sleep at most np__loop_timeout() ms, then np__loop_process(loop, 0).
  *
- * Not thread-safe, except np_loop_wake() and np_loop_stop(), which may be
+ * Not thread-safe, except np__loop_wake() and np__loop_stop(), which may be
  * called from any thread and from a signal handler. Callbacks may add,
  * modify and remove fds and timers (their own included) and free the user
  * data of a removed fd: an fd removed during a batch gets no later event of
@@ -44,10 +44,10 @@ typedef void (*np_loop_timer_fn)(np_loop *loop, uint64_t id, void *user);
 typedef void (*np_loop_hook_fn)(np_loop *loop, void *user);
 
 typedef struct np_loop_config {
-  np_loop_clock_fn clock; /* NULL: CLOCK_MONOTONIC (np_now_ms) */
+  np_loop_clock_fn clock; /* NULL: CLOCK_MONOTONIC (np__now_ms) */
   void *clock_user;
-  /* Called (in the loop's thread, from np_loop_process) after
-   * np_loop_wake() made the wakeup readable; several wakes may fold into
+  /* Called (in the loop's thread, from np__loop_process) after
+   * np__loop_wake() made the wakeup readable; several wakes may fold into
    * one call. NULL: the wakeup only ends a wait. */
   np_loop_hook_fn on_wake;
   void *wake_user;
@@ -55,46 +55,46 @@ typedef struct np_loop_config {
 
 /* Creates a loop (cfg may be NULL: all defaults; copied). Returns 0,
  * NP_ERR_NOMEM or NP_ERR_SYS (epoll or eventfd refused). */
-int np_loop_new(const np_loop_config *cfg, np_loop **out);
+int np__loop_new(const np_loop_config *cfg, np_loop **out);
 
 /* Frees the loop, its timers and its epoll and eventfd. The fds still
  * registered are not closed: they belong to the caller. NULL accepted. */
-void np_loop_free(np_loop *loop);
+void np__loop_free(np_loop *loop);
 
 /* The loop's clock, read now. */
-int64_t np_loop_now(const np_loop *loop);
+int64_t np__loop_now(const np_loop *loop);
 
 /* Watches fd for 'mask' (READ and/or WRITE; 0 watches errors only) and
  * calls fn(loop, fd, events, user) while it is ready. An fd already
  * registered gets the new mask, callback and user. Returns 0, NP_ERR_INVAL
  * (fd < 0), NP_ERR_NOMEM or NP_ERR_SYS. */
-int np_loop_add_fd(np_loop *loop, int fd, unsigned mask, np_loop_fd_fn fn, void *user);
+int np__loop_add_fd(np_loop *loop, int fd, unsigned mask, np_loop_fd_fn fn, void *user);
 
 /* Changes what a registered fd is watched for. Returns 0, NP_ERR_INVAL (not
  * registered) or NP_ERR_SYS. An fd closed and reopened under the same
  * number (the kernel dropped it from epoll) is re-added. */
-int np_loop_mod_fd(np_loop *loop, int fd, unsigned mask);
+int np__loop_mod_fd(np_loop *loop, int fd, unsigned mask);
 
 /* Stops watching fd (call before closing it: epoll forgets a closed fd, but
  * the loop would still hold its callback). Unknown fds are ignored. */
-void np_loop_del_fd(np_loop *loop, int fd);
+void np__loop_del_fd(np_loop *loop, int fd);
 
 /* Arms a one-shot timer that calls fn(loop, id, user) once the clock reads
  * 'at' or later. Timers due together fire in deadline order, and those
  * with the same deadline in the order they were added. Returns the timer's
  * id (never 0), or 0 when out of memory. */
-uint64_t np_loop_add_timer(np_loop *loop, int64_t at, np_loop_timer_fn fn, void *user);
+uint64_t np__loop_add_timer(np_loop *loop, int64_t at, np_loop_timer_fn fn, void *user);
 
 /* Disarms a timer that has not fired. Returns true if it was armed; false
  * for a fired, cancelled or unknown id (and for 0), so callers may cancel
  * whatever id they hold. */
-bool np_loop_cancel_timer(np_loop *loop, uint64_t id);
+bool np__loop_cancel_timer(np_loop *loop, uint64_t id);
 
 /* Milliseconds until the earliest timer is due: 0 if one is due now, -1
- * when there is none (capped at INT32_MAX). What np_loop_process will wait
+ * when there is none (capped at INT32_MAX). What np__loop_process will wait
  * at most, and what an application should sleep at most before calling it
  * again. */
-int np_loop_timeout(const np_loop *loop);
+int np__loop_timeout(const np_loop *loop);
 
 /* One turn of the loop: waits up to timeout_ms (0: not at all, -1: no
  * bound) but never past the earliest timer, for an fd or the wakeup to be
@@ -103,29 +103,29 @@ int np_loop_timeout(const np_loop *loop);
  * already due, so that a timer re-arming itself at 'now' cannot spin here.
  * Returns how many callbacks ran, or NP_ERR_SYS (EINTR counts as an empty
  * turn, not an error). */
-int np_loop_process(np_loop *loop, int timeout_ms);
+int np__loop_process(np_loop *loop, int timeout_ms);
 
-/* Runs turns until np_loop_stop(), calling 'before_wait' (if set) before
+/* Runs turns until np__loop_stop(), calling 'before_wait' (if set) before
  * each wait. Returns 0 once stopped (the stop is then consumed, so the loop
  * may run again) or NP_ERR_SYS. A stop requested before the call makes it
  * return at once. */
-int np_loop_run(np_loop *loop);
+int np__loop_run(np_loop *loop);
 
-/* Sets the hook np_loop_run calls before each wait (a server's expiry
+/* Sets the hook np__loop_run calls before each wait (a server's expiry
  * sweep and the re-arming of its timer). NULL removes it. */
-void np_loop_set_before_wait(np_loop *loop, np_loop_hook_fn fn, void *user);
+void np__loop_set_before_wait(np_loop *loop, np_loop_hook_fn fn, void *user);
 
-/* Makes np_loop_run return. Async-signal-safe and thread-safe (an atomic
+/* Makes np__loop_run return. Async-signal-safe and thread-safe (an atomic
  * flag and a write(2) to the eventfd; errno preserved). */
-void np_loop_stop(np_loop *loop);
+void np__loop_stop(np_loop *loop);
 
 /* Ends a wait in progress (or the next one) and has on_wake called.
- * Async-signal-safe and thread-safe, like np_loop_stop. */
-void np_loop_wake(np_loop *loop);
+ * Async-signal-safe and thread-safe, like np__loop_stop. */
+void np__loop_wake(np_loop *loop);
 
 /* The epoll fd: readable when a registered fd or the wakeup is ready (not
- * when a timer is due: see np_loop_timeout). For embedding the loop in an
+ * when a timer is due: see np__loop_timeout). For embedding the loop in an
  * application's poll/epoll loop; never read or close it. */
-int np_loop_fd(const np_loop *loop);
+int np__loop_fd(const np_loop *loop);
 
 #endif

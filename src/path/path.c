@@ -19,7 +19,7 @@ struct np_path {
   int n;
 };
 
-enum np_path_class np_path_classify(const uint8_t *buf, size_t len) {
+enum np_path_class np__path_classify(const uint8_t *buf, size_t len) {
   if (len == 0)
     return NP_PATH_OTHER;
   uint8_t b = buf[0];
@@ -32,7 +32,7 @@ enum np_path_class np_path_classify(const uint8_t *buf, size_t len) {
   return NP_PATH_OTHER;
 }
 
-int np_path_new(const np_path_config *cfg, np_path **out) {
+int np__path_new(const np_path_config *cfg, np_path **out) {
   *out = NULL;
   np_path *p = calloc(1, sizeof *p);
   if (!p)
@@ -42,12 +42,12 @@ int np_path_new(const np_path_config *cfg, np_path **out) {
   return 0;
 }
 
-void np_path_free(np_path *p) {
+void np__path_free(np_path *p) {
   if (!p)
     return;
   for (int i = 0; i < p->n; i++)
     if (p->socks[i] >= 0) {
-      np_loop_del_fd(p->cfg.loop, p->socks[i]);
+      np__loop_del_fd(p->cfg.loop, p->socks[i]);
       close(p->socks[i]);
     }
   free(p->socks);
@@ -60,13 +60,13 @@ static int open_udp(np_path *p) {
   np_addr any = {0};
   any.u.sa.sa_family = (sa_family_t)p->cfg.family;
   char err[NP_UDP_ERRLEN];
-  int fd = np_udp_bind(&any, NP_UDP_NONBLOCK, err);
+  int fd = np__udp_bind(&any, NP_UDP_NONBLOCK, err);
   if (fd < 0) {
     NP_LOGW(&p->cfg.log, "agent: %s", err);
     return fd;
   }
-  np_udp_recverr(fd, p->cfg.family);
-  int rc = np_loop_add_fd(p->cfg.loop, fd, NP_LOOP_READ, on_ready, p);
+  np__udp_recverr(fd, p->cfg.family);
+  int rc = np__loop_add_fd(p->cfg.loop, fd, NP_LOOP_READ, on_ready, p);
   if (rc != 0) {
     close(fd);
     return rc;
@@ -74,7 +74,7 @@ static int open_udp(np_path *p) {
   return fd;
 }
 
-int np_path_ensure(np_path *p, int n) {
+int np__path_ensure(np_path *p, int n) {
   if (n <= p->n)
     return 0;
   int *grown = realloc(p->socks, (size_t)n * sizeof *grown);
@@ -90,42 +90,42 @@ int np_path_ensure(np_path *p, int n) {
   return 0;
 }
 
-int np_path_count(const np_path *p) {
+int np__path_count(const np_path *p) {
   return p->n;
 }
 
-int np_path_fd(const np_path *p, int sock) {
+int np__path_fd(const np_path *p, int sock) {
   return sock >= 0 && sock < p->n ? p->socks[sock] : -1;
 }
 
-void np_path_keep_only(np_path *p, int keep) {
+void np__path_keep_only(np_path *p, int keep) {
   for (int i = 1; i < p->n; i++) {
     if (i == keep || p->socks[i] < 0)
       continue;
-    np_loop_del_fd(p->cfg.loop, p->socks[i]);
+    np__loop_del_fd(p->cfg.loop, p->socks[i]);
     close(p->socks[i]);
     p->socks[i] = -1;
   }
 }
 
-void np_path_close_extra(np_path *p) {
-  np_path_keep_only(p, 0);
+void np__path_close_extra(np_path *p) {
+  np__path_keep_only(p, 0);
   p->n = p->n > 0 ? 1 : 0;
 }
 
-void np_path_drain_errors(np_path *p, int sock) {
-  int fd = np_path_fd(p, sock);
+void np__path_drain_errors(np_path *p, int sock) {
+  int fd = np__path_fd(p, sock);
   if (fd < 0)
     return;
   np_udp_error e;
-  for (int guard = 0; guard < ERRQUEUE_BATCH && np_udp_read_error(fd, &e); guard++)
+  for (int guard = 0; guard < ERRQUEUE_BATCH && np__udp_read_error(fd, &e); guard++)
     if (p->cfg.on_icmp)
       p->cfg.on_icmp(p->cfg.user, sock, &e);
 }
 
-int np_path_send(np_path *p, int sock, const np_addr *to, int ttl, const void *buf,
+int np__path_send(np_path *p, int sock, const np_addr *to, int ttl, const void *buf,
                  size_t len) {
-  int fd = np_path_fd(p, sock);
+  int fd = np__path_fd(p, sock);
   if (fd < 0)
     return NP_ERR_INVAL;
   int level = p->cfg.family == AF_INET6 ? IPPROTO_IPV6 : IPPROTO_IP;
@@ -143,7 +143,7 @@ int np_path_send(np_path *p, int sock, const np_addr *to, int ttl, const void *b
      * peer's gateway, a hop probe's "time exceeded") is reported by the
      * next send on the socket, which the kernel then drops. Reporting
      * clears it; send again. */
-    np_path_drain_errors(p, sock);
+    np__path_drain_errors(p, sock);
     n = sendto(fd, buf, len, 0, &to->u.sa, np_addr_len(to));
     e = errno;
   }
@@ -156,7 +156,7 @@ int np_path_send(np_path *p, int sock, const np_addr *to, int ttl, const void *b
 
 static void read_batch(np_path *p, int sock, int64_t now) {
   for (int i = 0; i < RECV_BATCH; i++) {
-    int fd = np_path_fd(p, sock);
+    int fd = np__path_fd(p, sock);
     if (fd < 0)
       return; /* closed while delivering (connected on another socket) */
     uint8_t buf[2048];
@@ -168,13 +168,13 @@ static void read_batch(np_path *p, int sock, int64_t now) {
         return;
       /* An ICMP error (refused, unreachable) surfaces here once: drain it
        * and go on, the socket stays usable. */
-      np_path_drain_errors(p, sock);
+      np__path_drain_errors(p, sock);
       continue;
     }
     np_addr from;
-    if (np_addr_from_sockaddr((struct sockaddr *)&ss, sl, &from) != 0)
+    if (np__addr_from_sockaddr((struct sockaddr *)&ss, sl, &from) != 0)
       continue;
-    enum np_path_class cls = np_path_classify(buf, (size_t)n);
+    enum np_path_class cls = np__path_classify(buf, (size_t)n);
     if ((cls == NP_PATH_STUN || cls == NP_PATH_APP) && p->cfg.on_datagram)
       p->cfg.on_datagram(p->cfg.user, cls, sock, &from, buf, (size_t)n, now);
   }
@@ -190,7 +190,7 @@ static void on_ready(np_loop *loop, int fd, unsigned events, void *user) {
   if (sock == p->n)
     return;
   if (events & NP_LOOP_ERROR)
-    np_path_drain_errors(p, sock);
+    np__path_drain_errors(p, sock);
   if (events & NP_LOOP_READ)
-    read_batch(p, sock, np_loop_now(loop));
+    read_batch(p, sock, np__loop_now(loop));
 }

@@ -31,7 +31,7 @@ enum np_path_class {
 
 /* Classifies a datagram by its first byte (RFC 9443 section 3). An empty
  * datagram is NP_PATH_OTHER. */
-enum np_path_class np_path_classify(const uint8_t *buf, size_t len);
+enum np_path_class np__path_classify(const uint8_t *buf, size_t len);
 
 typedef struct np_path np_path;
 
@@ -40,7 +40,7 @@ typedef struct np_path_config {
   np_loop *loop; /* every socket is watched there, for reading */
   np_logger log;
   /* A datagram of class STUN or APP arrived on socket 'sock' (index). The
-   * callback may close sockets (np_path_keep_only) but not open any. */
+   * callback may close sockets (np__path_keep_only) but not open any. */
   void (*on_datagram)(void *user, enum np_path_class cls, int sock, const np_addr *from,
                       const uint8_t *buf, size_t len, int64_t now);
   /* An entry of a socket's ICMP error queue (a refused probe, a hop
@@ -55,30 +55,30 @@ typedef struct np_path_config {
  * level-triggered readiness calls again for what is left), each classified
  * and handed to on_datagram with the loop's time. Returns 0 or
  * NP_ERR_NOMEM. */
-int np_path_new(const np_path_config *cfg, np_path **out);
+int np__path_new(const np_path_config *cfg, np_path **out);
 
 /* Closes every socket and frees the path. NULL is accepted. */
-void np_path_free(np_path *p);
+void np__path_free(np_path *p);
 
 /* Makes sure sockets 0..n-1 exist (bound to an ephemeral port of the
  * family, non-blocking, with the ICMP error queue on), so that the birthday
  * method can ask for more sockets as it goes. Returns 0 or a negative
  * NP_ERR_*; the sockets opened before a failure stay. */
-int np_path_ensure(np_path *p, int n);
+int np__path_ensure(np_path *p, int n);
 
 /* How many socket slots exist (closed ones included): indexes run 0..n-1. */
-int np_path_count(const np_path *p);
+int np__path_count(const np_path *p);
 
 /* The fd of socket 'sock', or -1 when it is closed or out of range. */
-int np_path_fd(const np_path *p, int sock);
+int np__path_fd(const np_path *p, int sock);
 
 /* Closes every socket but 0 and 'keep' (their slots read -1 from then on):
  * once a path is chosen, the other birthday sockets go, and socket 0 (the
  * gathered one) stays for the next session. */
-void np_path_keep_only(np_path *p, int keep);
+void np__path_keep_only(np_path *p, int keep);
 
 /* Closes every socket but 0 and forgets their slots. */
-void np_path_close_extra(np_path *p);
+void np__path_close_extra(np_path *p);
 
 /* Sends one datagram on socket 'sock' to 'to', with IP TTL (hop limit)
  * 'ttl' when ttl > 0 (the socket's own TTL is put back after). An ICMP
@@ -86,11 +86,11 @@ void np_path_close_extra(np_path *p);
  * drop it: the error is reported to on_icmp and the send tried once more.
  * Returns 0, NP_ERR_INVAL (no such socket), NP_ERR_AGAIN (buffer full) or
  * NP_ERR_SYS. */
-int np_path_send(np_path *p, int sock, const np_addr *to, int ttl, const void *buf,
+int np__path_send(np_path *p, int sock, const np_addr *to, int ttl, const void *buf,
                  size_t len);
 
 /* Reads socket 'sock''s ICMP error queue to the end (bounded), reporting
  * each entry to on_icmp. */
-void np_path_drain_errors(np_path *p, int sock);
+void np__path_drain_errors(np_path *p, int sock);
 
 #endif

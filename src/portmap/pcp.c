@@ -54,7 +54,7 @@ static void get_ip(const uint8_t *p, uint16_t port, np_addr *out) {
   }
 }
 
-int np_pcp_encode_map(const np_pcp_map_request *req, uint8_t *buf, size_t cap) {
+int np__pcp_encode_map(const np_pcp_map_request *req, uint8_t *buf, size_t cap) {
   if (!req || !buf)
     return NP_ERR_INVAL;
   int fam = req->client.u.sa.sa_family;
@@ -104,7 +104,7 @@ static int check_options(const uint8_t *p, size_t len) {
   return 0;
 }
 
-int np_pcp_decode_map(const uint8_t *buf, size_t len, const np_pcp_map_request *expect,
+int np__pcp_decode_map(const uint8_t *buf, size_t len, const np_pcp_map_request *expect,
                       np_pcp_map_response *out) {
   if (!out)
     return NP_ERR_INVAL;
@@ -153,7 +153,7 @@ int np_pcp_decode_map(const uint8_t *buf, size_t len, const np_pcp_map_request *
   return 0;
 }
 
-const char *np_pcp_result_name(int result) {
+const char *np__pcp_result_name(int result) {
   static const char *const names[] = {
       "SUCCESS",          "UNSUPP_VERSION",         "NOT_AUTHORIZED",   "MALFORMED_REQUEST",
       "UNSUPP_OPCODE",    "UNSUPP_OPTION",          "MALFORMED_OPTION", "NETWORK_FAILURE",

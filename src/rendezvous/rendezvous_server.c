@@ -445,7 +445,7 @@ static void conn_close(np_rendezvous_server *srv, struct rs_conn *c, enum rs_why
     break;
   }
   drain_input(c->fd);
-  np_loop_del_fd(srv->loop, c->fd);
+  np__loop_del_fd(srv->loop, c->fd);
   close(c->fd);
   c->fd = -1;
   c->state = RS_DEAD;
@@ -475,7 +475,7 @@ static void reap_dead(np_rendezvous_server *srv) {
 static void set_want_out(np_rendezvous_server *srv, struct rs_conn *c, bool on) {
   if (c->want_out == on)
     return;
-  if (np_loop_mod_fd(srv->loop, c->fd, NP_LOOP_READ | (on ? NP_LOOP_WRITE : 0)) == 0)
+  if (np__loop_mod_fd(srv->loop, c->fd, NP_LOOP_READ | (on ? NP_LOOP_WRITE : 0)) == 0)
     c->want_out = on;
 }
 
@@ -558,15 +558,15 @@ static bool send_frame(np_rendezvous_server *srv, struct rs_conn *c, const uint8
  * REGISTERED get a MAC when the connection has a key: they are the frames
  * that end a call or a registration (see signaling.h). */
 static bool send_reply(np_rendezvous_server *srv, struct rs_conn *c) {
-  int n = np_sig_encode(&srv->reply, NULL, srv->small, sizeof srv->small);
+  int n = np__sig_encode(&srv->reply, NULL, srv->small, sizeof srv->small);
   if (n > 0 && c->has_key &&
       (srv->reply.type == NP_SIG_ERROR || srv->reply.type == NP_SIG_REGISTERED)) {
-    n = np_sig_append_mac(srv->small, (size_t)n, sizeof srv->small, c->chan_key, c->mac_seq);
+    n = np__sig_append_mac(srv->small, (size_t)n, sizeof srv->small, c->chan_key, c->mac_seq);
     if (n > 0)
       c->mac_seq++;
   }
   if (n <= 0) {
-    NP_LOGE(&srv->log, "cannot encode %s: %s", np_sig_type_name(srv->reply.type), np_strerror(n));
+    NP_LOGE(&srv->log, "cannot encode %s: %s", np__sig_type_name(srv->reply.type), np_strerror(n));
     return c->state != RS_DEAD;
   }
   return send_frame(srv, c, srv->small, (size_t)n);
@@ -626,7 +626,7 @@ static void on_hello(np_rendezvous_server *srv, struct rs_conn *c) {
     return;
   }
   memcpy(c->key, srv->msg.pubkey, NP_PUBKEY_LEN);
-  if (np_random_bytes(c->nonce, sizeof c->nonce) != 0) {
+  if (np__random_bytes(c->nonce, sizeof c->nonce) != 0) {
     NP_LOGE(&srv->log, "getrandom failed: cannot issue a challenge");
     conn_close(srv, c, RS_WHY_NONE);
     return;
@@ -639,9 +639,9 @@ static void on_hello(np_rendezvous_server *srv, struct rs_conn *c) {
     /* Our half of the channel key goes in CHALLENGE, itself sent before
      * the key exists: a forged CHALLENGE only makes the attempt fail. */
     uint8_t sk[NP_SIG_KX_LEN];
-    int krc = np_sig_kx_keypair(srv->reply.cand.kx, sk);
+    int krc = np__sig_kx_keypair(srv->reply.cand.kx, sk);
     if (krc == 0)
-      krc = np_sig_channel_key(true, srv->reply.cand.kx, sk, srv->msg.cand.kx, c->nonce,
+      krc = np__sig_channel_key(true, srv->reply.cand.kx, sk, srv->msg.cand.kx, c->nonce,
                                c->chan_key);
     sodium_memzero(sk, sizeof sk);
     if (krc != 0) {
@@ -669,7 +669,7 @@ static void on_register(np_rendezvous_server *srv, struct rs_conn *c) {
     fail_conn(srv, c, RS_WHY_RATE, NP_SIG_E_RATE, "too many registrations from your address");
     return;
   }
-  if (np_sig_verify_register(m, c->nonce) != 0) {
+  if (np__sig_verify_register(m, c->nonce) != 0) {
     fail_conn(srv, c, RS_WHY_AUTH, NP_SIG_E_AUTH, "bad REGISTER signature");
     return;
   }
@@ -778,8 +778,8 @@ static void check_clock(np_rendezvous_server *srv, struct rs_conn *c, const np_s
   snprintf(text, sizeof text,
            "your clock is %lld s %s the server's (more than %d s): peers will drop your %s",
            secs, skew > 0 ? "ahead of" : "behind", NP_SIG_CLOCK_WINDOW_MS / 1000,
-           np_sig_type_name(m->type));
-  conn_log(srv, c, "%s with a clock %lld s %s ours", np_sig_type_name(m->type), secs,
+           np__sig_type_name(m->type));
+  conn_log(srv, c, "%s with a clock %lld s %s ours", np__sig_type_name(m->type), secs,
            skew > 0 ? "ahead of" : "behind");
   send_error(srv, c, NP_SIG_E_CLOCK, text, m->session, m->to);
 }
@@ -792,7 +792,7 @@ static void on_forward(np_rendezvous_server *srv, struct rs_conn *c, const uint8
   bool offer = m->type == NP_SIG_OFFER;
   if (c->state != RS_REGISTERED) {
     char why[64];
-    snprintf(why, sizeof why, "%s before registration", np_sig_type_name(m->type));
+    snprintf(why, sizeof why, "%s before registration", np__sig_type_name(m->type));
     fail_conn(srv, c, RS_WHY_BAD_FRAME, NP_SIG_E_BAD_REQUEST, why);
     return;
   }
@@ -801,7 +801,7 @@ static void on_forward(np_rendezvous_server *srv, struct rs_conn *c, const uint8
     fail_conn(srv, c, RS_WHY_AUTH, NP_SIG_E_AUTH, "FROM is not the registered key");
     return;
   }
-  if (np_sig_verify(frame + NP_SIG_LEN_PREFIX, len - NP_SIG_LEN_PREFIX, m) != 0) {
+  if (np__sig_verify(frame + NP_SIG_LEN_PREFIX, len - NP_SIG_LEN_PREFIX, m) != 0) {
     fail_conn(srv, c, RS_WHY_AUTH, NP_SIG_E_AUTH, "bad signature");
     return;
   }
@@ -821,7 +821,7 @@ static void on_forward(np_rendezvous_server *srv, struct rs_conn *c, const uint8
     return;
   }
   memcpy(srv->stamp, frame, len);
-  int n = np_sig_stamp_observed(srv->stamp, len, sizeof srv->stamp, &c->peer);
+  int n = np__sig_stamp_observed(srv->stamp, len, sizeof srv->stamp, &c->peer);
   if (n < 0 || (size_t)n - NP_SIG_LEN_PREFIX > NP_SIG_MAX_FRAME) {
     /* Too big for a receiver once stamped: the sender must send less. */
     send_error(srv, c, NP_SIG_E_TOO_LARGE, "frame too large to forward", m->session, m->to);
@@ -849,7 +849,7 @@ static void on_frame(np_rendezvous_server *srv, struct rs_conn *c, const uint8_t
     list_unlink(&srv->regd, c);
     list_append(&srv->regd, c);
   }
-  int rc = np_sig_decode(frame + NP_SIG_LEN_PREFIX, len - NP_SIG_LEN_PREFIX, &srv->msg);
+  int rc = np__sig_decode(frame + NP_SIG_LEN_PREFIX, len - NP_SIG_LEN_PREFIX, &srv->msg);
   if (rc == NP_ERR_UNSUPPORTED) {
     fail_conn(srv, c, RS_WHY_BAD_FRAME, NP_SIG_E_VERSION, "protocol version not supported");
     return;
@@ -960,7 +960,7 @@ static void refuse(np_rendezvous_server *srv, int fd, const np_addr *peer, bool 
     reply_init(srv, NP_SIG_ERROR);
     srv->reply.error_code = NP_SIG_E_UNAVAILABLE;
     snprintf(srv->reply.error_text, sizeof srv->reply.error_text, "%s", why);
-    int n = np_sig_encode(&srv->reply, NULL, srv->small, sizeof srv->small);
+    int n = np__sig_encode(&srv->reply, NULL, srv->small, sizeof srv->small);
     if (n > 0 && send(fd, srv->small, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) == n)
       RS_INC(srv, errors_sent);
   }
@@ -975,7 +975,7 @@ static void on_conn_fd(np_loop *loop, int fd, unsigned events, void *user) {
   (void)fd;
   struct rs_conn *c = user;
   np_rendezvous_server *srv = c->srv;
-  srv->now = np_loop_now(loop);
+  srv->now = np__loop_now(loop);
   if (c->state == RS_DEAD)
     return; /* closed earlier in this batch */
   if (events & NP_LOOP_WRITE)
@@ -1024,7 +1024,7 @@ static void accept_one(np_rendezvous_server *srv, int fd, const np_addr *peer) {
   c->tokens = srv->rate * 1000 * RS_BURST_FACTOR;
   c->refilled = srv->now;
   c->deadline = srv->now + srv->auth_ms;
-  if (np_loop_add_fd(srv->loop, fd, NP_LOOP_READ, on_conn_fd, c) != 0) {
+  if (np__loop_add_fd(srv->loop, fd, NP_LOOP_READ, on_conn_fd, c) != 0) {
     NP_LOGW(&srv->log, "epoll_ctl(ADD): %s", strerror(errno));
     close(fd);
     free(c);
@@ -1071,7 +1071,7 @@ static void on_listen(np_rendezvous_server *srv) {
       return;
     }
     np_addr peer;
-    if (np_addr_from_sockaddr((struct sockaddr *)&ss, sl, &peer) != 0) {
+    if (np__addr_from_sockaddr((struct sockaddr *)&ss, sl, &peer) != 0) {
       close(fd);
       continue;
     }
@@ -1083,7 +1083,7 @@ static void on_listen_fd(np_loop *loop, int fd, unsigned events, void *user) {
   (void)fd;
   (void)events;
   np_rendezvous_server *srv = user;
-  srv->now = np_loop_now(loop);
+  srv->now = np__loop_now(loop);
   on_listen(srv);
 }
 
@@ -1127,11 +1127,11 @@ static void on_sweep(np_loop *loop, uint64_t id, void *user) {
  * deadline. */
 static void before_wait(np_loop *loop, void *user) {
   np_rendezvous_server *srv = user;
-  srv->now = np_loop_now(loop);
+  srv->now = np__loop_now(loop);
   int wait = expire(srv);
   reap_dead(srv);
-  np_loop_cancel_timer(loop, srv->sweep_timer);
-  srv->sweep_timer = np_loop_add_timer(loop, srv->now + wait, on_sweep, srv);
+  np__loop_cancel_timer(loop, srv->sweep_timer);
+  srv->sweep_timer = np__loop_add_timer(loop, srv->now + wait, on_sweep, srv);
 }
 
 NP_EXPORT int np_rendezvous_server_run(np_rendezvous_server *srv) {
@@ -1140,8 +1140,8 @@ NP_EXPORT int np_rendezvous_server_run(np_rendezvous_server *srv) {
   bool expected = false;
   if (!atomic_compare_exchange_strong(&srv->running, &expected, true))
     return NP_ERR_INVAL;
-  np_loop_set_before_wait(srv->loop, before_wait, srv);
-  int rc = np_loop_run(srv->loop); /* consumes the stop request: may run again */
+  np__loop_set_before_wait(srv->loop, before_wait, srv);
+  int rc = np__loop_run(srv->loop); /* consumes the stop request: may run again */
   if (rc != 0)
     NP_LOGE(&srv->log, "epoll_wait: %s", strerror(errno));
   reap_dead(srv);
@@ -1152,7 +1152,7 @@ NP_EXPORT int np_rendezvous_server_run(np_rendezvous_server *srv) {
 NP_EXPORT void np_rendezvous_server_stop(np_rendezvous_server *srv) {
   if (!srv)
     return;
-  np_loop_stop(srv->loop); /* async-signal-safe */
+  np__loop_stop(srv->loop); /* async-signal-safe */
 }
 
 NP_EXPORT void np_rendezvous_server_stats(const np_rendezvous_server *srv,
@@ -1212,7 +1212,7 @@ NP_EXPORT void np_rendezvous_server_free(np_rendezvous_server *srv) {
     srv->reg->ops->free(srv->reg);
   if (srv->listen_fd >= 0)
     close(srv->listen_fd);
-  np_loop_free(srv->loop);
+  np__loop_free(srv->loop);
   if (srv->reserve_fd >= 0)
     close(srv->reserve_fd);
   free(srv->scratch);
@@ -1276,7 +1276,7 @@ static int open_listener(np_rendezvous_server *srv, const np_addr *addr) {
   struct sockaddr_storage ss;
   socklen_t sl = sizeof ss;
   if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0 ||
-      np_addr_from_sockaddr((struct sockaddr *)&ss, sl, &srv->local) != 0) {
+      np__addr_from_sockaddr((struct sockaddr *)&ss, sl, &srv->local) != 0) {
     NP_LOGE(&srv->log, "getsockname: %s", strerror(errno));
     close(fd);
     return NP_ERR_SYS;
@@ -1299,7 +1299,7 @@ NP_EXPORT int np_rendezvous_server_new(const np_rendezvous_server_config *cfg,
   srv->log = (np_logger){cfg->log, cfg->log_user, cfg->log_level};
   int rc = NP_ERR_INVAL;
 
-  if (!np_addr_is_set(&cfg->listen)) {
+  if (!np__addr_is_set(&cfg->listen)) {
     NP_LOGE(&srv->log, "no listen address");
     goto fail;
   }
@@ -1328,12 +1328,12 @@ NP_EXPORT int np_rendezvous_server_new(const np_rendezvous_server_config *cfg,
   srv->unauth_per_ip = cfg->max_unauth_per_ip ? cfg->max_unauth_per_ip : RS_DEFAULT_UNAUTH_PER_IP;
   srv->register_per_ip =
       cfg->max_register_per_ip ? cfg->max_register_per_ip : RS_DEFAULT_REGISTER_PER_IP;
-  if (np_random_bytes((uint8_t *)&srv->ip_salt, sizeof srv->ip_salt) != 0)
-    srv->ip_salt = (uint32_t)np_now_ms();
+  if (np__random_bytes((uint8_t *)&srv->ip_salt, sizeof srv->ip_salt) != 0)
+    srv->ip_salt = (uint32_t)np__now_ms();
   srv->out_max = RS_OUT_FRAMES * (NP_SIG_LEN_PREFIX + NP_SIG_MAX_FRAME + RS_STAMP_ROOM);
   srv->scratch_cap = NP_SIG_LEN_PREFIX + srv->max_frame + RS_READ_CHUNK;
   srv->scratch = malloc(srv->scratch_cap);
-  srv->reg = np_registry_memory_new();
+  srv->reg = np__registry_memory_new();
   if (!srv->scratch || !srv->reg) {
     rc = NP_ERR_NOMEM;
     goto fail;
@@ -1344,15 +1344,15 @@ NP_EXPORT int np_rendezvous_server_new(const np_rendezvous_server_config *cfg,
     goto fail;
   rc = NP_ERR_SYS;
   srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (np_loop_new(NULL, &srv->loop) != 0 || srv->reserve_fd < 0) {
+  if (np__loop_new(NULL, &srv->loop) != 0 || srv->reserve_fd < 0) {
     NP_LOGE(&srv->log, "epoll/eventfd/open: %s", strerror(errno));
     goto fail;
   }
-  if (np_loop_add_fd(srv->loop, srv->listen_fd, NP_LOOP_READ, on_listen_fd, srv) != 0) {
+  if (np__loop_add_fd(srv->loop, srv->listen_fd, NP_LOOP_READ, on_listen_fd, srv) != 0) {
     NP_LOGE(&srv->log, "epoll_ctl: %s", strerror(errno));
     goto fail;
   }
-  srv->log_window = np_now_ms();
+  srv->log_window = np__now_ms();
   if (np_log_enabled(&srv->log, NP_LOG_INFO)) {
     char a[NP_ADDRSTRLEN];
     NP_LOGI(&srv->log,
