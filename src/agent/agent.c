@@ -771,7 +771,8 @@ static void deliver_stun(np_agent *a, int sock, const np_addr *from, const uint8
 
 /* The plain data path: PKT_DATA and PKT_BYE, from the peer on the path
  * only (early data kept while punching). */
-static void deliver_app(np_agent *a, int sock, const np_addr *from, const uint8_t *buf, size_t len) {
+static void deliver_app(np_agent *a, int sock, const np_addr *from, const uint8_t *buf,
+                        size_t len) {
   if (a->st == S_PUNCHING && buf[0] == PKT_DATA && a->n_early < MAX_EARLY) {
     struct early_dgram *e = &a->early[a->n_early++];
     e->sock = sock;

@@ -1,4 +1,4 @@
-/* Gathering a session's candidates: interface addresses, discovery-server views, and the hop/TTL measurement of NAT depth. */
+/* Gathering candidates: interfaces, discovery-server views, hop/TTL measurement. */
 #include "agent/gather.h"
 
 #include "net/addr.h"

@@ -1,4 +1,4 @@
-/* Gathering a session's candidates: interface addresses, discovery-server views, and the hop/TTL measurement of NAT depth. */
+/* Gathering candidates: interfaces, discovery-server views, hop/TTL measurement. */
 #ifndef NP_GATHER_H
 #define NP_GATHER_H
 

@@ -1,4 +1,4 @@
-/* The port-mapping worker: a thread that maps the agent's port at the gateway (PCP, NAT-PMP, UPnP) and renews it. */
+/* The port-mapping worker: a thread that maps the agent's port at the gateway and renews it. */
 #include "agent/portmap_job.h"
 
 #include "util/clock.h"

@@ -1,4 +1,4 @@
-/* One event loop for the agent and the servers: fds with callbacks, ordered one-shot timers, a wakeup, an injectable clock. */
+/* One event loop for the agent and the servers: fds, ordered timers, a wakeup, a clock. */
 #include "net/loop.h"
 
 #include "natpunch.h"

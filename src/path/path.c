@@ -1,4 +1,4 @@
-/* A session's UDP sockets: opening, sending (with a TTL), batched reading and the first-byte demultiplexer. */
+/* A session's UDP sockets: send, batched receive, and the first-byte demultiplexer. */
 #include "path/path.h"
 
 #include "net/addr.h"

@@ -1,4 +1,4 @@
-/* A session's UDP sockets: opening, sending (with a TTL), batched reading and the first-byte demultiplexer. */
+/* A session's UDP sockets: send, batched receive, and the first-byte demultiplexer. */
 #ifndef NP_PATH_H
 #define NP_PATH_H
 
