@@ -12,6 +12,7 @@
  */
 #include "natpunch.h"
 
+#include "agent/agent_internal.h"
 #include "agent/gather.h"
 #include "agent/portmap_job.h"
 #include "discovery/nat_probe.h"
@@ -556,7 +557,8 @@ static void agent_free_parts(np_agent *a) {
   free(a);
 }
 
-NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
+int np__agent_new_clocked(const np_agent_config *cfg, np_loop_clock_fn clock, void *clock_user,
+                          np_agent **out) {
   if (!out)
     return NP_ERR_INVAL;
   *out = NULL;
@@ -594,7 +596,8 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
       a->cfg.keepalive_ms = 1;
   }
   a->rdv_fd = -1;
-  np_loop_config lcfg = {.on_wake = on_loop_wake, .wake_user = a};
+  np_loop_config lcfg = {
+      .clock = clock, .clock_user = clock_user, .on_wake = on_loop_wake, .wake_user = a};
   int rc = np__loop_new(&lcfg, &a->loop);
   if (rc != 0) {
     free(a);
@@ -673,6 +676,10 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
 fail:
   agent_free_parts(a);
   return rc;
+}
+
+NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
+  return np__agent_new_clocked(cfg, NULL, NULL, out);
 }
 
 NP_EXPORT void np_agent_free(np_agent *a) {
