@@ -918,7 +918,7 @@ NP_EXPORT int np_agent_timeout(const np_agent *a) {
   if (np__gather_active(&a->gather)) {
     int64_t p = np__gather_wakeup(&a->gather);
     if (np__gather_done(&a->gather) && a->callee)
-      p = a->gather.started + PORTMAP_WAIT_MS; /* or the worker's eventfd */
+      p = a->gather.started + PORTMAP_WAIT_MS; /* or the worker's wakeup */
     w = p < w ? p : w;
   }
   if (a->punch && (a->st == S_PUNCHING || a->st == S_CONNECTED)) {
