@@ -119,9 +119,9 @@ static bool send_all(struct lpeer *p, const uint8_t *b, size_t len) {
 }
 
 static bool send_msg(struct lpeer *p, const np_sig_msg *m, const np_identity *id) {
-  int n = np_sig_encode(m, id, g_buf, sizeof g_buf);
+  int n = np__sig_encode(m, id, g_buf, sizeof g_buf);
   if (n <= 0) {
-    fprintf(stderr, "rdv_load: encode %s: %s\n", np_sig_type_name(m->type), np_strerror(n));
+    fprintf(stderr, "rdv_load: encode %s: %s\n", np__sig_type_name(m->type), np_strerror(n));
     exit(1);
   }
   return send_all(p, g_buf, (size_t)n);
@@ -278,7 +278,7 @@ static void on_event(int i, uint32_t events) {
      * the load does not check the MACs it gets back. */
     {
       uint8_t sk[NP_SIG_KX_LEN];
-      if (np_sig_kx_keypair(g_out.cand.kx, sk) == 0)
+      if (np__sig_kx_keypair(g_out.cand.kx, sk) == 0)
         g_out.cand.has_kx = true;
     }
     if (send_msg(p, &g_out, NULL))
@@ -296,10 +296,10 @@ static void on_event(int i, uint32_t events) {
   size_t off = 0;
   for (;;) {
     size_t body;
-    int rc = np_sig_frame_check(p->in + off, p->in_len - off, IN_CAP, &body);
+    int rc = np__sig_frame_check(p->in + off, p->in_len - off, IN_CAP, &body);
     if (rc == NP_ERR_NOSPACE)
       break;
-    if (rc != 0 || np_sig_decode(p->in + off + NP_SIG_LEN_PREFIX, body, &g_msg) != 0) {
+    if (rc != 0 || np__sig_decode(p->in + off + NP_SIG_LEN_PREFIX, body, &g_msg) != 0) {
       fail_peer(p, "bad frame from the server");
       return;
     }

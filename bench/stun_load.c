@@ -86,9 +86,9 @@ static void send_requests(struct loader *ld, int s, int n, bool count) {
       uint8_t txid[NP_STUN_TXID_LEN];
       make_txid(txid, ld->id, s, sk->next_seq++);
       np_stun_writer w;
-      np_stun_writer_init(&w, bufs[i], sizeof bufs[i], NP_STUN_BINDING | NP_STUN_REQUEST,
+      np__stun_writer_init(&w, bufs[i], sizeof bufs[i], NP_STUN_BINDING | NP_STUN_REQUEST,
                           NP_STUN_MAGIC_COOKIE, txid);
-      int len = np_stun_writer_finish(&w);
+      int len = np__stun_writer_finish(&w);
       iov[i] = (struct iovec){.iov_base = bufs[i], .iov_len = (size_t)len};
       memset(&msgs[i], 0, sizeof msgs[i]);
       msgs[i].msg_hdr.msg_name = &g_server.u.sa;
@@ -118,7 +118,7 @@ static void send_requests(struct loader *ld, int s, int n, bool count) {
 static bool valid_reply(const struct loader *ld, int s, const uint8_t *buf, size_t len) {
   const struct sock *sk = &ld->socks[s];
   np_stun_msg m;
-  if (np_stun_read(buf, len, &m) != 0 || m.cls != NP_STUN_SUCCESS || m.method != NP_STUN_BINDING)
+  if (np__stun_read(buf, len, &m) != 0 || m.cls != NP_STUN_SUCCESS || m.method != NP_STUN_BINDING)
     return false;
   uint32_t seq;
   memcpy(&seq, m.txid + 4, sizeof seq);
@@ -248,7 +248,7 @@ int main(int argc, char **argv) {
     ld->n_socks = g_sockets;
     ld->epfd = epoll_create1(EPOLL_CLOEXEC);
     for (int s = 0; s < g_sockets; s++) {
-      int fd = np_udp_bind(&bind_addr, NP_UDP_NONBLOCK | NP_UDP_V6ONLY, err);
+      int fd = np__udp_bind(&bind_addr, NP_UDP_NONBLOCK | NP_UDP_V6ONLY, err);
       if (fd < 0 || ld->epfd < 0) {
         fprintf(stderr, "stun_load: %s\n", err);
         return 1;
@@ -256,7 +256,7 @@ int main(int argc, char **argv) {
       int big = 4 << 20;
       setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
       ld->socks[s].fd = fd;
-      np_udp_local(fd, &ld->socks[s].local);
+      np__udp_local(fd, &ld->socks[s].local);
       struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)s};
       epoll_ctl(ld->epfd, EPOLL_CTL_ADD, fd, &ev);
     }

@@ -52,8 +52,8 @@ static void round_trip(const np_pcp_map_response *r) {
   req.protocol = r->protocol;
   req.internal_port = r->internal_port;
   uint8_t buf[NP_PCP_MAP_LEN];
-  CHECK(np_pcp_encode_map(&req, buf, sizeof buf) == NP_PCP_MAP_LEN);
-  CHECK(np_pcp_encode_map(&req, buf, sizeof buf - 1) == NP_ERR_NOSPACE);
+  CHECK(np__pcp_encode_map(&req, buf, sizeof buf) == NP_PCP_MAP_LEN);
+  CHECK(np__pcp_encode_map(&req, buf, sizeof buf - 1) == NP_ERR_NOSPACE);
   /* The same bytes as a response: R bit, result, epoch in the header. */
   buf[1] |= 0x80;
   buf[3] = r->result;
@@ -63,7 +63,7 @@ static void round_trip(const np_pcp_map_response *r) {
   buf[11] = (uint8_t)r->epoch;
   memset(buf + 12, 0, 12);
   np_pcp_map_response back;
-  CHECK(np_pcp_decode_map(buf, sizeof buf, &req, &back) == 0);
+  CHECK(np__pcp_decode_map(buf, sizeof buf, &req, &back) == 0);
   CHECK(back.result == r->result && back.lifetime == r->lifetime && back.epoch == r->epoch);
   CHECK(back.has_map && back.protocol == r->protocol && back.internal_port == r->internal_port);
   CHECK(memcmp(back.nonce, r->nonce, NP_PCP_NONCE_LEN) == 0);
@@ -72,7 +72,7 @@ static void round_trip(const np_pcp_map_response *r) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   np_pcp_map_response r;
-  int rc = np_pcp_decode_map(data, size, NULL, &r);
+  int rc = np__pcp_decode_map(data, size, NULL, &r);
   if (rc != 0) {
     CHECK(rc == NP_ERR_PROTO || rc == NP_ERR_UNSUPPORTED);
     CHECK(rc != NP_ERR_UNSUPPORTED || (size >= 2 && data[0] != NP_PCP_VERSION));
@@ -92,9 +92,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     expect.protocol = r.protocol;
     expect.internal_port = r.internal_port;
     np_pcp_map_response again;
-    CHECK(np_pcp_decode_map(data, size, &expect, &again) == 0);
+    CHECK(np__pcp_decode_map(data, size, &expect, &again) == 0);
     expect.nonce[0] ^= 1;
-    CHECK(np_pcp_decode_map(data, size, &expect, &again) == NP_ERR_PROTO);
+    CHECK(np__pcp_decode_map(data, size, &expect, &again) == NP_ERR_PROTO);
   }
   return 0;
 }

@@ -28,10 +28,10 @@
  *   3 answer    flags: a signed success response to the machine's last
  *               request (its transaction, from where it went), optionally
  *               with NOMINATE and a VIA, so nominations complete
- *   4 ready     the caller's READY arrived (np_punch_peer_ready), at any
+ *   4 ready     the caller's READY arrived (np__punch_peer_ready), at any
  *               point of the script, more than once, on either role
  *
- * After every record the harness drains np_punch_next() (bounded) and
+ * After every record the harness drains np__punch_next() (bounded) and
  * checks the invariants: every datagram fits, names a valid socket, decodes
  * as STUN and verifies with the key, and goes only where the peer can be
  * (its OBSERVED IP, or private space behind a NAT both share: no third
@@ -183,9 +183,9 @@ static bool private_space(const np_addr *a) {
 /* The aiming rule, from outside the machine: only the peer's OBSERVED IP,
  * or private space when both sides showed the server the same IP. */
 static void check_aim(const np_punch_config *c, const np_addr *to) {
-  if (np_addr_is_set(&c->peer_observed) && np_addr_same_ip(to, &c->peer_observed))
+  if (np__addr_is_set(&c->peer_observed) && np_addr_same_ip(to, &c->peer_observed))
     return;
-  bool same = np_addr_is_set(&c->peer_observed) && np_addr_is_set(&c->self_observed) &&
+  bool same = np__addr_is_set(&c->peer_observed) && np__addr_is_set(&c->self_observed) &&
               np_addr_same_ip(&c->peer_observed, &c->self_observed);
   if (!same || !private_space(to)) {
     char t[NP_ADDRSTRLEN];
@@ -199,25 +199,25 @@ static void check_datagram(const np_punch_datagram *dg) {
   CHECK(dg->sock >= 0 && dg->sock < NP_PUNCH_MAX_SOCKETS);
   CHECK(dg->len >= NP_STUN_HEADER_LEN && dg->len <= NP_PUNCH_MAX_DATAGRAM);
   CHECK(dg->ttl >= 0 && dg->ttl <= 255);
-  CHECK(np_addr_is_set(&dg->to));
+  CHECK(np__addr_is_set(&dg->to));
   np_stun_msg m;
-  CHECK(np_stun_read(dg->buf, dg->len, &m) == 0);
+  CHECK(np__stun_read(dg->buf, dg->len, &m) == 0);
   CHECK(m.method == NP_STUN_BINDING && !m.rfc3489);
   CHECK(m.present & NP_STUN_HAS_FINGERPRINT);
-  CHECK(np_stun_check_integrity_sha256(dg->buf, dg->len, &m, fuzz_key, NP_PUNCH_KEY_LEN) == 0);
+  CHECK(np__stun_check_integrity_sha256(dg->buf, dg->len, &m, fuzz_key, NP_PUNCH_KEY_LEN) == 0);
 }
 
 static void check_result(const np_punch *p) {
   np_punch_result r;
-  np_punch_result_get(p, &r);
+  np__punch_result_get(p, &r);
   CHECK(r.state == NP_PUNCH_RUNNING || r.state == NP_PUNCH_CONNECTED || r.state == NP_PUNCH_FAILED);
   CHECK(r.sockets >= 1 && r.sockets <= NP_PUNCH_MAX_SOCKETS);
-  CHECK(np_punch_sockets(p) == r.sockets);
+  CHECK(np__punch_sockets(p) == r.sockets);
   CHECK(r.probes_sent <= 400 + 64); /* the budget, plus a nomination in flight */
   CHECK(memchr(r.reason, '\0', sizeof r.reason) != NULL);
   if (r.state == NP_PUNCH_CONNECTED) {
     CHECK(r.sock >= 0 && r.sock < r.sockets);
-    CHECK(np_addr_is_set(&r.remote));
+    CHECK(np__addr_is_set(&r.remote));
     CHECK(r.via >= NP_VIA_NONE && r.via <= NP_VIA_BIRTHDAY);
     CHECK(r.elapsed_ms >= 0);
   } else if (r.state == NP_PUNCH_FAILED) {
@@ -241,7 +241,7 @@ static void drain(struct harness *h) {
   np_punch_datagram dg;
   int stale = 0;
   for (int i = 0; i < MAX_DRAIN; i++) {
-    if (np_punch_next(h->p, h->now, &dg)) {
+    if (np__punch_next(h->p, h->now, &dg)) {
       check_datagram(&dg);
       check_aim(&h->cfg, &dg.to);
       if (((dg.buf[0] << 8 | dg.buf[1]) & 0x0110) == NP_STUN_REQUEST) {
@@ -251,8 +251,8 @@ static void drain(struct harness *h) {
       continue;
     }
     np_punch_result r;
-    np_punch_result_get(h->p, &r);
-    if (r.state != NP_PUNCH_RUNNING || np_punch_wakeup(h->p) > h->now)
+    np__punch_result_get(h->p, &r);
+    if (r.state != NP_PUNCH_RUNNING || np__punch_wakeup(h->p) > h->now)
       break;
     /* Nothing due, yet a wakeup not in the future: tolerated once (a round
      * held back by a nomination that just gave up starts on the next call),
@@ -267,7 +267,7 @@ static void advance(struct harness *h, int64_t ms) {
   int64_t until = h->now + ms;
   for (int i = 0; i < 100000 && h->now < until; i++) {
     drain(h);
-    int64_t w = np_punch_wakeup(h->p);
+    int64_t w = np__punch_wakeup(h->p);
     h->now = w > h->now && w < until ? w : until;
   }
   drain(h);
@@ -281,30 +281,30 @@ static void connect_through_peer(struct harness *h, unsigned pair, bool callee) 
   struct rng prng = {0x5EED0000ull + pair};
   np_punch_config pc = config(pair, !callee, &prng);
   np_punch *peer;
-  CHECK(np_punch_new(&pc, h->now, &peer) == 0);
+  CHECK(np__punch_new(&pc, h->now, &peer) == 0);
   np_sig_candidates self =
       callee ? side_cands(pairs[pair][1], false) : side_cands(pairs[pair][0], true);
   np_sig_candidates other =
       callee ? side_cands(pairs[pair][0], true) : side_cands(pairs[pair][1], false);
   for (int step = 0; step < 3000; step++) {
     np_punch_datagram dg;
-    for (int i = 0; i < MAX_DRAIN && np_punch_next(h->p, h->now, &dg); i++) {
+    for (int i = 0; i < MAX_DRAIN && np__punch_next(h->p, h->now, &dg); i++) {
       check_datagram(&dg);
       check_aim(&h->cfg, &dg.to);
       if (dg.ttl == 0)
-        (void)np_punch_input(peer, h->now, dg.sock, &self.mapped[0], dg.buf, dg.len);
+        (void)np__punch_input(peer, h->now, dg.sock, &self.mapped[0], dg.buf, dg.len);
     }
-    for (int i = 0; i < MAX_DRAIN && np_punch_next(peer, h->now, &dg); i++)
+    for (int i = 0; i < MAX_DRAIN && np__punch_next(peer, h->now, &dg); i++)
       if (dg.ttl == 0 && dg.sock == 0)
-        (void)np_punch_input(h->p, h->now, 0, &other.mapped[0], dg.buf, dg.len);
+        (void)np__punch_input(h->p, h->now, 0, &other.mapped[0], dg.buf, dg.len);
     np_punch_result a, b;
-    np_punch_result_get(h->p, &a);
-    np_punch_result_get(peer, &b);
+    np__punch_result_get(h->p, &a);
+    np__punch_result_get(peer, &b);
     if (a.state != NP_PUNCH_RUNNING && b.state != NP_PUNCH_RUNNING)
       break;
     h->now += 5;
   }
-  np_punch_free(peer);
+  np__punch_free(peer);
   check_result(h->p);
 }
 
@@ -365,7 +365,7 @@ static void feed(struct harness *h, uint8_t sock_sel, uint8_t from_sel, const ui
   np_addr from = h->peer_addrs[from_sel % 4];
   if (from_sel & 0x80)
     np_addr_set_port(&from, (uint16_t)(from_sel * 257u)); /* a sprayed or predicted port */
-  (void)np_punch_input(h->p, h->now, sock, &from, buf, len);
+  (void)np__punch_input(h->p, h->now, sock, &from, buf, len);
   drain(h);
 }
 
@@ -398,7 +398,7 @@ static void op_forged(struct harness *h, struct reader *r) {
     memcpy(txid, h->last.buf + 8, NP_STUN_TXID_LEN);
   uint8_t buf[NP_STUN_MAX_MESSAGE];
   np_stun_writer w;
-  np_stun_writer_init(&w, buf, sizeof buf, (uint16_t)(NP_STUN_BINDING | classes[cls % 4]),
+  np__stun_writer_init(&w, buf, sizeof buf, (uint16_t)(NP_STUN_BINDING | classes[cls % 4]),
                       NP_STUN_MAGIC_COOKIE, txid);
   /* The caller's ('c') or the callee's ('a') name; the machine takes only
    * its peer's, so the other one is a reflection. */
@@ -411,7 +411,7 @@ static void op_forged(struct harness *h, struct reader *r) {
   snprintf(name + 9 + 2 * NP_SIG_SESSION_LEN, sizeof name - 9 - 2 * NP_SIG_SESSION_LEN, ":%c",
            user % 3 == 0 ? 'a' : 'c');
   if (user % 3 != 2)
-    np_stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, name, strlen(name));
+    np__stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, name, strlen(name));
   int nattrs = u8(r) % (MAX_FORGED_ATTRS + 1);
   for (int i = 0; i < nattrs; i++) {
     uint16_t type = (uint16_t)(u8(r) << 8);
@@ -420,14 +420,14 @@ static void op_forged(struct harness *h, struct reader *r) {
     size_t len = take(r, u8(r), &v);
     if ((type & 0x00FF) == 0xFE)
       type = (type & 0x100) ? ATTR_NOMINATE : ATTR_VIA; /* easy to reach */
-    np_stun_put_bytes(&w, type, v, len);
+    np__stun_put_bytes(&w, type, v, len);
   }
   if (!(user & 0x40))
-    np_stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &h->peer_addrs[0]);
-  np_stun_put_integrity_sha256(&w, fuzz_key, NP_PUNCH_KEY_LEN, 16 + 4 * (size_t)(trunc % 5));
+    np__stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &h->peer_addrs[0]);
+  np__stun_put_integrity_sha256(&w, fuzz_key, NP_PUNCH_KEY_LEN, 16 + 4 * (size_t)(trunc % 5));
   if (!(user & 0x80))
-    np_stun_put_fingerprint(&w);
-  int n = np_stun_writer_finish(&w);
+    np__stun_put_fingerprint(&w);
+  int n = np__stun_writer_finish(&w);
   if (n < 0)
     return; /* the fuzzer's attributes did not fit */
   feed(h, sock, from, buf, (size_t)n);
@@ -439,24 +439,24 @@ static void op_answer(struct harness *h, struct reader *r) {
   if (!h->have_last)
     return;
   np_stun_msg m;
-  CHECK(np_stun_read(h->last.buf, h->last.len, &m) == 0);
+  CHECK(np__stun_read(h->last.buf, h->last.len, &m) == 0);
   uint8_t buf[NP_PUNCH_MAX_DATAGRAM];
   np_stun_writer w;
-  np_stun_writer_init(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS, NP_STUN_MAGIC_COOKIE,
+  np__stun_writer_init(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS, NP_STUN_MAGIC_COOKIE,
                       m.txid);
-  np_stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &h->peer_addrs[0]);
+  np__stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &h->peer_addrs[0]);
   if (flags & 1) {
-    np_stun_put_bytes(&w, ATTR_NOMINATE, NULL, 0);
-    np_stun_put_u32(&w, ATTR_VIA, flags & 2 ? via : via % 6);
+    np__stun_put_bytes(&w, ATTR_NOMINATE, NULL, 0);
+    np__stun_put_u32(&w, ATTR_VIA, flags & 2 ? via : via % 6);
   }
-  np_stun_put_integrity_sha256(&w, fuzz_key, NP_PUNCH_KEY_LEN, 32);
-  np_stun_put_fingerprint(&w);
-  int n = np_stun_writer_finish(&w);
+  np__stun_put_integrity_sha256(&w, fuzz_key, NP_PUNCH_KEY_LEN, 32);
+  np__stun_put_fingerprint(&w);
+  int n = np__stun_writer_finish(&w);
   CHECK(n > 0);
   np_addr from = h->last.to;
   if (flags & 4)
     np_addr_set_port(&from, (uint16_t)(np_addr_port(&from) + 1)); /* the wrong pair */
-  (void)np_punch_input(h->p, h->now, flags & 8 ? h->last.sock + 1 : h->last.sock, &from, buf,
+  (void)np__punch_input(h->p, h->now, flags & 8 ? h->last.sock + 1 : h->last.sock, &from, buf,
                        (size_t)n);
   drain(h);
 }
@@ -474,7 +474,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (sel & 0x40)
     fuzzed_config(&c, callee, &r);
   h.cfg = c;
-  CHECK(np_punch_new(&c, h.now, &h.p) == 0);
+  CHECK(np__punch_new(&c, h.now, &h.p) == 0);
   check_result(h.p);
   np_sig_candidates peer =
       callee ? side_cands(pairs[pair][0], true) : side_cands(pairs[pair][1], false);
@@ -511,18 +511,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       op_answer(&h, &r);
       break;
     default:
-      np_punch_peer_ready(h.p, h.now);
+      np__punch_peer_ready(h.p, h.now);
       drain(&h);
       break;
     }
   }
   if (getenv("FUZZ_PUNCH_DEBUG")) { /* what a reproducer did, for humans */
     np_punch_result res;
-    np_punch_result_get(h.p, &res);
+    np__punch_result_get(h.p, &res);
     fprintf(stderr, "pair %u %s: state %d via %d rounds %u sent %u received %u sockets %d %s\n",
             pair, callee ? "callee" : "caller", res.state, res.via, res.rounds, res.probes_sent,
             res.probes_received, res.sockets, res.reason);
   }
-  np_punch_free(h.p);
+  np__punch_free(h.p);
   return 0;
 }

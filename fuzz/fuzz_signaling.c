@@ -2,7 +2,7 @@
  * libFuzzer harness for the signaling codec.
  *
  * The input is a frame as read from the stream: a 4-byte length prefix and
- * a body. np_sig_frame_check() must agree with the prefix, and the body
+ * a body. np__sig_frame_check() must agree with the prefix, and the body
  * after the prefix is decoded whatever the prefix says. When decoding
  * succeeds, the decoded fields must respect every limit, signature checks
  * must answer 0 or NP_ERR_AUTH (never crash), the message must re-encode
@@ -51,8 +51,8 @@ static bool is_peer(uint8_t type) {
 
 static void check_fields(size_t len, const np_sig_msg *m) {
   CHECK(m->type >= NP_SIG_HELLO && m->type <= NP_SIG_READY);
-  CHECK(np_sig_is_peer_type(m->type) == is_peer(m->type));
-  CHECK(strcmp(np_sig_type_name(m->type), "?") != 0);
+  CHECK(np__sig_is_peer_type(m->type) == is_peer(m->type));
+  CHECK(strcmp(np__sig_type_name(m->type), "?") != 0);
   const np_sig_candidates *c = &m->cand;
   CHECK(c->n_private >= 0 && c->n_private <= NP_SIG_MAX_PRIVATE);
   CHECK(c->n_mapped >= 0 && c->n_mapped <= NP_SIG_MAX_MAPPED);
@@ -150,31 +150,31 @@ static void re_encode(const np_sig_msg *orig, size_t len) {
     m.has_nonce = true;
     memcpy(m.nonce, fuzz_nonce, NP_SIG_NONCE_LEN);
   }
-  int n = np_sig_encode(&m, id, out, sizeof out);
+  int n = np__sig_encode(&m, id, out, sizeof out);
   CHECK(n > NP_SIG_LEN_PREFIX);
   size_t body_len = 0;
-  CHECK(np_sig_frame_check(out, (size_t)n, 0, &body_len) == 0);
+  CHECK(np__sig_frame_check(out, (size_t)n, 0, &body_len) == 0);
   CHECK(body_len + NP_SIG_LEN_PREFIX == (size_t)n);
   /* Known TLVs keep their size and unknown ones are dropped; only error
    * text can shrink. A REGISTER we received with a NONCE loses it. */
   CHECK(body_len <= len);
-  CHECK(np_sig_decode(out + NP_SIG_LEN_PREFIX, body_len, &r) == 0);
+  CHECK(np__sig_decode(out + NP_SIG_LEN_PREFIX, body_len, &r) == 0);
   if (m.type == NP_SIG_REGISTER) {
     CHECK(!r.has_nonce);
-    CHECK(np_sig_verify_register(&r, fuzz_nonce) == 0);
+    CHECK(np__sig_verify_register(&r, fuzz_nonce) == 0);
     r.has_nonce = true;
     memcpy(r.nonce, fuzz_nonce, NP_SIG_NONCE_LEN);
   }
   if (is_peer(m.type))
-    CHECK(np_sig_verify(out + NP_SIG_LEN_PREFIX, body_len, &r) == 0);
+    CHECK(np__sig_verify(out + NP_SIG_LEN_PREFIX, body_len, &r) == 0);
   check_same(&r, &m, true);
   /* One byte less room is never enough. */
-  CHECK(np_sig_encode(&m, id, out, (size_t)n - 1) == NP_ERR_NOSPACE);
+  CHECK(np__sig_encode(&m, id, out, (size_t)n - 1) == NP_ERR_NOSPACE);
 
   /* A MAC appended to a server-made type verifies under its key and
    * counter only, and changes no field; peer-signed types refuse one. */
   static const uint8_t key[NP_SIG_CHANNEL_KEY_LEN] = {9, 8, 7};
-  int k = np_sig_append_mac(out, (size_t)n, sizeof out, key, 5);
+  int k = np__sig_append_mac(out, (size_t)n, sizeof out, key, 5);
   if (is_peer(m.type) || m.type == NP_SIG_REGISTER) {
     CHECK(k == NP_ERR_INVAL);
     return;
@@ -183,10 +183,11 @@ static void re_encode(const np_sig_msg *orig, size_t len) {
     return;
   CHECK(k == n + 4 + NP_SIG_MAC_LEN);
   np_sig_msg a;
-  CHECK(np_sig_decode(out + NP_SIG_LEN_PREFIX, (size_t)k - NP_SIG_LEN_PREFIX, &a) == 0);
+  CHECK(np__sig_decode(out + NP_SIG_LEN_PREFIX, (size_t)k - NP_SIG_LEN_PREFIX, &a) == 0);
   CHECK(a.has_mac && a.mac_len == body_len);
-  CHECK(np_sig_verify_mac(out + NP_SIG_LEN_PREFIX, (size_t)k - NP_SIG_LEN_PREFIX, &a, key, 5) == 0);
-  CHECK(np_sig_verify_mac(out + NP_SIG_LEN_PREFIX, (size_t)k - NP_SIG_LEN_PREFIX, &a, key, 6) ==
+  CHECK(np__sig_verify_mac(out + NP_SIG_LEN_PREFIX, (size_t)k - NP_SIG_LEN_PREFIX, &a, key, 5) ==
+        0);
+  CHECK(np__sig_verify_mac(out + NP_SIG_LEN_PREFIX, (size_t)k - NP_SIG_LEN_PREFIX, &a, key, 6) ==
         NP_ERR_AUTH);
   check_same(&a, &r, true);
 }
@@ -202,25 +203,25 @@ static void stamp(const uint8_t *body, size_t len, const np_sig_msg *m) {
   memcpy(frame + NP_SIG_LEN_PREFIX, body, len);
   np_addr obs;
   CHECK(np_addr_parse("[2001:db8::7]:4242", 0, &obs) == 0);
-  int n = np_sig_stamp_observed(frame, NP_SIG_LEN_PREFIX + len, sizeof frame, &obs);
+  int n = np__sig_stamp_observed(frame, NP_SIG_LEN_PREFIX + len, sizeof frame, &obs);
   if (n == NP_ERR_NOSPACE)
     return; /* a body at the size limit may have no room for it */
   CHECK(n > NP_SIG_LEN_PREFIX);
   np_sig_msg s;
-  CHECK(np_sig_decode(frame + NP_SIG_LEN_PREFIX, (size_t)n - NP_SIG_LEN_PREFIX, &s) == 0);
+  CHECK(np__sig_decode(frame + NP_SIG_LEN_PREFIX, (size_t)n - NP_SIG_LEN_PREFIX, &s) == 0);
   CHECK(addr_same(&s.observed, &obs));
   check_same(&s, m, false);
   if (is_peer(m->type)) {
     CHECK(s.signed_len == m->signed_len);
-    CHECK(np_sig_verify(frame + NP_SIG_LEN_PREFIX, (size_t)n - NP_SIG_LEN_PREFIX, &s) ==
-          np_sig_verify(body, len, m));
+    CHECK(np__sig_verify(frame + NP_SIG_LEN_PREFIX, (size_t)n - NP_SIG_LEN_PREFIX, &s) ==
+          np__sig_verify(body, len, m));
   }
-  CHECK(np_sig_stamp_observed(frame, (size_t)n, sizeof frame, &obs) == n);
+  CHECK(np__sig_stamp_observed(frame, (size_t)n, sizeof frame, &obs) == n);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   size_t body_len = 0;
-  int frc = np_sig_frame_check(data, size, 0, &body_len);
+  int frc = np__sig_frame_check(data, size, 0, &body_len);
   CHECK(frc == 0 || frc == NP_ERR_NOSPACE || frc == NP_ERR_PROTO);
   if (size < NP_SIG_LEN_PREFIX) {
     CHECK(frc == NP_ERR_NOSPACE);
@@ -233,7 +234,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const uint8_t *body = data + NP_SIG_LEN_PREFIX;
   size_t len = size - NP_SIG_LEN_PREFIX;
   np_sig_msg m;
-  int rc = np_sig_decode(body, len, &m);
+  int rc = np__sig_decode(body, len, &m);
   if (rc != 0) {
     CHECK(rc == NP_ERR_PROTO || rc == NP_ERR_UNSUPPORTED);
     CHECK(m.type == 0 && !m.has_signature && m.signed_len == 0);
@@ -242,16 +243,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   CHECK(len >= NP_SIG_HEADER_LEN && len <= NP_SIG_MAX_FRAME && len % 4 == 0);
   check_fields(len, &m);
 
-  int v = np_sig_verify(body, len, &m);
+  int v = np__sig_verify(body, len, &m);
   CHECK(v == 0 || v == NP_ERR_AUTH);
   if (!is_peer(m.type))
     CHECK(v == NP_ERR_AUTH);
-  v = np_sig_verify_register(&m, fuzz_nonce);
+  v = np__sig_verify_register(&m, fuzz_nonce);
   CHECK(v == 0 || v == NP_ERR_AUTH);
   if (m.type != NP_SIG_REGISTER)
     CHECK(v == NP_ERR_AUTH);
 
-  v = np_sig_verify_mac(body, len, &m, fuzz_nonce, 0);
+  v = np__sig_verify_mac(body, len, &m, fuzz_nonce, 0);
   CHECK(v == 0 || v == NP_ERR_AUTH);
   if (!m.has_mac)
     CHECK(v == NP_ERR_AUTH);

@@ -31,7 +31,7 @@ static bool same_bytes(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
 
 static void check_fields(const uint8_t *data, size_t size, const np_stun_msg *m) {
   CHECK(size >= NP_STUN_HEADER_LEN && size <= NP_STUN_MAX_MESSAGE);
-  CHECK(np_stun_is_stun(data, size));
+  CHECK(np__stun_is_stun(data, size));
   CHECK((size_t)m->length + NP_STUN_HEADER_LEN == size);
   CHECK((m->type & 0xC000) == 0);
   CHECK(m->rfc3489 == (m->cookie != NP_STUN_MAGIC_COOKIE));
@@ -55,12 +55,12 @@ static void check_fields(const uint8_t *data, size_t size, const np_stun_msg *m)
 }
 
 static void check_integrity(const uint8_t *data, size_t size, const np_stun_msg *m) {
-  int rc = np_stun_check_integrity(data, size, m, fuzz_key, FUZZ_KEY_LEN);
+  int rc = np__stun_check_integrity(data, size, m, fuzz_key, FUZZ_KEY_LEN);
   if (m->present & NP_STUN_HAS_INTEGRITY)
     CHECK(rc == 0 || rc == NP_ERR_AUTH);
   else
     CHECK(rc == NP_ERR_PROTO);
-  rc = np_stun_check_integrity_sha256(data, size, m, fuzz_key, FUZZ_KEY_LEN);
+  rc = np__stun_check_integrity_sha256(data, size, m, fuzz_key, FUZZ_KEY_LEN);
   if (m->present & NP_STUN_HAS_INTEGRITY_SHA256)
     CHECK(rc == 0 || rc == NP_ERR_AUTH);
   else
@@ -114,44 +114,44 @@ static const uint8_t *text_of(const np_stun_msg *m, size_t i, size_t *len) {
 static void re_encode(const np_stun_msg *m) {
   uint8_t out[NP_STUN_MAX_MESSAGE];
   np_stun_writer w;
-  np_stun_writer_init(&w, out, sizeof out, m->type, m->cookie, m->txid);
+  np__stun_writer_init(&w, out, sizeof out, m->type, m->cookie, m->txid);
   CHECK(w.err == 0 && w.pad_byte == 0);
 
   for (size_t i = 0; i < sizeof addr_attrs / sizeof addr_attrs[0]; i++) {
     if (!(m->present & addr_attrs[i].bit))
       continue;
     if (addr_attrs[i].type == NP_STUN_ATTR_XOR_MAPPED_ADDRESS)
-      np_stun_put_xor_addr(&w, addr_attrs[i].type, addr_of(m, i));
+      np__stun_put_xor_addr(&w, addr_attrs[i].type, addr_of(m, i));
     else
-      np_stun_put_addr(&w, addr_attrs[i].type, addr_of(m, i));
+      np__stun_put_addr(&w, addr_attrs[i].type, addr_of(m, i));
   }
   for (size_t i = 0; i < sizeof text_attrs / sizeof text_attrs[0]; i++) {
     if (!(m->present & text_attrs[i].bit))
       continue;
     size_t len;
     const uint8_t *p = text_of(m, i, &len);
-    np_stun_put_bytes(&w, text_attrs[i].type, p, len);
+    np__stun_put_bytes(&w, text_attrs[i].type, p, len);
   }
   if (m->present & NP_STUN_HAS_ERROR_CODE) {
     /* put_error takes a C string; a reason with a NUL byte is cut there. */
     char reason[NP_STUN_MAX_REASON + 1];
     memcpy(reason, m->reason, m->reason_len);
     reason[m->reason_len] = '\0';
-    np_stun_put_error(&w, m->error_code, reason);
+    np__stun_put_error(&w, m->error_code, reason);
   }
   if (m->present & NP_STUN_HAS_UNKNOWN_ATTRS)
-    np_stun_put_unknown(&w, m->unknown_listed, m->n_unknown_listed);
+    np__stun_put_unknown(&w, m->unknown_listed, m->n_unknown_listed);
   if (m->present & NP_STUN_HAS_CHANGE_REQUEST)
-    np_stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, m->change_request);
+    np__stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, m->change_request);
   if (m->present & NP_STUN_HAS_RESPONSE_PORT)
-    np_stun_put_response_port(&w, m->response_port);
+    np__stun_put_response_port(&w, m->response_port);
   if (m->present & NP_STUN_HAS_PADDING) {
     static const uint8_t zeros[NP_STUN_MAX_MESSAGE];
-    np_stun_put_bytes(&w, NP_STUN_ATTR_PADDING, zeros, m->padding_len);
+    np__stun_put_bytes(&w, NP_STUN_ATTR_PADDING, zeros, m->padding_len);
   }
-  np_stun_put_integrity(&w, fuzz_key, FUZZ_KEY_LEN);
-  np_stun_put_fingerprint(&w);
-  int n = np_stun_writer_finish(&w);
+  np__stun_put_integrity(&w, fuzz_key, FUZZ_KEY_LEN);
+  np__stun_put_fingerprint(&w);
+  int n = np__stun_writer_finish(&w);
   /* Each attribute re-encodes to the size it had, but the integrity and
    * FINGERPRINT we append may not fit in a message that was already full. */
   if (n == NP_ERR_NOSPACE)
@@ -159,9 +159,9 @@ static void re_encode(const np_stun_msg *m) {
   CHECK(n >= NP_STUN_HEADER_LEN);
 
   np_stun_msg r;
-  CHECK(np_stun_read(out, (size_t)n, &r) == 0);
-  CHECK(np_stun_check_integrity(out, (size_t)n, &r, fuzz_key, FUZZ_KEY_LEN) == 0);
-  CHECK(np_stun_check_integrity(out, (size_t)n, &r, fuzz_key, FUZZ_KEY_LEN - 1) ==
+  CHECK(np__stun_read(out, (size_t)n, &r) == 0);
+  CHECK(np__stun_check_integrity(out, (size_t)n, &r, fuzz_key, FUZZ_KEY_LEN) == 0);
+  CHECK(np__stun_check_integrity(out, (size_t)n, &r, fuzz_key, FUZZ_KEY_LEN - 1) ==
         NP_ERR_AUTH);
   CHECK(r.type == m->type && r.method == m->method && r.cls == m->cls);
   CHECK(r.cookie == m->cookie && r.rfc3489 == m->rfc3489);
@@ -197,8 +197,8 @@ static void re_encode(const np_stun_msg *m) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   np_stun_msg m;
-  bool looks_stun = np_stun_is_stun(data, size);
-  int rc = np_stun_read(data, size, &m);
+  bool looks_stun = np__stun_is_stun(data, size);
+  int rc = np__stun_read(data, size, &m);
   if (rc != 0) {
     CHECK(rc == NP_ERR_PROTO);
     CHECK(m.present == 0);

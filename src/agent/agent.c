@@ -1,59 +1,47 @@
 /*
- * The agent: the public face of the traversal engine (natpunch.h). It owns
- * the sockets, the rendezvous client, the gathering and the port-mapping
- * worker, and drives the sans-IO punch machine of the current session.
+ * The agent: the public API (natpunch.h) and the session state machine.
+ * It owns the path (sockets, path/path.h), the rendezvous client, the
+ * gathering (gather.h) and the port-mapping worker (portmap_job.h), and
+ * drives the sans-IO punch machine of the current session.
  *
- * One epoll set holds every descriptor, so the application sees a single
- * fd; timers are reported through np_agent_timeout(). Nothing here blocks
- * except np_agent_wait() (asked for) and np_agent_free() (deleting a port
- * mapping is a round trip to the gateway).
+ * One event loop (net/loop.h) holds every descriptor, so the application
+ * sees a single fd (the loop's epoll set); timers are reported through
+ * np_agent_timeout(). Nothing here blocks except np_agent_wait() (asked
+ * for) and np_agent_free() (deleting a port mapping is a round trip to the
+ * gateway). Time is the loop's clock.
  */
 #include "natpunch.h"
 
+#include "agent/agent_internal.h"
+#include "agent/gather.h"
+#include "agent/portmap_job.h"
 #include "discovery/nat_probe.h"
-#include "traversal/predict.h"
 #include "net/addr.h"
+#include "net/loop.h"
 #include "net/udp.h"
+#include "path/path.h"
 #include "portmap/portmap.h"
 #include "rendezvous/rendezvous_client.h"
 #include "signaling/signaling.h"
-#include "stun/stun.h"
 #include "traversal/budget.h"
 #include "traversal/punch.h"
 #include "util/clock.h"
 #include "util/log.h"
 
 #include <errno.h>
-#include <ifaddrs.h>
-#include <netinet/in.h>
 #include <poll.h>
-#include <pthread.h>
 #include <sodium.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
 #define MAX_EVENTS 32
 #define MAX_RX 256            /* datagrams queued for np_agent_recv() */
 #define MAX_PAYLOAD 1200      /* fits any path MTU with headers */
-#define GATHER_TIMEOUT_MS 1500
-#define GATHER_RTO_MS 200
-#define HOP_MAX_TTL 4         /* NAT depth we can measure: 3 stacked NATs */
-/* Hop probes go HOP_COPIES at a time, and the unanswered ones again every
- * HOP_RTO_MS, HOP_ROUNDS times in all: on a lossy link one lost probe (or
- * answer) would otherwise miss a flat segment for the agent's lifetime,
- * and the flat flag is what both sides' roles depend on. */
-#define HOP_COPIES 2
-#define HOP_ROUNDS 5
-#define HOP_RTO_MS 200
 #define DEFAULT_TIMEOUT_MS 20000
 #define DEFAULT_MAX_PROBES 6000 /* punch.h's default max_probes */
-#define PORTMAP_TIMEOUT_MS 2000
 /* How long the callee's gathering waits for a port mapping still in
  * progress: enough for PCP and NAT-PMP, which answer in one round trip on
  * the LAN (UPnP's multicast discovery takes longer and only helps later
@@ -71,20 +59,15 @@
 #define DEFAULT_KEEPALIVE_MS 5000
 #define HOLD_MIN_MS 400
 #define HOLD_MAX_MS 3000
-#define RECV_BATCH 64         /* datagrams read per socket per process call */
 
-/* First byte of non-STUN datagrams on the path (RFC 7983 leaves 4..15
- * unassigned; QUIC, later, uses 64..255). */
-#define PKT_DATA 0x04
-#define PKT_BYE 0x05
+/* First byte of the plain data path's datagrams (path.h has the table). */
+#define PKT_DATA NP_PATH_PKT_DATA
+#define PKT_BYE NP_PATH_PKT_BYE
 /* The byte after PKT_BYE: why we leave. A BYE without it (older peers) is
  * a normal close. */
 #define BYE_NORMAL 0
 #define BYE_ABORT 1
 
-/* epoll tags: sockets use their index; these are above any index. */
-#define TAG_RDV 0x7ffffff0u
-#define TAG_WAKE 0x7ffffff1u
 
 enum session_state {
   S_NONE = 0,
@@ -117,27 +100,20 @@ struct np_agent {
   np_logger log;
   uint8_t self_pk[NP_PUBKEY_LEN];
 
-  int epfd, wakefd;
+  np_loop *loop;
   np_rdv_client *rdv;
   int rdv_fd;
-  uint32_t rdv_events;
+  unsigned rdv_mask;
+  short rdv_revents; /* from the loop's callback, for np__rdv_client_process */
   bool registered;
 
-  int *socks;
-  int nsocks;  /* socks[0] is the gathered socket; 1.. birthday sockets */
-  np_addr local; /* socks[0] as bound, with a concrete IP where known */
+  np_path *path;  /* socket 0 is the gathered socket; 1.. birthday sockets */
+  np_addr local;  /* socket 0 as bound, with a concrete IP where known */
   int family;
 
-  /* NAT depth, for the priming TTL (hop probes to discovery[0]). */
-  uint8_t hop_txid[HOP_MAX_TTL + 1][NP_STUN_TXID_LEN];
-  bool hop_private[HOP_MAX_TTL + 1];
-  bool hop_answered[HOP_MAX_TTL + 1];
-  bool hop_reached[HOP_MAX_TTL + 1]; /* the server itself answered this TTL */
-  int hop_rounds;                    /* hop probe rounds sent */
-  int64_t hop_next;                  /* next round (INT64_MAX: none) */
-  int prime_ttl;
+  np_gather gather; /* the hop measurement (agent-long) and a session's query */
 
-  struct pm_job *pm; /* port-mapping worker, NULL when none */
+  struct np_pm_job *pm; /* port-mapping worker, NULL when none */
   bool pm_offered;   /* the worker's last word was a live mapping */
 
   /* Session. */
@@ -154,8 +130,7 @@ struct np_agent {
   np_budget budget;
   int budget_granted;
   int hold_ms; /* callee: the answer's expected travel time (punch.h's hold_ms) */
-  int64_t session_start, session_deadline, gather_started;
-  np_nat_probe *probe;
+  int64_t session_start, session_deadline;
   np_punch *punch;
   np_session_stats stats;
   int64_t peer_heard; /* connected: last authenticated packet from the peer on the path */
@@ -168,24 +143,11 @@ struct np_agent {
   int n_early;
 };
 
-/* ---- small helpers ------------------------------------------------------------ */
+static void on_path_datagram(void *user, enum np_path_class cls, int sock, const np_addr *from,
+                             const uint8_t *buf, size_t len, int64_t now);
+static void on_path_icmp(void *user, int sock, const np_udp_error *e);
 
-NP_EXPORT const char *np_via_name(enum np_via via) {
-  switch (via) {
-  case NP_VIA_HOST:
-    return "host";
-  case NP_VIA_REFLEXIVE:
-    return "reflexive";
-  case NP_VIA_PORTMAP:
-    return "portmap";
-  case NP_VIA_PREDICTED:
-    return "predicted";
-  case NP_VIA_BIRTHDAY:
-    return "birthday";
-  default:
-    return "none";
-  }
-}
+/* ---- small helpers ------------------------------------------------------------ */
 
 static void push_event(np_agent *a, const np_agent_event *ev) {
   if (a->cfg.on_event)
@@ -207,502 +169,21 @@ static void session_event(np_agent *a, enum np_agent_event_type type, int err,
   push_event(a, &ev);
 }
 
-/* A hop address in private space (a stacked NAT's inner side), link-local
- * included. */
-static bool is_private_ip(const np_addr *ad) {
-  if (ad->u.sa.sa_family == AF_INET)
-    return np_addr_is_private(ad) || (ntohl(ad->u.in4.sin_addr.s_addr) >> 16) == (169u << 8 | 254);
-  return np_addr_is_private(ad) ||
-         (ad->u.sa.sa_family == AF_INET6 && IN6_IS_ADDR_LINKLOCAL(&ad->u.in6.sin6_addr));
-}
-
-/* ---- sockets -------------------------------------------------------------------- */
-
-static int open_udp(np_agent *a, int index) {
-  np_addr any = {0};
-  any.u.sa.sa_family = (sa_family_t)a->family;
-  char err[NP_UDP_ERRLEN];
-  int fd = np_udp_bind(&any, NP_UDP_NONBLOCK, err);
-  if (fd < 0) {
-    NP_LOGW(&a->log, "agent: %s", err);
-    return fd;
-  }
-  np_udp_recverr(fd, a->family);
-  struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)index};
-  if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
-    close(fd);
-    return NP_ERR_SYS;
-  }
-  return fd;
-}
-
-/* Makes sure sockets 0..n-1 exist (the birthday method asks for more). */
-static int ensure_sockets(np_agent *a, int n) {
-  if (n <= a->nsocks)
-    return 0;
-  int *grown = realloc(a->socks, (size_t)n * sizeof *grown);
-  if (!grown)
-    return NP_ERR_NOMEM;
-  a->socks = grown;
-  while (a->nsocks < n) {
-    int fd = open_udp(a, a->nsocks);
-    if (fd < 0)
-      return fd;
-    a->socks[a->nsocks++] = fd;
-  }
-  if (a->nsocks > a->stats.sockets)
-    a->stats.sockets = a->nsocks;
-  return 0;
-}
-
-/* Closes every socket but 'keep' (index), which becomes... still its own
- * index: the rest are closed and marked -1. */
-static void close_sockets_except(np_agent *a, int keep) {
-  for (int i = 1; i < a->nsocks; i++) {
-    if (i == keep || a->socks[i] < 0)
-      continue;
-    (void)epoll_ctl(a->epfd, EPOLL_CTL_DEL, a->socks[i], NULL);
-    close(a->socks[i]);
-    a->socks[i] = -1;
-  }
-}
-
-static void close_extra_sockets(np_agent *a) {
-  close_sockets_except(a, 0);
-  a->nsocks = a->nsocks > 0 ? 1 : 0;
-}
-
-static void drain_errqueue(np_agent *a, int fd);
-
-static int send_on(np_agent *a, int sock, const np_addr *to, int ttl, const void *buf,
-                   size_t len) {
-  if (sock < 0 || sock >= a->nsocks || a->socks[sock] < 0)
-    return NP_ERR_INVAL;
-  int fd = a->socks[sock];
-  int level = a->family == AF_INET6 ? IPPROTO_IPV6 : IPPROTO_IP;
-  int opt = a->family == AF_INET6 ? IPV6_UNICAST_HOPS : IP_TTL;
-  int old = 64;
-  socklen_t ol = sizeof old;
-  if (ttl > 0) {
-    (void)getsockopt(fd, level, opt, &old, &ol);
-    (void)setsockopt(fd, level, opt, &ttl, sizeof ttl);
-  }
-  ssize_t n = sendto(fd, buf, len, 0, &to->u.sa, np_addr_len(to));
-  int e = errno;
-  if (n < 0 && (e == ECONNREFUSED || e == EHOSTUNREACH || e == ENETUNREACH || e == EHOSTDOWN)) {
-    /* An ICMP error about an earlier datagram (a probe refused by a
-     * peer's gateway, a hop probe's "time exceeded") is reported by the
-     * next send on the socket, which the kernel then drops. Reporting
-     * clears it; send again. */
-    drain_errqueue(a, fd);
-    n = sendto(fd, buf, len, 0, &to->u.sa, np_addr_len(to));
-    e = errno;
-  }
-  if (ttl > 0)
-    (void)setsockopt(fd, level, opt, &old, sizeof old);
-  if (n < 0)
-    return e == EAGAIN || e == EWOULDBLOCK ? NP_ERR_AGAIN : NP_ERR_SYS;
-  return 0;
-}
-
-/* ---- candidates ----------------------------------------------------------------- */
-
-/* Interface addresses of our family with the socket's port. Loopback only
- * when there is nothing else (a lone host). */
-static void gather_private(np_agent *a, np_sig_candidates *c) {
-  struct ifaddrs *ifs = NULL;
-  if (getifaddrs(&ifs) != 0)
-    return;
-  uint16_t port = np_addr_port(&a->local);
-  for (int pass = 0; pass < 2 && c->n_private == 0; pass++) {
-    for (struct ifaddrs *i = ifs; i && c->n_private < NP_SIG_MAX_PRIVATE; i = i->ifa_next) {
-      if (!i->ifa_addr || i->ifa_addr->sa_family != a->family)
-        continue;
-      np_addr ad;
-      if (np_addr_from_sockaddr(i->ifa_addr,
-                                a->family == AF_INET ? sizeof(struct sockaddr_in)
-                                                     : sizeof(struct sockaddr_in6),
-                                &ad) != 0)
-        continue;
-      bool loop = a->family == AF_INET ? (ntohl(ad.u.in4.sin_addr.s_addr) >> 24) == 127
-                                       : IN6_IS_ADDR_LOOPBACK(&ad.u.in6.sin6_addr);
-      bool link_local = a->family == AF_INET6 && IN6_IS_ADDR_LINKLOCAL(&ad.u.in6.sin6_addr);
-      if (link_local || (loop && pass == 0))
-        continue;
-      np_addr_set_port(&ad, port);
-      c->private_addrs[c->n_private++] = ad;
-    }
-  }
-  freeifaddrs(ifs);
-}
-
-/* Hop probes from TTL 2: behind a NAT the first hop is our router anyway,
- * and routers rate-limit the ICMP they send to one host, so a "time
- * exceeded" from it would use up the port unreachable that tells the
- * port-mapping worker at once that the router speaks no PCP. */
-static void hop_probe_send(np_agent *a) {
-  a->hop_next = INT64_MAX;
-  if (a->cfg.n_discovery == 0 || a->cfg.prime_ttl > 0 || a->cfg.no_prime ||
-      a->hop_rounds >= HOP_ROUNDS)
-    return;
-  bool first = a->hop_rounds++ == 0;
-  a->hop_next = np_now_ms() + HOP_RTO_MS;
-  for (int ttl = 2; ttl <= HOP_MAX_TTL; ttl++) {
-    /* Resent (same transaction) only while neither the server nor a
-     * router has answered that TTL. */
-    if (!first && (a->hop_answered[ttl] || a->hop_reached[ttl]))
-      continue;
-    uint8_t buf[64];
-    if (first)
-      np_random_bytes(a->hop_txid[ttl], NP_STUN_TXID_LEN);
-    np_stun_writer w;
-    np_stun_writer_init(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_REQUEST,
-                        NP_STUN_MAGIC_COOKIE, a->hop_txid[ttl]);
-    np_stun_put_fingerprint(&w);
-    int n = np_stun_writer_finish(&w);
-    for (int c = 0; c < (first ? HOP_COPIES : 1) && n > 0; c++)
-      (void)send_on(a, 0, &a->cfg.discovery[0], ttl, buf, (size_t)n);
-  }
-}
-
-/* TTL of priming packets: one more than the NAT depth, i.e. the first hop
- * (our router, since we are behind a NAT) plus the consecutive hops from
- * the second on that answered "time exceeded" from private addresses
- * (stacked NATs), so the packet leaves the outermost NAT and dies in the
- * first public router. */
-static int measured_prime_ttl(const np_agent *a) {
-  if (a->cfg.no_prime)
-    return 0;
-  if (a->cfg.prime_ttl > 0)
-    return a->cfg.prime_ttl;
-  bool behind_nat = a->cand.n_mapped > 0;
-  for (int i = 0; i < a->cand.n_private; i++)
-    if (a->cand.n_mapped && np_addr_equal(&a->cand.private_addrs[i], &a->cand.mapped[0]))
-      behind_nat = false;
-  if (!behind_nat)
-    return 0;
-  int depth = 1;
-  while (depth < HOP_MAX_TTL && a->hop_private[depth + 1])
-    depth++;
-  return depth + 1;
-}
-
-/* Whether a primer would reach the discovery server itself: the hop probe
- * with the priming TTL was answered by the server instead of expiring in
- * the first public router. Then our gateway and the server share a segment
- * with no router between them, and a peer's gateway on it would get our
- * primers too (punch.h, "Flat segment"). Only measured TTLs count: a
- * --prime-ttl set by hand sends no hop probes. */
-static bool primes_reach_server(const np_agent *a) {
-  return a->prime_ttl >= 2 && a->prime_ttl <= HOP_MAX_TTL && a->hop_reached[a->prime_ttl];
-}
-
-/* Sets or clears NP_SIG_CAND_FLAT in our candidates from what the hop
- * probes found so far (a late answer to a resent hop probe counts). */
-static void update_flat_flag(np_agent *a) {
-  bool flat = primes_reach_server(a);
-  if (flat && !(a->cand.flags & NP_SIG_CAND_FLAT))
-    NP_LOGI(&a->log,
-            "agent: a priming packet (TTL %d) reaches the discovery server: no router between our "
-            "NAT and its segment (flat segment; a peer there may need the flat-segment wait)",
-            a->prime_ttl);
-  a->cand.flags =
-      flat ? a->cand.flags | NP_SIG_CAND_FLAT : a->cand.flags & ~(uint32_t)NP_SIG_CAND_FLAT;
-}
-
-/* ICMP errors queued on socket 0: time-exceeded answers to the hop probes
- * tell the NAT depth; the rest (port unreachable from a peer's gateway...)
- * are only drained. */
-static void drain_errqueue(np_agent *a, int fd) {
-  np_udp_error e;
-  for (int guard = 0; guard < 64 && np_udp_read_error(fd, &e); guard++) {
-    /* A discovery server that is down answers its query with port
-     * unreachable: the gathering need not wait for its timeout. */
-    if (a->probe && a->nsocks > 0 && fd == a->socks[0] && e.icmp && !e.time_exceeded &&
-        np_addr_is_set(&e.dest))
-      np_nat_probe_unreachable(a->probe, np_now_ms(), NP_PROBE_SOCK_MAIN, &e.dest);
-    if (!e.time_exceeded || e.len < NP_STUN_HEADER_LEN)
-      continue;
-    for (int ttl = 1; ttl <= HOP_MAX_TTL; ttl++)
-      if (memcmp(e.data + 8, a->hop_txid[ttl], NP_STUN_TXID_LEN) == 0) {
-        a->hop_answered[ttl] = true;
-        a->hop_private[ttl] = is_private_ip(&e.offender);
-        char t[NP_ADDRSTRLEN];
-        NP_LOGD(&a->log, "agent: TTL %d expired at %s", ttl,
-                np_addr_format(&e.offender, t, sizeof t));
-      }
-  }
-}
-
-/* ---- port mapping worker ---------------------------------------------------------- */
-
-/* The port-mapping worker's state lives apart from the agent and is freed
- * by whichever of the two lets go last: freeing an agent must not wait for
- * a UPnP discovery that can take seconds, so the agent may abandon a
- * running worker, which then deletes whatever it mapped and frees itself.
- *
- * Once mapped, the worker stays to renew the mapping at half its granted
- * lifetime (RFC 6887 11.2.1 says between 1/2 and 5/8; RFC 6886 3.3 half),
- * retrying a failed renewal at a quarter of what is left, and marks the
- * mapping dead when its lifetime runs out unrenewed, so that a long-running
- * listener never offers it; it keeps trying (the same request recreates the
- * mapping after a gateway restart), every PM_RETRY_MAX_MS at most. */
-#define PM_MIN_RENEW_MS 1000
-#define PM_RETRY_MAX_MS 60000
-
-enum pm_phase { PM_OPENING, PM_SLEEPING, PM_RENEWING, PM_EXITED };
-
-struct pm_job {
-  pthread_mutex_t lock;
-  pthread_cond_t cond; /* signalled when the agent lets go */
-  pthread_t thread;
-  int refs;           /* agent + worker */
-  enum pm_phase phase;
-  bool done;
-  bool slow;          /* the unicast protocols failed; UPnP discovery runs */
-  bool abandoned;     /* the agent is gone */
-  int rc;
-  np_addr external;
-  int64_t expires;    /* monotonic ms when the mapping ends unless renewed; INT64_MAX: never */
-  int wakefd;         /* the agent's eventfd (not ours to close) */
-  np_portmap *fast;   /* PCP and NAT-PMP: one round trip to the gateway */
-  np_portmap *upnp;   /* UPnP IGD: multicast discovery, then HTTP */
-  np_portmap *used;   /* the one that mapped */
-};
-
-static void pm_job_release(struct pm_job *j) {
-  pthread_mutex_lock(&j->lock);
-  bool last = --j->refs == 0;
-  pthread_mutex_unlock(&j->lock);
-  if (!last)
-    return;
-  if (j->used)
-    (void)np_portmap_close(j->used); /* mappings do not outlive the agent */
-  np_portmap_free(j->fast);
-  np_portmap_free(j->upnp);
-  pthread_cond_destroy(&j->cond);
-  pthread_mutex_destroy(&j->lock);
-  free(j);
-}
-
-/* Tells the agent's loop (under the lock). */
-static void pm_wake_agent(struct pm_job *j) {
-  if (!j->abandoned) {
-    uint64_t one = 1;
-    ssize_t w = write(j->wakefd, &one, sizeof one);
-    (void)w;
-  }
-}
-
-static int64_t pm_expiry(int64_t now, uint32_t lifetime_s) {
-  return lifetime_s ? now + (int64_t)lifetime_s * 1000 : INT64_MAX;
-}
-
-/* Sleeps until 'until' (monotonic ms) or the agent lets go; under the lock.
- * Returns false when abandoned. */
-static bool pm_sleep(struct pm_job *j, int64_t until) {
-  j->phase = PM_SLEEPING;
-  while (!j->abandoned) {
-    int64_t now = np_now_ms();
-    if (until != INT64_MAX && now >= until)
-      break;
-    if (until == INT64_MAX) {
-      pthread_cond_wait(&j->cond, &j->lock);
-      continue;
-    }
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t ns = (int64_t)ts.tv_nsec + (until - now) * 1000000;
-    ts.tv_sec += (time_t)(ns / 1000000000);
-    ts.tv_nsec = (long)(ns % 1000000000);
-    (void)pthread_cond_timedwait(&j->cond, &j->lock, &ts);
-  }
-  return !j->abandoned;
-}
-
-/* Renews j->used until the agent lets go. */
-static void pm_keep(struct pm_job *j) {
-  pthread_mutex_lock(&j->lock);
-  int64_t granted_at = np_now_ms();
-  uint32_t life = np_portmap_lifetime(j->used);
-  int64_t next = life ? granted_at + (int64_t)life * 500 : INT64_MAX;
-  if (next != INT64_MAX && next < granted_at + PM_MIN_RENEW_MS)
-    next = granted_at + PM_MIN_RENEW_MS;
-  int64_t retry = 0;
-  while (pm_sleep(j, next)) {
-    j->phase = PM_RENEWING;
-    pthread_mutex_unlock(&j->lock);
-    np_addr ext;
-    int rc = np_portmap_renew(j->used, &ext);
-    int64_t now = np_now_ms();
-    pthread_mutex_lock(&j->lock);
-    if (rc == 0) {
-      bool changed = j->rc != 0 || !np_addr_equal(&ext, &j->external);
-      life = np_portmap_lifetime(j->used);
-      j->rc = 0;
-      j->external = ext;
-      j->expires = pm_expiry(now, life);
-      retry = 0;
-      next = life ? now + (int64_t)life * 500 : INT64_MAX;
-      if (next != INT64_MAX && next < now + PM_MIN_RENEW_MS)
-        next = now + PM_MIN_RENEW_MS;
-      if (changed)
-        pm_wake_agent(j);
-      continue;
-    }
-    if (j->rc == 0 && now >= j->expires) {
-      j->rc = NP_ERR_TIMEOUT; /* dead: no longer offered */
-      pm_wake_agent(j);
-    }
-    /* Before expiry, a quarter of what is left (at least a second); after,
-     * backing off to PM_RETRY_MAX_MS. */
-    if (j->rc == 0) {
-      int64_t left = j->expires - now;
-      next = now + (left / 4 > PM_MIN_RENEW_MS ? left / 4 : PM_MIN_RENEW_MS);
-    } else {
-      retry = retry ? retry * 2 : 2000;
-      if (retry > PM_RETRY_MAX_MS)
-        retry = PM_RETRY_MAX_MS;
-      next = now + retry;
-    }
-  }
-  pthread_mutex_unlock(&j->lock);
-}
-
-static void *portmap_worker(void *arg) {
-  struct pm_job *j = arg;
-  np_addr ext = {0};
-  np_portmap *used = j->fast;
-  int rc = np_portmap_open(j->fast, &ext);
-  if (rc != 0) {
-    pthread_mutex_lock(&j->lock);
-    j->slow = true;
-    bool stop = j->abandoned;
-    pthread_mutex_unlock(&j->lock);
-    used = j->upnp;
-    rc = stop ? NP_ERR_CANCELLED : np_portmap_open(j->upnp, &ext);
-  }
-  pthread_mutex_lock(&j->lock);
-  j->done = true;
-  j->rc = rc;
-  j->external = ext;
-  j->used = rc == 0 ? used : NULL;
-  if (rc == 0)
-    j->expires = pm_expiry(np_now_ms(), np_portmap_lifetime(used));
-  pm_wake_agent(j);
-  bool keep = rc == 0 && !j->abandoned;
-  pthread_mutex_unlock(&j->lock);
-  if (keep)
-    pm_keep(j);
-  pthread_mutex_lock(&j->lock);
-  j->phase = PM_EXITED;
-  pthread_mutex_unlock(&j->lock);
-  pm_job_release(j);
-  return NULL;
-}
-
-static void portmap_start(np_agent *a) {
-  if (a->cfg.no_portmap)
-    return;
-  struct pm_job *j = calloc(1, sizeof *j);
-  if (!j)
-    return;
-  pthread_mutex_init(&j->lock, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* np_now_ms()'s clock */
-  pthread_cond_init(&j->cond, &ca);
-  pthread_condattr_destroy(&ca);
-  j->wakefd = a->wakefd;
-  j->refs = 2;
-  np_portmap_config pc = {
-      .internal_port = np_addr_port(&a->local),
-      .timeout_ms = PORTMAP_TIMEOUT_MS,
-      .description = "natpunch",
-      .log = a->cfg.log,
-      .log_user = a->cfg.log_user,
-      .log_level = a->cfg.log_level,
-  };
-  np_portmap_config fast = pc, slow = pc;
-  fast.no_upnp = true;
-  slow.no_pcp = slow.no_natpmp = true;
-  if (np_portmap_new(&fast, &j->fast) != 0 || np_portmap_new(&slow, &j->upnp) != 0 ||
-      pthread_create(&j->thread, NULL, portmap_worker, j) != 0) {
-    j->refs = 1;
-    pm_job_release(j);
-    return;
-  }
-  a->pm = j;
-}
-
-/* Lets go of the worker. A worker that is between renewals (or finished)
- * is woken and joined, and the mapping is deleted now, before this
- * returns (a round trip to the gateway): a process that exits right after
- * must not leave it behind. One still in a blocking exchange (UPnP
- * discovery takes seconds) is left to finish on its own: it deletes
- * whatever it mapped. The log callback may be called by such a worker
- * until it ends, so applications keep their log sink alive (the CLI's is
- * static). */
-static void portmap_stop(np_agent *a) {
-  struct pm_job *j = a->pm;
-  if (!j)
-    return;
-  pthread_mutex_lock(&j->lock);
-  j->abandoned = true;
-  pthread_cond_broadcast(&j->cond);
-  bool join = j->phase == PM_SLEEPING || j->phase == PM_EXITED;
-  /* Kept alive across the join: the worker's release is then not the
-   * last, and ours deletes the mapping here. */
-  pthread_mutex_unlock(&j->lock);
-  if (join)
-    pthread_join(j->thread, NULL);
-  else
-    pthread_detach(j->thread);
-  pm_job_release(j);
-  a->pm = NULL;
-}
-
-/* The mapped address, if the worker has one by now and it has not expired. */
-static bool portmap_get(np_agent *a, np_addr *out, enum np_portmap_proto *proto) {
-  bool ok = false;
-  if (!a->pm)
-    return false;
-  pthread_mutex_lock(&a->pm->lock);
-  if (a->pm->done && a->pm->rc == 0 && np_now_ms() < a->pm->expires) {
-    *out = a->pm->external;
-    if (proto)
-      *proto = np_portmap_protocol(a->pm->used);
-    ok = true;
-  }
-  pthread_mutex_unlock(&a->pm->lock);
-  return ok;
-}
-
-static bool portmap_pending(np_agent *a) {
-  if (!a->pm)
-    return false;
-  pthread_mutex_lock(&a->pm->lock);
-  bool pending = !a->pm->done && !a->pm->slow;
-  pthread_mutex_unlock(&a->pm->lock);
-  return pending;
-}
-
 /* ---- session --------------------------------------------------------------------- */
 
 static void session_reset(np_agent *a) {
   if (a->budget_granted > 0) {
     np_punch_result r = {0};
     if (a->punch)
-      np_punch_result_get(a->punch, &r);
+      np__punch_result_get(a->punch, &r);
     int used = r.probes_sent > (uint32_t)a->budget_granted ? a->budget_granted : (int)r.probes_sent;
-    np_budget_refund(&a->budget, a->peer, a->budget_granted - used, np_now_ms());
+    np__budget_refund(&a->budget, a->peer, a->budget_granted - used, np__loop_now(a->loop));
     a->budget_granted = 0;
   }
-  np_nat_probe_free(a->probe);
-  a->probe = NULL;
-  np_punch_free(a->punch);
+  np__gather_stop(&a->gather);
+  np__punch_free(a->punch);
   a->punch = NULL;
-  close_extra_sockets(a);
+  np__path_close_extra(a->path);
   sodium_memzero(a->kx_sk, sizeof a->kx_sk);
   a->rx_n = 0;
   a->n_early = 0;
@@ -715,81 +196,33 @@ static void session_fail(np_agent *a, int err, const char *reason) {
   session_event(a, NP_AGENT_FAILED, err, reason);
 }
 
+/* Sends on one of the path's sockets; a send that fails is a lost datagram
+ * to the machines, which retransmit. */
+static int send_on(np_agent *a, int sock, const np_addr *to, int ttl, const void *buf,
+                   size_t len) {
+  return np__path_send(a->path, sock, to, ttl, buf, len);
+}
+
+/* Makes sure sockets 0..n-1 exist (the birthday method asks for more). */
+static int ensure_sockets(np_agent *a, int n) {
+  int rc = np__path_ensure(a->path, n);
+  if (np__path_count(a->path) > a->stats.sockets)
+    a->stats.sockets = np__path_count(a->path);
+  return rc;
+}
+
 static int gather_start(np_agent *a, int64_t now) {
-  a->gather_started = now;
-  memset(&a->cand, 0, sizeof a->cand);
-  gather_private(a, &a->cand);
+  int rc = np__gather_start(&a->gather, now, &a->cand);
   crypto_box_keypair(a->kx_pk, a->kx_sk); /* X25519 */
   a->cand.has_kx = true;
   memcpy(a->cand.kx, a->kx_pk, sizeof a->kx_pk);
-  if (a->cfg.n_discovery == 0)
-    return 0;
-  np_probe_config pc = {.n_servers = a->cfg.n_discovery,
-                        .rto_ms = GATHER_RTO_MS,
-                        .timeout_ms = GATHER_TIMEOUT_MS,
-                        .no_hairpin = true,
-                        .quick = true,
-                        .log = a->cfg.log,
-                        .log_user = a->cfg.log_user,
-                        .log_level = a->cfg.log_level};
-  memcpy(pc.servers, a->cfg.discovery, sizeof pc.servers);
-  return np_nat_probe_new(&pc, &a->local, NULL, NULL, now, &a->probe);
+  return rc;
 }
 
-static void gather_finish(np_agent *a) {
-  if (a->probe) {
-    np_probe_result r;
-    (void)np_nat_probe_result(a->probe, &r);
-    for (int i = 0; i < NP_PROBE_MAX_SERVERS; i++)
-      if (np_addr_port(&r.mapped[i]) && a->cand.n_mapped < NP_SIG_MAX_MAPPED)
-        a->cand.mapped[a->cand.n_mapped++] = r.mapped[i];
-    a->cand.have_delta = r.have_delta;
-    a->cand.delta = r.delta;
-    /* The verdict on all the views (three with server 1's alternate), so
-     * the peer predicts with the stride the NAT really has. */
-    a->cand.have_stride = r.n_views >= 2 && r.port_kind >= NP_NAT_KIND_CONE && r.base_port != 0;
-    if (a->cand.have_stride) {
-      a->cand.stride = r.stride;
-      a->cand.nat_kind = (uint8_t)r.port_kind;
-      a->cand.n_views = (uint8_t)r.n_views;
-      a->cand.stride_base = r.base_port;
-    }
-    int64_t took = np_now_ms() - a->gather_started;
-    np_nat_probe_free(a->probe);
-    a->probe = NULL;
-    for (int i = 0; i < a->cfg.n_discovery && a->cand.n_mapped > 0; i++) {
-      if (np_addr_port(&r.mapped[i]))
-        continue;
-      char t[NP_ADDRSTRLEN];
-      NP_LOGW(&a->log,
-              "agent: discovery server %d (%s) did not answer (%s, after %lld ms); going on with "
-              "%d view(s)%s",
-              i + 1, np_addr_format(&a->cfg.discovery[i], t, sizeof t), np_strerror(r.server_err[i]),
-              (long long)took, r.n_views,
-              r.n_views < 2 ? ": no stride, a pair that needs prediction may fail" : "");
-    }
-    if (a->cand.n_mapped == 0)
-      NP_LOGW(&a->log, "agent: no discovery server answered; offering private addresses only");
-  }
+static void gather_finish(np_agent *a, int64_t now) {
   np_addr pm;
-  if (portmap_get(a, &pm, NULL))
-    a->cand.portmap = pm;
-  a->prime_ttl = measured_prime_ttl(a);
-  update_flat_flag(a);
-  char m0[NP_ADDRSTRLEN] = "-", m1[NP_ADDRSTRLEN] = "-", pmt[NP_ADDRSTRLEN] = "-";
-  if (a->cand.n_mapped > 0)
-    np_addr_format(&a->cand.mapped[0], m0, sizeof m0);
-  if (a->cand.n_mapped > 1)
-    np_addr_format(&a->cand.mapped[1], m1, sizeof m1);
-  if (np_addr_is_set(&a->cand.portmap))
-    np_addr_format(&a->cand.portmap, pmt, sizeof pmt);
-  static const char *const kinds[] = {"unknown", "cone", "sequential", "random"};
-  NP_LOGI(&a->log,
-          "agent: gathered: %d private, mapped %s %s (delta %s%d; %s, stride %d, base %u, %d "
-          "views), portmap %s, prime TTL %d",
-          a->cand.n_private, m0, m1, a->cand.have_delta ? "" : "unknown ", a->cand.delta,
-          kinds[a->cand.have_stride && a->cand.nat_kind <= 3 ? a->cand.nat_kind : 0],
-          a->cand.stride, (unsigned)a->cand.stride_base, a->cand.n_views, pmt, a->prime_ttl);
+  bool have_pm = np__pm_job_get(a->pm, &pm, NULL);
+  np__gather_finish(&a->gather, now, have_pm ? &pm : NULL, &a->cand);
 }
 
 static void punch_start(np_agent *a, int64_t now) {
@@ -804,7 +237,7 @@ static void punch_start(np_agent *a, int64_t now) {
       .peer_observed = a->peer_seen,
       .self_observed = a->self_seen,
       .birthday_sockets = a->cfg.birthday_sockets,
-      .prime_ttl = a->prime_ttl,
+      .prime_ttl = np__gather_prime_ttl(&a->gather),
       .hold_ms = a->callee ? a->hold_ms : 0,
       .log = a->cfg.log,
       .log_user = a->cfg.log_user,
@@ -812,24 +245,24 @@ static void punch_start(np_agent *a, int64_t now) {
   };
   memcpy(pc.session, a->session, sizeof pc.session);
   if (!a->peer_cand.has_kx ||
-      np_punch_derive_key(a->kx_sk, a->kx_pk, a->peer_cand.kx, a->callee, a->session, pc.key) !=
+      np__punch_derive_key(a->kx_sk, a->kx_pk, a->peer_cand.kx, a->callee, a->session, pc.key) !=
           0) {
     session_fail(a, NP_ERR_AUTH, "the peer sent no usable session key");
     return;
   }
-  int rc = np_punch_new(&pc, now, &a->punch);
+  int rc = np__punch_new(&pc, now, &a->punch);
   sodium_memzero(pc.key, sizeof pc.key);
   if (rc != 0) {
     session_fail(a, rc, "cannot start the traversal");
     return;
   }
   np_punch_result r;
-  np_punch_result_get(a->punch, &r);
+  np__punch_result_get(a->punch, &r);
   if (r.state == NP_PUNCH_FAILED) {
     /* Nothing of the peer's we may probe: say so to a caller rather than
      * answer and wait. */
     if (a->callee)
-      (void)np_rdv_client_send_decline(a->rdv, a->peer, a->session, NP_SIG_E_BAD_REQUEST,
+      (void)np__rdv_client_send_decline(a->rdv, a->peer, a->session, NP_SIG_E_BAD_REQUEST,
                                        "no usable candidate in the offer");
     session_fail(a, r.error, r.reason);
     return;
@@ -840,10 +273,10 @@ static void punch_start(np_agent *a, int64_t now) {
 /* Sends what the punch machine has due now (a bounded batch). */
 static void punch_flush(np_agent *a, int64_t now) {
   np_punch_datagram dg;
-  for (int guard = 0; guard < 256 && np_punch_next(a->punch, now, &dg); guard++) {
+  for (int guard = 0; guard < 256 && np__punch_next(a->punch, now, &dg); guard++) {
     if (ensure_sockets(a, dg.sock + 1) != 0) {
       NP_LOGW(&a->log, "agent: cannot open more sockets (%d); birthday attempt is smaller",
-              a->nsocks);
+              np__path_count(a->path));
       continue;
     }
     (void)send_on(a, dg.sock, &dg.to, dg.ttl, dg.buf, dg.len);
@@ -852,11 +285,11 @@ static void punch_flush(np_agent *a, int64_t now) {
 
 /* Gathering is over: the caller offers, the callee answers and punches. */
 static void on_gathered(np_agent *a, int64_t now) {
-  gather_finish(a);
+  gather_finish(a, now);
   if (!a->callee) {
     if (!a->registered)
       return; /* offered from on_state once registered */
-    int rc = np_rdv_client_send_offer(a->rdv, a->peer, a->session, &a->cand);
+    int rc = np__rdv_client_send_offer(a->rdv, a->peer, a->session, &a->cand);
     if (rc != 0) {
       session_fail(a, rc, "cannot send the offer to the rendezvous server");
       return;
@@ -874,8 +307,8 @@ static void on_gathered(np_agent *a, int64_t now) {
   punch_flush(a, now);
   if (!a->registered)
     return; /* answered from on_rdv_state once registered again */
-  const np_addr *seen = np_addr_is_set(&a->peer_seen) ? &a->peer_seen : NULL;
-  int rc = np_rdv_client_send_answer(a->rdv, a->peer, a->session, &a->cand, seen);
+  const np_addr *seen = np__addr_is_set(&a->peer_seen) ? &a->peer_seen : NULL;
+  int rc = np__rdv_client_send_answer(a->rdv, a->peer, a->session, &a->cand, seen);
   if (rc != 0)
     session_fail(a, rc, "cannot send the answer to the rendezvous server");
 }
@@ -908,24 +341,24 @@ static void on_rdv_state(void *user, enum np_rdv_state state, const np_addr *obs
   const char *what = NULL;
   if (!a->callee && a->st == S_OFFERED) {
     what = "offer";
-    rc = np_rdv_client_send_offer(a->rdv, a->peer, a->session, &a->cand);
+    rc = np__rdv_client_send_offer(a->rdv, a->peer, a->session, &a->cand);
   } else if (!a->callee && a->st == S_PUNCHING) {
     what = "READY";
-    rc = np_rdv_client_send_ready(a->rdv, a->peer, a->session);
+    rc = np__rdv_client_send_ready(a->rdv, a->peer, a->session);
   } else if (a->callee && a->st == S_PUNCHING) {
     what = "answer";
-    const np_addr *seen = np_addr_is_set(&a->peer_seen) ? &a->peer_seen : NULL;
-    rc = np_rdv_client_send_answer(a->rdv, a->peer, a->session, &a->cand, seen);
+    const np_addr *seen = np__addr_is_set(&a->peer_seen) ? &a->peer_seen : NULL;
+    rc = np__rdv_client_send_answer(a->rdv, a->peer, a->session, &a->cand, seen);
   }
   if (what && rc != 0)
     session_fail(a, rc, "cannot send again after the rendezvous connection was lost");
   else if (what)
     NP_LOGI(&a->log, "agent: sent the %s again after re-registering", what);
-  if (!a->callee && a->st == S_GATHERING && !a->probe) {
+  if (!a->callee && a->st == S_GATHERING && !np__gather_active(&a->gather)) {
     /* Gathering finished before registration: offer now, with what the
      * hop probes have found by now. */
-    update_flat_flag(a);
-    rc = np_rdv_client_send_offer(a->rdv, a->peer, a->session, &a->cand);
+    np__gather_update_flat(&a->gather, &a->cand);
+    rc = np__rdv_client_send_offer(a->rdv, a->peer, a->session, &a->cand);
     if (rc == 0)
       a->st = S_OFFERED;
     else
@@ -942,8 +375,8 @@ static void on_rdv_offer(void *user, const np_sig_msg *offer) {
     /* Our caller's offer again: it lost our answer (its rendezvous
      * connection dropped, or the server restarted). Answer again. */
     if (a->callee && (a->st == S_PUNCHING || a->st == S_CONNECTED)) {
-      const np_addr *seen = np_addr_is_set(&a->peer_seen) ? &a->peer_seen : NULL;
-      int rc = np_rdv_client_send_answer(a->rdv, a->peer, a->session, &a->cand, seen);
+      const np_addr *seen = np__addr_is_set(&a->peer_seen) ? &a->peer_seen : NULL;
+      int rc = np__rdv_client_send_answer(a->rdv, a->peer, a->session, &a->cand, seen);
       if (rc != 0)
         NP_LOGW(&a->log, "agent: cannot answer the repeated offer: %s", np_strerror(rc));
     }
@@ -955,25 +388,25 @@ static void on_rdv_offer(void *user, const np_sig_msg *offer) {
     char id[NP_PEER_ID_LEN + 1];
     np_peer_id_format(offer->from, id);
     NP_LOGI(&a->log, "agent: busy; declining a call from %s", id);
-    int rc = np_rdv_client_send_decline(a->rdv, offer->from, offer->session, NP_SIG_E_BUSY,
+    int rc = np__rdv_client_send_decline(a->rdv, offer->from, offer->session, NP_SIG_E_BUSY,
                                         "busy in another session");
     if (rc != 0)
       NP_LOGW(&a->log, "agent: cannot decline the call from %s: %s", id, np_strerror(rc));
     return;
   }
-  int64_t now = np_now_ms();
+  int64_t now = np__loop_now(a->loop);
   /* The probes this call may cost us, against this caller's and
    * everyone's use of the last minute: a session runs smaller, or the
    * call is declined. */
   int want = a->cfg.max_probes > 0 ? a->cfg.max_probes : DEFAULT_MAX_PROBES;
-  int granted = np_budget_take(&a->budget, offer->from, want, now);
+  int granted = np__budget_take(&a->budget, offer->from, want, now);
   if (granted == 0) {
     char id[NP_PEER_ID_LEN + 1], text[96];
     np_peer_id_format(offer->from, id);
-    long long wait_s = (np_budget_retry_ms(&a->budget, offer->from, now) + 999) / 1000;
+    long long wait_s = (np__budget_retry_ms(&a->budget, offer->from, now) + 999) / 1000;
     snprintf(text, sizeof text, "probe budget spent; try again in %lld s", wait_s);
     NP_LOGI(&a->log, "agent: declining a call from %s: %s", id, text);
-    (void)np_rdv_client_send_decline(a->rdv, offer->from, offer->session, NP_SIG_E_RATE, text);
+    (void)np__rdv_client_send_decline(a->rdv, offer->from, offer->session, NP_SIG_E_RATE, text);
     return;
   }
   if (granted < want)
@@ -1005,7 +438,7 @@ static void on_rdv_offer(void *user, const np_sig_msg *offer) {
     session_fail(a, rc, "cannot gather candidates");
     return;
   }
-  if (!a->probe)
+  if (!np__gather_active(&a->gather))
     on_gathered(a, now);
 }
 
@@ -1026,14 +459,14 @@ static void on_rdv_answer(void *user, const np_sig_msg *answer) {
   }
   a->peer_cand = answer->cand;
   a->peer_seen = answer->observed; /* where the callee can be (checklist.h) */
-  int64_t now = np_now_ms();
+  int64_t now = np__loop_now(a->loop);
   punch_start(a, now);
   if (a->st != S_PUNCHING)
     return;
   /* Our primes leave first; READY, behind them through the server, lets
    * the callee send toward us without racing them. */
   punch_flush(a, now);
-  int rc = np_rdv_client_send_ready(a->rdv, a->peer, a->session);
+  int rc = np__rdv_client_send_ready(a->rdv, a->peer, a->session);
   if (rc != 0)
     NP_LOGW(&a->log, "agent: cannot send READY (%s); the callee falls back on its timer",
             np_strerror(rc));
@@ -1045,7 +478,7 @@ static void on_rdv_ready(void *user, const np_sig_msg *ready) {
       memcmp(ready->session, a->session, NP_SIG_SESSION_LEN) != 0 ||
       memcmp(ready->from, a->peer, NP_PUBKEY_LEN) != 0)
     return;
-  np_punch_peer_ready(a->punch, np_now_ms());
+  np__punch_peer_ready(a->punch, np__loop_now(a->loop));
 }
 
 static void on_rdv_error(void *user, uint16_t code, const char *text, const uint8_t *session) {
@@ -1084,21 +517,39 @@ static void on_rdv_error(void *user, uint16_t code, const char *text, const uint
   session_fail(a, code == NP_SIG_E_REFUSED ? NP_ERR_REFUSED : NP_ERR_UNREACHABLE, reason);
 }
 
+/* The port-mapping worker's news: from its thread, so only the loop's
+ * wakeup (thread-safe); on_loop_wake reads the news in the loop's thread. */
+static void wake_agent(void *user) {
+  np_agent *a = user;
+  np__loop_wake(a->loop);
+}
+
+static void on_loop_wake(np_loop *loop, void *user) {
+  (void)loop;
+  np_agent *a = user;
+  np_addr pm;
+  enum np_portmap_proto proto;
+  bool have = np__pm_job_get(a->pm, &pm, &proto);
+  if (have) {
+    char t[NP_ADDRSTRLEN];
+    NP_LOGI(&a->log, "agent: gateway mapped %s (%s)", np_addr_format(&pm, t, sizeof t),
+            np__portmap_proto_name(proto));
+  } else if (a->pm_offered) {
+    NP_LOGW(&a->log, "agent: the gateway's port mapping ran out unrenewed; no longer offered "
+                     "(renewal goes on trying)");
+  }
+  a->pm_offered = have;
+}
+
 /* ---- creation ---------------------------------------------------------------------- */
 
 static void agent_free_parts(np_agent *a) {
-  portmap_stop(a);
-  np_nat_probe_free(a->probe);
-  np_punch_free(a->punch);
-  np_rdv_client_free(a->rdv);
-  for (int i = 0; i < a->nsocks; i++)
-    if (a->socks[i] >= 0)
-      close(a->socks[i]);
-  free(a->socks);
-  if (a->epfd >= 0)
-    close(a->epfd);
-  if (a->wakefd >= 0)
-    close(a->wakefd);
+  np__pm_job_stop(a->pm);
+  np__gather_stop(&a->gather);
+  np__punch_free(a->punch);
+  np__rdv_client_free(a->rdv);
+  np__path_free(a->path);
+  np__loop_free(a->loop); /* last: the path and the rendezvous fd leave it first */
   free(a->allow);
   free(a->rx);
   free(a->early);
@@ -1106,11 +557,12 @@ static void agent_free_parts(np_agent *a) {
   free(a);
 }
 
-NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
+int np__agent_new_clocked(const np_agent_config *cfg, np_loop_clock_fn clock, void *clock_user,
+                          np_agent **out) {
   if (!out)
     return NP_ERR_INVAL;
   *out = NULL;
-  if (!cfg || !cfg->identity || !np_addr_is_set(&cfg->rendezvous) || cfg->n_discovery < 0 ||
+  if (!cfg || !cfg->identity || !np__addr_is_set(&cfg->rendezvous) || cfg->n_discovery < 0 ||
       cfg->n_discovery > NP_PROBE_MAX_SERVERS || cfg->n_allow < 0 ||
       cfg->n_allow > NP_SIG_MAX_ALLOW || (cfg->n_allow > 0 && !cfg->allow))
     return NP_ERR_INVAL;
@@ -1143,12 +595,18 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
     if (a->cfg.keepalive_ms < 1)
       a->cfg.keepalive_ms = 1;
   }
-  a->epfd = a->wakefd = -1;
   a->rdv_fd = -1;
-  np_budget_init(&a->budget, 0, 0, np_now_ms());
+  np_loop_config lcfg = {
+      .clock = clock, .clock_user = clock_user, .on_wake = on_loop_wake, .wake_user = a};
+  int rc = np__loop_new(&lcfg, &a->loop);
+  if (rc != 0) {
+    free(a);
+    return rc;
+  }
+  np__budget_init(&a->budget, 0, 0, np__loop_now(a->loop));
   a->log = (np_logger){cfg->log, cfg->log_user, cfg->log_level};
   np_identity_public_key(cfg->identity, a->self_pk);
-  int rc = NP_ERR_NOMEM;
+  rc = NP_ERR_NOMEM;
   a->rx = calloc(MAX_RX, sizeof *a->rx);
   a->early = calloc(MAX_EARLY, sizeof *a->early);
   if (!a->rx || !a->early)
@@ -1160,28 +618,26 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
     memcpy(a->allow, cfg->allow, (size_t)cfg->n_allow * NP_PUBKEY_LEN);
     a->cfg.allow = (const uint8_t(*)[NP_PUBKEY_LEN])a->allow;
   }
-  rc = NP_ERR_SYS;
-  a->epfd = epoll_create1(EPOLL_CLOEXEC);
-  a->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (a->epfd < 0 || a->wakefd < 0)
-    goto fail;
-  struct epoll_event wev = {.events = EPOLLIN, .data.u32 = TAG_WAKE};
-  if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->wakefd, &wev) != 0)
-    goto fail;
   a->family = cfg->n_discovery ? cfg->discovery[0].u.sa.sa_family : cfg->rendezvous.u.sa.sa_family;
-  if ((rc = ensure_sockets(a, 1)) != 0)
+  np_path_config pcfg = {.family = a->family,
+                         .loop = a->loop,
+                         .log = a->log,
+                         .on_datagram = on_path_datagram,
+                         .on_icmp = on_path_icmp,
+                         .user = a};
+  if ((rc = np__path_new(&pcfg, &a->path)) != 0 || (rc = ensure_sockets(a, 1)) != 0)
     goto fail;
-  (void)np_udp_local(a->socks[0], &a->local);
+  (void)np__udp_local(np__path_fd(a->path, 0), &a->local);
   {
     /* A concrete local IP, for the NAT verdicts and the portmap. */
     np_addr via = {0};
-    (void)np_udp_route_source(cfg->n_discovery ? &cfg->discovery[0] : &cfg->rendezvous, &via);
-    if (np_addr_is_set(&via)) {
+    (void)np__udp_route_source(cfg->n_discovery ? &cfg->discovery[0] : &cfg->rendezvous, &via);
+    if (np__addr_is_set(&via)) {
       np_addr_set_port(&via, np_addr_port(&a->local));
       a->local = via;
     }
   }
-  int64_t now = np_now_ms();
+  int64_t now = np__loop_now(a->loop);
   np_rdv_client_config rc_cfg = {
       .server = cfg->rendezvous,
       .identity = cfg->identity,
@@ -1197,15 +653,33 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
       .log_user = cfg->log_user,
       .log_level = cfg->log_level,
   };
-  if ((rc = np_rdv_client_new(&rc_cfg, now, &a->rdv)) != 0)
+  if ((rc = np__rdv_client_new(&rc_cfg, now, &a->rdv)) != 0)
     goto fail;
-  hop_probe_send(a);
-  portmap_start(a);
+  np_gather_config gcfg = {.family = a->family,
+                           .local = a->local,
+                           .n_discovery = cfg->n_discovery,
+                           .prime_ttl = cfg->prime_ttl,
+                           .no_prime = cfg->no_prime,
+                           .log = a->log};
+  memcpy(gcfg.discovery, cfg->discovery, sizeof gcfg.discovery);
+  np__gather_init(&a->gather, &gcfg);
+  np__gather_hop_send(&a->gather, a->path, now);
+  if (!cfg->no_portmap) {
+    np_pm_job_config pmc = {.internal_port = np_addr_port(&a->local),
+                            .wake = wake_agent,
+                            .wake_user = a,
+                            .log = a->log};
+    a->pm = np__pm_job_start(&pmc);
+  }
   *out = a;
   return 0;
 fail:
   agent_free_parts(a);
   return rc;
+}
+
+NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
+  return np__agent_new_clocked(cfg, NULL, NULL, out);
 }
 
 NP_EXPORT void np_agent_free(np_agent *a) {
@@ -1222,10 +696,10 @@ NP_EXPORT int np_agent_connect(np_agent *a, const uint8_t peer[NP_PUBKEY_LEN]) {
   if (a->st != S_NONE && a->st != S_DONE)
     return NP_ERR_AGAIN;
   session_reset(a);
-  int64_t now = np_now_ms();
+  int64_t now = np__loop_now(a->loop);
   a->callee = false;
   memcpy(a->peer, peer, NP_PUBKEY_LEN);
-  if (np_random_bytes(a->session, sizeof a->session) != 0)
+  if (np__random_bytes(a->session, sizeof a->session) != 0)
     return NP_ERR_SYS;
   memset(&a->stats, 0, sizeof a->stats);
   memcpy(a->stats.peer, peer, NP_PUBKEY_LEN);
@@ -1239,7 +713,7 @@ NP_EXPORT int np_agent_connect(np_agent *a, const uint8_t peer[NP_PUBKEY_LEN]) {
     a->st = S_NONE;
     return rc;
   }
-  if (!a->probe)
+  if (!np__gather_active(&a->gather))
     on_gathered(a, now);
   return 0;
 }
@@ -1262,14 +736,14 @@ static void enqueue_data(np_agent *a, const uint8_t *payload, size_t len) {
 
 static void on_connected(np_agent *a, int64_t now) {
   np_punch_result r;
-  np_punch_result_get(a->punch, &r);
+  np__punch_result_get(a->punch, &r);
   a->st = S_CONNECTED;
   a->stats.connected = true;
   a->stats.via = r.via;
   a->stats.remote = r.remote;
   a->stats.local = a->local;
   if (r.sock > 0)
-    (void)np_udp_local(a->socks[r.sock], &a->stats.local);
+    (void)np__udp_local(np__path_fd(a->path, r.sock), &a->stats.local);
   a->stats.elapsed_ms = now - a->session_start;
   a->stats.probes_sent = r.probes_sent;
   a->stats.probes_received = r.probes_received;
@@ -1277,7 +751,7 @@ static void on_connected(np_agent *a, int64_t now) {
   a->stats.sockets = r.sockets;
   a->peer_heard = now;
   /* The winner stays; every other birthday socket goes. */
-  close_sockets_except(a, r.sock);
+  np__path_keep_only(a->path, r.sock);
   for (int i = 0; i < a->n_early; i++)
     if (a->early[i].sock == r.sock && np_addr_equal(&a->early[i].from, &r.remote))
       enqueue_data(a, a->early[i].d.buf, a->early[i].d.len);
@@ -1285,24 +759,27 @@ static void on_connected(np_agent *a, int64_t now) {
   session_event(a, NP_AGENT_CONNECTED, 0, NULL);
 }
 
-static void deliver(np_agent *a, int sock, const np_addr *from, const uint8_t *buf, size_t len,
-                    int64_t now) {
-  if (a->probe && sock == 0) {
-    np_nat_probe_input(a->probe, now, NP_PROBE_SOCK_MAIN, from, buf, len);
-  }
-  if (a->punch && np_punch_input(a->punch, now, sock, from, buf, len)) {
+/* STUN on the path: the gathering's answers, the punch machine's probes
+ * and keepalives. */
+static void deliver_stun(np_agent *a, int sock, const np_addr *from, const uint8_t *buf,
+                         size_t len, int64_t now) {
+  np__gather_stun_input(&a->gather, sock, from, buf, len, now);
+  if (a->punch && np__punch_input(a->punch, now, sock, from, buf, len)) {
     /* Authenticated, of this session: the peer is alive, if it came on the
      * path (the session key makes it the peer's; a copy replayed from
      * elsewhere does not count). */
     int ps;
     np_addr pr;
-    if (a->st == S_CONNECTED && np_punch_path(a->punch, &ps, &pr) && ps == sock &&
+    if (a->st == S_CONNECTED && np__punch_path(a->punch, &ps, &pr) && ps == sock &&
         np_addr_equal(from, &pr))
       a->peer_heard = now;
-    return;
   }
-  if (len == 0 || np_stun_is_stun(buf, len))
-    return;
+}
+
+/* The plain data path: PKT_DATA and PKT_BYE, from the peer on the path
+ * only (early data kept while punching). */
+static void deliver_app(np_agent *a, int sock, const np_addr *from, const uint8_t *buf,
+                        size_t len) {
   if (a->st == S_PUNCHING && buf[0] == PKT_DATA && a->n_early < MAX_EARLY) {
     struct early_dgram *e = &a->early[a->n_early++];
     e->sock = sock;
@@ -1315,7 +792,7 @@ static void deliver(np_agent *a, int sock, const np_addr *from, const uint8_t *b
     return;
   int path_sock;
   np_addr path_remote;
-  if (!np_punch_path(a->punch, &path_sock, &path_remote) || sock != path_sock ||
+  if (!np__punch_path(a->punch, &path_sock, &path_remote) || sock != path_sock ||
       !np_addr_equal(from, &path_remote))
     return; /* only the peer, on the path */
   if (buf[0] == PKT_BYE) {
@@ -1331,77 +808,65 @@ static void deliver(np_agent *a, int sock, const np_addr *from, const uint8_t *b
   enqueue_data(a, buf + 1, len - 1);
 }
 
-static void read_socket(np_agent *a, int sock, int64_t now) {
-  for (int i = 0; i < RECV_BATCH; i++) {
-    uint8_t buf[2048];
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    ssize_t n = recvfrom(a->socks[sock], buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&ss, &sl);
-    if (n < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-        return;
-      /* An ICMP error (refused, unreachable) surfaces here once: drain it
-       * and go on, the socket stays usable. */
-      drain_errqueue(a, a->socks[sock]);
-      continue;
-    }
-    np_addr from;
-    if (np_addr_from_sockaddr((struct sockaddr *)&ss, sl, &from) != 0)
-      continue;
-    if (sock == 0 && np_stun_is_stun(buf, (size_t)n)) {
-      /* A hop probe's answer (it reached the server: the TTL was enough). */
-      np_stun_msg m;
-      if (np_stun_read(buf, (size_t)n, &m) == 0)
-        for (int t = 1; t <= HOP_MAX_TTL; t++)
-          if (memcmp(m.txid, a->hop_txid[t], NP_STUN_TXID_LEN) == 0)
-            a->hop_answered[t] = a->hop_reached[t] = true;
-    }
-    deliver(a, sock, &from, buf, (size_t)n, now);
-    if (sock >= a->nsocks || a->socks[sock] < 0)
-      return; /* closed while delivering (connected on another socket) */
-  }
+/* The path's demultiplexer hands over STUN and the plain data path's
+ * datagrams (QUIC, later, gets its own class). */
+static void on_path_datagram(void *user, enum np_path_class cls, int sock, const np_addr *from,
+                             const uint8_t *buf, size_t len, int64_t now) {
+  if (cls == NP_PATH_STUN)
+    deliver_stun(user, sock, from, buf, len, now);
+  else if (cls == NP_PATH_APP)
+    deliver_app(user, sock, from, buf, len);
 }
 
+static void on_path_icmp(void *user, int sock, const np_udp_error *e) {
+  np_agent *a = user;
+  np__gather_icmp(&a->gather, sock, e, np__loop_now(a->loop));
+}
+
+static void on_rdv_fd(np_loop *loop, int fd, unsigned events, void *user) {
+  (void)loop;
+  (void)fd;
+  np_agent *a = user;
+  a->rdv_revents |= (short)((events & NP_LOOP_READ ? POLLIN : 0) |
+                            (events & NP_LOOP_WRITE ? POLLOUT : 0) |
+                            (events & NP_LOOP_ERROR ? POLLERR : 0));
+}
+
+/* The rendezvous client may reconnect (a new fd) and wants POLLOUT only
+ * while it has output queued. */
 static void sync_rdv_fd(np_agent *a) {
   short want = 0;
-  int fd = np_rdv_client_fd(a->rdv, &want);
-  uint32_t ev = (want & POLLIN ? EPOLLIN : 0) | (want & POLLOUT ? EPOLLOUT : 0);
-  if (fd == a->rdv_fd && ev == a->rdv_events)
+  int fd = np__rdv_client_fd(a->rdv, &want);
+  unsigned mask = (want & POLLIN ? NP_LOOP_READ : 0) | (want & POLLOUT ? NP_LOOP_WRITE : 0);
+  if (fd == a->rdv_fd && mask == a->rdv_mask)
     return;
   if (a->rdv_fd >= 0 && fd != a->rdv_fd)
-    (void)epoll_ctl(a->epfd, EPOLL_CTL_DEL, a->rdv_fd, NULL);
-  if (fd >= 0) {
-    struct epoll_event e = {.events = ev, .data.u32 = TAG_RDV};
-    if (epoll_ctl(a->epfd, fd == a->rdv_fd ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &e) != 0 &&
-        errno == EEXIST)
-      (void)epoll_ctl(a->epfd, EPOLL_CTL_MOD, fd, &e);
-  }
+    np__loop_del_fd(a->loop, a->rdv_fd);
+  if (fd >= 0)
+    (void)np__loop_add_fd(a->loop, fd, mask, on_rdv_fd, a);
   a->rdv_fd = fd;
-  a->rdv_events = ev;
+  a->rdv_mask = mask;
 }
 
 static void run_machines(np_agent *a, int64_t now) {
-  if (now >= a->hop_next)
-    hop_probe_send(a);
-  if (a->probe) {
-    np_probe_datagram dg;
-    for (int guard = 0; guard < 16 && np_nat_probe_next_datagram(a->probe, now, &dg); guard++)
-      (void)send_on(a, 0, &dg.to, 0, dg.buf, dg.len);
-    if (np_nat_probe_done(a->probe) && a->st == S_GATHERING &&
-        (!a->callee || now >= a->gather_started + PORTMAP_WAIT_MS || !portmap_pending(a)))
+  if (now >= np__gather_hop_next(&a->gather))
+    np__gather_hop_send(&a->gather, a->path, now);
+  if (np__gather_active(&a->gather)) {
+    np__gather_flush(&a->gather, a->path, now);
+    if (np__gather_done(&a->gather) && a->st == S_GATHERING &&
+        (!a->callee || now >= a->gather.started + PORTMAP_WAIT_MS || !np__pm_job_pending(a->pm)))
       on_gathered(a, now);
   }
   if ((a->st == S_GATHERING || a->st == S_OFFERED) && now >= a->session_deadline) {
     session_fail(a, NP_ERR_TIMEOUT,
                  a->st == S_OFFERED ? "no answer from the peer before the timeout"
                                     : "could not reach the rendezvous server before the timeout");
-    np_nat_probe_free(a->probe);
-    a->probe = NULL;
+    np__gather_stop(&a->gather);
   }
   if (a->punch && (a->st == S_PUNCHING || a->st == S_CONNECTED)) {
     punch_flush(a, now);
     np_punch_result r;
-    np_punch_result_get(a->punch, &r);
+    np__punch_result_get(a->punch, &r);
     a->stats.probes_sent = r.probes_sent;
     a->stats.probes_received = r.probes_received;
     a->stats.rounds = r.rounds;
@@ -1426,67 +891,38 @@ static void run_machines(np_agent *a, int64_t now) {
 NP_EXPORT int np_agent_process(np_agent *a) {
   if (!a)
     return NP_ERR_INVAL;
-  struct epoll_event evs[64];
-  int n = epoll_wait(a->epfd, evs, 64, 0);
-  if (n < 0 && errno != EINTR)
+  a->rdv_revents = 0;
+  /* What is ready now (never waits): the path's sockets, the rendezvous
+   * fd (noted for the client below), the worker's wakeup. */
+  if (np__loop_process(a->loop, 0) < 0)
     return NP_ERR_SYS;
-  int64_t now = np_now_ms();
-  short rdv_revents = 0;
-  for (int i = 0; i < n; i++) {
-    uint32_t tag = evs[i].data.u32;
-    if (tag == TAG_RDV) {
-      rdv_revents = (short)((evs[i].events & EPOLLIN ? POLLIN : 0) |
-                            (evs[i].events & EPOLLOUT ? POLLOUT : 0) |
-                            (evs[i].events & EPOLLERR ? POLLERR : 0) |
-                            (evs[i].events & EPOLLHUP ? POLLHUP : 0));
-    } else if (tag == TAG_WAKE) {
-      uint64_t v;
-      ssize_t r = read(a->wakefd, &v, sizeof v);
-      (void)r;
-      np_addr pm;
-      enum np_portmap_proto proto;
-      bool have = portmap_get(a, &pm, &proto);
-      if (have) {
-        char t[NP_ADDRSTRLEN];
-        NP_LOGI(&a->log, "agent: gateway mapped %s (%s)", np_addr_format(&pm, t, sizeof t),
-                np_portmap_proto_name(proto));
-      } else if (a->pm_offered) {
-        NP_LOGW(&a->log, "agent: the gateway's port mapping ran out unrenewed; no longer offered "
-                         "(renewal goes on trying)");
-      }
-      a->pm_offered = have;
-    } else if ((int)tag < a->nsocks && a->socks[tag] >= 0) {
-      if (evs[i].events & EPOLLERR)
-        drain_errqueue(a, a->socks[tag]);
-      if (evs[i].events & EPOLLIN)
-        read_socket(a, (int)tag, now);
-    }
-  }
-  np_rdv_client_process(a->rdv, now, rdv_revents);
+  int64_t now = np__loop_now(a->loop);
+  np__rdv_client_process(a->rdv, now, a->rdv_revents);
+  a->rdv_revents = 0;
   run_machines(a, now);
   sync_rdv_fd(a);
   return 0;
 }
 
 NP_EXPORT int np_agent_fd(const np_agent *a) {
-  return a ? a->epfd : -1;
+  return a ? np__loop_fd(a->loop) : -1;
 }
 
 NP_EXPORT int np_agent_timeout(const np_agent *a) {
   if (!a)
     return -1;
-  int64_t now = np_now_ms();
-  int64_t w = np_rdv_client_wakeup(a->rdv);
-  if (a->hop_next < w)
-    w = a->hop_next;
-  if (a->probe) {
-    int64_t p = np_nat_probe_wakeup(a->probe);
-    if (np_nat_probe_done(a->probe) && a->callee)
-      p = a->gather_started + PORTMAP_WAIT_MS; /* or the worker's eventfd */
+  int64_t now = np__loop_now(a->loop);
+  int64_t w = np__rdv_client_wakeup(a->rdv);
+  if (np__gather_hop_next(&a->gather) < w)
+    w = np__gather_hop_next(&a->gather);
+  if (np__gather_active(&a->gather)) {
+    int64_t p = np__gather_wakeup(&a->gather);
+    if (np__gather_done(&a->gather) && a->callee)
+      p = a->gather.started + PORTMAP_WAIT_MS; /* or the worker's wakeup */
     w = p < w ? p : w;
   }
   if (a->punch && (a->st == S_PUNCHING || a->st == S_CONNECTED)) {
-    int64_t p = np_punch_wakeup(a->punch);
+    int64_t p = np__punch_wakeup(a->punch);
     w = p < w ? p : w;
   }
   if (a->st == S_CONNECTED && a->peer_heard + a->cfg.peer_timeout_ms < w)
@@ -1502,21 +938,21 @@ NP_EXPORT int np_agent_timeout(const np_agent *a) {
 NP_EXPORT int np_agent_wait(np_agent *a, int timeout_ms) {
   if (!a)
     return NP_ERR_INVAL;
-  int64_t end = timeout_ms < 0 ? INT64_MAX : np_now_ms() + timeout_ms;
+  int64_t end = timeout_ms < 0 ? INT64_MAX : np__loop_now(a->loop) + timeout_ms;
   for (;;) {
     int rc = np_agent_process(a);
     if (rc != 0)
       return rc;
     if (a->ev_n > 0 || a->rx_n > 0)
       return 0;
-    int64_t now = np_now_ms();
+    int64_t now = np__loop_now(a->loop);
     if (now >= end)
       return NP_ERR_TIMEOUT;
     int t = np_agent_timeout(a);
     int64_t left = end - now;
     if (t < 0 || t > left)
       t = left > 60000 ? 60000 : (int)left;
-    struct pollfd pfd = {a->epfd, POLLIN, 0};
+    struct pollfd pfd = {np__loop_fd(a->loop), POLLIN, 0};
     if (poll(&pfd, 1, t) < 0 && errno != EINTR)
       return NP_ERR_SYS;
   }
@@ -1540,7 +976,7 @@ NP_EXPORT int np_agent_send(np_agent *a, const void *buf, size_t len) {
     memcpy(pkt + 1, buf, len);
   int sock;
   np_addr remote;
-  if (!np_punch_path(a->punch, &sock, &remote))
+  if (!np__punch_path(a->punch, &sock, &remote))
     return NP_ERR_INVAL;
   int rc = send_on(a, sock, &remote, 0, pkt, len + 1);
   if (rc == 0) {
@@ -1569,7 +1005,7 @@ static void agent_end(np_agent *a, uint8_t why) {
     return;
   if (a->st == S_CONNECTED && a->punch) {
     np_punch_result r;
-    np_punch_result_get(a->punch, &r);
+    np__punch_result_get(a->punch, &r);
     uint8_t bye[2] = {PKT_BYE, why};
     /* Best effort: a few copies, since a datagram may be lost. */
     for (int i = 0; i < BYE_SENDS; i++)

@@ -5,8 +5,8 @@
  *
  * Shape: stateless. Each worker thread owns one SO_REUSEPORT socket per
  * server address (up to four: IP1:P1, IP2:P1, IP1:P2, IP2:P2), waits on them
- * with epoll plus a shared eventfd that np_discovery_server_stop() makes
- * readable, reads datagrams in batches with recvmmsg(), answers each one into
+ * in its own event loop (net/loop.h), which np_discovery_server_stop() stops
+ * (each worker's, async-signal-safe), reads datagrams in batches with recvmmsg(), answers each one into
  * a preallocated buffer and sends the answers in batches with sendmmsg(). No
  * memory is allocated after np_discovery_server_new(), and no state is kept
  * between datagrams, so a flood costs CPU but never memory.
@@ -35,6 +35,7 @@
 #include "natpunch.h"
 
 #include "net/addr.h"
+#include "net/loop.h"
 #include "net/udp.h"
 #include "stun/stun.h"
 #include "util/log.h"
@@ -47,8 +48,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -109,7 +108,7 @@ struct ds_worker {
   struct np_discovery_server *srv;
   int id;
   int fds[DS_NSOCK]; /* -1 where the server has no such address */
-  int epfd;
+  np_loop *loop;
   pthread_t thread;
   struct ds_counters count;
 
@@ -143,7 +142,6 @@ struct np_discovery_server {
   size_t software_len;
   int n_workers;
   struct ds_worker **workers;
-  int stop_fd; /* eventfd: readable once stop is requested */
   atomic_bool running;
 };
 
@@ -163,9 +161,9 @@ static const np_addr *local_of(const struct np_discovery_server *srv, int sock,
 static void put_trailer(const struct np_discovery_server *srv, np_stun_writer *w,
                         const np_stun_msg *req) {
   if (srv->software_len)
-    np_stun_put_bytes(w, NP_STUN_ATTR_SOFTWARE, srv->software, srv->software_len);
+    np__stun_put_bytes(w, NP_STUN_ATTR_SOFTWARE, srv->software, srv->software_len);
   if (req->present & NP_STUN_HAS_FINGERPRINT)
-    np_stun_put_fingerprint(w);
+    np__stun_put_fingerprint(w);
 }
 
 /* Writes a 420 listing the unknown comprehension-required attributes of req
@@ -180,11 +178,11 @@ static size_t build_420(const struct np_discovery_server *srv, const np_stun_msg
   if (change_unsupported && n < NP_STUN_MAX_UNKNOWN)
     types[n++] = NP_STUN_ATTR_CHANGE_REQUEST;
   np_stun_writer w;
-  np_stun_writer_init(&w, buf, cap, NP_STUN_BINDING | NP_STUN_ERROR, req->cookie, req->txid);
-  np_stun_put_error(&w, 420, "Unknown Attribute");
-  np_stun_put_unknown(&w, types, n);
+  np__stun_writer_init(&w, buf, cap, NP_STUN_BINDING | NP_STUN_ERROR, req->cookie, req->txid);
+  np__stun_put_error(&w, 420, "Unknown Attribute");
+  np__stun_put_unknown(&w, types, n);
   put_trailer(srv, &w, req);
-  int len = np_stun_writer_finish(&w);
+  int len = np__stun_writer_finish(&w);
   return len > 0 ? (size_t)len : 0;
 }
 
@@ -204,7 +202,7 @@ static enum ds_verdict handle(const struct np_discovery_server *srv, int sock,
    * header bits, lengths, attribute bounds, FINGERPRINT. A failure is not a
    * STUN message we can trust, so it is discarded silently (§6.3: "the
    * message is discarded"). */
-  if (np_stun_read(req_buf, req_len, &req) != 0) {
+  if (np__stun_read(req_buf, req_len, &req) != 0) {
     *why = "not a valid STUN message";
     return DS_DROP_MALFORMED;
   }
@@ -264,29 +262,29 @@ static enum ds_verdict handle(const struct np_discovery_server *srv, int sock,
   const np_addr *other = srv->rfc5780 ? &srv->addrs[sock ^ (DS_ALT_IP | DS_ALT_PORT)] : NULL;
 
   np_stun_writer w;
-  np_stun_writer_init(&w, o->buf, sizeof o->buf, NP_STUN_BINDING | NP_STUN_SUCCESS, req.cookie,
+  np__stun_writer_init(&w, o->buf, sizeof o->buf, NP_STUN_BINDING | NP_STUN_SUCCESS, req.cookie,
                       req.txid);
   if (req.rfc3489) {
     /* RFC 8489 §12 (and RFC 5389 §12.2): a request without the magic cookie
      * comes from an RFC 3489 client, which knows MAPPED-ADDRESS but not the
      * XOR form; the 16-byte transaction ID is echoed through 'cookie'. */
-    np_stun_put_addr(&w, NP_STUN_ATTR_MAPPED_ADDRESS, from);
-    if (np_addr_is_set(origin))
-      np_stun_put_addr(&w, NP_STUN_ATTR_SOURCE_ADDRESS, origin);
+    np__stun_put_addr(&w, NP_STUN_ATTR_MAPPED_ADDRESS, from);
+    if (np__addr_is_set(origin))
+      np__stun_put_addr(&w, NP_STUN_ATTR_SOURCE_ADDRESS, origin);
     if (other)
-      np_stun_put_addr(&w, NP_STUN_ATTR_CHANGED_ADDRESS, other);
+      np__stun_put_addr(&w, NP_STUN_ATTR_CHANGED_ADDRESS, other);
   } else {
-    np_stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, from);
+    np__stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, from);
     /* RFC 5780 §7.3: RESPONSE-ORIGIN is the address the response is sent
      * from; always included so clients can detect hairpinning or an
      * address-rewriting middlebox. */
-    if (np_addr_is_set(origin))
-      np_stun_put_addr(&w, NP_STUN_ATTR_RESPONSE_ORIGIN, origin);
+    if (np__addr_is_set(origin))
+      np__stun_put_addr(&w, NP_STUN_ATTR_RESPONSE_ORIGIN, origin);
     if (other)
-      np_stun_put_addr(&w, NP_STUN_ATTR_OTHER_ADDRESS, other);
+      np__stun_put_addr(&w, NP_STUN_ATTR_OTHER_ADDRESS, other);
   }
   put_trailer(srv, &w, &req);
-  int len = np_stun_writer_finish(&w);
+  int len = np__stun_writer_finish(&w);
   if (len <= 0) {
     *why = "could not encode response";
     return DS_DROP_MALFORMED;
@@ -297,7 +295,7 @@ static enum ds_verdict handle(const struct np_discovery_server *srv, int sock,
 reply:
   o->dest_len = np_addr_len(&dest);
   memcpy(&o->dest, &dest.u, o->dest_len);
-  o->use_pktinfo = srv->wildcard && np_addr_is_set(dst_ip);
+  o->use_pktinfo = srv->wildcard && np__addr_is_set(dst_ip);
   if (o->use_pktinfo)
     o->src = *dst_ip;
   return verdict;
@@ -390,7 +388,7 @@ static void flush_out(struct ds_worker *wk, struct ds_tally *t) {
         if (np_log_enabled(&wk->srv->log, NP_LOG_DEBUG)) {
           char a[NP_ADDRSTRLEN];
           np_addr d;
-          np_addr_from_sockaddr(wk->tx_msg[off].msg_hdr.msg_name,
+          np__addr_from_sockaddr(wk->tx_msg[off].msg_hdr.msg_name,
                                 wk->tx_msg[off].msg_hdr.msg_namelen, &d);
           NP_LOGD(&wk->srv->log, "send to %s: %s", np_addr_format(&d, a, sizeof a),
                   strerror(errno));
@@ -455,7 +453,7 @@ static int serve_batch(struct ds_worker *wk, int s) {
     int ifindex = 0;
     const char *why = NULL;
     enum ds_verdict v;
-    if (np_addr_from_sockaddr(mh->msg_name, mh->msg_namelen, &from) != 0 ||
+    if (np__addr_from_sockaddr(mh->msg_name, mh->msg_namelen, &from) != 0 ||
         np_addr_port(&from) == 0) {
       /* Port 0 cannot be answered (and only a forged packet has it). */
       why = "unusable source address";
@@ -485,7 +483,7 @@ static int serve_batch(struct ds_worker *wk, int s) {
     }
     if (why && np_log_enabled(&srv->log, NP_LOG_DEBUG)) {
       char a[NP_ADDRSTRLEN];
-      np_addr_from_sockaddr(mh->msg_name, mh->msg_namelen, &from);
+      np__addr_from_sockaddr(mh->msg_name, mh->msg_namelen, &from);
       NP_LOGD(&srv->log, "%s from %s (%u bytes): %s",
               v == DS_ERROR ? "error response" : "dropped datagram",
               np_addr_format(&from, a, sizeof a), wk->rx_msg[i].msg_len, why);
@@ -496,33 +494,24 @@ static int serve_batch(struct ds_worker *wk, int s) {
   return n;
 }
 
+static void on_socket(np_loop *loop, int fd, unsigned events, void *user) {
+  (void)loop;
+  (void)events;
+  struct ds_worker *wk = user;
+  int s = 0;
+  while (s < DS_NSOCK && wk->fds[s] != fd)
+    s++;
+  if (s == DS_NSOCK)
+    return;
+  for (int b = 0; b < DS_BATCHES_PER_WAKEUP; b++)
+    if (serve_batch(wk, s) < DS_BATCH)
+      break;
+}
+
 static void *worker_main(void *arg) {
   struct ds_worker *wk = arg;
-  struct epoll_event ev[DS_NSOCK + 1];
-  for (;;) {
-    int n = epoll_wait(wk->epfd, ev, DS_NSOCK + 1, -1);
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      NP_LOGE(&wk->srv->log, "worker %d: epoll_wait: %s", wk->id, strerror(errno));
-      break;
-    }
-    bool stop = false;
-    for (int i = 0; i < n; i++) {
-      int s = (int)ev[i].data.u32;
-      if (s == DS_NSOCK) {
-        /* The eventfd is never read here, so it stays readable and every
-         * worker sees it. */
-        stop = true;
-        continue;
-      }
-      for (int b = 0; b < DS_BATCHES_PER_WAKEUP; b++)
-        if (serve_batch(wk, s) < DS_BATCH)
-          break;
-    }
-    if (stop)
-      break;
-  }
+  if (np__loop_run(wk->loop) != 0)
+    NP_LOGE(&wk->srv->log, "worker %d: epoll_wait: %s", wk->id, strerror(errno));
   return NULL;
 }
 
@@ -536,8 +525,7 @@ static void worker_free(struct ds_worker *wk) {
   for (int s = 0; s < DS_NSOCK; s++)
     if (wk->fds[s] >= 0)
       close(wk->fds[s]);
-  if (wk->epfd >= 0)
-    close(wk->epfd);
+  np__loop_free(wk->loop);
   free(wk);
 }
 
@@ -548,8 +536,6 @@ NP_EXPORT void np_discovery_server_free(np_discovery_server *srv) {
     for (int i = 0; i < srv->n_workers; i++)
       worker_free(srv->workers[i]);
   free(srv->workers);
-  if (srv->stop_fd >= 0)
-    close(srv->stop_fd);
   free(srv);
 }
 
@@ -562,18 +548,18 @@ NP_EXPORT void np_discovery_server_free(np_discovery_server *srv) {
 static int pick_port(np_discovery_server *srv, uint16_t *port) {
   char err[NP_UDP_ERRLEN];
   for (int attempt = 0; attempt < 16; attempt++) {
-    int fd0 = np_udp_bind(&srv->addrs[0], NP_UDP_V6ONLY, err);
+    int fd0 = np__udp_bind(&srv->addrs[0], NP_UDP_V6ONLY, err);
     if (fd0 < 0) {
       NP_LOGE(&srv->log, "%s", err);
       return fd0;
     }
     np_addr bound;
-    int rc = np_udp_local(fd0, &bound);
+    int rc = np__udp_local(fd0, &bound);
     int fd1 = -1;
-    if (rc == 0 && np_addr_is_set(&srv->addrs[DS_ALT_IP])) {
+    if (rc == 0 && np__addr_is_set(&srv->addrs[DS_ALT_IP])) {
       np_addr a = srv->addrs[DS_ALT_IP];
       np_addr_set_port(&a, np_addr_port(&bound));
-      fd1 = np_udp_bind(&a, NP_UDP_V6ONLY, err);
+      fd1 = np__udp_bind(&a, NP_UDP_V6ONLY, err);
     }
     close(fd0);
     if (fd1 >= 0)
@@ -582,7 +568,7 @@ static int pick_port(np_discovery_server *srv, uint16_t *port) {
       NP_LOGE(&srv->log, "getsockname: %s", strerror(errno));
       return NP_ERR_SYS;
     }
-    if (fd1 >= 0 || !np_addr_is_set(&srv->addrs[DS_ALT_IP])) {
+    if (fd1 >= 0 || !np__addr_is_set(&srv->addrs[DS_ALT_IP])) {
       *port = np_addr_port(&bound);
       return 0;
     }
@@ -600,9 +586,9 @@ static int check_free(np_discovery_server *srv) {
   int fds[DS_NSOCK] = {-1, -1, -1, -1};
   int rc = 0;
   for (int s = 0; s < DS_NSOCK && rc == 0; s++) {
-    if (!np_addr_is_set(&srv->addrs[s]))
+    if (!np__addr_is_set(&srv->addrs[s]))
       continue;
-    fds[s] = np_udp_bind(&srv->addrs[s], NP_UDP_V6ONLY, err);
+    fds[s] = np__udp_bind(&srv->addrs[s], NP_UDP_V6ONLY, err);
     if (fds[s] < 0) {
       NP_LOGE(&srv->log, "%s", err);
       rc = fds[s];
@@ -621,21 +607,19 @@ static int worker_new(np_discovery_server *srv, int id, struct ds_worker **out) 
     return NP_ERR_NOMEM;
   wk->srv = srv;
   wk->id = id;
-  wk->epfd = -1;
   for (int s = 0; s < DS_NSOCK; s++)
     wk->fds[s] = -1;
   int rc = NP_ERR_SYS;
-  wk->epfd = epoll_create1(EPOLL_CLOEXEC);
-  if (wk->epfd < 0) {
-    NP_LOGE(&srv->log, "epoll_create1: %s", strerror(errno));
+  if (np__loop_new(NULL, &wk->loop) != 0) {
+    NP_LOGE(&srv->log, "epoll_create1/eventfd: %s", strerror(errno));
     goto fail;
   }
   for (int s = 0; s < DS_NSOCK; s++) {
-    if (!np_addr_is_set(&srv->addrs[s]))
+    if (!np__addr_is_set(&srv->addrs[s]))
       continue;
     /* Blocking sockets (reads use MSG_DONTWAIT): a full send buffer then
      * briefly holds the worker back instead of dropping answers. */
-    int fd = np_udp_bind(&srv->addrs[s], NP_UDP_REUSEPORT | NP_UDP_V6ONLY, err);
+    int fd = np__udp_bind(&srv->addrs[s], NP_UDP_REUSEPORT | NP_UDP_V6ONLY, err);
     if (fd < 0) {
       NP_LOGE(&srv->log, "%s", err);
       rc = fd;
@@ -652,16 +636,10 @@ static int worker_new(np_discovery_server *srv, int id, struct ds_worker **out) 
         goto fail;
       }
     }
-    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)s};
-    if (epoll_ctl(wk->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    if (np__loop_add_fd(wk->loop, fd, NP_LOOP_READ, on_socket, wk) != 0) {
       NP_LOGE(&srv->log, "epoll_ctl: %s", strerror(errno));
       goto fail;
     }
-  }
-  struct epoll_event ev = {.events = EPOLLIN, .data.u32 = DS_NSOCK};
-  if (epoll_ctl(wk->epfd, EPOLL_CTL_ADD, srv->stop_fd, &ev) < 0) {
-    NP_LOGE(&srv->log, "epoll_ctl: %s", strerror(errno));
-    goto fail;
   }
   *out = wk;
   return 0;
@@ -685,18 +663,17 @@ NP_EXPORT int np_discovery_server_new(const np_discovery_server_config *cfg,
   np_discovery_server *srv = calloc(1, sizeof *srv);
   if (!srv)
     return NP_ERR_NOMEM;
-  srv->stop_fd = -1;
   srv->log = (np_logger){cfg->log, cfg->log_user, cfg->log_level};
   char a[NP_ADDRSTRLEN], b[NP_ADDRSTRLEN];
   int rc = NP_ERR_INVAL;
 
-  if (!np_addr_is_set(&cfg->listen)) {
+  if (!np__addr_is_set(&cfg->listen)) {
     NP_LOGE(&srv->log, "no listen address");
     goto fail;
   }
   srv->addrs[0] = cfg->listen;
-  srv->wildcard = np_addr_is_any(&cfg->listen);
-  bool have_alt_ip = np_addr_is_set(&cfg->alt_ip);
+  srv->wildcard = np__addr_is_any(&cfg->listen);
+  bool have_alt_ip = np__addr_is_set(&cfg->alt_ip);
   if (have_alt_ip) {
     if (cfg->alt_ip.u.sa.sa_family != cfg->listen.u.sa.sa_family) {
       NP_LOGE(&srv->log, "alternate IP %s is not of the listen address's family",
@@ -705,7 +682,7 @@ NP_EXPORT int np_discovery_server_new(const np_discovery_server_config *cfg,
     }
     /* OTHER-ADDRESS must name a real address, and PKTINFO cannot tell two
      * wildcard sockets on one port apart. */
-    if (srv->wildcard || np_addr_is_any(&cfg->alt_ip)) {
+    if (srv->wildcard || np__addr_is_any(&cfg->alt_ip)) {
       NP_LOGE(&srv->log, "an alternate IP needs specific addresses, not a wildcard");
       goto fail;
     }
@@ -765,12 +742,6 @@ NP_EXPORT int np_discovery_server_new(const np_discovery_server_config *cfg,
   if (rc != 0)
     goto fail;
 
-  srv->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (srv->stop_fd < 0) {
-    NP_LOGE(&srv->log, "eventfd: %s", strerror(errno));
-    rc = NP_ERR_SYS;
-    goto fail;
-  }
   srv->n_workers = cfg->threads ? cfg->threads : (int)(online_cpus() < DS_MAX_THREADS
                                                            ? online_cpus()
                                                            : DS_MAX_THREADS);
@@ -788,7 +759,7 @@ NP_EXPORT int np_discovery_server_new(const np_discovery_server_config *cfg,
     char list[4 * NP_ADDRSTRLEN + 8] = "";
     size_t used = 0;
     for (int s = 0; s < DS_NSOCK; s++) {
-      if (!np_addr_is_set(&srv->addrs[s]))
+      if (!np__addr_is_set(&srv->addrs[s]))
         continue;
       int w = snprintf(list + used, sizeof list - used, "%s%s", used ? ", " : "",
                        np_addr_format(&srv->addrs[s], b, sizeof b));
@@ -825,17 +796,16 @@ NP_EXPORT int np_discovery_server_run(np_discovery_server *srv) {
     if (e != 0) {
       NP_LOGE(&srv->log, "pthread_create: %s", strerror(e));
       rc = NP_ERR_SYS;
-      np_discovery_server_stop(srv);
+      /* Only the running ones: a stop requested of a loop that never
+       * runs would stay armed and end the next run at once. */
+      for (int i = 0; i < started; i++)
+        np__loop_stop(srv->workers[i]->loop);
       break;
     }
   }
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   for (int i = 0; i < started; i++)
-    pthread_join(srv->workers[i]->thread, NULL);
-  /* Re-arm for a later run: consume the stop request. */
-  uint64_t v;
-  while (read(srv->stop_fd, &v, sizeof v) < 0 && errno == EINTR) {
-  }
+    pthread_join(srv->workers[i]->thread, NULL); /* each run consumed its stop */
   atomic_store(&srv->running, false);
   return rc;
 }
@@ -843,13 +813,10 @@ NP_EXPORT int np_discovery_server_run(np_discovery_server *srv) {
 NP_EXPORT void np_discovery_server_stop(np_discovery_server *srv) {
   if (!srv)
     return;
-  /* Only write(2): async-signal-safe. errno is preserved because a signal
-   * handler may interrupt code that is about to read it. */
-  int saved = errno;
-  uint64_t one = 1;
-  ssize_t r = write(srv->stop_fd, &one, sizeof one);
-  (void)r;
-  errno = saved;
+  /* Async-signal-safe: each loop's stop is an atomic store and a write(2),
+   * errno preserved. */
+  for (int i = 0; i < srv->n_workers; i++)
+    np__loop_stop(srv->workers[i]->loop);
 }
 
 NP_EXPORT void np_discovery_server_stats(const np_discovery_server *srv,

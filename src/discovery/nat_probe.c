@@ -75,7 +75,7 @@ struct np_nat_probe {
   np_probe_config cfg;
   np_logger log;
   np_addr local_main;
-  np_probe_random_fn random;
+  np_random_fn random;
   void *random_user;
   int64_t started;
   int64_t deadline;
@@ -90,7 +90,7 @@ static const char *const txn_names[TX_COUNT] = {
 
 static void default_random(void *user, uint8_t *buf, size_t len) {
   (void)user;
-  if (np_random_bytes(buf, len) != 0) {
+  if (np__random_bytes(buf, len) != 0) {
     /* getrandom cannot fail once the pool is up; this is only a fallback
      * to keep IDs distinct, they need not be secret for a probe. */
     static const uint8_t pattern[] = "natpunch-probe!";
@@ -123,14 +123,14 @@ static void txn_fail(np_nat_probe *p, enum txn_id id, int err) {
   NP_LOGD(&p->log, "probe: %s failed: %s", txn_names[id], np_strerror(err));
 }
 
-int np_nat_probe_new(const np_probe_config *cfg, const np_addr *local_main,
-                     np_probe_random_fn random, void *random_user, int64_t now,
+int np__nat_probe_new(const np_probe_config *cfg, const np_addr *local_main,
+                     np_random_fn random, void *random_user, int64_t now,
                      np_nat_probe **out) {
   *out = NULL;
   if (!cfg || cfg->n_servers < 1 || cfg->n_servers > NP_PROBE_MAX_SERVERS)
     return NP_ERR_INVAL;
   for (int i = 0; i < cfg->n_servers; i++)
-    if (!np_addr_is_set(&cfg->servers[i]) || np_addr_port(&cfg->servers[i]) == 0)
+    if (!np__addr_is_set(&cfg->servers[i]) || np_addr_port(&cfg->servers[i]) == 0)
       return NP_ERR_INVAL;
   if (cfg->rto_ms < 0 || cfg->timeout_ms < 0)
     return NP_ERR_INVAL;
@@ -171,7 +171,7 @@ int np_nat_probe_new(const np_probe_config *cfg, const np_addr *local_main,
   return 0;
 }
 
-void np_nat_probe_free(np_nat_probe *p) {
+void np__nat_probe_free(np_nat_probe *p) {
   free(p);
 }
 
@@ -184,7 +184,7 @@ static void on_server1_answer(np_nat_probe *p, int64_t now) {
      * servers we already asked (a deployment may put server 2 on server
      * 1's alternate IP): the same destination makes no new mapping. */
     const np_addr *o = &s1->other;
-    bool usable = np_addr_is_set(o) && o->u.sa.sa_family == s1->mapped.u.sa.sa_family &&
+    bool usable = np__addr_is_set(o) && o->u.sa.sa_family == s1->mapped.u.sa.sa_family &&
                   np_addr_port(o) != 0;
     for (int i = 0; usable && i < p->cfg.n_servers; i++)
       usable = !np_addr_equal(o, &p->cfg.servers[i]);
@@ -196,7 +196,7 @@ static void on_server1_answer(np_nat_probe *p, int64_t now) {
   }
   const np_addr *m1 = &s1->mapped;
   bool behind_nat = !np_addr_equal(m1, &p->local_main);
-  if (np_addr_is_set(&s1->other) && s1->other.u.sa.sa_family == m1->u.sa.sa_family &&
+  if (np__addr_is_set(&s1->other) && s1->other.u.sa.sa_family == m1->u.sa.sa_family &&
       !np_addr_same_ip(&s1->other, &p->cfg.servers[0])) {
     np_addr alt_ip_primary_port = s1->other;
     np_addr_set_port(&alt_ip_primary_port, np_addr_port(&p->cfg.servers[0]));
@@ -240,16 +240,16 @@ static void expire(np_nat_probe *p, int64_t now) {
 
 static size_t encode_request(const struct txn *t, uint8_t *buf, size_t cap) {
   np_stun_writer w;
-  np_stun_writer_init(&w, buf, cap, NP_STUN_BINDING | NP_STUN_REQUEST, NP_STUN_MAGIC_COOKIE,
+  np__stun_writer_init(&w, buf, cap, NP_STUN_BINDING | NP_STUN_REQUEST, NP_STUN_MAGIC_COOKIE,
                       t->txid);
   if (t->change)
-    np_stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, t->change);
-  np_stun_put_fingerprint(&w);
-  int n = np_stun_writer_finish(&w);
+    np__stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, t->change);
+  np__stun_put_fingerprint(&w);
+  int n = np__stun_writer_finish(&w);
   return n > 0 ? (size_t)n : 0;
 }
 
-int np_nat_probe_next_datagram(np_nat_probe *p, int64_t now, np_probe_datagram *dg) {
+int np__nat_probe_next_datagram(np_nat_probe *p, int64_t now, np_probe_datagram *dg) {
   expire(p, now);
   for (int i = 0; i < TX_COUNT; i++) {
     struct txn *t = &p->tx[i];
@@ -294,10 +294,10 @@ static int find_txn(const np_nat_probe *p, const uint8_t txid[NP_STUN_TXID_LEN])
   return -1;
 }
 
-void np_nat_probe_input(np_nat_probe *p, int64_t now, int sock, const np_addr *from,
+void np__nat_probe_input(np_nat_probe *p, int64_t now, int sock, const np_addr *from,
                         const uint8_t *buf, size_t len) {
   np_stun_msg msg;
-  if (np_stun_read(buf, len, &msg) != 0 || msg.method != NP_STUN_BINDING || msg.rfc3489)
+  if (np__stun_read(buf, len, &msg) != 0 || msg.method != NP_STUN_BINDING || msg.rfc3489)
     return;
   int id = find_txn(p, msg.txid);
   if (id < 0 || p->tx[id].state != TS_PENDING || p->tx[id].sock != sock)
@@ -336,7 +336,7 @@ void np_nat_probe_input(np_nat_probe *p, int64_t now, int sock, const np_addr *f
     on_server1_answer(p, now);
 }
 
-void np_nat_probe_unreachable(np_nat_probe *p, int64_t now, int sock, const np_addr *to) {
+void np__nat_probe_unreachable(np_nat_probe *p, int64_t now, int sock, const np_addr *to) {
   (void)now;
   for (int i = 0; i < TX_COUNT; i++) {
     struct txn *t = &p->tx[i];
@@ -346,7 +346,7 @@ void np_nat_probe_unreachable(np_nat_probe *p, int64_t now, int sock, const np_a
   expire(p, now);
 }
 
-int64_t np_nat_probe_wakeup(const np_nat_probe *p) {
+int64_t np__nat_probe_wakeup(const np_nat_probe *p) {
   int64_t w = INT64_MAX;
   for (int i = 0; i < TX_COUNT; i++)
     if (p->tx[i].state == TS_PENDING && p->tx[i].next_send < w)
@@ -366,7 +366,7 @@ static bool filtering_settled(const np_nat_probe *p) {
   return p->tx[TX_FILT2].state != TS_PENDING && p->tx[TX_FILT3].state != TS_PENDING;
 }
 
-bool np_nat_probe_done(const np_nat_probe *p) {
+bool np__nat_probe_done(const np_nat_probe *p) {
   for (int i = 0; i < TX_COUNT; i++) {
     if ((i == TX_FILT2 || i == TX_FILT3) && filtering_settled(p))
       continue;
@@ -406,7 +406,7 @@ static enum np_nat_behavior classify_mapping(const np_nat_probe *p) {
 static enum np_nat_behavior classify_filtering(const np_nat_probe *p) {
   const np_addr *server = &p->cfg.servers[0];
   const struct txn *f2 = &p->tx[TX_FILT2], *f3 = &p->tx[TX_FILT3];
-  if (p->tx[TX_SERVER1].state != TS_DONE || !np_addr_is_set(&p->tx[TX_SERVER1].other))
+  if (p->tx[TX_SERVER1].state != TS_DONE || !np__addr_is_set(&p->tx[TX_SERVER1].other))
     return NP_BEHAVIOR_UNKNOWN;
   if (came_from_changed(f2, server, true, true))
     return NP_BEHAVIOR_ENDPOINT_INDEPENDENT;
@@ -423,7 +423,7 @@ static enum np_nat_behavior classify_filtering(const np_nat_probe *p) {
 
 /* The views in the order their mappings were made, without the ones an
  * address-dependent NAT answered from a mapping already listed; then the
- * verdict on them (np_predict_classify()). */
+ * verdict on them (np__predict_classify()). */
 static void collect_views(const np_nat_probe *p, np_probe_result *out) {
   static const enum txn_id ids[] = {TX_SERVER1, TX_SERVER2, TX_MAP2, TX_MAP3};
   const struct txn *v[NP_PROBE_MAX_VIEWS];
@@ -456,13 +456,13 @@ static void collect_views(const np_nat_probe *p, np_probe_result *out) {
     return;
   out->base_port = ports[out->n_views - 1];
   int32_t stride = 0;
-  enum np_nat_kind k = np_predict_classify_at(ports, at, out->n_views, &stride);
+  enum np_nat_kind k = np__predict_classify_at(ports, at, out->n_views, &stride);
   out->stride = stride;
   /* Requests that went out after the last answered one (unanswered) still
    * took mappings: the NAT's last mapping is that many strides on. */
   int after = p->first_sends - at[out->n_views - 1];
   if (after > 0 && k != NP_NAT_KIND_RANDOM && stride != 0) {
-    int32_t b = np_predict_port_at(out->base_port, stride, after);
+    int32_t b = np__predict_port_at(out->base_port, stride, after);
     if (b > 0)
       out->base_port = (uint16_t)b;
   }
@@ -474,13 +474,13 @@ static void collect_views(const np_nat_probe *p, np_probe_result *out) {
     /* one delta: the two-view rule of the predictor */
     np_nat_model m = {.known = true, .base = out->base_port, .stride = stride};
     static const int from_rule[] = {NP_NAT_KIND_CONE, NP_NAT_KIND_SEQUENTIAL, NP_NAT_KIND_RANDOM};
-    k = (enum np_nat_kind)from_rule[np_predict_kind(&m)];
+    k = (enum np_nat_kind)from_rule[np__predict_kind(&m)];
     out->port_kind_guessed = k != NP_NAT_KIND_CONE;
   }
   out->port_kind = (int)k;
 }
 
-int np_nat_probe_result(const np_nat_probe *p, np_probe_result *out) {
+int np__nat_probe_result(const np_nat_probe *p, np_probe_result *out) {
   memset(out, 0, sizeof *out);
   out->local = p->local_main;
   out->hairpinning = NP_UNKNOWN;
@@ -505,7 +505,7 @@ int np_nat_probe_result(const np_nat_probe *p, np_probe_result *out) {
     out->delta = (int)np_addr_port(&out->mapped[1]) - (int)np_addr_port(&out->mapped[0]);
   }
   out->other_address = s1->other;
-  out->rfc5780 = np_addr_is_set(&s1->other);
+  out->rfc5780 = np__addr_is_set(&s1->other);
   out->nat = !np_addr_equal(&s1->mapped, &p->local_main);
   out->port_preserving = np_addr_port(&s1->mapped) == np_addr_port(&p->local_main);
   out->mapping = classify_mapping(p);
@@ -540,10 +540,10 @@ NP_EXPORT const char *np_nat_behavior_name(enum np_nat_behavior b) {
  * is empty. */
 static bool drain_error(np_nat_probe *p, int fd, int sock, int64_t now) {
   np_udp_error e;
-  if (!np_udp_read_error(fd, &e))
+  if (!np__udp_read_error(fd, &e))
     return false;
-  if (e.icmp && !e.time_exceeded && np_addr_is_set(&e.dest))
-    np_nat_probe_unreachable(p, now, sock, &e.dest);
+  if (e.icmp && !e.time_exceeded && np__addr_is_set(&e.dest))
+    np__nat_probe_unreachable(p, now, sock, &e.dest);
   return true;
 }
 
@@ -552,14 +552,14 @@ static bool drain_error(np_nat_probe *p, int fd, int sock, int64_t now) {
  * is what the FILTER socket needs. */
 static int open_socket(const np_probe_config *cfg, bool keep_port, np_logger *log, int *fd_out) {
   np_addr bind_to = cfg->bind;
-  if (!np_addr_is_set(&bind_to)) {
+  if (!np__addr_is_set(&bind_to)) {
     memset(&bind_to, 0, sizeof bind_to);
     bind_to.u.sa.sa_family = cfg->servers[0].u.sa.sa_family;
   } else if (!keep_port) {
     np_addr_set_port(&bind_to, 0);
   }
   char err[NP_UDP_ERRLEN];
-  int fd = np_udp_bind(&bind_to, NP_UDP_NONBLOCK, err);
+  int fd = np__udp_bind(&bind_to, NP_UDP_NONBLOCK, err);
   if (fd < 0) {
     NP_LOGE(log, "probe: %s", err);
     return fd;
@@ -591,20 +591,20 @@ NP_EXPORT int np_probe_run(const np_probe_config *cfg, np_probe_result *out) {
   }
   np_probe_config filter_cfg = *cfg;
   if (cfg->use_fd)
-    np_udp_local(cfg->fd, &filter_cfg.bind); /* same local IP as the caller's socket */
+    np__udp_local(cfg->fd, &filter_cfg.bind); /* same local IP as the caller's socket */
   if ((rc = open_socket(&filter_cfg, false, &log, &fds[NP_PROBE_SOCK_FILTER])) != 0)
     goto out;
   for (int s = 0; s < NP_PROBE_NSOCK; s++)
-    np_udp_recverr(fds[s], family);
+    np__udp_recverr(fds[s], family);
 
   np_addr local;
-  if (np_udp_local(fds[NP_PROBE_SOCK_MAIN], &local) != 0) {
+  if (np__udp_local(fds[NP_PROBE_SOCK_MAIN], &local) != 0) {
     rc = NP_ERR_SYS;
     goto out;
   }
-  if (np_addr_is_any(&local)) {
+  if (np__addr_is_any(&local)) {
     np_addr src;
-    if (np_udp_route_source(&cfg->servers[0], &src) != 0) {
+    if (np__udp_route_source(&cfg->servers[0], &src) != 0) {
       char text[NP_ADDRSTRLEN];
       NP_LOGE(&log, "probe: no route to %s", np_addr_format(&cfg->servers[0], text, sizeof text));
       rc = NP_ERR_UNREACHABLE;
@@ -614,29 +614,29 @@ NP_EXPORT int np_probe_run(const np_probe_config *cfg, np_probe_result *out) {
     local = src;
   }
 
-  if ((rc = np_nat_probe_new(cfg, &local, NULL, NULL, np_now_ms(), &p)) != 0)
+  if ((rc = np__nat_probe_new(cfg, &local, NULL, NULL, np__now_ms(), &p)) != 0)
     goto out;
 
   /* Bounded: the machine's deadline ends every transaction, and each pass
    * either sends, receives, or sleeps until the next wakeup. */
   for (;;) {
-    int64_t now = np_now_ms();
+    int64_t now = np__now_ms();
     np_probe_datagram dg;
-    while (np_nat_probe_next_datagram(p, now, &dg)) {
+    while (np__nat_probe_next_datagram(p, now, &dg)) {
       if (sendto(fds[dg.sock], dg.buf, dg.len, 0, &dg.to.u.sa, np_addr_len(&dg.to)) < 0 &&
           errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-        np_nat_probe_unreachable(p, now, dg.sock, &dg.to);
+        np__nat_probe_unreachable(p, now, dg.sock, &dg.to);
     }
-    if (np_nat_probe_done(p))
+    if (np__nat_probe_done(p))
       break;
-    int64_t wait = np_nat_probe_wakeup(p) - now;
+    int64_t wait = np__nat_probe_wakeup(p) - now;
     struct pollfd pfd[NP_PROBE_NSOCK] = {{fds[0], POLLIN, 0}, {fds[1], POLLIN, 0}};
     int n = poll(pfd, NP_PROBE_NSOCK, wait < 0 ? 0 : (int)(wait > INT_MAX ? INT_MAX : wait));
     if (n < 0 && errno != EINTR) {
       rc = NP_ERR_SYS;
       goto out;
     }
-    now = np_now_ms();
+    now = np__now_ms();
     for (int s = 0; s < NP_PROBE_NSOCK && n > 0; s++) {
       if (pfd[s].revents & POLLERR)
         for (int k = 0; k < 16 && drain_error(p, fds[s], s, now); k++)
@@ -654,15 +654,15 @@ NP_EXPORT int np_probe_run(const np_probe_config *cfg, np_probe_result *out) {
           break;
         }
         np_addr from;
-        if (np_addr_from_sockaddr((struct sockaddr *)&ss, sl, &from) == 0)
-          np_nat_probe_input(p, now, s, &from, buf, (size_t)got);
+        if (np__addr_from_sockaddr((struct sockaddr *)&ss, sl, &from) == 0)
+          np__nat_probe_input(p, now, s, &from, buf, (size_t)got);
       }
     }
   }
-  rc = np_nat_probe_result(p, out);
+  rc = np__nat_probe_result(p, out);
 
 out:
-  np_nat_probe_free(p);
+  np__nat_probe_free(p);
   if (own_main && fds[NP_PROBE_SOCK_MAIN] >= 0)
     close(fds[NP_PROBE_SOCK_MAIN]);
   if (fds[NP_PROBE_SOCK_FILTER] >= 0)

@@ -21,6 +21,7 @@
 
 #include "natpunch.h"
 #include "stun/stun.h"
+#include "util/random.h"
 
 enum { NP_PROBE_SOCK_MAIN = 0, NP_PROBE_SOCK_FILTER = 1, NP_PROBE_NSOCK = 2 };
 
@@ -32,9 +33,6 @@ typedef struct np_probe_datagram {
   uint8_t buf[128]; /* our requests are small: header + CHANGE-REQUEST + FINGERPRINT */
 } np_probe_datagram;
 
-/* Source of transaction IDs; tests inject a deterministic one. */
-typedef void (*np_probe_random_fn)(void *user, uint8_t *buf, size_t len);
-
 typedef struct np_nat_probe np_nat_probe;
 
 /* Creates a probe for cfg (servers, rto_ms, timeout_ms, no_hairpin and log
@@ -42,11 +40,11 @@ typedef struct np_nat_probe np_nat_probe;
  * MAIN socket's address as seen locally (a concrete IP, not the wildcard),
  * used for the nat/port_preserving verdicts. random may be NULL for the
  * kernel CSPRNG. Returns 0, NP_ERR_INVAL for a bad config, NP_ERR_NOMEM. */
-int np_nat_probe_new(const np_probe_config *cfg, const np_addr *local_main,
-                     np_probe_random_fn random, void *random_user, int64_t now, np_nat_probe **out);
+int np__nat_probe_new(const np_probe_config *cfg, const np_addr *local_main,
+                     np_random_fn random, void *random_user, int64_t now, np_nat_probe **out);
 
 /* Frees the probe; NULL is fine. */
-void np_nat_probe_free(np_nat_probe *p);
+void np__nat_probe_free(np_nat_probe *p);
 
 /* Returns 1 and fills *dg with the next datagram due at 'now', or 0 when
  * nothing is due. Call repeatedly until it returns 0. Datagrams come out in
@@ -57,12 +55,12 @@ void np_nat_probe_free(np_nat_probe *p);
  * inflated by the probe's own other mappings. In quick mode the only test
  * is the alternate address and port (a third view, for the stride), which
  * gets a few RTOs once both servers are settled, not the whole timeout. */
-int np_nat_probe_next_datagram(np_nat_probe *p, int64_t now, np_probe_datagram *dg);
+int np__nat_probe_next_datagram(np_nat_probe *p, int64_t now, np_probe_datagram *dg);
 
 /* Feeds a datagram that arrived on socket 'sock' from 'from'. Anything that
  * is not a response to one of our transactions (or our own hairpinned
  * request) is ignored. */
-void np_nat_probe_input(np_nat_probe *p, int64_t now, int sock, const np_addr *from,
+void np__nat_probe_input(np_nat_probe *p, int64_t now, int sock, const np_addr *from,
                         const uint8_t *buf, size_t len);
 
 /* Tells the machine that datagrams from 'sock' to 'to' were reported
@@ -71,19 +69,19 @@ void np_nat_probe_input(np_nat_probe *p, int64_t now, int sock, const np_addr *f
  * once with NP_ERR_UNREACHABLE instead of waiting for the deadline, so a
  * discovery server that is down costs one round trip, not the timeout.
  * Not for "time exceeded" (a TTL-limited packet of the caller's own). */
-void np_nat_probe_unreachable(np_nat_probe *p, int64_t now, int sock, const np_addr *to);
+void np__nat_probe_unreachable(np_nat_probe *p, int64_t now, int sock, const np_addr *to);
 
-/* The time by which np_nat_probe_next_datagram() must be called again
+/* The time by which np__nat_probe_next_datagram() must be called again
  * (a retransmission or a transaction's deadline). */
-int64_t np_nat_probe_wakeup(const np_nat_probe *p);
+int64_t np__nat_probe_wakeup(const np_nat_probe *p);
 
 /* True when every transaction has an answer or has given up. */
-bool np_nat_probe_done(const np_nat_probe *p);
+bool np__nat_probe_done(const np_nat_probe *p);
 
 /* Fills *out with what is known so far (everything undetermined stays
  * UNKNOWN). Returns 0 if the first server answered, otherwise that
  * server's error (NP_ERR_TIMEOUT, NP_ERR_UNREACHABLE, NP_ERR_PROTO for an
  * error response). */
-int np_nat_probe_result(const np_nat_probe *p, np_probe_result *out);
+int np__nat_probe_result(const np_nat_probe *p, np_probe_result *out);
 
 #endif

@@ -89,7 +89,7 @@ NP_EXPORT char *np_addr_format(const np_addr *addr, char *buf, size_t size) {
   if (!buf || size == 0)
     return buf;
   char ip[INET6_ADDRSTRLEN];
-  if (!addr || !np_addr_is_set(addr)) {
+  if (!addr || !np__addr_is_set(addr)) {
     snprintf(buf, size, "-");
   } else if (addr->u.sa.sa_family == AF_INET) {
     inet_ntop(AF_INET, &addr->u.in4.sin_addr, ip, sizeof ip);
@@ -144,19 +144,19 @@ NP_EXPORT socklen_t np_addr_len(const np_addr *addr) {
   return 0;
 }
 
-bool np_addr_is_set(const np_addr *addr) {
+bool np__addr_is_set(const np_addr *addr) {
   return addr && (addr->u.sa.sa_family == AF_INET || addr->u.sa.sa_family == AF_INET6);
 }
 
-bool np_addr_is_any(const np_addr *addr) {
-  if (!np_addr_is_set(addr))
+bool np__addr_is_any(const np_addr *addr) {
+  if (!np__addr_is_set(addr))
     return false;
   if (addr->u.sa.sa_family == AF_INET)
     return addr->u.in4.sin_addr.s_addr == htonl(INADDR_ANY);
   return IN6_IS_ADDR_UNSPECIFIED(&addr->u.in6.sin6_addr);
 }
 
-bool np_addr_is_private(const np_addr *addr) {
+bool np__addr_is_private(const np_addr *addr) {
   if (!addr)
     return false;
   if (addr->u.sa.sa_family == AF_INET) {
@@ -169,7 +169,7 @@ bool np_addr_is_private(const np_addr *addr) {
   return false;
 }
 
-int np_addr_from_sockaddr(const struct sockaddr *sa, socklen_t len, np_addr *out) {
+int np__addr_from_sockaddr(const struct sockaddr *sa, socklen_t len, np_addr *out) {
   memset(out, 0, sizeof *out);
   if (!sa)
     return NP_ERR_INVAL;

@@ -9,9 +9,9 @@
 #include <string.h>
 #include <unistd.h>
 
-int np_udp_bind(const np_addr *addr, unsigned flags, char err[NP_UDP_ERRLEN]) {
+int np__udp_bind(const np_addr *addr, unsigned flags, char err[NP_UDP_ERRLEN]) {
   char text[NP_ADDRSTRLEN];
-  if (!np_addr_is_set(addr)) {
+  if (!np__addr_is_set(addr)) {
     snprintf(err, NP_UDP_ERRLEN, "no address to bind");
     return NP_ERR_INVAL;
   }
@@ -41,26 +41,26 @@ int np_udp_bind(const np_addr *addr, unsigned flags, char err[NP_UDP_ERRLEN]) {
   return fd;
 }
 
-int np_udp_local(int fd, np_addr *out) {
+int np__udp_local(int fd, np_addr *out) {
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
   if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
     return NP_ERR_SYS;
-  return np_addr_from_sockaddr((struct sockaddr *)&ss, len, out);
+  return np__addr_from_sockaddr((struct sockaddr *)&ss, len, out);
 }
 
-int np_udp_route_source(const np_addr *to, np_addr *out) {
+int np__udp_route_source(const np_addr *to, np_addr *out) {
   int fd = socket(to->u.sa.sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd < 0)
     return NP_ERR_SYS;
   int rc = NP_ERR_UNREACHABLE;
-  if (connect(fd, &to->u.sa, np_addr_len(to)) == 0 && np_udp_local(fd, out) == 0)
+  if (connect(fd, &to->u.sa, np_addr_len(to)) == 0 && np__udp_local(fd, out) == 0)
     rc = 0;
   close(fd);
   return rc;
 }
 
-void np_udp_recverr(int fd, int family) {
+void np__udp_recverr(int fd, int family) {
   int one = 1;
   if (family == AF_INET6)
     (void)setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &one, sizeof one);
@@ -68,7 +68,7 @@ void np_udp_recverr(int fd, int family) {
     (void)setsockopt(fd, IPPROTO_IP, IP_RECVERR, &one, sizeof one);
 }
 
-int np_udp_read_error(int fd, np_udp_error *out) {
+int np__udp_read_error(int fd, np_udp_error *out) {
   struct sockaddr_storage dst;
   char control[512];
   memset(out, 0, sizeof *out);
@@ -83,7 +83,7 @@ int np_udp_read_error(int fd, np_udp_error *out) {
   if (n < 0)
     return 0;
   out->len = (size_t)n;
-  (void)np_addr_from_sockaddr((struct sockaddr *)&dst, mh.msg_namelen, &out->dest);
+  (void)np__addr_from_sockaddr((struct sockaddr *)&dst, mh.msg_namelen, &out->dest);
   for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
     bool v4 = c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_RECVERR;
     bool v6 = c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_RECVERR;
@@ -99,7 +99,7 @@ int np_udp_read_error(int fd, np_udp_error *out) {
     size_t off_len = v4 ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
     memset(&off, 0, sizeof off);
     memcpy(&off, (const uint8_t *)CMSG_DATA(c) + sizeof ee, off_len);
-    (void)np_addr_from_sockaddr((struct sockaddr *)&off, (socklen_t)off_len, &out->offender);
+    (void)np__addr_from_sockaddr((struct sockaddr *)&off, (socklen_t)off_len, &out->offender);
   }
   return 1;
 }

@@ -18,19 +18,19 @@ enum np_udp_flags {
 /* Creates a UDP socket of addr's family, applies flags, and binds it to
  * addr (port 0 = ephemeral). Returns the fd (>= 0) or a negative NP_ERR_*
  * with the reason in err ("bind 203.0.113.1:3478: Address in use"). */
-int np_udp_bind(const np_addr *addr, unsigned flags, char err[NP_UDP_ERRLEN]);
+int np__udp_bind(const np_addr *addr, unsigned flags, char err[NP_UDP_ERRLEN]);
 
 /* Reads the socket's bound address into out. Returns 0 or NP_ERR_SYS. */
-int np_udp_local(int fd, np_addr *out);
+int np__udp_local(int fd, np_addr *out);
 
 /* The local address the kernel would use to reach 'to' (a connected UDP
  * socket is routed without sending anything). Returns 0, NP_ERR_SYS or
  * NP_ERR_UNREACHABLE (no route). */
-int np_udp_route_source(const np_addr *to, np_addr *out);
+int np__udp_route_source(const np_addr *to, np_addr *out);
 
 /* Asks for ICMP errors on fd's error queue (IP_RECVERR / IPV6_RECVERR), so
  * an unreachable or expired datagram is reported with its destination. */
-void np_udp_recverr(int fd, int family);
+void np__udp_recverr(int fd, int family);
 
 /* One entry of a socket's error queue. */
 typedef struct np_udp_error {
@@ -44,6 +44,6 @@ typedef struct np_udp_error {
 
 /* Reads one entry of fd's error queue without blocking. Returns 1 and fills
  * *out, or 0 when the queue is empty. */
-int np_udp_read_error(int fd, np_udp_error *out);
+int np__udp_read_error(int fd, np_udp_error *out);
 
 #endif

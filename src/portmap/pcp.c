@@ -3,6 +3,7 @@
  * bytes and never trusts a length it has not checked against the buffer.
  */
 #include "portmap/pcp.h"
+#include "util/bytes.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -24,26 +25,6 @@ enum {
   OPTION_HEADER_LEN = 4,
   R_BIT = 0x80,
 };
-
-static void put16(uint8_t *p, uint16_t v) {
-  p[0] = (uint8_t)(v >> 8);
-  p[1] = (uint8_t)v;
-}
-
-static void put32(uint8_t *p, uint32_t v) {
-  p[0] = (uint8_t)(v >> 24);
-  p[1] = (uint8_t)(v >> 16);
-  p[2] = (uint8_t)(v >> 8);
-  p[3] = (uint8_t)v;
-}
-
-static uint16_t get16(const uint8_t *p) {
-  return (uint16_t)((p[0] << 8) | p[1]);
-}
-
-static uint32_t get32(const uint8_t *p) {
-  return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
 
 /* PCP carries every address in 16 bytes; IPv4 goes IPv4-mapped (§5). */
 static void put_ip(uint8_t *p, const np_addr *a) {
@@ -73,7 +54,7 @@ static void get_ip(const uint8_t *p, uint16_t port, np_addr *out) {
   }
 }
 
-int np_pcp_encode_map(const np_pcp_map_request *req, uint8_t *buf, size_t cap) {
+int np__pcp_encode_map(const np_pcp_map_request *req, uint8_t *buf, size_t cap) {
   if (!req || !buf)
     return NP_ERR_INVAL;
   int fam = req->client.u.sa.sa_family;
@@ -89,12 +70,12 @@ int np_pcp_encode_map(const np_pcp_map_request *req, uint8_t *buf, size_t cap) {
   memset(buf, 0, NP_PCP_MAP_LEN);
   buf[OFF_VERSION] = NP_PCP_VERSION;
   buf[OFF_OPCODE] = NP_PCP_OP_MAP; /* R = 0: a request */
-  put32(buf + OFF_LIFETIME, req->lifetime);
+  wr32(buf + OFF_LIFETIME, req->lifetime);
   put_ip(buf + OFF_CLIENT_IP, &req->client);
   memcpy(buf + OFF_NONCE, req->nonce, NP_PCP_NONCE_LEN);
   buf[OFF_PROTOCOL] = req->protocol;
-  put16(buf + OFF_INTERNAL_PORT, req->internal_port);
-  put16(buf + OFF_EXTERNAL_PORT, req->suggested_port);
+  wr16(buf + OFF_INTERNAL_PORT, req->internal_port);
+  wr16(buf + OFF_EXTERNAL_PORT, req->suggested_port);
   if (sfam != AF_UNSPEC) {
     put_ip(buf + OFF_EXTERNAL_IP, &req->suggested);
   } else if (fam == AF_INET) {
@@ -113,7 +94,7 @@ static int check_options(const uint8_t *p, size_t len) {
   while (off < len) {
     if (len - off < OPTION_HEADER_LEN)
       return NP_ERR_PROTO;
-    size_t olen = get16(p + off + 2);
+    size_t olen = rd16(p + off + 2);
     size_t padded = (olen + 3u) & ~(size_t)3u;
     off += OPTION_HEADER_LEN;
     if (padded > len - off)
@@ -123,7 +104,7 @@ static int check_options(const uint8_t *p, size_t len) {
   return 0;
 }
 
-int np_pcp_decode_map(const uint8_t *buf, size_t len, const np_pcp_map_request *expect,
+int np__pcp_decode_map(const uint8_t *buf, size_t len, const np_pcp_map_request *expect,
                       np_pcp_map_response *out) {
   if (!out)
     return NP_ERR_INVAL;
@@ -143,8 +124,8 @@ int np_pcp_decode_map(const uint8_t *buf, size_t len, const np_pcp_map_request *
   memset(&r, 0, sizeof r);
   r.opcode = (uint8_t)(buf[OFF_OPCODE] & ~R_BIT);
   r.result = buf[OFF_RESULT];
-  r.lifetime = get32(buf + OFF_LIFETIME);
-  r.epoch = get32(buf + OFF_EPOCH);
+  r.lifetime = rd32(buf + OFF_LIFETIME);
+  r.epoch = rd32(buf + OFF_EPOCH);
   if (len == NP_PCP_HEADER_LEN) {
     /* Header only: acceptable for an error, never for a granted mapping. */
     if (r.result == NP_PCP_SUCCESS)
@@ -159,8 +140,8 @@ int np_pcp_decode_map(const uint8_t *buf, size_t len, const np_pcp_map_request *
   r.has_map = true;
   memcpy(r.nonce, buf + OFF_NONCE, NP_PCP_NONCE_LEN);
   r.protocol = buf[OFF_PROTOCOL];
-  r.internal_port = get16(buf + OFF_INTERNAL_PORT);
-  get_ip(buf + OFF_EXTERNAL_IP, get16(buf + OFF_EXTERNAL_PORT), &r.external);
+  r.internal_port = rd16(buf + OFF_INTERNAL_PORT);
+  get_ip(buf + OFF_EXTERNAL_IP, rd16(buf + OFF_EXTERNAL_PORT), &r.external);
   if (expect) {
     /* RFC 6887 §11.5: the client matches a response to its request by
      * nonce, protocol and internal port; anything else is stale or forged. */
@@ -172,7 +153,7 @@ int np_pcp_decode_map(const uint8_t *buf, size_t len, const np_pcp_map_request *
   return 0;
 }
 
-const char *np_pcp_result_name(int result) {
+const char *np__pcp_result_name(int result) {
   static const char *const names[] = {
       "SUCCESS",          "UNSUPP_VERSION",         "NOT_AUTHORIZED",   "MALFORMED_REQUEST",
       "UNSUPP_OPCODE",    "UNSUPP_OPTION",          "MALFORMED_OPTION", "NETWORK_FAILURE",

@@ -88,7 +88,7 @@ typedef struct np_pcp_map_response {
  * must be IPv4 or IPv6; IPv4 is written IPv4-mapped. Returns the length, or
  * NP_ERR_INVAL for a missing client address or a suggested address of
  * another family, NP_ERR_NOSPACE when cap < NP_PCP_MAP_LEN. */
-int np_pcp_encode_map(const np_pcp_map_request *req, uint8_t *buf, size_t cap);
+int np__pcp_encode_map(const np_pcp_map_request *req, uint8_t *buf, size_t cap);
 
 /* Decodes a PCP response to a MAP request. Strict: the length must be a
  * multiple of 4 between 24 and 1100, the R bit set, the opcode MAP, and
@@ -100,11 +100,11 @@ int np_pcp_encode_map(const np_pcp_map_request *req, uint8_t *buf, size_t cap);
  * when the version is not 2 (e.g. a NAT-PMP-only gateway's "unsupported
  * version" reply, version 0), NP_ERR_PROTO for anything malformed or not
  * matching. */
-int np_pcp_decode_map(const uint8_t *buf, size_t len, const np_pcp_map_request *expect,
+int np__pcp_decode_map(const uint8_t *buf, size_t len, const np_pcp_map_request *expect,
                       np_pcp_map_response *out);
 
 /* Short text for a result code ("SUCCESS", "NOT_AUTHORIZED", ...), or
  * "UNKNOWN" for codes outside RFC 6887. Never NULL. */
-const char *np_pcp_result_name(int result);
+const char *np__pcp_result_name(int result);
 
 #endif

@@ -67,7 +67,7 @@ struct np_portmap {
   char upnp_client[64];
 };
 
-const char *np_portmap_proto_name(enum np_portmap_proto p) {
+const char *np__portmap_proto_name(enum np_portmap_proto p) {
   switch (p) {
   case NP_PORTMAP_UPNP:
     return "upnp";
@@ -81,7 +81,7 @@ const char *np_portmap_proto_name(enum np_portmap_proto p) {
   return "none";
 }
 
-int np_portmap_new(const np_portmap_config *cfg, np_portmap **out) {
+int np__portmap_new(const np_portmap_config *cfg, np_portmap **out) {
   if (!cfg || !out || cfg->internal_port == 0 || cfg->lifetime_s < 0 || cfg->timeout_ms < 0)
     return NP_ERR_INVAL;
   *out = NULL;
@@ -102,14 +102,14 @@ int np_portmap_new(const np_portmap_config *cfg, np_portmap **out) {
   return 0;
 }
 
-enum np_portmap_proto np_portmap_protocol(const np_portmap *pm) {
+enum np_portmap_proto np__portmap_protocol(const np_portmap *pm) {
   return pm ? pm->proto : NP_PORTMAP_NONE;
 }
 
 /* ---- helpers ----------------------------------------------------------- */
 
 static int remaining_ms(int64_t deadline) {
-  int64_t left = deadline - np_now_ms();
+  int64_t left = deadline - np__now_ms();
   if (left <= 0)
     return 0;
   return left > INT32_MAX ? INT32_MAX : (int)left;
@@ -148,7 +148,7 @@ static int default_gateway(np_addr *out) {
 }
 
 static int resolve_gateway(np_portmap *pm) {
-  if (np_addr_is_set(&pm->cfg.gateway)) {
+  if (np__addr_is_set(&pm->cfg.gateway)) {
     pm->gateway = pm->cfg.gateway;
     return 0;
   }
@@ -171,7 +171,7 @@ static int pcp_socket(np_portmap *pm, np_addr *local) {
   int fd = socket(gw.u.sa.sa_family, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0)
     return NP_ERR_SYS;
-  if (np_addr_is_set(&pm->cfg.internal) && pm->cfg.internal.u.sa.sa_family == gw.u.sa.sa_family) {
+  if (np__addr_is_set(&pm->cfg.internal) && pm->cfg.internal.u.sa.sa_family == gw.u.sa.sa_family) {
     np_addr b = pm->cfg.internal;
     np_addr_set_port(&b, 0);
     if (bind(fd, &b.u.sa, np_addr_len(&b)) != 0)
@@ -182,7 +182,7 @@ static int pcp_socket(np_portmap *pm, np_addr *local) {
   struct sockaddr_storage ss;
   socklen_t sl = sizeof ss;
   if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0 ||
-      np_addr_from_sockaddr((struct sockaddr *)&ss, sl, local) != 0)
+      np__addr_from_sockaddr((struct sockaddr *)&ss, sl, local) != 0)
     goto fail;
   return fd;
 fail:
@@ -197,16 +197,16 @@ fail:
 static int pcp_exchange(np_portmap *pm, int fd, const np_pcp_map_request *req, int64_t deadline,
                         np_pcp_map_response *resp) {
   uint8_t out[NP_PCP_MAP_LEN];
-  int len = np_pcp_encode_map(req, out, sizeof out);
+  int len = np__pcp_encode_map(req, out, sizeof out);
   if (len < 0)
     return len;
   int rto = PCP_FIRST_RTO_MS;
-  int64_t next_send = np_now_ms();
+  int64_t next_send = np__now_ms();
   int datagrams = 0;
   /* Every pass either sends, reads a datagram or waits until the next send
    * or the deadline; the deadline ends it. */
   for (;;) {
-    int64_t now = np_now_ms();
+    int64_t now = np__now_ms();
     if (now >= deadline)
       return NP_ERR_TIMEOUT;
     if (now >= next_send) {
@@ -217,7 +217,7 @@ static int pcp_exchange(np_portmap *pm, int fd, const np_pcp_map_request *req, i
     }
     int64_t wake = next_send < deadline ? next_send : deadline;
     struct pollfd p = {.fd = fd, .events = POLLIN};
-    int wait = (int)(wake - np_now_ms());
+    int wait = (int)(wake - np__now_ms());
     int pr = poll(&p, 1, wait > 0 ? wait : 0);
     if (pr < 0 && errno != EINTR)
       return NP_ERR_SYS;
@@ -234,7 +234,7 @@ static int pcp_exchange(np_portmap *pm, int fd, const np_pcp_map_request *req, i
     }
     if (++datagrams > MAX_DATAGRAMS)
       return NP_ERR_PROTO;
-    int rc = np_pcp_decode_map(in, (size_t)n, req, resp);
+    int rc = np__pcp_decode_map(in, (size_t)n, req, resp);
     if (rc == NP_ERR_UNSUPPORTED)
       return rc;
     if (rc != 0) {
@@ -270,17 +270,17 @@ static int pcp_map(np_portmap *pm, int64_t deadline, bool renew, np_addr *extern
     /* Ask for the same port outside: peers and logs are simpler that way,
      * and the server picks another when it is taken. */
     req.suggested_port = pm->cfg.internal_port;
-    rc = np_random_bytes(req.nonce, sizeof req.nonce);
+    rc = np__random_bytes(req.nonce, sizeof req.nonce);
   }
   if (rc == 0) {
     np_pcp_map_response resp;
     rc = pcp_exchange(pm, fd, &req, deadline, &resp);
     if (rc == 0 && resp.result != NP_PCP_SUCCESS) {
       NP_LOGI(&pm->log, "portmap: pcp: gateway refused the mapping: %s (%u)",
-              np_pcp_result_name(resp.result), resp.result);
+              np__pcp_result_name(resp.result), resp.result);
       rc = NP_ERR_REFUSED;
     } else if (rc == 0 && (resp.lifetime == 0 || np_addr_port(&resp.external) == 0 ||
-                           np_addr_is_any(&resp.external))) {
+                           np__addr_is_any(&resp.external))) {
       /* Success with nothing usable: treat as a malformed answer. */
       rc = NP_ERR_PROTO;
     } else if (rc == 0) {
@@ -313,7 +313,7 @@ static int delete_pcp(np_portmap *pm, int64_t deadline) {
   int rc = pcp_exchange(pm, fd, &req, deadline, &resp);
   close(fd);
   if (rc == 0 && resp.result != NP_PCP_SUCCESS) {
-    NP_LOGW(&pm->log, "portmap: pcp: delete refused: %s", np_pcp_result_name(resp.result));
+    NP_LOGW(&pm->log, "portmap: pcp: delete refused: %s", np__pcp_result_name(resp.result));
     rc = NP_ERR_REFUSED;
   }
   return rc;
@@ -502,7 +502,7 @@ static int try_upnp(np_portmap *pm, int64_t deadline, np_addr *external) {
     goto out;
   }
   char client[64]; /* lanaddr fits; INET6_ADDRSTRLEN too */
-  if (np_addr_is_set(&pm->cfg.internal)) {
+  if (np__addr_is_set(&pm->cfg.internal)) {
     if (!inet_ntop(pm->cfg.internal.u.sa.sa_family,
                    pm->cfg.internal.u.sa.sa_family == AF_INET
                        ? (const void *)&pm->cfg.internal.u.in4.sin_addr
@@ -533,7 +533,7 @@ static int try_upnp(np_portmap *pm, int64_t deadline, np_addr *external) {
     if (r != 718) /* ConflictInMappingEntry */
       break;
     uint16_t rnd = 0;
-    if (np_random_bytes(&rnd, sizeof rnd) != 0)
+    if (np__random_bytes(&rnd, sizeof rnd) != 0)
       break;
     eport = (uint16_t)(1024 + rnd % (65536 - 1024));
   }
@@ -545,7 +545,7 @@ static int try_upnp(np_portmap *pm, int64_t deadline, np_addr *external) {
   char ext_ip[40] = "";
   r = UPNP_GetExternalIPAddress(urls.controlURL, data.first.servicetype, ext_ip);
   np_addr ext;
-  if (r != 0 || np_addr_parse(ext_ip, eport, &ext) != 0 || np_addr_is_any(&ext)) {
+  if (r != 0 || np_addr_parse(ext_ip, eport, &ext) != 0 || np__addr_is_any(&ext)) {
     NP_LOGI(&pm->log, "portmap: upnp: no usable external address ('%s', %d)", ext_ip, r);
     UPNP_DeletePortMapping(urls.controlURL, data.first.servicetype, ext_port, "UDP", NULL);
     rc = NP_ERR_PROTO;
@@ -613,15 +613,15 @@ static int delete_upnp(np_portmap *pm) {
  * one protocol leaves time for the next ones. */
 static int64_t share(int64_t deadline, int parts) {
   int left = remaining_ms(deadline);
-  return np_now_ms() + left / parts;
+  return np__now_ms() + left / parts;
 }
 
-int np_portmap_open(np_portmap *pm, np_addr *external) {
+int np__portmap_open(np_portmap *pm, np_addr *external) {
   if (!pm || !external)
     return NP_ERR_INVAL;
   if (pm->proto != NP_PORTMAP_NONE)
     return NP_ERR_INVAL; /* close the current mapping first */
-  int64_t start = np_now_ms();
+  int64_t start = np__now_ms();
   int64_t deadline = start + pm->cfg.timeout_ms;
   np_addr ext;
   int rc = NP_ERR_UNSUPPORTED, last = NP_ERR_UNSUPPORTED;
@@ -630,9 +630,9 @@ int np_portmap_open(np_portmap *pm, np_addr *external) {
    * (the unicast protocols answer in milliseconds or fail fast with ICMP;
    * only a silent gateway uses up their share). */
   if (have_gw && !pm->cfg.no_pcp) {
-    int64_t t = np_now_ms();
+    int64_t t = np__now_ms();
     rc = try_pcp(pm, pm->cfg.no_natpmp && pm->cfg.no_upnp ? deadline : share(deadline, 4), &ext);
-    NP_LOGD(&pm->log, "portmap: pcp: %s after %" PRId64 " ms", np_err_name(rc), np_now_ms() - t);
+    NP_LOGD(&pm->log, "portmap: pcp: %s after %" PRId64 " ms", np_err_name(rc), np__now_ms() - t);
     if (rc == 0) {
       pm->proto = NP_PORTMAP_PCP;
       goto done;
@@ -640,9 +640,10 @@ int np_portmap_open(np_portmap *pm, np_addr *external) {
     last = rc;
   }
   if (have_gw && !pm->cfg.no_natpmp) {
-    int64_t t = np_now_ms();
+    int64_t t = np__now_ms();
     rc = try_natpmp(pm, pm->cfg.no_upnp ? deadline : share(deadline, 3), &ext);
-    NP_LOGD(&pm->log, "portmap: natpmp: %s after %" PRId64 " ms", np_err_name(rc), np_now_ms() - t);
+    NP_LOGD(&pm->log, "portmap: natpmp: %s after %" PRId64 " ms", np_err_name(rc),
+            np__now_ms() - t);
     if (rc == 0) {
       pm->proto = NP_PORTMAP_NATPMP;
       goto done;
@@ -650,9 +651,9 @@ int np_portmap_open(np_portmap *pm, np_addr *external) {
     last = rc;
   }
   if (!pm->cfg.no_upnp) {
-    int64_t t = np_now_ms();
+    int64_t t = np__now_ms();
     rc = try_upnp(pm, deadline, &ext);
-    NP_LOGD(&pm->log, "portmap: upnp: %s after %" PRId64 " ms", np_err_name(rc), np_now_ms() - t);
+    NP_LOGD(&pm->log, "portmap: upnp: %s after %" PRId64 " ms", np_err_name(rc), np__now_ms() - t);
     if (rc == 0) {
       pm->proto = NP_PORTMAP_UPNP;
       goto done;
@@ -663,7 +664,7 @@ int np_portmap_open(np_portmap *pm, np_addr *external) {
    * gateway answered but none mapped); REFUSED and PROTO count as the
    * latter, local errors as the former only when they are timeouts. */
   NP_LOGI(&pm->log, "portmap: no protocol mapped udp %u (%s, %" PRId64 " ms)",
-          pm->cfg.internal_port, np_err_name(last), np_now_ms() - start);
+          pm->cfg.internal_port, np_err_name(last), np__now_ms() - start);
   return last == NP_ERR_TIMEOUT || last == NP_ERR_UNREACHABLE ? NP_ERR_TIMEOUT : NP_ERR_UNSUPPORTED;
 done:
   pm->external = ext;
@@ -671,14 +672,14 @@ done:
   return 0;
 }
 
-uint32_t np_portmap_lifetime(const np_portmap *pm) {
+uint32_t np__portmap_lifetime(const np_portmap *pm) {
   return pm && pm->proto != NP_PORTMAP_NONE ? pm->granted_s : 0;
 }
 
-int np_portmap_renew(np_portmap *pm, np_addr *external) {
+int np__portmap_renew(np_portmap *pm, np_addr *external) {
   if (!pm || !external || pm->proto == NP_PORTMAP_NONE)
     return NP_ERR_INVAL;
-  int64_t deadline = np_now_ms() + pm->cfg.timeout_ms;
+  int64_t deadline = np__now_ms() + pm->cfg.timeout_ms;
   np_addr ext;
   int rc;
   switch (pm->proto) {
@@ -695,7 +696,7 @@ int np_portmap_renew(np_portmap *pm, np_addr *external) {
     return NP_ERR_INVAL;
   }
   if (rc != 0) {
-    NP_LOGI(&pm->log, "portmap: %s: renewing udp %u failed: %s", np_portmap_proto_name(pm->proto),
+    NP_LOGI(&pm->log, "portmap: %s: renewing udp %u failed: %s", np__portmap_proto_name(pm->proto),
             pm->cfg.internal_port, np_err_name(rc));
     return rc;
   }
@@ -704,10 +705,10 @@ int np_portmap_renew(np_portmap *pm, np_addr *external) {
   return 0;
 }
 
-int np_portmap_close(np_portmap *pm) {
+int np__portmap_close(np_portmap *pm) {
   if (!pm)
     return NP_ERR_INVAL;
-  int64_t deadline = np_now_ms() + pm->cfg.timeout_ms;
+  int64_t deadline = np__now_ms() + pm->cfg.timeout_ms;
   int rc = 0;
   switch (pm->proto) {
   case NP_PORTMAP_PCP:
@@ -722,8 +723,8 @@ int np_portmap_close(np_portmap *pm) {
   case NP_PORTMAP_NONE:
     return 0;
   }
-  NP_LOGI(&pm->log, "portmap: %s: mapping for udp %u deleted: %s", np_portmap_proto_name(pm->proto),
-          pm->cfg.internal_port, np_err_name(rc));
+  NP_LOGI(&pm->log, "portmap: %s: mapping for udp %u deleted: %s",
+          np__portmap_proto_name(pm->proto), pm->cfg.internal_port, np_err_name(rc));
   /* Forgotten even when the gateway did not confirm: the lease runs out
    * on its own, and the handle can open a new mapping. */
   pm->proto = NP_PORTMAP_NONE;
@@ -732,7 +733,7 @@ int np_portmap_close(np_portmap *pm) {
   return rc;
 }
 
-void np_portmap_free(np_portmap *pm) {
+void np__portmap_free(np_portmap *pm) {
   if (!pm)
     return;
   free(pm->upnp_control_url);

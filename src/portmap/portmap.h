@@ -35,7 +35,7 @@ typedef struct np_portmap_config {
    * from /proc/net/route). UPnP finds its gateway by SSDP. */
   np_addr gateway;
   int lifetime_s; /* requested lease; 0 = 3600 */
-  /* Total budget for np_portmap_open() (and for np_portmap_close()); 0 =
+  /* Total budget for np__portmap_open() (and for np__portmap_close()); 0 =
    * 2000. UPnP needs about 1 s of it for SSDP discovery (gateways answer
    * after a random delay of up to 1 s); its HTTP/SOAP calls use miniupnpc's
    * own socket timeouts, so a gateway that stalls mid-exchange can overrun
@@ -49,7 +49,7 @@ typedef struct np_portmap_config {
 } np_portmap_config;
 
 /* Creates a handle (no I/O yet). Returns 0, NP_ERR_INVAL, NP_ERR_NOMEM. */
-int np_portmap_new(const np_portmap_config *cfg, np_portmap **out);
+int np__portmap_new(const np_portmap_config *cfg, np_portmap **out);
 
 /* Tries PCP, then NAT-PMP, then UPnP IGD (the cheap unicast protocols
  * first; UPnP's multicast discovery is the slowest), skipping disabled ones,
@@ -59,40 +59,40 @@ int np_portmap_new(const np_portmap_config *cfg, np_portmap **out);
  * gateway answered, NP_ERR_UNSUPPORTED when one answered but none mapped
  * (or every protocol is disabled), NP_ERR_INVAL when a mapping is already
  * open on this handle. Blocks. */
-int np_portmap_open(np_portmap *pm, np_addr *external);
+int np__portmap_open(np_portmap *pm, np_addr *external);
 
 /* The lifetime the gateway granted for the current mapping, in seconds, as
- * of the last np_portmap_open() or np_portmap_renew(): what PCP and NAT-PMP
+ * of the last np__portmap_open() or np__portmap_renew(): what PCP and NAT-PMP
  * answered (a gateway may grant less than was asked), for UPnP the lease
  * the gateway reports for the entry (GetSpecificPortMappingEntry), else the
  * one asked for. 0 when there is no mapping, or for a UPnP lease the
  * gateway made permanent (it needs no renewal). */
-uint32_t np_portmap_lifetime(const np_portmap *pm);
+uint32_t np__portmap_lifetime(const np_portmap *pm);
 
 /* Refreshes the current mapping with the protocol that made it, before its
  * lifetime ends (RFC 6887 11.2.1, RFC 6886 3.3): PCP sends the same MAP
  * request (same nonce, the assigned port suggested), NAT-PMP the same
  * mapping request, UPnP AddPortMapping for the same external port again.
  * Sent after the mapping was lost (a gateway restart) it makes it anew.
- * Fills *external (it may change) and updates np_portmap_lifetime().
+ * Fills *external (it may change) and updates np__portmap_lifetime().
  * Returns 0, NP_ERR_INVAL when there is no mapping, or an NP_ERR_* for
  * the failure (the old mapping still lives until its lifetime ends).
  * Blocks, bounded by the configured timeout. */
-int np_portmap_renew(np_portmap *pm, np_addr *external);
+int np__portmap_renew(np_portmap *pm, np_addr *external);
 
 /* The protocol that succeeded (NONE before or after failure). */
-enum np_portmap_proto np_portmap_protocol(const np_portmap *pm);
+enum np_portmap_proto np__portmap_protocol(const np_portmap *pm);
 
 /* "upnp", "natpmp", "pcp", "none". */
-const char *np_portmap_proto_name(enum np_portmap_proto p);
+const char *np__portmap_proto_name(enum np_portmap_proto p);
 
-/* Deletes the mapping made by np_portmap_open() (if any), bounded by the
+/* Deletes the mapping made by np__portmap_open() (if any), bounded by the
  * configured timeout. Blocks. Returns 0 or an NP_ERR_* (the lease expires
  * on its own anyway). */
-int np_portmap_close(np_portmap *pm);
+int np__portmap_close(np_portmap *pm);
 
-/* Frees the handle. Does not delete the mapping: call np_portmap_close()
+/* Frees the handle. Does not delete the mapping: call np__portmap_close()
  * first. NULL is fine. */
-void np_portmap_free(np_portmap *pm);
+void np__portmap_free(np_portmap *pm);
 
 #endif

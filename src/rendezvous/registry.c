@@ -146,13 +146,13 @@ static const np_registry_ops mem_ops = {
     .free = mem_free,
 };
 
-np_registry *np_registry_memory_new(void) {
+np_registry *np__registry_memory_new(void) {
   struct reg_memory *m = calloc(1, sizeof *m);
   if (!m)
     return NULL;
   m->base.ops = &mem_ops;
   m->slots = calloc(REG_MIN_SLOTS, sizeof *m->slots);
-  if (!m->slots || np_random_bytes(m->hash_key, sizeof m->hash_key) != 0) {
+  if (!m->slots || np__random_bytes(m->hash_key, sizeof m->hash_key) != 0) {
     free(m->slots);
     free(m);
     return NULL;
@@ -161,7 +161,7 @@ np_registry *np_registry_memory_new(void) {
   return &m->base;
 }
 
-size_t np_registry_memory_bytes(const np_registry *r) {
+size_t np__registry_memory_bytes(const np_registry *r) {
   const struct reg_memory *m = (const struct reg_memory *)r;
   size_t total = sizeof *m + (m->mask + 1) * sizeof *m->slots;
   return m->count ? total / m->count : total;

@@ -3,7 +3,7 @@
  *
  * A small interface so the rendezvous server's protocol code never knows
  * how the registry is stored: the embedded default is an in-memory hash
- * table (np_registry_memory_new()); a shared registry for several
+ * table (np__registry_memory_new()); a shared registry for several
  * rendezvous nodes can implement the same four operations later.
  */
 #ifndef NP_REGISTRY_H
@@ -40,10 +40,10 @@ struct np_registry {
  * the key's own bytes: anyone can grind Ed25519 keys until many share a
  * prefix, which would turn lookups linear.
  * Returns NULL when out of memory. */
-np_registry *np_registry_memory_new(void);
+np_registry *np__registry_memory_new(void);
 
 /* Bytes the in-memory registry uses per registered key at its current size
  * (for the README's memory figure). */
-size_t np_registry_memory_bytes(const np_registry *r);
+size_t np__registry_memory_bytes(const np_registry *r);
 
 #endif

@@ -24,7 +24,7 @@
  * attempt (the normal short backoff), and once registered it is logged and
  * ignored: it cannot end a call, impose a backoff or take our ID.
  *
- * Memory: everything is allocated in np_rdv_client_new(); the input buffer
+ * Memory: everything is allocated in np__rdv_client_new(); the input buffer
  * holds exactly one maximum frame and the output queue has a fixed size, so
  * neither a hostile server nor a caller sending too fast can grow it.
  */
@@ -221,7 +221,7 @@ static void conn_lost(np_rdv_client *c, int64_t now, enum lost_kind kind, const 
   bool first = c->backoff_ms <= c->cfg.backoff_min_ms;
   int delay = next_delay(c);
   c->next_attempt = now + delay;
-  np_log(&c->lg, first ? NP_LOG_WARN : NP_LOG_INFO,
+  np__log(&c->lg, first ? NP_LOG_WARN : NP_LOG_INFO,
          "rdv %.8s: %s; reconnecting in %d ms", c->peer_id, why, delay);
   set_state(c, NP_RDV_DISCONNECTED);
 }
@@ -258,7 +258,7 @@ static int queue_tx(np_rdv_client *c, const np_identity *id) {
     c->out_len -= c->out_off;
     c->out_off = 0;
   }
-  int n = np_sig_encode(&c->tx, id, c->out + c->out_len, RDV_OUT_CAP - c->out_len);
+  int n = np__sig_encode(&c->tx, id, c->out + c->out_len, RDV_OUT_CAP - c->out_len);
   if (n < 0)
     return n;
   c->out_len += (size_t)n;
@@ -334,7 +334,7 @@ static void finish_connect(np_rdv_client *c, int64_t now) {
   tx_reset(c, NP_SIG_HELLO);
   c->tx.has_pubkey = true;
   memcpy(c->tx.pubkey, c->pubkey, NP_PUBKEY_LEN);
-  if (np_sig_kx_keypair(c->kx_pk, c->kx_sk) != 0) {
+  if (np__sig_kx_keypair(c->kx_pk, c->kx_sk) != 0) {
     conn_lost(c, now, LOST_NORMAL, "cannot make a key pair");
     return;
   }
@@ -363,7 +363,7 @@ static void on_challenge(np_rdv_client *c, int64_t now) {
   }
   c->got_challenge = true;
   if (c->rx.cand.has_kx) {
-    if (np_sig_channel_key(false, c->kx_pk, c->kx_sk, c->rx.cand.kx, c->rx.nonce, c->chan_key) !=
+    if (np__sig_channel_key(false, c->kx_pk, c->kx_sk, c->rx.cand.kx, c->rx.nonce, c->chan_key) !=
         0) {
       conn_lost(c, now, LOST_NORMAL, "unusable KX key in CHALLENGE");
       return;
@@ -395,7 +395,7 @@ static void on_challenge(np_rdv_client *c, int64_t now) {
 /* Whether the frame in rx carries a valid MAC under this connection's key
  * (and counts it: the next one must carry the next number). */
 static bool mac_ok(np_rdv_client *c, const uint8_t *body, size_t len) {
-  if (!c->has_key || np_sig_verify_mac(body, len, &c->rx, c->chan_key, c->mac_seq) != 0)
+  if (!c->has_key || np__sig_verify_mac(body, len, &c->rx, c->chan_key, c->mac_seq) != 0)
     return false;
   c->mac_seq++;
   return true;
@@ -450,7 +450,7 @@ static bool in_window(np_rdv_client *c, const np_sig_msg *m, const char *from) {
   NP_LOGW(&c->lg,
           "rdv %.8s: dropped %s from %.8s: its clock is %llu s %s ours (more than %d s); "
           "check the clocks (NTP) on both sides",
-          c->peer_id, np_sig_type_name(m->type), from, (unsigned long long)(age / 1000),
+          c->peer_id, np__sig_type_name(m->type), from, (unsigned long long)(age / 1000),
           m->timestamp_ms > now ? "ahead of" : "behind", RDV_REPLAY_WINDOW_MS / 1000);
   return false;
 }
@@ -470,7 +470,7 @@ static bool is_fresh(np_rdv_client *c, const np_sig_msg *m) {
 /* OFFER/ANSWER/READY: checked here whatever the server says it checked. */
 static void on_signed(np_rdv_client *c, const uint8_t *body, size_t len) {
   const np_sig_msg *m = &c->rx;
-  const char *what = np_sig_type_name(m->type);
+  const char *what = np__sig_type_name(m->type);
   if (c->state != NP_RDV_REGISTERED) {
     NP_LOGW(&c->lg, "rdv %.8s: dropped %s before registration", c->peer_id, what);
     return;
@@ -481,7 +481,7 @@ static void on_signed(np_rdv_client *c, const uint8_t *body, size_t len) {
   }
   char from[NP_PEER_ID_LEN + 1];
   np_peer_id_format(m->from, from);
-  if (np_sig_verify(body, len, m) != 0) {
+  if (np__sig_verify(body, len, m) != 0) {
     NP_LOGW(&c->lg, "rdv %.8s: dropped %s claiming to be from %.8s: bad signature", c->peer_id,
             what, from);
     return;
@@ -551,7 +551,7 @@ static void on_error_msg(np_rdv_client *c, int64_t now, const uint8_t *body, siz
 }
 
 static void handle_frame(np_rdv_client *c, int64_t now, const uint8_t *body, size_t len) {
-  int rc = np_sig_decode(body, len, &c->rx);
+  int rc = np__sig_decode(body, len, &c->rx);
   if (rc == NP_ERR_UNSUPPORTED) {
     conn_lost(c, now, LOST_NORMAL, "server speaks another protocol version");
     return;
@@ -587,7 +587,7 @@ static void handle_frame(np_rdv_client *c, int64_t now, const uint8_t *body, siz
     break;
   default:
     NP_LOGD(&c->lg, "rdv %.8s: ignored %s from the server", c->peer_id,
-            np_sig_type_name(c->rx.type));
+            np__sig_type_name(c->rx.type));
     break;
   }
 }
@@ -620,7 +620,7 @@ static void read_in(np_rdv_client *c, int64_t now) {
     size_t off = 0;
     for (;;) {
       size_t body_len;
-      int rc = np_sig_frame_check(c->in + off, c->in_len - off, NP_SIG_MAX_FRAME, &body_len);
+      int rc = np__sig_frame_check(c->in + off, c->in_len - off, NP_SIG_MAX_FRAME, &body_len);
       if (rc == NP_ERR_NOSPACE)
         break;
       if (rc < 0) {
@@ -664,8 +664,8 @@ static void run_timers(np_rdv_client *c, int64_t now) {
   }
 }
 
-int np_rdv_client_new(const np_rdv_client_config *cfg, int64_t now, np_rdv_client **out) {
-  if (!cfg || !out || !cfg->identity || !np_addr_is_set(&cfg->server) ||
+int np__rdv_client_new(const np_rdv_client_config *cfg, int64_t now, np_rdv_client **out) {
+  if (!cfg || !out || !cfg->identity || !np__addr_is_set(&cfg->server) ||
       np_addr_port(&cfg->server) == 0 || cfg->n_allow < 0 || cfg->n_allow > NP_SIG_MAX_ALLOW ||
       (cfg->n_allow > 0 && !cfg->allow) || cfg->backoff_min_ms < 0 || cfg->backoff_max_ms < 0 ||
       cfg->ping_ms < 0)
@@ -694,7 +694,7 @@ int np_rdv_client_new(const np_rdv_client_config *cfg, int64_t now, np_rdv_clien
   c->fd = -1;
   c->state = NP_RDV_DISCONNECTED;
   c->backoff_ms = k.backoff_min_ms;
-  if (np_random_bytes(&c->rng, sizeof c->rng) < 0 || c->rng == 0)
+  if (np__random_bytes(&c->rng, sizeof c->rng) < 0 || c->rng == 0)
     c->rng = (uint64_t)(uintptr_t)c ^ (uint64_t)now ^ 0x9E3779B97F4A7C15ULL;
   /* The first attempt runs from the first process() call rather than from
    * here, so every state change, this one included, reaches on_state. */
@@ -703,7 +703,7 @@ int np_rdv_client_new(const np_rdv_client_config *cfg, int64_t now, np_rdv_clien
   return 0;
 }
 
-int np_rdv_client_fd(const np_rdv_client *c, short *events) {
+int np__rdv_client_fd(const np_rdv_client *c, short *events) {
   if (!c || c->fd < 0) {
     if (events)
       *events = 0;
@@ -718,7 +718,7 @@ int np_rdv_client_fd(const np_rdv_client *c, short *events) {
   return c->fd;
 }
 
-int64_t np_rdv_client_wakeup(const np_rdv_client *c) {
+int64_t np__rdv_client_wakeup(const np_rdv_client *c) {
   if (c->broken)
     return 0; /* torn down on the next process(), as soon as possible */
   if (c->replaced)
@@ -737,7 +737,7 @@ int64_t np_rdv_client_wakeup(const np_rdv_client *c) {
   return 0;
 }
 
-int np_rdv_client_process(np_rdv_client *c, int64_t now, short revents) {
+int np__rdv_client_process(np_rdv_client *c, int64_t now, short revents) {
   if (!c)
     return NP_ERR_INVAL;
   if (c->broken)
@@ -761,11 +761,11 @@ int np_rdv_client_process(np_rdv_client *c, int64_t now, short revents) {
   return 0;
 }
 
-enum np_rdv_state np_rdv_client_state(const np_rdv_client *c) {
+enum np_rdv_state np__rdv_client_state(const np_rdv_client *c) {
   return c->state;
 }
 
-bool np_rdv_client_replaced(const np_rdv_client *c) {
+bool np__rdv_client_replaced(const np_rdv_client *c) {
   return c && c->replaced;
 }
 
@@ -794,24 +794,24 @@ static int send_signed(np_rdv_client *c, uint8_t type, const uint8_t to[NP_PUBKE
     snprintf(c->tx.error_text, sizeof c->tx.error_text, "%s", error_text);
   int rc = queue_tx(c, c->cfg.identity);
   if (rc < 0)
-    NP_LOGD(&c->lg, "rdv %.8s: %s not queued: %s", c->peer_id, np_sig_type_name(type),
+    NP_LOGD(&c->lg, "rdv %.8s: %s not queued: %s", c->peer_id, np__sig_type_name(type),
             np_strerror(rc));
   return rc;
 }
 
-int np_rdv_client_send_offer(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
+int np__rdv_client_send_offer(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
                              const uint8_t session[NP_SIG_SESSION_LEN],
                              const np_sig_candidates *cand) {
   return send_signed(c, NP_SIG_OFFER, to, session, cand, NULL, 0, NULL);
 }
 
-int np_rdv_client_send_answer(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
+int np__rdv_client_send_answer(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
                               const uint8_t session[NP_SIG_SESSION_LEN],
                               const np_sig_candidates *cand, const np_addr *peer_seen) {
   return send_signed(c, NP_SIG_ANSWER, to, session, cand, peer_seen, 0, NULL);
 }
 
-int np_rdv_client_send_decline(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
+int np__rdv_client_send_decline(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
                                const uint8_t session[NP_SIG_SESSION_LEN], uint16_t code,
                                const char *text) {
   /* Code 0 would send an empty answer that accepts the call. */
@@ -820,12 +820,12 @@ int np_rdv_client_send_decline(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN]
   return send_signed(c, NP_SIG_ANSWER, to, session, NULL, NULL, code, text);
 }
 
-int np_rdv_client_send_ready(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
+int np__rdv_client_send_ready(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
                              const uint8_t session[NP_SIG_SESSION_LEN]) {
   return send_signed(c, NP_SIG_READY, to, session, NULL, NULL, 0, NULL);
 }
 
-void np_rdv_client_free(np_rdv_client *c) {
+void np__rdv_client_free(np_rdv_client *c) {
   if (!c)
     return;
   if (c->fd >= 0)

@@ -4,7 +4,8 @@
  * ANSWER frames through the server, which checks who sends them and stamps
  * the sender's address as it sees it (OBSERVED).
  *
- * Shape: one thread, one epoll loop, non-blocking sockets, level-triggered.
+ * Shape: one thread, one event loop (net/loop.h: epoll, level-triggered),
+ * non-blocking sockets.
  * A connection costs a small struct plus a registry slot while it is idle:
  *  - Input is read into one server-wide scratch buffer and whole frames are
  *    handled straight from it; only a partial frame left at the end of a
@@ -46,6 +47,8 @@
 #include "signaling/signaling.h"
 #include "util/clock.h"
 #include "util/log.h"
+#include "util/bytes.h"
+#include "net/loop.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -56,8 +59,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -91,8 +92,7 @@
 #define RS_OUT_FRAMES 4
 /* Room OBSERVED may add to a forwarded frame: TLV header + IPv6 address. */
 #define RS_STAMP_ROOM 64
-/* Events per epoll_wait, connections accepted per listener wakeup. */
-#define RS_EVENTS 256
+/* Connections accepted per listener wakeup. */
 #define RS_ACCEPT_BATCH 64
 /* Rate of connection-level log lines (closes, refusals). */
 #define RS_LOG_PER_SEC 20
@@ -133,6 +133,7 @@ struct rs_call {
 
 struct rs_conn {
   struct rs_conn *prev, *next; /* in srv->unauth or srv->reg (timer order) */
+  np_rendezvous_server *srv;   /* for the loop's callback */
   struct rs_ip *ip;            /* its source address's counters */
   struct rs_call calls[RS_CALLS];
   uint8_t n_calls, next_call;
@@ -179,7 +180,9 @@ struct np_rendezvous_server {
   size_t max_frame;
   size_t out_max;
 
-  int listen_fd, epoll_fd, stop_fd;
+  int listen_fd;
+  np_loop *loop;
+  uint64_t sweep_timer; /* the next connection deadline (expire) */
   int reserve_fd; /* spare descriptor, given up to shed connections at EMFILE */
   np_registry *reg;
 
@@ -203,9 +206,6 @@ struct np_rendezvous_server {
   np_sig_msg msg;      /* decoded input */
   np_sig_msg reply;    /* what we encode */
 };
-
-/* Tags for epoll data.ptr that are not connections. */
-static char tag_listen, tag_stop;
 
 #define RS_INC(srv, f) atomic_fetch_add_explicit(&(srv)->count.f, 1, memory_order_relaxed)
 #define RS_DEC(srv, f) atomic_fetch_sub_explicit(&(srv)->count.f, 1, memory_order_relaxed)
@@ -411,9 +411,9 @@ static void drain_input(int fd) {
   }
 }
 
-/* Closes a connection now: out of the registry, the timer lists and epoll
- * (close() does that), counted. The struct lives until the end of the loop
- * iteration, because the current epoll batch may still name it. */
+/* Closes a connection now: out of the registry, the timer lists and the
+ * loop, counted. The struct lives until the end of the loop turn, because a
+ * callback of the current batch may still hold it. */
 static void conn_close(np_rendezvous_server *srv, struct rs_conn *c, enum rs_why why) {
   if (c->state == RS_DEAD)
     return;
@@ -445,6 +445,7 @@ static void conn_close(np_rendezvous_server *srv, struct rs_conn *c, enum rs_why
     break;
   }
   drain_input(c->fd);
+  np__loop_del_fd(srv->loop, c->fd);
   close(c->fd);
   c->fd = -1;
   c->state = RS_DEAD;
@@ -474,8 +475,7 @@ static void reap_dead(np_rendezvous_server *srv) {
 static void set_want_out(np_rendezvous_server *srv, struct rs_conn *c, bool on) {
   if (c->want_out == on)
     return;
-  struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0), .data.ptr = c};
-  if (epoll_ctl(srv->epoll_fd, EPOLL_CTL_MOD, c->fd, &ev) == 0)
+  if (np__loop_mod_fd(srv->loop, c->fd, NP_LOOP_READ | (on ? NP_LOOP_WRITE : 0)) == 0)
     c->want_out = on;
 }
 
@@ -558,15 +558,15 @@ static bool send_frame(np_rendezvous_server *srv, struct rs_conn *c, const uint8
  * REGISTERED get a MAC when the connection has a key: they are the frames
  * that end a call or a registration (see signaling.h). */
 static bool send_reply(np_rendezvous_server *srv, struct rs_conn *c) {
-  int n = np_sig_encode(&srv->reply, NULL, srv->small, sizeof srv->small);
+  int n = np__sig_encode(&srv->reply, NULL, srv->small, sizeof srv->small);
   if (n > 0 && c->has_key &&
       (srv->reply.type == NP_SIG_ERROR || srv->reply.type == NP_SIG_REGISTERED)) {
-    n = np_sig_append_mac(srv->small, (size_t)n, sizeof srv->small, c->chan_key, c->mac_seq);
+    n = np__sig_append_mac(srv->small, (size_t)n, sizeof srv->small, c->chan_key, c->mac_seq);
     if (n > 0)
       c->mac_seq++;
   }
   if (n <= 0) {
-    NP_LOGE(&srv->log, "cannot encode %s: %s", np_sig_type_name(srv->reply.type), np_strerror(n));
+    NP_LOGE(&srv->log, "cannot encode %s: %s", np__sig_type_name(srv->reply.type), np_strerror(n));
     return c->state != RS_DEAD;
   }
   return send_frame(srv, c, srv->small, (size_t)n);
@@ -626,7 +626,7 @@ static void on_hello(np_rendezvous_server *srv, struct rs_conn *c) {
     return;
   }
   memcpy(c->key, srv->msg.pubkey, NP_PUBKEY_LEN);
-  if (np_random_bytes(c->nonce, sizeof c->nonce) != 0) {
+  if (np__random_bytes(c->nonce, sizeof c->nonce) != 0) {
     NP_LOGE(&srv->log, "getrandom failed: cannot issue a challenge");
     conn_close(srv, c, RS_WHY_NONE);
     return;
@@ -639,9 +639,9 @@ static void on_hello(np_rendezvous_server *srv, struct rs_conn *c) {
     /* Our half of the channel key goes in CHALLENGE, itself sent before
      * the key exists: a forged CHALLENGE only makes the attempt fail. */
     uint8_t sk[NP_SIG_KX_LEN];
-    int krc = np_sig_kx_keypair(srv->reply.cand.kx, sk);
+    int krc = np__sig_kx_keypair(srv->reply.cand.kx, sk);
     if (krc == 0)
-      krc = np_sig_channel_key(true, srv->reply.cand.kx, sk, srv->msg.cand.kx, c->nonce,
+      krc = np__sig_channel_key(true, srv->reply.cand.kx, sk, srv->msg.cand.kx, c->nonce,
                                c->chan_key);
     sodium_memzero(sk, sizeof sk);
     if (krc != 0) {
@@ -669,7 +669,7 @@ static void on_register(np_rendezvous_server *srv, struct rs_conn *c) {
     fail_conn(srv, c, RS_WHY_RATE, NP_SIG_E_RATE, "too many registrations from your address");
     return;
   }
-  if (np_sig_verify_register(m, c->nonce) != 0) {
+  if (np__sig_verify_register(m, c->nonce) != 0) {
     fail_conn(srv, c, RS_WHY_AUTH, NP_SIG_E_AUTH, "bad REGISTER signature");
     return;
   }
@@ -778,8 +778,8 @@ static void check_clock(np_rendezvous_server *srv, struct rs_conn *c, const np_s
   snprintf(text, sizeof text,
            "your clock is %lld s %s the server's (more than %d s): peers will drop your %s",
            secs, skew > 0 ? "ahead of" : "behind", NP_SIG_CLOCK_WINDOW_MS / 1000,
-           np_sig_type_name(m->type));
-  conn_log(srv, c, "%s with a clock %lld s %s ours", np_sig_type_name(m->type), secs,
+           np__sig_type_name(m->type));
+  conn_log(srv, c, "%s with a clock %lld s %s ours", np__sig_type_name(m->type), secs,
            skew > 0 ? "ahead of" : "behind");
   send_error(srv, c, NP_SIG_E_CLOCK, text, m->session, m->to);
 }
@@ -792,7 +792,7 @@ static void on_forward(np_rendezvous_server *srv, struct rs_conn *c, const uint8
   bool offer = m->type == NP_SIG_OFFER;
   if (c->state != RS_REGISTERED) {
     char why[64];
-    snprintf(why, sizeof why, "%s before registration", np_sig_type_name(m->type));
+    snprintf(why, sizeof why, "%s before registration", np__sig_type_name(m->type));
     fail_conn(srv, c, RS_WHY_BAD_FRAME, NP_SIG_E_BAD_REQUEST, why);
     return;
   }
@@ -801,7 +801,7 @@ static void on_forward(np_rendezvous_server *srv, struct rs_conn *c, const uint8
     fail_conn(srv, c, RS_WHY_AUTH, NP_SIG_E_AUTH, "FROM is not the registered key");
     return;
   }
-  if (np_sig_verify(frame + NP_SIG_LEN_PREFIX, len - NP_SIG_LEN_PREFIX, m) != 0) {
+  if (np__sig_verify(frame + NP_SIG_LEN_PREFIX, len - NP_SIG_LEN_PREFIX, m) != 0) {
     fail_conn(srv, c, RS_WHY_AUTH, NP_SIG_E_AUTH, "bad signature");
     return;
   }
@@ -821,7 +821,7 @@ static void on_forward(np_rendezvous_server *srv, struct rs_conn *c, const uint8
     return;
   }
   memcpy(srv->stamp, frame, len);
-  int n = np_sig_stamp_observed(srv->stamp, len, sizeof srv->stamp, &c->peer);
+  int n = np__sig_stamp_observed(srv->stamp, len, sizeof srv->stamp, &c->peer);
   if (n < 0 || (size_t)n - NP_SIG_LEN_PREFIX > NP_SIG_MAX_FRAME) {
     /* Too big for a receiver once stamped: the sender must send less. */
     send_error(srv, c, NP_SIG_E_TOO_LARGE, "frame too large to forward", m->session, m->to);
@@ -849,7 +849,7 @@ static void on_frame(np_rendezvous_server *srv, struct rs_conn *c, const uint8_t
     list_unlink(&srv->regd, c);
     list_append(&srv->regd, c);
   }
-  int rc = np_sig_decode(frame + NP_SIG_LEN_PREFIX, len - NP_SIG_LEN_PREFIX, &srv->msg);
+  int rc = np__sig_decode(frame + NP_SIG_LEN_PREFIX, len - NP_SIG_LEN_PREFIX, &srv->msg);
   if (rc == NP_ERR_UNSUPPORTED) {
     fail_conn(srv, c, RS_WHY_BAD_FRAME, NP_SIG_E_VERSION, "protocol version not supported");
     return;
@@ -886,10 +886,6 @@ static void on_frame(np_rendezvous_server *srv, struct rs_conn *c, const uint8_t
 /* Input                                                                     */
 /* ------------------------------------------------------------------------ */
 
-static uint32_t get_be32(const uint8_t *p) {
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 /* Reads what is there (one chunk: level-triggered epoll calls again if more
  * is waiting, which keeps one busy peer from starving the others), handles
  * every whole frame and keeps the partial one. */
@@ -918,7 +914,7 @@ static void on_readable(np_rendezvous_server *srv, struct rs_conn *c) {
   while (c->state != RS_DEAD && total - off >= NP_SIG_LEN_PREFIX) {
     /* The length prefix is checked as soon as it is here, before any of the
      * body is kept: an oversized frame is refused, not buffered. */
-    uint32_t body = get_be32(srv->scratch + off);
+    uint32_t body = rd32(srv->scratch + off);
     if (body > srv->max_frame) {
       fail_conn(srv, c, RS_WHY_BAD_FRAME, NP_SIG_E_TOO_LARGE, "frame larger than the limit");
       return;
@@ -964,7 +960,7 @@ static void refuse(np_rendezvous_server *srv, int fd, const np_addr *peer, bool 
     reply_init(srv, NP_SIG_ERROR);
     srv->reply.error_code = NP_SIG_E_UNAVAILABLE;
     snprintf(srv->reply.error_text, sizeof srv->reply.error_text, "%s", why);
-    int n = np_sig_encode(&srv->reply, NULL, srv->small, sizeof srv->small);
+    int n = np__sig_encode(&srv->reply, NULL, srv->small, sizeof srv->small);
     if (n > 0 && send(fd, srv->small, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) == n)
       RS_INC(srv, errors_sent);
   }
@@ -973,6 +969,20 @@ static void refuse(np_rendezvous_server *srv, int fd, const np_addr *peer, bool 
   char a[NP_ADDRSTRLEN];
   np_addr_format(peer, a, sizeof a);
   conn_log(srv, NULL, "%s: refused: %s%s", a, full ? "503 " : "", why);
+}
+
+static void on_conn_fd(np_loop *loop, int fd, unsigned events, void *user) {
+  (void)fd;
+  struct rs_conn *c = user;
+  np_rendezvous_server *srv = c->srv;
+  srv->now = np__loop_now(loop);
+  if (c->state == RS_DEAD)
+    return; /* closed earlier in this batch */
+  if (events & NP_LOOP_WRITE)
+    if (!flush_out(srv, c))
+      return;
+  if (events & (NP_LOOP_READ | NP_LOOP_ERROR))
+    on_readable(srv, c);
 }
 
 static void accept_one(np_rendezvous_server *srv, int fd, const np_addr *peer) {
@@ -1006,6 +1016,7 @@ static void accept_one(np_rendezvous_server *srv, int fd, const np_addr *peer) {
     ip_release(srv, ip);
     return;
   }
+  c->srv = srv;
   c->ip = ip;
   c->fd = fd;
   c->peer = *peer;
@@ -1013,8 +1024,7 @@ static void accept_one(np_rendezvous_server *srv, int fd, const np_addr *peer) {
   c->tokens = srv->rate * 1000 * RS_BURST_FACTOR;
   c->refilled = srv->now;
   c->deadline = srv->now + srv->auth_ms;
-  struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-  if (epoll_ctl(srv->epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+  if (np__loop_add_fd(srv->loop, fd, NP_LOOP_READ, on_conn_fd, c) != 0) {
     NP_LOGW(&srv->log, "epoll_ctl(ADD): %s", strerror(errno));
     close(fd);
     free(c);
@@ -1061,12 +1071,20 @@ static void on_listen(np_rendezvous_server *srv) {
       return;
     }
     np_addr peer;
-    if (np_addr_from_sockaddr((struct sockaddr *)&ss, sl, &peer) != 0) {
+    if (np__addr_from_sockaddr((struct sockaddr *)&ss, sl, &peer) != 0) {
       close(fd);
       continue;
     }
     accept_one(srv, fd, &peer);
   }
+}
+
+static void on_listen_fd(np_loop *loop, int fd, unsigned events, void *user) {
+  (void)fd;
+  (void)events;
+  np_rendezvous_server *srv = user;
+  srv->now = np__loop_now(loop);
+  on_listen(srv);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1098,53 +1116,35 @@ static int expire(np_rendezvous_server *srv) {
   return (int)(next - srv->now);
 }
 
+static void on_sweep(np_loop *loop, uint64_t id, void *user) {
+  (void)loop;
+  (void)id;
+  (void)user; /* the wait ends; before_wait does the sweep */
+}
+
+/* Before each wait: close what timed out, free what closed in the last
+ * turn (no callback holds it any more), and arm the timer for the next
+ * deadline. */
+static void before_wait(np_loop *loop, void *user) {
+  np_rendezvous_server *srv = user;
+  srv->now = np__loop_now(loop);
+  int wait = expire(srv);
+  reap_dead(srv);
+  np__loop_cancel_timer(loop, srv->sweep_timer);
+  srv->sweep_timer = np__loop_add_timer(loop, srv->now + wait, on_sweep, srv);
+}
+
 NP_EXPORT int np_rendezvous_server_run(np_rendezvous_server *srv) {
   if (!srv)
     return NP_ERR_INVAL;
   bool expected = false;
   if (!atomic_compare_exchange_strong(&srv->running, &expected, true))
     return NP_ERR_INVAL;
-  struct epoll_event ev[RS_EVENTS];
-  int rc = 0;
-  bool stop = false;
-  while (!stop) {
-    srv->now = np_now_ms();
-    int wait = expire(srv);
-    reap_dead(srv);
-    int n = epoll_wait(srv->epoll_fd, ev, RS_EVENTS, wait);
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      NP_LOGE(&srv->log, "epoll_wait: %s", strerror(errno));
-      rc = NP_ERR_SYS;
-      break;
-    }
-    srv->now = np_now_ms();
-    for (int i = 0; i < n; i++) {
-      void *p = ev[i].data.ptr;
-      if (p == &tag_stop) {
-        stop = true;
-        continue;
-      }
-      if (p == &tag_listen) {
-        on_listen(srv);
-        continue;
-      }
-      struct rs_conn *c = p;
-      if (c->state == RS_DEAD)
-        continue; /* closed earlier in this batch */
-      if (ev[i].events & EPOLLOUT)
-        if (!flush_out(srv, c))
-          continue;
-      if (ev[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
-        on_readable(srv, c);
-    }
-    reap_dead(srv);
-  }
-  /* Re-arm for a later run: consume the stop request. */
-  uint64_t v;
-  while (read(srv->stop_fd, &v, sizeof v) < 0 && errno == EINTR) {
-  }
+  np__loop_set_before_wait(srv->loop, before_wait, srv);
+  int rc = np__loop_run(srv->loop); /* consumes the stop request: may run again */
+  if (rc != 0)
+    NP_LOGE(&srv->log, "epoll_wait: %s", strerror(errno));
+  reap_dead(srv);
   atomic_store(&srv->running, false);
   return rc;
 }
@@ -1152,13 +1152,7 @@ NP_EXPORT int np_rendezvous_server_run(np_rendezvous_server *srv) {
 NP_EXPORT void np_rendezvous_server_stop(np_rendezvous_server *srv) {
   if (!srv)
     return;
-  /* Only write(2): async-signal-safe; errno preserved for the interrupted
-   * code. */
-  int saved = errno;
-  uint64_t one = 1;
-  ssize_t r = write(srv->stop_fd, &one, sizeof one);
-  (void)r;
-  errno = saved;
+  np__loop_stop(srv->loop); /* async-signal-safe */
 }
 
 NP_EXPORT void np_rendezvous_server_stats(const np_rendezvous_server *srv,
@@ -1218,10 +1212,7 @@ NP_EXPORT void np_rendezvous_server_free(np_rendezvous_server *srv) {
     srv->reg->ops->free(srv->reg);
   if (srv->listen_fd >= 0)
     close(srv->listen_fd);
-  if (srv->epoll_fd >= 0)
-    close(srv->epoll_fd);
-  if (srv->stop_fd >= 0)
-    close(srv->stop_fd);
+  np__loop_free(srv->loop);
   if (srv->reserve_fd >= 0)
     close(srv->reserve_fd);
   free(srv->scratch);
@@ -1285,7 +1276,7 @@ static int open_listener(np_rendezvous_server *srv, const np_addr *addr) {
   struct sockaddr_storage ss;
   socklen_t sl = sizeof ss;
   if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0 ||
-      np_addr_from_sockaddr((struct sockaddr *)&ss, sl, &srv->local) != 0) {
+      np__addr_from_sockaddr((struct sockaddr *)&ss, sl, &srv->local) != 0) {
     NP_LOGE(&srv->log, "getsockname: %s", strerror(errno));
     close(fd);
     return NP_ERR_SYS;
@@ -1304,11 +1295,11 @@ NP_EXPORT int np_rendezvous_server_new(const np_rendezvous_server_config *cfg,
   np_rendezvous_server *srv = calloc(1, sizeof *srv);
   if (!srv)
     return NP_ERR_NOMEM;
-  srv->listen_fd = srv->epoll_fd = srv->stop_fd = srv->reserve_fd = -1;
+  srv->listen_fd = srv->reserve_fd = -1;
   srv->log = (np_logger){cfg->log, cfg->log_user, cfg->log_level};
   int rc = NP_ERR_INVAL;
 
-  if (!np_addr_is_set(&cfg->listen)) {
+  if (!np__addr_is_set(&cfg->listen)) {
     NP_LOGE(&srv->log, "no listen address");
     goto fail;
   }
@@ -1337,12 +1328,12 @@ NP_EXPORT int np_rendezvous_server_new(const np_rendezvous_server_config *cfg,
   srv->unauth_per_ip = cfg->max_unauth_per_ip ? cfg->max_unauth_per_ip : RS_DEFAULT_UNAUTH_PER_IP;
   srv->register_per_ip =
       cfg->max_register_per_ip ? cfg->max_register_per_ip : RS_DEFAULT_REGISTER_PER_IP;
-  if (np_random_bytes((uint8_t *)&srv->ip_salt, sizeof srv->ip_salt) != 0)
-    srv->ip_salt = (uint32_t)np_now_ms();
+  if (np__random_bytes((uint8_t *)&srv->ip_salt, sizeof srv->ip_salt) != 0)
+    srv->ip_salt = (uint32_t)np__now_ms();
   srv->out_max = RS_OUT_FRAMES * (NP_SIG_LEN_PREFIX + NP_SIG_MAX_FRAME + RS_STAMP_ROOM);
   srv->scratch_cap = NP_SIG_LEN_PREFIX + srv->max_frame + RS_READ_CHUNK;
   srv->scratch = malloc(srv->scratch_cap);
-  srv->reg = np_registry_memory_new();
+  srv->reg = np__registry_memory_new();
   if (!srv->scratch || !srv->reg) {
     rc = NP_ERR_NOMEM;
     goto fail;
@@ -1352,21 +1343,16 @@ NP_EXPORT int np_rendezvous_server_new(const np_rendezvous_server_config *cfg,
   if (rc != 0)
     goto fail;
   rc = NP_ERR_SYS;
-  srv->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
-  srv->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (srv->epoll_fd < 0 || srv->stop_fd < 0 || srv->reserve_fd < 0) {
+  if (np__loop_new(NULL, &srv->loop) != 0 || srv->reserve_fd < 0) {
     NP_LOGE(&srv->log, "epoll/eventfd/open: %s", strerror(errno));
     goto fail;
   }
-  struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &tag_listen};
-  struct epoll_event sv = {.events = EPOLLIN, .data.ptr = &tag_stop};
-  if (epoll_ctl(srv->epoll_fd, EPOLL_CTL_ADD, srv->listen_fd, &ev) != 0 ||
-      epoll_ctl(srv->epoll_fd, EPOLL_CTL_ADD, srv->stop_fd, &sv) != 0) {
+  if (np__loop_add_fd(srv->loop, srv->listen_fd, NP_LOOP_READ, on_listen_fd, srv) != 0) {
     NP_LOGE(&srv->log, "epoll_ctl: %s", strerror(errno));
     goto fail;
   }
-  srv->log_window = np_now_ms();
+  srv->log_window = np__now_ms();
   if (np_log_enabled(&srv->log, NP_LOG_INFO)) {
     char a[NP_ADDRSTRLEN];
     NP_LOGI(&srv->log,

@@ -1,14 +1,15 @@
 /*
  * Signaling codec (see signaling.h for the wire format and why it is so).
  *
- * Pure: no sockets, clocks or allocation. Fields are read with memcpy and
- * ntohs/ntohl, never through casts to packed structs, and every read is
+ * Pure: no sockets, clocks or allocation. Fields are read byte by byte
+ * (util/bytes.h), never through casts to packed structs, and every read is
  * bounds-checked first. The decoder is strict where leniency would create
  * ambiguity in signed data: a non-repeatable TLV given twice, a fixed-size
  * TLV of another size, non-zero padding or reserved bits are all errors, so
  * one set of fields has exactly one encoding the signer could have meant.
  */
 #include "signaling/signaling.h"
+#include "util/bytes.h"
 
 #include <arpa/inet.h>
 #include <sodium.h>
@@ -50,42 +51,11 @@ static const char register_context[] = "natpunch register v1";
 
 _Static_assert(TLV_KNOWN_MAX < 32, "seen mask is 32 bits");
 
-static uint16_t rd16(const uint8_t *p) {
-  uint16_t v;
-  memcpy(&v, p, sizeof v);
-  return ntohs(v);
-}
-
-static uint32_t rd32(const uint8_t *p) {
-  uint32_t v;
-  memcpy(&v, p, sizeof v);
-  return ntohl(v);
-}
-
-static uint64_t rd64(const uint8_t *p) {
-  return ((uint64_t)rd32(p) << 32) | rd32(p + 4);
-}
-
-static void wr16(uint8_t *p, uint16_t v) {
-  v = htons(v);
-  memcpy(p, &v, sizeof v);
-}
-
-static void wr32(uint8_t *p, uint32_t v) {
-  v = htonl(v);
-  memcpy(p, &v, sizeof v);
-}
-
-static void wr64(uint8_t *p, uint64_t v) {
-  wr32(p, (uint32_t)(v >> 32));
-  wr32(p + 4, (uint32_t)v);
-}
-
 static size_t pad4(size_t n) {
   return (n + 3u) & ~(size_t)3u;
 }
 
-bool np_sig_is_peer_type(uint8_t type) {
+bool np__sig_is_peer_type(uint8_t type) {
   return type == NP_SIG_OFFER || type == NP_SIG_ANSWER || type == NP_SIG_READY;
 }
 
@@ -94,10 +64,10 @@ static bool is_known_type(uint8_t type) {
 }
 
 static bool is_signed_type(uint8_t type) {
-  return type == NP_SIG_REGISTER || np_sig_is_peer_type(type);
+  return type == NP_SIG_REGISTER || np__sig_is_peer_type(type);
 }
 
-const char *np_sig_type_name(uint8_t type) {
+const char *np__sig_type_name(uint8_t type) {
   switch (type) {
   case NP_SIG_HELLO:
     return "HELLO";
@@ -151,7 +121,7 @@ static size_t clean_text(const uint8_t *in, size_t n, char *out) {
 /* Framing                                                                   */
 /* ------------------------------------------------------------------------ */
 
-int np_sig_frame_check(const uint8_t *buf, size_t avail, size_t max_frame, size_t *body_len) {
+int np__sig_frame_check(const uint8_t *buf, size_t avail, size_t max_frame, size_t *body_len) {
   /* 0 or anything above the protocol's own limit means the protocol limit. */
   if (max_frame == 0 || max_frame > NP_SIG_MAX_FRAME)
     max_frame = NP_SIG_MAX_FRAME;
@@ -375,7 +345,7 @@ static int decode(const uint8_t *body, size_t len, np_sig_msg *msg) {
       if (!signed_type)
         return NP_ERR_PROTO;
       after_signature = true;
-      /* REGISTER's signature covers np_sig_register_payload(), not body
+      /* REGISTER's signature covers np__sig_register_payload(), not body
        * bytes, so only OFFER/ANSWER/READY get a signed_len. */
       if (msg->type != NP_SIG_REGISTER)
         msg->signed_len = pos;
@@ -396,7 +366,7 @@ static int decode(const uint8_t *body, size_t len, np_sig_msg *msg) {
   return has_required(msg) ? 0 : NP_ERR_PROTO;
 }
 
-int np_sig_decode(const uint8_t *body, size_t len, np_sig_msg *msg) {
+int np__sig_decode(const uint8_t *body, size_t len, np_sig_msg *msg) {
   if (!msg)
     return NP_ERR_INVAL;
   memset(msg, 0, sizeof *msg);
@@ -523,7 +493,7 @@ static int check_encodable(const np_sig_msg *m, const np_identity *id) {
   }
 }
 
-int np_sig_encode(const np_sig_msg *msg, const np_identity *id, uint8_t *buf, size_t cap) {
+int np__sig_encode(const np_sig_msg *msg, const np_identity *id, uint8_t *buf, size_t cap) {
   if (!msg || (!buf && cap))
     return NP_ERR_INVAL;
   int rc = check_encodable(msg, id);
@@ -613,14 +583,14 @@ int np_sig_encode(const np_sig_msg *msg, const np_identity *id, uint8_t *buf, si
   if (w.err)
     return w.err;
   uint8_t sig[NP_SIGNATURE_LEN];
-  if (np_sig_is_peer_type(msg->type)) {
+  if (np__sig_is_peer_type(msg->type)) {
     /* Every body byte so far: header and all TLVs. */
     np_identity_sign(id, buf + NP_SIG_LEN_PREFIX, w.len - NP_SIG_LEN_PREFIX, sig);
     put_bytes(&w, NP_SIG_T_SIGNATURE, sig, NP_SIGNATURE_LEN);
   } else if (msg->type == NP_SIG_REGISTER) {
     uint8_t payload[REGISTER_PAYLOAD_MAX];
     int n =
-        np_sig_register_payload(msg->nonce, pk, msg->allow, msg->n_allow, payload, sizeof payload);
+        np__sig_register_payload(msg->nonce, pk, msg->allow, msg->n_allow, payload, sizeof payload);
     if (n < 0)
       return n;
     np_identity_sign(id, payload, (size_t)n, sig);
@@ -640,8 +610,8 @@ int np_sig_encode(const np_sig_msg *msg, const np_identity *id, uint8_t *buf, si
 /* Signatures                                                                */
 /* ------------------------------------------------------------------------ */
 
-int np_sig_verify(const uint8_t *body, size_t len, const np_sig_msg *msg) {
-  if (!body || !msg || !np_sig_is_peer_type(msg->type) ||
+int np__sig_verify(const uint8_t *body, size_t len, const np_sig_msg *msg) {
+  if (!body || !msg || !np__sig_is_peer_type(msg->type) ||
       !msg->has_signature || !msg->has_from || msg->signed_len < NP_SIG_HEADER_LEN ||
       msg->signed_len > len)
     return NP_ERR_AUTH;
@@ -654,7 +624,7 @@ int np_sig_verify(const uint8_t *body, size_t len, const np_sig_msg *msg) {
  * Everything before the allow list has a fixed size, so the list's length
  * is implied and no two inputs give the same bytes.
  */
-int np_sig_register_payload(const uint8_t nonce[NP_SIG_NONCE_LEN],
+int np__sig_register_payload(const uint8_t nonce[NP_SIG_NONCE_LEN],
                             const uint8_t pubkey[NP_PUBKEY_LEN],
                             const uint8_t (*allow)[NP_PUBKEY_LEN], int n_allow, uint8_t *out,
                             size_t cap) {
@@ -677,11 +647,11 @@ int np_sig_register_payload(const uint8_t nonce[NP_SIG_NONCE_LEN],
   return (int)o;
 }
 
-int np_sig_verify_register(const np_sig_msg *msg, const uint8_t nonce[NP_SIG_NONCE_LEN]) {
+int np__sig_verify_register(const np_sig_msg *msg, const uint8_t nonce[NP_SIG_NONCE_LEN]) {
   if (!msg || !nonce || msg->type != NP_SIG_REGISTER || !msg->has_pubkey || !msg->has_signature)
     return NP_ERR_AUTH;
   uint8_t payload[REGISTER_PAYLOAD_MAX];
-  int n = np_sig_register_payload(nonce, msg->pubkey, msg->allow, msg->n_allow, payload,
+  int n = np__sig_register_payload(nonce, msg->pubkey, msg->allow, msg->n_allow, payload,
                                   sizeof payload);
   if (n < 0)
     return NP_ERR_AUTH;
@@ -692,17 +662,17 @@ int np_sig_verify_register(const np_sig_msg *msg, const uint8_t nonce[NP_SIG_NON
 /* Server stamp                                                              */
 /* ------------------------------------------------------------------------ */
 
-int np_sig_stamp_observed(uint8_t *buf, size_t len, size_t cap, const np_addr *observed) {
+int np__sig_stamp_observed(uint8_t *buf, size_t len, size_t cap, const np_addr *observed) {
   if (!buf || !observed || !addr_is_set(observed) || cap < len)
     return NP_ERR_INVAL;
   size_t body_len;
-  if (np_sig_frame_check(buf, len, NP_SIG_MAX_FRAME, &body_len) != 0 ||
+  if (np__sig_frame_check(buf, len, NP_SIG_MAX_FRAME, &body_len) != 0 ||
       body_len != len - NP_SIG_LEN_PREFIX)
     return NP_ERR_PROTO;
   /* Only a frame we would accept gets stamped: the stamp must never turn
    * garbage into something that looks server-vouched. */
   np_sig_msg msg;
-  if (np_sig_decode(buf + NP_SIG_LEN_PREFIX, body_len, &msg) != 0)
+  if (np__sig_decode(buf + NP_SIG_LEN_PREFIX, body_len, &msg) != 0)
     return NP_ERR_PROTO;
 
   /* Find an existing OBSERVED (at most one: the decoder refuses two). */
@@ -741,7 +711,7 @@ int np_sig_stamp_observed(uint8_t *buf, size_t len, size_t cap, const np_addr *o
 
 static const char channel_context[] = "natpunch channel v1";
 
-int np_sig_kx_keypair(uint8_t pk[NP_SIG_KX_LEN], uint8_t sk[NP_SIG_KX_LEN]) {
+int np__sig_kx_keypair(uint8_t pk[NP_SIG_KX_LEN], uint8_t sk[NP_SIG_KX_LEN]) {
   _Static_assert(NP_SIG_KX_LEN == crypto_kx_PUBLICKEYBYTES, "X25519 key size");
   _Static_assert(NP_SIG_KX_LEN == crypto_kx_SECRETKEYBYTES, "X25519 key size");
   if (!pk || !sk || sodium_init() < 0)
@@ -749,7 +719,7 @@ int np_sig_kx_keypair(uint8_t pk[NP_SIG_KX_LEN], uint8_t sk[NP_SIG_KX_LEN]) {
   return crypto_kx_keypair(pk, sk) == 0 ? 0 : NP_ERR_SYS;
 }
 
-int np_sig_channel_key(bool server, const uint8_t my_pk[NP_SIG_KX_LEN],
+int np__sig_channel_key(bool server, const uint8_t my_pk[NP_SIG_KX_LEN],
                        const uint8_t my_sk[NP_SIG_KX_LEN], const uint8_t peer_pk[NP_SIG_KX_LEN],
                        const uint8_t nonce[NP_SIG_NONCE_LEN],
                        uint8_t key[NP_SIG_CHANNEL_KEY_LEN]) {
@@ -790,7 +760,7 @@ static void mac_compute(const uint8_t *body, size_t len, const uint8_t key[NP_SI
   crypto_generichash_final(&st, out, NP_SIG_MAC_LEN);
 }
 
-int np_sig_append_mac(uint8_t *buf, size_t len, size_t cap,
+int np__sig_append_mac(uint8_t *buf, size_t len, size_t cap,
                       const uint8_t key[NP_SIG_CHANNEL_KEY_LEN], uint64_t seq) {
   if (!buf || !key || len < NP_SIG_LEN_PREFIX + NP_SIG_HEADER_LEN || len > cap)
     return NP_ERR_INVAL;
@@ -811,7 +781,7 @@ int np_sig_append_mac(uint8_t *buf, size_t len, size_t cap,
   return (int)len;
 }
 
-int np_sig_verify_mac(const uint8_t *body, size_t len, const np_sig_msg *msg,
+int np__sig_verify_mac(const uint8_t *body, size_t len, const np_sig_msg *msg,
                       const uint8_t key[NP_SIG_CHANNEL_KEY_LEN], uint64_t seq) {
   if (!body || !msg || !key || !msg->has_mac || msg->mac_len < NP_SIG_HEADER_LEN ||
       msg->mac_len > len)

@@ -18,7 +18,7 @@
  *
  * Signatures: OFFER and ANSWER carry a SIGNATURE TLV by the sender's key
  * (FROM) over every body byte before it; REGISTER carries one over the
- * challenge (see np_sig_register_payload()). After SIGNATURE only
+ * challenge (see np__sig_register_payload()). After SIGNATURE only
  * server-stamped TLVs may follow (OBSERVED): the server adds the sender's
  * address as it saw it without breaking the signature, and the receiver
  * knows that part is the server's word, not the peer's.
@@ -111,7 +111,7 @@ enum np_sig_tlv {
    * last mapping made (the predictor's base) */
   NP_SIG_T_STRIDE = 0x0012,
   /* 32-byte keyed BLAKE2b over a server frame's body before it, always the
-   * last TLV; see np_sig_append_mac(). */
+   * last TLV; see np__sig_append_mac(). */
   NP_SIG_T_MAC = 0x0013,
   NP_SIG_T_FLAGS = 0x0014,     /* u32 NP_SIG_CAND_* bits; absent = 0 */
 };
@@ -135,7 +135,7 @@ typedef struct np_sig_candidates {
   int n_mapped;
   bool have_delta;
   int32_t delta;
-  /* The NAT's allocation as the probe classified it (np_predict_classify()
+  /* The NAT's allocation as the probe classified it (np__predict_classify()
    * over all the views, in the order the mappings were made); without it a
    * peer falls back to the two-view delta. */
   bool have_stride;
@@ -180,11 +180,11 @@ typedef struct np_sig_msg {
   int n_allow;
 
   /* Body bytes covered by SIGNATURE (0 when unsigned): verify with
-   * np_sig_verify(). */
+   * np__sig_verify(). */
   size_t signed_len;
 
   /* MAC (server frames): the body bytes it covers; verify with
-   * np_sig_verify_mac(). */
+   * np__sig_verify_mac(). */
   bool has_mac;
   uint8_t mac[NP_SIG_MAC_LEN];
   size_t mac_len;
@@ -195,7 +195,7 @@ typedef struct np_sig_msg {
  * (not an error: read more) when it is not yet, NP_ERR_PROTO when the
  * announced body is larger than max_frame (close the connection) or smaller
  * than a header. */
-int np_sig_frame_check(const uint8_t *buf, size_t avail, size_t max_frame, size_t *body_len);
+int np__sig_frame_check(const uint8_t *buf, size_t avail, size_t max_frame, size_t *body_len);
 
 /* Decodes one body (without the length prefix). Checks version, reserved
  * bits, every TLV bounded, fixed-size TLVs of the right size, repeat limits,
@@ -203,40 +203,40 @@ int np_sig_frame_check(const uint8_t *buf, size_t avail, size_t max_frame, size_
  * fields each type requires (e.g. OFFER: FROM, TO, SESSION, SIGNATURE).
  * Returns 0, NP_ERR_UNSUPPORTED for another version, NP_ERR_PROTO otherwise.
  * Never reads outside body. */
-int np_sig_decode(const uint8_t *body, size_t len, np_sig_msg *msg);
+int np__sig_decode(const uint8_t *body, size_t len, np_sig_msg *msg);
 
 /* Encodes msg as a whole frame (length prefix + body) into buf. For OFFER
  * and ANSWER (which need FROM, TO, SESSION and TIMESTAMP set), signs with id
  * (whose public key must equal msg->from) and appends SIGNATURE; for
  * REGISTER (which needs has_nonce: the challenge), signs
- * np_sig_register_payload() and takes PUBKEY from id; id may be NULL for
+ * np__sig_register_payload() and takes PUBKEY from id; id may be NULL for
  * unsigned types. OBSERVED is written (after the
  * signature) only when set, which only the server does. Returns the frame
  * length (> 0) or NP_ERR_NOSPACE / NP_ERR_INVAL. */
-int np_sig_encode(const np_sig_msg *msg, const np_identity *id, uint8_t *buf, size_t cap);
+int np__sig_encode(const np_sig_msg *msg, const np_identity *id, uint8_t *buf, size_t cap);
 
 /* Verifies a decoded OFFER/ANSWER's SIGNATURE against its FROM key over the
  * first msg->signed_len bytes of body. Returns 0 or NP_ERR_AUTH. */
-int np_sig_verify(const uint8_t *body, size_t len, const np_sig_msg *msg);
+int np__sig_verify(const uint8_t *body, size_t len, const np_sig_msg *msg);
 
 /* The bytes a REGISTER signature covers: a fixed context string, the
  * challenge nonce, the public key and the allow list, so a signature can be
  * used for nothing else. Writes up to cap bytes; returns the length or
  * NP_ERR_NOSPACE. */
-int np_sig_register_payload(const uint8_t nonce[NP_SIG_NONCE_LEN],
+int np__sig_register_payload(const uint8_t nonce[NP_SIG_NONCE_LEN],
                             const uint8_t pubkey[NP_PUBKEY_LEN],
                             const uint8_t (*allow)[NP_PUBKEY_LEN], int n_allow, uint8_t *out,
                             size_t cap);
 
 /* Verifies a decoded REGISTER (signature over the payload above by PUBKEY)
  * against the nonce the server issued. Returns 0 or NP_ERR_AUTH. */
-int np_sig_verify_register(const np_sig_msg *msg, const uint8_t nonce[NP_SIG_NONCE_LEN]);
+int np__sig_verify_register(const np_sig_msg *msg, const uint8_t nonce[NP_SIG_NONCE_LEN]);
 
 /* Server side: appends (or replaces) OBSERVED in an already-encoded frame of
  * length len in buf (capacity cap), fixing the length prefix; the signature
  * stays valid because it does not cover OBSERVED. Returns the new frame
  * length or NP_ERR_NOSPACE / NP_ERR_PROTO. */
-int np_sig_stamp_observed(uint8_t *buf, size_t len, size_t cap, const np_addr *observed);
+int np__sig_stamp_observed(uint8_t *buf, size_t len, size_t cap, const np_addr *observed);
 
 /* Channel authentication. The plain TCP connection to the server can carry
  * frames injected by a third party (a blind attacker who guesses sequence
@@ -253,13 +253,13 @@ int np_sig_stamp_observed(uint8_t *buf, size_t len, size_t cap, const np_addr *o
  * side (TLS with a pinned server key would be needed for that). */
 
 /* A fresh X25519 key pair for one connection. Returns 0 or NP_ERR_SYS. */
-int np_sig_kx_keypair(uint8_t pk[NP_SIG_KX_LEN], uint8_t sk[NP_SIG_KX_LEN]);
+int np__sig_kx_keypair(uint8_t pk[NP_SIG_KX_LEN], uint8_t sk[NP_SIG_KX_LEN]);
 
 /* Derives the key that authenticates server -> client frames of one
  * connection. server: true on the server's side. my_pk/my_sk: our key pair;
  * peer_pk: the other side's KX; nonce: the CHALLENGE nonce. Returns 0, or
  * NP_ERR_AUTH for an unusable peer key (a low-order point). */
-int np_sig_channel_key(bool server, const uint8_t my_pk[NP_SIG_KX_LEN],
+int np__sig_channel_key(bool server, const uint8_t my_pk[NP_SIG_KX_LEN],
                        const uint8_t my_sk[NP_SIG_KX_LEN], const uint8_t peer_pk[NP_SIG_KX_LEN],
                        const uint8_t nonce[NP_SIG_NONCE_LEN],
                        uint8_t key[NP_SIG_CHANNEL_KEY_LEN]);
@@ -269,20 +269,20 @@ int np_sig_channel_key(bool server, const uint8_t my_pk[NP_SIG_KX_LEN],
  * endian: the number of MAC'd frames sent on this connection before) and
  * the whole body; fixes the length prefix. Returns the new frame length or
  * NP_ERR_NOSPACE / NP_ERR_PROTO / NP_ERR_INVAL. */
-int np_sig_append_mac(uint8_t *buf, size_t len, size_t cap,
+int np__sig_append_mac(uint8_t *buf, size_t len, size_t cap,
                       const uint8_t key[NP_SIG_CHANNEL_KEY_LEN], uint64_t seq);
 
 /* Verifies a decoded frame's MAC (see above) over the first msg->mac_len
  * bytes of body. Returns 0, or NP_ERR_AUTH when it is absent or wrong. */
-int np_sig_verify_mac(const uint8_t *body, size_t len, const np_sig_msg *msg,
+int np__sig_verify_mac(const uint8_t *body, size_t len, const np_sig_msg *msg,
                       const uint8_t key[NP_SIG_CHANNEL_KEY_LEN], uint64_t seq);
 
 /* "OFFER", "ANSWER"...; "?" for unknown types. */
-const char *np_sig_type_name(uint8_t type);
+const char *np__sig_type_name(uint8_t type);
 
 /* True for the messages one peer signs for another and the server forwards
  * (OFFER, ANSWER, READY): FROM, TO, SESSION, TIMESTAMP and a signature over
  * the body are required. */
-bool np_sig_is_peer_type(uint8_t type);
+bool np__sig_is_peer_type(uint8_t type);
 
 #endif

@@ -3,11 +3,12 @@
  * behaviour-discovery attributes, and enough RFC 3489 to talk to old
  * servers and clients.
  *
- * Pure: no sockets, clocks or allocation. Fields are read with memcpy and
- * ntohs/ntohl, never through casts to packed structs, so alignment and
+ * Pure: no sockets, clocks or allocation. Fields are read byte by byte
+ * (util/bytes.h), never through casts to packed structs, so alignment and
  * strict aliasing never matter and every read is bounds-checked first.
  */
 #include "stun/stun.h"
+#include "util/bytes.h"
 
 #include <arpa/inet.h>
 #include <gnutls/crypto.h>
@@ -38,28 +39,6 @@
 #define FAMILY_IPV4 0x01
 #define FAMILY_IPV6 0x02
 
-static uint16_t rd16(const uint8_t *p) {
-  uint16_t v;
-  memcpy(&v, p, sizeof v);
-  return ntohs(v);
-}
-
-static uint32_t rd32(const uint8_t *p) {
-  uint32_t v;
-  memcpy(&v, p, sizeof v);
-  return ntohl(v);
-}
-
-static void wr16(uint8_t *p, uint16_t v) {
-  v = htons(v);
-  memcpy(p, &v, sizeof v);
-}
-
-static void wr32(uint8_t *p, uint32_t v) {
-  v = htonl(v);
-  memcpy(p, &v, sizeof v);
-}
-
 static size_t pad4(size_t n) { return (n + 3u) & ~(size_t)3u; }
 
 /* Compares without an early exit, so a forger learns nothing from timing
@@ -86,7 +65,7 @@ static void xor_mask(const uint8_t *msg_start, uint8_t mask[16]) {
 /* Decoder                                                                   */
 /* ------------------------------------------------------------------------ */
 
-bool np_stun_is_stun(const uint8_t *buf, size_t len) {
+bool np__stun_is_stun(const uint8_t *buf, size_t len) {
   if (!buf || len < NP_STUN_HEADER_LEN)
     return false;
   /* RFC 7983 §7: "If the value of the first byte is in the range 0 to 3
@@ -342,7 +321,7 @@ static int read_attr(const uint8_t *buf, size_t pos, uint16_t type,
   }
 }
 
-int np_stun_read(const uint8_t *buf, size_t len, np_stun_msg *msg) {
+int np__stun_read(const uint8_t *buf, size_t len, np_stun_msg *msg) {
   if (!msg)
     return NP_ERR_PROTO;
   memset(msg, 0, sizeof *msg);
@@ -362,7 +341,7 @@ int np_stun_read(const uint8_t *buf, size_t len, np_stun_msg *msg) {
    */
   uint16_t type = rd16(buf);
   /* "The most significant 2 bits of every STUN message MUST be zeroes."
-   * Stricter, as np_stun_is_stun(): a first byte above 3 belongs to another
+   * Stricter, as np__stun_is_stun(): a first byte above 3 belongs to another
    * protocol on a shared socket (RFC 7983), and no STUN or TURN method
    * needs one (all are below 0x100), so the reader and the demultiplexer
    * agree on what is STUN. */
@@ -500,7 +479,7 @@ static int check_mac(gnutls_mac_algorithm_t alg, const uint8_t *buf, size_t len,
   return equal_ct(mac, buf + off + ATTR_HEADER_LEN, mac_len) ? 0 : NP_ERR_AUTH;
 }
 
-int np_stun_check_integrity(const uint8_t *buf, size_t len, const np_stun_msg *msg,
+int np__stun_check_integrity(const uint8_t *buf, size_t len, const np_stun_msg *msg,
                             const uint8_t *key, size_t key_len) {
   if (!msg)
     return NP_ERR_INVAL;
@@ -510,7 +489,7 @@ int np_stun_check_integrity(const uint8_t *buf, size_t len, const np_stun_msg *m
                    key, key_len);
 }
 
-int np_stun_check_integrity_sha256(const uint8_t *buf, size_t len,
+int np__stun_check_integrity_sha256(const uint8_t *buf, size_t len,
                                    const np_stun_msg *msg, const uint8_t *key,
                                    size_t key_len) {
   if (!msg)
@@ -524,7 +503,7 @@ int np_stun_check_integrity_sha256(const uint8_t *buf, size_t len,
                    n, key, key_len);
 }
 
-int np_stun_long_term_key(const char *username, const char *realm,
+int np__stun_long_term_key(const char *username, const char *realm,
                           const char *password, uint8_t out[16]) {
   if (!username || !realm || !password || !out)
     return NP_ERR_INVAL;
@@ -555,7 +534,7 @@ int np_stun_long_term_key(const char *username, const char *realm,
 /* Encoder                                                                   */
 /* ------------------------------------------------------------------------ */
 
-void np_stun_writer_init(np_stun_writer *w, uint8_t *buf, size_t cap,
+void np__stun_writer_init(np_stun_writer *w, uint8_t *buf, size_t cap,
                          uint16_t type, uint32_t cookie,
                          const uint8_t txid[NP_STUN_TXID_LEN]) {
   if (!w)
@@ -632,21 +611,21 @@ static void put_addr_common(np_stun_writer *w, uint16_t type, const np_addr *add
     v[4 + i] = (uint8_t)(ip[i] ^ mask[i]);
 }
 
-void np_stun_put_addr(np_stun_writer *w, uint16_t type, const np_addr *addr) {
+void np__stun_put_addr(np_stun_writer *w, uint16_t type, const np_addr *addr) {
   put_addr_common(w, type, addr, false);
 }
 
-void np_stun_put_xor_addr(np_stun_writer *w, uint16_t type, const np_addr *addr) {
+void np__stun_put_xor_addr(np_stun_writer *w, uint16_t type, const np_addr *addr) {
   put_addr_common(w, type, addr, true);
 }
 
-void np_stun_put_u32(np_stun_writer *w, uint16_t type, uint32_t value) {
+void np__stun_put_u32(np_stun_writer *w, uint16_t type, uint32_t value) {
   uint8_t *v = reserve(w, type, 4);
   if (v)
     wr32(v, value);
 }
 
-void np_stun_put_response_port(np_stun_writer *w, uint16_t port) {
+void np__stun_put_response_port(np_stun_writer *w, uint16_t port) {
   uint8_t *v = reserve(w, NP_STUN_ATTR_RESPONSE_PORT, 4);
   if (!v)
     return;
@@ -669,7 +648,7 @@ static size_t max_value_len(uint16_t type) {
   }
 }
 
-void np_stun_put_bytes(np_stun_writer *w, uint16_t type, const void *data, size_t len) {
+void np__stun_put_bytes(np_stun_writer *w, uint16_t type, const void *data, size_t len) {
   if (!w || w->err)
     return;
   size_t max = max_value_len(type);
@@ -682,7 +661,7 @@ void np_stun_put_bytes(np_stun_writer *w, uint16_t type, const void *data, size_
     memcpy(v, data, len);
 }
 
-void np_stun_put_error(np_stun_writer *w, uint16_t code, const char *reason) {
+void np__stun_put_error(np_stun_writer *w, uint16_t code, const char *reason) {
   if (!w || w->err)
     return;
   size_t rlen = reason ? strlen(reason) : 0;
@@ -702,7 +681,7 @@ void np_stun_put_error(np_stun_writer *w, uint16_t code, const char *reason) {
     memcpy(v + ERROR_CODE_FIXED_LEN, reason, rlen);
 }
 
-void np_stun_put_unknown(np_stun_writer *w, const uint16_t *types, size_t n) {
+void np__stun_put_unknown(np_stun_writer *w, const uint16_t *types, size_t n) {
   if (!w || w->err)
     return;
   if ((!types && n != 0) || n > NP_STUN_MAX_UNKNOWN) {
@@ -738,12 +717,12 @@ static void put_mac(np_stun_writer *w, uint16_t type, gnutls_mac_algorithm_t alg
   memcpy(v, mac, mac_len);
 }
 
-void np_stun_put_integrity(np_stun_writer *w, const uint8_t *key, size_t key_len) {
+void np__stun_put_integrity(np_stun_writer *w, const uint8_t *key, size_t key_len) {
   put_mac(w, NP_STUN_ATTR_MESSAGE_INTEGRITY, GNUTLS_MAC_SHA1, key, key_len,
           SHA1_LEN);
 }
 
-void np_stun_put_integrity_sha256(np_stun_writer *w, const uint8_t *key,
+void np__stun_put_integrity_sha256(np_stun_writer *w, const uint8_t *key,
                                   size_t key_len, size_t trunc_len) {
   if (!w || w->err)
     return;
@@ -755,7 +734,7 @@ void np_stun_put_integrity_sha256(np_stun_writer *w, const uint8_t *key,
           key_len, trunc_len);
 }
 
-void np_stun_put_fingerprint(np_stun_writer *w) {
+void np__stun_put_fingerprint(np_stun_writer *w) {
   if (!w || w->err)
     return;
   size_t off = w->len;
@@ -769,7 +748,7 @@ void np_stun_put_fingerprint(np_stun_writer *w) {
   wr32(v, (uint32_t)crc32(0L, w->buf, (uInt)off) ^ FINGERPRINT_XOR);
 }
 
-int np_stun_writer_finish(np_stun_writer *w) {
+int np__stun_writer_finish(np_stun_writer *w) {
   if (!w)
     return NP_ERR_INVAL;
   if (w->err)
@@ -777,7 +756,7 @@ int np_stun_writer_finish(np_stun_writer *w) {
   return (int)w->len;
 }
 
-const char *np_stun_attr_name(uint16_t type) {
+const char *np__stun_attr_name(uint16_t type) {
   switch (type) {
   case NP_STUN_ATTR_MAPPED_ADDRESS: return "MAPPED-ADDRESS";
   case NP_STUN_ATTR_RESPONSE_ADDRESS: return "RESPONSE-ADDRESS";

@@ -146,7 +146,7 @@ typedef struct np_stun_msg {
   size_t n_unknown_required;
 
   /* Byte offsets (from the start of the message) of integrity attributes'
-   * headers, for np_stun_check_integrity*(); valid when present says so. */
+   * headers, for np__stun_check_integrity*(); valid when present says so. */
   size_t integrity_offset;
   size_t integrity_sha256_offset;
   size_t integrity_sha256_len; /* 16..32, multiple of 4 */
@@ -155,7 +155,7 @@ typedef struct np_stun_msg {
 /* Quick test whether a datagram may be STUN (RFC 7983 demultiplexing: first
  * byte 0..3, length a multiple of 4 matching the datagram). Does not check
  * the cookie so RFC 3489 messages pass. */
-bool np_stun_is_stun(const uint8_t *buf, size_t len);
+bool np__stun_is_stun(const uint8_t *buf, size_t len);
 
 /* Decodes one STUN message occupying exactly buf[0..len). Checks: header
  * bits, length (multiple of 4, equals len - 20, len <= NP_STUN_MAX_MESSAGE),
@@ -165,35 +165,35 @@ bool np_stun_is_stun(const uint8_t *buf, size_t len);
  * requires). Unknown comprehension-optional attributes are skipped; unknown
  * comprehension-required ones are recorded, not an error. Returns 0 or
  * NP_ERR_PROTO. Never reads outside buf. */
-int np_stun_read(const uint8_t *buf, size_t len, np_stun_msg *msg);
+int np__stun_read(const uint8_t *buf, size_t len, np_stun_msg *msg);
 
 /* Verifies MESSAGE-INTEGRITY (HMAC-SHA1) of a message decoded from buf
- * with np_stun_read(). key is the short-term password, or for long-term
- * credentials the key from np_stun_long_term_key(). Returns 0, NP_ERR_AUTH on
+ * with np__stun_read(). key is the short-term password, or for long-term
+ * credentials the key from np__stun_long_term_key(). Returns 0, NP_ERR_AUTH on
  * mismatch, NP_ERR_PROTO if the attribute is absent. Constant-time compare. */
-int np_stun_check_integrity(const uint8_t *buf, size_t len, const np_stun_msg *msg,
+int np__stun_check_integrity(const uint8_t *buf, size_t len, const np_stun_msg *msg,
                             const uint8_t *key, size_t key_len);
 
 /* Same for MESSAGE-INTEGRITY-SHA256 (HMAC-SHA256, possibly truncated). */
-int np_stun_check_integrity_sha256(const uint8_t *buf, size_t len,
+int np__stun_check_integrity_sha256(const uint8_t *buf, size_t len,
                                    const np_stun_msg *msg, const uint8_t *key,
                                    size_t key_len);
 
 /* Long-term credential key, RFC 8489 §9.2.2, MD5 algorithm:
  * MD5(username ":" realm ":" password) (strings already SASLprep'd by the
  * caller). Writes 16 bytes to out. Returns 0 or NP_ERR_INVAL. */
-int np_stun_long_term_key(const char *username, const char *realm,
+int np__stun_long_term_key(const char *username, const char *realm,
                           const char *password, uint8_t out[16]);
 
 /* Incremental encoder. All np_stun_put_* calls are no-ops once an error has
- * occurred; np_stun_writer_finish() reports it. */
+ * occurred; np__stun_writer_finish() reports it. */
 typedef struct np_stun_writer {
   uint8_t *buf;
   size_t cap;
   size_t len;
   int err; /* 0 or NP_ERR_NOSPACE / NP_ERR_INVAL */
   /* Value of the bytes that pad attributes to a multiple of 4. 0 after
-   * np_stun_writer_init(); RFC 8489 lets senders pick any value, and the
+   * np__stun_writer_init(); RFC 8489 lets senders pick any value, and the
    * RFC 5769 sample messages use 0x20, so tests set it to reproduce them. */
   uint8_t pad_byte;
 } np_stun_writer;
@@ -201,50 +201,50 @@ typedef struct np_stun_writer {
 /* Starts a message of the given type (method | class) with the magic cookie
  * 'cookie' (pass NP_STUN_MAGIC_COOKIE except when echoing an RFC 3489
  * transaction) and 12-byte txid. */
-void np_stun_writer_init(np_stun_writer *w, uint8_t *buf, size_t cap,
+void np__stun_writer_init(np_stun_writer *w, uint8_t *buf, size_t cap,
                          uint16_t type, uint32_t cookie,
                          const uint8_t txid[NP_STUN_TXID_LEN]);
 
 /* MAPPED-ADDRESS style attribute (plain address): MAPPED-ADDRESS,
  * OTHER-ADDRESS, RESPONSE-ORIGIN, CHANGED-ADDRESS, SOURCE-ADDRESS. */
-void np_stun_put_addr(np_stun_writer *w, uint16_t type, const np_addr *addr);
+void np__stun_put_addr(np_stun_writer *w, uint16_t type, const np_addr *addr);
 
 /* XOR-MAPPED-ADDRESS (XORed with cookie and, for IPv6, the txid). */
-void np_stun_put_xor_addr(np_stun_writer *w, uint16_t type, const np_addr *addr);
+void np__stun_put_xor_addr(np_stun_writer *w, uint16_t type, const np_addr *addr);
 
 /* A 32-bit attribute value in network order (CHANGE-REQUEST). */
-void np_stun_put_u32(np_stun_writer *w, uint16_t type, uint32_t value);
+void np__stun_put_u32(np_stun_writer *w, uint16_t type, uint32_t value);
 
 /* RESPONSE-PORT: 16-bit port plus two bytes of RFFU. */
-void np_stun_put_response_port(np_stun_writer *w, uint16_t port);
+void np__stun_put_response_port(np_stun_writer *w, uint16_t port);
 
 /* An opaque value (USERNAME, SOFTWARE, REALM, NONCE, PADDING...), zero-padded
  * to a multiple of 4. */
-void np_stun_put_bytes(np_stun_writer *w, uint16_t type, const void *data, size_t len);
+void np__stun_put_bytes(np_stun_writer *w, uint16_t type, const void *data, size_t len);
 
 /* ERROR-CODE with a numeric code 300..699 and a UTF-8 reason phrase. */
-void np_stun_put_error(np_stun_writer *w, uint16_t code, const char *reason);
+void np__stun_put_error(np_stun_writer *w, uint16_t code, const char *reason);
 
 /* UNKNOWN-ATTRIBUTES listing n types. */
-void np_stun_put_unknown(np_stun_writer *w, const uint16_t *types, size_t n);
+void np__stun_put_unknown(np_stun_writer *w, const uint16_t *types, size_t n);
 
 /* MESSAGE-INTEGRITY over everything so far (HMAC-SHA1, RFC 8489 §14.5). */
-void np_stun_put_integrity(np_stun_writer *w, const uint8_t *key, size_t key_len);
+void np__stun_put_integrity(np_stun_writer *w, const uint8_t *key, size_t key_len);
 
 /* MESSAGE-INTEGRITY-SHA256, truncated to trunc_len bytes (16..32, multiple
  * of 4; 32 for the full HMAC). */
-void np_stun_put_integrity_sha256(np_stun_writer *w, const uint8_t *key,
+void np__stun_put_integrity_sha256(np_stun_writer *w, const uint8_t *key,
                                   size_t key_len, size_t trunc_len);
 
 /* FINGERPRINT (CRC-32 XOR 0x5354554e). Must be the last attribute. */
-void np_stun_put_fingerprint(np_stun_writer *w);
+void np__stun_put_fingerprint(np_stun_writer *w);
 
 /* Finishes the message (the header length is kept current by every put).
  * Returns the message length (> 0) or a negative NP_ERR_* code. */
-int np_stun_writer_finish(np_stun_writer *w);
+int np__stun_writer_finish(np_stun_writer *w);
 
 /* Human-readable attribute name, for logs ("XOR-MAPPED-ADDRESS", or
  * "0x1234" style text is not produced: returns NULL for unknown types). */
-const char *np_stun_attr_name(uint16_t type);
+const char *np__stun_attr_name(uint16_t type);
 
 #endif /* NP_STUN_H */

@@ -17,7 +17,7 @@ static void refill(struct np_budget_bucket *k, int cap, int64_t now) {
     k->tokens_milli = full;
 }
 
-void np_budget_init(np_budget *b, int per_peer, int total, int64_t now) {
+void np__budget_init(np_budget *b, int per_peer, int total, int64_t now) {
   memset(b, 0, sizeof *b);
   b->per_peer = per_peer > 0 ? per_peer : NP_BUDGET_PER_PEER;
   b->total = total > 0 ? total : NP_BUDGET_TOTAL;
@@ -51,7 +51,7 @@ static struct np_budget_peer *peer_of(np_budget *b, const uint8_t *id, int64_t n
   return e;
 }
 
-int np_budget_take(np_budget *b, const uint8_t id[NP_BUDGET_ID_LEN], int want, int64_t now) {
+int np__budget_take(np_budget *b, const uint8_t id[NP_BUDGET_ID_LEN], int want, int64_t now) {
   if (!b || !id || want <= 0)
     return 0;
   struct np_budget_peer *e = peer_of(b, id, now);
@@ -66,7 +66,7 @@ int np_budget_take(np_budget *b, const uint8_t id[NP_BUDGET_ID_LEN], int want, i
   return (int)grant;
 }
 
-void np_budget_refund(np_budget *b, const uint8_t id[NP_BUDGET_ID_LEN], int unused, int64_t now) {
+void np__budget_refund(np_budget *b, const uint8_t id[NP_BUDGET_ID_LEN], int unused, int64_t now) {
   if (!b || !id || unused <= 0)
     return;
   struct np_budget_peer *e = peer_of(b, id, now);
@@ -76,7 +76,7 @@ void np_budget_refund(np_budget *b, const uint8_t id[NP_BUDGET_ID_LEN], int unus
   refill(&b->all, b->total, now);
 }
 
-int64_t np_budget_retry_ms(np_budget *b, const uint8_t id[NP_BUDGET_ID_LEN], int64_t now) {
+int64_t np__budget_retry_ms(np_budget *b, const uint8_t id[NP_BUDGET_ID_LEN], int64_t now) {
   if (!b || !id)
     return 0;
   struct np_budget_peer *e = peer_of(b, id, now);

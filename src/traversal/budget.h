@@ -5,9 +5,9 @@
  * it a steady sender. This bounds what all sessions together may send in a
  * sliding minute, per peer ID and in total: two token buckets, refilled
  * continuously (the full amount per 60 s). A session takes its allowance
- * when the call arrives (np_budget_take: it may get less than it wants,
+ * when the call arrives (np__budget_take: it may get less than it wants,
  * then it runs smaller, or nothing, then the call is declined) and gives
- * back what it did not send when it ends (np_budget_refund).
+ * back what it did not send when it ends (np__budget_refund).
  *
  * Pure: no clock of its own, no allocation; time is passed in (ms, any
  * monotonic origin). A table of NP_BUDGET_PEERS peers: when it is full the
@@ -45,19 +45,19 @@ typedef struct np_budget {
 } np_budget;
 
 /* Starts full at 'now'. per_peer and total <= 0 take the defaults above. */
-void np_budget_init(np_budget *b, int per_peer, int total, int64_t now);
+void np__budget_init(np_budget *b, int per_peer, int total, int64_t now);
 
 /* A call from 'id' wants up to 'want' probes: returns the allowance
  * granted (taken from both buckets), at most want; 0 when fewer than
  * NP_BUDGET_MIN_SESSION (and want) are left, and then nothing is taken. */
-int np_budget_take(np_budget *b, const uint8_t id[NP_BUDGET_ID_LEN], int want, int64_t now);
+int np__budget_take(np_budget *b, const uint8_t id[NP_BUDGET_ID_LEN], int want, int64_t now);
 
 /* The session of 'id' ended having left 'unused' probes of its allowance
  * unsent: they go back to both buckets (never above full). */
-void np_budget_refund(np_budget *b, const uint8_t id[NP_BUDGET_ID_LEN], int unused, int64_t now);
+void np__budget_refund(np_budget *b, const uint8_t id[NP_BUDGET_ID_LEN], int unused, int64_t now);
 
 /* Milliseconds until 'id' could be granted NP_BUDGET_MIN_SESSION probes
  * (0: now): for the message of a declined call. */
-int64_t np_budget_retry_ms(np_budget *b, const uint8_t id[NP_BUDGET_ID_LEN], int64_t now);
+int64_t np__budget_retry_ms(np_budget *b, const uint8_t id[NP_BUDGET_ID_LEN], int64_t now);
 
 #endif

@@ -17,11 +17,11 @@ static int clamp_count(int n, int max) {
 static sa_family_t side_family(const np_sig_candidates *c) {
   int nm = clamp_count(c->n_mapped, NP_SIG_MAX_MAPPED);
   for (int i = 0; i < nm; i++)
-    if (np_addr_is_set(&c->mapped[i]))
+    if (np__addr_is_set(&c->mapped[i]))
       return c->mapped[i].u.sa.sa_family;
   int np = clamp_count(c->n_private, NP_SIG_MAX_PRIVATE);
   for (int i = 0; i < np; i++)
-    if (np_addr_is_set(&c->private_addrs[i]))
+    if (np__addr_is_set(&c->private_addrs[i]))
       return c->private_addrs[i].u.sa.sa_family;
   return AF_UNSPEC;
 }
@@ -54,7 +54,7 @@ static const char *special(const np_addr *a) {
   if (IN6_IS_ADDR_LINKLOCAL(x))
     return "link-local";
   if (IN6_IS_ADDR_V4MAPPED(x))
-    return "IPv4-mapped"; /* np_addr_from_sockaddr() unmaps real ones */
+    return "IPv4-mapped"; /* np__addr_from_sockaddr() unmaps real ones */
   return NULL;
 }
 
@@ -74,20 +74,20 @@ static bool is_own(const np_sig_candidates *self, const np_checklist_seen *seen,
   return np_addr_same_ip(&self->portmap, a);
 }
 
-bool np_checklist_same_nat(const np_checklist_seen *seen) {
-  return seen && np_addr_is_set(&seen->self) && np_addr_is_set(&seen->peer) &&
+bool np__checklist_same_nat(const np_checklist_seen *seen) {
+  return seen && np__addr_is_set(&seen->self) && np__addr_is_set(&seen->peer) &&
          np_addr_same_ip(&seen->self, &seen->peer);
 }
 
-const char *np_checklist_aim(const np_sig_candidates *self, const np_checklist_seen *seen,
+const char *np__checklist_aim(const np_sig_candidates *self, const np_checklist_seen *seen,
                              const np_addr *a, enum np_cand_type type) {
-  if (!a || !np_addr_is_set(a) || np_addr_port(a) == 0 || np_addr_is_any(a))
+  if (!a || !np__addr_is_set(a) || np_addr_port(a) == 0 || np__addr_is_any(a))
     return "unset, port 0 or a wildcard";
   /* The peer's own public IP, as the server saw it: whatever it is (even
    * 127.0.0.1 for two peers on one machine), the peer is there. */
   if (seen && np_addr_same_ip(a, &seen->peer))
     return NULL;
-  if (!seen || !np_addr_is_set(&seen->peer))
+  if (!seen || !np__addr_is_set(&seen->peer))
     return "the peer's public IP (the server's view) is unknown";
   const char *why = special(a);
   if (why)
@@ -97,9 +97,9 @@ const char *np_checklist_aim(const np_sig_candidates *self, const np_checklist_s
   if (type == NP_CAND_HOST || type == NP_CAND_PRFLX) {
     /* Behind one NAT the peer's LAN is ours, and a LAN behind a NAT is
      * private space: a public address here would be a third party. */
-    if (!np_checklist_same_nat(seen))
+    if (!np__checklist_same_nat(seen))
       return "a private address behind another NAT";
-    return np_addr_is_private(a) ? NULL : "a public address that is not the peer's";
+    return np__addr_is_private(a) ? NULL : "a public address that is not the peer's";
   }
   return "not the peer's public IP (the server's view)";
 }
@@ -107,11 +107,11 @@ const char *np_checklist_aim(const np_sig_candidates *self, const np_checklist_s
 static int add(np_check *out, int n, int cap, const np_addr *a, enum np_cand_type type,
                sa_family_t family, const np_sig_candidates *self, const np_checklist_seen *seen,
                void (*log)(void *, const np_addr *, const char *), void *log_user) {
-  if (n >= cap || !np_addr_is_set(a))
+  if (n >= cap || !np__addr_is_set(a))
     return n;
   if (family != AF_UNSPEC && a->u.sa.sa_family != family)
     return n; /* not ours to reach from this socket: no harm, no log */
-  const char *why = np_checklist_aim(self, seen, a, type);
+  const char *why = np__checklist_aim(self, seen, a, type);
   if (why) {
     if (log)
       log(log_user, a, why);
@@ -131,7 +131,7 @@ static int add(np_check *out, int n, int cap, const np_addr *a, enum np_cand_typ
   return n + 1;
 }
 
-int np_checklist_build(const np_sig_candidates *self, const np_sig_candidates *peer,
+int np__checklist_build(const np_sig_candidates *self, const np_sig_candidates *peer,
                        const np_checklist_seen *seen, np_check *out, int cap, int *mappings,
                        void (*log)(void *user, const np_addr *a, const char *why), void *log_user) {
   int n = 0;
@@ -140,7 +140,7 @@ int np_checklist_build(const np_sig_candidates *self, const np_sig_candidates *p
   if (!self || !peer || !out || cap <= 0)
     return 0;
   sa_family_t family = side_family(self);
-  bool same = np_checklist_same_nat(seen);
+  bool same = np__checklist_same_nat(seen);
   int np = clamp_count(peer->n_private, NP_SIG_MAX_PRIVATE);
   if (same)
     for (int i = 0; i < np; i++)
@@ -166,7 +166,7 @@ int np_checklist_build(const np_sig_candidates *self, const np_sig_candidates *p
   return n;
 }
 
-void np_checklist_model(const np_sig_candidates *c, struct np_nat_model *out) {
+void np__checklist_model(const np_sig_candidates *c, struct np_nat_model *out) {
   memset(out, 0, sizeof *out);
   if (!c)
     return;
@@ -186,7 +186,7 @@ void np_checklist_model(const np_sig_candidates *c, struct np_nat_model *out) {
   out->stride = c->have_delta ? c->delta : 0;
 }
 
-const char *np_cand_type_via(enum np_cand_type t) {
+const char *np__cand_type_via(enum np_cand_type t) {
   switch (t) {
   case NP_CAND_HOST:
     return "host";

@@ -6,7 +6,7 @@
  *
  * Rules, and why. A listener probes on a stranger's word, so what it probes
  * must be what the peer can plausibly be, never a third party named in an
- * offer (np_checklist_aim(), for every target a session may probe):
+ * offer (np__checklist_aim(), for every target a session may probe):
  *  - The anchor is the peer's public IP as the rendezvous server saw it on
  *    its TCP connection (the OBSERVED stamped on the offer or answer): the
  *    one address a peer cannot choose. Public candidates (discovery views,
@@ -29,7 +29,7 @@
  *    (UPnP/NAT-PMP/PCP); a mapped address equal to the port mapping is
  *    kept once, as PORTMAP (it is a forwarded port). The first view comes first so that, on a
  *    sequential NAT, the mapping toward an endpoint-independent peer is
- *    the first new one (np_predict_round() SWEEP).
+ *    the first new one (np__predict_round() SWEEP).
  *  - Only addresses of the local socket's family; never port 0.
  *  - At most NP_CHECKLIST_MAX entries.
  * Both peers apply the same rules to both lists (with the two OBSERVED
@@ -45,13 +45,13 @@
 #define NP_CHECKLIST_MAX (NP_SIG_MAX_PRIVATE + NP_SIG_MAX_MAPPED + 1)
 
 /* Where a remote candidate came from; also what "via" reports when the
- * winning pair used it (see np_cand_type_via()). */
+ * winning pair used it (see np__cand_type_via()). */
 enum np_cand_type {
   NP_CAND_HOST = 0,  /* peer's interface address */
   NP_CAND_MAPPED,    /* peer's public address as a discovery server saw it */
   NP_CAND_PORTMAP,   /* address the peer's gateway opened (UPnP/NAT-PMP/PCP) */
   NP_CAND_PRFLX,     /* learned from an authenticated probe that arrived */
-  NP_CAND_PREDICTED, /* port from np_predict_round() */
+  NP_CAND_PREDICTED, /* port from np__predict_round() */
   NP_CAND_BIRTHDAY,  /* random port (SPRAY) or extra socket (SOCKETS) */
 };
 
@@ -74,7 +74,7 @@ typedef struct np_checklist_seen {
  * on the peer's OBSERVED IP)? Returns NULL when it may, else a short reason
  * for a debug log ("not the peer's public IP", "loopback"...). Port 0 and
  * wildcards are refused too. */
-const char *np_checklist_aim(const np_sig_candidates *self, const np_checklist_seen *seen,
+const char *np__checklist_aim(const np_sig_candidates *self, const np_checklist_seen *seen,
                              const np_addr *a, enum np_cand_type type);
 
 /* Builds the phase-0 list of remote candidates 'self' probes, from its own
@@ -85,14 +85,14 @@ const char *np_checklist_aim(const np_sig_candidates *self, const np_checklist_s
  * that is not a HOST entry (host entries are on self's own network when
  * they are used at all). 'log' (may be NULL) is told of each candidate
  * dropped and why. */
-int np_checklist_build(const np_sig_candidates *self, const np_sig_candidates *peer,
+int np__checklist_build(const np_sig_candidates *self, const np_sig_candidates *peer,
                        const np_checklist_seen *seen, np_check *out, int cap, int *mappings,
                        void (*log)(void *user, const np_addr *a, const char *why), void *log_user);
 
 /* True when both sides show the same public IP to the rendezvous server
  * (seen->self and seen->peer both set and equal), i.e. they sit behind the
  * same NAT. */
-bool np_checklist_same_nat(const np_checklist_seen *seen);
+bool np__checklist_same_nat(const np_checklist_seen *seen);
 
 /* The model of a side's NAT (predict.h) from its candidates. With a STRIDE
  * (have_stride, at least one mapped address, a valid kind and base): known,
@@ -101,11 +101,11 @@ bool np_checklist_same_nat(const np_checklist_seen *seen);
  * without it), kind FROM_DELTA, known when there are two mapped addresses
  * (or one plus a delta). 'sent' is left 0 for
  * the caller to fill with the mapping count of the modelled side's own
- * checklist, np_checklist_build(c, <the other side>, ...). */
-void np_checklist_model(const np_sig_candidates *c, struct np_nat_model *out);
+ * checklist, np__checklist_build(c, <the other side>, ...). */
+void np__checklist_model(const np_sig_candidates *c, struct np_nat_model *out);
 
 /* "host", "reflexive", "portmap", "reflexive" (PRFLX), "predicted",
  * "birthday": the JSON 'via' word for a candidate type. */
-const char *np_cand_type_via(enum np_cand_type t);
+const char *np__cand_type_via(enum np_cand_type t);
 
 #endif

@@ -12,7 +12,7 @@
  * exhausted range, rejection sampling alone might never terminate. */
 #define SPRAY_ATTEMPTS 64
 
-int np_predict_kind(const np_nat_model *m) {
+int np__predict_kind(const np_nat_model *m) {
   if (!m || !m->known)
     return 0;
   switch (m->kind) {
@@ -36,7 +36,7 @@ static bool in_ring(int64_t port) {
   return port >= NP_PREDICT_RING_LOW && port <= 65535;
 }
 
-int32_t np_predict_ring_diff(uint16_t a, uint16_t b) {
+int32_t np__predict_ring_diff(uint16_t a, uint16_t b) {
   int32_t d = (int32_t)b - (int32_t)a;
   if (!in_ring(a) || !in_ring(b))
     return d;
@@ -67,11 +67,11 @@ static int whole_strides(int32_t d, int32_t s, int gap) {
   return 0;
 }
 
-enum np_nat_kind np_predict_classify(const uint16_t *ports, int n, int32_t *stride) {
-  return np_predict_classify_at(ports, NULL, n, stride);
+enum np_nat_kind np__predict_classify(const uint16_t *ports, int n, int32_t *stride) {
+  return np__predict_classify_at(ports, NULL, n, stride);
 }
 
-enum np_nat_kind np_predict_classify_at(const uint16_t *ports, const int *at, int n,
+enum np_nat_kind np__predict_classify_at(const uint16_t *ports, const int *at, int n,
                                         int32_t *stride) {
   int32_t dummy;
   if (!stride)
@@ -85,7 +85,7 @@ enum np_nat_kind np_predict_classify_at(const uint16_t *ports, const int *at, in
   int gap[NP_PREDICT_MAX_VIEWS - 1];
   int nd = n - 1, zeros = 0;
   for (int i = 0; i < nd; i++) {
-    d[i] = np_predict_ring_diff(ports[i], ports[i + 1]);
+    d[i] = np__predict_ring_diff(ports[i], ports[i + 1]);
     gap[i] = at ? at[i + 1] - at[i] : 1;
     if (gap[i] < 1 || gap[i] > NP_PREDICT_RING)
       return NP_NAT_KIND_FROM_DELTA; /* not in mapping order: no verdict */
@@ -144,8 +144,8 @@ enum np_nat_kind np_predict_classify_at(const uint16_t *ports, const int *at, in
   return NP_NAT_KIND_SEQUENTIAL;
 }
 
-enum np_predict_strategy np_predict_plan(const np_nat_model *self, const np_nat_model *peer) {
-  int s = np_predict_kind(self), p = np_predict_kind(peer);
+enum np_predict_strategy np__predict_plan(const np_nat_model *self, const np_nat_model *peer) {
+  int s = np__predict_kind(self), p = np__predict_kind(peer);
   if (s == 0 && p == 0)
     return NP_PREDICT_NONE;
   if (s == 0 && p == 1)
@@ -161,7 +161,7 @@ enum np_predict_strategy np_predict_plan(const np_nat_model *self, const np_nat_
   return NP_PREDICT_IMPOSSIBLE;
 }
 
-const char *np_predict_strategy_name(enum np_predict_strategy s) {
+const char *np__predict_strategy_name(enum np_predict_strategy s) {
   switch (s) {
   case NP_PREDICT_NONE:
     return "none";
@@ -181,14 +181,14 @@ const char *np_predict_strategy_name(enum np_predict_strategy s) {
   return "?";
 }
 
-int np_predict_lockstep_shift(int round) {
+int np__predict_lockstep_shift(int round) {
   if (round <= 1)
     return 0;
   int i = (round - 1) % (2 * NP_PREDICT_LOCKSTEP_MAX_SHIFT + 1); /* 0, 1, 2, ... */
   return (i % 2 == 1) ? (i + 1) / 2 : -(i / 2);
 }
 
-int32_t np_predict_port_at(uint16_t base, int32_t stride, int64_t steps) {
+int32_t np__predict_port_at(uint16_t base, int32_t stride, int64_t steps) {
   if (stride == 0)
     return base ? base : -1;
   /* Steps far beyond the port range are rejected first so the product
@@ -209,7 +209,7 @@ int32_t np_predict_port_at(uint16_t base, int32_t stride, int64_t steps) {
 }
 
 static int32_t port_at(uint16_t base, int32_t stride, int64_t steps) {
-  return np_predict_port_at(base, stride, steps);
+  return np__predict_port_at(base, stride, steps);
 }
 
 /* Appends port unless it is unusable, already present or out is full. */
@@ -245,7 +245,7 @@ static int64_t lockstep_start(const np_nat_model *peer, int round) {
 
 static int lockstep(const np_nat_model *peer, bool callee, int round, uint16_t *out, int cap) {
   int64_t start = lockstep_start(peer, round);
-  int64_t shift = callee ? np_predict_lockstep_shift(round) : 0;
+  int64_t shift = callee ? np__predict_lockstep_shift(round) : 0;
   int n = 0;
   for (int k = 1; k <= NP_PREDICT_LOCKSTEP_WINDOW && n < cap; k++)
     n = push_unique(out, n, cap, port_at(peer->base, peer->stride, start + k + shift));
@@ -264,7 +264,7 @@ static bool lockstep_uses(const np_nat_model *peer, int last, int32_t port) {
   return false;
 }
 
-int np_predict_spacers(const np_nat_model *peer, int round, uint16_t *out, int n) {
+int np__predict_spacers(const np_nat_model *peer, int round, uint16_t *out, int n) {
   if (!peer || !out || n <= 0 || round < 1)
     return 0;
   /* Half the ring away from the round's window, so that a small stride
@@ -288,8 +288,8 @@ int np_predict_spacers(const np_nat_model *peer, int round, uint16_t *out, int n
   return got;
 }
 
-int np_predict_round(enum np_predict_strategy s, const np_nat_model *self, const np_nat_model *peer,
-                     bool callee, int round, uint16_t *out, int cap) {
+int np__predict_round(enum np_predict_strategy s, const np_nat_model *self,
+                      const np_nat_model *peer, bool callee, int round, uint16_t *out, int cap) {
   (void)self; /* our own NAT only decides the strategy, not the targets */
   if (!peer || !out || cap <= 0 || round < 1)
     return 0;
@@ -313,7 +313,7 @@ static void bit_set(uint8_t *bits, uint16_t port) {
   bits[port >> 3] |= (uint8_t)(1u << (port & 7));
 }
 
-int np_predict_spray(np_predict_random_fn random, void *user, const uint16_t *avoid, int n_avoid,
+int np__predict_spray(np_random_fn random, void *user, const uint16_t *avoid, int n_avoid,
                      uint16_t *out, int n) {
   if (!random || !out || n <= 0)
     return 0;
@@ -351,7 +351,7 @@ int np_predict_spray(np_predict_random_fn random, void *user, const uint16_t *av
   return got;
 }
 
-double np_predict_birthday_odds(int sockets, int ports, int range) {
+double np__predict_birthday_odds(int sockets, int ports, int range) {
   if (sockets <= 0 || ports <= 0 || range <= 0)
     return 0.0;
   double miss = 1.0;

@@ -15,7 +15,7 @@
  *           address:port gets base + stride, then base + 2*stride, ...,
  *           whatever the stride: 1, 7, 300, negative), meaningless for one
  *           that picks them at random;
- *   kind    cone, sequential or random, from np_predict_classify().
+ *   kind    cone, sequential or random, from np__predict_classify().
  *
  * Port arithmetic is done on the ring of ports 1024..65535 (NP_PREDICT_RING
  * ports), where NATs allocate: a sequence that wraps past 65535 to 1024 is
@@ -29,7 +29,7 @@
  * ("noise") moves it further, always forward, in steps of stride; the growing
  * windows below absorb it.
  *
- * Strategies (np_predict_plan()):
+ * Strategies (np__predict_plan()):
  *  - NONE       both sides endpoint-independent (or unknown): the direct
  *               candidates are all there is to try.
  *  - SWEEP      we are endpoint-independent, the peer is sequential: its
@@ -64,14 +64,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/random.h"
+
 /* With only two views (one discovery server down, or an offer from an
  * older peer) there is a single delta and nothing to check it against: a
  * delta larger than this (in absolute value) is then taken as random ports,
- * as the seed did. With three views or more, np_predict_classify() decides
+ * as the seed did. With three views or more, np__predict_classify() decides
  * from the agreement of the deltas instead, whatever the stride. */
 #define NP_PREDICT_MAX_SEQ_DELTA 64
 
-/* Noise tolerance of np_predict_classify(): other hosts behind a sequential
+/* Noise tolerance of np__predict_classify(): other hosts behind a sequential
  * NAT move it forward by whole strides between two of our mappings, so a
  * delta may be k strides, 1 <= k <= this. */
 #define NP_PREDICT_NOISE_MAX_STEPS 16
@@ -80,7 +82,7 @@
 #define NP_PREDICT_RING_LOW 1024
 #define NP_PREDICT_RING (65536 - NP_PREDICT_RING_LOW)
 
-/* Most views np_predict_classify() looks at. */
+/* Most views np__predict_classify() looks at. */
 #define NP_PREDICT_MAX_VIEWS 8
 
 /* Ports probed per LOCKSTEP round. */
@@ -96,7 +98,7 @@
 #define NP_PREDICT_LOCKSTEP_SPACERS (2 * NP_PREDICT_LOCKSTEP_MAX_SHIFT)
 
 /* How a NAT allocates public ports. FROM_DELTA: not classified (a model
- * from two views, or built by hand), np_predict_kind() applies the
+ * from two views, or built by hand), np__predict_kind() applies the
  * two-view rule to the stride (NP_PREDICT_MAX_SEQ_DELTA). */
 enum np_nat_kind {
   NP_NAT_KIND_FROM_DELTA = 0,
@@ -130,24 +132,24 @@ enum np_predict_strategy {
  * or FROM_DELTA with stride 0), 1 sequential (kind SEQUENTIAL with a
  * non-zero stride, or FROM_DELTA with 0 < |stride| <=
  * NP_PREDICT_MAX_SEQ_DELTA), 2 random. */
-int np_predict_kind(const np_nat_model *m);
+int np__predict_kind(const np_nat_model *m);
 
 /* Classifies a NAT from the public ports of n successive mappings of one
  * socket, in the order the mappings were made (n <= NP_PREDICT_MAX_VIEWS;
  * more are ignored). The deltas are taken on the port ring
- * (np_predict_ring_diff()). Returns the kind and sets *stride:
+ * (np__predict_ring_diff()). Returns the kind and sets *stride:
  *  - n < 2: FROM_DELTA, stride 0 (nothing to compare: unknown);
  *  - every delta 0: CONE, stride 0;
- *  - n == 2: FROM_DELTA with the one delta as stride (np_predict_kind()
+ *  - n == 2: FROM_DELTA with the one delta as stride (np__predict_kind()
  *    applies the two-view rule);
  *  - n >= 3: SEQUENTIAL when every delta is non-zero, of one sign, and a
  *    whole multiple k (1 <= k <= NP_PREDICT_NOISE_MAX_STEPS) of their
  *    greatest common divisor g, which is the stride (noise from other hosts
  *    moves a sequential NAT by whole strides, only forward); RANDOM
  *    otherwise (the deltas disagree), stride the last delta. */
-enum np_nat_kind np_predict_classify(const uint16_t *ports, int n, int32_t *stride);
+enum np_nat_kind np__predict_classify(const uint16_t *ports, int n, int32_t *stride);
 
-/* As np_predict_classify(), for views that are not all successive
+/* As np__predict_classify(), for views that are not all successive
  * mappings: at[i] is the index of view i among the mappings the socket
  * made (increasing; a destination that never answered still took a
  * mapping, e.g. a discovery server that is down), so between views i and
@@ -155,37 +157,37 @@ enum np_nat_kind np_predict_classify(const uint16_t *ports, int n, int32_t *stri
  * with gap <= k < gap + NP_PREDICT_NOISE_MAX_STEPS. With two views the
  * one delta is divided by its gap when it can be (FROM_DELTA all the
  * same). at NULL means 0, 1, 2, ... */
-enum np_nat_kind np_predict_classify_at(const uint16_t *ports, const int *at, int n,
+enum np_nat_kind np__predict_classify_at(const uint16_t *ports, const int *at, int n,
                                         int32_t *stride);
 
 /* b - a on the port ring, in (-NP_PREDICT_RING/2, NP_PREDICT_RING/2]: the
  * shortest step from a to b. Ports below the ring are taken as they are
  * (plain difference). */
-int32_t np_predict_ring_diff(uint16_t a, uint16_t b);
+int32_t np__predict_ring_diff(uint16_t a, uint16_t b);
 
 /* base + stride * steps on the port ring (base in the ring), or plain
  * arithmetic when base is below it; -1 when that is no usable port. */
-int32_t np_predict_port_at(uint16_t base, int32_t stride, int64_t steps);
+int32_t np__predict_port_at(uint16_t base, int32_t stride, int64_t steps);
 
 /* LOCKSTEP spacers of round 'round' for 'self' probing 'peer': n ports of
  * the peer's IP that no LOCKSTEP window of either side uses up to round
  * + 2 (for any shift), so each is a new destination and so a new mapping of
  * our NAT. Returns how many were written (n unless the ring runs out). */
-int np_predict_spacers(const np_nat_model *peer, int round, uint16_t *out, int n);
+int np__predict_spacers(const np_nat_model *peer, int round, uint16_t *out, int n);
 
 /* Which strategy 'self' uses against 'peer' (see the top of this file).
- * Symmetric in the sense that np_predict_plan(a, b) == SWEEP exactly when
- * np_predict_plan(b, a) == HOLD, and SPRAY pairs with SOCKETS. */
-enum np_predict_strategy np_predict_plan(const np_nat_model *self, const np_nat_model *peer);
+ * Symmetric in the sense that np__predict_plan(a, b) == SWEEP exactly when
+ * np__predict_plan(b, a) == HOLD, and SPRAY pairs with SOCKETS. */
+enum np_predict_strategy np__predict_plan(const np_nat_model *self, const np_nat_model *peer);
 
 /* Name for logs: "none", "sweep", "hold", "lockstep", "spray", "sockets",
  * "impossible". */
-const char *np_predict_strategy_name(enum np_predict_strategy s);
+const char *np__predict_strategy_name(enum np_predict_strategy s);
 
 /* Shift the callee applies in LOCKSTEP round r (1-based): 0, +1, -1, +2,
  * -2, then the same again (period 2 * MAX_SHIFT + 1); the caller always
  * uses 0. */
-int np_predict_lockstep_shift(int round);
+int np__predict_lockstep_shift(int round);
 
 /* Target ports of round 'round' (1-based) for 'self' probing 'peer' with
  * strategy SWEEP, HOLD or LOCKSTEP; callee says which side of the
@@ -193,7 +195,7 @@ int np_predict_lockstep_shift(int round);
  * ports to out, most likely first, without duplicates and without port 0;
  * returns how many.
  *
- * All port arithmetic is on the ring (np_predict_port_at()).
+ * All port arithmetic is on the ring (np__predict_port_at()).
  *  SWEEP:    the peer's first new mapping (our mapped address comes first
  *            in its phase 0) is expected at peer.base + peer.stride. Round
  *            r probes peer.base + peer.stride * k for k in [1 - w/4, w],
@@ -206,23 +208,22 @@ int np_predict_lockstep_shift(int round);
  *            S = NP_PREDICT_LOCKSTEP_SPACERS; targets
  *            B + peer.stride * (k + shift) for k = 1..W in that order (order
  *            matters: the k-th new destination gets our k-th new mapping),
- *            shift = callee ? np_predict_lockstep_shift(round) : 0.
+ *            shift = callee ? np__predict_lockstep_shift(round) : 0.
  * Other strategies return 0. */
-int np_predict_round(enum np_predict_strategy s, const np_nat_model *self,
+int np__predict_round(enum np_predict_strategy s, const np_nat_model *self,
                      const np_nat_model *peer, bool callee, int round, uint16_t *out, int cap);
 
 /* SPRAY: n distinct random ports in [1024, 65535] drawn with random(user,
  * buf, len) (the engine passes its injected RNG), excluding the ports in
  * 'avoid' (already sprayed). Returns how many were written (n unless the
  * range runs out). */
-typedef void (*np_predict_random_fn)(void *user, uint8_t *buf, size_t len);
-int np_predict_spray(np_predict_random_fn random, void *user, const uint16_t *avoid,
+int np__predict_spray(np_random_fn random, void *user, const uint16_t *avoid,
                      int n_avoid, uint16_t *out, int n);
 
 /* Probability (0..1) that a birthday attempt with 'sockets' random mappings
  * on one side and 'ports' distinct random probes from the other, over a
  * range of 'range' ports, finds at least one match:
  * 1 - prod_{i<ports} (1 - sockets / (range - i)). For sizing and logs. */
-double np_predict_birthday_odds(int sockets, int ports, int range);
+double np__predict_birthday_odds(int sockets, int ports, int range);
 
 #endif

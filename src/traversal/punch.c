@@ -1,6 +1,6 @@
 /*
  * Hole punching state machine; see punch.h for the method and the rules on
- * priming. Everything here is driven by np_punch_next() / np_punch_input()
+ * priming. Everything here is driven by np__punch_next() / np__punch_input()
  * with the time passed in.
  */
 #include "traversal/punch.h"
@@ -147,7 +147,7 @@ static void fail(np_punch *p, int err, const char *reason);
 
 static void default_random(void *user, uint8_t *buf, size_t len) {
   (void)user;
-  if (np_random_bytes(buf, len) != 0)
+  if (np__random_bytes(buf, len) != 0)
     randombytes_buf(buf, len);
 }
 
@@ -289,7 +289,7 @@ static bool pace(np_punch *p, int64_t now);
 
 /* ---- creation --------------------------------------------------------------- */
 
-int np_punch_derive_key(const uint8_t our_secret[32], const uint8_t our_public[32],
+int np__punch_derive_key(const uint8_t our_secret[32], const uint8_t our_public[32],
                         const uint8_t peer_public[32], bool callee,
                         const uint8_t session[NP_SIG_SESSION_LEN],
                         uint8_t key[NP_PUNCH_KEY_LEN]) {
@@ -316,7 +316,7 @@ static void log_dropped(void *user, const np_addr *a, const char *why) {
           np_addr_format(a, t, sizeof t), why);
 }
 
-int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
+int np__punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
   *out = NULL;
   if (!cfg || cfg->birthday_sockets < 0 || cfg->birthday_sockets >= NP_PUNCH_MAX_SOCKETS ||
       cfg->prime_ttl < 0 || cfg->prime_ttl > 255)
@@ -367,17 +367,17 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
    * (the predictor's 'sent'): both sides compute both lists. */
   np_check self_list[NP_CHECKLIST_MAX], peer_list[NP_CHECKLIST_MAX];
   int self_maps = 0, peer_maps = 0;
-  int n = np_checklist_build(&cfg->self, &cfg->peer, &p->seen, self_list, NP_CHECKLIST_MAX,
+  int n = np__checklist_build(&cfg->self, &cfg->peer, &p->seen, self_list, NP_CHECKLIST_MAX,
                              &self_maps, log_dropped, p);
   /* The peer's list by the peer's rules: the same two views, swapped. */
   np_checklist_seen theirs = {.self = p->seen.peer, .peer = p->seen.self};
-  (void)np_checklist_build(&cfg->peer, &cfg->self, &theirs, peer_list, NP_CHECKLIST_MAX,
+  (void)np__checklist_build(&cfg->peer, &cfg->self, &theirs, peer_list, NP_CHECKLIST_MAX,
                            &peer_maps, NULL, NULL);
-  np_checklist_model(&cfg->self, &p->self_m);
-  np_checklist_model(&cfg->peer, &p->peer_m);
+  np__checklist_model(&cfg->self, &p->self_m);
+  np__checklist_model(&cfg->peer, &p->peer_m);
   p->self_m.sent = self_maps;
   p->peer_m.sent = peer_maps;
-  p->strategy = np_predict_plan(&p->self_m, &p->peer_m);
+  p->strategy = np__predict_plan(&p->self_m, &p->peer_m);
   p->peer_open = has_no_nat(&cfg->peer);
   /* A callee that sweeps or sprays sends full-TTL probes first in its
    * rounds; the peer must have primed toward them, and it starts a
@@ -393,8 +393,8 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
    * work anyway (an open side, a port mapping, one LAN), the old delay
    * stays: prediction would only add probes there. */
   bool direct_likely = p->peer_open || has_no_nat(&cfg->self) ||
-                       np_addr_is_set(&cfg->self.portmap) || np_addr_is_set(&cfg->peer.portmap) ||
-                       np_checklist_same_nat(&p->seen);
+                       np__addr_is_set(&cfg->self.portmap) || np__addr_is_set(&cfg->peer.portmap) ||
+                       np__checklist_same_nat(&p->seen);
   if (p->strategy != NP_PREDICT_NONE && p->strategy != NP_PREDICT_IMPOSSIBLE &&
       p->self_m.known && p->peer_m.known && !direct_likely)
     p->predict_after = 0;
@@ -411,7 +411,7 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
    * however late our answer reached it: sweep packets at ports its
    * sequential NAT has not given out yet would take them (rude state), and
    * a spray before its sockets are primed is wasted. So the first round
-   * waits for the caller's READY (np_punch_peer_ready), or for the
+   * waits for the caller's READY (np__punch_peer_ready), or for the
    * fallback when none comes. */
   p->ready_at = -1;
   p->round_gated = gated;
@@ -424,7 +424,7 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
   }
   /* Predicted and sprayed ports go to the peer's OBSERVED IP only, and the
    * birthday sockets to its first mapped port there. */
-  if (np_addr_is_set(&p->seen.peer)) {
+  if (np__addr_is_set(&p->seen.peer)) {
     p->peer_ip = p->seen.peer;
     np_addr_set_port(&p->peer_ip, cfg->peer.n_mapped > 0 ? np_addr_port(&cfg->peer.mapped[0])
                                   : p->nt > 0           ? np_addr_port(&p->t[0].to)
@@ -440,13 +440,13 @@ int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out) {
           "after %d ms; prime TTL %d",
           cfg->callee ? "callee" : "caller", n, p->self_m.stride,
           p->self_m.known ? "" : " (unknown)", p->peer_m.stride,
-          p->peer_m.known ? "" : " (unknown)", np_predict_strategy_name(p->strategy),
+          p->peer_m.known ? "" : " (unknown)", np__predict_strategy_name(p->strategy),
           (int)(p->predict_at - now), cfg->prime_ttl);
   *out = p;
   return 0;
 }
 
-void np_punch_peer_ready(np_punch *p, int64_t now) {
+void np__punch_peer_ready(np_punch *p, int64_t now) {
   if (!p || !p->cfg.callee || p->ready_at >= 0 || p->state != NP_PUNCH_RUNNING)
     return;
   p->ready_at = now;
@@ -466,7 +466,7 @@ void np_punch_peer_ready(np_punch *p, int64_t now) {
   }
 }
 
-void np_punch_free(np_punch *p) {
+void np__punch_free(np_punch *p) {
   if (!p)
     return;
   free(p->t);
@@ -490,7 +490,7 @@ static bool our_port_known(const np_punch *p, const struct target *t) {
   if (t->sock > 0)
     return false; /* birthday sockets: random ports nobody predicted */
   if (t->round == 0)
-    return np_predict_kind(&p->self_m) == 0;
+    return np__predict_kind(&p->self_m) == 0;
   switch (p->strategy) {
   case NP_PREDICT_HOLD:
   case NP_PREDICT_SOCKETS:
@@ -645,9 +645,9 @@ static int flat_keep_next(np_punch *p, int64_t now, np_punch_datagram *dg) {
  * datagram: the common end of every message we send. */
 static int seal(np_punch *p, np_stun_writer *w, int sock, const np_addr *to,
                 np_punch_datagram *dg) {
-  np_stun_put_integrity_sha256(w, p->cfg.key, NP_PUNCH_KEY_LEN, 32);
-  np_stun_put_fingerprint(w);
-  int n = np_stun_writer_finish(w);
+  np__stun_put_integrity_sha256(w, p->cfg.key, NP_PUNCH_KEY_LEN, 32);
+  np__stun_put_fingerprint(w);
+  int n = np__stun_writer_finish(w);
   if (n < 0)
     return n;
   dg->len = (size_t)n;
@@ -675,24 +675,24 @@ static int encode_request(np_punch *p, int idx, bool nominate, np_punch_datagram
   t->tx_live |= (uint8_t)(1u << t->tx_next);
   t->tx_next = (uint8_t)((t->tx_next + 1) % TX_KEEP);
   np_stun_writer w;
-  np_stun_writer_init(&w, dg->buf, sizeof dg->buf, NP_STUN_BINDING | NP_STUN_REQUEST,
+  np__stun_writer_init(&w, dg->buf, sizeof dg->buf, NP_STUN_BINDING | NP_STUN_REQUEST,
                       NP_STUN_MAGIC_COOKIE, txid);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, p->user_tx, p->user_len);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, p->user_tx, p->user_len);
   if (nominate) {
-    np_stun_put_bytes(&w, ATTR_NOMINATE, NULL, 0);
-    np_stun_put_u32(&w, ATTR_VIA, (uint32_t)target_via(p, &p->t[idx]));
+    np__stun_put_bytes(&w, ATTR_NOMINATE, NULL, 0);
+    np__stun_put_u32(&w, ATTR_VIA, (uint32_t)target_via(p, &p->t[idx]));
   }
   return seal(p, &w, p->t[idx].sock, &p->t[idx].to, dg);
 }
 
 static int encode_response(np_punch *p, const struct response *r, np_punch_datagram *dg) {
   np_stun_writer w;
-  np_stun_writer_init(&w, dg->buf, sizeof dg->buf, NP_STUN_BINDING | NP_STUN_SUCCESS,
+  np__stun_writer_init(&w, dg->buf, sizeof dg->buf, NP_STUN_BINDING | NP_STUN_SUCCESS,
                       NP_STUN_MAGIC_COOKIE, r->txid);
-  np_stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &r->to);
+  np__stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &r->to);
   if (r->nominate) {
-    np_stun_put_bytes(&w, ATTR_NOMINATE, NULL, 0);
-    np_stun_put_u32(&w, ATTR_VIA, (uint32_t)p->via);
+    np__stun_put_bytes(&w, ATTR_NOMINATE, NULL, 0);
+    np__stun_put_u32(&w, ATTR_VIA, (uint32_t)p->via);
   }
   return seal(p, &w, r->sock, &r->to, dg);
 }
@@ -701,9 +701,9 @@ static int encode_keepalive(np_punch *p, np_punch_datagram *dg) {
   uint8_t txid[NP_STUN_TXID_LEN];
   rnd(p, txid, sizeof txid);
   np_stun_writer w;
-  np_stun_writer_init(&w, dg->buf, sizeof dg->buf, NP_STUN_BINDING | NP_STUN_INDICATION,
+  np__stun_writer_init(&w, dg->buf, sizeof dg->buf, NP_STUN_BINDING | NP_STUN_INDICATION,
                       NP_STUN_MAGIC_COOKIE, txid);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, p->user_tx, p->user_len);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, p->user_tx, p->user_len);
   return seal(p, &w, p->t[p->sel].sock, &p->t[p->sel].to, dg);
 }
 
@@ -727,7 +727,7 @@ static void start_round(np_punch *p, int64_t now) {
   if (p->strategy == NP_PREDICT_SPRAY && p->predict_after == 0)
     p->next_round_at = now + (int64_t)p->bd_ports * PACE_US / 1000;
   np_addr peer_ip = p->peer_ip;
-  if (!np_addr_is_set(&peer_ip) || np_addr_port(&peer_ip) == 0) {
+  if (!np__addr_is_set(&peer_ip) || np_addr_port(&peer_ip) == 0) {
     fail(p, NP_ERR_UNREACHABLE,
          "nothing to predict toward: the peer's public IP (the rendezvous server's view) or "
          "its mapped port is unknown");
@@ -738,7 +738,7 @@ static void start_round(np_punch *p, int64_t now) {
   case NP_PREDICT_SWEEP:
   case NP_PREDICT_LOCKSTEP: {
     uint16_t ports[2048];
-    int n = np_predict_round(p->strategy, &p->self_m, &p->peer_m, p->cfg.callee, p->round, ports,
+    int n = np__predict_round(p->strategy, &p->self_m, &p->peer_m, p->cfg.callee, p->round, ports,
                              (int)(sizeof ports / sizeof ports[0]));
     for (int i = 0; i < n; i++) {
       np_addr a = peer_ip;
@@ -754,7 +754,7 @@ static void start_round(np_punch *p, int64_t now) {
        * range away from any window, so both NATs advance by exactly
        * W + S per round (predict.h); TTL-limited, they reach no one. */
       uint16_t sp[NP_PREDICT_LOCKSTEP_SPACERS];
-      int nsp = np_predict_spacers(&p->peer_m, p->round, sp, NP_PREDICT_LOCKSTEP_SPACERS);
+      int nsp = np__predict_spacers(&p->peer_m, p->round, sp, NP_PREDICT_LOCKSTEP_SPACERS);
       for (int i = 0; i < nsp; i++) {
         np_addr a = peer_ip;
         np_addr_set_port(&a, sp[i]);
@@ -777,7 +777,7 @@ static void start_round(np_punch *p, int64_t now) {
       break;
     }
     p->sprayed = grown;
-    int n = np_predict_spray(p->cfg.random, p->cfg.random_user, p->sprayed, p->nsprayed, ports,
+    int n = np__predict_spray(p->cfg.random, p->cfg.random_user, p->sprayed, p->nsprayed, ports,
                              p->bd_ports);
     for (int i = 0; i < n; i++) {
       np_addr a = peer_ip;
@@ -824,7 +824,7 @@ static void start_round(np_punch *p, int64_t now) {
         p->t[i].primed = false;
     }
   NP_LOGD(&p->log, "punch: round %d (%s): %d target(s)", p->round,
-          np_predict_strategy_name(p->strategy), added);
+          np__predict_strategy_name(p->strategy), added);
 }
 
 static void connect_on(np_punch *p, int idx, enum np_via peer_via, int64_t now) {
@@ -839,7 +839,7 @@ static void connect_on(np_punch *p, int idx, enum np_via peer_via, int64_t now) 
           (long long)(now - p->start), p->probes_sent);
 }
 
-/* ---- np_punch_next ------------------------------------------------------------- */
+/* ---- np__punch_next ------------------------------------------------------------- */
 
 /* Token bucket: PACE_BURST probes at once, then one per PACE_US. Loops are
  * bounded by PACE_BURST. */
@@ -859,7 +859,7 @@ static bool pace(np_punch *p, int64_t now) {
   return true;
 }
 
-int np_punch_next(np_punch *p, int64_t now, np_punch_datagram *dg) {
+int np__punch_next(np_punch *p, int64_t now, np_punch_datagram *dg) {
   /* Responses go first, unpaced: they complete a check the peer is
    * timing. */
   while (p->nresp > 0) {
@@ -910,7 +910,7 @@ int np_punch_next(np_punch *p, int64_t now, np_punch_datagram *dg) {
     char d[160];
     snprintf(d, sizeof d,
              "no direct path before the timeout (%s, %d round(s), %u probes sent, %u received)",
-             np_predict_strategy_name(p->strategy), p->round, p->probes_sent, p->probes_received);
+             np__predict_strategy_name(p->strategy), p->round, p->probes_sent, p->probes_received);
     fail(p, NP_ERR_TIMEOUT, d);
     return 0;
   }
@@ -979,7 +979,7 @@ int np_punch_next(np_punch *p, int64_t now, np_punch_datagram *dg) {
   return 0;
 }
 
-int64_t np_punch_wakeup(const np_punch *p) {
+int64_t np__punch_wakeup(const np_punch *p) {
   if (p->nresp > 0)
     return 0;
   if (p->state == NP_PUNCH_CONNECTED) {
@@ -1012,7 +1012,7 @@ int64_t np_punch_wakeup(const np_punch *p) {
 
 /* ---- input ------------------------------------------------------------------ */
 
-/* Our attributes, which np_stun_read() skips as unknown
+/* Our attributes, which np__stun_read() skips as unknown
  * comprehension-optional ones: a bounded walk over a message it accepted,
  * stopping at the integrity attribute (what follows is not covered). */
 static void read_ours(const uint8_t *buf, size_t len, bool *nominate, uint32_t *via) {
@@ -1067,7 +1067,7 @@ static void on_request(np_punch *p, int64_t now, int sock, const np_addr *from,
      * and checks only if it is where the peer can be; anything else is a
      * request spoofed or replayed from a third host, which must not make
      * us send there. */
-    const char *why = np_checklist_aim(&p->cfg.self, &p->seen, from, NP_CAND_PRFLX);
+    const char *why = np__checklist_aim(&p->cfg.self, &p->seen, from, NP_CAND_PRFLX);
     if (why) {
       char a[NP_ADDRSTRLEN];
       NP_LOGD(&p->log, "punch: request from %s not answered: %s",
@@ -1178,19 +1178,19 @@ static bool on_success(np_punch *p, int64_t now, int sock, const np_addr *from,
    * gateway's forwarded port (the peer's view, which reaches us only with
    * the nomination's answer). */
   enum np_via hint = NP_VIA_NONE;
-  if ((m->present & NP_STUN_HAS_XOR_MAPPED) && np_addr_is_set(&p->cfg.self.portmap) &&
+  if ((m->present & NP_STUN_HAS_XOR_MAPPED) && np__addr_is_set(&p->cfg.self.portmap) &&
       np_addr_equal(&m->xor_mapped, &p->cfg.self.portmap))
     hint = NP_VIA_PORTMAP;
   connect_on(p, (int)idx, hint, now);
   return true;
 }
 
-bool np_punch_input(np_punch *p, int64_t now, int sock, const np_addr *from, const uint8_t *buf,
+bool np__punch_input(np_punch *p, int64_t now, int sock, const np_addr *from, const uint8_t *buf,
                     size_t len) {
-  if (!np_stun_is_stun(buf, len))
+  if (!np__stun_is_stun(buf, len))
     return false;
   np_stun_msg m;
-  if (np_stun_read(buf, len, &m) != 0 || m.method != NP_STUN_BINDING || m.rfc3489 ||
+  if (np__stun_read(buf, len, &m) != 0 || m.method != NP_STUN_BINDING || m.rfc3489 ||
       !(m.present & NP_STUN_HAS_INTEGRITY_SHA256))
     return false;
   if (m.cls == NP_STUN_REQUEST || m.cls == NP_STUN_INDICATION) {
@@ -1201,7 +1201,7 @@ bool np_punch_input(np_punch *p, int64_t now, int sock, const np_addr *from, con
   } else if (m.cls != NP_STUN_SUCCESS) {
     return false;
   }
-  if (np_stun_check_integrity_sha256(buf, len, &m, p->cfg.key, NP_PUNCH_KEY_LEN) != 0) {
+  if (np__stun_check_integrity_sha256(buf, len, &m, p->cfg.key, NP_PUNCH_KEY_LEN) != 0) {
     NP_LOGD(&p->log, "punch: probe with a bad integrity check ignored");
     return false;
   }
@@ -1219,7 +1219,7 @@ bool np_punch_input(np_punch *p, int64_t now, int sock, const np_addr *from, con
   return true;
 }
 
-void np_punch_result_get(const np_punch *p, np_punch_result *out) {
+void np__punch_result_get(const np_punch *p, np_punch_result *out) {
   memset(out, 0, sizeof *out);
   out->state = p->state;
   out->strategy = p->strategy;
@@ -1237,7 +1237,7 @@ void np_punch_result_get(const np_punch *p, np_punch_result *out) {
   memcpy(out->reason, p->reason, sizeof out->reason);
 }
 
-bool np_punch_path(const np_punch *p, int *sock, np_addr *remote) {
+bool np__punch_path(const np_punch *p, int *sock, np_addr *remote) {
   if (p->state != NP_PUNCH_CONNECTED)
     return false;
   *sock = p->t[p->sel].sock;
@@ -1245,6 +1245,6 @@ bool np_punch_path(const np_punch *p, int *sock, np_addr *remote) {
   return true;
 }
 
-int np_punch_sockets(const np_punch *p) {
+int np__punch_sockets(const np_punch *p) {
   return p->max_sock;
 }

@@ -47,7 +47,7 @@
  *     the peer predicted it in this round), and the peer has primed already:
  *     the callee primes before it answers, so the caller probes at once,
  *     and the callee answers: it sends a full-TTL probe of its own on a
- *     direct pair only after the caller's READY (np_punch_peer_ready: it
+ *     direct pair only after the caller's READY (np__punch_peer_ready: it
  *     came through the rendezvous server after the caller primed, so the
  *     order is causal, whatever the signaling's delay), or as a fallback
  *     hold_ms + 5 s after its start when no READY comes; on a lockstep
@@ -138,7 +138,7 @@ typedef struct np_punch_config {
   int birthday_sockets;   /* 0 = 256, at most NP_PUNCH_MAX_SOCKETS - 1 */
   int birthday_ports;     /* random ports per SPRAY round; 0 = 512 */
   int prime_ttl;          /* 0: do not prime */
-  np_predict_random_fn random; /* NULL: kernel CSPRNG */
+  np_random_fn random; /* NULL: kernel CSPRNG */
   void *random_user;
   np_log_fn log;
   void *log_user;
@@ -165,7 +165,7 @@ typedef struct np_punch_result {
   uint32_t probes_sent, probes_received;
   uint32_t rounds;
   int sockets;      /* sockets used (1 + birthday sockets) */
-  int64_t elapsed_ms; /* from np_punch_new() to the nomination */
+  int64_t elapsed_ms; /* from np__punch_new() to the nomination */
   int error;        /* FAILED: NP_ERR_TIMEOUT, NP_ERR_UNREACHABLE... */
   char reason[160]; /* FAILED: why, for humans */
 } np_punch_result;
@@ -175,48 +175,48 @@ typedef struct np_punch_result {
  * A peer whose candidates leave nothing to probe (none, or none the rules
  * of checklist.h allow) gives a machine that is FAILED at once
  * (NP_ERR_UNREACHABLE, "the peer offered no usable candidate"). */
-int np_punch_new(const np_punch_config *cfg, int64_t now, np_punch **out);
+int np__punch_new(const np_punch_config *cfg, int64_t now, np_punch **out);
 
 /* Frees; NULL is fine. */
-void np_punch_free(np_punch *p);
+void np__punch_free(np_punch *p);
 
 /* Returns 1 and fills *dg with the next datagram due at 'now', or 0 when
- * nothing is due (then wait until np_punch_wakeup()). Probes are paced;
+ * nothing is due (then wait until np__punch_wakeup()). Probes are paced;
  * call in a loop until 0. */
-int np_punch_next(np_punch *p, int64_t now, np_punch_datagram *dg);
+int np__punch_next(np_punch *p, int64_t now, np_punch_datagram *dg);
 
 /* Callee: the caller's READY arrived (it has primed toward our candidates).
  * A priming callee sends its own full-TTL probes on direct pairs, and
  * starts a sweep or spray, only after it (or a fallback, hold_ms + 5 s
  * after the start, when none comes), so that nothing of ours reaches the
  * caller's NAT first. No effect on a caller or after the first call. */
-void np_punch_peer_ready(np_punch *p, int64_t now);
+void np__punch_peer_ready(np_punch *p, int64_t now);
 
 /* Feeds a datagram that arrived on socket 'sock' from 'from'. Returns true
  * when it was an authenticated discovery packet of this session (consumed),
  * false otherwise (not STUN, another session, failed integrity...). */
-bool np_punch_input(np_punch *p, int64_t now, int sock, const np_addr *from, const uint8_t *buf,
+bool np__punch_input(np_punch *p, int64_t now, int sock, const np_addr *from, const uint8_t *buf,
                     size_t len);
 
-/* When np_punch_next() must run again (a send, a phase change, a timeout or
+/* When np__punch_next() must run again (a send, a phase change, a timeout or
  * a keepalive). */
-int64_t np_punch_wakeup(const np_punch *p);
+int64_t np__punch_wakeup(const np_punch *p);
 
 /* Current state and statistics. */
-void np_punch_result_get(const np_punch *p, np_punch_result *out);
+void np__punch_result_get(const np_punch *p, np_punch_result *out);
 
 /* The nominated pair (socket index and the peer's address) once CONNECTED:
  * returns true and fills both; false before. Cheap: for the data path. */
-bool np_punch_path(const np_punch *p, int *sock, np_addr *remote);
+bool np__punch_path(const np_punch *p, int *sock, np_addr *remote);
 
 /* Highest socket index the session has asked to send on, plus one. */
-int np_punch_sockets(const np_punch *p);
+int np__punch_sockets(const np_punch *p);
 
 /* Derives the session key both sides share: BLAKE2b-256 keyed with the
  * X25519 shared secret of our secret key and the peer's public key, over
  * the session nonce and both public keys in caller, callee order. Returns
  * 0 or NP_ERR_AUTH (the peer's key is a low-order point). */
-int np_punch_derive_key(const uint8_t our_secret[32], const uint8_t our_public[32],
+int np__punch_derive_key(const uint8_t our_secret[32], const uint8_t our_public[32],
                         const uint8_t peer_public[32], bool callee,
                         const uint8_t session[NP_SIG_SESSION_LEN],
                         uint8_t key[NP_PUNCH_KEY_LEN]);

@@ -3,7 +3,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-void np_log(const np_logger *lg, enum np_log_level level, const char *fmt, ...) {
+void np__log(const np_logger *lg, enum np_log_level level, const char *fmt, ...) {
   if (!np_log_enabled(lg, level))
     return;
   char msg[512];

@@ -55,11 +55,11 @@ static uint16_t free_port_pair(void) {
   for (int i = 0; i < 32; i++) {
     np_addr a = addr("127.0.0.1"), b = addr("127.0.0.2"), bound;
     np_addr_set_port(&a, 0);
-    int fa = np_udp_bind(&a, 0, err);
+    int fa = np__udp_bind(&a, 0, err);
     assert_true(fa >= 0);
-    assert_int_equal(np_udp_local(fa, &bound), 0);
+    assert_int_equal(np__udp_local(fa, &bound), 0);
     np_addr_set_port(&b, np_addr_port(&bound));
-    int fb = np_udp_bind(&b, 0, err);
+    int fb = np__udp_bind(&b, 0, err);
     close(fa);
     if (fb >= 0) {
       close(fb);
@@ -130,9 +130,9 @@ static int client(const char *ip, np_addr *local) {
   char err[NP_UDP_ERRLEN];
   np_addr a = addr(ip);
   np_addr_set_port(&a, 0);
-  int fd = np_udp_bind(&a, NP_UDP_NONBLOCK, err);
+  int fd = np__udp_bind(&a, NP_UDP_NONBLOCK, err);
   assert_true(fd >= 0);
-  assert_int_equal(np_udp_local(fd, local), 0);
+  assert_int_equal(np__udp_local(fd, local), 0);
   return fd;
 }
 
@@ -150,19 +150,19 @@ static ssize_t recv_from(int fd, int ms, uint8_t *buf, size_t cap, np_addr *from
   socklen_t sl = sizeof ss;
   ssize_t n = recvfrom(fd, buf, cap, 0, (struct sockaddr *)&ss, &sl);
   if (n >= 0 && from)
-    assert_int_equal(np_addr_from_sockaddr((struct sockaddr *)&ss, sl, from), 0);
+    assert_int_equal(np__addr_from_sockaddr((struct sockaddr *)&ss, sl, from), 0);
   return n;
 }
 
 static const uint8_t TXID[NP_STUN_TXID_LEN] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
 
 static void request(np_stun_writer *w, uint8_t *buf, size_t cap) {
-  np_stun_writer_init(w, buf, cap, NP_STUN_BINDING | NP_STUN_REQUEST, NP_STUN_MAGIC_COOKIE,
+  np__stun_writer_init(w, buf, cap, NP_STUN_BINDING | NP_STUN_REQUEST, NP_STUN_MAGIC_COOKIE,
                       TXID);
 }
 
 static size_t finish(np_stun_writer *w) {
-  int n = np_stun_writer_finish(w);
+  int n = np__stun_writer_finish(w);
   assert_true(n > 0);
   return (size_t)n;
 }
@@ -175,7 +175,7 @@ static size_t exchange(int fd, const np_addr *to, const uint8_t *req, size_t len
   ssize_t n = recv_from(fd, ANSWER_MS, resp, NP_STUN_MAX_MESSAGE, &from);
   assert_true(n > 0);
   assert_true(np_addr_equal(&from, expect_from));
-  assert_int_equal(np_stun_read(resp, (size_t)n, msg), 0);
+  assert_int_equal(np__stun_read(resp, (size_t)n, msg), 0);
   assert_memory_equal(msg->txid, req + 8, NP_STUN_TXID_LEN);
   return (size_t)n;
 }
@@ -231,7 +231,7 @@ static void test_fingerprint_echoed(void **state) {
   uint8_t req[64], resp[NP_STUN_MAX_MESSAGE];
   np_stun_writer w;
   request(&w, req, sizeof req);
-  np_stun_put_fingerprint(&w);
+  np__stun_put_fingerprint(&w);
   size_t len = finish(&w);
   np_stun_msg m;
   size_t n = exchange(fd, &g_main.a11, req, len, &g_main.a11, resp, &m);
@@ -249,7 +249,7 @@ static void check_change(const np_addr *to, uint32_t flags, const np_addr *want_
   uint8_t req[64], resp[NP_STUN_MAX_MESSAGE];
   np_stun_writer w;
   request(&w, req, sizeof req);
-  np_stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, flags);
+  np__stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, flags);
   size_t len = finish(&w);
   np_stun_msg m;
   exchange(fd, to, req, len, want_from, resp, &m);
@@ -282,8 +282,8 @@ static void test_response_port(void **state) {
   uint8_t req[64], resp[NP_STUN_MAX_MESSAGE];
   np_stun_writer w;
   request(&w, req, sizeof req);
-  np_stun_put_response_port(&w, np_addr_port(&other));
-  np_stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_IP);
+  np__stun_put_response_port(&w, np_addr_port(&other));
+  np__stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_IP);
   size_t len = finish(&w);
   send_to(fd, &g_main.a11, req, len);
   np_addr from;
@@ -291,7 +291,7 @@ static void test_response_port(void **state) {
   assert_true(n > 0);
   assert_true(np_addr_equal(&from, &g_main.a21));
   np_stun_msg m;
-  assert_int_equal(np_stun_read(resp, (size_t)n, &m), 0);
+  assert_int_equal(np__stun_read(resp, (size_t)n, &m), 0);
   /* The mapping is still the sender's. */
   assert_true(np_addr_equal(&m.xor_mapped, &me));
   assert_int_equal(recv_from(fd, 0, resp, sizeof resp, NULL), -1);
@@ -300,7 +300,7 @@ static void test_response_port(void **state) {
   np_discovery_stats before;
   stats(&g_main, &before);
   request(&w, req, sizeof req);
-  np_stun_put_response_port(&w, 53);
+  np__stun_put_response_port(&w, 53);
   len = finish(&w);
   send_to(fd, &g_main.a11, req, len);
   WAIT_COUNTER(&g_main, dropped_policy, before.dropped_policy + 1);
@@ -316,7 +316,7 @@ static void test_rfc3489(void **state) {
   uint8_t req[64], resp[NP_STUN_MAX_MESSAGE];
   np_stun_writer w;
   /* No magic cookie: a 16-byte RFC 3489 transaction ID. */
-  np_stun_writer_init(&w, req, sizeof req, NP_STUN_BINDING | NP_STUN_REQUEST, 0xA1B2C3D4u, TXID);
+  np__stun_writer_init(&w, req, sizeof req, NP_STUN_BINDING | NP_STUN_REQUEST, 0xA1B2C3D4u, TXID);
   size_t len = finish(&w);
   np_stun_msg m;
   size_t n = exchange(fd, &g_main.a11, req, len, &g_main.a11, resp, &m);
@@ -330,8 +330,8 @@ static void test_rfc3489(void **state) {
   assert_int_equal(n, 20 + 3 * 12);
 
   /* Classic RFC 3489 CHANGE-REQUEST works the same way. */
-  np_stun_writer_init(&w, req, sizeof req, NP_STUN_BINDING | NP_STUN_REQUEST, 0xA1B2C3D4u, TXID);
-  np_stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_IP | NP_STUN_CHANGE_PORT);
+  np__stun_writer_init(&w, req, sizeof req, NP_STUN_BINDING | NP_STUN_REQUEST, 0xA1B2C3D4u, TXID);
+  np__stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_IP | NP_STUN_CHANGE_PORT);
   len = finish(&w);
   exchange(fd, &g_main.a11, req, len, &g_main.a22, resp, &m);
   assert_true(np_addr_equal(&m.source_address, &g_main.a22));
@@ -345,8 +345,8 @@ static void test_unknown_attribute(void **state) {
   uint8_t req[64], resp[NP_STUN_MAX_MESSAGE];
   np_stun_writer w;
   request(&w, req, sizeof req);
-  np_stun_put_bytes(&w, 0x7F01, "abcd", 4);
-  np_stun_put_bytes(&w, 0xC001, "optional", 8); /* ignored: comprehension-optional */
+  np__stun_put_bytes(&w, 0x7F01, "abcd", 4);
+  np__stun_put_bytes(&w, 0xC001, "optional", 8); /* ignored: comprehension-optional */
   size_t len = finish(&w);
   np_stun_msg m;
   exchange(fd, &g_main.a11, req, len, &g_main.a11, resp, &m);
@@ -367,7 +367,7 @@ static void test_change_without_alternate(void **state) {
   uint8_t req[64], resp[NP_STUN_MAX_MESSAGE];
   np_stun_writer w;
   request(&w, req, sizeof req);
-  np_stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_PORT);
+  np__stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_PORT);
   size_t len = finish(&w);
   np_stun_msg m;
   exchange(fd, &g_plain.a11, req, len, &g_plain.a11, resp, &m);
@@ -379,20 +379,20 @@ static void test_change_without_alternate(void **state) {
   np_addr other;
   int fd2 = client("127.0.0.1", &other);
   request(&w, req, sizeof req);
-  np_stun_put_response_port(&w, np_addr_port(&other));
-  np_stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_IP);
+  np__stun_put_response_port(&w, np_addr_port(&other));
+  np__stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_IP);
   len = finish(&w);
   send_to(fd, &g_plain.a11, req, len);
   np_addr from;
   ssize_t got = recv_from(fd2, ANSWER_MS, resp, sizeof resp, &from);
   assert_true(got > 0);
   assert_true(np_addr_equal(&from, &g_plain.a11));
-  assert_int_equal(np_stun_read(resp, (size_t)got, &m), 0);
+  assert_int_equal(np__stun_read(resp, (size_t)got, &m), 0);
   assert_int_equal(m.error_code, 420);
   close(fd2);
 
   request(&w, req, sizeof req);
-  np_stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, 0);
+  np__stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, 0);
   len = finish(&w);
   size_t n = exchange(fd, &g_plain.a11, req, len, &g_plain.a11, resp, &m);
   assert_int_equal(m.cls, NP_STUN_SUCCESS);
@@ -412,8 +412,8 @@ static void test_integrity_ignored(void **state) {
   uint8_t req[128], resp[NP_STUN_MAX_MESSAGE];
   np_stun_writer w;
   request(&w, req, sizeof req);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, "user", 4);
-  np_stun_put_integrity(&w, (const uint8_t *)"pass", 4);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, "user", 4);
+  np__stun_put_integrity(&w, (const uint8_t *)"pass", 4);
   size_t len = finish(&w);
   np_stun_msg m;
   exchange(fd, &g_main.a11, req, len, &g_main.a11, resp, &m);
@@ -470,7 +470,7 @@ static void test_drops(void **state) {
   const char garbage[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
   send_to(fd, &g_main.a11, garbage, sizeof garbage - 1);
   request(&w, buf, sizeof buf);
-  np_stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, 0);
+  np__stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, 0);
   size_t len = finish(&w);
   send_to(fd, &g_main.a11, buf, len - 4); /* truncated */
   buf[22] = 0x00, buf[23] = 0x40;          /* attribute length beyond the end */
@@ -478,14 +478,14 @@ static void test_drops(void **state) {
   send_to(fd, &g_main.a11, buf, 7);
 
   /* Ignored: a success response, an indication, a non-Binding request. */
-  np_stun_writer_init(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS,
+  np__stun_writer_init(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS,
                       NP_STUN_MAGIC_COOKIE, TXID);
-  np_stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &me);
+  np__stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &me);
   send_to(fd, &g_main.a11, buf, finish(&w));
-  np_stun_writer_init(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_INDICATION,
+  np__stun_writer_init(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_INDICATION,
                       NP_STUN_MAGIC_COOKIE, TXID);
   send_to(fd, &g_main.a11, buf, finish(&w));
-  np_stun_writer_init(&w, buf, sizeof buf, 0x003 /* TURN Allocate */ | NP_STUN_REQUEST,
+  np__stun_writer_init(&w, buf, sizeof buf, 0x003 /* TURN Allocate */ | NP_STUN_REQUEST,
                       NP_STUN_MAGIC_COOKIE, TXID);
   send_to(fd, &g_main.a11, buf, finish(&w));
 
@@ -517,9 +517,9 @@ static void test_ipv6(void **state) {
   char err[NP_UDP_ERRLEN];
   np_addr me, a = addr("::1");
   np_addr_set_port(&a, 0);
-  int fd = np_udp_bind(&a, NP_UDP_NONBLOCK | NP_UDP_V6ONLY, err);
+  int fd = np__udp_bind(&a, NP_UDP_NONBLOCK | NP_UDP_V6ONLY, err);
   assert_true(fd >= 0);
-  assert_int_equal(np_udp_local(fd, &me), 0);
+  assert_int_equal(np__udp_local(fd, &me), 0);
   uint8_t req[64], resp[NP_STUN_MAX_MESSAGE];
   np_stun_writer w;
   request(&w, req, sizeof req);

@@ -86,7 +86,7 @@ static void on_state(void *user, enum np_rdv_state st, const np_addr *observed) 
   if (parse_cands(s, observed) != 0)
     exit(1);
   randombytes_buf(s->session, sizeof s->session);
-  if (np_rdv_client_send_offer(s->rdv, s->peer, s->session, &s->cand) != 0) {
+  if (np__rdv_client_send_offer(s->rdv, s->peer, s->session, &s->cand) != 0) {
     fprintf(stderr, "cannot send the offer\n");
     exit(1);
   }
@@ -105,7 +105,7 @@ static void on_answer(void *user, const np_sig_msg *m) {
     printf("answer candidates %d mapped %d private\n", m->cand.n_mapped, m->cand.n_private);
     /* READY, as a real caller sends once primed: the listener's full-TTL
      * probes and its sweep wait for it. */
-    if (np_rdv_client_send_ready(s->rdv, m->from, s->session) != 0)
+    if (np__rdv_client_send_ready(s->rdv, m->from, s->session) != 0)
       printf("cannot send READY\n");
   }
   fflush(stdout);
@@ -143,21 +143,21 @@ int main(int argc, char **argv) {
                              .on_answer = on_answer,
                              .on_error = on_error,
                              .user = &s};
-  int64_t start = np_now_ms();
-  if (np_rdv_client_new(&rc, start, &s.rdv) != 0)
+  int64_t start = np__now_ms();
+  if (np__rdv_client_new(&rc, start, &s.rdv) != 0)
     return 1;
-  for (int64_t now = start; now - start < wait_ms; now = np_now_ms()) {
+  for (int64_t now = start; now - start < wait_ms; now = np__now_ms()) {
     short ev = 0;
-    int fd = np_rdv_client_fd(s.rdv, &ev);
+    int fd = np__rdv_client_fd(s.rdv, &ev);
     struct pollfd pfd = {.fd = fd, .events = ev};
-    int64_t w = np_rdv_client_wakeup(s.rdv) - now;
+    int64_t w = np__rdv_client_wakeup(s.rdv) - now;
     int timeout = w < 0 ? 0 : w > 50 ? 50 : (int)w;
     int n = poll(&pfd, fd >= 0 ? 1 : 0, timeout);
-    np_rdv_client_process(s.rdv, np_now_ms(), n > 0 ? pfd.revents : 0);
+    np__rdv_client_process(s.rdv, np__now_ms(), n > 0 ? pfd.revents : 0);
   }
   if (!s.answered)
     printf("no answer\n");
-  np_rdv_client_free(s.rdv);
+  np__rdv_client_free(s.rdv);
   np_identity_free(id);
   return 0;
 }

@@ -4,7 +4,7 @@
  *   portmap_driver --port P [--no-pcp] [--no-natpmp] [--no-upnp]
  *                  [--timeout MS] [--gateway IP] [--wait MS] [--after MS] [-v]
  *
- * Binds UDP port P, maps it with np_portmap_open() and prints one line per
+ * Binds UDP port P, maps it with np__portmap_open() and prints one line per
  * step, "key=value" fields, flushed at once so the script can follow along:
  *
  *   mapped proto=pcp external=11.0.113.11:40000 ms=12   (or "failed err=...")
@@ -41,11 +41,11 @@ static void log_stderr(void *user, enum np_log_level level, const char *msg) {
  * first sender. With settle_ms >= 0 it stops settle_ms after the first one
  * (the sender's later copies are counted then, not after the close). */
 static int wait_datagrams(int fd, int ms, int settle_ms, np_addr *from, ssize_t *bytes) {
-  int64_t end = np_now_ms() + ms;
+  int64_t end = np__now_ms() + ms;
   int count = 0;
   /* At most 1000 datagrams: bounded even if someone floods the port. */
   while (count < 1000) {
-    int64_t left = end - np_now_ms();
+    int64_t left = end - np__now_ms();
     if (left <= 0)
       break;
     struct pollfd p = {.fd = fd, .events = POLLIN};
@@ -58,12 +58,12 @@ static int wait_datagrams(int fd, int ms, int settle_ms, np_addr *from, ssize_t 
     if (n < 0)
       continue;
     if (count == 0) {
-      np_addr_from_sockaddr((struct sockaddr *)&ss, sl, from);
+      np__addr_from_sockaddr((struct sockaddr *)&ss, sl, from);
       *bytes = n;
     }
     count++;
-    if (count == 1 && settle_ms >= 0 && end > np_now_ms() + settle_ms)
-      end = np_now_ms() + settle_ms;
+    if (count == 1 && settle_ms >= 0 && end > np__now_ms() + settle_ms)
+      end = np__now_ms() + settle_ms;
   }
   return count;
 }
@@ -135,23 +135,23 @@ int main(int argc, char **argv) {
   cfg.internal_port = (uint16_t)port;
   cfg.description = "natpunch lab test";
   np_portmap *pm = NULL;
-  int rc = np_portmap_new(&cfg, &pm);
+  int rc = np__portmap_new(&cfg, &pm);
   if (rc != 0) {
     printf("failed err=%s\n", np_err_name(rc));
     return 1;
   }
   np_addr ext;
-  int64_t t0 = np_now_ms();
-  rc = np_portmap_open(pm, &ext);
-  int64_t took = np_now_ms() - t0;
+  int64_t t0 = np__now_ms();
+  rc = np__portmap_open(pm, &ext);
+  int64_t took = np__now_ms() - t0;
   if (rc != 0) {
     printf("failed err=%s ms=%lld\n", np_err_name(rc), (long long)took);
-    np_portmap_free(pm);
+    np__portmap_free(pm);
     close(fd);
     return 1;
   }
   char a[NP_ADDRSTRLEN];
-  printf("mapped proto=%s external=%s ms=%lld\n", np_portmap_proto_name(np_portmap_protocol(pm)),
+  printf("mapped proto=%s external=%s ms=%lld\n", np__portmap_proto_name(np__portmap_protocol(pm)),
          np_addr_format(&ext, a, sizeof a), (long long)took);
 
   np_addr from;
@@ -163,12 +163,12 @@ int main(int argc, char **argv) {
   else
     printf("received none\n");
 
-  t0 = np_now_ms();
-  rc = np_portmap_close(pm);
-  printf("closed rc=%s ms=%lld\n", np_err_name(rc), (long long)(np_now_ms() - t0));
+  t0 = np__now_ms();
+  rc = np__portmap_close(pm);
+  printf("closed rc=%s ms=%lld\n", np_err_name(rc), (long long)(np__now_ms() - t0));
   int late = wait_datagrams(fd, after_ms, -1, &from, &bytes);
   printf("after_close received=%d\n", late);
-  np_portmap_free(pm);
+  np__portmap_free(pm);
   close(fd);
   return 0;
 }

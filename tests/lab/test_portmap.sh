@@ -3,7 +3,7 @@
 # gateway (lab_upnp.sh) maps a UDP port with np_portmap_* (portmap_driver.c)
 # by each protocol in turn; a server on the public segment sends to the
 # external address the library reported, and the datagram must arrive at
-# the host's socket. After np_portmap_close() the gateway's DNAT rule must be
+# the host's socket. After np__portmap_close() the gateway's DNAT rule must be
 # gone and a new datagram must not arrive.
 # Then renewal, with the natpunch CLI: a listener behind a gateway that
 # grants PCP leases of 8 s (less than the hour asked for) renews its mapping
@@ -112,7 +112,7 @@ run_case() {
   lab_check "$label: datagram from s1 arrives, sender" "$(field from "$line")" "$LAB_S1:$sport"
 
   line=$(wait_line "$out" '^closed' 100) || line="closed rc=(driver silent)"
-  lab_check "$label: np_portmap_close" "$(field rc "$line")" NP_OK
+  lab_check "$label: np__portmap_close" "$(field rc "$line")" NP_OK
   rc=0
   has_rule "$hn" "$eport" || rc=$?
   if [ "$rc" = 1 ]; then echo "  ok   $label: DNAT rule for $eport gone"; else

@@ -25,7 +25,7 @@ uint64_t rdv_unix_ms(void) {
 }
 
 int64_t rdv_now(void) {
-  return np_now_ms();
+  return np__now_ms();
 }
 
 np_addr rdv_addr(const char *text) {
@@ -35,7 +35,7 @@ np_addr rdv_addr(const char *text) {
 }
 
 void rdv_random(void *buf, size_t len) {
-  assert_int_equal(np_random_bytes(buf, len), 0);
+  assert_int_equal(np__random_bytes(buf, len), 0);
 }
 
 np_addr rdv_local_addr(int fd) {
@@ -43,7 +43,7 @@ np_addr rdv_local_addr(int fd) {
   socklen_t len = sizeof ss;
   np_addr a;
   assert_int_equal(getsockname(fd, (struct sockaddr *)&ss, &len), 0);
-  assert_int_equal(np_addr_from_sockaddr((struct sockaddr *)&ss, len, &a), 0);
+  assert_int_equal(np__addr_from_sockaddr((struct sockaddr *)&ss, len, &a), 0);
   return a;
 }
 
@@ -109,7 +109,7 @@ static void on_state(void *user, enum np_rdv_state state, const np_addr *observe
     assert_non_null(observed);
     p->observed = *observed;
     short ev;
-    int fd = np_rdv_client_fd(p->c, &ev);
+    int fd = np__rdv_client_fd(p->c, &ev);
     assert_true(fd >= 0);
     p->local_at_registered = rdv_local_addr(fd);
   } else if (observed != NULL) {
@@ -185,14 +185,14 @@ void rdv_peer_allow(rdv_peer *p, const rdv_peer *who) {
 
 void rdv_peer_start(rdv_peer *p, const np_addr *server) {
   p->cfg.server = *server;
-  assert_int_equal(np_rdv_client_new(&p->cfg, rdv_now(), &p->c), 0);
-  assert_int_equal(np_rdv_client_state(p->c), NP_RDV_DISCONNECTED);
+  assert_int_equal(np__rdv_client_new(&p->cfg, rdv_now(), &p->c), 0);
+  assert_int_equal(np__rdv_client_state(p->c), NP_RDV_DISCONNECTED);
 }
 
 void rdv_peer_free(rdv_peer *p) {
   if (!p)
     return;
-  np_rdv_client_free(p->c);
+  np__rdv_client_free(p->c);
   if (!p->shared_id)
     np_identity_free(p->id);
   free(p);
@@ -218,9 +218,9 @@ bool rdv_run(rdv_peer **peers, int n, int timeout_ms, rdv_cond cond, void *arg) 
     if (wake > now + RDV_POLL_SLICE_MS)
       wake = now + RDV_POLL_SLICE_MS;
     for (int i = 0; i < n; i++) {
-      pfd[i].fd = np_rdv_client_fd(peers[i]->c, &pfd[i].events);
+      pfd[i].fd = np__rdv_client_fd(peers[i]->c, &pfd[i].events);
       pfd[i].revents = 0;
-      int64_t w = np_rdv_client_wakeup(peers[i]->c);
+      int64_t w = np__rdv_client_wakeup(peers[i]->c);
       if (w < wake)
         wake = w;
     }
@@ -229,14 +229,14 @@ bool rdv_run(rdv_peer **peers, int n, int timeout_ms, rdv_cond cond, void *arg) 
     assert_true(rc >= 0 || errno == EINTR);
     now = rdv_now();
     for (int i = 0; i < n; i++)
-      assert_int_equal(np_rdv_client_process(peers[i]->c, now, rc > 0 ? pfd[i].revents : 0), 0);
+      assert_int_equal(np__rdv_client_process(peers[i]->c, now, rc > 0 ? pfd[i].revents : 0), 0);
   }
 }
 
 bool rdv_all_registered(void *arg) {
   rdv_peer **p = arg;
   for (; *p; p++)
-    if (np_rdv_client_state((*p)->c) != NP_RDV_REGISTERED)
+    if (np__rdv_client_state((*p)->c) != NP_RDV_REGISTERED)
       return false;
   return true;
 }
@@ -267,7 +267,7 @@ void rdv_raw_close(rdv_raw *r) {
 bool rdv_raw_take(rdv_raw *r) {
   for (;;) {
     size_t body_len;
-    int rc = np_sig_frame_check(r->buf, r->len, NP_SIG_MAX_FRAME, &body_len);
+    int rc = np__sig_frame_check(r->buf, r->len, NP_SIG_MAX_FRAME, &body_len);
     assert_true(rc == 0 || rc == NP_ERR_NOSPACE);
     if (rc == 0) {
       memcpy(r->body, r->buf + NP_SIG_LEN_PREFIX, body_len);
@@ -275,7 +275,7 @@ bool rdv_raw_take(rdv_raw *r) {
       size_t used = NP_SIG_LEN_PREFIX + body_len;
       memmove(r->buf, r->buf + used, r->len - used);
       r->len -= used;
-      assert_int_equal(np_sig_decode(r->body, r->body_len, &r->msg), 0);
+      assert_int_equal(np__sig_decode(r->body, r->body_len, &r->msg), 0);
       return true;
     }
     if (r->closed || r->fd < 0)
@@ -314,7 +314,7 @@ void rdv_raw_send(rdv_raw *r, const uint8_t *frame, int len) {
 
 void rdv_raw_send_msg(rdv_raw *r, const np_sig_msg *msg, const np_identity *id) {
   static uint8_t frame[NP_SIG_LEN_PREFIX + NP_SIG_MAX_FRAME];
-  int len = np_sig_encode(msg, id, frame, sizeof frame);
+  int len = np__sig_encode(msg, id, frame, sizeof frame);
   assert_true(len > 0);
   rdv_raw_send(r, frame, len);
 }

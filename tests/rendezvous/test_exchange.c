@@ -90,7 +90,7 @@ static void exchange(rdv_peer **peers, int n, rdv_peer *a, rdv_peer *b, int salt
   cb.have_delta = false;
   memset(&cb.portmap, 0, sizeof cb.portmap);
 
-  assert_int_equal(np_rdv_client_send_offer(a->c, b->pk, session, &ca), 0);
+  assert_int_equal(np__rdv_client_send_offer(a->c, b->pk, session, &ca), 0);
   assert_true(wait_offers(peers, n, b, offers + 1));
   assert_int_equal(b->n_offers, offers + 1);
   const np_sig_msg *o = &b->offer;
@@ -100,11 +100,11 @@ static void exchange(rdv_peer **peers, int n, rdv_peer *a, rdv_peer *b, int salt
   rdv_assert_candidates_equal(&o->cand, &ca);
   /* The server stamped the caller's TCP address. */
   short ev;
-  np_addr a_local = rdv_local_addr(np_rdv_client_fd(a->c, &ev));
+  np_addr a_local = rdv_local_addr(np__rdv_client_fd(a->c, &ev));
   assert_true(np_addr_equal(&o->observed, &a_local));
 
   np_addr peer_seen = o->observed;
-  assert_int_equal(np_rdv_client_send_answer(b->c, a->pk, session, &cb, &peer_seen), 0);
+  assert_int_equal(np__rdv_client_send_answer(b->c, a->pk, session, &cb, &peer_seen), 0);
   assert_true(wait_answers(peers, n, a, answers + 1));
   assert_int_equal(a->n_answers, answers + 1);
   const np_sig_msg *r = &a->answer;
@@ -113,11 +113,11 @@ static void exchange(rdv_peer **peers, int n, rdv_peer *a, rdv_peer *b, int salt
   assert_memory_equal(r->session, session, NP_SIG_SESSION_LEN);
   rdv_assert_candidates_equal(&r->cand, &cb);
   assert_true(np_addr_equal(&r->peer_seen, &peer_seen));
-  np_addr b_local = rdv_local_addr(np_rdv_client_fd(b->c, &ev));
+  np_addr b_local = rdv_local_addr(np__rdv_client_fd(b->c, &ev));
   assert_true(np_addr_equal(&r->observed, &b_local));
 
   int readies = b->n_readies;
-  assert_int_equal(np_rdv_client_send_ready(a->c, b->pk, session), 0);
+  assert_int_equal(np__rdv_client_send_ready(a->c, b->pk, session), 0);
   void *arg[] = {b, &(int){readies + 1}};
   assert_true(rdv_run(peers, n, RDV_WAIT_MS, readies_at_least, arg));
   assert_int_equal(b->n_readies, readies + 1);
@@ -130,7 +130,7 @@ static void exchange(rdv_peer **peers, int n, rdv_peer *a, rdv_peer *b, int salt
    * copy would not (test_fake_replay). A few ms later, as a re-send is:
    * the timestamp has millisecond resolution. */
   rdv_run(peers, n, 5, NULL, NULL);
-  assert_int_equal(np_rdv_client_send_ready(a->c, b->pk, session), 0);
+  assert_int_equal(np__rdv_client_send_ready(a->c, b->pk, session), 0);
   assert_true(rdv_run(peers, n, RDV_WAIT_MS, readies_at_least, (void *[]){b, &(int){readies + 2}}));
   assert_int_equal(b->n_readies, readies + 2);
 }
@@ -188,13 +188,13 @@ static void test_exchange_decline(void **state) {
   uint8_t session[NP_SIG_SESSION_LEN];
   rdv_random(session, sizeof session);
   np_sig_candidates ca = rdv_candidates(1);
-  assert_int_equal(np_rdv_client_send_offer(a->c, b->pk, session, &ca), 0);
+  assert_int_equal(np__rdv_client_send_offer(a->c, b->pk, session, &ca), 0);
   assert_true(wait_offers(peers, 2, b, 1));
   /* Code 0 would be an empty accepting answer; codes are three digits. */
-  assert_int_equal(np_rdv_client_send_decline(b->c, a->pk, session, 0, "x"), NP_ERR_INVAL);
-  assert_int_equal(np_rdv_client_send_decline(b->c, a->pk, session, 1000, "x"), NP_ERR_INVAL);
+  assert_int_equal(np__rdv_client_send_decline(b->c, a->pk, session, 0, "x"), NP_ERR_INVAL);
+  assert_int_equal(np__rdv_client_send_decline(b->c, a->pk, session, 1000, "x"), NP_ERR_INVAL);
   assert_int_equal(
-      np_rdv_client_send_decline(b->c, a->pk, session, NP_SIG_E_BUSY, "busy in another session"),
+      np__rdv_client_send_decline(b->c, a->pk, session, NP_SIG_E_BUSY, "busy in another session"),
       0);
   assert_true(wait_answers(peers, 2, a, 1));
   assert_int_equal(a->n_answers, 1);
@@ -225,7 +225,7 @@ static int forged_offer(const rdv_peer *signer, const rdv_peer *claimed_from, co
   memcpy(m.session, session, NP_SIG_SESSION_LEN);
   m.timestamp_ms = rdv_unix_ms();
   m.cand = rdv_candidates(3);
-  int len = np_sig_encode(&m, signer->id, buf, cap);
+  int len = np__sig_encode(&m, signer->id, buf, cap);
   assert_true(len > 0);
   if (claimed_from != signer)
     assert_true(rdv_patch(buf, (size_t)len, signer->pk, claimed_from->pk, NP_PUBKEY_LEN));
@@ -312,7 +312,7 @@ static void test_exchange_impersonation(void **state) {
       rdv_raw_send_msg(&rd, &m, c->id);
     } else if (variant == 1) {
       memcpy(m.nonce, nonce, sizeof nonce);
-      len = np_sig_encode(&m, c->id, buf, sizeof buf);
+      len = np__sig_encode(&m, c->id, buf, sizeof buf);
       assert_true(len > 0);
       assert_true(rdv_patch(buf, (size_t)len, c->pk, a->pk, NP_PUBKEY_LEN));
       rdv_raw_send(&rd, buf, len);
@@ -339,7 +339,7 @@ static void test_exchange_impersonation(void **state) {
   uint8_t real[NP_SIG_SESSION_LEN];
   rdv_random(real, sizeof real);
   np_sig_candidates cand = rdv_candidates(9);
-  assert_int_equal(np_rdv_client_send_offer(a->c, b->pk, real, &cand), 0);
+  assert_int_equal(np__rdv_client_send_offer(a->c, b->pk, real, &cand), 0);
   assert_true(rdv_raw_wait(&rb, peers, 1, RDV_WAIT_MS));
   assert_int_equal(rb.msg.type, NP_SIG_OFFER);
   assert_memory_equal(rb.msg.session, real, NP_SIG_SESSION_LEN);
@@ -389,15 +389,15 @@ static void test_exchange_not_allowed(void **state) {
   rdv_random(sc, sizeof sc);
   rdv_random(sa, sizeof sa);
   np_sig_candidates cand = rdv_candidates(2);
-  assert_int_equal(np_rdv_client_send_offer(c->c, b->pk, sc, &cand), 0);
+  assert_int_equal(np__rdv_client_send_offer(c->c, b->pk, sc, &cand), 0);
   assert_true(wait_errors(peers, 3, c, 1));
   assert_int_equal(c->err_code, NP_SIG_E_REFUSED);
   assert_true(c->err_has_session);
   assert_memory_equal(c->err_session, sc, NP_SIG_SESSION_LEN);
   /* C keeps its registration: a refusal is about one call. */
-  assert_int_equal(np_rdv_client_state(c->c), NP_RDV_REGISTERED);
+  assert_int_equal(np__rdv_client_state(c->c), NP_RDV_REGISTERED);
 
-  assert_int_equal(np_rdv_client_send_offer(a->c, b->pk, sa, &cand), 0);
+  assert_int_equal(np__rdv_client_send_offer(a->c, b->pk, sa, &cand), 0);
   assert_true(wait_offers(peers, 3, b, 1));
   assert_int_equal(b->n_offers, 1);
   assert_memory_equal(b->offer.from, a->pk, NP_PUBKEY_LEN);
@@ -424,13 +424,13 @@ static void test_exchange_unknown_peer(void **state) {
   rdv_random(session, sizeof session);
   np_sig_candidates cand = rdv_candidates(4);
   int64_t t0 = rdv_now();
-  assert_int_equal(np_rdv_client_send_offer(a->c, ghost->pk, session, &cand), 0);
+  assert_int_equal(np__rdv_client_send_offer(a->c, ghost->pk, session, &cand), 0);
   assert_true(wait_errors(peers, 1, a, 1));
   assert_int_equal(a->err_code, NP_SIG_E_UNKNOWN_PEER);
   assert_true(a->err_has_session);
   assert_memory_equal(a->err_session, session, NP_SIG_SESSION_LEN);
   assert_in_range(a->err_at - t0, 0, 250);
-  assert_int_equal(np_rdv_client_state(a->c), NP_RDV_REGISTERED);
+  assert_int_equal(np__rdv_client_state(a->c), NP_RDV_REGISTERED);
 
   rdv_peer_free(a);
   rdv_peer_free(ghost);
@@ -448,7 +448,7 @@ static bool all_disconnected(void *arg) {
 static bool all_registered_twice(void *arg) {
   rdv_peer **p = arg;
   for (; *p; p++)
-    if ((*p)->n_state[NP_RDV_REGISTERED] < 2 || np_rdv_client_state((*p)->c) != NP_RDV_REGISTERED)
+    if ((*p)->n_state[NP_RDV_REGISTERED] < 2 || np__rdv_client_state((*p)->c) != NP_RDV_REGISTERED)
       return false;
   return true;
 }
@@ -492,8 +492,8 @@ static void test_exchange_server_restart(void **state) {
  * the 409 before the REGISTERED, so wait for both). */
 static bool replaced(void *arg) {
   rdv_peer **a = arg;
-  return a[0]->n_errors > 0 && np_rdv_client_state(a[0]->c) == NP_RDV_DISCONNECTED &&
-         np_rdv_client_state(a[1]->c) == NP_RDV_REGISTERED;
+  return a[0]->n_errors > 0 && np__rdv_client_state(a[0]->c) == NP_RDV_DISCONNECTED &&
+         np__rdv_client_state(a[1]->c) == NP_RDV_REGISTERED;
 }
 
 /* 6. The same ID from two clients: the first is told 409 (authenticated)
@@ -513,15 +513,15 @@ static void test_exchange_same_id(void **state) {
   rdv_peer *peers[] = {a1, a2};
   assert_true(rdv_run(peers, 2, RDV_WAIT_MS, replaced, peers));
   assert_int_equal(a1->err_code, NP_SIG_E_REPLACED);
-  assert_true(np_rdv_client_replaced(a1->c));
-  assert_false(np_rdv_client_replaced(a2->c));
-  assert_int_equal(np_rdv_client_state(a2->c), NP_RDV_REGISTERED);
+  assert_true(np__rdv_client_replaced(a1->c));
+  assert_false(np__rdv_client_replaced(a2->c));
+  assert_int_equal(np__rdv_client_state(a2->c), NP_RDV_REGISTERED);
   int connects = a1->n_connects;
   /* Over twice its longest backoff, A1 never comes back. */
   rdv_run(peers, 2, 2500, NULL, NULL);
   assert_int_equal(a1->n_connects, connects);
-  assert_int_equal(np_rdv_client_state(a1->c), NP_RDV_DISCONNECTED);
-  assert_int_equal(np_rdv_client_state(a2->c), NP_RDV_REGISTERED);
+  assert_int_equal(np__rdv_client_state(a1->c), NP_RDV_DISCONNECTED);
+  assert_int_equal(np__rdv_client_state(a2->c), NP_RDV_REGISTERED);
   assert_int_equal(a2->n_state[NP_RDV_DISCONNECTED], 0);
 
   rdv_peer_free(a1);

@@ -84,9 +84,9 @@ static uint8_t last_mac[1024];
 static int last_mac_len;
 static void send_mac(fake *f, np_sig_msg *m) {
   assert_true(f->has_key);
-  int n = np_sig_encode(m, NULL, last_mac, sizeof last_mac);
+  int n = np__sig_encode(m, NULL, last_mac, sizeof last_mac);
   assert_true(n > 0);
-  n = np_sig_append_mac(last_mac, (size_t)n, sizeof last_mac, f->key, f->seq++);
+  n = np__sig_append_mac(last_mac, (size_t)n, sizeof last_mac, f->key, f->seq++);
   assert_true(n > 0);
   last_mac_len = n;
   rdv_raw_send(&f->conn, last_mac, n);
@@ -110,8 +110,8 @@ static void fake_register(fake *f, rdv_peer *p, rdv_peer **peers, int n, const n
    * real server. */
   assert_true(f->conn.msg.cand.has_kx);
   uint8_t sk[NP_SIG_KX_LEN];
-  assert_int_equal(np_sig_kx_keypair(m.cand.kx, sk), 0);
-  assert_int_equal(np_sig_channel_key(true, m.cand.kx, sk, f->conn.msg.cand.kx, f->nonce, f->key),
+  assert_int_equal(np__sig_kx_keypair(m.cand.kx, sk), 0);
+  assert_int_equal(np__sig_channel_key(true, m.cand.kx, sk, f->conn.msg.cand.kx, f->nonce, f->key),
                    0);
   m.cand.has_kx = true;
   f->has_key = true;
@@ -125,7 +125,7 @@ static void fake_register(fake *f, rdv_peer *p, rdv_peer **peers, int n, const n
   assert_true(rdv_raw_wait(&f->conn, peers, n, RDV_WAIT_MS));
   assert_int_equal(f->conn.msg.type, NP_SIG_REGISTER);
   assert_memory_equal(f->conn.msg.pubkey, p->pk, NP_PUBKEY_LEN);
-  assert_int_equal(np_sig_verify_register(&f->conn.msg, f->nonce), 0);
+  assert_int_equal(np__sig_verify_register(&f->conn.msg, f->nonce), 0);
   assert_int_equal(f->conn.msg.n_allow, p->cfg.n_allow);
   for (int i = 0; i < p->cfg.n_allow; i++)
     assert_memory_equal(f->conn.msg.allow[i], p->allow[i], NP_PUBKEY_LEN);
@@ -153,9 +153,9 @@ static int signed_frame(uint8_t type, const rdv_peer *from, const uint8_t to[NP_
   memcpy(m.session, session, NP_SIG_SESSION_LEN);
   m.timestamp_ms = frame_timestamp_ms ? frame_timestamp_ms : rdv_unix_ms();
   m.cand = rdv_candidates(1);
-  int len = np_sig_encode(&m, from->id, buf, cap);
+  int len = np__sig_encode(&m, from->id, buf, cap);
   assert_true(len > 0);
-  len = np_sig_stamp_observed(buf, (size_t)len, cap, observed);
+  len = np__sig_stamp_observed(buf, (size_t)len, cap, observed);
   assert_true(len > 0);
   return len;
 }
@@ -192,7 +192,7 @@ static void test_fake_handshake(void **state) {
   /* Nothing may be sent before registration. */
   uint8_t session[NP_SIG_SESSION_LEN] = {1};
   np_sig_candidates cand = rdv_candidates(0);
-  assert_int_equal(np_rdv_client_send_offer(a->c, b->pk, session, &cand), NP_ERR_INVAL);
+  assert_int_equal(np__rdv_client_send_offer(a->c, b->pk, session, &cand), NP_ERR_INVAL);
 
   np_addr observed = rdv_addr("198.51.100.9:4242");
   fake_register(&f, a, peers, 1, &observed);
@@ -204,10 +204,10 @@ static void test_fake_handshake(void **state) {
   assert_true(a->observed_null_ok);
 
   /* An offer goes out signed by A, with our candidates. */
-  assert_int_equal(np_rdv_client_send_offer(a->c, b->pk, session, &cand), 0);
+  assert_int_equal(np__rdv_client_send_offer(a->c, b->pk, session, &cand), 0);
   assert_true(rdv_raw_wait(&f.conn, peers, 1, RDV_WAIT_MS));
   assert_int_equal(f.conn.msg.type, NP_SIG_OFFER);
-  assert_int_equal(np_sig_verify(f.conn.body, f.conn.body_len, &f.conn.msg), 0);
+  assert_int_equal(np__sig_verify(f.conn.body, f.conn.body_len, &f.conn.msg), 0);
   assert_memory_equal(f.conn.msg.from, a->pk, NP_PUBKEY_LEN);
   assert_memory_equal(f.conn.msg.to, b->pk, NP_PUBKEY_LEN);
   assert_memory_equal(f.conn.msg.session, session, NP_SIG_SESSION_LEN);
@@ -270,7 +270,7 @@ static void test_fake_drops_bad_messages(void **state) {
   assert_memory_equal(a->answer.session, s[5], NP_SIG_SESSION_LEN);
   assert_memory_equal(a->answer.from, c->pk, NP_PUBKEY_LEN);
   /* None of this cost the registration. */
-  assert_int_equal(np_rdv_client_state(a->c), NP_RDV_REGISTERED);
+  assert_int_equal(np__rdv_client_state(a->c), NP_RDV_REGISTERED);
   assert_int_equal(a->n_state[NP_RDV_DISCONNECTED], 0);
 
   fake_close(&f);
@@ -317,7 +317,7 @@ static void test_fake_replay(void **state) {
   barrier(&f, peers, 1);
   assert_int_equal(a->n_offers, 2);
   assert_memory_equal(a->offer.session, s[3], NP_SIG_SESSION_LEN);
-  assert_int_equal(np_rdv_client_state(a->c), NP_RDV_REGISTERED);
+  assert_int_equal(np__rdv_client_state(a->c), NP_RDV_REGISTERED);
 
   fake_close(&f);
   rdv_peer_free(a);
@@ -442,7 +442,7 @@ static void test_fake_replaced_stops(void **state) {
   fake_register(&f, a, peers, 1, &observed);
   assert_in_range(rdv_now() - t0, 0, 500);
   assert_int_equal(a->n_connects, 2);
-  assert_false(np_rdv_client_replaced(a->c));
+  assert_false(np__rdv_client_replaced(a->c));
 
   static np_sig_msg m;
   memset(&m, 0, sizeof m);
@@ -455,9 +455,9 @@ static void test_fake_replaced_stops(void **state) {
   assert_int_equal(a->err_code, NP_SIG_E_REPLACED);
   assert_false(a->err_has_session);
   assert_string_equal(a->err_text, "registered elsewhere");
-  assert_int_equal(np_rdv_client_state(a->c), NP_RDV_DISCONNECTED);
-  assert_true(np_rdv_client_replaced(a->c));
-  assert_true(np_rdv_client_wakeup(a->c) == INT64_MAX);
+  assert_int_equal(np__rdv_client_state(a->c), NP_RDV_DISCONNECTED);
+  assert_true(np__rdv_client_replaced(a->c));
+  assert_true(np__rdv_client_wakeup(a->c) == INT64_MAX);
   /* ... and it really stays away (its backoff maximum is 2 s). */
   assert_false(fake_accept(&f, peers, 1, 2500));
   assert_int_equal(a->n_connects, 2);
@@ -496,11 +496,11 @@ static void test_fake_forged_errors(void **state) {
     memcpy(m.to, b->pk, NP_PUBKEY_LEN);
     send_msg(&f, &m); /* no MAC */
     /* With a MAC under another key: as good as none. */
-    int n = np_sig_encode(&m, NULL, last_mac, sizeof last_mac);
+    int n = np__sig_encode(&m, NULL, last_mac, sizeof last_mac);
     assert_true(n > 0);
     uint8_t other[NP_SIG_CHANNEL_KEY_LEN];
     rdv_random(other, sizeof other);
-    n = np_sig_append_mac(last_mac, (size_t)n, sizeof last_mac, other, f.seq);
+    n = np__sig_append_mac(last_mac, (size_t)n, sizeof last_mac, other, f.seq);
     rdv_raw_send(&f.conn, last_mac, n);
   }
   /* A forged REGISTERED is no handshake either. */
@@ -509,9 +509,9 @@ static void test_fake_forged_errors(void **state) {
   send_msg(&f, &m);
   barrier(&f, peers, 1);
   assert_int_equal(a->n_errors, 0);
-  assert_int_equal(np_rdv_client_state(a->c), NP_RDV_REGISTERED);
+  assert_int_equal(np__rdv_client_state(a->c), NP_RDV_REGISTERED);
   assert_int_equal(a->n_connects, 1);
-  assert_false(np_rdv_client_replaced(a->c));
+  assert_false(np__rdv_client_replaced(a->c));
 
   /* The server's own 404 about the session: reported at once. */
   memset(&m, 0, sizeof m);
@@ -533,7 +533,7 @@ static void test_fake_forged_errors(void **state) {
   rdv_raw_send(&f.conn, last_mac, last_mac_len);
   barrier(&f, peers, 1);
   assert_int_equal(a->n_errors, 1);
-  assert_int_equal(np_rdv_client_state(a->c), NP_RDV_REGISTERED);
+  assert_int_equal(np__rdv_client_state(a->c), NP_RDV_REGISTERED);
 
   /* An unauthenticated error during the handshake ends that attempt like
    * any failed connection: normal short backoff, no "replaced". */
@@ -549,7 +549,7 @@ static void test_fake_forged_errors(void **state) {
   int64_t t0 = rdv_now();
   fake_register(&f, a, peers, 1, &observed);
   assert_in_range(rdv_now() - t0, 0, 1500);
-  assert_false(np_rdv_client_replaced(a->c));
+  assert_false(np__rdv_client_replaced(a->c));
   assert_int_equal(a->n_errors, 1);
 
   fake_close(&f);
@@ -656,7 +656,7 @@ static void test_fake_framing(void **state) {
   uint8_t bad[] = {0, 0, 0, 4, NP_SIG_VERSION, NP_SIG_PING, 0xff, 0xff};
   rdv_raw_send(&f.conn, bad, sizeof bad);
   barrier(&f, peers, 1);
-  assert_int_equal(np_rdv_client_state(a->c), NP_RDV_REGISTERED);
+  assert_int_equal(np__rdv_client_state(a->c), NP_RDV_REGISTERED);
 
   /* A length prefix over the limit. */
   uint8_t huge[] = {0, 1, 0, 0, NP_SIG_VERSION, NP_SIG_PING, 0, 0};
@@ -687,31 +687,31 @@ static void test_fake_limits(void **state) {
   np_sig_candidates cand = rdv_candidates(0);
   int rc = 0, sent = 0;
   for (; sent < 200000; sent++) {
-    rc = np_rdv_client_send_offer(a->c, b->pk, s, &cand);
+    rc = np__rdv_client_send_offer(a->c, b->pk, s, &cand);
     if (rc != 0)
       break;
   }
   assert_int_equal(rc, NP_ERR_NOSPACE);
   assert_true(sent > 10);
   cand.n_private = NP_SIG_MAX_PRIVATE + 1;
-  assert_int_equal(np_rdv_client_send_offer(a->c, b->pk, s, &cand), NP_ERR_INVAL);
+  assert_int_equal(np__rdv_client_send_offer(a->c, b->pk, s, &cand), NP_ERR_INVAL);
 
   np_rdv_client *c = NULL;
   np_rdv_client_config cfg = a->cfg;
   cfg.identity = NULL;
-  assert_int_equal(np_rdv_client_new(&cfg, 0, &c), NP_ERR_INVAL);
+  assert_int_equal(np__rdv_client_new(&cfg, 0, &c), NP_ERR_INVAL);
   cfg = a->cfg;
   memset(&cfg.server, 0, sizeof cfg.server);
-  assert_int_equal(np_rdv_client_new(&cfg, 0, &c), NP_ERR_INVAL);
+  assert_int_equal(np__rdv_client_new(&cfg, 0, &c), NP_ERR_INVAL);
   cfg = a->cfg;
   cfg.backoff_min_ms = 500;
   cfg.backoff_max_ms = 100;
-  assert_int_equal(np_rdv_client_new(&cfg, 0, &c), NP_ERR_INVAL);
+  assert_int_equal(np__rdv_client_new(&cfg, 0, &c), NP_ERR_INVAL);
   cfg = a->cfg;
   cfg.n_allow = NP_SIG_MAX_ALLOW + 1;
-  assert_int_equal(np_rdv_client_new(&cfg, 0, &c), NP_ERR_INVAL);
+  assert_int_equal(np__rdv_client_new(&cfg, 0, &c), NP_ERR_INVAL);
   assert_null(c);
-  np_rdv_client_free(NULL);
+  np__rdv_client_free(NULL);
 
   fake_close(&f);
   rdv_peer_free(a);

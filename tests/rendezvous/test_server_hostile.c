@@ -147,7 +147,7 @@ static tconn *tc_connect_from(const struct server *s, const char *src) {
   struct sockaddr_storage ss;
   socklen_t sl = sizeof ss;
   assert_int_equal(getsockname(c->fd, (struct sockaddr *)&ss, &sl), 0);
-  assert_int_equal(np_addr_from_sockaddr((struct sockaddr *)&ss, sl, &c->local), 0);
+  assert_int_equal(np__addr_from_sockaddr((struct sockaddr *)&ss, sl, &c->local), 0);
   return c;
 }
 
@@ -174,7 +174,7 @@ static void tc_send(tconn *c, const void *buf, size_t len) {
 }
 
 static int encode(const np_sig_msg *m, const np_identity *id, uint8_t *buf, size_t cap) {
-  int n = np_sig_encode(m, id, buf, cap);
+  int n = np__sig_encode(m, id, buf, cap);
   assert_true(n > 0);
   return n;
 }
@@ -190,10 +190,10 @@ static int tc_read(tconn *c, int timeout_ms) {
   int64_t until = now_ms() + timeout_ms;
   for (;;) {
     size_t body = 0;
-    int fc = np_sig_frame_check(c->buf, c->len, NP_SIG_MAX_FRAME, &body);
+    int fc = np__sig_frame_check(c->buf, c->len, NP_SIG_MAX_FRAME, &body);
     assert_true(fc == 0 || fc == NP_ERR_NOSPACE);
     if (fc == 0) {
-      assert_int_equal(np_sig_decode(c->buf + NP_SIG_LEN_PREFIX, body, &c->msg), 0);
+      assert_int_equal(np__sig_decode(c->buf + NP_SIG_LEN_PREFIX, body, &c->msg), 0);
       size_t used = NP_SIG_LEN_PREFIX + body;
       memmove(c->buf, c->buf + used, c->len - used);
       c->len -= used;
@@ -221,7 +221,7 @@ static void tc_expect_error(tconn *c, uint16_t code) {
     fail_msg("expected ERROR %u, got %s", (unsigned)code,
              t == 0  ? "a close"
              : t < 0 ? "nothing"
-                     : np_sig_type_name((uint8_t)t));
+                     : np__sig_type_name((uint8_t)t));
   assert_int_equal(c->msg.error_code, code);
 }
 
@@ -241,7 +241,7 @@ static void tc_expect_close(tconn *c) {
 static void tc_expect_silence(tconn *c) {
   int t = tc_read(c, SILENCE_MS);
   if (t >= 0)
-    fail_msg("expected silence, got %s", t == 0 ? "a close" : np_sig_type_name((uint8_t)t));
+    fail_msg("expected silence, got %s", t == 0 ? "a close" : np__sig_type_name((uint8_t)t));
 }
 
 static void pubkey_of(const np_identity *id, uint8_t pk[NP_PUBKEY_LEN]) {

@@ -37,7 +37,7 @@ static void *val_of(uint32_t i) {
 
 static void test_basic(void **state) {
   (void)state;
-  np_registry *r = np_registry_memory_new();
+  np_registry *r = np__registry_memory_new();
   assert_non_null(r);
   const np_registry_ops *ops = r->ops;
   uint8_t a[NP_PUBKEY_LEN], b[NP_PUBKEY_LEN];
@@ -83,11 +83,11 @@ static void test_basic(void **state) {
 
 static void test_growth_100k(void **state) {
   (void)state;
-  np_registry *r = np_registry_memory_new();
+  np_registry *r = np__registry_memory_new();
   assert_non_null(r);
   const np_registry_ops *ops = r->ops;
   uint8_t k[NP_PUBKEY_LEN];
-  size_t small_bytes = np_registry_memory_bytes(r);
+  size_t small_bytes = np__registry_memory_bytes(r);
   for (uint32_t i = 0; i < BIG; i++) {
     key_of(i, k);
     void *prev = val_of(1);
@@ -102,7 +102,7 @@ static void test_growth_100k(void **state) {
   key_of(BIG + 7, k);
   assert_null(ops->get(r, k));
   /* At most 50% load plus the 40-byte slot: under 200 bytes per key. */
-  size_t per_key = np_registry_memory_bytes(r);
+  size_t per_key = np__registry_memory_bytes(r);
   assert_true(per_key > 0 && per_key < 200);
   assert_true(small_bytes > 0);
   ops->free(r);
@@ -114,7 +114,7 @@ static void test_growth_100k(void **state) {
 static void test_churn(void **state) {
   (void)state;
   enum { N = 5000, STEPS = 200000 };
-  np_registry *r = np_registry_memory_new();
+  np_registry *r = np__registry_memory_new();
   assert_non_null(r);
   const np_registry_ops *ops = r->ops;
   static void *shadow[N];

@@ -89,7 +89,7 @@ static void compare(void **state) {
   assert_false(np_addr_same_ip(&a, &c));
   assert_false(np_addr_equal(&a, &d)); /* different families compare unequal... */
   np_addr e;                           /* ...until the mapped form is unwrapped */
-  assert_int_equal(np_addr_from_sockaddr(&d.u.sa, sizeof d.u.in6, &e), 0);
+  assert_int_equal(np__addr_from_sockaddr(&d.u.sa, sizeof d.u.in6, &e), 0);
   assert_true(np_addr_equal(&a, &e));
 }
 
@@ -109,7 +109,7 @@ static void format_edges(void **state) {
   char tiny[6];
   np_addr_format(&a, tiny, sizeof tiny);
   assert_int_equal(strlen(tiny), 5); /* truncated, still terminated */
-  assert_true(np_addr_is_any(&(np_addr){.u.in4 = {.sin_family = AF_INET}}));
+  assert_true(np__addr_is_any(&(np_addr){.u.in4 = {.sin_family = AF_INET}}));
 }
 
 static void errors_have_text(void **state) {
@@ -135,17 +135,17 @@ static void private_space(void **state) {
   np_addr a;
   for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
     assert_int_equal(np_addr_parse(yes[i], 0, &a), 0);
-    if (!np_addr_is_private(&a))
+    if (!np__addr_is_private(&a))
       fail_msg("%s should be private", yes[i]);
   }
   for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) {
     assert_int_equal(np_addr_parse(no[i], 0, &a), 0);
-    if (np_addr_is_private(&a))
+    if (np__addr_is_private(&a))
       fail_msg("%s should not be private", no[i]);
   }
   memset(&a, 0, sizeof a);
-  assert_false(np_addr_is_private(&a));
-  assert_false(np_addr_is_private(NULL));
+  assert_false(np__addr_is_private(&a));
+  assert_false(np__addr_is_private(NULL));
 }
 
 int main(void) {

@@ -54,7 +54,7 @@ static np_checklist_seen seen(const char *self, const char *peer) {
 
 static int build(const np_sig_candidates *self, const np_sig_candidates *peer,
                  const np_checklist_seen *v, np_check *out, int cap, int *mappings) {
-  return np_checklist_build(self, peer, v, out, cap, mappings, NULL, NULL);
+  return np__checklist_build(self, peer, v, out, cap, mappings, NULL, NULL);
 }
 
 static void same_nat_hosts_first(void **state) {
@@ -66,7 +66,7 @@ static void same_nat_hosts_first(void **state) {
   np_checklist_seen v = seen("203.0.113.5:7001", "203.0.113.5:7002");
   np_check out[NP_CHECKLIST_MAX];
   int mappings = -1;
-  assert_true(np_checklist_same_nat(&v));
+  assert_true(np__checklist_same_nat(&v));
   int n = build(&self, &peer, &v, out, NP_CHECKLIST_MAX, &mappings);
   assert_int_equal(n, 5);
   expect(out, 0, "192.168.1.11:5000", NP_CAND_HOST);
@@ -82,7 +82,7 @@ static void same_nat_hosts_first(void **state) {
   expect(out, 2, "203.0.113.5:40100", NP_CAND_MAPPED);
   /* Our own public IP unknown: the same-NAT test cannot be made. */
   np_checklist_seen half = seen(NULL, "203.0.113.5:7002");
-  assert_false(np_checklist_same_nat(&half));
+  assert_false(np__checklist_same_nat(&half));
   n = build(&self, &peer, &half, out, NP_CHECKLIST_MAX, &mappings);
   assert_int_equal(n, 3);
   expect(out, 0, "203.0.113.5:40100", NP_CAND_MAPPED);
@@ -97,7 +97,7 @@ static void different_nats_skip_hosts(void **state) {
   np_checklist_seen v = seen("203.0.113.5:7001", "198.51.100.9:7002");
   np_check out[NP_CHECKLIST_MAX];
   int mappings = -1;
-  assert_false(np_checklist_same_nat(&v));
+  assert_false(np__checklist_same_nat(&v));
   int n = build(&self, &peer, &v, out, NP_CHECKLIST_MAX, &mappings);
   assert_int_equal(n, 3);
   expect(out, 0, "198.51.100.9:30000", NP_CAND_MAPPED);
@@ -118,7 +118,7 @@ static void flat_network_host_is_observed(void **state) {
   np_checklist_seen v = seen("10.1.0.1:7001", "10.1.0.2:7002");
   np_check out[NP_CHECKLIST_MAX];
   int mappings = -1;
-  assert_false(np_checklist_same_nat(&v));
+  assert_false(np__checklist_same_nat(&v));
   int n = build(&self, &peer, &v, out, NP_CHECKLIST_MAX, &mappings);
   assert_int_equal(n, 1);
   expect(out, 0, "10.1.0.2:5000", NP_CAND_HOST);
@@ -154,7 +154,7 @@ static void hostile_offer_left_empty(void **state) {
   np_checklist_seen v = seen("203.0.113.12:7001", "203.0.113.11:7002");
   np_check out[NP_CHECKLIST_MAX];
   int mappings = -1, dropped = 0;
-  int n = np_checklist_build(&self, &peer, &v, out, NP_CHECKLIST_MAX, &mappings, count_drop,
+  int n = np__checklist_build(&self, &peer, &v, out, NP_CHECKLIST_MAX, &mappings, count_drop,
                              &dropped);
   assert_int_equal(n, 0);
   assert_int_equal(mappings, 0);
@@ -170,7 +170,7 @@ static void hostile_offer_left_empty(void **state) {
   assert_int_equal(build(&self, &peer, NULL, out, NP_CHECKLIST_MAX, &mappings), 0);
 }
 
-/* The rules one by one (np_checklist_aim). */
+/* The rules one by one (np__checklist_aim). */
 static void aim_rules(void **state) {
   (void)state;
   np_sig_candidates self = cands("10.2.0.2:5000", NULL, "203.0.113.12:42000", NULL, NULL);
@@ -205,28 +205,28 @@ static void aim_rules(void **state) {
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     np_addr a = addr(cases[i].a);
-    const char *why = np_checklist_aim(&self, &v, &a, cases[i].type);
+    const char *why = np__checklist_aim(&self, &v, &a, cases[i].type);
     if ((why == NULL) != cases[i].ok)
       fail_msg("%s (type %d): %s", cases[i].a, cases[i].type, why ? why : "allowed");
   }
   np_addr port0 = addr("203.0.113.11:1");
   np_addr_set_port(&port0, 0);
-  assert_non_null(np_checklist_aim(&self, &v, &port0, NP_CAND_MAPPED));
+  assert_non_null(np__checklist_aim(&self, &v, &port0, NP_CAND_MAPPED));
   /* Behind one NAT: the peer's LAN is ours, private space only. */
   np_checklist_seen one = seen("203.0.113.12:7001", "203.0.113.12:7002");
   np_addr lan = addr("10.2.0.3:5000"), pub = addr("198.51.100.77:5000");
-  assert_null(np_checklist_aim(&self, &one, &lan, NP_CAND_HOST));
-  assert_null(np_checklist_aim(&self, &one, &lan, NP_CAND_PRFLX));
-  assert_non_null(np_checklist_aim(&self, &one, &pub, NP_CAND_HOST));
-  assert_non_null(np_checklist_aim(&self, &one, &lan, NP_CAND_MAPPED));
+  assert_null(np__checklist_aim(&self, &one, &lan, NP_CAND_HOST));
+  assert_null(np__checklist_aim(&self, &one, &lan, NP_CAND_PRFLX));
+  assert_non_null(np__checklist_aim(&self, &one, &pub, NP_CAND_HOST));
+  assert_non_null(np__checklist_aim(&self, &one, &lan, NP_CAND_MAPPED));
   /* Two peers on one machine through a rendezvous server on loopback:
    * 127.0.0.1 is the peer's OBSERVED IP, so it may be probed, as may our
    * own IP there; another loopback address may not. */
   np_checklist_seen lo = seen("127.0.0.1:7001", "127.0.0.1:7002");
   np_addr l1 = addr("127.0.0.1:5001"), l2 = addr("127.0.0.2:5001");
-  assert_null(np_checklist_aim(&self, &lo, &l1, NP_CAND_MAPPED));
-  assert_null(np_checklist_aim(&self, &lo, &l1, NP_CAND_PREDICTED));
-  assert_non_null(np_checklist_aim(&self, &lo, &l2, NP_CAND_HOST));
+  assert_null(np__checklist_aim(&self, &lo, &l1, NP_CAND_MAPPED));
+  assert_null(np__checklist_aim(&self, &lo, &l1, NP_CAND_PREDICTED));
+  assert_non_null(np__checklist_aim(&self, &lo, &l2, NP_CAND_HOST));
 }
 
 static void dedup_and_portmap_last(void **state) {
@@ -309,42 +309,42 @@ static void model_from_candidates(void **state) {
   np_sig_candidates c = cands(NULL, NULL, "198.51.100.9:30000", "198.51.100.9:30002", NULL);
   c.have_delta = true;
   c.delta = 2;
-  np_checklist_model(&c, &m);
+  np__checklist_model(&c, &m);
   assert_true(m.known);
   assert_int_equal(m.base, 30002); /* the second server's view */
   assert_int_equal(m.stride, 2);
   assert_int_equal(m.sent, 0);
-  assert_int_equal(np_predict_kind(&m), 1);
+  assert_int_equal(np__predict_kind(&m), 1);
   /* two views without a delta: known, taken as cone */
   c.have_delta = false;
-  np_checklist_model(&c, &m);
+  np__checklist_model(&c, &m);
   assert_true(m.known);
   assert_int_equal(m.stride, 0);
   /* one view: unknown unless a delta came with it */
   c = cands(NULL, NULL, "198.51.100.9:30000", NULL, NULL);
-  np_checklist_model(&c, &m);
+  np__checklist_model(&c, &m);
   assert_false(m.known);
   assert_int_equal(m.base, 30000);
   c.have_delta = true;
   c.delta = -1;
-  np_checklist_model(&c, &m);
+  np__checklist_model(&c, &m);
   assert_true(m.known);
   assert_int_equal(m.stride, -1);
   /* nothing */
   memset(&c, 0, sizeof c);
-  np_checklist_model(&c, &m);
+  np__checklist_model(&c, &m);
   assert_false(m.known);
   assert_int_equal(m.base, 0);
 }
 
 static void via_names(void **state) {
   (void)state;
-  assert_string_equal(np_cand_type_via(NP_CAND_HOST), "host");
-  assert_string_equal(np_cand_type_via(NP_CAND_MAPPED), "reflexive");
-  assert_string_equal(np_cand_type_via(NP_CAND_PORTMAP), "portmap");
-  assert_string_equal(np_cand_type_via(NP_CAND_PRFLX), "reflexive");
-  assert_string_equal(np_cand_type_via(NP_CAND_PREDICTED), "predicted");
-  assert_string_equal(np_cand_type_via(NP_CAND_BIRTHDAY), "birthday");
+  assert_string_equal(np__cand_type_via(NP_CAND_HOST), "host");
+  assert_string_equal(np__cand_type_via(NP_CAND_MAPPED), "reflexive");
+  assert_string_equal(np__cand_type_via(NP_CAND_PORTMAP), "portmap");
+  assert_string_equal(np__cand_type_via(NP_CAND_PRFLX), "reflexive");
+  assert_string_equal(np__cand_type_via(NP_CAND_PREDICTED), "predicted");
+  assert_string_equal(np__cand_type_via(NP_CAND_BIRTHDAY), "birthday");
 }
 
 int main(void) {

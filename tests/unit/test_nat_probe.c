@@ -161,7 +161,7 @@ static int sock_of(const struct world *w, const np_addr *local) {
 static void server_answer(struct world *w, np_nat_probe *p, int64_t now, const np_addr *at,
                           const np_addr *src, const uint8_t *req, size_t len, bool rfc5780) {
   np_stun_msg m;
-  assert_int_equal(np_stun_read(req, len, &m), 0);
+  assert_int_equal(np__stun_read(req, len, &m), 0);
   assert_int_equal(m.cls, NP_STUN_REQUEST);
   np_addr from = *at;
   if (rfc5780 && !w->s1_ignores_change && (m.present & NP_STUN_HAS_CHANGE_REQUEST)) {
@@ -175,23 +175,23 @@ static void server_answer(struct world *w, np_nat_probe *p, int64_t now, const n
   uint8_t buf[256];
   np_stun_writer wr;
   if (w->s1_error && rfc5780) {
-    np_stun_writer_init(&wr, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_ERROR, NP_STUN_MAGIC_COOKIE,
-                        m.txid);
-    np_stun_put_error(&wr, (uint16_t)w->s1_error, "Nope");
+    np__stun_writer_init(&wr, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_ERROR,
+                         NP_STUN_MAGIC_COOKIE, m.txid);
+    np__stun_put_error(&wr, (uint16_t)w->s1_error, "Nope");
   } else {
-    np_stun_writer_init(&wr, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS,
+    np__stun_writer_init(&wr, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS,
                         NP_STUN_MAGIC_COOKIE, m.txid);
-    np_stun_put_xor_addr(&wr, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, src);
+    np__stun_put_xor_addr(&wr, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, src);
     if (rfc5780)
-      np_stun_put_addr(&wr, NP_STUN_ATTR_OTHER_ADDRESS, &w->s1_alt);
+      np__stun_put_addr(&wr, NP_STUN_ATTR_OTHER_ADDRESS, &w->s1_alt);
   }
-  int n = np_stun_writer_finish(&wr);
+  int n = np__stun_writer_finish(&wr);
   assert_true(n > 0);
   np_addr local;
   if (nat_in(w, &from, src, &local)) {
     int s = sock_of(w, &local);
     assert_true(s >= 0);
-    np_nat_probe_input(p, now, s, &from, buf, (size_t)n);
+    np__nat_probe_input(p, now, s, &from, buf, (size_t)n);
   }
 }
 
@@ -222,34 +222,34 @@ static void deliver(struct world *w, np_nat_probe *p, int64_t now, const np_prob
     if (!w->s2_down)
       server_answer(w, p, now, &dg->to, &src, dg->buf, dg->len, false);
     else if (w->s2_icmp)
-      np_nat_probe_unreachable(p, now, dg->sock, &dg->to);
+      np__nat_probe_unreachable(p, now, dg->sock, &dg->to);
   } else if (w->nat && np_addr_same_ip(&dg->to, &w->public_ip)) {
     /* Hairpinning: the NAT loops it back, translating the source. */
     np_addr local;
     if (w->hairpin && nat_in(w, &src, &dg->to, &local))
-      np_nat_probe_input(p, now, sock_of(w, &local), &src, dg->buf, dg->len);
+      np__nat_probe_input(p, now, sock_of(w, &local), &src, dg->buf, dg->len);
     else if (!w->hairpin && !w->hairpin_silent)
-      np_nat_probe_unreachable(p, now, dg->sock, &dg->to);
+      np__nat_probe_unreachable(p, now, dg->sock, &dg->to);
   }
 }
 
 static int64_t run(struct world *w, const np_probe_config *cfg, np_probe_result *r, int *rc) {
   np_nat_probe *p = NULL;
-  assert_int_equal(np_nat_probe_new(cfg, &w->local[NP_PROBE_SOCK_MAIN], NULL, NULL, 0, &p), 0);
+  assert_int_equal(np__nat_probe_new(cfg, &w->local[NP_PROBE_SOCK_MAIN], NULL, NULL, 0, &p), 0);
   int64_t now = 0;
   for (int iter = 0; iter < 1000; iter++) {
     np_probe_datagram dg;
-    while (np_nat_probe_next_datagram(p, now, &dg))
+    while (np__nat_probe_next_datagram(p, now, &dg))
       deliver(w, p, now, &dg);
-    if (np_nat_probe_done(p))
+    if (np__nat_probe_done(p))
       break;
-    int64_t wake = np_nat_probe_wakeup(p);
+    int64_t wake = np__nat_probe_wakeup(p);
     assert_true(wake > now);
     now = wake;
   }
-  assert_true(np_nat_probe_done(p));
-  *rc = np_nat_probe_result(p, r);
-  np_nat_probe_free(p);
+  assert_true(np__nat_probe_done(p));
+  *rc = np__nat_probe_result(p, r);
+  np__nat_probe_free(p);
   return now;
 }
 
@@ -262,7 +262,7 @@ static np_probe_config config(const struct world *w, int n_servers) {
 }
 
 /* Runs a default-configured probe against the world; *took (if wanted)
- * gets the simulated time it needed. Returns np_nat_probe_result()'s code. */
+ * gets the simulated time it needed. Returns np__nat_probe_result()'s code. */
 static int probe(struct world *w, int n_servers, np_probe_result *r, int64_t *took) {
   np_probe_config c = config(w, n_servers);
   int rc;
@@ -658,15 +658,15 @@ static void unreachable_server(void **state) {
   world_init(&w);
   np_probe_config c = config(&w, 1);
   np_nat_probe *p;
-  assert_int_equal(np_nat_probe_new(&c, &w.local[0], NULL, NULL, 0, &p), 0);
+  assert_int_equal(np__nat_probe_new(&c, &w.local[0], NULL, NULL, 0, &p), 0);
   np_probe_datagram dg;
-  while (np_nat_probe_next_datagram(p, 0, &dg))
+  while (np__nat_probe_next_datagram(p, 0, &dg))
     ;
-  np_nat_probe_unreachable(p, 5, NP_PROBE_SOCK_MAIN, &w.s1);
-  assert_true(np_nat_probe_done(p));
+  np__nat_probe_unreachable(p, 5, NP_PROBE_SOCK_MAIN, &w.s1);
+  assert_true(np__nat_probe_done(p));
   np_probe_result r;
-  assert_int_equal(np_nat_probe_result(p, &r), NP_ERR_UNREACHABLE);
-  np_nat_probe_free(p);
+  assert_int_equal(np__nat_probe_result(p, &r), NP_ERR_UNREACHABLE);
+  np__nat_probe_free(p);
 }
 
 /* Answers that are not ours (wrong transaction, wrong socket, garbage) are
@@ -677,51 +677,51 @@ static void foreign_input_ignored(void **state) {
   world_init(&w);
   np_probe_config c = config(&w, 1);
   np_nat_probe *p;
-  assert_int_equal(np_nat_probe_new(&c, &w.local[0], NULL, NULL, 0, &p), 0);
+  assert_int_equal(np__nat_probe_new(&c, &w.local[0], NULL, NULL, 0, &p), 0);
   np_probe_datagram dg;
-  assert_int_equal(np_nat_probe_next_datagram(p, 0, &dg), 1);
+  assert_int_equal(np__nat_probe_next_datagram(p, 0, &dg), 1);
   assert_int_equal(dg.sock, NP_PROBE_SOCK_MAIN);
   np_stun_msg req;
-  assert_int_equal(np_stun_read(dg.buf, dg.len, &req), 0);
+  assert_int_equal(np__stun_read(dg.buf, dg.len, &req), 0);
 
   uint8_t buf[128];
   np_stun_writer wr;
   uint8_t other_txid[NP_STUN_TXID_LEN] = {1, 2, 3};
-  np_stun_writer_init(&wr, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS, NP_STUN_MAGIC_COOKIE,
-                      other_txid);
+  np__stun_writer_init(&wr, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS,
+                       NP_STUN_MAGIC_COOKIE, other_txid);
   np_addr fake = A("198.51.100.9:9");
-  np_stun_put_xor_addr(&wr, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &fake);
-  int n = np_stun_writer_finish(&wr);
-  np_nat_probe_input(p, 1, NP_PROBE_SOCK_MAIN, &w.s1, buf, (size_t)n);
+  np__stun_put_xor_addr(&wr, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &fake);
+  int n = np__stun_writer_finish(&wr);
+  np__nat_probe_input(p, 1, NP_PROBE_SOCK_MAIN, &w.s1, buf, (size_t)n);
   /* right transaction, wrong socket */
-  np_stun_writer_init(&wr, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS, NP_STUN_MAGIC_COOKIE,
-                      req.txid);
-  np_stun_put_xor_addr(&wr, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &fake);
-  n = np_stun_writer_finish(&wr);
-  np_nat_probe_input(p, 1, NP_PROBE_SOCK_FILTER, &w.s1, buf, (size_t)n);
+  np__stun_writer_init(&wr, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS,
+                       NP_STUN_MAGIC_COOKIE, req.txid);
+  np__stun_put_xor_addr(&wr, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &fake);
+  n = np__stun_writer_finish(&wr);
+  np__nat_probe_input(p, 1, NP_PROBE_SOCK_FILTER, &w.s1, buf, (size_t)n);
   uint8_t junk[40] = {0xff, 0x00, 0x13};
-  np_nat_probe_input(p, 1, NP_PROBE_SOCK_MAIN, &w.s1, junk, sizeof junk);
-  np_nat_probe_input(p, 1, NP_PROBE_SOCK_MAIN, &w.s1, buf, 10); /* truncated */
+  np__nat_probe_input(p, 1, NP_PROBE_SOCK_MAIN, &w.s1, junk, sizeof junk);
+  np__nat_probe_input(p, 1, NP_PROBE_SOCK_MAIN, &w.s1, buf, 10); /* truncated */
   np_probe_result r;
-  assert_int_equal(np_nat_probe_result(p, &r), NP_ERR_TIMEOUT);
+  assert_int_equal(np__nat_probe_result(p, &r), NP_ERR_TIMEOUT);
   assert_int_equal(r.n_mapped, 0);
   /* and the genuine answer is still accepted afterwards */
-  np_nat_probe_input(p, 2, NP_PROBE_SOCK_MAIN, &w.s1, buf, (size_t)n);
-  assert_int_equal(np_nat_probe_result(p, &r), 0);
+  np__nat_probe_input(p, 2, NP_PROBE_SOCK_MAIN, &w.s1, buf, (size_t)n);
+  assert_int_equal(np__nat_probe_result(p, &r), 0);
   assert_true(np_addr_equal(&r.mapped[0], &fake));
-  np_nat_probe_free(p);
+  np__nat_probe_free(p);
 }
 
 static void bad_config(void **state) {
   (void)state;
   np_probe_config c = {0};
   np_nat_probe *p = (np_nat_probe *)&c; /* must be reset to NULL on failure */
-  assert_int_equal(np_nat_probe_new(&c, NULL, NULL, NULL, 0, &p), NP_ERR_INVAL);
+  assert_int_equal(np__nat_probe_new(&c, NULL, NULL, NULL, 0, &p), NP_ERR_INVAL);
   assert_null(p);
   c.n_servers = 3;
-  assert_int_equal(np_nat_probe_new(&c, NULL, NULL, NULL, 0, &p), NP_ERR_INVAL);
+  assert_int_equal(np__nat_probe_new(&c, NULL, NULL, NULL, 0, &p), NP_ERR_INVAL);
   c.n_servers = 1; /* server address unset */
-  assert_int_equal(np_nat_probe_new(&c, NULL, NULL, NULL, 0, &p), NP_ERR_INVAL);
+  assert_int_equal(np__nat_probe_new(&c, NULL, NULL, NULL, 0, &p), NP_ERR_INVAL);
   np_probe_result r;
   assert_int_equal(np_probe_run(&c, &r), NP_ERR_INVAL);
   assert_int_equal(np_probe_run(NULL, &r), NP_ERR_INVAL);

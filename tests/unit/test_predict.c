@@ -22,17 +22,17 @@ static np_nat_model model(bool known, uint16_t base, int32_t delta, int sent) {
 static void kind_classifies_delta(void **state) {
   (void)state;
   np_nat_model m = model(false, 1000, 5, 0);
-  assert_int_equal(np_predict_kind(&m), 0); /* unknown counts as cone */
+  assert_int_equal(np__predict_kind(&m), 0); /* unknown counts as cone */
   m = model(true, 1000, 0, 0);
-  assert_int_equal(np_predict_kind(&m), 0);
+  assert_int_equal(np__predict_kind(&m), 0);
   m = model(true, 1000, 1, 0);
-  assert_int_equal(np_predict_kind(&m), 1);
+  assert_int_equal(np__predict_kind(&m), 1);
   m = model(true, 1000, -NP_PREDICT_MAX_SEQ_DELTA, 0);
-  assert_int_equal(np_predict_kind(&m), 1);
+  assert_int_equal(np__predict_kind(&m), 1);
   m = model(true, 1000, NP_PREDICT_MAX_SEQ_DELTA + 1, 0);
-  assert_int_equal(np_predict_kind(&m), 2);
+  assert_int_equal(np__predict_kind(&m), 2);
   m = model(true, 1000, INT32_MIN, 0);
-  assert_int_equal(np_predict_kind(&m), 2);
+  assert_int_equal(np__predict_kind(&m), 2);
 }
 
 static void plan_table_and_symmetry(void **state) {
@@ -46,8 +46,8 @@ static void plan_table_and_symmetry(void **state) {
   };
   for (int s = 0; s < 3; s++) {
     for (int p = 0; p < 3; p++) {
-      enum np_predict_strategy ab = np_predict_plan(&by_kind[s], &by_kind[p]);
-      enum np_predict_strategy ba = np_predict_plan(&by_kind[p], &by_kind[s]);
+      enum np_predict_strategy ab = np__predict_plan(&by_kind[s], &by_kind[p]);
+      enum np_predict_strategy ba = np__predict_plan(&by_kind[p], &by_kind[s]);
       assert_int_equal(ab, want[s][p]);
       assert_int_equal(ab == NP_PREDICT_SWEEP, ba == NP_PREDICT_HOLD);
       assert_int_equal(ab == NP_PREDICT_SPRAY, ba == NP_PREDICT_SOCKETS);
@@ -55,13 +55,13 @@ static void plan_table_and_symmetry(void **state) {
       assert_int_equal(ab == NP_PREDICT_IMPOSSIBLE, ba == NP_PREDICT_IMPOSSIBLE);
     }
   }
-  assert_string_equal(np_predict_strategy_name(NP_PREDICT_NONE), "none");
-  assert_string_equal(np_predict_strategy_name(NP_PREDICT_SWEEP), "sweep");
-  assert_string_equal(np_predict_strategy_name(NP_PREDICT_HOLD), "hold");
-  assert_string_equal(np_predict_strategy_name(NP_PREDICT_LOCKSTEP), "lockstep");
-  assert_string_equal(np_predict_strategy_name(NP_PREDICT_SPRAY), "spray");
-  assert_string_equal(np_predict_strategy_name(NP_PREDICT_SOCKETS), "sockets");
-  assert_string_equal(np_predict_strategy_name(NP_PREDICT_IMPOSSIBLE), "impossible");
+  assert_string_equal(np__predict_strategy_name(NP_PREDICT_NONE), "none");
+  assert_string_equal(np__predict_strategy_name(NP_PREDICT_SWEEP), "sweep");
+  assert_string_equal(np__predict_strategy_name(NP_PREDICT_HOLD), "hold");
+  assert_string_equal(np__predict_strategy_name(NP_PREDICT_LOCKSTEP), "lockstep");
+  assert_string_equal(np__predict_strategy_name(NP_PREDICT_SPRAY), "spray");
+  assert_string_equal(np__predict_strategy_name(NP_PREDICT_SOCKETS), "sockets");
+  assert_string_equal(np__predict_strategy_name(NP_PREDICT_IMPOSSIBLE), "impossible");
 }
 
 static void sweep_first_round_order(void **state) {
@@ -71,15 +71,15 @@ static void sweep_first_round_order(void **state) {
   /* k = 1, 2, 0, 3, -1, 4, 5, 6, 7, 8: 'sent' does not matter to SWEEP */
   static const uint16_t want[] = {20002, 20003, 20001, 20004, 20000,
                                   20005, 20006, 20007, 20008, 20009};
-  int n = np_predict_round(NP_PREDICT_SWEEP, &self, &peer, false, 1, out, 64);
+  int n = np__predict_round(NP_PREDICT_SWEEP, &self, &peer, false, 1, out, 64);
   assert_int_equal(n, 10);
   assert_memory_equal(out, want, sizeof want);
   /* the callee flag changes nothing outside LOCKSTEP */
-  n = np_predict_round(NP_PREDICT_SWEEP, &self, &peer, true, 1, out, 64);
+  n = np__predict_round(NP_PREDICT_SWEEP, &self, &peer, true, 1, out, 64);
   assert_int_equal(n, 10);
   assert_memory_equal(out, want, sizeof want);
   /* cap truncates, keeping the most likely first */
-  n = np_predict_round(NP_PREDICT_SWEEP, &self, &peer, false, 1, out, 3);
+  n = np__predict_round(NP_PREDICT_SWEEP, &self, &peer, false, 1, out, 3);
   assert_int_equal(n, 3);
   assert_memory_equal(out, want, 3 * sizeof want[0]);
 }
@@ -93,7 +93,7 @@ static void sweep_windows_double_and_cap(void **state) {
     int round, n;
   } want[] = {{1, 10}, {2, 20}, {3, 40}, {7, 512 + 128}, {8, 1024 + 256}, {9, 1280}, {40, 1280}};
   for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
-    int n = np_predict_round(NP_PREDICT_SWEEP, &self, &peer, false, want[i].round, out, 2048);
+    int n = np__predict_round(NP_PREDICT_SWEEP, &self, &peer, false, want[i].round, out, 2048);
     assert_int_equal(n, want[i].n);
     assert_int_equal(out[0], 30001);
     for (int a = 0; a < n; a++) {
@@ -103,12 +103,12 @@ static void sweep_windows_double_and_cap(void **state) {
     }
   }
   /* round 2: the tail is the forward side beyond the backward reach */
-  int n = np_predict_round(NP_PREDICT_SWEEP, &self, &peer, false, 2, out, 2048);
+  int n = np__predict_round(NP_PREDICT_SWEEP, &self, &peer, false, 2, out, 2048);
   assert_int_equal(out[n - 1], 30016);
   assert_int_equal(out[6], 29998); /* k = -2, after k = 4 */
   assert_int_equal(out[7], 30005); /* k = 5 before k = -3 */
   assert_int_equal(out[8], 29997);
-  assert_int_equal(np_predict_round(NP_PREDICT_SWEEP, &self, &peer, false, 0, out, 2048), 0);
+  assert_int_equal(np__predict_round(NP_PREDICT_SWEEP, &self, &peer, false, 0, out, 2048), 0);
 }
 
 static void sweep_negative_delta(void **state) {
@@ -117,7 +117,7 @@ static void sweep_negative_delta(void **state) {
   uint16_t out[16];
   static const uint16_t want[] = {29998, 29996, 30000, 29994, 30002,
                                   29992, 29990, 29988, 29986, 29984};
-  int n = np_predict_round(NP_PREDICT_SWEEP, &self, &peer, false, 1, out, 16);
+  int n = np__predict_round(NP_PREDICT_SWEEP, &self, &peer, false, 1, out, 16);
   assert_int_equal(n, 10);
   assert_memory_equal(out, want, sizeof want);
 }
@@ -133,18 +133,18 @@ static void sweep_wraps_around_the_ring(void **state) {
   uint16_t out[16];
   static const uint16_t want_high[] = {65531, 65532, 65530, 65533, 65529,
                                        65534, 65535, 1024, 1025, 1026};
-  int n = np_predict_round(NP_PREDICT_SWEEP, &self, &high, false, 1, out, 16);
+  int n = np__predict_round(NP_PREDICT_SWEEP, &self, &high, false, 1, out, 16);
   assert_int_equal(n, 10);
   assert_memory_equal(out, want_high, sizeof want_high);
   np_nat_model down = model(true, 1026, -1, 0);
   static const uint16_t want_down[] = {1025, 1024, 1026, 65535, 1027,
                                        65534, 65533, 65532, 65531, 65530};
-  n = np_predict_round(NP_PREDICT_SWEEP, &self, &down, false, 1, out, 16);
+  n = np__predict_round(NP_PREDICT_SWEEP, &self, &down, false, 1, out, 16);
   assert_int_equal(n, 10);
   assert_memory_equal(out, want_down, sizeof want_down);
   np_nat_model low = model(true, 2, -1, 0);
   static const uint16_t want_low[] = {1, 2, 3};
-  n = np_predict_round(NP_PREDICT_SWEEP, &self, &low, false, 1, out, 16);
+  n = np__predict_round(NP_PREDICT_SWEEP, &self, &low, false, 1, out, 16);
   assert_int_equal(n, 3);
   assert_memory_equal(out, want_low, sizeof want_low);
 }
@@ -156,7 +156,7 @@ static void seq_ports(uint16_t start, int32_t stride, const int *noise, int n, u
   for (int i = 0; i < n; i++) {
     if (i > 0)
       steps += 1 + (noise ? noise[i] : 0);
-    out[i] = (uint16_t)np_predict_port_at(start, stride, steps);
+    out[i] = (uint16_t)np__predict_port_at(start, stride, steps);
   }
 }
 
@@ -174,20 +174,20 @@ static void classify_any_stride(void **state) {
     uint16_t v[3];
     seq_ports(cases[i].start, cases[i].stride, NULL, 3, v);
     int32_t stride = 0;
-    assert_int_equal(np_predict_classify(v, 3, &stride), NP_NAT_KIND_SEQUENTIAL);
+    assert_int_equal(np__predict_classify(v, 3, &stride), NP_NAT_KIND_SEQUENTIAL);
     assert_int_equal(stride, cases[i].stride);
     np_nat_model m = {.known = true, .kind = NP_NAT_KIND_SEQUENTIAL, .base = v[2],
                       .stride = stride};
-    assert_int_equal(np_predict_kind(&m), 1);
+    assert_int_equal(np__predict_kind(&m), 1);
     /* the model's next mapping is the NAT's next one */
     uint16_t next[4];
     seq_ports(cases[i].start, cases[i].stride, NULL, 4, next);
-    assert_int_equal(np_predict_port_at(m.base, m.stride, 1), next[3]);
+    assert_int_equal(np__predict_port_at(m.base, m.stride, 1), next[3]);
   }
   /* the wrap is one stride on the ring: 65000 -> 65400 -> 264 + 1024 */
   uint16_t w[3] = {65000, 65400, 1288};
   int32_t stride = 0;
-  assert_int_equal(np_predict_classify(w, 3, &stride), NP_NAT_KIND_SEQUENTIAL);
+  assert_int_equal(np__predict_classify(w, 3, &stride), NP_NAT_KIND_SEQUENTIAL);
   assert_int_equal(stride, 400);
 }
 
@@ -210,7 +210,7 @@ static void classify_tolerates_noise(void **state) {
     uint16_t v[4];
     seq_ports(20000, cases[i].stride, cases[i].noise, cases[i].n, v);
     int32_t stride = 0;
-    assert_int_equal(np_predict_classify(v, cases[i].n, &stride), NP_NAT_KIND_SEQUENTIAL);
+    assert_int_equal(np__predict_classify(v, cases[i].n, &stride), NP_NAT_KIND_SEQUENTIAL);
     assert_int_equal(stride, cases[i].want);
   }
 }
@@ -233,27 +233,27 @@ static void classify_random_cone_and_few_views(void **state) {
   static const int want[] = {NP_NAT_KIND_RANDOM, NP_NAT_KIND_RANDOM, NP_NAT_KIND_RANDOM,
                              NP_NAT_KIND_RANDOM, NP_NAT_KIND_RANDOM, NP_NAT_KIND_SEQUENTIAL};
   for (size_t i = 0; i < sizeof disagree / sizeof disagree[0]; i++)
-    assert_int_equal(np_predict_classify(disagree[i], 3, &stride), want[i]);
+    assert_int_equal(np__predict_classify(disagree[i], 3, &stride), want[i]);
   assert_int_equal(stride, 50);
   uint16_t cone[3] = {40000, 40000, 40000};
-  assert_int_equal(np_predict_classify(cone, 3, &stride), NP_NAT_KIND_CONE);
+  assert_int_equal(np__predict_classify(cone, 3, &stride), NP_NAT_KIND_CONE);
   assert_int_equal(stride, 0);
   uint16_t two[2] = {20000, 20300};
-  assert_int_equal(np_predict_classify(two, 2, &stride), NP_NAT_KIND_FROM_DELTA);
+  assert_int_equal(np__predict_classify(two, 2, &stride), NP_NAT_KIND_FROM_DELTA);
   assert_int_equal(stride, 300);
   np_nat_model m = {.known = true, .base = 20300, .stride = stride};
-  assert_int_equal(np_predict_kind(&m), 2); /* the seed's rule for one delta */
-  assert_int_equal(np_predict_classify(two, 1, &stride), NP_NAT_KIND_FROM_DELTA);
+  assert_int_equal(np__predict_kind(&m), 2); /* the seed's rule for one delta */
+  assert_int_equal(np__predict_classify(two, 1, &stride), NP_NAT_KIND_FROM_DELTA);
   assert_int_equal(stride, 0);
-  assert_int_equal(np_predict_classify(NULL, 3, &stride), NP_NAT_KIND_FROM_DELTA);
+  assert_int_equal(np__predict_classify(NULL, 3, &stride), NP_NAT_KIND_FROM_DELTA);
   /* a random verdict is random whatever the stride */
   m = (np_nat_model){.known = true, .kind = NP_NAT_KIND_RANDOM, .base = 20000, .stride = 1};
-  assert_int_equal(np_predict_kind(&m), 2);
+  assert_int_equal(np__predict_kind(&m), 2);
   m.kind = NP_NAT_KIND_CONE;
-  assert_int_equal(np_predict_kind(&m), 0);
+  assert_int_equal(np__predict_kind(&m), 0);
   m.known = false;
   m.kind = NP_NAT_KIND_SEQUENTIAL;
-  assert_int_equal(np_predict_kind(&m), 0);
+  assert_int_equal(np__predict_kind(&m), 0);
 }
 
 /* SWEEP and LOCKSTEP follow a large or wrapping stride around the ring. */
@@ -263,15 +263,15 @@ static void rounds_follow_large_strides(void **state) {
   np_nat_model peer = {.known = true, .kind = NP_NAT_KIND_SEQUENTIAL, .base = 50000,
                        .stride = 20011, .sent = 2};
   uint16_t out[64];
-  int n = np_predict_round(NP_PREDICT_SWEEP, &self, &peer, false, 1, out, 64);
+  int n = np__predict_round(NP_PREDICT_SWEEP, &self, &peer, false, 1, out, 64);
   assert_int_equal(n, 10);
-  assert_int_equal(out[0], np_predict_port_at(50000, 20011, 1)); /* 70011 -> 5499 */
+  assert_int_equal(out[0], np__predict_port_at(50000, 20011, 1)); /* 70011 -> 5499 */
   assert_int_equal(out[0], 5499);
   self = model(true, 5000, 1, 0);
-  n = np_predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, false, 1, out, 64);
+  n = np__predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, false, 1, out, 64);
   assert_int_equal(n, W);
   for (int k = 1; k <= W; k++)
-    assert_int_equal(out[k - 1], np_predict_port_at(50000, 20011, 2 + k));
+    assert_int_equal(out[k - 1], np__predict_port_at(50000, 20011, 2 + k));
 }
 
 /* Spacers are new destinations: never a window target of rounds up to two
@@ -285,11 +285,11 @@ static void spacers_avoid_windows(void **state) {
                          .stride = strides[i], .sent = 3};
     for (int r = 1; r <= 12; r++) {
       uint16_t sp[S];
-      assert_int_equal(np_predict_spacers(&peer, r, sp, S), S);
+      assert_int_equal(np__predict_spacers(&peer, r, sp, S), S);
       for (int q = r; q <= r + 2; q++) {
         for (int callee = 0; callee < 2; callee++) {
           uint16_t win[W];
-          int n = np_predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, callee, q, win, W);
+          int n = np__predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, callee, q, win, W);
           for (int a = 0; a < S; a++)
             for (int b = 0; b < n; b++)
               assert_int_not_equal(sp[a], win[b]);
@@ -307,22 +307,22 @@ static void hold_targets_peer_port(void **state) {
   np_nat_model self = model(true, 5000, 1, 0), peer = model(true, 41000, 0, 4);
   uint16_t out[8];
   for (int r = 1; r <= 5; r++) {
-    assert_int_equal(np_predict_round(NP_PREDICT_HOLD, &self, &peer, r % 2, r, out, 8), 1);
+    assert_int_equal(np__predict_round(NP_PREDICT_HOLD, &self, &peer, r % 2, r, out, 8), 1);
     assert_int_equal(out[0], 41000);
   }
   peer.base = 0;
-  assert_int_equal(np_predict_round(NP_PREDICT_HOLD, &self, &peer, false, 1, out, 8), 0);
+  assert_int_equal(np__predict_round(NP_PREDICT_HOLD, &self, &peer, false, 1, out, 8), 0);
   peer.base = 41000;
-  assert_int_equal(np_predict_round(NP_PREDICT_NONE, &self, &peer, false, 1, out, 8), 0);
-  assert_int_equal(np_predict_round(NP_PREDICT_SPRAY, &self, &peer, false, 1, out, 8), 0);
-  assert_int_equal(np_predict_round(NP_PREDICT_IMPOSSIBLE, &self, &peer, false, 1, out, 8), 0);
+  assert_int_equal(np__predict_round(NP_PREDICT_NONE, &self, &peer, false, 1, out, 8), 0);
+  assert_int_equal(np__predict_round(NP_PREDICT_SPRAY, &self, &peer, false, 1, out, 8), 0);
+  assert_int_equal(np__predict_round(NP_PREDICT_IMPOSSIBLE, &self, &peer, false, 1, out, 8), 0);
 }
 
 static void lockstep_shift_sequence(void **state) {
   (void)state;
   static const int want[] = {0, 1, -1, 2, -2, 0, 1, -1, 2, -2, 0};
   for (int r = 1; r <= 11; r++)
-    assert_int_equal(np_predict_lockstep_shift(r), want[r - 1]);
+    assert_int_equal(np__predict_lockstep_shift(r), want[r - 1]);
 }
 
 static void lockstep_caller_and_callee(void **state) {
@@ -331,20 +331,20 @@ static void lockstep_caller_and_callee(void **state) {
   uint16_t out[W];
   for (int r = 1; r <= 5; r++) {
     int base = 40000 + 3 * (2 + (W + S) * (r - 1));
-    int n = np_predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, false, r, out, W);
+    int n = np__predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, false, r, out, W);
     assert_int_equal(n, W);
     for (int k = 1; k <= W; k++)
       assert_int_equal(out[k - 1], base + 3 * k);
-    n = np_predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, true, r, out, W);
+    n = np__predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, true, r, out, W);
     assert_int_equal(n, W);
-    int shift = np_predict_lockstep_shift(r);
+    int shift = np__predict_lockstep_shift(r);
     for (int k = 1; k <= W; k++)
       assert_int_equal(out[k - 1], base + 3 * (k + shift));
   }
   /* near the top of the range the ports go on at 1024, in order (the seed
    * dropped them: a wrapping NAT's next mappings were never probed) */
   peer = model(true, 65505, 1, 0);
-  int n = np_predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, true, 2, out, W);
+  int n = np__predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, true, 2, out, W);
   assert_int_equal(n, W); /* 65505 + 20 + (k + 1) for k = 1..16 */
   assert_int_equal(out[0], 65527);
   assert_int_equal(out[8], 65535);
@@ -371,8 +371,8 @@ static bool sim_round_matches(const sim_side *a, const sim_side *b, int round) {
   np_nat_model est_a = model(true, a->base, a->delta, a->sent);
   np_nat_model est_b = model(true, b->base, b->delta, b->sent);
   uint16_t ta[W], tb[W];
-  assert_int_equal(np_predict_round(NP_PREDICT_LOCKSTEP, &est_a, &est_b, false, round, ta, W), W);
-  assert_int_equal(np_predict_round(NP_PREDICT_LOCKSTEP, &est_b, &est_a, true, round, tb, W), W);
+  assert_int_equal(np__predict_round(NP_PREDICT_LOCKSTEP, &est_a, &est_b, false, round, ta, W), W);
+  assert_int_equal(np__predict_round(NP_PREDICT_LOCKSTEP, &est_b, &est_a, true, round, tb, W), W);
   for (int k = 1; k <= W; k++)
     for (int j = 1; j <= W; j++)
       if (ta[k - 1] == sim_alloc(b, round, j) && tb[j - 1] == sim_alloc(a, round, k))
@@ -387,9 +387,9 @@ static void lockstep_windows_never_overlap(void **state) {
   (void)state;
   np_nat_model self = model(true, 5000, 1, 0), peer = model(true, 30000, 1, 3);
   uint16_t prev[W], cur[W];
-  int np = np_predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, true, 1, prev, W);
+  int np = np__predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, true, 1, prev, W);
   for (int r = 2; r <= 25; r++) {
-    int nc = np_predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, true, r, cur, W);
+    int nc = np__predict_round(NP_PREDICT_LOCKSTEP, &self, &peer, true, r, cur, W);
     assert_int_equal(nc, W);
     for (int i = 0; i < nc; i++)
       for (int j = 0; j < np; j++)
@@ -412,8 +412,8 @@ static void lockstep_simulation(void **state) {
     np_nat_model est_a = model(true, a.base, a.delta, a.sent);
     np_nat_model est_b = model(true, b.base, b.delta, b.sent);
     uint16_t ta[W], tb[W];
-    np_predict_round(NP_PREDICT_LOCKSTEP, &est_a, &est_b, false, 1, ta, W);
-    np_predict_round(NP_PREDICT_LOCKSTEP, &est_b, &est_a, true, 1, tb, W);
+    np__predict_round(NP_PREDICT_LOCKSTEP, &est_a, &est_b, false, 1, ta, W);
+    np__predict_round(NP_PREDICT_LOCKSTEP, &est_b, &est_a, true, 1, tb, W);
     for (int k = 1; k <= W; k++) {
       assert_int_equal(ta[k - 1], sim_alloc(&b, 1, k));
       assert_int_equal(tb[k - 1], sim_alloc(&a, 1, k));
@@ -427,7 +427,7 @@ static void lockstep_simulation(void **state) {
         a.err = ea;
         b.err = eb;
         for (int r = 1; r <= 5; r++)
-          assert_int_equal(sim_round_matches(&a, &b, r), np_predict_lockstep_shift(r) == e);
+          assert_int_equal(sim_round_matches(&a, &b, r), np__predict_lockstep_shift(r) == e);
       }
     }
   }
@@ -453,8 +453,8 @@ static void spray_distinct_in_range_avoiding(void **state) {
   (void)state;
   fake_rng rng = {.state = 7};
   uint16_t first[200], second[200];
-  assert_int_equal(np_predict_spray(fake_random, &rng, NULL, 0, first, 200), 200);
-  assert_int_equal(np_predict_spray(fake_random, &rng, first, 200, second, 200), 200);
+  assert_int_equal(np__predict_spray(fake_random, &rng, NULL, 0, first, 200), 200);
+  assert_int_equal(np__predict_spray(fake_random, &rng, first, 200, second, 200), 200);
   for (int i = 0; i < 200; i++) {
     assert_true(first[i] >= 1024 && second[i] >= 1024);
     for (int j = 0; j < 200; j++) {
@@ -468,7 +468,7 @@ static void spray_distinct_in_range_avoiding(void **state) {
   /* same seed, same ports: both runs of the engine are reproducible */
   fake_rng again = {.state = 7};
   uint16_t third[200];
-  assert_int_equal(np_predict_spray(fake_random, &again, NULL, 0, third, 200), 200);
+  assert_int_equal(np__predict_spray(fake_random, &again, NULL, 0, third, 200), 200);
   assert_memory_equal(first, third, sizeof first);
 }
 
@@ -481,7 +481,7 @@ static void spray_terminates_when_range_runs_out(void **state) {
       avoid[n_avoid++] = (uint16_t)p;
   fake_rng rng = {.state = 1};
   uint16_t out[10];
-  int n = np_predict_spray(fake_random, &rng, avoid, n_avoid, out, 10);
+  int n = np__predict_spray(fake_random, &rng, avoid, n_avoid, out, 10);
   assert_int_equal(n, 3);
   bool seen2000 = false, seen40000 = false, seen65535 = false;
   for (int i = 0; i < n; i++) {
@@ -492,7 +492,7 @@ static void spray_terminates_when_range_runs_out(void **state) {
   assert_true(seen2000 && seen40000 && seen65535);
   /* an RNG stuck on low ports still yields distinct valid ports */
   fake_rng stuck = {.zeros = true};
-  n = np_predict_spray(fake_random, &stuck, NULL, 0, out, 10);
+  n = np__predict_spray(fake_random, &stuck, NULL, 0, out, 10);
   assert_int_equal(n, 10);
   for (int i = 0; i < n; i++) {
     assert_true(out[i] >= 1024);
@@ -503,17 +503,17 @@ static void spray_terminates_when_range_runs_out(void **state) {
 
 static void birthday_odds_sane(void **state) {
   (void)state;
-  assert_true(np_predict_birthday_odds(256, 512, 64512) > 0.85);
-  assert_true(np_predict_birthday_odds(256, 512, 64512) < 0.9);
-  assert_true(np_predict_birthday_odds(16, 16, 64512) < 0.01);
-  assert_true(np_predict_birthday_odds(0, 512, 64512) == 0.0);
-  assert_true(np_predict_birthday_odds(256, 0, 64512) == 0.0);
-  assert_true(np_predict_birthday_odds(10, 10, 10) == 1.0);
+  assert_true(np__predict_birthday_odds(256, 512, 64512) > 0.85);
+  assert_true(np__predict_birthday_odds(256, 512, 64512) < 0.9);
+  assert_true(np__predict_birthday_odds(16, 16, 64512) < 0.01);
+  assert_true(np__predict_birthday_odds(0, 512, 64512) == 0.0);
+  assert_true(np__predict_birthday_odds(256, 0, 64512) == 0.0);
+  assert_true(np__predict_birthday_odds(10, 10, 10) == 1.0);
   /* one socket, one probe: exactly 1/range */
-  double p = np_predict_birthday_odds(1, 1, 1000);
+  double p = np__predict_birthday_odds(1, 1, 1000);
   assert_true(p > 0.000999 && p < 0.001001);
-  assert_true(np_predict_birthday_odds(256, 1024, 64512) >
-              np_predict_birthday_odds(256, 512, 64512));
+  assert_true(np__predict_birthday_odds(256, 1024, 64512) >
+              np__predict_birthday_odds(256, 512, 64512));
 }
 
 int main(void) {

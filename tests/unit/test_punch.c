@@ -268,7 +268,7 @@ struct sim {
   int64_t now;
   int64_t done_at; /* both settled (-1: ran to the limit) */
   uint32_t delivered, lost, primes_dropped;
-  uint32_t stale_wakeups; /* wakeups <= now after np_punch_next() gave 0 */
+  uint32_t stale_wakeups; /* wakeups <= now after np__punch_next() gave 0 */
   /* the hijack attempt (scenario.hijack) */
   np_addr attacker;
   bool have_nom, replayed;
@@ -336,7 +336,7 @@ static void side_init(struct side *sd, int which, const struct nat_spec *spec, u
 }
 
 static void side_free(struct side *sd) {
-  np_punch_free(sd->p);
+  np__punch_free(sd->p);
   free(sd->nat.sess);
   free(sd->nat.rude_e);
 }
@@ -404,7 +404,7 @@ static void replay_nomination(struct sim *s) {
   if (!s->have_nom || !s->side[CALLEE].p)
     return;
   s->replayed = true;
-  (void)np_punch_input(s->side[CALLEE].p, s->now, 0, &s->attacker, s->nom.buf, s->nom.len);
+  (void)np__punch_input(s->side[CALLEE].p, s->now, 0, &s->attacker, s->nom.buf, s->nom.len);
 }
 
 /* A datagram leaves 'from' side: its NAT translates it, the core routes it. */
@@ -467,7 +467,7 @@ static void deliver_due(struct sim *s) {
     if (sock < 0 || sock >= NP_PUNCH_MAX_SOCKETS)
       continue;
     s->delivered++;
-    bool took = np_punch_input(sd->p, s->now, sock, &k->from, k->buf, k->len);
+    bool took = np__punch_input(sd->p, s->now, sock, &k->from, k->buf, k->len);
     if (took && k->to_side == CALLER && !s->have_resp && (k->buf[0] << 8 | k->buf[1]) ==
                                                              (NP_STUN_BINDING | NP_STUN_SUCCESS)) {
       s->resp = *k;
@@ -481,7 +481,7 @@ static bool running(const struct side *sd) {
   if (!sd->p)
     return true;
   np_punch_result r;
-  np_punch_result_get(sd->p, &r);
+  np__punch_result_get(sd->p, &r);
   return r.state == NP_PUNCH_RUNNING;
 }
 
@@ -512,12 +512,12 @@ static struct sim *run(const struct scenario *sc) {
       struct side *sd = &s->side[w];
       if (!sd->p && s->now >= sd->start) {
         np_punch_config c = make_config(s, w, key, session);
-        assert_int_equal(np_punch_new(&c, s->now, &sd->p), 0);
+        assert_int_equal(np__punch_new(&c, s->now, &sd->p), 0);
       }
     }
     int ready = sc->ready_ms ? sc->ready_ms : sc->signaling_ms;
     if (sc->ready_ms >= 0 && s->now == s->side[CALLER].start + ready && s->side[CALLEE].p)
-      np_punch_peer_ready(s->side[CALLEE].p, s->now);
+      np__punch_peer_ready(s->side[CALLEE].p, s->now);
     if (sc->hijack == 2 && s->side[CALLEE].connected && s->side[CALLER].connected &&
         !s->replayed && s->now >= s->side[CALLEE].start + s->side[CALLEE].at_connect.elapsed_ms +
                                        sc->replay_ms)
@@ -530,14 +530,14 @@ static struct sim *run(const struct scenario *sc) {
       np_punch_datagram dg;
       int sent = 0, stale = 0;
       for (;;) {
-        if (np_punch_next(sd->p, s->now, &dg)) {
+        if (np__punch_next(sd->p, s->now, &dg)) {
           transmit(s, w, &dg);
           assert_true(++sent < 4096); /* pacing keeps bursts small */
           continue;
         }
-        if (!running(sd) || np_punch_wakeup(sd->p) > s->now)
+        if (!running(sd) || np__punch_wakeup(sd->p) > s->now)
           break;
-        /* np_punch_next() said nothing is due, yet the wakeup is not in the
+        /* np__punch_next() said nothing is due, yet the wakeup is not in the
          * future. Tolerated once (a round deferred by a nomination that
          * just gave up starts on the next call), but the machine must make
          * progress when called again, or an agent would spin. */
@@ -545,7 +545,7 @@ static struct sim *run(const struct scenario *sc) {
         assert_true(++stale <= 1);
       }
       if (!sd->connected) {
-        np_punch_result_get(sd->p, &sd->at_connect);
+        np__punch_result_get(sd->p, &sd->at_connect);
         if (sd->at_connect.state == NP_PUNCH_CONNECTED) {
           sd->connected = true;
           sd->full_at_connect = sd->full;
@@ -560,7 +560,7 @@ static struct sim *run(const struct scenario *sc) {
       break;
   }
   for (int w = 0; w < 2; w++)
-    np_punch_result_get(s->side[w].p, &s->side[w].res);
+    np__punch_result_get(s->side[w].p, &s->side[w].res);
   if (getenv("PUNCH_TEST_LOG"))
     for (int w = 0; w < 2; w++) {
       const np_punch_result *r = &s->side[w].res;
@@ -1036,22 +1036,22 @@ static void refused_input(void **state) {
   np_punch_config forged = cc;
   forged.key[0] ^= 1;
   np_punch *caller, *callee, *forger;
-  assert_int_equal(np_punch_new(&cc, 0, &caller), 0);
-  assert_int_equal(np_punch_new(&ce, 0, &callee), 0);
-  assert_int_equal(np_punch_new(&forged, 0, &forger), 0);
+  assert_int_equal(np__punch_new(&cc, 0, &caller), 0);
+  assert_int_equal(np__punch_new(&ce, 0, &callee), 0);
+  assert_int_equal(np__punch_new(&forged, 0, &forger), 0);
   np_punch_datagram dg, bad;
   /* The caller's first datagram is its prime; it is a complete probe. */
-  assert_int_equal(np_punch_next(caller, 0, &dg), 1);
-  assert_int_equal(np_punch_next(forger, 0, &bad), 1);
+  assert_int_equal(np__punch_next(caller, 0, &dg), 1);
+  assert_int_equal(np__punch_next(forger, 0, &bad), 1);
   np_addr from = s->side[CALLER].cand.mapped[0];
   np_addr self = s->side[CALLEE].cand.mapped[0];
-  assert_false(np_punch_input(callee, 1, 0, &from, bad.buf, bad.len));
-  assert_false(np_punch_input(caller, 1, 0, &self, dg.buf, dg.len)); /* reflected */
-  assert_false(np_punch_input(callee, 1, 0, &from, dg.buf, dg.len - 4));
+  assert_false(np__punch_input(callee, 1, 0, &from, bad.buf, bad.len));
+  assert_false(np__punch_input(caller, 1, 0, &self, dg.buf, dg.len)); /* reflected */
+  assert_false(np__punch_input(callee, 1, 0, &from, dg.buf, dg.len - 4));
   static const uint8_t junk[] = "hello, not STUN at all..";
-  assert_false(np_punch_input(callee, 1, 0, &from, junk, sizeof junk - 1));
+  assert_false(np__punch_input(callee, 1, 0, &from, junk, sizeof junk - 1));
   np_punch_result r;
-  np_punch_result_get(callee, &r);
+  np__punch_result_get(callee, &r);
   assert_int_equal(r.probes_received, 0);
   /* A flipped bit anywhere the integrity covers (everything but the 8-byte
    * FINGERPRINT) is refused too. (Flipping the FINGERPRINT's type makes it
@@ -1061,15 +1061,15 @@ static void refused_input(void **state) {
     uint8_t copy[NP_PUNCH_MAX_DATAGRAM];
     memcpy(copy, dg.buf, dg.len);
     copy[i] ^= 0x20;
-    if (np_punch_input(callee, 1, 0, &from, copy, dg.len))
+    if (np__punch_input(callee, 1, 0, &from, copy, dg.len))
       fail_msg("flipped byte %zu of %zu accepted", i, dg.len);
   }
-  assert_true(np_punch_input(callee, 1, 0, &from, dg.buf, dg.len));
-  np_punch_result_get(callee, &r);
+  assert_true(np__punch_input(callee, 1, 0, &from, dg.buf, dg.len));
+  np__punch_result_get(callee, &r);
   assert_int_equal(r.probes_received, 1);
-  np_punch_free(caller);
-  np_punch_free(callee);
-  np_punch_free(forger);
+  np__punch_free(caller);
+  np__punch_free(callee);
+  np__punch_free(forger);
   sim_free(s);
 }
 
@@ -1273,9 +1273,9 @@ static void flat_run(struct flat_world *w, enum flat_kind caller, enum flat_kind
         c.log_user = k == CALLER ? "flat caller" : "flat callee";
         c.log_level = NP_LOG_DEBUG;
       }
-      assert_int_equal(np_punch_new(&c, w->now, &sd->p), 0);
+      assert_int_equal(np__punch_new(&c, w->now, &sd->p), 0);
       if (k == CALLER) /* READY: right behind the caller's start */
-        np_punch_peer_ready(w->s[CALLEE].p, w->now + signaling_ms);
+        np__punch_peer_ready(w->s[CALLEE].p, w->now + signaling_ms);
     }
     /* Deliveries due now. */
     for (int i = 0; i < w->nq;) {
@@ -1289,7 +1289,7 @@ static void flat_run(struct flat_world *w, enum flat_kind caller, enum flat_kind
           lport == 5000) {
         if (sd->first_rx < 0)
           sd->first_rx = w->now;
-        (void)np_punch_input(sd->p, w->now, 0, &w->q[i].from, w->q[i].buf, w->q[i].len);
+        (void)np__punch_input(sd->p, w->now, 0, &w->q[i].from, w->q[i].buf, w->q[i].len);
       }
       w->q[i] = w->q[--w->nq];
     }
@@ -1298,7 +1298,7 @@ static void flat_run(struct flat_world *w, enum flat_kind caller, enum flat_kind
       if (!sd->p)
         continue;
       np_punch_datagram dg;
-      for (int guard = 0; guard < 64 && np_punch_next(sd->p, w->now, &dg); guard++) {
+      for (int guard = 0; guard < 64 && np__punch_next(sd->p, w->now, &dg); guard++) {
         int ttl = dg.ttl > 0 ? dg.ttl : 64;
         bool request = stun_class(&dg) == NP_STUN_REQUEST;
         bool to_peer = np_addr_same_ip(&dg.to, &w->s[!k].pub);
@@ -1335,7 +1335,7 @@ static void flat_run(struct flat_world *w, enum flat_kind caller, enum flat_kind
         settled = false;
         continue;
       }
-      np_punch_result_get(w->s[k].p, &w->s[k].res);
+      np__punch_result_get(w->s[k].p, &w->s[k].res);
       if (w->s[k].res.state == NP_PUNCH_RUNNING)
         settled = false;
     }
@@ -1344,12 +1344,12 @@ static void flat_run(struct flat_world *w, enum flat_kind caller, enum flat_kind
   }
   for (int k = 0; k < 2; k++)
     if (w->s[k].p)
-      np_punch_result_get(w->s[k].p, &w->s[k].res);
+      np__punch_result_get(w->s[k].p, &w->s[k].res);
 }
 
 static void flat_free(struct flat_world *w) {
   for (int k = 0; k < 2; k++)
-    np_punch_free(w->s[k].p);
+    np__punch_free(w->s[k].p);
 }
 
 /* Two rude cone NATs on one segment. Without the mode (neither side says
@@ -1449,43 +1449,43 @@ static void flat_needs_both_flags(void **state) {
   np_punch *p;
   /* One flag: the caller's probes go at once and keep going (no 30 s
    * silence): its second send is the usual 100 ms retransmission. */
-  assert_int_equal(np_punch_new(&c, 0, &p), 0);
+  assert_int_equal(np__punch_new(&c, 0, &p), 0);
   np_punch_datagram dg;
   int64_t sends[4];
   int n = 0;
   for (int64_t t = 0; t < 2000 && n < 4; t++)
-    while (n < 4 && np_punch_next(p, t, &dg))
+    while (n < 4 && np__punch_next(p, t, &dg))
       if (dg.ttl == 0)
         sends[n++] = t;
   assert_int_equal(n, 4);
   assert_true(sends[3] < 1000);
-  np_punch_free(p);
+  np__punch_free(p);
   /* Both flags: the mode is on, the same caller falls silent after 600 ms. */
   c.peer.flags = NP_SIG_CAND_FLAT;
-  assert_int_equal(np_punch_new(&c, 0, &p), 0);
+  assert_int_equal(np__punch_new(&c, 0, &p), 0);
   n = 0;
   for (int64_t t = 0; t < 31000; t++)
-    while (np_punch_next(p, t, &dg))
+    while (np__punch_next(p, t, &dg))
       if (dg.ttl == 0 && t >= 600)
         n++;
   assert_int_equal(n, 0);
   /* and its deadline covers the wait */
-  assert_true(np_punch_wakeup(p) <= 31200);
+  assert_true(np__punch_wakeup(p) <= 31200);
   np_punch_result r;
-  np_punch_result_get(p, &r);
+  np__punch_result_get(p, &r);
   assert_int_equal(r.state, NP_PUNCH_RUNNING);
-  np_punch_free(p);
+  np__punch_free(p);
   /* Same public IP: the usual way (the LAN addresses are tried). */
   c.peer.mapped[0] = c.peer.mapped[1] = A("203.0.113.11:6000");
   c.peer_observed = A("203.0.113.11:7001"); /* the server saw one IP too */
-  assert_int_equal(np_punch_new(&c, 0, &p), 0);
+  assert_int_equal(np__punch_new(&c, 0, &p), 0);
   n = 0;
   for (int64_t t = 600; t < 3000; t++)
-    while (np_punch_next(p, t, &dg))
+    while (np__punch_next(p, t, &dg))
       if (dg.ttl == 0 && np_addr_same_ip(&dg.to, &c.peer.mapped[0]))
         n++;
   assert_true(n > 0);
-  np_punch_free(p);
+  np__punch_free(p);
   free(w);
 }
 /* ==== end of flat segment ===================================================== */
@@ -1535,10 +1535,10 @@ static void replayed_response_refused(void **state) {
   assert_agreed(s, NP_VIA_REFLEXIVE);
   assert_true(s->have_resp);
   np_punch_result before, after;
-  np_punch_result_get(s->side[CALLER].p, &before);
-  assert_false(np_punch_input(s->side[CALLER].p, s->now, s->resp.to_port, &s->resp.from,
+  np__punch_result_get(s->side[CALLER].p, &before);
+  assert_false(np__punch_input(s->side[CALLER].p, s->now, s->resp.to_port, &s->resp.from,
                               s->resp.buf, s->resp.len));
-  np_punch_result_get(s->side[CALLER].p, &after);
+  np__punch_result_get(s->side[CALLER].p, &after);
   assert_int_equal(after.probes_received, before.probes_received);
   sim_free(s);
 }
@@ -1554,7 +1554,7 @@ static np_punch *hostile_machine(struct sim *s, bool callee, const np_sig_candid
   c.peer = *peer;
   c.peer_observed = A(observed);
   np_punch *p = NULL;
-  assert_int_equal(np_punch_new(&c, 0, &p), 0);
+  assert_int_equal(np__punch_new(&c, 0, &p), 0);
   return p;
 }
 
@@ -1562,11 +1562,11 @@ static np_punch *hostile_machine(struct sim *s, bool callee, const np_sig_candid
  * datagram it sends; returns how many it sent. */
 static int drive(np_punch *p, int64_t ms, void (*check)(const np_punch_datagram *, void *),
                  void *user) {
-  np_punch_peer_ready(p, 0);
+  np__punch_peer_ready(p, 0);
   int sent = 0;
   for (int64_t now = 0; now <= ms; now++) {
     np_punch_datagram dg;
-    for (int i = 0; i < 4096 && np_punch_next(p, now, &dg); i++) {
+    for (int i = 0; i < 4096 && np__punch_next(p, now, &dg); i++) {
       check(&dg, user);
       sent++;
     }
@@ -1618,12 +1618,12 @@ static void no_usable_candidates(void **state) {
       np_punch *p =
           hostile_machine(s, callee, &sets[k], callee ? "203.0.113.11:40001" : "203.0.113.12:4");
       np_punch_result r;
-      np_punch_result_get(p, &r);
+      np__punch_result_get(p, &r);
       assert_int_equal(r.state, NP_PUNCH_FAILED);
       assert_int_equal(r.error, NP_ERR_UNREACHABLE);
       assert_non_null(strstr(r.reason, "no usable candidate"));
       assert_int_equal(drive(p, 3000, never, NULL), 0);
-      np_punch_free(p);
+      np__punch_free(p);
     }
   sim_free(s);
 }
@@ -1668,12 +1668,12 @@ static void aims_only_at_observed(void **state) {
     np_punch *p = hostile_machine(s, callee, &peer, obs);
     struct aim_check a = {A(obs), 0};
     np_punch_result r;
-    np_punch_result_get(p, &r);
+    np__punch_result_get(p, &r);
     assert_int_equal(r.state, NP_PUNCH_RUNNING);
     assert_true(drive(p, 4000, only_observed, &a) > 0);
-    np_punch_result_get(p, &r);
+    np__punch_result_get(p, &r);
     assert_true(r.rounds >= 1); /* the sweep ran, on the observed IP */
-    np_punch_free(p);
+    np__punch_free(p);
   }
   sim_free(s);
 }
@@ -1690,19 +1690,19 @@ static void third_party_request_ignored(void **state) {
   np_punch_config cc = make_config(s, CALLER, key, session);
   np_punch_config ce = make_config(s, CALLEE, key, session);
   np_punch *caller, *callee;
-  assert_int_equal(np_punch_new(&cc, 0, &caller), 0);
-  assert_int_equal(np_punch_new(&ce, 0, &callee), 0);
+  assert_int_equal(np__punch_new(&cc, 0, &caller), 0);
+  assert_int_equal(np__punch_new(&ce, 0, &callee), 0);
   np_punch_datagram dg, out;
-  assert_int_equal(np_punch_next(caller, 0, &dg), 1);
-  while (np_punch_next(callee, 0, &out)) /* its own primes */
+  assert_int_equal(np__punch_next(caller, 0, &dg), 1);
+  while (np__punch_next(callee, 0, &out)) /* its own primes */
     ;
   np_addr third = A("198.51.100.66:5000");
-  assert_true(np_punch_input(callee, 1, 0, &third, dg.buf, dg.len));
+  assert_true(np__punch_input(callee, 1, 0, &third, dg.buf, dg.len));
   for (int64_t now = 1; now < 2000; now++)
-    while (np_punch_next(callee, now, &out))
+    while (np__punch_next(callee, now, &out))
       assert_false(np_addr_same_ip(&out.to, &third));
-  np_punch_free(caller);
-  np_punch_free(callee);
+  np__punch_free(caller);
+  np__punch_free(callee);
   sim_free(s);
 }
 

@@ -104,11 +104,11 @@ static void full_msg(np_sig_msg *m, uint8_t type, bool v6) {
 
 /* The identity a type needs for encoding. */
 static const np_identity *signer(uint8_t type) {
-  return (np_sig_is_peer_type(type) || type == NP_SIG_REGISTER) ? alice : NULL;
+  return (np__sig_is_peer_type(type) || type == NP_SIG_REGISTER) ? alice : NULL;
 }
 
 static int encode(const np_sig_msg *m, uint8_t *buf) {
-  int n = np_sig_encode(m, signer(m->type), buf, BUF_CAP);
+  int n = np__sig_encode(m, signer(m->type), buf, BUF_CAP);
   assert_true(n > NP_SIG_LEN_PREFIX);
   return n;
 }
@@ -116,9 +116,9 @@ static int encode(const np_sig_msg *m, uint8_t *buf) {
 /* Frame -> decoded message, asserting the frame is whole and valid. */
 static void decode_frame(const uint8_t *buf, int n, np_sig_msg *d) {
   size_t body_len = 0;
-  assert_int_equal(np_sig_frame_check(buf, (size_t)n, 0, &body_len), 0);
+  assert_int_equal(np__sig_frame_check(buf, (size_t)n, 0, &body_len), 0);
   assert_int_equal(body_len + NP_SIG_LEN_PREFIX, (size_t)n);
-  assert_int_equal(np_sig_decode(buf + NP_SIG_LEN_PREFIX, body_len, d), 0);
+  assert_int_equal(np__sig_decode(buf + NP_SIG_LEN_PREFIX, body_len, d), 0);
 }
 
 static void assert_addr_equal(const np_addr *a, const np_addr *b) {
@@ -184,17 +184,17 @@ static void test_round_trip_every_type(void **state) {
       int n = encode(&m, buf);
       decode_frame(buf, n, &d);
       assert_same_fields(&d, &m);
-      bool is_signed = np_sig_is_peer_type(t) || t == NP_SIG_REGISTER;
+      bool is_signed = np__sig_is_peer_type(t) || t == NP_SIG_REGISTER;
       assert_int_equal(d.has_signature, is_signed);
-      if (np_sig_is_peer_type(t)) {
+      if (np__sig_is_peer_type(t)) {
         assert_true(d.signed_len > NP_SIG_HEADER_LEN);
-        assert_int_equal(np_sig_verify(buf + NP_SIG_LEN_PREFIX, (size_t)n - 4, &d), 0);
+        assert_int_equal(np__sig_verify(buf + NP_SIG_LEN_PREFIX, (size_t)n - 4, &d), 0);
       } else {
         assert_int_equal(d.signed_len, 0);
-        assert_int_equal(np_sig_verify(buf + NP_SIG_LEN_PREFIX, (size_t)n - 4, &d), NP_ERR_AUTH);
+        assert_int_equal(np__sig_verify(buf + NP_SIG_LEN_PREFIX, (size_t)n - 4, &d), NP_ERR_AUTH);
       }
       if (t == NP_SIG_REGISTER)
-        assert_int_equal(np_sig_verify_register(&d, m.nonce), 0);
+        assert_int_equal(np__sig_verify_register(&d, m.nonce), 0);
     }
   }
 }
@@ -264,28 +264,28 @@ static void test_offer_signature_every_byte(void **state) {
     decode_frame(buf, n, &d);
     uint8_t *body = buf + NP_SIG_LEN_PREFIX;
     size_t len = (size_t)n - NP_SIG_LEN_PREFIX;
-    assert_int_equal(np_sig_verify(body, len, &d), 0);
+    assert_int_equal(np__sig_verify(body, len, &d), 0);
     assert_int_equal(len, d.signed_len + 4 + NP_SIGNATURE_LEN);
     for (size_t i = 0; i < len; i++) {
       for (int bit = 0; bit < 8; bit++) {
         body[i] ^= (uint8_t)(1u << bit);
         np_sig_msg x;
-        int rc = np_sig_decode(body, len, &x);
-        if (rc == 0 && np_sig_verify(body, len, &x) == 0)
-          fail_msg("%s: flipping bit %d of byte %zu still verifies", np_sig_type_name(t), bit, i);
+        int rc = np__sig_decode(body, len, &x);
+        if (rc == 0 && np__sig_verify(body, len, &x) == 0)
+          fail_msg("%s: flipping bit %d of byte %zu still verifies", np__sig_type_name(t), bit, i);
         body[i] ^= (uint8_t)(1u << bit);
       }
     }
     /* Another key. */
     memcpy(d.from, bob_pk, NP_PUBKEY_LEN);
-    assert_int_equal(np_sig_verify(body, len, &d), NP_ERR_AUTH);
+    assert_int_equal(np__sig_verify(body, len, &d), NP_ERR_AUTH);
     /* Only the signed bytes: a shorter signed_len fails. */
     decode_frame(buf, n, &d);
     d.signed_len--;
-    assert_int_equal(np_sig_verify(body, len, &d), NP_ERR_AUTH);
+    assert_int_equal(np__sig_verify(body, len, &d), NP_ERR_AUTH);
     /* signed_len beyond the body. */
     decode_frame(buf, n, &d);
-    assert_int_equal(np_sig_verify(body, d.signed_len - 1, &d), NP_ERR_AUTH);
+    assert_int_equal(np__sig_verify(body, d.signed_len - 1, &d), NP_ERR_AUTH);
   }
 }
 
@@ -295,22 +295,22 @@ static void test_offer_signed_by_other_key(void **state) {
   np_sig_msg m, d;
   full_msg(&m, NP_SIG_OFFER, false);
   /* The identity must be FROM's. */
-  assert_int_equal(np_sig_encode(&m, bob, buf, BUF_CAP), NP_ERR_INVAL);
-  assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, bob, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
   /* Bob signs a message claiming to be from Bob, then FROM is rewritten to
    * Alice (a forgery attempt): it decodes, but does not verify. */
   memcpy(m.from, bob_pk, NP_PUBKEY_LEN);
-  int n = np_sig_encode(&m, bob, buf, BUF_CAP);
+  int n = np__sig_encode(&m, bob, buf, BUF_CAP);
   assert_true(n > 0);
   decode_frame(buf, n, &d);
   uint8_t *body = buf + NP_SIG_LEN_PREFIX;
-  assert_int_equal(np_sig_verify(body, (size_t)n - 4, &d), 0);
+  assert_int_equal(np__sig_verify(body, (size_t)n - 4, &d), 0);
   uint8_t *from = memmem(body, (size_t)n - 4, bob_pk, NP_PUBKEY_LEN);
   assert_non_null(from);
   memcpy(from, alice_pk, NP_PUBKEY_LEN);
   decode_frame(buf, n, &d);
   assert_memory_equal(d.from, alice_pk, NP_PUBKEY_LEN);
-  assert_int_equal(np_sig_verify(body, (size_t)n - 4, &d), NP_ERR_AUTH);
+  assert_int_equal(np__sig_verify(body, (size_t)n - 4, &d), NP_ERR_AUTH);
 }
 
 static void test_register_signature(void **state) {
@@ -320,57 +320,57 @@ static void test_register_signature(void **state) {
   full_msg(&m, NP_SIG_REGISTER, false);
   int n = encode(&m, buf);
   decode_frame(buf, n, &d);
-  assert_int_equal(np_sig_verify_register(&d, m.nonce), 0);
+  assert_int_equal(np__sig_verify_register(&d, m.nonce), 0);
   /* Any other nonce. */
   for (int i = 0; i < NP_SIG_NONCE_LEN; i++) {
     uint8_t other[NP_SIG_NONCE_LEN];
     memcpy(other, m.nonce, sizeof other);
     other[i] ^= 0x10;
-    assert_int_equal(np_sig_verify_register(&d, other), NP_ERR_AUTH);
+    assert_int_equal(np__sig_verify_register(&d, other), NP_ERR_AUTH);
   }
   /* The allow list is covered: dropping or changing an entry fails. */
   np_sig_msg x = d;
   x.n_allow--;
-  assert_int_equal(np_sig_verify_register(&x, m.nonce), NP_ERR_AUTH);
+  assert_int_equal(np__sig_verify_register(&x, m.nonce), NP_ERR_AUTH);
   x = d;
   x.allow[1][5] ^= 1;
-  assert_int_equal(np_sig_verify_register(&x, m.nonce), NP_ERR_AUTH);
+  assert_int_equal(np__sig_verify_register(&x, m.nonce), NP_ERR_AUTH);
   /* The key is covered: bob cannot claim alice's signature. */
   x = d;
   memcpy(x.pubkey, bob_pk, NP_PUBKEY_LEN);
-  assert_int_equal(np_sig_verify_register(&x, m.nonce), NP_ERR_AUTH);
+  assert_int_equal(np__sig_verify_register(&x, m.nonce), NP_ERR_AUTH);
   x = d;
   x.signature[63] ^= 0x80;
-  assert_int_equal(np_sig_verify_register(&x, m.nonce), NP_ERR_AUTH);
+  assert_int_equal(np__sig_verify_register(&x, m.nonce), NP_ERR_AUTH);
   /* Not a REGISTER. */
   x = d;
   x.type = NP_SIG_HELLO;
-  assert_int_equal(np_sig_verify_register(&x, m.nonce), NP_ERR_AUTH);
+  assert_int_equal(np__sig_verify_register(&x, m.nonce), NP_ERR_AUTH);
   /* A REGISTER's signature is not an OFFER signature. */
-  assert_int_equal(np_sig_verify(buf + 4, (size_t)n - 4, &d), NP_ERR_AUTH);
+  assert_int_equal(np__sig_verify(buf + 4, (size_t)n - 4, &d), NP_ERR_AUTH);
 
   /* The payload: context, nonce, key, allow list; exact size needed. */
   uint8_t payload[8192];
   int plen =
-      np_sig_register_payload(m.nonce, alice_pk, m.allow, m.n_allow, payload, sizeof payload);
+      np__sig_register_payload(m.nonce, alice_pk, m.allow, m.n_allow, payload, sizeof payload);
   assert_true(plen > 0);
   assert_int_equal(plen, (int)(sizeof "natpunch register v1" + 32 + 32 + 3 * 32));
   assert_memory_equal(payload, "natpunch register v1", sizeof "natpunch register v1");
   assert_int_equal(
-      np_sig_register_payload(m.nonce, alice_pk, m.allow, m.n_allow, payload, (size_t)plen - 1),
+      np__sig_register_payload(m.nonce, alice_pk, m.allow, m.n_allow, payload, (size_t)plen - 1),
       NP_ERR_NOSPACE);
   assert_int_equal(
-      np_sig_register_payload(m.nonce, alice_pk, m.allow, NP_SIG_MAX_ALLOW + 1, payload, 99999),
+      np__sig_register_payload(m.nonce, alice_pk, m.allow, NP_SIG_MAX_ALLOW + 1, payload, 99999),
       NP_ERR_INVAL);
   /* Encoding REGISTER needs the identity and the nonce, and a PUBKEY in msg
    * must be the identity's. */
-  assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
   memcpy(m.pubkey, bob_pk, NP_PUBKEY_LEN);
-  assert_int_equal(np_sig_encode(&m, alice, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, alice, buf, BUF_CAP), NP_ERR_INVAL);
   m.has_pubkey = false;
-  assert_true(np_sig_encode(&m, alice, buf, BUF_CAP) > 0);
+  assert_true(np__sig_encode(&m, alice, buf, BUF_CAP) > 0);
   m.has_nonce = false;
-  assert_int_equal(np_sig_encode(&m, alice, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, alice, buf, BUF_CAP), NP_ERR_INVAL);
 }
 
 /* Counts TLVs of type t in a frame. */
@@ -395,25 +395,25 @@ static void test_stamp_observed(void **state) {
   int unstamped = n;
 
   np_addr v4 = addr("198.51.100.99:4444"), v6 = addr("[2001:db8::99]:6666");
-  int n1 = np_sig_stamp_observed(buf, (size_t)n, BUF_CAP, &v4);
+  int n1 = np__sig_stamp_observed(buf, (size_t)n, BUF_CAP, &v4);
   assert_int_equal(n1, n + 4 + 8);
   decode_frame(buf, n1, &d);
   assert_addr_equal(&d.observed, &v4);
-  assert_int_equal(np_sig_verify(buf + 4, (size_t)n1 - 4, &d), 0);
+  assert_int_equal(np__sig_verify(buf + 4, (size_t)n1 - 4, &d), 0);
 
   /* Replacing: still one OBSERVED, the new one, signature intact. */
-  int n2 = np_sig_stamp_observed(buf, (size_t)n1, BUF_CAP, &v6);
+  int n2 = np__sig_stamp_observed(buf, (size_t)n1, BUF_CAP, &v6);
   assert_int_equal(n2, n + 4 + 20);
   decode_frame(buf, n2, &d);
   assert_addr_equal(&d.observed, &v6);
   assert_int_equal(count_tlv(buf, n2, NP_SIG_T_OBSERVED), 1);
-  assert_int_equal(np_sig_verify(buf + 4, (size_t)n2 - 4, &d), 0);
-  int n3 = np_sig_stamp_observed(buf, (size_t)n2, BUF_CAP, &v4);
+  assert_int_equal(np__sig_verify(buf + 4, (size_t)n2 - 4, &d), 0);
+  int n3 = np__sig_stamp_observed(buf, (size_t)n2, BUF_CAP, &v4);
   assert_int_equal(n3, n1);
   decode_frame(buf, n3, &d);
   assert_addr_equal(&d.observed, &v4);
   assert_int_equal(count_tlv(buf, n3, NP_SIG_T_OBSERVED), 1);
-  assert_int_equal(np_sig_verify(buf + 4, (size_t)n3 - 4, &d), 0);
+  assert_int_equal(np__sig_verify(buf + 4, (size_t)n3 - 4, &d), 0);
   /* Everything else is as sent. */
   m.observed = v4;
   assert_same_fields(&d, &m);
@@ -421,15 +421,15 @@ static void test_stamp_observed(void **state) {
   /* Not enough room: NOSPACE and the frame untouched. */
   uint8_t copy[BUF_CAP];
   memcpy(copy, buf, (size_t)n3);
-  assert_int_equal(np_sig_stamp_observed(buf, (size_t)n3, (size_t)n3 + 11, &v6), NP_ERR_NOSPACE);
+  assert_int_equal(np__sig_stamp_observed(buf, (size_t)n3, (size_t)n3 + 11, &v6), NP_ERR_NOSPACE);
   assert_memory_equal(copy, buf, (size_t)n3);
   /* Exactly enough room. */
-  assert_int_equal(np_sig_stamp_observed(buf, (size_t)n3, (size_t)n3 + 12, &v6), n + 24);
+  assert_int_equal(np__sig_stamp_observed(buf, (size_t)n3, (size_t)n3 + 12, &v6), n + 24);
 
   /* Unsigned types whose OBSERVED sits before other TLVs are stamped too. */
   full_msg(&m, NP_SIG_CHALLENGE, true);
   n = encode(&m, buf);
-  n1 = np_sig_stamp_observed(buf, (size_t)n, BUF_CAP, &v4);
+  n1 = np__sig_stamp_observed(buf, (size_t)n, BUF_CAP, &v4);
   assert_int_equal(n1, n - 20 + 8);
   decode_frame(buf, n1, &d);
   assert_addr_equal(&d.observed, &v4);
@@ -440,16 +440,16 @@ static void test_stamp_observed(void **state) {
   full_msg(&m, NP_SIG_OFFER, false);
   n = encode(&m, buf);
   buf[n - 30] ^= 1; /* inside the signature: still decodes; stamping allowed */
-  assert_true(np_sig_stamp_observed(buf, (size_t)n, BUF_CAP, &v4) > 0);
+  assert_true(np__sig_stamp_observed(buf, (size_t)n, BUF_CAP, &v4) > 0);
   n = encode(&m, buf);
   buf[4] = 2; /* version */
-  assert_int_equal(np_sig_stamp_observed(buf, (size_t)n, BUF_CAP, &v4), NP_ERR_PROTO);
+  assert_int_equal(np__sig_stamp_observed(buf, (size_t)n, BUF_CAP, &v4), NP_ERR_PROTO);
   n = encode(&m, buf);
-  assert_int_equal(np_sig_stamp_observed(buf, (size_t)n - 1, BUF_CAP, &v4), NP_ERR_PROTO);
-  assert_int_equal(np_sig_stamp_observed(buf, 3, BUF_CAP, &v4), NP_ERR_PROTO);
+  assert_int_equal(np__sig_stamp_observed(buf, (size_t)n - 1, BUF_CAP, &v4), NP_ERR_PROTO);
+  assert_int_equal(np__sig_stamp_observed(buf, 3, BUF_CAP, &v4), NP_ERR_PROTO);
   np_addr unset;
   memset(&unset, 0, sizeof unset);
-  assert_int_equal(np_sig_stamp_observed(buf, (size_t)n, BUF_CAP, &unset), NP_ERR_INVAL);
+  assert_int_equal(np__sig_stamp_observed(buf, (size_t)n, BUF_CAP, &unset), NP_ERR_INVAL);
   (void)unstamped;
 }
 
@@ -483,7 +483,7 @@ static void test_stamp_observed_in_the_middle(void **state) {
   uint32_t be = htonl((uint32_t)len);
   memcpy(frame, &be, 4);
   np_addr v6 = addr("[2001:db8::5]:5555"), p = addr("10.0.0.1:8080");
-  int n = np_sig_stamp_observed(frame, 4 + len, BUF_CAP, &v6);
+  int n = np__sig_stamp_observed(frame, 4 + len, BUF_CAP, &v6);
   assert_int_equal(n, (int)(4 + len - 12 + 24));
   np_sig_msg d;
   decode_frame(frame, n, &d);
@@ -505,17 +505,17 @@ static void test_framing(void **state) {
   int n = encode(&m, buf);
   size_t body_len = 12345;
   for (int avail = 0; avail < n; avail++) {
-    assert_int_equal(np_sig_frame_check(buf, (size_t)avail, 0, &body_len), NP_ERR_NOSPACE);
+    assert_int_equal(np__sig_frame_check(buf, (size_t)avail, 0, &body_len), NP_ERR_NOSPACE);
     assert_int_equal(body_len, 12345);
   }
-  assert_int_equal(np_sig_frame_check(buf, (size_t)n, 0, &body_len), 0);
+  assert_int_equal(np__sig_frame_check(buf, (size_t)n, 0, &body_len), 0);
   assert_int_equal(body_len, (size_t)n - 4);
   /* The start of the next frame after it does not matter. */
-  assert_int_equal(np_sig_frame_check(buf, (size_t)n + 3, 0, &body_len), 0);
+  assert_int_equal(np__sig_frame_check(buf, (size_t)n + 3, 0, &body_len), 0);
   assert_int_equal(body_len, (size_t)n - 4);
   /* A configured maximum below the body refuses it, from the prefix alone. */
-  assert_int_equal(np_sig_frame_check(buf, 4, (size_t)n - 5, &body_len), NP_ERR_PROTO);
-  assert_int_equal(np_sig_frame_check(buf, 4, (size_t)n - 4, &body_len), NP_ERR_NOSPACE);
+  assert_int_equal(np__sig_frame_check(buf, 4, (size_t)n - 5, &body_len), NP_ERR_PROTO);
+  assert_int_equal(np__sig_frame_check(buf, 4, (size_t)n - 4, &body_len), NP_ERR_NOSPACE);
 
   /* Announced sizes around the protocol maximum and below a header. */
   uint8_t hdr[4];
@@ -538,7 +538,7 @@ static void test_framing(void **state) {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     uint32_t be = htonl(cases[i].len);
     memcpy(hdr, &be, 4);
-    assert_int_equal(np_sig_frame_check(hdr, 4, cases[i].max, &body_len), cases[i].rc);
+    assert_int_equal(np__sig_frame_check(hdr, 4, cases[i].max, &body_len), cases[i].rc);
   }
 }
 
@@ -567,7 +567,7 @@ static void test_every_truncation(void **state) {
           minimal_msg(&m, t);
         else
           full_msg(&m, t, v6);
-        bool is_signed = np_sig_is_peer_type(t) || t == NP_SIG_REGISTER;
+        bool is_signed = np__sig_is_peer_type(t) || t == NP_SIG_REGISTER;
         if (is_signed)
           m.observed.u.sa.sa_family = AF_UNSPEC; /* SIGNATURE is then last */
         int n = encode(&m, buf);
@@ -577,12 +577,12 @@ static void test_every_truncation(void **state) {
           uint8_t *body = malloc(cut ? cut : 1);
           assert_non_null(body);
           memcpy(body, buf + NP_SIG_LEN_PREFIX, cut);
-          int rc = np_sig_decode(body, cut, &d);
+          int rc = np__sig_decode(body, cut, &d);
           free(body);
           /* Only a cut between TLVs can leave a well-formed message, and
            * never one that lost its signature. */
           if (rc == 0 && !(at_tlv_boundary(buf, n, cut) && !is_signed))
-            fail_msg("%s %s v6=%d: body cut to %zu of %zu accepted", np_sig_type_name(t),
+            fail_msg("%s %s v6=%d: body cut to %zu of %zu accepted", np__sig_type_name(t),
                      minimal ? "minimal" : "full", v6, cut, len);
           if (rc != 0) {
             assert_int_equal(rc, NP_ERR_PROTO);
@@ -630,7 +630,7 @@ static void tlv_fill(body *x, uint16_t t, size_t vlen) {
 static const uint8_t v4_wire[8] = {4, 0, 0x1f, 0x90, 10, 0, 0, 1};
 static const uint8_t v6_wire[20] = {6, 0, 0x1f, 0x90, 0x20, 0x01, 0x0d, 0xb8, [19] = 1};
 
-/* Signs everything so far (as np_sig_encode does) and appends SIGNATURE. */
+/* Signs everything so far (as np__sig_encode does) and appends SIGNATURE. */
 static void sign(body *x, const np_identity *id) {
   uint8_t sig[NP_SIGNATURE_LEN];
   np_identity_sign(id, x->b, x->len, sig);
@@ -648,7 +648,7 @@ static void offer_fields(body *x) {
 
 static int dec(const body *x) {
   np_sig_msg m;
-  return np_sig_decode(x->b, x->len, &m);
+  return np__sig_decode(x->b, x->len, &m);
 }
 
 static void test_header_checks(void **state) {
@@ -680,16 +680,16 @@ static void test_header_checks(void **state) {
   /* Too short for a header. */
   np_sig_msg m;
   static const uint8_t three[] = {NP_SIG_VERSION, NP_SIG_PING, 0};
-  assert_int_equal(np_sig_decode(three, 3, &m), NP_ERR_PROTO);
-  assert_int_equal(np_sig_decode(NULL, 0, &m), NP_ERR_PROTO);
-  assert_int_equal(np_sig_decode(three, 3, NULL), NP_ERR_INVAL);
+  assert_int_equal(np__sig_decode(three, 3, &m), NP_ERR_PROTO);
+  assert_int_equal(np__sig_decode(NULL, 0, &m), NP_ERR_PROTO);
+  assert_int_equal(np__sig_decode(three, 3, NULL), NP_ERR_INVAL);
   /* Type names. */
-  assert_string_equal(np_sig_type_name(NP_SIG_OFFER), "OFFER");
-  assert_string_equal(np_sig_type_name(NP_SIG_REGISTERED), "REGISTERED");
-  assert_string_equal(np_sig_type_name(NP_SIG_PONG), "PONG");
-  assert_string_equal(np_sig_type_name(NP_SIG_READY), "READY");
-  assert_string_equal(np_sig_type_name(0), "?");
-  assert_string_equal(np_sig_type_name(NP_SIG_READY + 1), "?");
+  assert_string_equal(np__sig_type_name(NP_SIG_OFFER), "OFFER");
+  assert_string_equal(np__sig_type_name(NP_SIG_REGISTERED), "REGISTERED");
+  assert_string_equal(np__sig_type_name(NP_SIG_PONG), "PONG");
+  assert_string_equal(np__sig_type_name(NP_SIG_READY), "READY");
+  assert_string_equal(np__sig_type_name(0), "?");
+  assert_string_equal(np__sig_type_name(NP_SIG_READY + 1), "?");
 }
 
 static void test_required_fields(void **state) {
@@ -848,7 +848,7 @@ static void test_addresses(void **state) {
   body_init(&x, NP_SIG_PING);
   tlv(&x, NP_SIG_T_PEER_SEEN, v6_wire, sizeof v6_wire);
   tlv(&x, NP_SIG_T_PORTMAP, v4_wire, sizeof v4_wire);
-  assert_int_equal(np_sig_decode(x.b, x.len, &m), 0);
+  assert_int_equal(np__sig_decode(x.b, x.len, &m), 0);
   np_addr e6 = addr("[2001:db8::1]:8080"), e4 = addr("10.0.0.1:8080");
   assert_addr_equal(&m.peer_seen, &e6);
   assert_addr_equal(&m.cand.portmap, &e4);
@@ -874,7 +874,7 @@ static void test_repeat_limits(void **state) {
         else
           tlv(&x, rep[i].t, j % 2 ? v6_wire : v4_wire, j % 2 ? 20 : 8);
       }
-      int rc = np_sig_decode(x.b, x.len, &m);
+      int rc = np__sig_decode(x.b, x.len, &m);
       assert_int_equal(rc, count <= rep[i].max ? 0 : NP_ERR_PROTO);
       if (rc == 0) {
         int got = rep[i].t == NP_SIG_T_PRIVATE  ? m.cand.n_private
@@ -933,8 +933,8 @@ static void test_signature_placement(void **state) {
   sign(&x, alice);
   assert_int_equal(dec(&x), 0);
   tlv(&x, NP_SIG_T_OBSERVED, v4_wire, 8);
-  assert_int_equal(np_sig_decode(x.b, x.len, &m), 0);
-  assert_int_equal(np_sig_verify(x.b, x.len, &m), 0);
+  assert_int_equal(np__sig_decode(x.b, x.len, &m), 0);
+  assert_int_equal(np__sig_verify(x.b, x.len, &m), 0);
   /* Anything else after the signature is refused: known, unknown, a
    * second OBSERVED, a second SIGNATURE. */
   static const uint16_t after[] = {NP_SIG_T_PRIVATE,  NP_SIG_T_PEER_SEEN, 0x7777, 0,
@@ -987,7 +987,7 @@ static void test_unknown_tlv_skipped(void **state) {
   tlv_fill(&x, 0, 0);
   tlv_fill(&x, 0xffff, 200);
   tlv_fill(&x, 0x001f, 3); /* the top of the seen mask, unassigned */
-  assert_int_equal(np_sig_decode(x.b, x.len, &m), 0);
+  assert_int_equal(np__sig_decode(x.b, x.len, &m), 0);
   assert_int_equal(m.type, NP_SIG_PING);
   /* Unknown TLVs may repeat. */
   tlv_fill(&x, 0x1234, 5);
@@ -997,11 +997,11 @@ static void test_unknown_tlv_skipped(void **state) {
   offer_fields(&x);
   tlv_fill(&x, 0x4321, 7);
   sign(&x, alice);
-  assert_int_equal(np_sig_decode(x.b, x.len, &m), 0);
-  assert_int_equal(np_sig_verify(x.b, x.len, &m), 0);
+  assert_int_equal(np__sig_decode(x.b, x.len, &m), 0);
+  assert_int_equal(np__sig_verify(x.b, x.len, &m), 0);
   x.b[x.len - 68 - 4] ^= 1; /* a byte of the unknown TLV's value */
-  assert_int_equal(np_sig_decode(x.b, x.len, &m), 0);
-  assert_int_equal(np_sig_verify(x.b, x.len, &m), NP_ERR_AUTH);
+  assert_int_equal(np__sig_decode(x.b, x.len, &m), 0);
+  assert_int_equal(np__sig_verify(x.b, x.len, &m), NP_ERR_AUTH);
 }
 
 static void test_padding(void **state) {
@@ -1062,7 +1062,7 @@ static void test_values(void **state) {
       body_init(&x, NP_SIG_PING);
       tlv(&x, NP_SIG_T_STRIDE, v, 8);
       bool ok = kind >= 1 && kind <= 3 && views >= 2 && views <= 8;
-      assert_int_equal(np_sig_decode(x.b, x.len, &m), ok ? 0 : NP_ERR_PROTO);
+      assert_int_equal(np__sig_decode(x.b, x.len, &m), ok ? 0 : NP_ERR_PROTO);
       if (ok) {
         assert_true(m.cand.have_stride);
         assert_int_equal(m.cand.stride, -20011);
@@ -1078,7 +1078,7 @@ static void test_values(void **state) {
   body_init(&x, NP_SIG_PING);
   tlv(&x, NP_SIG_T_DELTA, delta, 4);
   tlv(&x, NP_SIG_T_TIMESTAMP, ts, 8);
-  assert_int_equal(np_sig_decode(x.b, x.len, &m), 0);
+  assert_int_equal(np__sig_decode(x.b, x.len, &m), 0);
   assert_int_equal(m.cand.delta, -2);
   assert_true(m.timestamp_ms == 0x0102030405060708ULL);
   /* Error codes outside 100..999. */
@@ -1099,7 +1099,7 @@ static void test_error_text(void **state) {
   static const uint8_t v[] = {0x01, 0x93, 'a', 0, 'b', 0x1b, '[', '2', 'J', 0x7f, '\n', 'z'};
   body_init(&x, NP_SIG_ERROR);
   tlv(&x, NP_SIG_T_ERROR, v, sizeof v);
-  assert_int_equal(np_sig_decode(x.b, x.len, &m), 0);
+  assert_int_equal(np__sig_decode(x.b, x.len, &m), 0);
   assert_int_equal(m.error_code, 403);
   assert_string_equal(m.error_text, "a?b?[2J??z");
 
@@ -1110,7 +1110,7 @@ static void test_error_text(void **state) {
   memset(big + 2, 'x', 400);
   body_init(&x, NP_SIG_ERROR);
   tlv(&x, NP_SIG_T_ERROR, big, sizeof big);
-  assert_int_equal(np_sig_decode(x.b, x.len, &m), 0);
+  assert_int_equal(np__sig_decode(x.b, x.len, &m), 0);
   assert_int_equal(strlen(m.error_text), NP_SIG_MAX_TEXT);
   /* ...and back to a character boundary: a 2-byte character straddling the
    * cut is dropped whole. */
@@ -1123,7 +1123,7 @@ static void test_error_text(void **state) {
   }
   body_init(&x, NP_SIG_ERROR);
   tlv(&x, NP_SIG_T_ERROR, big, sizeof big);
-  assert_int_equal(np_sig_decode(x.b, x.len, &m), 0);
+  assert_int_equal(np__sig_decode(x.b, x.len, &m), 0);
   assert_int_equal(strlen(m.error_text), NP_SIG_MAX_TEXT - 1);
   assert_int_equal((uint8_t)m.error_text[NP_SIG_MAX_TEXT - 2], 0xa9);
 
@@ -1161,14 +1161,14 @@ static void test_encode_overflow_every_capacity(void **state) {
       for (int cap = 0; cap < need; cap++) {
         uint8_t *b = malloc(cap ? (size_t)cap : 1); /* exact: ASan sees overruns */
         assert_non_null(b);
-        int rc = np_sig_encode(&m, signer(t), b, (size_t)cap);
+        int rc = np__sig_encode(&m, signer(t), b, (size_t)cap);
         free(b);
         if (rc != NP_ERR_NOSPACE)
-          fail_msg("%s: capacity %d of %d gave %d", np_sig_type_name(t), cap, need, rc);
+          fail_msg("%s: capacity %d of %d gave %d", np__sig_type_name(t), cap, need, rc);
       }
       uint8_t *b = malloc((size_t)need);
       assert_non_null(b);
-      assert_int_equal(np_sig_encode(&m, signer(t), b, (size_t)need), need);
+      assert_int_equal(np__sig_encode(&m, signer(t), b, (size_t)need), need);
       /* Signatures are deterministic (Ed25519), so the bytes match. */
       assert_memory_equal(b, ref, (size_t)need);
       free(b);
@@ -1192,7 +1192,7 @@ static void test_flags_only_when_set(void **state) {
   assert_int_equal(n1, n0 + 8); /* one TLV: header + u32 */
   decode_frame(flagged, n1, &d);
   assert_int_equal(d.cand.flags, NP_SIG_CAND_FLAT);
-  assert_int_equal(np_sig_verify(flagged + NP_SIG_LEN_PREFIX, (size_t)n1 - NP_SIG_LEN_PREFIX, &d),
+  assert_int_equal(np__sig_verify(flagged + NP_SIG_LEN_PREFIX, (size_t)n1 - NP_SIG_LEN_PREFIX, &d),
                    0);
   /* Given twice it is ambiguous: refused like any repeated fixed TLV. */
   body x;
@@ -1210,56 +1210,56 @@ static void test_encode_invalid(void **state) {
   np_sig_msg m;
   for (uint8_t t = 0; t <= NP_SIG_READY + 1; t += NP_SIG_READY + 1) {
     full_msg(&m, t, false);
-    assert_int_equal(np_sig_encode(&m, alice, buf, BUF_CAP), NP_ERR_INVAL);
+    assert_int_equal(np__sig_encode(&m, alice, buf, BUF_CAP), NP_ERR_INVAL);
   }
   full_msg(&m, NP_SIG_PING, false);
   m.cand.n_private = NP_SIG_MAX_PRIVATE + 1;
-  assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
   m.cand.n_private = -1;
-  assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
   full_msg(&m, NP_SIG_PING, false);
   m.cand.n_mapped = NP_SIG_MAX_MAPPED + 1;
-  assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
   full_msg(&m, NP_SIG_PING, false);
   m.n_allow = NP_SIG_MAX_ALLOW + 1;
-  assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
   full_msg(&m, NP_SIG_PING, false);
   m.cand.private_addrs[2].u.sa.sa_family = AF_UNSPEC; /* a hole in the list */
-  assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
   full_msg(&m, NP_SIG_PING, false);
   m.cand.portmap.u.sa.sa_family = AF_UNIX;
-  assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
   full_msg(&m, NP_SIG_PING, false);
   m.cand.mapping = 4;
-  assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
   full_msg(&m, NP_SIG_PING, false);
   m.cand.nat_kind = 0; /* "not classified" is said by leaving STRIDE out */
-  assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
   full_msg(&m, NP_SIG_PING, false);
   m.cand.n_views = 9;
-  assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
   full_msg(&m, NP_SIG_PING, false);
   m.error_code = 42;
-  assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
   /* Required fields missing. */
   minimal_msg(&m, NP_SIG_HELLO);
   m.has_pubkey = false;
-  assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
   minimal_msg(&m, NP_SIG_CHALLENGE);
   m.has_nonce = false;
-  assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
   minimal_msg(&m, NP_SIG_ERROR);
   m.error_code = 0;
-  assert_int_equal(np_sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, NULL, buf, BUF_CAP), NP_ERR_INVAL);
   for (int skip = 0; skip < 4; skip++) {
     minimal_msg(&m, NP_SIG_ANSWER);
     bool *flags[] = {&m.has_from, &m.has_to, &m.has_session, &m.has_timestamp};
     *flags[skip] = false;
-    assert_int_equal(np_sig_encode(&m, alice, buf, BUF_CAP), NP_ERR_INVAL);
+    assert_int_equal(np__sig_encode(&m, alice, buf, BUF_CAP), NP_ERR_INVAL);
   }
-  assert_int_equal(np_sig_encode(NULL, alice, buf, BUF_CAP), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(NULL, alice, buf, BUF_CAP), NP_ERR_INVAL);
   minimal_msg(&m, NP_SIG_PING);
-  assert_int_equal(np_sig_encode(&m, NULL, NULL, 64), NP_ERR_INVAL);
+  assert_int_equal(np__sig_encode(&m, NULL, NULL, 64), NP_ERR_INVAL);
 }
 
 int main(void) {

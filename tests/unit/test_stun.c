@@ -186,18 +186,18 @@ static int read_exact(const uint8_t *buf, size_t len, np_stun_msg *msg) {
   assert_non_null(copy);
   if (len)
     memcpy(copy, buf, len);
-  int rc = np_stun_read(copy, len, msg);
+  int rc = np__stun_read(copy, len, msg);
   free(copy);
   return rc;
 }
 
 /* Starts a Binding request in buf with the test transaction ID. */
 static void start(np_stun_writer *w, uint8_t *buf, size_t cap, uint16_t type) {
-  np_stun_writer_init(w, buf, cap, type, NP_STUN_MAGIC_COOKIE, test_txid);
+  np__stun_writer_init(w, buf, cap, type, NP_STUN_MAGIC_COOKIE, test_txid);
 }
 
 static size_t finish(np_stun_writer *w) {
-  int n = np_stun_writer_finish(w);
+  int n = np__stun_writer_finish(w);
   assert_true(n >= NP_STUN_HEADER_LEN);
   return (size_t)n;
 }
@@ -212,7 +212,7 @@ static void test_rfc5769_request(void **state) {
   const uint8_t *b = rfc5769_request;
   size_t n = sizeof rfc5769_request;
   assert_int_equal(read_exact(b, n, &m), 0);
-  assert_int_equal(np_stun_read(b, n, &m), 0);
+  assert_int_equal(np__stun_read(b, n, &m), 0);
   assert_int_equal(m.type, 0x0001);
   assert_int_equal(m.method, NP_STUN_BINDING);
   assert_int_equal(m.cls, NP_STUN_REQUEST);
@@ -229,25 +229,25 @@ static void test_rfc5769_request(void **state) {
   assert_int_equal(m.unknown_required[0], ATTR_PRIORITY);
   assert_int_equal(m.integrity_offset, 76);
 
-  assert_int_equal(np_stun_check_integrity(b, n, &m, pw(), pw_len()), 0);
-  assert_int_equal(np_stun_check_integrity(b, n, &m, pw(), pw_len() - 1),
+  assert_int_equal(np__stun_check_integrity(b, n, &m, pw(), pw_len()), 0);
+  assert_int_equal(np__stun_check_integrity(b, n, &m, pw(), pw_len() - 1),
                    NP_ERR_AUTH);
-  assert_int_equal(np_stun_check_integrity_sha256(b, n, &m, pw(), pw_len()),
+  assert_int_equal(np__stun_check_integrity_sha256(b, n, &m, pw(), pw_len()),
                    NP_ERR_PROTO);
 
   /* Re-encode: the RFC pads with spaces. */
   uint8_t out[256];
   np_stun_writer w;
-  np_stun_writer_init(&w, out, sizeof out, NP_STUN_BINDING | NP_STUN_REQUEST,
+  np__stun_writer_init(&w, out, sizeof out, NP_STUN_BINDING | NP_STUN_REQUEST,
                       NP_STUN_MAGIC_COOKIE, rfc5769_txid);
   w.pad_byte = 0x20;
-  np_stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "STUN test client", 16);
-  np_stun_put_u32(&w, ATTR_PRIORITY, 0x6e0001ff);
-  np_stun_put_bytes(&w, ATTR_ICE_CONTROLLED, ice_tie_breaker, sizeof ice_tie_breaker);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, "evtj:h6vY", 9);
-  np_stun_put_integrity(&w, pw(), pw_len());
-  np_stun_put_fingerprint(&w);
-  assert_int_equal(np_stun_writer_finish(&w), (int)n);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "STUN test client", 16);
+  np__stun_put_u32(&w, ATTR_PRIORITY, 0x6e0001ff);
+  np__stun_put_bytes(&w, ATTR_ICE_CONTROLLED, ice_tie_breaker, sizeof ice_tie_breaker);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, "evtj:h6vY", 9);
+  np__stun_put_integrity(&w, pw(), pw_len());
+  np__stun_put_fingerprint(&w);
+  assert_int_equal(np__stun_writer_finish(&w), (int)n);
   assert_memory_equal(out, b, n);
 }
 
@@ -255,7 +255,7 @@ static void check_response(const uint8_t *b, size_t n, const char *mapped,
                            const uint8_t *raw_addr_value, size_t raw_len) {
   np_stun_msg m;
   assert_int_equal(read_exact(b, n, &m), 0);
-  assert_int_equal(np_stun_read(b, n, &m), 0);
+  assert_int_equal(np__stun_read(b, n, &m), 0);
   assert_int_equal(m.method, NP_STUN_BINDING);
   assert_int_equal(m.cls, NP_STUN_SUCCESS);
   assert_false(m.rfc3489);
@@ -265,23 +265,23 @@ static void check_response(const uint8_t *b, size_t n, const char *mapped,
   assert_text(m.software, m.software_len, "test vector");
   assert_addr(&m.xor_mapped, mapped);
   assert_int_equal(m.n_unknown_required, 0);
-  assert_int_equal(np_stun_check_integrity(b, n, &m, pw(), pw_len()), 0);
-  assert_int_equal(np_stun_check_integrity(b, n, &m, (const uint8_t *)"x", 1),
+  assert_int_equal(np__stun_check_integrity(b, n, &m, pw(), pw_len()), 0);
+  assert_int_equal(np__stun_check_integrity(b, n, &m, (const uint8_t *)"x", 1),
                    NP_ERR_AUTH);
   /* The value on the wire really is XORed, not plain. */
   assert_memory_not_equal(b + 36 + 4, raw_addr_value, raw_len);
 
   uint8_t out[256];
   np_stun_writer w;
-  np_stun_writer_init(&w, out, sizeof out, NP_STUN_BINDING | NP_STUN_SUCCESS,
+  np__stun_writer_init(&w, out, sizeof out, NP_STUN_BINDING | NP_STUN_SUCCESS,
                       NP_STUN_MAGIC_COOKIE, rfc5769_txid);
   w.pad_byte = 0x20;
-  np_stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "test vector", 11);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "test vector", 11);
   np_addr a = addr(mapped);
-  np_stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &a);
-  np_stun_put_integrity(&w, pw(), pw_len());
-  np_stun_put_fingerprint(&w);
-  assert_int_equal(np_stun_writer_finish(&w), (int)n);
+  np__stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &a);
+  np__stun_put_integrity(&w, pw(), pw_len());
+  np__stun_put_fingerprint(&w);
+  assert_int_equal(np__stun_writer_finish(&w), (int)n);
   assert_memory_equal(out, b, n);
 }
 
@@ -308,7 +308,7 @@ static void test_rfc5769_long_term(void **state) {
   const uint8_t *b = rfc5769_long_term;
   size_t n = sizeof rfc5769_long_term;
   assert_int_equal(read_exact(b, n, &m), 0);
-  assert_int_equal(np_stun_read(b, n, &m), 0);
+  assert_int_equal(np__stun_read(b, n, &m), 0);
   assert_int_equal(m.cls, NP_STUN_REQUEST);
   assert_int_equal(m.present, NP_STUN_HAS_USERNAME | NP_STUN_HAS_NONCE |
                                   NP_STUN_HAS_REALM | NP_STUN_HAS_INTEGRITY);
@@ -317,34 +317,34 @@ static void test_rfc5769_long_term(void **state) {
   assert_text(m.realm, m.realm_len, rfc5769_lt_realm);
 
   uint8_t key[16];
-  assert_int_equal(np_stun_long_term_key(rfc5769_lt_username, rfc5769_lt_realm,
+  assert_int_equal(np__stun_long_term_key(rfc5769_lt_username, rfc5769_lt_realm,
                                          rfc5769_lt_password, key),
                    0);
-  assert_int_equal(np_stun_check_integrity(b, n, &m, key, sizeof key), 0);
+  assert_int_equal(np__stun_check_integrity(b, n, &m, key, sizeof key), 0);
   /* The password itself is not the key for long-term credentials. */
-  assert_int_equal(np_stun_check_integrity(b, n, &m,
+  assert_int_equal(np__stun_check_integrity(b, n, &m,
                                            (const uint8_t *)rfc5769_lt_password,
                                            strlen(rfc5769_lt_password)),
                    NP_ERR_AUTH);
   uint8_t other[16];
-  assert_int_equal(np_stun_long_term_key(rfc5769_lt_username, "example.com",
+  assert_int_equal(np__stun_long_term_key(rfc5769_lt_username, "example.com",
                                          rfc5769_lt_password, other),
                    0);
-  assert_int_equal(np_stun_check_integrity(b, n, &m, other, sizeof other),
+  assert_int_equal(np__stun_check_integrity(b, n, &m, other, sizeof other),
                    NP_ERR_AUTH);
-  assert_int_equal(np_stun_long_term_key(NULL, "r", "p", key), NP_ERR_INVAL);
+  assert_int_equal(np__stun_long_term_key(NULL, "r", "p", key), NP_ERR_INVAL);
 
   /* This sample pads with zeros, the writer's default. */
   uint8_t out[256];
   np_stun_writer w;
-  np_stun_writer_init(&w, out, sizeof out, NP_STUN_BINDING | NP_STUN_REQUEST,
+  np__stun_writer_init(&w, out, sizeof out, NP_STUN_BINDING | NP_STUN_REQUEST,
                       NP_STUN_MAGIC_COOKIE, b + 8);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, rfc5769_lt_username,
+  np__stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, rfc5769_lt_username,
                     strlen(rfc5769_lt_username));
-  np_stun_put_bytes(&w, NP_STUN_ATTR_NONCE, rfc5769_lt_nonce, strlen(rfc5769_lt_nonce));
-  np_stun_put_bytes(&w, NP_STUN_ATTR_REALM, rfc5769_lt_realm, strlen(rfc5769_lt_realm));
-  np_stun_put_integrity(&w, key, sizeof key);
-  assert_int_equal(np_stun_writer_finish(&w), (int)n);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_NONCE, rfc5769_lt_nonce, strlen(rfc5769_lt_nonce));
+  np__stun_put_bytes(&w, NP_STUN_ATTR_REALM, rfc5769_lt_realm, strlen(rfc5769_lt_realm));
+  np__stun_put_integrity(&w, key, sizeof key);
+  assert_int_equal(np__stun_writer_finish(&w), (int)n);
   assert_memory_equal(out, b, n);
 }
 
@@ -388,16 +388,16 @@ static void test_addr_round_trip(void **state) {
       start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS);
       np_addr a = addr(addrs[i]);
       if (types[t].type == NP_STUN_ATTR_XOR_MAPPED_ADDRESS)
-        np_stun_put_xor_addr(&w, types[t].type, &a);
+        np__stun_put_xor_addr(&w, types[t].type, &a);
       else
-        np_stun_put_addr(&w, types[t].type, &a);
+        np__stun_put_addr(&w, types[t].type, &a);
       size_t n = finish(&w);
       bool v6 = a.u.sa.sa_family == AF_INET6;
       assert_int_equal(n, NP_STUN_HEADER_LEN + 4 + (v6 ? 20 : 8));
       assert_int_equal(buf[NP_STUN_HEADER_LEN + 5], v6 ? 0x02 : 0x01);
       np_stun_msg m;
       assert_int_equal(read_exact(buf, n, &m), 0);
-      assert_int_equal(np_stun_read(buf, n, &m), 0);
+      assert_int_equal(np__stun_read(buf, n, &m), 0);
       assert_int_equal(m.present, types[t].bit);
       assert_addr(addr_field(&m, types[t].type), addrs[i]);
     }
@@ -411,8 +411,8 @@ static void test_addr_wire_format(void **state) {
   np_stun_writer w;
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS);
   np_addr a = addr("192.0.2.1:32853");
-  np_stun_put_addr(&w, NP_STUN_ATTR_MAPPED_ADDRESS, &a);
-  np_stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &a);
+  np__stun_put_addr(&w, NP_STUN_ATTR_MAPPED_ADDRESS, &a);
+  np__stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &a);
   assert_int_equal(finish(&w), 20 + 12 + 12);
   const uint8_t want[] = {0x00, 0x01, 0x00, 0x08, 0x00, 0x01, 0x80, 0x55,
                           192,  0,    2,    1,    0x00, 0x20, 0x00, 0x08,
@@ -430,24 +430,24 @@ static void test_all_attributes_round_trip(void **state) {
   np_addr m4 = addr("198.51.100.1:1000"), x6 = addr("[2001:db8::2]:2000");
   np_addr o4 = addr("198.51.100.2:3479"), r6 = addr("[2001:db8::3]:3478");
   np_addr c4 = addr("198.51.100.4:4000"), s6 = addr("[2001:db8::5]:5000");
-  np_stun_put_addr(&w, NP_STUN_ATTR_MAPPED_ADDRESS, &m4);
-  np_stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &x6);
-  np_stun_put_addr(&w, NP_STUN_ATTR_OTHER_ADDRESS, &o4);
-  np_stun_put_addr(&w, NP_STUN_ATTR_RESPONSE_ORIGIN, &r6);
-  np_stun_put_addr(&w, NP_STUN_ATTR_CHANGED_ADDRESS, &c4);
-  np_stun_put_addr(&w, NP_STUN_ATTR_SOURCE_ADDRESS, &s6);
-  np_stun_put_error(&w, 420, "Unknown Attribute");
-  np_stun_put_unknown(&w, unknown, 3);
-  np_stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_IP | NP_STUN_CHANGE_PORT);
-  np_stun_put_response_port(&w, 54321);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, "alice", 5);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "natpunch", 8);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_REALM, "realm.example", 13);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_NONCE, "nonce-123", 9);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_PADDING, NULL, 0);
-  np_stun_put_integrity(&w, (const uint8_t *)"k", 1);
-  np_stun_put_integrity_sha256(&w, (const uint8_t *)"k2", 2, 32);
-  np_stun_put_fingerprint(&w);
+  np__stun_put_addr(&w, NP_STUN_ATTR_MAPPED_ADDRESS, &m4);
+  np__stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &x6);
+  np__stun_put_addr(&w, NP_STUN_ATTR_OTHER_ADDRESS, &o4);
+  np__stun_put_addr(&w, NP_STUN_ATTR_RESPONSE_ORIGIN, &r6);
+  np__stun_put_addr(&w, NP_STUN_ATTR_CHANGED_ADDRESS, &c4);
+  np__stun_put_addr(&w, NP_STUN_ATTR_SOURCE_ADDRESS, &s6);
+  np__stun_put_error(&w, 420, "Unknown Attribute");
+  np__stun_put_unknown(&w, unknown, 3);
+  np__stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_IP | NP_STUN_CHANGE_PORT);
+  np__stun_put_response_port(&w, 54321);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, "alice", 5);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "natpunch", 8);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_REALM, "realm.example", 13);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_NONCE, "nonce-123", 9);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_PADDING, NULL, 0);
+  np__stun_put_integrity(&w, (const uint8_t *)"k", 1);
+  np__stun_put_integrity_sha256(&w, (const uint8_t *)"k2", 2, 32);
+  np__stun_put_fingerprint(&w);
   size_t n = finish(&w);
   assert_int_equal(n % 4, 0);
   /* Zero padding by default: "alice" is followed by three zero bytes. */
@@ -457,7 +457,7 @@ static void test_all_attributes_round_trip(void **state) {
 
   np_stun_msg m;
   assert_int_equal(read_exact(buf, n, &m), 0);
-  assert_int_equal(np_stun_read(buf, n, &m), 0);
+  assert_int_equal(np__stun_read(buf, n, &m), 0);
   assert_int_equal(m.cls, NP_STUN_ERROR);
   assert_int_equal(m.method, NP_STUN_BINDING);
   assert_int_equal(m.type, 0x0111);
@@ -489,9 +489,9 @@ static void test_all_attributes_round_trip(void **state) {
   assert_text(m.nonce, m.nonce_len, "nonce-123");
   assert_int_equal(m.padding_len, 0);
   assert_int_equal(m.n_unknown_required, 0);
-  assert_int_equal(np_stun_check_integrity(buf, n, &m, (const uint8_t *)"k", 1), 0);
-  assert_int_equal(np_stun_check_integrity_sha256(buf, n, &m, (const uint8_t *)"k2", 2), 0);
-  assert_int_equal(np_stun_check_integrity_sha256(buf, n, &m, (const uint8_t *)"k", 1),
+  assert_int_equal(np__stun_check_integrity(buf, n, &m, (const uint8_t *)"k", 1), 0);
+  assert_int_equal(np__stun_check_integrity_sha256(buf, n, &m, (const uint8_t *)"k2", 2), 0);
+  assert_int_equal(np__stun_check_integrity_sha256(buf, n, &m, (const uint8_t *)"k", 1),
                    NP_ERR_AUTH);
 }
 
@@ -502,10 +502,10 @@ static void test_error_code_range(void **state) {
     uint8_t buf[64];
     np_stun_writer w;
     start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_ERROR);
-    np_stun_put_error(&w, codes[i], NULL);
+    np__stun_put_error(&w, codes[i], NULL);
     size_t n = finish(&w);
     np_stun_msg m;
-    assert_int_equal(np_stun_read(buf, n, &m), 0);
+    assert_int_equal(np__stun_read(buf, n, &m), 0);
     assert_int_equal(m.error_code, codes[i]);
     assert_int_equal(m.reason_len, 0);
   }
@@ -517,11 +517,11 @@ static void test_padding_attribute(void **state) {
   memset(pad, 0, sizeof pad);
   np_stun_writer w;
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_REQUEST);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_PADDING, pad, 501);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_PADDING, pad, 501);
   size_t n = finish(&w);
   assert_int_equal(n, 20 + 4 + 504);
   np_stun_msg m;
-  assert_int_equal(np_stun_read(buf, n, &m), 0);
+  assert_int_equal(np__stun_read(buf, n, &m), 0);
   assert_int_equal(m.padding_len, 501);
   assert_true(m.present & NP_STUN_HAS_PADDING);
 }
@@ -537,27 +537,27 @@ static void test_integrity_sha256(void **state) {
     uint8_t buf[128];
     np_stun_writer w;
     start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_REQUEST);
-    np_stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, "bob", 3);
-    np_stun_put_integrity_sha256(&w, key, sizeof key - 1, trunc);
-    np_stun_put_fingerprint(&w);
+    np__stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, "bob", 3);
+    np__stun_put_integrity_sha256(&w, key, sizeof key - 1, trunc);
+    np__stun_put_fingerprint(&w);
     size_t n = finish(&w);
     assert_int_equal(n, 20 + 8 + 4 + trunc + 8);
     np_stun_msg m;
     assert_int_equal(read_exact(buf, n, &m), 0);
-    assert_int_equal(np_stun_read(buf, n, &m), 0);
+    assert_int_equal(np__stun_read(buf, n, &m), 0);
     assert_true(m.present & NP_STUN_HAS_INTEGRITY_SHA256);
     assert_false(m.present & NP_STUN_HAS_INTEGRITY);
     assert_int_equal(m.integrity_sha256_len, trunc);
     assert_int_equal(m.integrity_sha256_offset, 28);
-    assert_int_equal(np_stun_check_integrity_sha256(buf, n, &m, key, sizeof key - 1), 0);
-    assert_int_equal(np_stun_check_integrity_sha256(buf, n, &m, key, sizeof key - 2),
+    assert_int_equal(np__stun_check_integrity_sha256(buf, n, &m, key, sizeof key - 1), 0);
+    assert_int_equal(np__stun_check_integrity_sha256(buf, n, &m, key, sizeof key - 2),
                      NP_ERR_AUTH);
-    assert_int_equal(np_stun_check_integrity(buf, n, &m, key, sizeof key - 1),
+    assert_int_equal(np__stun_check_integrity(buf, n, &m, key, sizeof key - 1),
                      NP_ERR_PROTO);
     /* A flipped bit in the MAC itself (the FINGERPRINT is checked only by
-     * np_stun_read, so the MAC check alone sees this). */
+     * np__stun_read, so the MAC check alone sees this). */
     buf[28 + 4 + trunc - 1] ^= 1;
-    assert_int_equal(np_stun_check_integrity_sha256(buf, n, &m, key, sizeof key - 1),
+    assert_int_equal(np__stun_check_integrity_sha256(buf, n, &m, key, sizeof key - 1),
                      NP_ERR_AUTH);
   }
   /* Lengths the RFC forbids. */
@@ -566,15 +566,15 @@ static void test_integrity_sha256(void **state) {
     uint8_t buf[128];
     np_stun_writer w;
     start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_REQUEST);
-    np_stun_put_integrity_sha256(&w, key, sizeof key - 1, bad[i]);
-    assert_int_equal(np_stun_writer_finish(&w), NP_ERR_INVAL);
+    np__stun_put_integrity_sha256(&w, key, sizeof key - 1, bad[i]);
+    assert_int_equal(np__stun_writer_finish(&w), NP_ERR_INVAL);
     /* And the decoder refuses them when forged with a raw attribute. */
     uint8_t junk[36] = {0};
     start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_REQUEST);
-    np_stun_put_bytes(&w, NP_STUN_ATTR_MESSAGE_INTEGRITY_SHA256, junk, bad[i]);
+    np__stun_put_bytes(&w, NP_STUN_ATTR_MESSAGE_INTEGRITY_SHA256, junk, bad[i]);
     size_t n = finish(&w);
     np_stun_msg m;
-    assert_int_equal(np_stun_read(buf, n, &m), NP_ERR_PROTO);
+    assert_int_equal(np__stun_read(buf, n, &m), NP_ERR_PROTO);
   }
 }
 
@@ -585,10 +585,10 @@ static void test_integrity_sha1_bad_length(void **state) {
     uint8_t buf[128], junk[32] = {0};
     np_stun_writer w;
     start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_REQUEST);
-    np_stun_put_bytes(&w, NP_STUN_ATTR_MESSAGE_INTEGRITY, junk, lens[i]);
+    np__stun_put_bytes(&w, NP_STUN_ATTR_MESSAGE_INTEGRITY, junk, lens[i]);
     size_t n = finish(&w);
     np_stun_msg m;
-    assert_int_equal(np_stun_read(buf, n, &m), NP_ERR_PROTO);
+    assert_int_equal(np__stun_read(buf, n, &m), NP_ERR_PROTO);
   }
 }
 
@@ -600,16 +600,16 @@ static void test_both_integrities(void **state) {
   np_stun_writer w;
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS);
   np_addr a = addr("192.0.2.9:9");
-  np_stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &a);
-  np_stun_put_integrity(&w, (const uint8_t *)"one", 3);
-  np_stun_put_integrity_sha256(&w, (const uint8_t *)"two", 3, 24);
-  np_stun_put_fingerprint(&w);
+  np__stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &a);
+  np__stun_put_integrity(&w, (const uint8_t *)"one", 3);
+  np__stun_put_integrity_sha256(&w, (const uint8_t *)"two", 3, 24);
+  np__stun_put_fingerprint(&w);
   size_t n = finish(&w);
   np_stun_msg m;
-  assert_int_equal(np_stun_read(buf, n, &m), 0);
-  assert_int_equal(np_stun_check_integrity(buf, n, &m, (const uint8_t *)"one", 3), 0);
-  assert_int_equal(np_stun_check_integrity_sha256(buf, n, &m, (const uint8_t *)"two", 3), 0);
-  assert_int_equal(np_stun_check_integrity(buf, n, &m, (const uint8_t *)"two", 3),
+  assert_int_equal(np__stun_read(buf, n, &m), 0);
+  assert_int_equal(np__stun_check_integrity(buf, n, &m, (const uint8_t *)"one", 3), 0);
+  assert_int_equal(np__stun_check_integrity_sha256(buf, n, &m, (const uint8_t *)"two", 3), 0);
+  assert_int_equal(np__stun_check_integrity(buf, n, &m, (const uint8_t *)"two", 3),
                    NP_ERR_AUTH);
 }
 
@@ -618,24 +618,24 @@ static void test_integrity_empty_key_and_absent(void **state) {
   uint8_t buf[64];
   np_stun_writer w;
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_REQUEST);
-  np_stun_put_integrity(&w, NULL, 0);
+  np__stun_put_integrity(&w, NULL, 0);
   size_t n = finish(&w);
   np_stun_msg m;
-  assert_int_equal(np_stun_read(buf, n, &m), 0);
-  assert_int_equal(np_stun_check_integrity(buf, n, &m, NULL, 0), 0);
-  assert_int_equal(np_stun_check_integrity(buf, n, &m, (const uint8_t *)"x", 1),
+  assert_int_equal(np__stun_read(buf, n, &m), 0);
+  assert_int_equal(np__stun_check_integrity(buf, n, &m, NULL, 0), 0);
+  assert_int_equal(np__stun_check_integrity(buf, n, &m, (const uint8_t *)"x", 1),
                    NP_ERR_AUTH);
   /* Absent attribute. */
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_REQUEST);
   n = finish(&w);
-  assert_int_equal(np_stun_read(buf, n, &m), 0);
-  assert_int_equal(np_stun_check_integrity(buf, n, &m, NULL, 0), NP_ERR_PROTO);
-  assert_int_equal(np_stun_check_integrity_sha256(buf, n, &m, NULL, 0), NP_ERR_PROTO);
+  assert_int_equal(np__stun_read(buf, n, &m), 0);
+  assert_int_equal(np__stun_check_integrity(buf, n, &m, NULL, 0), NP_ERR_PROTO);
+  assert_int_equal(np__stun_check_integrity_sha256(buf, n, &m, NULL, 0), NP_ERR_PROTO);
   /* A msg whose offsets do not fit the buffer given is refused, not read. */
   np_stun_msg forged = m;
   forged.present |= NP_STUN_HAS_INTEGRITY;
   forged.integrity_offset = 60;
-  assert_int_equal(np_stun_check_integrity(buf, n, &forged, NULL, 0), NP_ERR_PROTO);
+  assert_int_equal(np__stun_check_integrity(buf, n, &forged, NULL, 0), NP_ERR_PROTO);
 }
 
 /* Every single-byte change covered by the CRC is caught. */
@@ -650,23 +650,23 @@ static void test_fingerprint_tamper(void **state) {
       continue; /* the FINGERPRINT header: changes its type or length */
     memcpy(buf, orig, n);
     buf[i] ^= 0x01;
-    assert_int_equal(np_stun_read(buf, n, &m), NP_ERR_PROTO);
+    assert_int_equal(np__stun_read(buf, n, &m), NP_ERR_PROTO);
   }
   /* The same SOFTWARE-byte change without a FINGERPRINT decodes fine, so
    * the rejection above really was the CRC (and the MAC catches it). */
   memcpy(buf, orig, n);
   buf[24] ^= 0x01;
   buf[3] = (uint8_t)(n - 8 - 20);
-  assert_int_equal(np_stun_read(buf, n - 8, &m), 0);
-  assert_int_equal(np_stun_check_integrity(buf, n - 8, &m, pw(), pw_len()), NP_ERR_AUTH);
+  assert_int_equal(np__stun_read(buf, n - 8, &m), 0);
+  assert_int_equal(np__stun_check_integrity(buf, n - 8, &m, pw(), pw_len()), NP_ERR_AUTH);
   memcpy(buf, orig, n);
   buf[3] = (uint8_t)(n - 8 - 20);
-  assert_int_equal(np_stun_read(buf, n - 8, &m), 0);
-  assert_int_equal(np_stun_check_integrity(buf, n - 8, &m, pw(), pw_len()), 0);
+  assert_int_equal(np__stun_read(buf, n - 8, &m), 0);
+  assert_int_equal(np__stun_check_integrity(buf, n - 8, &m, pw(), pw_len()), 0);
   /* Every byte of the MAC counts, the last one included. */
   for (size_t i = n - 8 - 20; i < n - 8; i++) {
     buf[i] ^= 0x80;
-    assert_int_equal(np_stun_check_integrity(buf, n - 8, &m, pw(), pw_len()),
+    assert_int_equal(np__stun_check_integrity(buf, n - 8, &m, pw(), pw_len()),
                      NP_ERR_AUTH);
     buf[i] ^= 0x80;
   }
@@ -677,21 +677,21 @@ static void test_fingerprint_must_be_last(void **state) {
   uint8_t buf[128];
   np_stun_writer w;
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_REQUEST);
-  np_stun_put_fingerprint(&w);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "x", 1);
+  np__stun_put_fingerprint(&w);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "x", 1);
   size_t n = finish(&w);
   np_stun_msg m;
-  assert_int_equal(np_stun_read(buf, n, &m), NP_ERR_PROTO);
+  assert_int_equal(np__stun_read(buf, n, &m), NP_ERR_PROTO);
   /* Wrong FINGERPRINT length. */
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_REQUEST);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_FINGERPRINT, "12345678", 8);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_FINGERPRINT, "12345678", 8);
   n = finish(&w);
-  assert_int_equal(np_stun_read(buf, n, &m), NP_ERR_PROTO);
+  assert_int_equal(np__stun_read(buf, n, &m), NP_ERR_PROTO);
   /* A lone correct FINGERPRINT is fine. */
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_INDICATION);
-  np_stun_put_fingerprint(&w);
+  np__stun_put_fingerprint(&w);
   n = finish(&w);
-  assert_int_equal(np_stun_read(buf, n, &m), 0);
+  assert_int_equal(np__stun_read(buf, n, &m), 0);
   assert_int_equal(m.present, NP_STUN_HAS_FINGERPRINT);
   assert_int_equal(m.cls, NP_STUN_INDICATION);
 }
@@ -704,29 +704,29 @@ static void test_after_integrity_ignored(void **state) {
   np_stun_writer w;
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS);
   np_addr a = addr("192.0.2.1:1"), b = addr("192.0.2.2:2");
-  np_stun_put_addr(&w, NP_STUN_ATTR_MAPPED_ADDRESS, &a);
-  np_stun_put_integrity(&w, (const uint8_t *)"k", 1);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "late", 4);
-  np_stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &b);
-  np_stun_put_u32(&w, 0x0077, 0);                       /* unknown, required */
-  np_stun_put_bytes(&w, NP_STUN_ATTR_ERROR_CODE, "", 0); /* malformed */
-  np_stun_put_integrity_sha256(&w, (const uint8_t *)"k", 1, 32);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, "late", 4);
-  np_stun_put_fingerprint(&w);
+  np__stun_put_addr(&w, NP_STUN_ATTR_MAPPED_ADDRESS, &a);
+  np__stun_put_integrity(&w, (const uint8_t *)"k", 1);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "late", 4);
+  np__stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &b);
+  np__stun_put_u32(&w, 0x0077, 0);                       /* unknown, required */
+  np__stun_put_bytes(&w, NP_STUN_ATTR_ERROR_CODE, "", 0); /* malformed */
+  np__stun_put_integrity_sha256(&w, (const uint8_t *)"k", 1, 32);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, "late", 4);
+  np__stun_put_fingerprint(&w);
   size_t n = finish(&w);
   np_stun_msg m;
   assert_int_equal(read_exact(buf, n, &m), 0);
-  assert_int_equal(np_stun_read(buf, n, &m), 0);
+  assert_int_equal(np__stun_read(buf, n, &m), 0);
   assert_int_equal(m.present, NP_STUN_HAS_MAPPED | NP_STUN_HAS_INTEGRITY |
                                   NP_STUN_HAS_INTEGRITY_SHA256 |
                                   NP_STUN_HAS_FINGERPRINT);
   assert_int_equal(m.n_unknown_required, 0);
-  assert_int_equal(np_stun_check_integrity(buf, n, &m, (const uint8_t *)"k", 1), 0);
+  assert_int_equal(np__stun_check_integrity(buf, n, &m, (const uint8_t *)"k", 1), 0);
   /* The SHA-256 MAC covers the ignored attributes, as written. */
-  assert_int_equal(np_stun_check_integrity_sha256(buf, n, &m, (const uint8_t *)"k", 1), 0);
+  assert_int_equal(np__stun_check_integrity_sha256(buf, n, &m, (const uint8_t *)"k", 1), 0);
   /* Even ignored, an attribute overrunning the message is still an error. */
   buf[n - 16 + 3] = 0x40; /* USERNAME length, low byte */
-  assert_int_equal(np_stun_read(buf, n, &m), NP_ERR_PROTO);
+  assert_int_equal(np__stun_read(buf, n, &m), NP_ERR_PROTO);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -777,7 +777,7 @@ static void test_truncated(void **state) {
   truncate_all(rfc5769_response_v6, sizeof rfc5769_response_v6);
   truncate_all(rfc5769_long_term, sizeof rfc5769_long_term);
   np_stun_msg m;
-  assert_int_equal(np_stun_read(NULL, 0, &m), NP_ERR_PROTO);
+  assert_int_equal(np__stun_read(NULL, 0, &m), NP_ERR_PROTO);
 }
 
 static void test_bad_header(void **state) {
@@ -792,22 +792,22 @@ static void test_bad_header(void **state) {
     uint16_t len = (uint16_t)((n - 20) + (size_t)(long)deltas[i]);
     buf[2] = (uint8_t)(len >> 8);
     buf[3] = (uint8_t)len;
-    assert_int_equal(np_stun_read(buf, n, &m), NP_ERR_PROTO);
-    assert_false(np_stun_is_stun(buf, n));
+    assert_int_equal(np__stun_read(buf, n, &m), NP_ERR_PROTO);
+    assert_false(np__stun_is_stun(buf, n));
   }
   /* Top two bits. */
   memcpy(buf, rfc5769_response_v4, n);
   buf[0] |= 0x40;
-  assert_int_equal(np_stun_read(buf, n, &m), NP_ERR_PROTO);
-  assert_false(np_stun_is_stun(buf, n));
+  assert_int_equal(np__stun_read(buf, n, &m), NP_ERR_PROTO);
+  assert_false(np__stun_is_stun(buf, n));
   buf[0] = (uint8_t)((buf[0] & 0x3f) | 0x80);
-  assert_int_equal(np_stun_read(buf, n, &m), NP_ERR_PROTO);
+  assert_int_equal(np__stun_read(buf, n, &m), NP_ERR_PROTO);
   /* Trailing garbage after a correct message. */
   memcpy(buf, rfc5769_response_v4, n);
   memset(buf + n, 0, 4);
-  assert_int_equal(np_stun_read(buf, n + 4, &m), NP_ERR_PROTO);
-  assert_true(np_stun_is_stun(buf, n));
-  assert_false(np_stun_is_stun(buf, 19));
+  assert_int_equal(np__stun_read(buf, n + 4, &m), NP_ERR_PROTO);
+  assert_true(np__stun_is_stun(buf, n));
+  assert_false(np__stun_is_stun(buf, 19));
 
   /* Exactly NP_STUN_MAX_MESSAGE is accepted, one word more is not. */
   static uint8_t big[NP_STUN_MAX_MESSAGE + 4];
@@ -832,9 +832,9 @@ static void test_attr_overrun(void **state) {
   np_stun_msg m;
   np_stun_writer w;
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_REQUEST);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "abcdefgh", 8);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "abcdefgh", 8);
   size_t n = finish(&w);
-  assert_int_equal(np_stun_read(buf, n, &m), 0);
+  assert_int_equal(np__stun_read(buf, n, &m), 0);
   /* Value length one past the end, the padding past the end, huge. */
   const uint16_t lens[] = {9, 12, 0xffff};
   for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
@@ -844,10 +844,10 @@ static void test_attr_overrun(void **state) {
   }
   /* A second attribute header whose value runs out. */
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_REQUEST);
-  np_stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, 0);
-  np_stun_put_bytes(&w, 0x8070, NULL, 0);
+  np__stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, 0);
+  np__stun_put_bytes(&w, 0x8070, NULL, 0);
   n = finish(&w);
-  assert_int_equal(np_stun_read(buf, n, &m), 0);
+  assert_int_equal(np__stun_read(buf, n, &m), 0);
   buf[n - 1] = 4;
   assert_int_equal(read_exact(buf, n, &m), NP_ERR_PROTO);
   /* Failure leaves nothing half-decoded. */
@@ -855,7 +855,7 @@ static void test_attr_overrun(void **state) {
 }
 
 /* Builds a message with one raw attribute by hand (the writer refuses
- * values the RFCs forbid) and returns np_stun_read()'s verdict. */
+ * values the RFCs forbid) and returns np__stun_read()'s verdict. */
 static int read_one(uint16_t type, const void *value, size_t len, np_stun_msg *m) {
   uint8_t buf[NP_STUN_MAX_MESSAGE];
   size_t padded = (len + 3) & ~(size_t)3;
@@ -959,15 +959,15 @@ static void test_unknown_attributes(void **state) {
   uint8_t buf[NP_STUN_MAX_MESSAGE];
   np_stun_writer w;
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_REQUEST);
-  np_stun_put_u32(&w, 0x7f00, 1);  /* unknown, comprehension-required */
-  np_stun_put_u32(&w, 0x8f00, 1);  /* unknown, optional: skipped */
-  np_stun_put_u32(&w, 0x7f00, 2);  /* same type again: listed once */
-  np_stun_put_bytes(&w, NP_STUN_ATTR_RESPONSE_ADDRESS, "\0\1\0\1\1\2\3\4", 8);
+  np__stun_put_u32(&w, 0x7f00, 1);  /* unknown, comprehension-required */
+  np__stun_put_u32(&w, 0x8f00, 1);  /* unknown, optional: skipped */
+  np__stun_put_u32(&w, 0x7f00, 2);  /* same type again: listed once */
+  np__stun_put_bytes(&w, NP_STUN_ATTR_RESPONSE_ADDRESS, "\0\1\0\1\1\2\3\4", 8);
   for (uint16_t t = 0x7000; t < 0x7000 + 20; t++)
-    np_stun_put_bytes(&w, t, NULL, 0);
+    np__stun_put_bytes(&w, t, NULL, 0);
   size_t n = finish(&w);
   np_stun_msg m;
-  assert_int_equal(np_stun_read(buf, n, &m), 0);
+  assert_int_equal(np__stun_read(buf, n, &m), 0);
   assert_int_equal(m.present, 0);
   /* 0x7f00, RESPONSE-ADDRESS (RFC 3489 only), then 20 more. */
   assert_int_equal(m.n_unknown_required, 22);
@@ -984,37 +984,37 @@ static void test_duplicates_first_wins(void **state) {
   np_stun_writer w;
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS);
   np_addr a = addr("192.0.2.1:1"), b = addr("[2001:db8::1]:2");
-  np_stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &a);
-  np_stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &b);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "first", 5);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "second", 6);
-  np_stun_put_error(&w, 400, "one");
-  np_stun_put_error(&w, 500, "two");
+  np__stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &a);
+  np__stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &b);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "first", 5);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "second", 6);
+  np__stun_put_error(&w, 400, "one");
+  np__stun_put_error(&w, 500, "two");
   const uint16_t addr_types[] = {NP_STUN_ATTR_MAPPED_ADDRESS, NP_STUN_ATTR_OTHER_ADDRESS,
                                  NP_STUN_ATTR_RESPONSE_ORIGIN, NP_STUN_ATTR_CHANGED_ADDRESS,
                                  NP_STUN_ATTR_SOURCE_ADDRESS};
   for (size_t i = 0; i < 5; i++) {
-    np_stun_put_addr(&w, addr_types[i], &a);
-    np_stun_put_addr(&w, addr_types[i], &b);
+    np__stun_put_addr(&w, addr_types[i], &a);
+    np__stun_put_addr(&w, addr_types[i], &b);
   }
   const uint16_t text_types[] = {NP_STUN_ATTR_USERNAME, NP_STUN_ATTR_REALM,
                                  NP_STUN_ATTR_NONCE};
   for (size_t i = 0; i < 3; i++) {
-    np_stun_put_bytes(&w, text_types[i], "first", 5);
-    np_stun_put_bytes(&w, text_types[i], "second", 6);
+    np__stun_put_bytes(&w, text_types[i], "first", 5);
+    np__stun_put_bytes(&w, text_types[i], "second", 6);
   }
   const uint16_t u1[] = {1}, u2[] = {2, 3};
-  np_stun_put_unknown(&w, u1, 1);
-  np_stun_put_unknown(&w, u2, 2);
-  np_stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_IP);
-  np_stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_PORT);
-  np_stun_put_response_port(&w, 1);
-  np_stun_put_response_port(&w, 2);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_PADDING, "pp", 2);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_PADDING, "ppp", 3);
+  np__stun_put_unknown(&w, u1, 1);
+  np__stun_put_unknown(&w, u2, 2);
+  np__stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_IP);
+  np__stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_PORT);
+  np__stun_put_response_port(&w, 1);
+  np__stun_put_response_port(&w, 2);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_PADDING, "pp", 2);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_PADDING, "ppp", 3);
   size_t n = finish(&w);
   np_stun_msg m;
-  assert_int_equal(np_stun_read(buf, n, &m), 0);
+  assert_int_equal(np__stun_read(buf, n, &m), 0);
   assert_true(np_addr_equal(&m.xor_mapped, &a));
   assert_true(np_addr_equal(&m.mapped, &a));
   assert_true(np_addr_equal(&m.other_address, &a));
@@ -1052,19 +1052,19 @@ static void test_rfc3489(void **state) {
   assert_int_equal(m.txid[11], 0x0c);
   assert_int_equal(m.present, NP_STUN_HAS_CHANGE_REQUEST);
   assert_int_equal(m.change_request, NP_STUN_CHANGE_IP | NP_STUN_CHANGE_PORT);
-  assert_true(np_stun_is_stun(request, sizeof request));
+  assert_true(np__stun_is_stun(request, sizeof request));
 
   /* A server echoes the 16-byte transaction and answers the RFC 3489 way. */
   uint8_t buf[128];
   np_stun_writer w;
-  np_stun_writer_init(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS,
+  np__stun_writer_init(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS,
                       m.cookie, m.txid);
   np_addr mapped = addr("192.0.2.50:6000"), src = addr("192.0.2.1:3478"),
           chg = addr("192.0.2.2:3479");
-  np_stun_put_addr(&w, NP_STUN_ATTR_MAPPED_ADDRESS, &mapped);
-  np_stun_put_addr(&w, NP_STUN_ATTR_SOURCE_ADDRESS, &src);
-  np_stun_put_addr(&w, NP_STUN_ATTR_CHANGED_ADDRESS, &chg);
-  np_stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &mapped);
+  np__stun_put_addr(&w, NP_STUN_ATTR_MAPPED_ADDRESS, &mapped);
+  np__stun_put_addr(&w, NP_STUN_ATTR_SOURCE_ADDRESS, &src);
+  np__stun_put_addr(&w, NP_STUN_ATTR_CHANGED_ADDRESS, &chg);
+  np__stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &mapped);
   size_t n = finish(&w);
   assert_memory_equal(buf + 4, request + 4, 16);
   np_stun_msg r;
@@ -1094,7 +1094,7 @@ static void test_method_and_class(void **state) {
     start(&w, buf, sizeof buf, type);
     size_t n = finish(&w);
     np_stun_msg m;
-    assert_int_equal(np_stun_read(buf, n, &m), 0);
+    assert_int_equal(np__stun_read(buf, n, &m), 0);
     assert_int_equal(m.type, type);
     assert_int_equal(m.method, method);
     assert_int_equal(m.cls, classes[i]);
@@ -1102,7 +1102,7 @@ static void test_method_and_class(void **state) {
     uint16_t high = (uint16_t)(type | ((0xA00 & 0x0F80) << 2));
     buf[0] = (uint8_t)(high >> 8);
     assert_true(buf[0] > 3);
-    assert_int_equal(np_stun_read(buf, n, &m), NP_ERR_PROTO);
+    assert_int_equal(np__stun_read(buf, n, &m), NP_ERR_PROTO);
   }
 }
 
@@ -1116,17 +1116,17 @@ static int write_everything(uint8_t *buf, size_t cap) {
   start(&w, buf, cap, NP_STUN_BINDING | NP_STUN_ERROR);
   np_addr a4 = addr("192.0.2.1:1"), a6 = addr("[2001:db8::1]:2");
   const uint16_t unk[] = {0x0024};
-  np_stun_put_addr(&w, NP_STUN_ATTR_MAPPED_ADDRESS, &a4);
-  np_stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &a6);
-  np_stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_PORT);
-  np_stun_put_response_port(&w, 1234);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "odd", 3);
-  np_stun_put_error(&w, 420, "Unknown");
-  np_stun_put_unknown(&w, unk, 1);
-  np_stun_put_integrity(&w, (const uint8_t *)"k", 1);
-  np_stun_put_integrity_sha256(&w, (const uint8_t *)"k", 1, 16);
-  np_stun_put_fingerprint(&w);
-  return np_stun_writer_finish(&w);
+  np__stun_put_addr(&w, NP_STUN_ATTR_MAPPED_ADDRESS, &a4);
+  np__stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, &a6);
+  np__stun_put_u32(&w, NP_STUN_ATTR_CHANGE_REQUEST, NP_STUN_CHANGE_PORT);
+  np__stun_put_response_port(&w, 1234);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, "odd", 3);
+  np__stun_put_error(&w, 420, "Unknown");
+  np__stun_put_unknown(&w, unk, 1);
+  np__stun_put_integrity(&w, (const uint8_t *)"k", 1);
+  np__stun_put_integrity_sha256(&w, (const uint8_t *)"k", 1, 16);
+  np__stun_put_fingerprint(&w);
+  return np__stun_writer_finish(&w);
 }
 
 static void test_writer_overflow(void **state) {
@@ -1135,7 +1135,7 @@ static void test_writer_overflow(void **state) {
   int need = write_everything(full, sizeof full);
   assert_true(need > NP_STUN_HEADER_LEN);
   np_stun_msg m;
-  assert_int_equal(np_stun_read(full, (size_t)need, &m), 0);
+  assert_int_equal(np__stun_read(full, (size_t)need, &m), 0);
   uint8_t buf[512 + 16];
   for (size_t cap = 0; cap < (size_t)need; cap++) {
     memset(buf, 0xA5, sizeof buf);
@@ -1157,42 +1157,42 @@ static void test_writer_invalid(void **state) {
   np_addr a = addr("192.0.2.1:1");
 
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_ERROR);
-  np_stun_put_error(&w, 299, "x");
-  assert_int_equal(np_stun_writer_finish(&w), NP_ERR_INVAL);
+  np__stun_put_error(&w, 299, "x");
+  assert_int_equal(np__stun_writer_finish(&w), NP_ERR_INVAL);
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_ERROR);
-  np_stun_put_error(&w, 700, "x");
-  assert_int_equal(np_stun_writer_finish(&w), NP_ERR_INVAL);
+  np__stun_put_error(&w, 700, "x");
+  assert_int_equal(np__stun_writer_finish(&w), NP_ERR_INVAL);
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_ERROR);
-  np_stun_put_addr(&w, NP_STUN_ATTR_MAPPED_ADDRESS, &unset);
-  assert_int_equal(np_stun_writer_finish(&w), NP_ERR_INVAL);
+  np__stun_put_addr(&w, NP_STUN_ATTR_MAPPED_ADDRESS, &unset);
+  assert_int_equal(np__stun_writer_finish(&w), NP_ERR_INVAL);
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_ERROR);
-  np_stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, NULL);
-  assert_int_equal(np_stun_writer_finish(&w), NP_ERR_INVAL);
+  np__stun_put_xor_addr(&w, NP_STUN_ATTR_XOR_MAPPED_ADDRESS, NULL);
+  assert_int_equal(np__stun_writer_finish(&w), NP_ERR_INVAL);
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_ERROR);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, NULL, 3);
-  assert_int_equal(np_stun_writer_finish(&w), NP_ERR_INVAL);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_SOFTWARE, NULL, 3);
+  assert_int_equal(np__stun_writer_finish(&w), NP_ERR_INVAL);
   static const uint16_t many[NP_STUN_MAX_UNKNOWN + 1];
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_ERROR);
-  np_stun_put_unknown(&w, many, NP_STUN_MAX_UNKNOWN + 1);
-  assert_int_equal(np_stun_writer_finish(&w), NP_ERR_INVAL);
+  np__stun_put_unknown(&w, many, NP_STUN_MAX_UNKNOWN + 1);
+  assert_int_equal(np__stun_writer_finish(&w), NP_ERR_INVAL);
   static const char long_name[NP_STUN_MAX_USERNAME + 1];
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_ERROR);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, long_name, sizeof long_name);
-  assert_int_equal(np_stun_writer_finish(&w), NP_ERR_INVAL);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, long_name, sizeof long_name);
+  assert_int_equal(np__stun_writer_finish(&w), NP_ERR_INVAL);
   /* Top two type bits, NULL buffer. */
   start(&w, buf, sizeof buf, 0xC001);
-  assert_int_equal(np_stun_writer_finish(&w), NP_ERR_INVAL);
-  np_stun_writer_init(&w, NULL, 100, NP_STUN_BINDING, NP_STUN_MAGIC_COOKIE, test_txid);
-  assert_int_equal(np_stun_writer_finish(&w), NP_ERR_INVAL);
+  assert_int_equal(np__stun_writer_finish(&w), NP_ERR_INVAL);
+  np__stun_writer_init(&w, NULL, 100, NP_STUN_BINDING, NP_STUN_MAGIC_COOKIE, test_txid);
+  assert_int_equal(np__stun_writer_finish(&w), NP_ERR_INVAL);
 
   /* After an error, later puts are no-ops: the length stays put. */
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_SUCCESS);
-  np_stun_put_addr(&w, NP_STUN_ATTR_MAPPED_ADDRESS, &unset);
+  np__stun_put_addr(&w, NP_STUN_ATTR_MAPPED_ADDRESS, &unset);
   size_t len = w.len;
-  np_stun_put_addr(&w, NP_STUN_ATTR_MAPPED_ADDRESS, &a);
-  np_stun_put_fingerprint(&w);
+  np__stun_put_addr(&w, NP_STUN_ATTR_MAPPED_ADDRESS, &a);
+  np__stun_put_fingerprint(&w);
   assert_int_equal(w.len, len);
-  assert_int_equal(np_stun_writer_finish(&w), NP_ERR_INVAL);
+  assert_int_equal(np__stun_writer_finish(&w), NP_ERR_INVAL);
 }
 
 /* The header length is current after every put, so a message can be sent
@@ -1204,13 +1204,13 @@ static void test_writer_length_current(void **state) {
   start(&w, buf, sizeof buf, NP_STUN_BINDING | NP_STUN_REQUEST);
   assert_int_equal(w.len, 20);
   assert_int_equal(buf[2] << 8 | buf[3], 0);
-  np_stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, "u", 1);
+  np__stun_put_bytes(&w, NP_STUN_ATTR_USERNAME, "u", 1);
   assert_int_equal(buf[2] << 8 | buf[3], 8);
   np_stun_msg m;
-  assert_int_equal(np_stun_read(buf, w.len, &m), 0);
-  np_stun_put_response_port(&w, 7);
+  assert_int_equal(np__stun_read(buf, w.len, &m), 0);
+  np__stun_put_response_port(&w, 7);
   assert_int_equal(buf[2] << 8 | buf[3], 16);
-  assert_int_equal(np_stun_read(buf, w.len, &m), 0);
+  assert_int_equal(np__stun_read(buf, w.len, &m), 0);
   assert_int_equal(m.response_port, 7);
   assert_memory_equal(buf + 4, "\x21\x12\xa4\x42", 4);
   assert_memory_equal(buf + 8, test_txid, 12);
@@ -1218,11 +1218,11 @@ static void test_writer_length_current(void **state) {
 
 static void test_attr_name(void **state) {
   (void)state;
-  assert_string_equal(np_stun_attr_name(NP_STUN_ATTR_XOR_MAPPED_ADDRESS),
+  assert_string_equal(np__stun_attr_name(NP_STUN_ATTR_XOR_MAPPED_ADDRESS),
                       "XOR-MAPPED-ADDRESS");
-  assert_string_equal(np_stun_attr_name(NP_STUN_ATTR_FINGERPRINT), "FINGERPRINT");
-  assert_string_equal(np_stun_attr_name(NP_STUN_ATTR_OTHER_ADDRESS), "OTHER-ADDRESS");
-  assert_null(np_stun_attr_name(0x7f7f));
+  assert_string_equal(np__stun_attr_name(NP_STUN_ATTR_FINGERPRINT), "FINGERPRINT");
+  assert_string_equal(np__stun_attr_name(NP_STUN_ATTR_OTHER_ADDRESS), "OTHER-ADDRESS");
+  assert_null(np__stun_attr_name(0x7f7f));
 }
 
 /* RFC 7983 §7 demultiplexing: a first byte 0..3 is STUN; 4..63 is not,
@@ -1236,7 +1236,7 @@ static void test_is_stun_rfc7983(void **state) {
     memcpy(buf, rfc5769_response_v4, sizeof buf);
     buf[0] = (uint8_t)first;
     bool want = first <= 3;
-    if (np_stun_is_stun(buf, sizeof buf) != want)
+    if (np__stun_is_stun(buf, sizeof buf) != want)
       fail_msg("first byte 0x%02x: is_stun %d, want %d", first, !want, want);
   }
 }

@@ -1,0 +1,104 @@
+/* The path (path/path.h): the RFC 9443 first-byte classes, and datagrams on
+ * loopback reaching on_datagram through the event loop by class, with the
+ * socket they came on. Loopback only; every wait is bounded. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "natpunch.h"
+#include "net/addr.h"
+#include "net/loop.h"
+#include "net/udp.h"
+#include "path/path.h"
+
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static void classify(void **state) {
+  (void)state;
+  uint8_t b[1];
+  for (int v = 0; v < 256; v++) {
+    b[0] = (uint8_t)v;
+    enum np_path_class want = v <= 3                              ? NP_PATH_STUN
+                              : v == 4 || v == 5                  ? NP_PATH_APP
+                              : (v >= 64 && v <= 127) || v >= 192 ? NP_PATH_QUIC
+                                                                  : NP_PATH_OTHER;
+    assert_int_equal(np__path_classify(b, 1), want);
+  }
+  assert_int_equal(np__path_classify(b, 0), NP_PATH_OTHER);
+}
+
+struct seen {
+  int n;
+  enum np_path_class cls[8];
+  int sock[8];
+  uint8_t first[8];
+};
+
+static void on_dgram(void *user, enum np_path_class cls, int sock, const np_addr *from,
+                     const uint8_t *buf, size_t len, int64_t now) {
+  (void)from;
+  (void)now;
+  struct seen *s = user;
+  assert_true(len > 0);
+  if (s->n < 8) {
+    s->cls[s->n] = cls;
+    s->sock[s->n] = sock;
+    s->first[s->n] = buf[0];
+  }
+  s->n++;
+}
+
+static void demux_over_loopback(void **state) {
+  (void)state;
+  np_loop *loop = NULL;
+  assert_int_equal(np__loop_new(NULL, &loop), 0);
+  struct seen s = {0};
+  np_path_config cfg = {.family = AF_INET, .loop = loop, .on_datagram = on_dgram, .user = &s};
+  np_path *p = NULL;
+  assert_int_equal(np__path_new(&cfg, &p), 0);
+  assert_int_equal(np__path_ensure(p, 2), 0);
+  assert_int_equal(np__path_count(p), 2);
+  np_addr to;
+  assert_int_equal(np__udp_local(np__path_fd(p, 1), &to), 0);
+  assert_int_equal(np_addr_parse("127.0.0.1", np_addr_port(&to), &to), 0);
+  /* From socket 0 to socket 1: one of each class; only STUN and APP are
+   * handed over. */
+  const uint8_t firsts[] = {0x01, NP_PATH_PKT_DATA, 0x40, 0xc3, 0x10, NP_PATH_PKT_BYE};
+  for (size_t i = 0; i < sizeof firsts; i++) {
+    uint8_t d[24] = {firsts[i]};
+    assert_int_equal(np__path_send(p, 0, &to, 0, d, sizeof d), 0);
+  }
+  for (int turn = 0; turn < 50 && s.n < 3; turn++)
+    assert_true(np__loop_process(loop, 100) >= 0); /* bounded: 5 s at worst */
+  assert_int_equal(s.n, 3);
+  assert_int_equal(s.cls[0], NP_PATH_STUN);
+  assert_int_equal(s.cls[1], NP_PATH_APP);
+  assert_int_equal(s.first[1], NP_PATH_PKT_DATA);
+  assert_int_equal(s.cls[2], NP_PATH_APP);
+  assert_int_equal(s.first[2], NP_PATH_PKT_BYE);
+  for (int i = 0; i < 3; i++)
+    assert_int_equal(s.sock[i], 1);
+  /* Socket 1 closed: its slot reads -1, socket 0 stays. */
+  np__path_keep_only(p, 0);
+  assert_int_equal(np__path_fd(p, 1), -1);
+  assert_true(np__path_fd(p, 0) >= 0);
+  assert_int_equal(np__path_send(p, 1, &to, 0, "x", 1), NP_ERR_INVAL);
+  np__path_close_extra(p);
+  assert_int_equal(np__path_count(p), 1);
+  np__path_free(p);
+  np__loop_free(loop);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(classify),
+      cmocka_unit_test(demux_over_loopback),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
