@@ -230,6 +230,7 @@ struct np__session {
   uint64_t idle_ns, keepalive_ns;
   size_t max_udp, stream_buffer;
   bool hs_done;
+  bool got_crypto; /* a server's conn has decrypted CRYPTO data: it is real */
 
   stream **streams;
   size_t n_streams, cap_streams;
@@ -445,6 +446,14 @@ static int cb_new_cid(ngtcp2_conn *conn, ngtcp2_cid *cid, uint8_t *token, size_t
   return 0;
 }
 
+/* Wraps the helper to learn that a decryptable handshake packet arrived. */
+static int cb_recv_crypto_data(ngtcp2_conn *conn, ngtcp2_crypto_level level, uint64_t offset,
+                               const uint8_t *data, size_t len, void *user) {
+  np__session *s = user;
+  s->got_crypto = true;
+  return ngtcp2_crypto_recv_crypto_data_cb(conn, level, offset, data, len, user);
+}
+
 static int cb_handshake_completed(ngtcp2_conn *conn, void *user) {
   (void)conn;
   np__session *s = user;
@@ -627,7 +636,7 @@ static const ngtcp2_callbacks client_callbacks = {
 
 static const ngtcp2_callbacks server_callbacks = {
     .recv_client_initial = ngtcp2_crypto_recv_client_initial_cb,
-    .recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb,
+    .recv_crypto_data = cb_recv_crypto_data,
     .handshake_completed = cb_handshake_completed,
     .encrypt = ngtcp2_crypto_encrypt_cb,
     .decrypt = ngtcp2_crypto_decrypt_cb,
@@ -840,14 +849,30 @@ int np__session_recv(np__session *s, const np_addr *local, const np_addr *from,
   default:
     break;
   }
+  bool fresh = false;
   if (!s->conn) {
     if (server_accept(s, local, from, pkt, len) != 0)
       return 0; /* not an Initial for us: ignore */
+    fresh = true;
   }
   np_addr l = *local, r = *from;
   ngtcp2_path path = {addr_of(&l), addr_of(&r), NULL};
   ngtcp2_pkt_info pi = {0};
   int rv = ngtcp2_conn_read_pkt(s->conn, &path, &pi, pkt, len, ts);
+  if (fresh && (rv != 0 || !s->got_crypto)) {
+    /* Something shaped like an Initial but not a client's: forget it, or
+     * one forged packet would bind us to connection IDs nobody uses. */
+    ngtcp2_conn_del(s->conn);
+    s->conn = NULL;
+    s->got_crypto = false;
+    if (np__tls_reset(s->tls) != 0) {
+      s->info.err = NP_ERR_SYS;
+      set_reason(s, "TLS reset failed", NULL);
+      end_now(s, NP__SESSION_CLOSED);
+      return NP_ERR_SYS;
+    }
+    return 0;
+  }
   for (size_t i = 0; i < s->n_streams; i++)
     s->streams[i]->blocked = false;
   if (rv == 0) {

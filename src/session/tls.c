@@ -162,6 +162,36 @@ static int verify_peer(gnutls_session_t session) {
   return 0;
 }
 
+/* Makes the GnuTLS session (over the credentials already built). */
+static int session_init(np__tls *t) {
+  int rc;
+  /* No tickets: there is no resumption (each session authenticates the
+   * identity keys afresh) and no 0-RTT. */
+  unsigned flags = (t->client ? GNUTLS_CLIENT : GNUTLS_SERVER) | GNUTLS_NO_TICKETS;
+  if ((rc = gnutls_init(&t->session, flags)) < 0)
+    return fail(t, "gnutls_init", rc);
+  rc = t->client ? ngtcp2_crypto_gnutls_configure_client_session(t->session)
+                 : ngtcp2_crypto_gnutls_configure_server_session(t->session);
+  if (rc != 0) {
+    NP_LOGE(t->log, "session tls: ngtcp2_crypto_gnutls_configure_session failed");
+    return NP_ERR_SYS;
+  }
+  if ((rc = gnutls_priority_set_direct(t->session, tls_priority, NULL)) < 0)
+    return fail(t, "priority_set_direct", rc);
+  if ((rc = gnutls_credentials_set(t->session, GNUTLS_CRD_CERTIFICATE, t->cred)) < 0)
+    return fail(t, "credentials_set", rc);
+  gnutls_datum_t alpn = {(unsigned char *)NP__SESSION_ALPN, sizeof NP__SESSION_ALPN - 1};
+  /* MANDATORY: a server that does not speak natpunch/1 fails the handshake
+   * (no_application_protocol) instead of carrying on without ALPN. */
+  if ((rc = gnutls_alpn_set_protocols(t->session, &alpn, 1, GNUTLS_ALPN_MANDATORY)) < 0)
+    return fail(t, "alpn_set_protocols", rc);
+  if (!t->client)
+    gnutls_certificate_server_set_request(t->session, GNUTLS_CERT_REQUIRE);
+  gnutls_session_set_verify_function(t->session, verify_peer);
+  gnutls_session_set_ptr(t->session, t);
+  return 0;
+}
+
 int np__tls_new(const np__tls_config *cfg, np__tls **out) {
   if (!cfg || !out || !cfg->identity || !cfg->get_conn)
     return NP_ERR_INVAL;
@@ -181,39 +211,8 @@ int np__tls_new(const np__tls_config *cfg, np__tls **out) {
   }
   if ((err = add_identity_cert(t, cfg->identity)))
     goto fail;
-  /* No tickets: there is no resumption (each session authenticates the
-   * identity keys afresh) and no 0-RTT. */
-  unsigned flags = (cfg->client ? GNUTLS_CLIENT : GNUTLS_SERVER) | GNUTLS_NO_TICKETS;
-  if ((rc = gnutls_init(&t->session, flags)) < 0) {
-    err = fail(t, "gnutls_init", rc);
+  if ((err = session_init(t)))
     goto fail;
-  }
-  rc = cfg->client ? ngtcp2_crypto_gnutls_configure_client_session(t->session)
-                   : ngtcp2_crypto_gnutls_configure_server_session(t->session);
-  if (rc != 0) {
-    NP_LOGE(t->log, "session tls: ngtcp2_crypto_gnutls_configure_session failed");
-    err = NP_ERR_SYS;
-    goto fail;
-  }
-  if ((rc = gnutls_priority_set_direct(t->session, tls_priority, NULL)) < 0) {
-    err = fail(t, "priority_set_direct", rc);
-    goto fail;
-  }
-  if ((rc = gnutls_credentials_set(t->session, GNUTLS_CRD_CERTIFICATE, t->cred)) < 0) {
-    err = fail(t, "credentials_set", rc);
-    goto fail;
-  }
-  gnutls_datum_t alpn = {(unsigned char *)NP__SESSION_ALPN, sizeof NP__SESSION_ALPN - 1};
-  /* MANDATORY: a server that does not speak natpunch/1 fails the handshake
-   * (no_application_protocol) instead of carrying on without ALPN. */
-  if ((rc = gnutls_alpn_set_protocols(t->session, &alpn, 1, GNUTLS_ALPN_MANDATORY)) < 0) {
-    err = fail(t, "alpn_set_protocols", rc);
-    goto fail;
-  }
-  if (!cfg->client)
-    gnutls_certificate_server_set_request(t->session, GNUTLS_CERT_REQUIRE);
-  gnutls_session_set_verify_function(t->session, verify_peer);
-  gnutls_session_set_ptr(t->session, t);
   *out = t;
   return 0;
 fail:
@@ -227,6 +226,14 @@ gnutls_session_t np__tls_session(np__tls *t) {
 
 ngtcp2_crypto_conn_ref *np__tls_conn_ref(np__tls *t) {
   return &t->conn_ref;
+}
+
+int np__tls_reset(np__tls *t) {
+  if (t->session)
+    gnutls_deinit(t->session);
+  t->session = NULL;
+  t->verdict = NP__TLS_PEER_UNCHECKED;
+  return session_init(t);
 }
 
 enum np__tls_verdict np__tls_verdict(const np__tls *t) {

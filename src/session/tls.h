@@ -59,6 +59,11 @@ gnutls_session_t np__tls_session(np__tls *t);
  * cfg->get_conn_user); ngtcp2's helper calls get_conn through it. */
 ngtcp2_crypto_conn_ref *np__tls_conn_ref(np__tls *t);
 
+/* Replaces the GnuTLS session by a fresh one (same certificate and peer),
+ * for a server that dropped a connection attempt before it went anywhere.
+ * Returns 0 or NP_ERR_SYS. */
+int np__tls_reset(np__tls *t);
+
 /* The verify callback's conclusion so far; NP__TLS_PEER_MISMATCH is the
  * case the session reports as "peer key mismatch". */
 enum np__tls_verdict np__tls_verdict(const np__tls *t);
