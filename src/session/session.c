@@ -555,12 +555,13 @@ static int cb_stop_sending(ngtcp2_conn *conn, int64_t id, uint64_t app_error, vo
                            void *suser) {
   (void)app_error;
   (void)suser;
-  np__session *s = user;
-  stream *st = find_stream(s, id);
+  (void)conn;
+  /* ngtcp2 answers with RESET_STREAM itself (RFC 9000 §3.5); we only stop
+   * offering data. What was sent stays until stream_close: frames still in
+   * ngtcp2's retransmission buffer point into it. */
+  stream *st = find_stream(user, id);
   if (st)
     st->stopped = true;
-  /* Answer with RESET_STREAM so the stream can close (RFC 9000 §3.5). */
-  ngtcp2_conn_shutdown_stream_write(conn, id, app_error);
   return 0;
 }
 
@@ -962,6 +963,8 @@ int np__session_send(np__session *s, uint8_t *buf, size_t cap, np__session_path 
                      int64_t now_ms) {
   if (!s || !buf)
     return NP_ERR_INVAL;
+  if (cap < MIN_UDP_PAYLOAD)
+    return NP_ERR_NOSPACE; /* Initial packets are padded to 1200 bytes */
   ngtcp2_tstamp ts = ts_of(s, now_ms);
   if (!s->conn || s->state == NP__SESSION_CLOSED || s->state == NP__SESSION_DRAINING)
     return 0;

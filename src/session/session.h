@@ -119,18 +119,21 @@ void np__session_free(np__session *s);
 
 /* Processes one received UDP datagram that arrived on `local` from `from`.
  * Returns 0 when it was used or harmlessly dropped (garbage, duplicates,
- * packets for another connection), or a negative NP_ERR_* when it ended the
- * session (the state and close info say why; drain np__session_send to emit
- * our CONNECTION_CLOSE). A datagram from a new address is handled by QUIC's
+ * packets for another connection, a forged Initial before the real one), or
+ * a negative NP_ERR_* when it ended the session with an error (an orderly
+ * close by the peer returns 0: check np__session_closed; close info says
+ * why; drain np__session_send to emit our CONNECTION_CLOSE). A datagram from a new address is handled by QUIC's
  * path validation: the server follows a client whose NAT rebound. */
 int np__session_recv(np__session *s, const np_addr *local, const np_addr *from,
                      const uint8_t *pkt, size_t len, int64_t now_ms);
 
-/* Writes the next datagram to send into buf (cap should be at least
+/* Writes the next datagram to send into buf (cap at least 1200, better
  * max_udp_payload) and the path it must take into *path (NULL to ignore).
  * Returns its length, 0 when there is nothing to send now (congestion,
- * pacing or idle: ask np__session_timeout), or a negative NP_ERR_* when the
- * session failed while writing. Call it in a loop until it returns 0. */
+ * pacing or idle: ask np__session_timeout), NP_ERR_NOSPACE for cap < 1200.
+ * A session that fails while writing returns its CONNECTION_CLOSE instead.
+ * Call it in a loop until it returns 0: a burst ends after one pacing
+ * quantum, and the next one is due when np__session_timeout says. */
 int np__session_send(np__session *s, uint8_t *buf, size_t cap, np__session_path *path,
                      int64_t now_ms);
 

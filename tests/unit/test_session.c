@@ -763,6 +763,57 @@ static void nat_rebinding(void **state) {
   net_free(&n);
 }
 
+typedef struct resetx {
+  int64_t cid, sid;
+  int write_rc, read_rc;
+} resetx;
+
+static bool reset_step(net *n, void *user) {
+  resetx *r = user;
+  if (!both_established(n, NULL))
+    return false;
+  uint8_t buf[4096];
+  memset(buf, 'r', sizeof buf);
+  if (r->cid < 0) {
+    assert_int_equal(np__session_stream_open(n->ep[C], &r->cid), 0);
+    assert_int_equal(np__session_stream_write(n->ep[C], r->cid, buf, sizeof buf, false),
+                     (int64_t)sizeof buf);
+  }
+  if (r->sid < 0) {
+    if (np__session_stream_accept(n->ep[S], &r->sid) != 1)
+      return false;
+    /* The server wants none of it: both directions go. */
+    assert_int_equal(np__session_stream_reset(n->ep[S], r->sid, 42), 0);
+    assert_int_equal(np__session_stream_write(n->ep[S], r->sid, buf, 1, false), NP_ERR_INVAL);
+  }
+  if (r->write_rc >= 0) {
+    int64_t w = np__session_stream_write(n->ep[C], r->cid, buf, sizeof buf, false);
+    if (w < 0 && w != NP_ERR_AGAIN)
+      r->write_rc = (int)w;
+  }
+  bool fin;
+  if (r->read_rc >= 0 || r->read_rc == NP_ERR_AGAIN) {
+    int64_t rd = np__session_stream_read(n->ep[C], r->cid, buf, sizeof buf, &fin);
+    r->read_rc = (int)rd;
+  }
+  return r->write_rc == NP_ERR_CANCELLED && r->read_rc == NP_ERR_CANCELLED;
+}
+
+static void stream_reset_both_ways(void **state) {
+  (void)state;
+  opts o = {.delay_ms = 10};
+  net n;
+  net_init(&n, &o, 15);
+  resetx r = {.cid = -1, .sid = -1};
+  assert_true(run(&n, reset_step, &r, 5000));
+  /* The session itself is unharmed: a new stream works. */
+  xfer x = xfer_new(13, 100000);
+  assert_true(run(&n, bulk_step, &x, 10000));
+  assert_int_equal(x.received, x.total);
+  assert_false(x.corrupt);
+  net_free(&n);
+}
+
 static void expect_mismatch(np__session *s, bool by_peer) {
   struct np__session_close_info ci;
   assert_int_equal(np__session_close_info(s, &ci), 0);
@@ -894,6 +945,7 @@ int main(void) {
       cmocka_unit_test(half_close),
       cmocka_unit_test(many_streams_one_stalled),
       cmocka_unit_test(stream_limit),
+      cmocka_unit_test(stream_reset_both_ways),
       cmocka_unit_test(datagrams),
       cmocka_unit_test(back_pressure),
       cmocka_unit_test(client_migration),
