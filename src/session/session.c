@@ -105,20 +105,15 @@ static void q_consume(byteq *q, size_t n) {
       q->head_off += n;
       return;
     }
+    /* The head chunk is used up, even if it is the tail: a later append
+     * starts a new chunk rather than reusing memory ngtcp2 may have seen. */
     n -= avail;
     chunk *c = q->head;
     q->head = c->next;
     q->head_off = 0;
-    /* Keep an emptied lone chunk as the tail only if more will be
-     * appended; simpler to free it and start afresh. */
     free(c);
     if (!q->head)
       q->tail = NULL;
-  }
-  if (q->len == 0 && q->head && q->head_off == q->head->len && !q->head->next) {
-    free(q->head);
-    q->head = q->tail = NULL;
-    q->head_off = 0;
   }
 }
 

@@ -153,7 +153,10 @@ enum np__session_state np__session_state(const np__session *s);
 
 /* True once the handshake completed with the peer's key verified: streams
  * and datagrams flow. A client reaches it after one round trip; the server
- * one half round trip later, when it has the client's certificate. */
+ * one half round trip later, when it has the client's certificate. A client
+ * has checked the server's key by then, but the server may still reject
+ * the client's: then the session closes half a round trip later with
+ * key_mismatch and by_peer set, and the server has delivered nothing. */
 bool np__session_established(const np__session *s);
 
 /* True when the session is over or ending (CLOSING, DRAINING or CLOSED):

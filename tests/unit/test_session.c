@@ -821,6 +821,11 @@ static void expect_mismatch(np__session *s, bool by_peer) {
   assert_true(ci.key_mismatch);
   assert_int_equal(ci.by_peer, by_peer);
   assert_string_equal(ci.reason, "peer key mismatch");
+  /* A CRYPTO_ERROR: 0x100 + the TLS alert (bad_certificate, 42). */
+  assert_int_equal(ci.code & ~0xffull, 0x100);
+  if (!by_peer)
+    print_message("key mismatch detected locally: CONNECTION_CLOSE 0x%llx\n",
+                  (unsigned long long)ci.code);
 }
 
 static void forged_key(bool server_expects_wrong) {
