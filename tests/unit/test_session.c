@@ -138,7 +138,7 @@ static void log_sink(void *user, enum np_log_level level, const char *msg) {
 
 typedef struct opts {
   int delay_ms, loss_pct, reorder_pct, rate;
-  int idle_ms;
+  int idle_ms, keepalive_ms;
   size_t stream_buffer;
   bool forge_server_expect; /* the server expects a key the client lacks */
   bool forge_client_expect; /* the client expects a key the server lacks */
@@ -154,6 +154,7 @@ static np__session *make(net *n, int side, const opts *o, np_identity *wrong) {
   cfg.local = side == C ? n->c_local : n->s_addr;
   cfg.remote = side == C ? n->s_addr : n->c_local;
   cfg.idle_timeout_ms = o->idle_ms;
+  cfg.keepalive_ms = o->keepalive_ms;
   cfg.stream_buffer = o->stream_buffer;
   cfg.log = log_sink;
   cfg.log_user = (void *)(side == C ? "client" : "server");
@@ -883,6 +884,48 @@ static void idle_timeout(void **state) {
   net_free(&n);
 }
 
+static void keepalive_holds(void **state) {
+  (void)state;
+  /* Quiet for ten idle timeouts: the PINGs keep both ends up. */
+  opts o = {.delay_ms = 10, .idle_ms = 1000, .keepalive_ms = 300};
+  net n;
+  net_init(&n, &o, 16);
+  assert_true(run(&n, both_established, NULL, 5000));
+  assert_false(run(&n, NULL, NULL, 10000));
+  assert_true(np__session_established(n.ep[C]));
+  assert_true(np__session_established(n.ep[S]));
+  net_free(&n);
+
+  /* Without keep-alive the same quiet ends both sessions. */
+  o.keepalive_ms = -1;
+  net_init(&n, &o, 17);
+  assert_true(run(&n, both_established, NULL, 5000));
+  assert_true(run(&n, both_closed, NULL, 10000));
+  struct np__session_close_info ci;
+  assert_int_equal(np__session_close_info(n.ep[S], &ci), 0);
+  assert_int_equal(ci.err, NP_ERR_TIMEOUT);
+  net_free(&n);
+}
+
+static void handshake_timeout(void **state) {
+  (void)state;
+  /* A client whose server never answers, and a server nobody calls. */
+  opts o = {.delay_ms = 10, .idle_ms = 2000};
+  net n;
+  net_init(&n, &o, 18);
+  n.server_gone = true;
+  int64_t t0 = n.now;
+  assert_true(run(&n, both_closed, NULL, 10000));
+  for (int side = 0; side < 2; side++) {
+    struct np__session_close_info ci;
+    assert_int_equal(np__session_close_info(n.ep[side], &ci), 0);
+    assert_int_equal(ci.err, NP_ERR_TIMEOUT);
+    assert_false(ci.by_peer);
+  }
+  assert_true(n.now - t0 >= 2000 && n.now - t0 <= 2100);
+  net_free(&n);
+}
+
 static void close_reason(void **state) {
   (void)state;
   opts o = {.delay_ms = 10};
@@ -958,6 +1001,8 @@ int main(void) {
       cmocka_unit_test(forged_server_side),
       cmocka_unit_test(forged_client_side),
       cmocka_unit_test(idle_timeout),
+      cmocka_unit_test(keepalive_holds),
+      cmocka_unit_test(handshake_timeout),
       cmocka_unit_test(close_reason),
       cmocka_unit_test(server_ignores_garbage),
   };
