@@ -72,6 +72,8 @@ static void pump(np__session *s, np__session *to, int64_t now) {
     CHECK(n <= CAP);
     if (n <= 0)
       return;
+    /* Never a greased fixed bit: the shared socket demultiplexes on it. */
+    CHECK(buf[0] & 0x40);
     if (to)
       np__session_recv(to, &path.remote, &path.local, buf, (size_t)n, now);
   }

@@ -226,6 +226,7 @@ struct np__session {
   size_t max_udp, stream_buffer;
   bool hs_done;
   bool got_crypto; /* a server's conn has decrypted CRYPTO data: it is real */
+  bool creating;   /* inside ngtcp2_conn_*_new (see cb_rand) */
 
   stream **streams;
   size_t n_streams, cap_streams;
@@ -427,8 +428,17 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref) {
 }
 
 static void cb_rand(uint8_t *dest, size_t len, const ngtcp2_rand_ctx *ctx) {
-  (void)ctx;
   rand_bytes(dest, len);
+  /* ngtcp2 0.12 always advertises grease_quic_bit (RFC 9287) and, when a
+   * random byte drawn while the connection is made is odd, clears the QUIC
+   * fixed bit on every packet it sends. That breaks RFC 9443 first-byte
+   * demultiplexing on our shared socket (a short header could start with
+   * 0x00-0x03, STUN's range), so during creation the one-byte draws are
+   * made even. (BBR's one-byte draw at creation loses one bit of
+   * randomness; nothing else is drawn then.) */
+  const np__session *s = ctx ? ctx->native_handle : NULL;
+  if (s && s->creating && len == 1)
+    dest[0] &= 0xfe;
 }
 
 static int cb_new_cid(ngtcp2_conn *conn, ngtcp2_cid *cid, uint8_t *token, size_t cidlen,
@@ -717,6 +727,7 @@ int np__session_new(const np__session_config *cfg, int64_t now_ms, np__session *
   s->settings.no_pmtud = 1;
   s->settings.handshake_timeout = s->idle_ns;
   s->settings.initial_rtt = NGTCP2_DEFAULT_INITIAL_RTT;
+  s->settings.rand_ctx.native_handle = s;
 
   ngtcp2_transport_params_default(&s->params);
   s->params.initial_max_stream_data_bidi_local = STREAM_WINDOW;
@@ -736,8 +747,10 @@ int np__session_new(const np__session_config *cfg, int64_t now_ms, np__session *
     scid.datalen = SCID_LEN;
     rand_bytes(scid.data, scid.datalen);
     ngtcp2_path path = {addr_of(&s->local), addr_of(&s->remote), NULL};
+    s->creating = true;
     int rv = ngtcp2_conn_client_new(&s->conn, &dcid, &scid, &path, NGTCP2_PROTO_VER_V1,
                                     &client_callbacks, &s->settings, &s->params, NULL, s);
+    s->creating = false;
     if (rv != 0) {
       NP_LOGE(&s->log, "session: ngtcp2_conn_client_new: %s", ngtcp2_strerror(rv));
       err = rv == NGTCP2_ERR_NOMEM ? NP_ERR_NOMEM : NP_ERR_SYS;
@@ -769,8 +782,10 @@ static int server_accept(np__session *s, const np_addr *local, const np_addr *fr
   s->local = *local;
   s->remote = *from;
   ngtcp2_path path = {addr_of(&s->local), addr_of(&s->remote), NULL};
+  s->creating = true;
   int rv = ngtcp2_conn_server_new(&s->conn, &hd.scid, &scid, &path, hd.version,
                                   &server_callbacks, &s->settings, &params, NULL, s);
+  s->creating = false;
   if (rv != 0) {
     NP_LOGE(&s->log, "session: ngtcp2_conn_server_new: %s", ngtcp2_strerror(rv));
     s->conn = NULL;

@@ -199,6 +199,9 @@ static void net_free(net *n) {
  * client's. */
 static void transmit(net *n, int from, const np__session_path *path, const uint8_t *buf,
                      size_t len) {
+  /* RFC 9443 demultiplexing (STUN 0-3, QUIC 64-127 and 192-255) needs the
+   * QUIC fixed bit on every packet: it must never be greased. */
+  assert_true(len > 0 && (buf[0] & 0x40));
   if (n->server_gone || (int)(mix(&n->rng) % 100) < n->loss_pct) {
     n->dropped++;
     return;
