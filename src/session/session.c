@@ -227,6 +227,11 @@ struct np__session {
   bool hs_done;
   bool got_crypto; /* a server's conn has decrypted CRYPTO data: it is real */
   bool creating;   /* inside ngtcp2_conn_*_new (see cb_rand) */
+  /* A client's path before its last migration, to fall back to when the
+   * new one fails validation (ngtcp2 0.12 does not for immediate
+   * migration: it stays on the dead path). */
+  bool has_prev, fallback_pending;
+  np_addr prev_local, prev_remote;
 
   stream **streams;
   size_t n_streams, cap_streams;
@@ -601,9 +606,16 @@ static int cb_recv_datagram(ngtcp2_conn *conn, uint32_t flags, const uint8_t *da
 
 static int cb_path_validation(ngtcp2_conn *conn, uint32_t flags, const ngtcp2_path *path,
                               ngtcp2_path_validation_result res, void *user) {
-  (void)conn;
   (void)flags;
   np__session *s = user;
+  if (res != NGTCP2_PATH_VALIDATION_RESULT_SUCCESS) {
+    s->st.path_failures++;
+    const ngtcp2_path *cur = ngtcp2_conn_get_path(conn);
+    if (s->client && s->has_prev && ngtcp2_path_eq(cur, path))
+      s->fallback_pending = true; /* acted on outside the callback */
+  } else if (s->client && s->has_prev && ngtcp2_path_eq(ngtcp2_conn_get_path(conn), path)) {
+    s->has_prev = false; /* the new path works: no way back needed */
+  }
   if (np_log_enabled(&s->log, NP_LOG_INFO)) {
     np_addr a;
     char buf[NP_ADDRSTRLEN];
@@ -969,6 +981,27 @@ static int write_close(np__session *s, uint8_t *buf, size_t cap, np__session_pat
   return finish_pkt(s, &ps, path, n);
 }
 
+/* Moves a client back to the path it left when the new one failed
+ * validation; retried on later sends while no spare connection ID is
+ * available. */
+static void fall_back(np__session *s, ngtcp2_tstamp ts) {
+  if (!s->has_prev || s->state != NP__SESSION_ESTABLISHED) {
+    s->fallback_pending = false;
+    return;
+  }
+  np_addr l = s->prev_local, r = s->prev_remote;
+  ngtcp2_path p = {addr_of(&l), addr_of(&r), NULL};
+  int rv = ngtcp2_conn_initiate_immediate_migration(s->conn, &p, ts);
+  if (rv == NGTCP2_ERR_CONN_ID_BLOCKED)
+    return;
+  s->fallback_pending = false;
+  s->has_prev = false;
+  if (rv == 0) {
+    NP_LOGW(&s->log, "session: new path failed validation; back on the previous one");
+    note_path(s);
+  }
+}
+
 int np__session_send(np__session *s, uint8_t *buf, size_t cap, np__session_path *path,
                      int64_t now_ms) {
   if (!s || !buf)
@@ -995,6 +1028,8 @@ int np__session_send(np__session *s, uint8_t *buf, size_t cap, np__session_path 
   }
   if (cap > s->max_udp)
     cap = s->max_udp;
+  if (s->fallback_pending)
+    fall_back(s, ts);
   /* Pacing: a burst is at most one send quantum, then ngtcp2 schedules the
    * next (its time shows in np__session_timeout). */
   if (s->burst >= ngtcp2_conn_get_send_quantum(s->conn)) {
@@ -1390,9 +1425,14 @@ int np__session_migrate(np__session *s, const np_addr *new_local, const np_addr 
   ngtcp2_tstamp ts = ts_of(s, now_ms);
   np_addr l = *new_local, r = *remote;
   ngtcp2_path path = {addr_of(&l), addr_of(&r), NULL};
+  np_addr old_local = s->local, old_remote = s->remote;
   int rv = ngtcp2_conn_initiate_immediate_migration(s->conn, &path, ts);
   switch (rv) {
   case 0:
+    s->has_prev = true;
+    s->fallback_pending = false;
+    s->prev_local = old_local;
+    s->prev_remote = old_remote;
     note_path(s);
     return 0;
   case NGTCP2_ERR_CONN_ID_BLOCKED:

@@ -102,6 +102,7 @@ struct np__session_stats {
   uint64_t cwnd, bytes_in_flight;
   np__session_path path; /* the path currently in use */
   uint64_t migrations;   /* path changes (ours or the peer's) */
+  uint64_t path_failures; /* path validations that failed */
   uint64_t dgrams_dropped; /* received datagrams dropped on a full queue */
 };
 
@@ -234,8 +235,9 @@ void np__session_stats(const np__session *s, struct np__session_stats *st);
 
 /* The client moves to a new path (after its local address changed, or onto
  * a new socket after a re-punch): sending switches at once and QUIC
- * validates the path; if validation fails the session falls back to the
- * old path. new_local must differ from the current local address (ngtcp2
+ * validates the path; if validation fails (3 PTO without an answer) the
+ * session moves back to the old path by itself (stats count it in
+ * path_failures), so keep the old socket open until then. new_local must differ from the current local address (ngtcp2
  * 0.12 migrates the local side; a change of the remote alone is
  * NP_ERR_UNSUPPORTED). Returns 0, NP_ERR_INVAL (server, not established,
  * bad address), NP_ERR_AGAIN (the peer has not issued a spare connection ID

@@ -80,6 +80,7 @@ typedef struct net {
   bool nat;
   np_addr nat_inner, nat_public;
   bool server_gone; /* drop everything to and from the server */
+  bool local2_dead; /* the client's second address reaches nobody */
   uint64_t delivered, dropped;
   int64_t established_at[2];
 } net;
@@ -202,7 +203,8 @@ static void transmit(net *n, int from, const np__session_path *path, const uint8
   /* RFC 9443 demultiplexing (STUN 0-3, QUIC 64-127 and 192-255) needs the
    * QUIC fixed bit on every packet: it must never be greased. */
   assert_true(len > 0 && (buf[0] & 0x40));
-  if (n->server_gone || (int)(mix(&n->rng) % 100) < n->loss_pct) {
+  if (n->server_gone || (int)(mix(&n->rng) % 100) < n->loss_pct ||
+      (n->local2_dead && from == C && np_addr_equal(&path->local, &n->c_local2))) {
     n->dropped++;
     return;
   }
@@ -739,6 +741,28 @@ static void client_migration(void **state) {
   net_free(&n);
 }
 
+static void migration_to_dead_path(void **state) {
+  (void)state;
+  opts o = {.delay_ms = 10, .rate = 20};
+  net n;
+  net_init(&n, &o, 19);
+  n.local2_dead = true;
+  xfer x = xfer_new(14, 3u << 20);
+  x.at = 1u << 20;
+  x.action = do_migrate;
+  assert_true(run(&n, bulk_step, &x, 120000));
+  assert_true(x.acted);
+  assert_false(x.corrupt);
+  assert_int_equal(x.received, x.total);
+  struct np__session_stats st;
+  np__session_stats(n.ep[C], &st);
+  assert_true(st.path_failures >= 1);
+  assert_true(np_addr_equal(&st.path.local, &n.c_local));
+  np__session_stats(n.ep[S], &st);
+  assert_true(np_addr_equal(&st.path.remote, &n.c_local));
+  net_free(&n);
+}
+
 static void do_rebind(net *n) {
   n->nat_public = addr("198.51.100.7:61001");
 }
@@ -1000,6 +1024,7 @@ int main(void) {
       cmocka_unit_test(datagrams),
       cmocka_unit_test(back_pressure),
       cmocka_unit_test(client_migration),
+      cmocka_unit_test(migration_to_dead_path),
       cmocka_unit_test(nat_rebinding),
       cmocka_unit_test(forged_server_side),
       cmocka_unit_test(forged_client_side),
