@@ -169,8 +169,8 @@ typedef struct stream {
   byteq tx;
   uint64_t tx_acked, tx_sent;
   bool fin_wanted, fin_sent;
-  bool blocked;  /* stream flow control; cleared when the peer extends it */
-  bool stopped;  /* the peer sent STOP_SENDING (or reset by us) */
+  bool blocked;   /* stream flow control; cleared when the peer extends it */
+  bool stopped;   /* the peer sent STOP_SENDING (or reset by us) */
   unsigned tried; /* generation of the send call that last tried it */
   /* Receiving. */
   byteq rx;
@@ -689,9 +689,8 @@ int np__session_new(const np__session_config *cfg, int64_t now_ms, np__session *
   if (!out)
     return NP_ERR_INVAL;
   *out = NULL;
-  if (!cfg || !cfg->identity || cfg->idle_timeout_ms < 0 ||
-      np_addr_len(&cfg->local) == 0 || (cfg->client && np_addr_len(&cfg->remote) == 0) ||
-      cfg->max_udp_payload > MAX_UDP_PAYLOAD)
+  if (!cfg || !cfg->identity || cfg->idle_timeout_ms < 0 || np_addr_len(&cfg->local) == 0 ||
+      (cfg->client && np_addr_len(&cfg->remote) == 0) || cfg->max_udp_payload > MAX_UDP_PAYLOAD)
     return NP_ERR_INVAL;
   np__session *s = calloc(1, sizeof *s);
   if (!s)
@@ -795,8 +794,8 @@ static int server_accept(np__session *s, const np_addr *local, const np_addr *fr
   s->remote = *from;
   ngtcp2_path path = {addr_of(&s->local), addr_of(&s->remote), NULL};
   s->creating = true;
-  int rv = ngtcp2_conn_server_new(&s->conn, &hd.scid, &scid, &path, hd.version,
-                                  &server_callbacks, &s->settings, &params, NULL, s);
+  int rv = ngtcp2_conn_server_new(&s->conn, &hd.scid, &scid, &path, hd.version, &server_callbacks,
+                                  &s->settings, &params, NULL, s);
   s->creating = false;
   if (rv != 0) {
     NP_LOGE(&s->log, "session: ngtcp2_conn_server_new: %s", ngtcp2_strerror(rv));
@@ -854,8 +853,8 @@ static void check_established(np__session *s) {
   }
 }
 
-int np__session_recv(np__session *s, const np_addr *local, const np_addr *from,
-                     const uint8_t *pkt, size_t len, int64_t now_ms) {
+int np__session_recv(np__session *s, const np_addr *local, const np_addr *from, const uint8_t *pkt,
+                     size_t len, int64_t now_ms) {
   if (!s || !local || !from || (!pkt && len))
     return NP_ERR_INVAL;
   ngtcp2_tstamp ts = ts_of(s, now_ms);
@@ -965,8 +964,8 @@ static int write_close(np__session *s, uint8_t *buf, size_t cap, np__session_pat
   ngtcp2_path_storage ps;
   ngtcp2_path_storage_zero(&ps);
   ngtcp2_pkt_info pi;
-  ngtcp2_ssize n = ngtcp2_conn_write_connection_close(s->conn, &ps.path, &pi, buf, cap,
-                                                      &s->ccerr, ts);
+  ngtcp2_ssize n =
+      ngtcp2_conn_write_connection_close(s->conn, &ps.path, &pi, buf, cap, &s->ccerr, ts);
   s->deadline_ms = s->last_ms + close_period_ms(s);
   if (n <= 0) {
     s->state = NP__SESSION_CLOSED;
@@ -1081,8 +1080,8 @@ int np__session_send(np__session *s, uint8_t *buf, size_t cap, np__session_path 
       if (st->fin_wanted && st->tx_sent + offered == queued_end)
         flags |= NGTCP2_WRITE_STREAM_FLAG_FIN;
       ngtcp2_ssize taken = -1;
-      n = ngtcp2_conn_writev_stream(s->conn, &ps.path, &pi, buf, cap, &taken, flags, st->id,
-                                    v, nv, ts);
+      n = ngtcp2_conn_writev_stream(s->conn, &ps.path, &pi, buf, cap, &taken, flags, st->id, v, nv,
+                                    ts);
       if (taken >= 0) {
         st->tx_sent += (uint64_t)taken;
         if ((flags & NGTCP2_WRITE_STREAM_FLAG_FIN) && st->tx_sent == queued_end)
@@ -1260,8 +1259,7 @@ int64_t np__session_stream_write(np__session *s, int64_t id, const uint8_t *buf,
   return (int64_t)took;
 }
 
-int64_t np__session_stream_read(np__session *s, int64_t id, uint8_t *buf, size_t cap,
-                                bool *fin) {
+int64_t np__session_stream_read(np__session *s, int64_t id, uint8_t *buf, size_t cap, bool *fin) {
   if (fin)
     *fin = false;
   if (!s || (!buf && cap))
@@ -1331,8 +1329,8 @@ size_t np__session_dgram_max(const np__session *s) {
   const ngtcp2_transport_params *rp = ngtcp2_conn_get_remote_transport_params(s->conn);
   if (!rp || rp->max_datagram_frame_size == 0)
     return 0;
-  size_t frame_max = rp->max_datagram_frame_size > s->max_udp ? s->max_udp
-                                                               : (size_t)rp->max_datagram_frame_size;
+  size_t frame_max =
+      rp->max_datagram_frame_size > s->max_udp ? s->max_udp : (size_t)rp->max_datagram_frame_size;
   size_t pkt_max = s->max_udp - DGRAM_OVERHEAD;
   size_t m = frame_max < pkt_max ? frame_max : pkt_max;
   return m > 3 ? m - 3 : 0;
@@ -1372,7 +1370,8 @@ int np__session_dgram_recv(np__session *s, uint8_t *buf, size_t cap) {
   return (int)n;
 }
 
-/* ---- close, stats, migration ------------------------------------------------------------------ */
+/* ---- close, stats, migration ------------------------------------------------------------------
+ */
 
 int np__session_close(np__session *s, uint64_t app_error, const char *reason) {
   if (!s || np__session_closed(s))

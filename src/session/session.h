@@ -100,9 +100,9 @@ struct np__session_stats {
    * connection-wide loss counter; spurious losses included). */
   uint64_t packets_lost;
   uint64_t cwnd, bytes_in_flight;
-  np__session_path path; /* the path currently in use */
-  uint64_t migrations;   /* path changes (ours or the peer's) */
-  uint64_t path_failures; /* path validations that failed */
+  np__session_path path;   /* the path currently in use */
+  uint64_t migrations;     /* path changes (ours or the peer's) */
+  uint64_t path_failures;  /* path validations that failed */
   uint64_t dgrams_dropped; /* received datagrams dropped on a full queue */
 };
 
@@ -123,10 +123,10 @@ void np__session_free(np__session *s);
  * packets for another connection, a forged Initial before the real one), or
  * a negative NP_ERR_* when it ended the session with an error (an orderly
  * close by the peer returns 0: check np__session_closed; close info says
- * why; drain np__session_send to emit our CONNECTION_CLOSE). A datagram from a new address is handled by QUIC's
- * path validation: the server follows a client whose NAT rebound. */
-int np__session_recv(np__session *s, const np_addr *local, const np_addr *from,
-                     const uint8_t *pkt, size_t len, int64_t now_ms);
+ * why; drain np__session_send to emit our CONNECTION_CLOSE). A datagram from a new address is
+ * handled by QUIC's path validation: the server follows a client whose NAT rebound. */
+int np__session_recv(np__session *s, const np_addr *local, const np_addr *from, const uint8_t *pkt,
+                     size_t len, int64_t now_ms);
 
 /* Writes the next datagram to send into buf (cap at least 1200, better
  * max_udp_payload) and the path it must take into *path (NULL to ignore).
@@ -197,8 +197,7 @@ int64_t np__session_stream_write(np__session *s, int64_t id, const uint8_t *buf,
  * when no data is waiting, NP_ERR_CANCELLED when the peer reset the stream,
  * NP_ERR_INVAL for an unknown stream. Reading returns flow-control credit
  * to the peer: a stream that is not read stalls only itself. */
-int64_t np__session_stream_read(np__session *s, int64_t id, uint8_t *buf, size_t cap,
-                                bool *fin);
+int64_t np__session_stream_read(np__session *s, int64_t id, uint8_t *buf, size_t cap, bool *fin);
 
 /* Half-closes the stream: a FIN follows the data already written. Returns
  * 0 or NP_ERR_INVAL (unknown stream). Reading continues. */
@@ -237,8 +236,8 @@ void np__session_stats(const np__session *s, struct np__session_stats *st);
  * a new socket after a re-punch): sending switches at once and QUIC
  * validates the path; if validation fails (3 PTO without an answer) the
  * session moves back to the old path by itself (stats count it in
- * path_failures), so keep the old socket open until then. new_local must differ from the current local address (ngtcp2
- * 0.12 migrates the local side; a change of the remote alone is
+ * path_failures), so keep the old socket open until then. new_local must differ from the current
+ * local address (ngtcp2 0.12 migrates the local side; a change of the remote alone is
  * NP_ERR_UNSUPPORTED). Returns 0, NP_ERR_INVAL (server, not established,
  * bad address), NP_ERR_AGAIN (the peer has not issued a spare connection ID
  * yet) or NP_ERR_UNSUPPORTED. */

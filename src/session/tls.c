@@ -82,8 +82,8 @@ static int add_identity_cert(np__tls *t, const np_identity *id) {
       (rc = gnutls_x509_crt_set_serial(crt, serial, sizeof serial)) < 0 ||
       (rc = gnutls_x509_crt_set_activation_time(crt, CERT_NOT_BEFORE)) < 0 ||
       (rc = gnutls_x509_crt_set_expiration_time(crt, (time_t)-1)) < 0 ||
-      (rc = gnutls_x509_crt_set_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, "natpunch",
-                                          8)) < 0 ||
+      (rc = gnutls_x509_crt_set_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, "natpunch", 8)) <
+          0 ||
       (rc = gnutls_x509_crt_set_key(crt, key)) < 0)
     goto out;
   what = "x509_crt_sign2";
@@ -141,8 +141,8 @@ static int verify_peer(gnutls_session_t session) {
   unsigned n = 0;
   const gnutls_datum_t *certs = gnutls_certificate_get_peers(session, &n);
   uint8_t key[NP_PUBKEY_LEN];
-  if (!certs || n == 0 || gnutls_certificate_type_get2(session, GNUTLS_CTYPE_PEERS) !=
-                              GNUTLS_CRT_X509 ||
+  if (!certs || n == 0 ||
+      gnutls_certificate_type_get2(session, GNUTLS_CTYPE_PEERS) != GNUTLS_CRT_X509 ||
       !cert_ed25519_key(&certs[0], key)) {
     t->verdict = NP__TLS_PEER_BAD;
     NP_LOGW(t->log, "session tls: the %s presented no Ed25519 certificate",

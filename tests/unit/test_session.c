@@ -328,8 +328,8 @@ typedef struct xfer {
   int64_t cid, sid; /* the stream at the client and at the server */
   uint64_t written, received;
   bool fin_seen, corrupt;
-  bool server_reads;   /* false: the server does not read (stalled) */
-  int again;           /* NP_ERR_AGAIN count at the writer */
+  bool server_reads; /* false: the server does not read (stalled) */
+  int again;         /* NP_ERR_AGAIN count at the writer */
   /* A one-off action once `at` bytes have arrived. */
   uint64_t at;
   void (*action)(net *n);
@@ -543,10 +543,10 @@ static bool multi_step(net *n, void *user) {
   for (int i = 0; i < NSTREAMS; i++) {
     while (m->written[i] < m->total[i]) {
       size_t k = m->total[i] - m->written[i] < sizeof buf ? (size_t)(m->total[i] - m->written[i])
-                                                           : sizeof buf;
+                                                          : sizeof buf;
       fill(100 + (uint32_t)i, m->written[i], buf, k);
-      int64_t w = np__session_stream_write(n->ep[C], m->cid[i], buf, k,
-                                           m->written[i] + k == m->total[i]);
+      int64_t w =
+          np__session_stream_write(n->ep[C], m->cid[i], buf, k, m->written[i] + k == m->total[i]);
       if (w == NP_ERR_AGAIN)
         break;
       assert_true(w > 0);
@@ -1015,24 +1015,15 @@ static void server_ignores_garbage(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(handshake_rtt),
-      cmocka_unit_test(bulk_lossy),
-      cmocka_unit_test(half_close),
-      cmocka_unit_test(many_streams_one_stalled),
-      cmocka_unit_test(stream_limit),
-      cmocka_unit_test(stream_reset_both_ways),
-      cmocka_unit_test(datagrams),
-      cmocka_unit_test(back_pressure),
-      cmocka_unit_test(client_migration),
-      cmocka_unit_test(migration_to_dead_path),
-      cmocka_unit_test(nat_rebinding),
-      cmocka_unit_test(forged_server_side),
-      cmocka_unit_test(forged_client_side),
-      cmocka_unit_test(idle_timeout),
-      cmocka_unit_test(keepalive_holds),
-      cmocka_unit_test(handshake_timeout),
-      cmocka_unit_test(close_reason),
-      cmocka_unit_test(server_ignores_garbage),
+      cmocka_unit_test(handshake_rtt),      cmocka_unit_test(bulk_lossy),
+      cmocka_unit_test(half_close),         cmocka_unit_test(many_streams_one_stalled),
+      cmocka_unit_test(stream_limit),       cmocka_unit_test(stream_reset_both_ways),
+      cmocka_unit_test(datagrams),          cmocka_unit_test(back_pressure),
+      cmocka_unit_test(client_migration),   cmocka_unit_test(migration_to_dead_path),
+      cmocka_unit_test(nat_rebinding),      cmocka_unit_test(forged_server_side),
+      cmocka_unit_test(forged_client_side), cmocka_unit_test(idle_timeout),
+      cmocka_unit_test(keepalive_holds),    cmocka_unit_test(handshake_timeout),
+      cmocka_unit_test(close_reason),       cmocka_unit_test(server_ignores_garbage),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
