@@ -677,6 +677,10 @@ static const ngtcp2_callbacks server_callbacks = {
     .version_negotiation = ngtcp2_crypto_version_negotiation_cb,
 };
 
+bool np__session_is_quic(const uint8_t *pkt, size_t len) {
+  return pkt && len > 0 && (pkt[0] & 0x40);
+}
+
 /* ---- creation ----------------------------------------------------------------- */
 
 static void after_conn(np__session *s) {

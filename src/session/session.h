@@ -106,6 +106,12 @@ struct np__session_stats {
   uint64_t dgrams_dropped; /* received datagrams dropped on a full queue */
 };
 
+/* True when a datagram's first byte is in QUIC's RFC 9443 ranges (64-127,
+ * 192-255: the fixed bit set, which this module never greases), so the
+ * owner of a shared socket can tell it from STUN (0-3) before handing it
+ * to np__session_recv. */
+bool np__session_is_quic(const uint8_t *pkt, size_t len);
+
 /* Creates a session. A client builds its first flight at once (drain
  * np__session_send); a server waits for its client's first Initial packet.
  * now_ms anchors the idle and handshake timers. Returns 0, NP_ERR_INVAL (no

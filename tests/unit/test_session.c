@@ -202,7 +202,7 @@ static void transmit(net *n, int from, const np__session_path *path, const uint8
                      size_t len) {
   /* RFC 9443 demultiplexing (STUN 0-3, QUIC 64-127 and 192-255) needs the
    * QUIC fixed bit on every packet: it must never be greased. */
-  assert_true(len > 0 && (buf[0] & 0x40));
+  assert_true(np__session_is_quic(buf, len));
   if (n->server_gone || (int)(mix(&n->rng) % 100) < n->loss_pct ||
       (n->local2_dead && from == C && np_addr_equal(&path->local, &n->c_local2))) {
     n->dropped++;
@@ -988,6 +988,16 @@ static void close_reason(void **state) {
   net_free(&n);
 }
 
+static void demux_ranges(void **state) {
+  (void)state;
+  /* RFC 9443: STUN 0-3 (and everything else below 64) is not QUIC. */
+  for (int b = 0; b < 256; b++) {
+    uint8_t byte = (uint8_t)b;
+    assert_int_equal(np__session_is_quic(&byte, 1), (b >= 64 && b <= 127) || b >= 192);
+  }
+  assert_false(np__session_is_quic(NULL, 0));
+}
+
 static void server_ignores_garbage(void **state) {
   (void)state;
   opts o = {.delay_ms = 10};
@@ -1024,6 +1034,7 @@ int main(void) {
       cmocka_unit_test(forged_client_side), cmocka_unit_test(idle_timeout),
       cmocka_unit_test(keepalive_holds),    cmocka_unit_test(handshake_timeout),
       cmocka_unit_test(close_reason),       cmocka_unit_test(server_ignores_garbage),
+      cmocka_unit_test(demux_ranges),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
