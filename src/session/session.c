@@ -733,8 +733,9 @@ int np__session_new(const np__session_config *cfg, int64_t now_ms, np__session *
   ngtcp2_settings_default(&s->settings);
   s->settings.initial_ts = (ngtcp2_tstamp)now_ms * NS_PER_MS;
   /* BBR, not CUBIC: punched paths are often lossy for reasons that are not
-   * congestion (wifi, CGNAT), and a loss-based controller collapses there
-   * (CUBIC at 10 % random loss and 100 ms RTT moves tens of kB/s). */
+   * congestion (wifi, CGNAT), and a loss-based controller collapses there.
+   * On the unit tests' model link (100 ms RTT, 10 % random loss, 12 MB/s
+   * bottleneck) 20 MiB took 5.5 s of fake time with BBR, 438 s with CUBIC. */
   s->settings.cc_algo = NGTCP2_CC_ALGO_BBR;
   s->settings.max_tx_udp_payload_size = s->max_udp;
   /* No path MTU discovery: NATs and tunnels on these paths make probing
