@@ -17,6 +17,7 @@
 #include "util/log.h"
 
 #include <gnutls/crypto.h>
+#include <stdarg.h>
 #include <ngtcp2/ngtcp2.h>
 #include <ngtcp2/ngtcp2_crypto.h>
 #include <stdio.h>
@@ -42,7 +43,6 @@
 #define ACTIVE_CID_LIMIT 4
 #define SCID_LEN 16
 #define DGRAM_QUEUE 64
-#define DGRAM_MAX_FRAME 65535
 /* Short header (1) + DCID (up to 20) + packet number (up to 4) + AEAD tag
  * (16) + DATAGRAM frame type and length (3), rounded up. */
 #define DGRAM_OVERHEAD 48
@@ -427,6 +427,17 @@ static int64_t close_period_ms(np__session *s) {
 
 /* ---- ngtcp2 callbacks ------------------------------------------------------- */
 
+/* ngtcp2's own trace (every packet and frame), at DEBUG, when asked for. */
+__attribute__((format(printf, 2, 3))) static void quic_trace(void *user, const char *fmt, ...) {
+  np__session *s = user;
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  NP_LOGD(&s->log, "ngtcp2: %s", buf);
+}
+
 static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref) {
   np__session *s = ref->user_data;
   return s->conn;
@@ -744,6 +755,8 @@ int np__session_new(const np__session_config *cfg, int64_t now_ms, np__session *
   s->settings.handshake_timeout = s->idle_ns;
   s->settings.initial_rtt = NGTCP2_DEFAULT_INITIAL_RTT;
   s->settings.rand_ctx.native_handle = s;
+  if (cfg->quic_trace && cfg->log && cfg->log_level >= NP_LOG_DEBUG)
+    s->settings.log_printf = quic_trace;
 
   ngtcp2_transport_params_default(&s->params);
   s->params.initial_max_stream_data_bidi_local = STREAM_WINDOW;
@@ -754,7 +767,9 @@ int np__session_new(const np__session_config *cfg, int64_t now_ms, np__session *
   s->params.initial_max_streams_uni = 0;
   s->params.max_idle_timeout = s->idle_ns;
   s->params.active_connection_id_limit = ACTIVE_CID_LIMIT;
-  s->params.max_datagram_frame_size = DGRAM_MAX_FRAME;
+  /* A DATAGRAM frame never exceeds a packet, and packets are max_udp here:
+   * this also bounds the receive queue to DGRAM_QUEUE * max_udp bytes. */
+  s->params.max_datagram_frame_size = s->max_udp;
 
   if (cfg->client) {
     ngtcp2_cid dcid, scid;

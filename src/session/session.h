@@ -53,6 +53,8 @@ typedef struct np__session_config {
   np_log_fn log;
   void *log_user;
   enum np_log_level log_level;
+  /* With log_level DEBUG, also pass on ngtcp2's per-packet trace. */
+  bool quic_trace;
 } np__session_config;
 
 /* Where a datagram must go: send it from the socket bound to `local` to

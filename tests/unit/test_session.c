@@ -160,6 +160,7 @@ static np__session *make(net *n, int side, const opts *o, np_identity *wrong) {
   cfg.log = log_sink;
   cfg.log_user = (void *)(side == C ? "client" : "server");
   cfg.log_level = NP_LOG_DEBUG;
+  cfg.quic_trace = getenv("NP_TEST_QUIC_TRACE") != NULL;
   np__session *s = NULL;
   assert_int_equal(np__session_new(&cfg, n->now, &s), 0);
   return s;
