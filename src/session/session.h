@@ -130,9 +130,10 @@ void np__session_free(np__session *s);
  * Returns 0 when it was used or harmlessly dropped (garbage, duplicates,
  * packets for another connection, a forged Initial before the real one), or
  * a negative NP_ERR_* when it ended the session with an error (an orderly
- * close by the peer returns 0: check np__session_closed; close info says
- * why; drain np__session_send to emit our CONNECTION_CLOSE). A datagram from a new address is
- * handled by QUIC's path validation: the server follows a client whose NAT rebound. */
+ * close by the peer returns 0, so check np__session_closed; close info says
+ * why; drain np__session_send to emit our CONNECTION_CLOSE). A datagram
+ * from a new address goes through QUIC path validation: the server follows
+ * a client whose NAT rebound. */
 int np__session_recv(np__session *s, const np_addr *local, const np_addr *from, const uint8_t *pkt,
                      size_t len, int64_t now_ms);
 
@@ -200,8 +201,9 @@ int64_t np__session_stream_write(np__session *s, int64_t id, const uint8_t *buf,
                                  bool fin);
 
 /* Copies up to cap received bytes into buf and returns how many; *fin is
- * set true when the peer's FIN has been reached (then 0 is returned, and
- * the stream is forgotten once our side is done too). Returns NP_ERR_AGAIN
+ * set true when these bytes (possibly none) reach the peer's FIN, and the
+ * stream is forgotten once our side is done too (later calls:
+ * NP_ERR_INVAL). Returns NP_ERR_AGAIN
  * when no data is waiting, NP_ERR_CANCELLED when the peer reset the stream,
  * NP_ERR_INVAL for an unknown stream. Reading returns flow-control credit
  * to the peer: a stream that is not read stalls only itself. */
@@ -244,11 +246,13 @@ void np__session_stats(const np__session *s, struct np__session_stats *st);
  * a new socket after a re-punch): sending switches at once and QUIC
  * validates the path; if validation fails (3 PTO without an answer) the
  * session moves back to the old path by itself (stats count it in
- * path_failures), so keep the old socket open until then. new_local must differ from the current
- * local address (ngtcp2 0.12 migrates the local side; a change of the remote alone is
- * NP_ERR_UNSUPPORTED). Returns 0, NP_ERR_INVAL (server, not established,
- * bad address), NP_ERR_AGAIN (the peer has not issued a spare connection ID
- * yet) or NP_ERR_UNSUPPORTED. */
+ * path_failures), so keep the old socket open until then. new_local must
+ * differ from the current local address: ngtcp2 0.12 migrates the local
+ * side only, so a new remote with the same local is NP_ERR_UNSUPPORTED
+ * (open a new socket for it). Returns 0, NP_ERR_INVAL (a server, not
+ * established, no address), NP_ERR_AGAIN (handshake not yet confirmed, or
+ * the peer has not issued a spare connection ID yet: retry after the next
+ * np__session_recv) or NP_ERR_UNSUPPORTED. */
 int np__session_migrate(np__session *s, const np_addr *new_local, const np_addr *new_remote,
                         int64_t now_ms);
 
