@@ -19,6 +19,7 @@
  * public key: a file whose two halves disagree could not exist this way.
  */
 #include "natpunch.h"
+#include "identity/identity_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -442,4 +443,10 @@ NP_EXPORT int np_identity_load_or_create(const char *path, np_identity **out, bo
   if (created)
     *created = true;
   return 0;
+}
+
+/* Declared in identity_internal.h; not exported (no NP_EXPORT). */
+void np__identity_secret(const np_identity *id, uint8_t seed[32]) {
+  _Static_assert(SEED_LEN == 32, "Ed25519 seed size");
+  memcpy(seed, id->sk, SEED_LEN);
 }
