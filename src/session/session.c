@@ -227,6 +227,7 @@ struct np__session {
   bool hs_done;
   bool got_crypto; /* a server's conn has decrypted CRYPTO data: it is real */
   bool creating;   /* inside ngtcp2_conn_*_new (see cb_rand) */
+  bool was_up;     /* reached ESTABLISHED once: peer data may be handed out */
   /* A client's path before its last migration, to fall back to when the
    * new one fails validation (ngtcp2 0.12 does not for immediate
    * migration: it stays on the dead path). */
@@ -869,6 +870,7 @@ static void check_established(np__session *s) {
   if (s->state == NP__SESSION_HANDSHAKE && s->hs_done &&
       np__tls_verdict(s->tls) == NP__TLS_PEER_OK) {
     s->state = NP__SESSION_ESTABLISHED;
+    s->was_up = true;
     NP_LOGI(&s->log, "session: established (%s)", s->client ? "client" : "server");
   }
 }
@@ -1238,7 +1240,9 @@ int np__session_stream_open(np__session *s, int64_t *id) {
 }
 
 int np__session_stream_accept(np__session *s, int64_t *id) {
-  if (!s || !id)
+  /* Defence in depth: nothing from a peer whose key was never verified
+   * (ngtcp2 cannot decrypt 1-RTT data before that anyway). */
+  if (!s || !id || !s->was_up)
     return 0;
   for (size_t i = 0; i < s->n_streams; i++) {
     stream *st = s->streams[i];
