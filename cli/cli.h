@@ -22,6 +22,8 @@ int cli_id(int argc, char **argv);
 int cli_rendezvous_server(int argc, char **argv);
 int cli_listen(int argc, char **argv);
 int cli_connect(int argc, char **argv);
+int cli_send(int argc, char **argv);
+int cli_receive(int argc, char **argv);
 
 /* What cli_serve() needs from a server object (discovery, rendezvous). */
 typedef struct cli_server_ops {

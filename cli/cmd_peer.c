@@ -1,39 +1,33 @@
 /*
- * natpunch listen / natpunch connect: a direct UDP path to a peer, then
- * netcat-style data over it.
+ * natpunch listen / connect / send / receive: a direct path to a peer, an
+ * encrypted QUIC session on it, and the work that session carries: a byte
+ * pipe (stdin/stdout), forwarded TCP connections (--forward / --local), or
+ * files (send / receive).
  *
- * Both are thin shells over the public agent API (np_agent_*): the agent
+ * All are thin shells over the public agent API (np_agent_*): the agent
  * gathers candidates, exchanges the signed offer and answer through the
- * rendezvous server and punches the path; this file turns its events into
- * JSON lines or sentences on stderr and moves data between stdin/stdout and
- * the peer. stdout carries only the peer's data.
+ * rendezvous server, punches the path and runs the authenticated session;
+ * this file turns its events into JSON lines or sentences on stderr and
+ * moves bytes between streams and file descriptors (pump.c) or the file
+ * transfer (transfer.c). stdout carries only the peer's data.
  *
- * Data protocol on top of the agent's datagrams: the first byte says what
- * follows, numbers are 32-bit big-endian:
- *   'D' seq data     data, numbered from 0 in each direction
- *   'E' total        end of our input after 'total' data datagrams
- *                    (half-close, like TCP's FIN: the other direction goes on)
- *   'A' count high flags
- *                    acknowledgement: 'count' data datagrams received so far,
- *                    the highest number seen + 1, flags bit 0 = "I have your E"
- * There is no retransmission (the session layer with QUIC comes next), but
- * loss is never silent: the sender keeps at most WINDOW datagrams
- * unacknowledged (pacing, so that a fast sender does not overflow the
- * receiver's socket buffer or its agent's queue), a datagram the socket
- * refuses (EAGAIN) is kept and sent again, and at the end each side compares
- * what was sent with what arrived and reports any difference as a failure
- * (exit 1). A side exits once its input has ended and the peer's has too
- * (and the peer confirmed ours), or when the peer closes; 'E' is repeated
- * for a while, since a datagram may be lost, and answered by the peer's
- * own 'E' and an 'A'.
+ * The caller opens every stream, and its first byte names the service
+ * (SVC_*): a listener that serves something else (a pipe asked of a
+ * --forward listener, files of a pipe) resets the stream and says so,
+ * rather than feeding one protocol to another.
  */
 #include "cli.h"
 #include "config.h"
+#include "progress.h"
+#include "pump.h"
+#include "transfer.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -42,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -49,27 +44,30 @@
 #define DEFAULT_STUN_PORT 3478
 #define DEFAULT_RDV_PORT 7000
 #define DEFAULT_TIMEOUT_MS 30000
-#define CHUNK_MAX 1200          /* an agent datagram */
-#define CHUNK (CHUNK_MAX - 5)   /* data per 'D': type and number first */
-#define WINDOW 64               /* data datagrams in flight; ~77 KB, which a
-                                 * default socket buffer (208 KB) holds */
-/* Until the peer's first acknowledgement: the caller is connected a round
- * trip before the callee, which keeps only 16 early datagrams (the agent's
- * MAX_EARLY) until it is. */
-#define FIRST_WINDOW 8
-#define ACK_EVERY 16
-#define ACK_DELAY_MS 10
-#define STALL_MS 500            /* no acknowledgement for so long: send one */
-#define FINAL_ACKS 3
-#define EOF_REORDER_MS 500      /* after the peer's 'E', late data gets this long */
-#define EOF_RESEND_MS 200
-/* After our 'E', how long we repeat it; the peer answers an 'E' with its
- * own once its input has ended, so a late one still gets through. */
-#define EOF_LINGER_MS 3000
+#define MAX_CONNS 256 /* streams at once (the session allows the peer 256 too) */
+#define MAX_FILES 1024
+/* A stream's first byte: what the caller wants of it. */
+#define SVC_PIPE 'p'
+#define SVC_FORWARD 'f'
+#define SVC_FILES 'x'
+
+enum peer_mode { MODE_PIPE = 0, MODE_FORWARD, MODE_LOCAL, MODE_SEND, MODE_RECEIVE };
+
+enum { OPT_FORCE = 1000 };
 
 struct peer_opts {
   const char *cmd;
   bool listen;
+  enum peer_mode mode;
+  np_addr forward, local, bind;
+  const char *files[MAX_FILES];
+  int n_files;
+  const char *dir;
+  bool force;
+  const char *accept_text[NP_AGENT_MAX_ALLOW];
+  int n_accept_text;
+  uint8_t accept_from[NP_AGENT_MAX_ALLOW][NP_PUBKEY_LEN];
+  int n_accept_from;
   np_addr rendezvous;
   bool have_rendezvous;
   np_addr discovery[NP_PROBE_MAX_SERVERS];
@@ -99,22 +97,9 @@ struct peer_opts {
   char cfg_key[CLI_CFG_MAX_PATH];
 };
 
-static void listen_usage(FILE *out) {
+/* The options every peer command shares (listen, connect, send, receive). */
+static void common_options(FILE *out) {
   fprintf(out,
-          "Usage: natpunch listen [--rendezvous IP:PORT] [--discovery IP:PORT]...\n"
-          "                       [--key FILE] [--allow PEER]... [--config FILE] [OPTIONS]\n\n"
-          "Registers this peer's ID with the rendezvous server and waits for a call. When\n"
-          "an allowed peer calls, both sides punch a direct UDP path through their NATs\n"
-          "(discovery servers, port prediction, the birthday method, UPnP/NAT-PMP/PCP).\n"
-          "Once the path is up, stdin goes to the peer and the peer's data to stdout, as\n"
-          "datagrams (no retransmission, no encryption yet). The listener serves one\n"
-          "session (unless --keep): it exits when both sides' input has ended or the peer\n"
-          "closes. A failed call is reported and the listener waits for the next one.\n"
-          "A call that comes during a session is declined at once (busy, 486).\n"
-          "Addresses are numeric (IPv4, or [IPv6]); host names are not resolved.\n"
-          "Servers, key and allow list not given as options come from the config file\n"
-          "(see 'natpunch --help'); a PEER is a peer ID or an alias defined there.\n\n"
-          "Options:\n"
           "  -r, --rendezvous IP[:PORT]  rendezvous server (port defaults to %d; default:\n"
           "                              rendezvous = in the config file; required)\n"
           "  -d, --discovery IP[:PORT]   discovery server; give two (port defaults to %d;\n"
@@ -124,102 +109,182 @@ static void listen_usage(FILE *out) {
           "  -c, --config FILE           read settings and aliases from FILE only (default:\n"
           "                              ~/.config/natpunch/config, then\n"
           "                              /etc/natpunch/config)\n"
-          "  -a, --allow PEER            accept calls only from this peer (a peer ID or an\n"
-          "                              alias); repeatable\n"
-          "  -A, --allow-file FILE       accept calls only from the peers in FILE, one\n"
-          "                              peer ID or alias per line ('#' starts a comment);\n"
-          "                              a file that names no peer is an error, never\n"
-          "                              \"anyone\" (without --allow/--allow-file the config\n"
-          "                              file's allow = lines apply; with none, anyone may\n"
-          "                              call; refused callers get error 403 from the\n"
-          "                              server)\n"
+          "  -b, --bind IP:PORT          the local UDP address and port (default: any\n"
+          "                              address, an ephemeral port)\n"
           "  -P, --predict-after MS      start port prediction after MS without a direct\n"
           "                              answer (default 1000)\n"
           "  -T, --prime-ttl N           TTL of priming packets, 1 to 255 (default:\n"
           "                              measured, hops to the outermost NAT + 1)\n"
           "  -W, --peer-timeout SEC      once connected, end the session when nothing\n"
-          "                              authenticated came from the peer for SEC\n"
-          "                              seconds (it vanished; default 20, 1 to 3600;\n"
-          "                              keepalives go every 5 s, or SEC/4 if shorter)\n"
+          "                              came from the peer for SEC seconds (it vanished;\n"
+          "                              default 20, 1 to 3600; a QUIC PING goes every\n"
+          "                              5 s of quiet, or SEC/4 if shorter)\n"
           "  -N, --no-portmap            do not ask the gateway for a port mapping\n"
-          "  -K, --keep                  after a session, wait for the next call (stdin\n"
-          "                              goes to the first session only)\n"
           "  -j, --json                  events as JSON lines on stderr\n"
           "  -v, --verbose               log protocol steps\n"
-          "  -h, --help                  show this help\n\n"
-          "JSON events (stderr): {\"event\":\"listening\",\"id\":...} on registration,\n"
-          "{\"event\":\"call\",\"from\":...}, {\"event\":\"connected\",\"path\":\"direct\",\n"
-          "\"via\":\"host|reflexive|predicted|birthday|portmap\",\"remote\":\"IP:PORT\",\n"
-          "\"elapsed_ms\":N,\"probes\":N}, {\"event\":\"failed\",\"reason\":...},\n"
-          "{\"event\":\"closed\",\"cause\":\"normal|abort|vanished|interrupted\",\n"
-          "\"reason\":...}, and {\"event\":\"log\",\"time_ms\":...,\"level\":...,\n"
-          "\"message\":...} for warnings (and --verbose steps). \"abort\": the peer was\n"
-          "interrupted; \"vanished\": see --peer-timeout; \"interrupted\": we were.\n\n"
-          "Data: datagrams, paced (at most 64 unacknowledged), never retransmitted; a\n"
-          "datagram lost either way is counted and reported as a failure at the end.\n\n"
-          "Exit status: 0 the session ended normally (both inputs ended, or the peer\n"
-          "closed), or SIGINT/SIGTERM stopped the listener (a session in progress is\n"
-          "aborted, and the peer told so); 1 failure (bad key, no UDP socket, the peer\n"
-          "aborted or vanished, data lost, or another `listen` with the same key took\n"
-          "the ID: a \"replaced\" event); 2 bad command line or config file. With\n"
-          "--keep, only SIGINT/SIGTERM (exit 0) or a replacement (exit 1) end it.\n",
+          "  -h, --help                  show this help\n\n",
           DEFAULT_RDV_PORT, DEFAULT_STUN_PORT);
 }
 
+static void session_text(FILE *out) {
+  fputs("The session: once the path is punched, it carries one QUIC connection (RFC\n"
+        "9000) whose TLS 1.3 handshake proves both peers' identity keys, so only the\n"
+        "peer ID called or accepted can read or send data (not the rendezvous server,\n"
+        "not anyone on the path). Streams are reliable and in order; loss is repaired.\n"
+        "Addresses are numeric (IPv4, or [IPv6]); host names are not resolved.\n"
+        "Servers, key and allow list not given as options come from the config file\n"
+        "(see 'natpunch --help'); a PEER is a peer ID or an alias defined there.\n\n",
+        out);
+}
+
+static void events_text(FILE *out) {
+  fputs("JSON events (stderr): {\"event\":\"listening\",\"id\":...} on registration\n"
+        "(listen, receive), {\"event\":\"call\",\"from\":...}, {\"event\":\"connected\",\n"
+        "\"path\":\"direct\",\"via\":\"host|reflexive|predicted|birthday|portmap\",\n"
+        "\"remote\":\"IP:PORT\",\"elapsed_ms\":N,\"probes\":N}, {\"event\":\"path_changed\",\n"
+        "\"remote\":...} when the NAT rebinds, {\"event\":\"failed\",\"reason\":...},\n"
+        "{\"event\":\"closed\",\"cause\":\"normal|abort|vanished|interrupted\",\n"
+        "\"reason\":...}, {\"event\":\"summary\",\"bytes_sent\":N,\"bytes_received\":N,\n"
+        "\"duration_ms\":N,\"path\":\"direct\",\"via\":...,\"remote\":...,\"rtt_ms\":N} at the\n"
+        "end of each session, and {\"event\":\"log\",\"time_ms\":...,\"level\":...,\n"
+        "\"message\":...} for warnings (and --verbose steps). \"abort\": the peer was\n"
+        "interrupted; \"vanished\": see --peer-timeout; \"interrupted\": we were.\n"
+        "Without --json the same events are sentences.\n\n",
+        out);
+}
+
+static void listen_usage(FILE *out) {
+  fputs("Usage: natpunch listen [--rendezvous IP:PORT] [--discovery IP:PORT]...\n"
+        "                       [--key FILE] [--allow PEER]... [--forward IP:PORT]\n"
+        "                       [--config FILE] [OPTIONS]\n\n"
+        "Registers this peer's ID with the rendezvous server and waits for a call. When\n"
+        "an allowed peer calls, both sides punch a direct UDP path through their NATs\n"
+        "(discovery servers, port prediction, the birthday method, UPnP/NAT-PMP/PCP).\n"
+        "Then, as a pipe: the caller's bytes go to stdout and stdin goes to the caller;\n"
+        "or, with --forward, each connection the caller carries (connect --local, or\n"
+        "ssh's ProxyCommand) is connected to that TCP service. The listener serves one\n"
+        "session (unless --keep). A failed call is reported and the listener waits for\n"
+        "the next one; a call that comes during a session is declined (busy, 486).\n\n",
+        out);
+  session_text(out);
+  fputs("Options:\n", out);
+  common_options(out);
+  fputs("  -a, --allow PEER            accept calls only from this peer (a peer ID or an\n"
+        "                              alias); repeatable\n"
+        "  -A, --allow-file FILE       accept calls only from the peers in FILE, one\n"
+        "                              peer ID or alias per line ('#' starts a comment);\n"
+        "                              a file that names no peer is an error, never\n"
+        "                              \"anyone\" (without --allow/--allow-file the config\n"
+        "                              file's allow = lines apply; with none, anyone may\n"
+        "                              call; refused callers get error 403 from the\n"
+        "                              server)\n"
+        "  -f, --forward IP:PORT       connect each of the caller's streams to this TCP\n"
+        "                              service (e.g. 127.0.0.1:22 for ssh) instead of\n"
+        "                              stdin/stdout\n"
+        "  -K, --keep                  after a session, wait for the next call (stdin\n"
+        "                              goes to the first session only)\n\n",
+        out);
+  events_text(out);
+  fputs("Exit status: 0 the session ended normally (both directions of the pipe done,\n"
+        "or the peer closed after its work), or SIGINT/SIGTERM stopped the listener (a\n"
+        "session in progress is aborted, and the peer told so); 1 failure (bad key, no\n"
+        "UDP socket, the peer aborted or vanished, or another `listen` with the same\n"
+        "key took the ID: a \"replaced\" event); 2 bad command line or config file.\n"
+        "With --keep, only SIGINT/SIGTERM (exit 0) or a replacement (exit 1) end it.\n",
+        out);
+}
+
 static void connect_usage(FILE *out) {
-  fprintf(out,
-          "Usage: natpunch connect [--rendezvous IP:PORT] [--discovery IP:PORT]...\n"
-          "                        [--key FILE] [--config FILE] [OPTIONS] PEER\n"
-          "       natpunch connect [OPTIONS] --peer PEER\n\n"
-          "Calls PEER (a peer ID, or an alias from the config file) through the rendezvous\n"
-          "server and punches a direct UDP path to it through both NATs. Once the path\n"
-          "is up, stdin goes to the peer and the peer's data to stdout, as datagrams (no\n"
-          "retransmission, no encryption yet); the command exits when both sides' input\n"
-          "has ended or the peer closes.\n"
-          "Addresses are numeric (IPv4, or [IPv6]); host names are not resolved.\n"
-          "Servers and key not given as options come from the config file (see\n"
-          "'natpunch --help'), so with one a call is: natpunch connect laptop\n\n"
-          "Options:\n"
-          "  -r, --rendezvous IP[:PORT]  rendezvous server (port defaults to %d; default:\n"
-          "                              rendezvous = in the config file; required)\n"
-          "  -d, --discovery IP[:PORT]   discovery server; give two (port defaults to %d;\n"
-          "                              default: the config file's discovery = lines)\n"
-          "  -p, --peer PEER             the peer to call: a peer ID or an alias (the\n"
-          "                              same as the PEER argument)\n"
-          "  -k, --key FILE              identity key (default: key = in the config file,\n"
-          "                              else ~/.config/natpunch/key, created on first use)\n"
-          "  -c, --config FILE           read settings and aliases from FILE only (default:\n"
-          "                              ~/.config/natpunch/config, then\n"
-          "                              /etc/natpunch/config)\n"
-          "  -t, --timeout SEC           give up if no path is up after SEC seconds\n"
-          "                              (default 30, 0.1 to 3600)\n"
-          "  -W, --peer-timeout SEC      once connected, end the session when nothing\n"
-          "                              authenticated came from the peer for SEC\n"
-          "                              seconds (it vanished; default 20, 1 to 3600;\n"
-          "                              keepalives go every 5 s, or SEC/4 if shorter)\n"
-          "  -P, --predict-after MS      start port prediction after MS without a direct\n"
-          "                              answer (default 1000)\n"
-          "  -T, --prime-ttl N           TTL of priming packets, 1 to 255 (default:\n"
-          "                              measured, hops to the outermost NAT + 1)\n"
-          "  -N, --no-portmap            do not ask the gateway for a port mapping\n"
-          "  -j, --json                  events as JSON lines on stderr\n"
-          "  -v, --verbose               log protocol steps\n"
-          "  -h, --help                  show this help\n\n"
-          "JSON events (stderr): {\"event\":\"connected\",\"path\":\"direct\",\n"
-          "\"via\":\"host|reflexive|predicted|birthday|portmap\",\"remote\":\"IP:PORT\",\n"
-          "\"elapsed_ms\":N,\"probes\":N}, {\"event\":\"failed\",\"reason\":...},\n"
-          "{\"event\":\"closed\",\"cause\":\"normal|abort|vanished|interrupted\",\n"
-          "\"reason\":...}, and {\"event\":\"log\",\"time_ms\":...,\"level\":...,\n"
-          "\"message\":...} for warnings (and --verbose steps). \"abort\": the peer was\n"
-          "interrupted; \"vanished\": see --peer-timeout; \"interrupted\": we were.\n\n"
-          "Data: datagrams, paced (at most 64 unacknowledged), never retransmitted; a\n"
-          "datagram lost either way is counted and reported as a failure at the end.\n\n"
-          "Exit status: 0 connected and the session ended normally (both inputs ended,\n"
-          "or the peer closed); 1 no path (peer unknown, offline, busy or refusing us, no\n"
-          "answer, no direct path before the timeout, bad key), the peer aborted or\n"
-          "vanished, data lost, or interrupted by SIGINT/SIGTERM (the peer is told the\n"
-          "session was aborted); 2 bad command line or config file.\n",
-          DEFAULT_RDV_PORT, DEFAULT_STUN_PORT);
+  fputs("Usage: natpunch connect [--rendezvous IP:PORT] [--discovery IP:PORT]...\n"
+        "                        [--key FILE] [--local IP:PORT] [--config FILE]\n"
+        "                        [OPTIONS] PEER\n"
+        "       natpunch connect [OPTIONS] --peer PEER\n\n"
+        "Calls PEER through the rendezvous server and punches a direct UDP path to it\n"
+        "through both NATs. Then, as a pipe: stdin goes to the peer and the peer's bytes\n"
+        "to stdout; the end of stdin half-closes, and the command exits when both\n"
+        "directions are done. That makes it an ssh ProxyCommand:\n"
+        "    Host laptop\n"
+        "        ProxyCommand natpunch connect %h\n"
+        "(with `natpunch listen --forward 127.0.0.1:22` on the laptop). With --local,\n"
+        "it accepts TCP connections on IP:PORT instead and carries each over its own\n"
+        "stream to the listener's --forward service, many at once, until interrupted.\n\n",
+        out);
+  session_text(out);
+  fputs("Options:\n", out);
+  common_options(out);
+  fputs("  -p, --peer PEER             the peer to call: a peer ID or an alias (the\n"
+        "                              same as the PEER argument)\n"
+        "  -l, --local IP:PORT         accept TCP connections here and forward each to\n"
+        "                              the peer (it must listen with --forward)\n"
+        "  -t, --timeout SEC           give up if no path is up after SEC seconds\n"
+        "                              (default 30, 0.1 to 3600)\n\n",
+        out);
+  events_text(out);
+  fputs("Exit status: 0 connected and the session ended normally (both directions\n"
+        "done, or the peer closed after its work); 1 no path (peer unknown, offline,\n"
+        "busy or refusing us, no answer, no direct path before the timeout, a peer\n"
+        "that could not prove its key, bad key), the peer aborted or vanished, or\n"
+        "interrupted by SIGINT/SIGTERM (the peer is told the session was aborted;\n"
+        "with --local this is how it ends); 2 bad command line or config file.\n",
+        out);
+}
+
+static void send_usage(FILE *out) {
+  fputs("Usage: natpunch send [OPTIONS] --peer PEER FILE...\n\n"
+        "Calls PEER (which runs `natpunch receive`) and offers it the FILEs: each\n"
+        "one's name (without its directories), size, permission bits and SHA-256.\n"
+        "The receiver decides; each accepted file is sent, resumed where an earlier\n"
+        "transfer of the same file stopped, and checked against its SHA-256 there.\n"
+        "Progress: a bar on a terminal (bytes, rate, time left), plain lines without\n"
+        "one, JSON events with --json.\n\n",
+        out);
+  session_text(out);
+  fputs("Options:\n", out);
+  common_options(out);
+  fputs("  -p, --peer PEER             the peer to send to: a peer ID or an alias\n"
+        "  -t, --timeout SEC           give up if no path is up after SEC seconds\n"
+        "                              (default 30, 0.1 to 3600)\n\n",
+        out);
+  events_text(out);
+  fputs("File events (--json): {\"event\":\"progress\",\"file\":...,\"bytes\":N,\"total\":N,\n"
+        "\"rate\":N} and {\"event\":\"file\",\"name\":...,\"size\":N,\"sha256\":...,\n"
+        "\"status\":\"ok|resumed|refused|mismatch|failed\"}.\n\n"
+        "Exit status: 0 every file arrived with its checksum verified; 1 a file was\n"
+        "refused, failed or did not match, no path, the peer aborted or vanished, or\n"
+        "interrupted (what arrived is kept for a resume); 2 bad command line, config\n"
+        "file, or a FILE that cannot be read.\n",
+        out);
+}
+
+static void receive_usage(FILE *out) {
+  fputs("Usage: natpunch receive [OPTIONS] [--accept-from PEER]... [--force] [DIR]\n\n"
+        "Registers with the rendezvous server and waits for a peer's `natpunch send`.\n"
+        "It shows who offers which files, and asks on the terminal before accepting,\n"
+        "unless the sender is named by --accept-from (without a terminal, an offer\n"
+        "from anyone else is refused). Files go to DIR (default: the current\n"
+        "directory) as .NAME.natpunch-part and are renamed to NAME only once their\n"
+        "SHA-256 matches; an interrupted transfer is kept and resumed when the same\n"
+        "file is sent again. An existing file is never overwritten without --force;\n"
+        "names with '/', '..', a leading dot or control characters are refused.\n\n",
+        out);
+  session_text(out);
+  fputs("Options:\n", out);
+  common_options(out);
+  fputs("  -a, --allow PEER            accept calls only from this peer; repeatable\n"
+        "  -A, --allow-file FILE       accept calls only from the peers in FILE\n"
+        "  -y, --accept-from PEER      take this peer's files without asking (and allow\n"
+        "                              its calls); repeatable\n"
+        "      --force                 overwrite existing files\n"
+        "  -K, --keep                  after a transfer, wait for the next one\n\n",
+        out);
+  events_text(out);
+  fputs("File events (--json): {\"event\":\"offer\",\"from\":...,\"files\":[...]},\n"
+        "{\"event\":\"progress\",...} and {\"event\":\"file\",...,\"status\":...}.\n\n"
+        "Exit status: 0 every file offered arrived with its checksum verified (or\n"
+        "SIGINT/SIGTERM stopped the wait); 1 a file was refused, failed or did not\n"
+        "match, or the peer aborted or vanished; 2 bad command line or config file,\n"
+        "or DIR is not a directory.\n",
+        out);
 }
 
 /* ---- output ------------------------------------------------------------- */
@@ -410,6 +475,11 @@ static int apply_config(struct peer_opts *o) {
     if (rc != 0)
       return rc;
   }
+  for (int i = 0; i < o->n_accept_text; i++) {
+    if (cli_config_resolve(c, o->accept_text[i], o->accept_from[o->n_accept_from]) != 0)
+      return not_a_peer(o, "--accept-from", o->accept_text[i]);
+    o->n_accept_from++;
+  }
   if (o->listen && o->n_allow_text == 0)
     for (int i = 0; i < c->n_allow; i++) {
       char where[2 * CLI_CFG_MAX_PATH + 40], src[2 * CLI_CFG_MAX_PATH + 16];
@@ -417,6 +487,15 @@ static int apply_config(struct peer_opts *o) {
       if ((rc = add_allow(o, c->allow[i], where)) != 0)
         return rc;
     }
+  /* A peer whose files are taken unasked may call, when a list says who
+   * may. */
+  for (int i = 0; i < o->n_accept_from && o->n_allow > 0; i++) {
+    bool have = false;
+    for (int k = 0; k < o->n_allow; k++)
+      have |= memcmp(o->allow[k], o->accept_from[i], NP_PUBKEY_LEN) == 0;
+    if (!have && o->n_allow < NP_AGENT_MAX_ALLOW)
+      memcpy(o->allow[o->n_allow++], o->accept_from[i], NP_PUBKEY_LEN);
+  }
   return 0;
 }
 
@@ -434,6 +513,11 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
                                        {"peer-timeout", required_argument, NULL, 'W'},
                                        {"no-portmap", no_argument, NULL, 'N'},
                                        {"keep", no_argument, NULL, 'K'},
+                                       {"forward", required_argument, NULL, 'f'},
+                                       {"local", required_argument, NULL, 'l'},
+                                       {"bind", required_argument, NULL, 'b'},
+                                       {"accept-from", required_argument, NULL, 'y'},
+                                       {"force", no_argument, NULL, OPT_FORCE},
                                        {"json", no_argument, NULL, 'j'},
                                        {"verbose", no_argument, NULL, 'v'},
                                        {"help", no_argument, NULL, 'h'},
@@ -441,9 +525,13 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
   int c, rc;
   optind = 1;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, ":r:c:d:k:a:A:p:t:P:T:W:NKjvh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":r:c:d:k:a:A:p:t:P:T:W:f:l:b:y:NKjvh", opts, NULL)) != -1) {
     bool listen_only = c == 'a' || c == 'A' || c == 'K', connect_only = c == 'p' || c == 't';
-    if ((listen_only && !o->listen) || (connect_only && o->listen))
+    bool wrong = (listen_only && !o->listen) || (connect_only && o->listen) ||
+                 (c == 'f' && strcmp(o->cmd, "listen") != 0) ||
+                 (c == 'l' && strcmp(o->cmd, "connect") != 0) ||
+                 ((c == 'y' || c == OPT_FORCE) && o->mode != MODE_RECEIVE);
+    if (wrong)
       return cli_usage_error(o->cmd, "option '%s' is not for %s", argv[optind - 1], o->cmd);
     switch (c) {
     case 'r':
@@ -516,6 +604,28 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
     case 'K':
       o->keep = true;
       break;
+    case 'f':
+      if (cli_parse_addr(o->cmd, "--forward", optarg, 0, &o->forward) != 0)
+        return CLI_EXIT_USAGE;
+      o->mode = MODE_FORWARD;
+      break;
+    case 'l':
+      if (cli_parse_addr(o->cmd, "--local", optarg, 0, &o->local) != 0)
+        return CLI_EXIT_USAGE;
+      o->mode = MODE_LOCAL;
+      break;
+    case 'b':
+      if (cli_parse_addr(o->cmd, "--bind", optarg, 0, &o->bind) != 0)
+        return CLI_EXIT_USAGE;
+      break;
+    case 'y':
+      if (o->n_accept_text == NP_AGENT_MAX_ALLOW)
+        return cli_usage_error(o->cmd, "more than %d --accept-from peers", NP_AGENT_MAX_ALLOW);
+      o->accept_text[o->n_accept_text++] = optarg;
+      break;
+    case OPT_FORCE:
+      o->force = true;
+      break;
     case 'j':
       o->json = true;
       break;
@@ -523,14 +633,36 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
       o->verbose = true;
       break;
     case 'h':
-      (o->listen ? listen_usage : connect_usage)(stdout);
+      (o->mode == MODE_SEND      ? send_usage
+       : o->mode == MODE_RECEIVE ? receive_usage
+       : o->listen               ? listen_usage
+                                 : connect_usage)(stdout);
       return -1;
     default:
       return cli_option_error(o->cmd, c, argv);
     }
   }
+  if (o->mode == MODE_SEND) {
+    for (; optind < argc; optind++) {
+      if (o->n_files == MAX_FILES)
+        return cli_usage_error(o->cmd, "more than %d files", MAX_FILES);
+      struct stat stf;
+      if (stat(argv[optind], &stf) != 0 || !S_ISREG(stf.st_mode) || access(argv[optind], R_OK) != 0)
+        return cli_usage_error(o->cmd, "'%s' is not a readable file%s%s", argv[optind],
+                               errno ? ": " : "", errno ? strerror(errno) : "");
+      o->files[o->n_files++] = argv[optind];
+    }
+    if (o->n_files == 0)
+      return cli_usage_error(o->cmd, "no FILE to send");
+  }
+  if (o->mode == MODE_RECEIVE) {
+    o->dir = optind < argc ? argv[optind++] : ".";
+    struct stat std_;
+    if (stat(o->dir, &std_) != 0 || !S_ISDIR(std_.st_mode) || access(o->dir, W_OK) != 0)
+      return cli_usage_error(o->cmd, "'%s' is not a directory this user may write to", o->dir);
+  }
   /* `connect laptop` is `connect --peer laptop`. */
-  if (!o->listen && optind < argc) {
+  if (!o->listen && o->mode != MODE_SEND && optind < argc) {
     if (o->peer_text)
       return cli_usage_error(o->cmd, "give the peer once: '%s' and --peer %s", argv[optind],
                              o->peer_text);
@@ -556,28 +688,42 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
 
 /* ---- the loop ------------------------------------------------------------ */
 
-/* One direction's bookkeeping of the data protocol (see the top of the
- * file). */
+/* One stream's work: a byte pump (pipe, forwarded connection) or a file
+ * transfer. */
+struct conn {
+  bool used;
+  bool awaiting_svc; /* listener: the stream's service byte is not read yet */
+  bool is_xfer;
+  pump p;
+  /* transfer */
+  np_xfer *x;
+  int64_t stream;
+  uint8_t out[PUMP_BUF];
+  size_t out_len, out_off;
+  bool out_fin, fin_sent, peer_eof;
+};
+
 struct peer_run {
   struct peer_opts *o;
   np_agent *agent;
+  const np_identity *identity;
   char id[NP_PEER_ID_LEN + 1];
-  bool connected, stdin_eof, peer_eof, done;
-  int64_t eof_next, eof_until, peer_eof_at;
+  bool connected, done;
   int exit_code;
-  /* What we send. */
-  uint32_t sent;         /* 'D' datagrams sent (the next one's number) */
-  uint32_t acked_high;   /* the peer has seen up to this number (exclusive) */
-  uint32_t peer_count;   /* how many of ours the peer says it received */
-  bool peer_saw_eof;     /* the peer's 'A' says it has our 'E' */
-  bool send_warned;
-  bool peer_acked;       /* an 'A' came: the peer is connected and reading */
-  int64_t progress_at;   /* when acked_high last moved (or the window opened) */
-  uint8_t pending[CHUNK_MAX];
-  size_t pending_len;    /* a datagram the socket refused (EAGAIN), kept */
-  /* What we receive. */
-  uint32_t rx_count, rx_high, peer_total, acked_count;
-  int64_t ack_at;
+  bool stdin_used; /* the pipe's stdin belongs to the first session */
+  int listen_fd;   /* connect --local */
+  struct conn conns[MAX_CONNS];
+  int64_t connected_at;
+  uint8_t peer[NP_PUBKEY_LEN];
+  bool session_ok;   /* this session's work finished as it should */
+  bool summarized;   /* the summary of this session is out */
+  int files_ok, files_bad;
+  /* Service bytes (SVC_*) this session sent and read: the transport counts
+   * them, the summary reports the user's bytes. */
+  uint64_t svc_sent, svc_read;
+  np_progress *progress;
+  bool asking;       /* receive: waiting for the user's y/N */
+  int ask_conn;
 };
 
 static int64_t mono_ms(void) {
@@ -586,98 +732,376 @@ static int64_t mono_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void put32(uint8_t *p, uint32_t v) {
-  p[0] = (uint8_t)(v >> 24);
-  p[1] = (uint8_t)(v >> 16);
-  p[2] = (uint8_t)(v >> 8);
-  p[3] = (uint8_t)v;
+static void fmt_bytes(uint64_t n, char *buf, size_t size) {
+  if (n < 10000)
+    snprintf(buf, size, "%llu B", (unsigned long long)n);
+  else if (n < 10000000)
+    snprintf(buf, size, "%.1f kB", (double)n / 1e3);
+  else if (n < 10000000000ull)
+    snprintf(buf, size, "%.1f MB", (double)n / 1e6);
+  else
+    snprintf(buf, size, "%.2f GB", (double)n / 1e9);
 }
 
-static uint32_t get32(const uint8_t *p) {
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+/* The one-line account of a session: bytes each way, duration, path. */
+static void emit_summary(struct peer_run *r) {
+  if (r->summarized || !r->connected)
+    return;
+  r->summarized = true;
+  np_session_stats st;
+  np_agent_stats(r->agent, &st);
+  char remote[NP_ADDRSTRLEN], up[32], down[32], sentence[400];
+  np_addr_format(&st.remote, remote, sizeof remote);
+  uint64_t sent = st.stream_bytes_sent - (r->svc_sent < st.stream_bytes_sent ? r->svc_sent : 0);
+  uint64_t got =
+      st.stream_bytes_received - (r->svc_read < st.stream_bytes_received ? r->svc_read : 0);
+  fmt_bytes(sent, up, sizeof up);
+  fmt_bytes(got, down, sizeof down);
+  int64_t dur = mono_ms() - r->connected_at;
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "event", "summary");
+  cJSON_AddNumberToObject(o, "bytes_sent", (double)sent);
+  cJSON_AddNumberToObject(o, "bytes_received", (double)got);
+  cJSON_AddNumberToObject(o, "duration_ms", (double)dur);
+  cJSON_AddStringToObject(o, "path", "direct");
+  cJSON_AddStringToObject(o, "via", np_via_name(st.via));
+  cJSON_AddStringToObject(o, "remote", remote);
+  cJSON_AddNumberToObject(o, "rtt_ms", (double)st.rtt_ms);
+  cJSON_AddNumberToObject(o, "packets_lost", (double)st.packets_lost);
+  cJSON_AddNumberToObject(o, "path_changes", st.path_changes);
+  snprintf(sentence, sizeof sentence,
+           "session: sent %s, received %s in %.1f s, direct path via %s to %s (rtt %lld ms, "
+           "%llu packets lost%s)",
+           up, down, (double)dur / 1000, np_via_name(st.via), remote, (long long)st.rtt_ms,
+           (unsigned long long)st.packets_lost, st.path_changes ? ", path changed" : "");
+  emit(r->o, o, sentence);
 }
 
-static void send_eof(struct peer_run *r, int64_t now) {
-  uint8_t e[5] = {'E'};
-  put32(e + 1, r->sent);
-  (void)np_agent_send(r->agent, e, sizeof e);
-  r->eof_next = now + EOF_RESEND_MS;
+static struct conn *conn_new(struct peer_run *r) {
+  for (int i = 0; i < MAX_CONNS; i++)
+    if (!r->conns[i].used) {
+      struct conn *c = &r->conns[i];
+      memset(c, 0, sizeof *c);
+      c->used = true;
+      c->p.in_fd = c->p.out_fd = -1;
+      return c;
+    }
+  return NULL;
 }
 
-static void send_ack(struct peer_run *r, int64_t now) {
-  uint8_t a[10] = {'A'};
-  put32(a + 1, r->rx_count);
-  put32(a + 5, r->rx_high);
-  a[9] = r->peer_eof ? 1 : 0;
-  if (np_agent_send(r->agent, a, sizeof a) == 0) {
-    r->acked_count = r->rx_count;
-    r->ack_at = now;
+static void conn_free(struct peer_run *r, struct conn *c) {
+  if (!c->used)
+    return;
+  if (c->is_xfer) {
+    np_xfer_free(c->x);
+    c->x = NULL;
+  } else if (!c->awaiting_svc) {
+    pump_close(&c->p, r->agent);
+  }
+  c->used = false;
+}
+
+static int n_conns(const struct peer_run *r) {
+  int n = 0;
+  for (int i = 0; i < MAX_CONNS; i++)
+    n += r->conns[i].used;
+  return n;
+}
+
+static void xfer_event(void *user, const np_xfer_event *ev) {
+  struct peer_run *r = user;
+  np_progress_xfer_event(r->progress, ev, mono_ms());
+  if (ev->kind == NP_XFER_EV_END) {
+    if (ev->file->status == NP_XFER_FILE_OK)
+      r->files_ok++;
+    else
+      r->files_bad++;
   }
 }
 
-static void reset_counters(struct peer_run *r) {
-  r->sent = r->acked_high = r->peer_count = 0;
-  r->rx_count = r->rx_high = r->peer_total = r->acked_count = 0;
-  r->peer_saw_eof = false;
-  r->send_warned = false;
-  r->peer_acked = false;
-  r->pending_len = 0;
-  r->peer_eof_at = 0;
-  r->progress_at = mono_ms();
+/* A transfer on stream id: sender (send) or receiver (receive). */
+static int start_xfer(struct peer_run *r, struct conn *c, int64_t id, bool first_svc_byte) {
+  char err[300];
+  c->is_xfer = true;
+  c->stream = id;
+  int rc;
+  if (!r->o->listen) {
+    np_xfer_send_config sc = {.paths = (const char *const *)r->o->files,
+                              .count = (size_t)r->o->n_files,
+                              .on_event = xfer_event,
+                              .user = r};
+    rc = np_xfer_sender_new(&sc, &c->x, err, sizeof err);
+  } else {
+    bool trusted = false;
+    for (int i = 0; i < r->o->n_accept_from; i++)
+      trusted |= memcmp(r->o->accept_from[i], r->peer, NP_PUBKEY_LEN) == 0;
+    np_xfer_recv_config rc_ = {.dir = r->o->dir,
+                               .force = r->o->force,
+                               .auto_accept = trusted,
+                               .on_event = xfer_event,
+                               .user = r};
+    rc = np_xfer_receiver_new(&rc_, &c->x, err, sizeof err);
+  }
+  if (rc != 0) {
+    emit_simple(r->o, "failed", err);
+    (void)np_agent_stream_reset(r->agent, id);
+    c->used = false;
+    return -1;
+  }
+  if (first_svc_byte) {
+    c->out[0] = SVC_FILES;
+    c->out_len = 1;
+    r->svc_sent++;
+  }
+  return 0;
 }
 
-static void drain_data(struct peer_run *r, int64_t now);
-
-/* Loss in either direction, as counted by the data protocol, is a failure
- * of the session: reported, exit 1. Returns true when there was some. */
-static bool report_loss(struct peer_run *r) {
-  char reason[200];
-  bool lost = false;
-  if (r->peer_eof && r->peer_total > r->rx_count) {
-    snprintf(reason, sizeof reason,
-             "lost %u of %u datagrams from the peer (no retransmission yet: "
-             "the receiver or the network dropped them)",
-             r->peer_total - r->rx_count, r->peer_total);
-    emit_simple(r->o, "failed", reason);
-    lost = true;
-  }
-  if (r->sent > 0 && r->peer_saw_eof && r->peer_count < r->sent) {
-    snprintf(reason, sizeof reason, "the peer lost %u of %u datagrams we sent",
-             r->sent - r->peer_count, r->sent);
-    emit_simple(r->o, "failed", reason);
-    lost = true;
-  } else if (r->sent > 0 && !r->peer_saw_eof) {
-    snprintf(reason, sizeof reason,
-             "the peer did not confirm our %u datagrams; some may be lost", r->sent);
-    emit_simple(r->o, "failed", reason);
-    lost = true;
-  }
-  return lost;
-}
-
-/* A session ended: leave, or with --keep take the next call. ok says
- * whether it ended normally (both inputs, or the peer's normal close). */
-static void end_session(struct peer_run *r, bool ok) {
-  /* Our last word on what arrived, in a few copies: the peer may still be
-   * waiting for it (its 'E' answered) when ours came after its own. */
-  if (r->connected && r->peer_eof)
-    for (int i = 0; i < FINAL_ACKS; i++)
-      send_ack(r, mono_ms());
-  if (report_loss(r))
-    ok = false;
-  r->exit_code = ok ? CLI_EXIT_OK : CLI_EXIT_FAIL;
-  if (!r->o->listen || !r->o->keep) {
-    r->done = true;
+/* The user's answer to "Accept?" (receive without --accept-from). */
+static void ask_user(struct peer_run *r, struct conn *c) {
+  char id[NP_PEER_ID_LEN + 1];
+  np_peer_id_format(r->peer, id);
+  np_progress_offer(r->progress, id, c->x);
+  if (!isatty(STDIN_FILENO)) {
+    emit_simple(r->o, "refused",
+                "no terminal to ask, and the sender is not in --accept-from: offer refused");
+    (void)np_xfer_refuse(c->x);
     return;
   }
-  np_agent_close(r->agent);
-  r->connected = false;
-  r->peer_eof = false;
-  reset_counters(r);
-  if (!r->stdin_eof) {
-    r->stdin_eof = true; /* stdin belonged to the first session */
-    r->eof_until = 0;
+  fprintf(stderr, "Accept? [y/N] ");
+  fflush(stderr);
+  r->asking = true;
+  r->ask_conn = (int)(c - r->conns);
+}
+
+static void answer_user(struct peer_run *r) {
+  char line[64] = "";
+  ssize_t n = read(STDIN_FILENO, line, sizeof line - 1);
+  struct conn *c = &r->conns[r->ask_conn];
+  r->asking = false;
+  if (!c->used || !c->is_xfer)
+    return;
+  bool yes = n > 0 && (line[0] == 'y' || line[0] == 'Y');
+  if (yes)
+    (void)np_xfer_accept_all(c->x);
+  else
+    (void)np_xfer_refuse(c->x);
+}
+
+/* Moves a transfer's bytes; true when something moved. */
+static bool run_xfer(struct peer_run *r, struct conn *c) {
+  bool moved = false;
+  for (int round = 0; round < 16; round++) {
+    bool any = false;
+    uint8_t buf[PUMP_BUF];
+    if (!c->peer_eof) {
+      long n = np_agent_stream_read(r->agent, c->stream, buf, sizeof buf);
+      if (n > 0) {
+        (void)np_xfer_input(c->x, buf, (size_t)n);
+        any = true;
+      } else if (n == 0) {
+        (void)np_xfer_input_eof(c->x);
+        c->peer_eof = any = true;
+      } else if (n != NP_ERR_AGAIN) {
+        np_xfer_cancel(c->x);
+        c->peer_eof = any = true;
+      }
+    }
+    if (np_xfer_get_state(c->x) == NP_XFER_OFFERED && !r->asking && r->o->listen)
+      ask_user(r, c);
+    if (c->out_off == c->out_len && !c->out_fin) {
+      bool fin = false;
+      c->out_off = 0;
+      c->out_len = np_xfer_output(c->x, c->out, sizeof c->out, &fin);
+      c->out_fin = fin;
+    }
+    if (c->out_len > c->out_off) {
+      long w = np_agent_stream_write(r->agent, c->stream, c->out + c->out_off,
+                                     c->out_len - c->out_off);
+      if (w > 0) {
+        c->out_off += (size_t)w;
+        any = true;
+      }
+    }
+    if (c->out_fin && c->out_off == c->out_len && !c->fin_sent &&
+        np_agent_stream_shutdown(r->agent, c->stream) == 0)
+      c->fin_sent = any = true;
+    if (!any)
+      break;
+    moved = true;
   }
+  return moved;
+}
+
+static bool xfer_done(const struct peer_run *r, const struct conn *c) {
+  np_xfer_state s = np_xfer_get_state(c->x);
+  if (s != NP_XFER_DONE && s != NP_XFER_FAILED)
+    return false;
+  int st = np_agent_stream_state(r->agent, c->stream);
+  return !c->fin_sent ? s == NP_XFER_FAILED && c->peer_eof
+                      : st < 0 || (st & (NP_STREAM_WRITE_ACKED | NP_STREAM_RESET));
+}
+
+/* The caller's stream for the pipe, the transfer, or one local TCP
+ * connection: its first byte names the service. */
+static int open_stream(struct peer_run *r, int in_fd, int out_fd, bool sockets) {
+  int64_t id;
+  int rc = np_agent_stream_open(r->agent, &id);
+  if (rc != 0)
+    return rc;
+  struct conn *c = conn_new(r);
+  if (!c) {
+    (void)np_agent_stream_reset(r->agent, id);
+    return NP_ERR_NOSPACE;
+  }
+  if (r->o->mode == MODE_SEND)
+    return start_xfer(r, c, id, true) == 0 ? 0 : NP_ERR_INVAL;
+  pump_init(&c->p, id, in_fd, out_fd, sockets);
+  c->p.up[0] = r->o->mode == MODE_PIPE ? SVC_PIPE : SVC_FORWARD;
+  c->p.up_len = 1;
+  c->p.bytes_up = (uint64_t)-1; /* the service byte is not the user's */
+  r->svc_sent++;
+  return 0;
+}
+
+static void on_connected(struct peer_run *r) {
+  r->connected = true;
+  r->summarized = false;
+  r->session_ok = false;
+  r->svc_sent = r->svc_read = 0;
+  r->files_ok = r->files_bad = 0;
+  r->connected_at = mono_ms();
+  np_session_stats st;
+  np_agent_stats(r->agent, &st);
+  memcpy(r->peer, st.peer, NP_PUBKEY_LEN);
+  emit_connected(r->o, &st);
+  if (r->o->listen)
+    return; /* the caller opens the streams */
+  if (r->o->mode == MODE_PIPE || r->o->mode == MODE_SEND) {
+    int rc = open_stream(r, STDIN_FILENO, STDOUT_FILENO, false);
+    if (rc != 0) {
+      emit_simple(r->o, "failed", "cannot open a stream to the peer");
+      np_agent_abort(r->agent);
+      r->done = true;
+      r->exit_code = CLI_EXIT_FAIL;
+    }
+    r->stdin_used = true;
+  }
+}
+
+/* Listener: a stream's service byte arrived, or not yet. */
+static void take_service(struct peer_run *r, struct conn *c) {
+  uint8_t svc;
+  long n = np_agent_stream_read(r->agent, c->p.stream, &svc, 1);
+  if (n == NP_ERR_AGAIN)
+    return;
+  int64_t id = c->p.stream;
+  c->awaiting_svc = false;
+  if (n == 1)
+    r->svc_read++;
+  int want = r->o->mode == MODE_RECEIVE ? SVC_FILES
+             : r->o->mode == MODE_FORWARD ? SVC_FORWARD
+                                          : SVC_PIPE;
+  if (n != 1 || svc != want) {
+    static const char *const names[] = {"a pipe", "a forwarded connection", "files"};
+    int got = n == 1 && svc == SVC_FORWARD ? 1 : n == 1 && svc == SVC_FILES ? 2 : 0;
+    char reason[200];
+    snprintf(reason, sizeof reason, "refused a stream: the peer asked for %s, and this %s serves %s",
+             n == 1 ? names[got] : "nothing", r->o->cmd,
+             names[want == SVC_FORWARD ? 1 : want == SVC_FILES ? 2 : 0]);
+    say(r->o, NP_LOG_WARN, "%s", reason);
+    (void)np_agent_stream_reset(r->agent, id);
+    c->used = false;
+    return;
+  }
+  if (want == SVC_FILES) {
+    (void)start_xfer(r, c, id, false);
+    return;
+  }
+  if (want == SVC_PIPE) {
+    if (r->stdin_used) {
+      /* stdin belonged to the first session; this one gets no input. */
+      pump_init(&c->p, id, -1, STDOUT_FILENO, false);
+      c->p.in_eof = true;
+    } else {
+      pump_init(&c->p, id, STDIN_FILENO, STDOUT_FILENO, false);
+      r->stdin_used = true;
+    }
+    return;
+  }
+  int fd = socket(r->o->forward.u.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  socklen_t len = r->o->forward.u.sa.sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                            : sizeof(struct sockaddr_in);
+  if (fd < 0 || (connect(fd, &r->o->forward.u.sa, len) != 0 && errno != EINPROGRESS)) {
+    char t[NP_ADDRSTRLEN];
+    say(r->o, NP_LOG_WARN, "--forward %s: %s", np_addr_format(&r->o->forward, t, sizeof t),
+        strerror(errno));
+    if (fd >= 0)
+      close(fd);
+    (void)np_agent_stream_reset(r->agent, id);
+    c->used = false;
+    return;
+  }
+  pump_init(&c->p, id, fd, fd, true);
+  c->p.connecting = true;
+}
+
+static void accept_streams(struct peer_run *r) {
+  int64_t id;
+  while (np_agent_stream_accept(r->agent, &id) == 1) {
+    struct conn *c = r->o->listen ? conn_new(r) : NULL;
+    if (!c) {
+      (void)np_agent_stream_reset(r->agent, id); /* callers open, listeners accept */
+      continue;
+    }
+    c->awaiting_svc = true;
+    c->p.stream = id;
+  }
+}
+
+/* Everything this session's work needs is done (pipe both ways, transfer
+ * finished)? Forwarding never is: it lasts until closed. */
+static bool work_done(struct peer_run *r) {
+  if (r->o->mode == MODE_FORWARD || r->o->mode == MODE_LOCAL || n_conns(r) == 0)
+    return false;
+  for (int i = 0; i < MAX_CONNS; i++) {
+    struct conn *c = &r->conns[i];
+    if (!c->used)
+      continue;
+    if (c->awaiting_svc)
+      return false;
+    if (c->is_xfer ? !xfer_done(r, c) : !pump_done(&c->p, r->agent))
+      return false;
+  }
+  return true;
+}
+
+/* How this session's work ended, once it has. */
+static bool work_ok(struct peer_run *r) {
+  bool ok = true;
+  int n = 0;
+  for (int i = 0; i < MAX_CONNS; i++) {
+    struct conn *c = &r->conns[i];
+    if (!c->used)
+      continue;
+    n++;
+    if (c->is_xfer)
+      ok &= np_xfer_get_state(c->x) == NP_XFER_DONE && r->files_bad == 0;
+    else
+      ok &= !c->p.failed && c->p.out_closed;
+  }
+  return ok && (n > 0 || r->o->mode == MODE_FORWARD || r->o->mode == MODE_LOCAL);
+}
+
+/* A session ended: leave, or with --keep take the next call. */
+static void end_session(struct peer_run *r, bool ok) {
+  emit_summary(r);
+  for (int i = 0; i < MAX_CONNS; i++)
+    conn_free(r, &r->conns[i]);
+  r->connected = false;
+  r->asking = false;
+  r->exit_code = ok ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+  if (!r->o->listen || !r->o->keep)
+    r->done = true;
 }
 
 static void on_event(struct peer_run *r, const np_agent_event *ev) {
@@ -704,16 +1128,20 @@ static void on_event(struct peer_run *r, const np_agent_event *ev) {
     emit(r->o, o, sentence);
     break;
   }
-  case NP_AGENT_CONNECTED: {
-    np_session_stats st;
-    np_agent_stats(r->agent, &st);
-    emit_connected(r->o, &st);
-    r->connected = true;
-    reset_counters(r);
-    if (r->stdin_eof) {
-      r->eof_until = mono_ms() + EOF_LINGER_MS;
-      send_eof(r, mono_ms());
-    }
+  case NP_AGENT_CONNECTED:
+    on_connected(r);
+    break;
+  case NP_AGENT_STREAM:
+    accept_streams(r);
+    break;
+  case NP_AGENT_PATH_CHANGED: {
+    char t[NP_ADDRSTRLEN];
+    np_addr_format(&ev->observed, t, sizeof t);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "event", "path_changed");
+    cJSON_AddStringToObject(o, "remote", t);
+    snprintf(sentence, sizeof sentence, "the path changed: the peer is at %s now", t);
+    emit(r->o, o, sentence);
     break;
   }
   case NP_AGENT_FAILED:
@@ -730,8 +1158,14 @@ static void on_event(struct peer_run *r, const np_agent_event *ev) {
     r->exit_code = CLI_EXIT_FAIL;
     break;
   case NP_AGENT_CLOSED: {
-    /* The last data can arrive together with the goodbye: deliver it. */
-    drain_data(r, mono_ms());
+    /* What arrived before the close is still readable: deliver it. */
+    for (int i = 0; i < MAX_CONNS; i++) {
+      struct conn *c = &r->conns[i];
+      if (!c->used || c->awaiting_svc)
+        continue;
+      for (int k = 0; k < 64 && (c->is_xfer ? run_xfer(r, c) : pump_run(&c->p, r->agent)); k++)
+        ;
+    }
     const char *cause = ev->error == NP_ERR_CANCELLED ? "abort"
                         : ev->error == NP_ERR_TIMEOUT ? "vanished"
                                                       : "normal";
@@ -740,117 +1174,15 @@ static void on_event(struct peer_run *r, const np_agent_event *ev) {
     cJSON_AddStringToObject(o, "cause", cause);
     cJSON_AddStringToObject(o, "reason", ev->reason);
     emit(r->o, o, ev->reason);
-    end_session(r, ev->error == 0);
+    bool ok = ev->error == 0 && (work_ok(r) || r->session_ok);
+    if (ev->error == 0 && !ok && r->o->mode != MODE_FORWARD && r->o->mode != MODE_LOCAL)
+      say(r->o, NP_LOG_WARN, "the peer closed before this side's work was done");
+    end_session(r, ok);
     break;
   }
   }
 }
 
-/* Peer data to stdout; 'E' ends the peer's direction, 'A' acknowledges
- * ours. */
-static void drain_data(struct peer_run *r, int64_t now) {
-  uint8_t buf[1300];
-  for (int guard = 0; guard < 1024; guard++) {
-    int n = np_agent_recv(r->agent, buf, sizeof buf);
-    if (n < 0)
-      break;
-    if (n == 0)
-      continue;
-    if (buf[0] == 'D' && n >= 5) {
-      uint32_t seq = get32(buf + 1);
-      r->rx_count++;
-      if (seq + 1 > r->rx_high)
-        r->rx_high = seq + 1;
-      if (fwrite(buf + 5, 1, (size_t)n - 5, stdout) != (size_t)n - 5) {
-        r->done = true; /* stdout closed: nothing more to deliver */
-        r->exit_code = CLI_EXIT_FAIL;
-      }
-    } else if (buf[0] == 'E' && n >= 5) {
-      r->peer_total = get32(buf + 1);
-      if (!r->peer_eof) {
-        r->peer_eof_at = now;
-        if (r->stdin_eof)
-          send_eof(r, now); /* answer at once, so the peer can leave too */
-      }
-      r->peer_eof = true;
-      send_ack(r, now); /* says we have its 'E', and how much came */
-    } else if (buf[0] == 'A' && n >= 10) {
-      uint32_t count = get32(buf + 1), high = get32(buf + 5);
-      r->peer_acked = true;
-      if (high > r->acked_high && high <= r->sent) {
-        r->acked_high = high;
-        r->progress_at = now;
-      }
-      if (count <= r->sent && count >= r->peer_count)
-        r->peer_count = count;
-      if (buf[9] & 1)
-        r->peer_saw_eof = true;
-    }
-  }
-  fflush(stdout);
-  /* Acknowledge every ACK_EVERY datagrams, or soon after the last: the
-   * sender's window moves with it. */
-  if (r->rx_count != r->acked_count &&
-      (r->rx_count - r->acked_count >= ACK_EVERY || now >= r->ack_at + ACK_DELAY_MS))
-    send_ack(r, now);
-}
-
-/* May we send another datagram? At most WINDOW unacknowledged ones (and
- * FIRST_WINDOW before the peer's first acknowledgement), so that
- * neither the peer's socket buffer nor its agent's queue overflows; when
- * the acknowledgements stop for STALL_MS (lost, or the peer is slow), one
- * more goes, and the vanish timeout ends a dead session. */
-static bool window_open(struct peer_run *r, int64_t now) {
-  uint32_t window = r->peer_acked ? WINDOW : FIRST_WINDOW;
-  if (r->sent - r->acked_high < window)
-    return true;
-  if (now >= r->progress_at + STALL_MS) {
-    r->acked_high = r->sent - window + 1;
-    r->progress_at = now;
-    return true;
-  }
-  return false;
-}
-
-/* Sends the kept datagram; true when it went (or there was none). */
-static bool flush_pending(struct peer_run *r) {
-  if (r->pending_len == 0)
-    return true;
-  int rc = np_agent_send(r->agent, r->pending, r->pending_len);
-  if (rc == NP_ERR_AGAIN)
-    return false; /* the socket buffer is full: keep it, try again soon */
-  /* Any other failure (a firewall's EPERM, an ICMP error) loses this
-   * datagram like the network would: it keeps its number, so the count at
-   * the end shows it. */
-  if (rc != 0 && !r->send_warned) {
-    say(r->o, NP_LOG_WARN, "send: %s (the datagram is lost; more such are not logged)",
-        np_strerror(rc));
-    r->send_warned = true;
-  }
-  r->sent++;
-  r->pending_len = 0;
-  return true;
-}
-
-static void read_stdin(struct peer_run *r, int64_t now) {
-  uint8_t *buf = r->pending;
-  ssize_t n = read(STDIN_FILENO, buf + 5, CHUNK);
-  if (n < 0 && (errno == EAGAIN || errno == EINTR))
-    return;
-  if (n <= 0) {
-    r->stdin_eof = true;
-    r->eof_until = now + EOF_LINGER_MS;
-    send_eof(r, now);
-    return;
-  }
-  buf[0] = 'D';
-  put32(buf + 1, r->sent);
-  r->pending_len = (size_t)n + 5;
-  (void)flush_pending(r);
-}
-
-/* stdin's file status flags as we found them: O_NONBLOCK is set on the
- * open file description, which the shell and other processes share. */
 static int stdin_flags = -1;
 
 static void restore_stdin(void) {
@@ -878,6 +1210,65 @@ static int load_key(struct peer_opts *o, np_identity **id, bool *created) {
   cli_key_error(reason, sizeof reason, path, rc, errno);
   emit_simple(o, "failed", reason);
   return CLI_EXIT_FAIL;
+}
+
+static int open_local(struct peer_opts *o) {
+  int fd = socket(o->local.u.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int one = 1;
+  socklen_t len = o->local.u.sa.sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                      : sizeof(struct sockaddr_in);
+  if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+      bind(fd, &o->local.u.sa, len) != 0 || listen(fd, 64) != 0) {
+    char t[NP_ADDRSTRLEN], reason[200];
+    snprintf(reason, sizeof reason, "--local %s: %s", np_addr_format(&o->local, t, sizeof t),
+             strerror(errno));
+    emit_simple(o, "failed", reason);
+    if (fd >= 0)
+      close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* connect --local: a local TCP connection becomes a stream. One the peer's
+ * stream limit cannot take yet waits in the listen backlog. */
+static void accept_local(struct peer_run *r) {
+  for (int guard = 0; guard < 16 && n_conns(r) < MAX_CONNS; guard++) {
+    int fd = accept4(r->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0)
+      return;
+    if (open_stream(r, fd, fd, true) != 0) {
+      say(r->o, NP_LOG_WARN, "a local connection was refused: the peer takes no more streams now");
+      close(fd);
+      return;
+    }
+  }
+}
+
+static void on_signal(struct peer_run *r, int sfd) {
+  struct signalfd_siginfo si;
+  int sig = read(sfd, &si, sizeof si) == (ssize_t)sizeof si ? (int)si.ssi_signo : SIGINT;
+  const char *name = sig == SIGTERM ? "SIGTERM" : "SIGINT";
+  char reason[100];
+  if (r->connected) {
+    /* The peer learns that this was an abort, not the end of our data. */
+    snprintf(reason, sizeof reason, "interrupted by %s; the peer is told the session was aborted",
+             name);
+    cJSON *ev = cJSON_CreateObject();
+    cJSON_AddStringToObject(ev, "event", "closed");
+    cJSON_AddStringToObject(ev, "cause", "interrupted");
+    cJSON_AddStringToObject(ev, "reason", reason);
+    emit(r->o, ev, reason);
+    emit_summary(r);
+    np_agent_abort(r->agent);
+  } else if (!r->o->listen) {
+    snprintf(reason, sizeof reason, "interrupted by %s", name);
+    emit_simple(r->o, "failed", reason);
+    np_agent_abort(r->agent);
+  }
+  /* As --help says: a listener stopped by a signal exits 0, a caller 1. */
+  r->exit_code = r->o->listen ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+  r->done = true;
 }
 
 static int run_peer(struct peer_opts *o, int argc, char **argv) {
@@ -912,7 +1303,11 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
     close(sfd);
     return rc;
   }
-  struct peer_run run = {.o = o, .exit_code = CLI_EXIT_FAIL};
+  static struct peer_run run; /* large (buffers): off the stack */
+  memset(&run, 0, sizeof run);
+  run.o = o;
+  run.exit_code = CLI_EXIT_FAIL;
+  run.listen_fd = -1;
   np_identity_peer_id(id, run.id);
   if (created)
     say(o, NP_LOG_INFO, "created a new key; this peer's ID is %s", run.id);
@@ -925,6 +1320,13 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
       return cli_usage_error(o->cmd, "--peer is this peer's own ID");
     }
   }
+  if (o->mode == MODE_LOCAL && (run.listen_fd = open_local(o)) < 0) {
+    np_identity_free(id);
+    close(sfd);
+    return CLI_EXIT_FAIL;
+  }
+  if (o->mode == MODE_SEND || o->mode == MODE_RECEIVE)
+    run.progress = np_progress_new(stderr, np_progress_pick(stderr, o->json));
 
   np_agent_config cfg = {
       .identity = id,
@@ -938,6 +1340,7 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
       .peer_timeout_ms = o->peer_timeout_ms,
       .session_timeout_ms = o->listen ? 0 : (o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS),
       .no_portmap = o->no_portmap,
+      .bind = o->bind,
       .log = o->json ? log_json : cli_log_stderr,
       .log_level = o->verbose ? NP_LOG_DEBUG : NP_LOG_WARN,
   };
@@ -947,6 +1350,9 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
     snprintf(reason, sizeof reason, "cannot start: %s", np_strerror(rc));
     emit_simple(o, "failed", reason);
     np_identity_free(id);
+    np_progress_free(run.progress);
+    if (run.listen_fd >= 0)
+      close(run.listen_fd);
     close(sfd);
     return CLI_EXIT_FAIL;
   }
@@ -956,94 +1362,75 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
     emit_simple(o, "failed", reason);
     run.done = true;
   }
-
   stdin_flags = fcntl(STDIN_FILENO, F_GETFL);
-  if (stdin_flags >= 0)
-    (void)fcntl(STDIN_FILENO, F_SETFL, stdin_flags | O_NONBLOCK);
-  run.progress_at = mono_ms();
 
   while (!run.done) {
-    int64_t now = mono_ms();
-    bool resending = run.connected && run.stdin_eof && now < run.eof_until;
-    if (run.connected && run.stdin_eof) {
-      /* Leave once the peer's input has ended too (and its data is in,
-       * or late datagrams had their chance), and the peer has confirmed
-       * ours (or we stop waiting for it). */
-      bool rx_done = run.peer_eof && (run.rx_count >= run.peer_total ||
-                                      now >= run.peer_eof_at + EOF_REORDER_MS);
-      bool tx_done = run.sent == 0 || run.peer_saw_eof || !resending;
-      if (rx_done && tx_done) {
-        end_session(&run, true);
+    /* Move what can move before sleeping, so that a wakeup is never
+     * needed for work already possible. */
+    bool busy = false;
+    for (int i = 0; i < MAX_CONNS; i++) {
+      struct conn *c = &run.conns[i];
+      if (!c->used)
         continue;
-      }
-      if (resending && now >= run.eof_next)
-        send_eof(&run, now);
+      if (c->awaiting_svc)
+        take_service(&run, c);
+      else if (c->is_xfer)
+        busy |= run_xfer(&run, c);
+      else
+        busy |= pump_run(&c->p, run.agent);
+      /* A forwarded connection that finished both ways (or failed) goes;
+       * the pipe and the transfer wait for the session's end. */
+      if (c->used && !c->is_xfer && !c->awaiting_svc &&
+          (o->mode == MODE_FORWARD || o->mode == MODE_LOCAL) && pump_done(&c->p, run.agent))
+        conn_free(&run, c);
     }
-    int wait = np_agent_timeout(run.agent);
-    int64_t next = INT64_MAX;
-    if (resending)
-      next = run.eof_next;
-    if (run.connected && run.peer_eof && run.peer_eof_at + EOF_REORDER_MS < next)
-      next = run.peer_eof_at + EOF_REORDER_MS;
-    if (run.connected && run.rx_count != run.acked_count && run.ack_at + ACK_DELAY_MS < next)
-      next = run.ack_at + ACK_DELAY_MS;
-    bool want_stdin = run.connected && !run.stdin_eof;
-    bool can_send = want_stdin && run.pending_len == 0 && window_open(&run, now);
-    if (want_stdin && run.pending_len > 0)
-      next = now + 1; /* the socket buffer was full a moment ago */
-    else if (want_stdin && !can_send && run.progress_at + STALL_MS < next)
-      next = run.progress_at + STALL_MS;
-    if (next != INT64_MAX) {
-      int64_t d = next - now;
-      if (wait < 0 || d < wait)
-        wait = d < 0 ? 0 : (int)d;
+    if (run.connected && work_done(&run)) {
+      run.session_ok = work_ok(&run);
+      emit_summary(&run);
+      np_agent_close(run.agent);
+      end_session(&run, run.session_ok);
+      continue;
     }
-    struct pollfd pfd[3] = {{sfd, POLLIN, 0},
-                            {np_agent_fd(run.agent), POLLIN, 0},
-                            {STDIN_FILENO, POLLIN, 0}};
-    int nfds = can_send ? 3 : 2;
-    if (poll(pfd, (nfds_t)nfds, wait) < 0 && errno != EINTR) {
+    struct pollfd pfd[2 * MAX_CONNS + 4];
+    nfds_t n = 0;
+    pfd[n++] = (struct pollfd){sfd, POLLIN, 0};
+    pfd[n++] = (struct pollfd){np_agent_fd(run.agent), POLLIN, 0};
+    if (run.listen_fd >= 0 && run.connected)
+      pfd[n++] = (struct pollfd){run.listen_fd, POLLIN, 0};
+    if (run.asking)
+      pfd[n++] = (struct pollfd){STDIN_FILENO, POLLIN, 0};
+    for (int i = 0; i < MAX_CONNS; i++)
+      if (run.conns[i].used && !run.conns[i].is_xfer && !run.conns[i].awaiting_svc)
+        n += (nfds_t)pump_poll(&run.conns[i].p, pfd + n);
+    int wait = busy ? 0 : np_agent_timeout(run.agent);
+    if (poll(pfd, n, wait) < 0 && errno != EINTR) {
       say(o, NP_LOG_ERROR, "poll: %s", strerror(errno));
       break;
     }
     if (pfd[0].revents & POLLIN) {
-      struct signalfd_siginfo si;
-      int sig = read(sfd, &si, sizeof si) == (ssize_t)sizeof si ? (int)si.ssi_signo : SIGINT;
-      const char *name = sig == SIGTERM ? "SIGTERM" : "SIGINT";
-      char reason[100];
-      if (run.connected) {
-        /* The peer learns that this was an abort, not the end of our data. */
-        snprintf(reason, sizeof reason, "interrupted by %s; the peer is told the session was aborted",
-                 name);
-        cJSON *ev = cJSON_CreateObject();
-        cJSON_AddStringToObject(ev, "event", "closed");
-        cJSON_AddStringToObject(ev, "cause", "interrupted");
-        cJSON_AddStringToObject(ev, "reason", reason);
-        emit(o, ev, reason);
-        np_agent_abort(run.agent);
-      } else if (!o->listen) {
-        snprintf(reason, sizeof reason, "interrupted by %s", name);
-        emit_simple(o, "failed", reason);
-        np_agent_abort(run.agent);
-      }
-      /* As --help says: a listener stopped by a signal exits 0, a caller 1. */
-      run.exit_code = o->listen ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+      on_signal(&run, sfd);
       break;
     }
-    now = mono_ms();
-    if (run.connected && !run.stdin_eof && run.pending_len > 0)
-      (void)flush_pending(&run);
-    else if (nfds == 3 && (pfd[2].revents & (POLLIN | POLLHUP | POLLERR)))
-      read_stdin(&run, now);
+    for (nfds_t i = 2; i < n; i++) {
+      if (pfd[i].fd == run.listen_fd && (pfd[i].revents & POLLIN))
+        accept_local(&run);
+      else if (run.asking && pfd[i].fd == STDIN_FILENO && pfd[i].revents)
+        answer_user(&run);
+    }
     np_agent_process(run.agent);
     np_agent_event ev;
-    while (np_agent_next_event(run.agent, &ev))
+    while (!run.done && np_agent_next_event(run.agent, &ev))
       on_event(&run, &ev);
     if (run.connected)
-      drain_data(&run, mono_ms());
+      accept_streams(&run);
   }
+  for (int i = 0; i < MAX_CONNS; i++)
+    conn_free(&run, &run.conns[i]);
   restore_stdin();
   np_agent_free(run.agent); /* says goodbye to the peer, deletes the port mapping */
+  np_progress_free(run.progress);
+  if (run.listen_fd >= 0)
+    close(run.listen_fd);
   close(sfd);
   np_identity_free(id);
   return run.exit_code;
@@ -1061,5 +1448,22 @@ int cli_connect(int argc, char **argv) {
   static struct peer_opts o;
   memset(&o, 0, sizeof o);
   o.cmd = "connect";
+  return run_peer(&o, argc, argv);
+}
+
+int cli_send(int argc, char **argv) {
+  static struct peer_opts o;
+  memset(&o, 0, sizeof o);
+  o.cmd = "send";
+  o.mode = MODE_SEND;
+  return run_peer(&o, argc, argv);
+}
+
+int cli_receive(int argc, char **argv) {
+  static struct peer_opts o;
+  memset(&o, 0, sizeof o);
+  o.cmd = "receive";
+  o.listen = true;
+  o.mode = MODE_RECEIVE;
   return run_peer(&o, argc, argv);
 }

@@ -18,6 +18,8 @@ static const struct command commands[] = {
     {"rendezvous-server", cli_rendezvous_server, "run a rendezvous (signaling) server"},
     {"listen", cli_listen, "wait for a peer's call and open a direct path to it"},
     {"connect", cli_connect, "call a peer and open a direct path to it"},
+    {"send", cli_send, "send files to a peer (which runs receive)"},
+    {"receive", cli_receive, "wait for a peer's files and save them"},
 };
 
 static void usage(FILE *out) {
@@ -27,10 +29,11 @@ static void usage(FILE *out) {
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     fprintf(out, "  %-18s %s\n", commands[i].name, commands[i].summary);
   fprintf(out,
-          "\nConfig file: listen, connect and probe take the settings that no option gives\n"
-          "from $XDG_CONFIG_HOME/natpunch/config (default ~/.config/natpunch/config), then\n"
-          "from /etc/natpunch/config (per setting, the first file that has it wins; their\n"
-          "aliases are merged, the user's first); --config FILE reads FILE instead of both.\n"
+          "\nConfig file: listen, connect, send, receive and probe take the settings that\n"
+          "no option gives from $XDG_CONFIG_HOME/natpunch/config (default\n"
+          "~/.config/natpunch/config), then from /etc/natpunch/config (per setting, the\n"
+          "first file that has it wins; their aliases are merged, the user's first);\n"
+          "--config FILE reads FILE instead of both.\n"
           "One setting a line, '#' starts a comment (at the start or after a blank):\n"
           "  rendezvous = IP[:PORT]      the rendezvous server (port defaults to 7000)\n"
           "  discovery = IP[:PORT]       a discovery server; give two (port 3478)\n"

@@ -105,6 +105,11 @@ int main(int argc, char **argv) {
         printf("%s\n", ev.reason);
         ended = true;
         break;
+      case NP_AGENT_STREAM: /* this example speaks in datagrams only */
+        break;
+      case NP_AGENT_PATH_CHANGED:
+        printf("the path moved to %s\n", np_addr_format(&ev.observed, text, sizeof text));
+        break;
       }
     }
     if (!connected)

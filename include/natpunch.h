@@ -453,6 +453,12 @@ enum np_agent_event_type {
    * back (the two would take it from each other for ever): it can no
    * longer be called or call, and should be closed. 'reason' says so. */
   NP_AGENT_REPLACED,
+  /* The peer opened a stream: np_agent_stream_accept() takes it. */
+  NP_AGENT_STREAM,
+  /* The session moved to another path (the NAT rebound, or a new path
+   * after the old one died): 'observed' is the peer's new address, and
+   * np_agent_stats() has the rest. No stream byte is lost. */
+  NP_AGENT_PATH_CHANGED,
 };
 
 /* How the winning pair was found. */
@@ -473,7 +479,8 @@ typedef struct np_agent_event {
   uint8_t peer[NP_PUBKEY_LEN]; /* CALL, CONNECTED, FAILED, CLOSED */
   int error;                   /* FAILED, CLOSED: an NP_ERR_* code (CLOSED: see above) */
   char reason[160];            /* FAILED, CLOSED: a sentence for humans */
-  np_addr observed;            /* REGISTERED: our address as the server saw it */
+  np_addr observed;            /* REGISTERED: our address as the server saw it;
+                                * PATH_CHANGED: the peer's new address */
 } np_agent_event;
 
 typedef struct np_session_stats {
@@ -492,6 +499,13 @@ typedef struct np_session_stats {
    * was full: the application did not read fast enough. Loss on the way,
    * or in a full socket buffer, is not seen here. */
   uint64_t datagrams_dropped;
+  /* The QUIC session on the path (0 or -1 before it is up): */
+  int64_t rtt_ms, rtt_min_ms;      /* smoothed and lowest round-trip time */
+  uint64_t packets_sent, packets_received, packets_lost;
+  uint64_t stream_bytes_sent, stream_bytes_received; /* application bytes on streams */
+  uint64_t cwnd;                   /* congestion window, bytes */
+  uint32_t path_changes;           /* NP_AGENT_PATH_CHANGED so far */
+  int64_t secure_ms;               /* from the punched path to the verified handshake */
 } np_session_stats;
 
 typedef struct np_agent_config {
@@ -508,15 +522,18 @@ typedef struct np_agent_config {
   int n_allow;
   int predict_after_ms; /* no direct success by then: predict. 0 = 1000 */
   int session_timeout_ms; /* give up a traversal after this. 0 = 20000 */
-  /* Authenticated keepalives on the established path (they also hold the
-   * NATs' mappings open). 0 = 5000, or a quarter of peer_timeout_ms when
-   * that is shorter. Must be below peer_timeout_ms. */
+  /* A QUIC PING after this much quiet on the established path (it also
+   * holds the NATs' mappings open). 0 = 5000, or a quarter of
+   * peer_timeout_ms when that is shorter. Must be below peer_timeout_ms. */
   int keepalive_ms;
   /* A connected session ends (CLOSED, NP_ERR_TIMEOUT, "the peer vanished")
-   * when nothing authenticated (keepalive or probe; data datagrams are not
-   * authenticated yet and do not count) came from the peer on the path for
-   * this long. 0 = 20000. */
+   * when nothing authenticated came from the peer for this long (the QUIC
+   * idle timeout). 0 = 20000. */
   int peer_timeout_ms;
+  /* The local address of the agent's UDP socket (IP and port); unset (the
+   * zeroed struct) = any address, an ephemeral port. Its family must match
+   * the discovery servers'. */
+  np_addr bind;
   int max_probes;       /* discovery packets per session. 0 = 6000 */
   int birthday_sockets; /* sockets for the birthday method. 0 = 256, at most 1023 */
   int prime_ttl;        /* TTL of priming packets, at most 255. 0 = measured (hops to our
@@ -571,11 +588,67 @@ NP_EXPORT int np_agent_wait(np_agent *a, int timeout_ms);
 /* Pops the next event into *ev: returns 1, or 0 when there is none. */
 NP_EXPORT int np_agent_next_event(np_agent *a, np_agent_event *ev);
 
-/* Sends one datagram to the peer on the established path. Returns 0,
- * NP_ERR_INVAL when not connected or len > 1200 (fits any path MTU),
- * NP_ERR_AGAIN when the socket buffer is full: nothing was sent, keep the
- * datagram and try again shortly (there is no retransmission: a datagram
- * sent may still be lost on the way). */
+/* The session. Once the path is punched, it carries one QUIC connection
+ * (RFC 9000; the caller is its client), whose TLS 1.3 handshake proves each
+ * side's identity key: CONNECTED comes only when the peer has shown the key
+ * of the peer ID called or accepted, so a man in the middle (the rendezvous
+ * server included) gets neither data nor a completed handshake. Everything
+ * below is encrypted and authenticated; streams are reliable, ordered and
+ * flow-controlled, datagrams (RFC 9221) are not retransmitted. A QUIC PING
+ * every keepalive_ms holds the NATs open; nothing from the peer for
+ * peer_timeout_ms ends the session (CLOSED, NP_ERR_TIMEOUT). */
+
+/* Stream state bits, from np_agent_stream_state(). */
+#define NP_STREAM_READABLE 0x01    /* data (or the end) waits to be read */
+#define NP_STREAM_WRITABLE 0x02    /* a write would take at least one byte */
+#define NP_STREAM_READ_EOF 0x04    /* the peer's end was read: it will send no more */
+#define NP_STREAM_WRITE_ACKED 0x08 /* after np_agent_stream_shutdown(): the peer has
+                                    * every byte we wrote, and the end */
+#define NP_STREAM_RESET 0x10       /* the stream was reset (by either side) */
+
+/* Opens a bidirectional stream to the peer and stores its number in *id.
+ * Returns 0, NP_ERR_AGAIN when the peer's limit of open streams is reached
+ * (try again once one has ended), NP_ERR_INVAL when not connected. The peer
+ * sees the stream (NP_AGENT_STREAM) with its first byte or its end. */
+NP_EXPORT int np_agent_stream_open(np_agent *a, int64_t *id);
+
+/* Takes the next stream the peer opened: returns 1 and its number in *id,
+ * or 0 when there is none. Data the peer sent on it is buffered until it is
+ * accepted and read (within the stream's flow-control window). */
+NP_EXPORT int np_agent_stream_accept(np_agent *a, int64_t *id);
+
+/* Queues up to len bytes for the stream and returns how many it took
+ * (fewer under back-pressure: the peer has not acknowledged or read enough
+ * yet), NP_ERR_AGAIN when it could take none (retry after
+ * np_agent_process(); NP_STREAM_WRITABLE tells), NP_ERR_INVAL for an
+ * unknown stream or after np_agent_stream_shutdown(), NP_ERR_CANCELLED when
+ * the peer stopped the stream or the session ended. Bytes taken are
+ * delivered in order or the session fails: none is lost silently. */
+NP_EXPORT long np_agent_stream_write(np_agent *a, int64_t id, const void *buf, size_t len);
+
+/* Copies up to cap received bytes into buf: returns how many (> 0), 0 at
+ * the end of the stream (the peer half-closed it and everything was read),
+ * NP_ERR_AGAIN when nothing waits yet, NP_ERR_CANCELLED when the peer reset
+ * the stream, NP_ERR_INVAL for an unknown stream. Data already received
+ * stays readable after the session closed, until np_agent_close(). */
+NP_EXPORT long np_agent_stream_read(np_agent *a, int64_t id, void *buf, size_t cap);
+
+/* Half-closes the stream: the end follows the bytes already written, and
+ * reading goes on. Returns 0 or NP_ERR_INVAL. */
+NP_EXPORT int np_agent_stream_shutdown(np_agent *a, int64_t id);
+
+/* Abandons the stream both ways (the peer's reads and writes on it fail
+ * with NP_ERR_CANCELLED). Returns 0 or NP_ERR_INVAL. */
+NP_EXPORT int np_agent_stream_reset(np_agent *a, int64_t id);
+
+/* The stream's NP_STREAM_* bits, or NP_ERR_INVAL for a stream the agent no
+ * longer knows (never opened, or ended both ways and fully read). */
+NP_EXPORT int np_agent_stream_state(const np_agent *a, int64_t id);
+
+/* Sends one unreliable datagram (RFC 9221) in the session. Returns 0,
+ * NP_ERR_INVAL when not connected or len > 1200, NP_ERR_AGAIN when the
+ * send queue is full (keep it and retry shortly). A datagram sent may still
+ * be lost on the way; it is never delivered twice or altered. */
 NP_EXPORT int np_agent_send(np_agent *a, const void *buf, size_t len);
 
 /* Copies the next datagram received from the peer into buf (at most cap
@@ -584,9 +657,11 @@ NP_EXPORT int np_agent_send(np_agent *a, const void *buf, size_t len);
  * connected. */
 NP_EXPORT int np_agent_recv(np_agent *a, void *buf, size_t cap);
 
-/* Ends the session: tells the peer (best effort; its CLOSED event has
- * error 0) and releases the path and the extra sockets. A listening agent
- * then accepts the next call. Safe in any state. */
+/* Ends the session: closes the QUIC connection with a normal reason (the
+ * peer's CLOSED event has error 0; best effort: if the close is lost, the
+ * peer ends on its peer timeout) and releases the path and the extra
+ * sockets. A listening agent then accepts the next call. Safe in any
+ * state. */
 NP_EXPORT void np_agent_close(np_agent *a);
 
 /* Like np_agent_close(), but tells the peer that the session was aborted

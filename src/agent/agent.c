@@ -2,7 +2,9 @@
  * The agent: the public API (natpunch.h) and the session state machine.
  * It owns the path (sockets, path/path.h), the rendezvous client, the
  * gathering (gather.h) and the port-mapping worker (portmap_job.h), and
- * drives the sans-IO punch machine of the current session.
+ * drives the sans-IO punch machine of the current session, then the QUIC
+ * session (session/session.h) on the path it punched: streams, datagrams,
+ * the close and the peer's disappearance are the session's.
  *
  * One event loop (net/loop.h) holds every descriptor, so the application
  * sees a single fd (the loop's epoll set); timers are reported through
@@ -22,6 +24,7 @@
 #include "path/path.h"
 #include "portmap/portmap.h"
 #include "rendezvous/rendezvous_client.h"
+#include "session/session.h"
 #include "signaling/signaling.h"
 #include "traversal/budget.h"
 #include "traversal/punch.h"
@@ -38,8 +41,15 @@
 #include <unistd.h>
 
 #define MAX_EVENTS 32
-#define MAX_RX 256            /* datagrams queued for np_agent_recv() */
-#define MAX_PAYLOAD 1200      /* fits any path MTU with headers */
+#define MAX_PAYLOAD 1200      /* np_agent_send()'s documented limit */
+#define QUIC_MAX_PKT 1500     /* largest datagram the session may be handed */
+/* Datagrams the session may write per flush: bounded so that one busy
+ * session cannot starve the loop (congestion control bounds it anyway). */
+#define FLUSH_MAX 512
+/* Sockets of the session: large buffers so that a window of packets is not
+ * dropped by the kernel between two turns of the loop. */
+#define SESSION_SOCKBUF (4 * 1024 * 1024)
+#define CLOSE_SENDS 3
 #define DEFAULT_TIMEOUT_MS 20000
 #define DEFAULT_MAX_PROBES 6000 /* punch.h's default max_probes */
 /* How long the callee's gathering waits for a port mapping still in
@@ -51,7 +61,6 @@
  * add the wait to every call, and the callee's mapping is the one that
  * matters most. */
 #define PORTMAP_WAIT_MS 100
-#define BYE_SENDS 3
 /* A vanished peer: nothing authenticated on the path for this long ends the
  * session. Keepalives (authenticated STUN indications from punch.c) come
  * every DEFAULT_KEEPALIVE_MS, so four in a row must be lost first. */
@@ -60,38 +69,26 @@
 #define HOLD_MIN_MS 400
 #define HOLD_MAX_MS 3000
 
-/* First byte of the plain data path's datagrams (path.h has the table). */
-#define PKT_DATA NP_PATH_PKT_DATA
-#define PKT_BYE NP_PATH_PKT_BYE
-/* The byte after PKT_BYE: why we leave. A BYE without it (older peers) is
- * a normal close. */
-#define BYE_NORMAL 0
-#define BYE_ABORT 1
-
-
 enum session_state {
   S_NONE = 0,
   S_GATHERING, /* quick discovery query before offer (caller) or answer (callee) */
   S_OFFERED,   /* caller: offer sent, waiting for the answer */
   S_PUNCHING,
-  S_CONNECTED,
+  S_SECURING,  /* punched: the QUIC handshake proves the peer's key */
+  S_CONNECTED, /* the session is up (CONNECTED reported) */
   S_DONE,      /* failed or closed; a listener goes back to S_NONE */
 };
 
-struct rx_dgram {
-  size_t len;
-  uint8_t buf[MAX_PAYLOAD];
-};
-
-/* Data that arrives while we are still punching: the peer may be connected
- * a round trip before us (the callee connects on the nomination, the
- * caller on its answer) and may already be sending. Kept until we know the
- * pair, then delivered if it came on it. */
+/* QUIC packets that arrive while we are still punching: the peer is
+ * punched a round trip before us (the callee on the nomination, the caller
+ * on its answer) and its client starts the handshake at once. Kept until
+ * we know the pair, then given to the session if they came on it. */
 #define MAX_EARLY 16
 struct early_dgram {
   int sock;
   np_addr from;
-  struct rx_dgram d;
+  size_t len;
+  uint8_t buf[QUIC_MAX_PKT];
 };
 
 struct np_agent {
@@ -133,12 +130,15 @@ struct np_agent {
   int64_t session_start, session_deadline;
   np_punch *punch;
   np_session_stats stats;
-  int64_t peer_heard; /* connected: last authenticated packet from the peer on the path */
+  np__session *qs;    /* the QUIC session on the punched path */
+  int qsock;          /* the path's socket it runs on */
+  np_addr qlocal;     /* that socket's address, the session's "local" */
+  int64_t punched_at;
+  bool activity;      /* stream or datagram news since np_agent_wait() last returned */
+  bool stream_announced; /* NP_AGENT_STREAM is out for the streams waiting now */
 
   np_agent_event ev[MAX_EVENTS];
   int ev_head, ev_n;
-  struct rx_dgram *rx;
-  int rx_head, rx_n;
   struct early_dgram *early;
   int n_early;
 };
@@ -183,9 +183,10 @@ static void session_reset(np_agent *a) {
   np__gather_stop(&a->gather);
   np__punch_free(a->punch);
   a->punch = NULL;
+  np__session_free(a->qs);
+  a->qs = NULL;
   np__path_close_extra(a->path);
   sodium_memzero(a->kx_sk, sizeof a->kx_sk);
-  a->rx_n = 0;
   a->n_early = 0;
   a->st = S_NONE;
 }
@@ -374,7 +375,7 @@ static void on_rdv_offer(void *user, const np_sig_msg *offer) {
       memcmp(offer->session, a->session, NP_SIG_SESSION_LEN) == 0) {
     /* Our caller's offer again: it lost our answer (its rendezvous
      * connection dropped, or the server restarted). Answer again. */
-    if (a->callee && (a->st == S_PUNCHING || a->st == S_CONNECTED)) {
+    if (a->callee && (a->st == S_PUNCHING || a->st == S_SECURING || a->st == S_CONNECTED)) {
       const np_addr *seen = np__addr_is_set(&a->peer_seen) ? &a->peer_seen : NULL;
       int rc = np__rdv_client_send_answer(a->rdv, a->peer, a->session, &a->cand, seen);
       if (rc != 0)
@@ -382,6 +383,8 @@ static void on_rdv_offer(void *user, const np_sig_msg *offer) {
     }
     return;
   }
+  if (a->st == S_DONE)
+    session_reset(a); /* the last session is over: what it left unread goes */
   if (a->st != S_NONE) {
     /* One session per agent. A signed "busy" lets the caller fail now,
      * with a reason, rather than at its timeout. */
@@ -474,7 +477,7 @@ static void on_rdv_answer(void *user, const np_sig_msg *answer) {
 
 static void on_rdv_ready(void *user, const np_sig_msg *ready) {
   np_agent *a = user;
-  if (!a->callee || !a->punch || (a->st != S_PUNCHING && a->st != S_CONNECTED) ||
+  if (!a->callee || !a->punch || a->st != S_PUNCHING ||
       memcmp(ready->session, a->session, NP_SIG_SESSION_LEN) != 0 ||
       memcmp(ready->from, a->peer, NP_PUBKEY_LEN) != 0)
     return;
@@ -495,7 +498,7 @@ static void on_rdv_error(void *user, uint16_t code, const char *text, const uint
     return;
   }
   if (code == NP_SIG_E_CLOCK && session && memcmp(session, a->session, NP_SIG_SESSION_LEN) == 0 &&
-      a->st != S_NONE && a->st != S_DONE && a->st != S_CONNECTED) {
+      a->st != S_NONE && a->st != S_DONE && a->st != S_SECURING && a->st != S_CONNECTED) {
     /* The peer drops what we sign as too old or too new: the call cannot
      * work, and the reason is the clock, not the network. */
     char reason[200];
@@ -551,7 +554,7 @@ static void agent_free_parts(np_agent *a) {
   np__path_free(a->path);
   np__loop_free(a->loop); /* last: the path and the rendezvous fd leave it first */
   free(a->allow);
-  free(a->rx);
+  np__session_free(a->qs);
   free(a->early);
   sodium_memzero(a->kx_sk, sizeof a->kx_sk);
   free(a);
@@ -578,6 +581,10 @@ int np__agent_new_clocked(const np_agent_config *cfg, np_loop_clock_fn clock, vo
       (cfg->keepalive_ms >= DEFAULT_PEER_TIMEOUT_MS && cfg->peer_timeout_ms == 0) ||
       cfg->max_probes < 0 || cfg->birthday_sockets < 0 ||
       cfg->birthday_sockets >= NP_PUNCH_MAX_SOCKETS || cfg->prime_ttl < 0 || cfg->prime_ttl > 255)
+    return NP_ERR_INVAL;
+  if (np__addr_is_set(&cfg->bind) &&
+      cfg->bind.u.sa.sa_family !=
+          (cfg->n_discovery ? cfg->discovery[0] : cfg->rendezvous).u.sa.sa_family)
     return NP_ERR_INVAL;
   if (sodium_init() < 0)
     return NP_ERR_SYS;
@@ -607,9 +614,8 @@ int np__agent_new_clocked(const np_agent_config *cfg, np_loop_clock_fn clock, vo
   a->log = (np_logger){cfg->log, cfg->log_user, cfg->log_level};
   np_identity_public_key(cfg->identity, a->self_pk);
   rc = NP_ERR_NOMEM;
-  a->rx = calloc(MAX_RX, sizeof *a->rx);
   a->early = calloc(MAX_EARLY, sizeof *a->early);
-  if (!a->rx || !a->early)
+  if (!a->early)
     goto fail;
   if (cfg->n_allow) {
     a->allow = malloc((size_t)cfg->n_allow * NP_PUBKEY_LEN);
@@ -620,6 +626,7 @@ int np__agent_new_clocked(const np_agent_config *cfg, np_loop_clock_fn clock, vo
   }
   a->family = cfg->n_discovery ? cfg->discovery[0].u.sa.sa_family : cfg->rendezvous.u.sa.sa_family;
   np_path_config pcfg = {.family = a->family,
+                         .bind = cfg->bind,
                          .loop = a->loop,
                          .log = a->log,
                          .on_datagram = on_path_datagram,
@@ -685,7 +692,7 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
 NP_EXPORT void np_agent_free(np_agent *a) {
   if (!a)
     return;
-  if (a->st == S_CONNECTED)
+  if (a->st == S_SECURING || a->st == S_CONNECTED)
     np_agent_close(a);
   agent_free_parts(a);
 }
@@ -720,25 +727,108 @@ NP_EXPORT int np_agent_connect(np_agent *a, const uint8_t peer[NP_PUBKEY_LEN]) {
 
 /* ---- I/O ---------------------------------------------------------------------------- */
 
-static void enqueue_data(np_agent *a, const uint8_t *payload, size_t len) {
-  a->stats.datagrams_received++;
-  a->stats.bytes_received += len;
-  if (a->rx_n == MAX_RX) {
-    a->stats.datagrams_dropped++;
-    NP_LOGD(&a->log, "agent: receive queue full; datagram dropped");
+/* Hands the session what it has to send, on its socket (a bounded batch:
+ * congestion control and pacing stop it sooner; a full socket buffer is a
+ * loss the session repairs). */
+static void session_flush(np_agent *a, int64_t now) {
+  if (!a->qs)
     return;
+  uint8_t buf[QUIC_MAX_PKT];
+  for (int i = 0; i < FLUSH_MAX; i++) {
+    np__session_path path;
+    int n = np__session_send(a->qs, buf, sizeof buf, &path, now);
+    if (n <= 0)
+      break;
+    (void)send_on(a, a->qsock, &path.remote, 0, buf, (size_t)n);
   }
-  struct rx_dgram *d = &a->rx[(a->rx_head + a->rx_n) % MAX_RX];
-  d->len = len > MAX_PAYLOAD ? MAX_PAYLOAD : len;
-  memcpy(d->buf, payload, d->len);
-  a->rx_n++;
 }
 
-static void on_connected(np_agent *a, int64_t now) {
-  np_punch_result r;
-  np__punch_result_get(a->punch, &r);
+static void on_established(np_agent *a, int64_t now) {
   a->st = S_CONNECTED;
   a->stats.connected = true;
+  a->stats.secure_ms = now - a->punched_at;
+  a->stats.elapsed_ms = now - a->session_start;
+  NP_LOGI(&a->log, "agent: session up: the peer proved its key %lld ms after the punch",
+          (long long)a->stats.secure_ms);
+  session_event(a, NP_AGENT_CONNECTED, 0, NULL);
+}
+
+/* The session ended (or never came up): say why, in the words of the
+ * events' contract. */
+static void on_session_closed(np_agent *a) {
+  struct np__session_close_info ci;
+  if (np__session_close_info(a->qs, &ci) != 0)
+    return;
+  char reason[160];
+  if (a->st == S_SECURING) {
+    snprintf(reason, sizeof reason, "%s: %s",
+             ci.key_mismatch ? "the peer did not prove the key of the peer ID (a man in the "
+                               "middle, or the wrong peer): handshake refused"
+                             : "the secure handshake failed",
+             ci.reason[0] ? ci.reason : np_strerror(ci.err));
+    session_fail(a, ci.err == NP_ERR_TIMEOUT ? NP_ERR_TIMEOUT : NP_ERR_AUTH, reason);
+    return;
+  }
+  int err;
+  if (ci.err == NP_ERR_TIMEOUT) {
+    err = NP_ERR_TIMEOUT;
+    snprintf(reason, sizeof reason, "the peer vanished: nothing from it for %d s",
+             (a->cfg.peer_timeout_ms + 500) / 1000);
+  } else if (ci.by_peer && ci.app && ci.code == 0) {
+    err = 0;
+    snprintf(reason, sizeof reason, "the peer closed the session");
+  } else if (ci.by_peer && ci.app && ci.code == 1) {
+    err = NP_ERR_CANCELLED;
+    snprintf(reason, sizeof reason, "the peer aborted the session");
+  } else {
+    err = ci.err ? ci.err : NP_ERR_PROTO;
+    snprintf(reason, sizeof reason, "the session failed: %s",
+             ci.reason[0] ? ci.reason : np_strerror(err));
+  }
+  NP_LOGI(&a->log, "agent: %s", reason);
+  a->st = S_DONE;
+  session_event(a, NP_AGENT_CLOSED, err, reason);
+}
+
+/* After anything that may have moved the session: news for the
+ * application, and its state. */
+static void session_check(np_agent *a, int64_t now) {
+  if (!a->qs)
+    return;
+  if (a->st == S_SECURING && np__session_established(a->qs))
+    on_established(a, now);
+  if ((a->st == S_SECURING || a->st == S_CONNECTED) && np__session_closed(a->qs)) {
+    on_session_closed(a);
+    return;
+  }
+  if (a->st != S_CONNECTED)
+    return;
+  /* New peer streams: one event, then the application accepts them all. */
+  if (!a->stream_announced && np__session_stream_pending(a->qs)) {
+    a->stream_announced = true;
+    session_event(a, NP_AGENT_STREAM, 0, NULL);
+  }
+  struct np__session_stats qs;
+  np__session_stats(a->qs, &qs);
+  if (!np_addr_equal(&qs.path.remote, &a->stats.remote)) {
+    char t[NP_ADDRSTRLEN];
+    NP_LOGI(&a->log, "agent: the path moved: the peer is at %s now",
+            np_addr_format(&qs.path.remote, t, sizeof t));
+    a->stats.remote = qs.path.remote;
+    a->stats.path_changes++;
+    np_agent_event ev = {.type = NP_AGENT_PATH_CHANGED, .observed = qs.path.remote};
+    memcpy(ev.peer, a->peer, NP_PUBKEY_LEN);
+    push_event(a, &ev);
+  }
+}
+
+/* The punch machine nominated a pair: the winner's socket stays, and the
+ * QUIC session starts on it (the caller is its client). */
+static void on_punched(np_agent *a, int64_t now) {
+  np_punch_result r;
+  np__punch_result_get(a->punch, &r);
+  a->st = S_SECURING;
+  a->punched_at = now;
   a->stats.via = r.via;
   a->stats.remote = r.remote;
   a->stats.local = a->local;
@@ -749,73 +839,74 @@ static void on_connected(np_agent *a, int64_t now) {
   a->stats.probes_received = r.probes_received;
   a->stats.rounds = r.rounds;
   a->stats.sockets = r.sockets;
-  a->peer_heard = now;
   /* The winner stays; every other birthday socket goes. */
   np__path_keep_only(a->path, r.sock);
-  for (int i = 0; i < a->n_early; i++)
+  a->qsock = r.sock;
+  int fd = np__path_fd(a->path, r.sock);
+  int big = SESSION_SOCKBUF;
+  (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+  (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+  (void)np__udp_local(fd, &a->qlocal);
+  np__session_config sc = {
+      .client = !a->callee,
+      .identity = a->cfg.identity,
+      .local = a->qlocal,
+      .remote = r.remote,
+      .idle_timeout_ms = a->cfg.peer_timeout_ms,
+      .keepalive_ms = a->cfg.keepalive_ms,
+      .log = a->cfg.log,
+      .log_user = a->cfg.log_user,
+      .log_level = a->cfg.log_level,
+  };
+  memcpy(sc.peer, a->peer, NP_PUBKEY_LEN);
+  int rc = np__session_new(&sc, now, &a->qs);
+  if (rc != 0) {
+    session_fail(a, rc, "cannot start the secure session");
+    return;
+  }
+  for (int i = 0; i < a->n_early && a->qs; i++)
     if (a->early[i].sock == r.sock && np_addr_equal(&a->early[i].from, &r.remote))
-      enqueue_data(a, a->early[i].d.buf, a->early[i].d.len);
+      (void)np__session_recv(a->qs, &a->qlocal, &a->early[i].from, a->early[i].buf,
+                             a->early[i].len, now);
   a->n_early = 0;
-  session_event(a, NP_AGENT_CONNECTED, 0, NULL);
+  session_flush(a, now);
+  session_check(a, now);
 }
 
-/* STUN on the path: the gathering's answers, the punch machine's probes
- * and keepalives. */
+/* STUN on the path: the gathering's answers, the punch machine's probes. */
 static void deliver_stun(np_agent *a, int sock, const np_addr *from, const uint8_t *buf,
                          size_t len, int64_t now) {
   np__gather_stun_input(&a->gather, sock, from, buf, len, now);
-  if (a->punch && np__punch_input(a->punch, now, sock, from, buf, len)) {
-    /* Authenticated, of this session: the peer is alive, if it came on the
-     * path (the session key makes it the peer's; a copy replayed from
-     * elsewhere does not count). */
-    int ps;
-    np_addr pr;
-    if (a->st == S_CONNECTED && np__punch_path(a->punch, &ps, &pr) && ps == sock &&
-        np_addr_equal(from, &pr))
-      a->peer_heard = now;
-  }
+  if (a->punch)
+    (void)np__punch_input(a->punch, now, sock, from, buf, len);
 }
 
-/* The plain data path: PKT_DATA and PKT_BYE, from the peer on the path
- * only (early data kept while punching). */
-static void deliver_app(np_agent *a, int sock, const np_addr *from, const uint8_t *buf,
-                        size_t len) {
-  if (a->st == S_PUNCHING && buf[0] == PKT_DATA && a->n_early < MAX_EARLY) {
+/* QUIC on the path: to the session, from any address on its socket (QUIC
+ * authenticates every packet and validates a new address before it uses
+ * it, which is how a NAT that rebinds is followed). */
+static void deliver_quic(np_agent *a, int sock, const np_addr *from, const uint8_t *buf,
+                         size_t len, int64_t now) {
+  if (a->st == S_PUNCHING && a->n_early < MAX_EARLY && len <= QUIC_MAX_PKT) {
     struct early_dgram *e = &a->early[a->n_early++];
     e->sock = sock;
     e->from = *from;
-    e->d.len = len - 1 > MAX_PAYLOAD ? MAX_PAYLOAD : len - 1;
-    memcpy(e->d.buf, buf + 1, e->d.len);
+    e->len = len;
+    memcpy(e->buf, buf, len);
     return;
   }
-  if (a->st != S_CONNECTED)
+  if (!a->qs || sock != a->qsock)
     return;
-  int path_sock;
-  np_addr path_remote;
-  if (!np__punch_path(a->punch, &path_sock, &path_remote) || sock != path_sock ||
-      !np_addr_equal(from, &path_remote))
-    return; /* only the peer, on the path */
-  if (buf[0] == PKT_BYE) {
-    a->st = S_DONE;
-    if (len > 1 && buf[1] == BYE_ABORT)
-      session_event(a, NP_AGENT_CLOSED, NP_ERR_CANCELLED, "the peer aborted the session");
-    else
-      session_event(a, NP_AGENT_CLOSED, 0, "the peer closed the session");
-    return;
-  }
-  if (buf[0] != PKT_DATA)
-    return;
-  enqueue_data(a, buf + 1, len - 1);
+  (void)np__session_recv(a->qs, &a->qlocal, from, buf, len, now);
+  a->activity = true;
 }
 
-/* The path's demultiplexer hands over STUN and the plain data path's
- * datagrams (QUIC, later, gets its own class). */
+/* The path's demultiplexer hands over STUN and QUIC (RFC 9443). */
 static void on_path_datagram(void *user, enum np_path_class cls, int sock, const np_addr *from,
                              const uint8_t *buf, size_t len, int64_t now) {
   if (cls == NP_PATH_STUN)
     deliver_stun(user, sock, from, buf, len, now);
-  else if (cls == NP_PATH_APP)
-    deliver_app(user, sock, from, buf, len);
+  else if (cls == NP_PATH_QUIC)
+    deliver_quic(user, sock, from, buf, len, now);
 }
 
 static void on_path_icmp(void *user, int sock, const np_udp_error *e) {
@@ -863,7 +954,10 @@ static void run_machines(np_agent *a, int64_t now) {
                                     : "could not reach the rendezvous server before the timeout");
     np__gather_stop(&a->gather);
   }
-  if (a->punch && (a->st == S_PUNCHING || a->st == S_CONNECTED)) {
+  /* The punch machine runs until the session is up: while the handshake
+   * goes on it still answers the peer's probes (its nomination may need a
+   * second answer). After that the session's PINGs hold the path. */
+  if (a->punch && (a->st == S_PUNCHING || a->st == S_SECURING)) {
     punch_flush(a, now);
     np_punch_result r;
     np__punch_result_get(a->punch, &r);
@@ -871,21 +965,17 @@ static void run_machines(np_agent *a, int64_t now) {
     a->stats.probes_received = r.probes_received;
     a->stats.rounds = r.rounds;
     if (a->st == S_PUNCHING && r.state == NP_PUNCH_CONNECTED)
-      on_connected(a, now);
+      on_punched(a, now);
     else if (a->st == S_PUNCHING && r.state == NP_PUNCH_FAILED)
       session_fail(a, r.error, r.reason);
   }
-  if (a->st == S_CONNECTED && now >= a->peer_heard + a->cfg.peer_timeout_ms) {
-    char reason[160];
-    snprintf(reason, sizeof reason,
-             "the peer vanished: nothing authenticated from it for %d s (no keepalive)",
-             (a->cfg.peer_timeout_ms + 500) / 1000);
-    NP_LOGI(&a->log, "agent: %s", reason);
-    a->st = S_DONE;
-    session_event(a, NP_AGENT_CLOSED, NP_ERR_TIMEOUT, reason);
+  if (a->qs && (a->st == S_SECURING || a->st == S_CONNECTED)) {
+    int64_t t = np__session_timeout(a->qs, now);
+    if (t == 0)
+      (void)np__session_on_timer(a->qs, now);
+    session_flush(a, now);
+    session_check(a, now);
   }
-  if (a->st == S_DONE && a->cfg.listen && a->callee && a->rx_n == 0)
-    session_reset(a); /* ready for the next call, once the data is read */
 }
 
 NP_EXPORT int np_agent_process(np_agent *a) {
@@ -921,12 +1011,15 @@ NP_EXPORT int np_agent_timeout(const np_agent *a) {
       p = a->gather.started + PORTMAP_WAIT_MS; /* or the worker's wakeup */
     w = p < w ? p : w;
   }
-  if (a->punch && (a->st == S_PUNCHING || a->st == S_CONNECTED)) {
+  if (a->punch && (a->st == S_PUNCHING || a->st == S_SECURING)) {
     int64_t p = np__punch_wakeup(a->punch);
     w = p < w ? p : w;
   }
-  if (a->st == S_CONNECTED && a->peer_heard + a->cfg.peer_timeout_ms < w)
-    w = a->peer_heard + a->cfg.peer_timeout_ms;
+  if (a->qs && (a->st == S_SECURING || a->st == S_CONNECTED)) {
+    int64_t t = np__session_timeout(a->qs, now);
+    if (t >= 0 && now + t < w)
+      w = now + t;
+  }
   if ((a->st == S_GATHERING || a->st == S_OFFERED) && a->session_deadline < w)
     w = a->session_deadline;
   if (w == INT64_MAX)
@@ -943,8 +1036,10 @@ NP_EXPORT int np_agent_wait(np_agent *a, int timeout_ms) {
     int rc = np_agent_process(a);
     if (rc != 0)
       return rc;
-    if (a->ev_n > 0 || a->rx_n > 0)
+    if (a->ev_n > 0 || a->activity) {
+      a->activity = false;
       return 0;
+    }
     int64_t now = np__loop_now(a->loop);
     if (now >= end)
       return NP_ERR_TIMEOUT;
@@ -967,63 +1062,164 @@ NP_EXPORT int np_agent_next_event(np_agent *a, np_agent_event *ev) {
   return 1;
 }
 
+/* ---- the session's streams and datagrams ------------------------------------------ */
+
+/* The session, for an application call: once up, and after it closed
+ * (what arrived stays readable until np_agent_close()). */
+static np__session *app_session(const np_agent *a) {
+  if (!a || !a->qs || (a->st != S_CONNECTED && a->st != S_DONE))
+    return NULL;
+  return a->qs;
+}
+
+/* Sends at once what an application call queued: nothing waits for the
+ * next turn of the loop. */
+static void after_app_call(np_agent *a) {
+  int64_t now = np__loop_now(a->loop);
+  session_flush(a, now);
+  session_check(a, now);
+}
+
+NP_EXPORT int np_agent_stream_open(np_agent *a, int64_t *id) {
+  if (!id || !a || a->st != S_CONNECTED)
+    return NP_ERR_INVAL;
+  return np__session_stream_open(a->qs, id);
+}
+
+NP_EXPORT int np_agent_stream_accept(np_agent *a, int64_t *id) {
+  np__session *qs = app_session(a);
+  if (!qs || !id)
+    return 0;
+  int rc = np__session_stream_accept(qs, id);
+  if (rc != 1)
+    a->stream_announced = false; /* the next new stream gets its event */
+  return rc == 1 ? 1 : 0;
+}
+
+NP_EXPORT long np_agent_stream_write(np_agent *a, int64_t id, const void *buf, size_t len) {
+  if (!a || (len && !buf))
+    return NP_ERR_INVAL;
+  if (a->st == S_DONE && a->qs)
+    return NP_ERR_CANCELLED;
+  if (a->st != S_CONNECTED)
+    return NP_ERR_INVAL;
+  int64_t n = np__session_stream_write(a->qs, id, buf, len, false);
+  if (n > 0) {
+    a->stats.stream_bytes_sent += (uint64_t)n;
+    after_app_call(a);
+  }
+  return (long)n;
+}
+
+NP_EXPORT long np_agent_stream_read(np_agent *a, int64_t id, void *buf, size_t cap) {
+  np__session *qs = app_session(a);
+  if (!qs || (cap && !buf))
+    return NP_ERR_INVAL;
+  /* fin NULL: the end is reported by a read that returns 0, after the
+   * last byte, and the stream is forgotten only then. */
+  int64_t n = np__session_stream_read(qs, id, buf, cap, NULL);
+  if (n > 0) {
+    a->stats.stream_bytes_received += (uint64_t)n;
+    if (a->st == S_CONNECTED)
+      after_app_call(a); /* the credit returned may open the peer's window */
+  }
+  return (long)n;
+}
+
+NP_EXPORT int np_agent_stream_shutdown(np_agent *a, int64_t id) {
+  if (!a || a->st != S_CONNECTED)
+    return NP_ERR_INVAL;
+  int rc = np__session_stream_shutdown(a->qs, id);
+  if (rc == 0)
+    after_app_call(a);
+  return rc;
+}
+
+NP_EXPORT int np_agent_stream_reset(np_agent *a, int64_t id) {
+  np__session *qs = app_session(a);
+  if (!qs)
+    return NP_ERR_INVAL;
+  int rc = np__session_stream_reset(qs, id, 1);
+  if (rc == 0 && a->st == S_CONNECTED)
+    after_app_call(a);
+  return rc;
+}
+
+NP_EXPORT int np_agent_stream_state(const np_agent *a, int64_t id) {
+  np__session *qs = app_session(a);
+  if (!qs)
+    return NP_ERR_INVAL;
+  unsigned f = np__session_stream_state(qs, id);
+  if (!(f & NP__STREAM_KNOWN))
+    return NP_ERR_INVAL;
+  if (a->st != S_CONNECTED)
+    f &= ~(unsigned)NP__STREAM_WRITABLE;
+  return (int)(f & ~(unsigned)NP__STREAM_KNOWN);
+}
+
 NP_EXPORT int np_agent_send(np_agent *a, const void *buf, size_t len) {
   if (!a || a->st != S_CONNECTED || len > MAX_PAYLOAD || (len && !buf))
     return NP_ERR_INVAL;
-  uint8_t pkt[MAX_PAYLOAD + 1];
-  pkt[0] = PKT_DATA;
-  if (len)
-    memcpy(pkt + 1, buf, len);
-  int sock;
-  np_addr remote;
-  if (!np__punch_path(a->punch, &sock, &remote))
-    return NP_ERR_INVAL;
-  int rc = send_on(a, sock, &remote, 0, pkt, len + 1);
+  int rc = np__session_dgram_send(a->qs, buf, len);
   if (rc == 0) {
     a->stats.datagrams_sent++;
     a->stats.bytes_sent += len;
+    after_app_call(a);
   }
   return rc;
 }
 
 NP_EXPORT int np_agent_recv(np_agent *a, void *buf, size_t cap) {
-  if (!a || (cap && !buf))
+  np__session *qs = app_session(a);
+  if (!qs || (cap && !buf))
     return NP_ERR_INVAL;
-  if (a->rx_n == 0)
-    return a->st == S_CONNECTED ? NP_ERR_AGAIN : NP_ERR_INVAL;
-  struct rx_dgram *d = &a->rx[a->rx_head];
-  size_t n = d->len < cap ? d->len : cap;
-  if (n)
-    memcpy(buf, d->buf, n);
-  a->rx_head = (a->rx_head + 1) % MAX_RX;
-  a->rx_n--;
-  return (int)n;
+  int n = np__session_dgram_recv(qs, buf, cap);
+  if (n >= 0) {
+    a->stats.datagrams_received++;
+    a->stats.bytes_received += (uint64_t)n;
+  }
+  return n;
 }
 
-static void agent_end(np_agent *a, uint8_t why) {
+static void agent_end(np_agent *a, uint64_t why) {
   if (!a)
     return;
-  if (a->st == S_CONNECTED && a->punch) {
-    np_punch_result r;
-    np__punch_result_get(a->punch, &r);
-    uint8_t bye[2] = {PKT_BYE, why};
-    /* Best effort: a few copies, since a datagram may be lost. */
-    for (int i = 0; i < BYE_SENDS; i++)
-      (void)send_on(a, r.sock, &r.remote, 0, bye, sizeof bye);
+  if (a->qs && (a->st == S_SECURING || a->st == S_CONNECTED)) {
+    int64_t now = np__loop_now(a->loop);
+    (void)np__session_close(a->qs, why, why ? "aborted" : "done");
+    /* The CONNECTION_CLOSE, in a few copies: a lost one would leave the
+     * peer to its idle timeout. */
+    uint8_t buf[QUIC_MAX_PKT];
+    np__session_path path;
+    int n = np__session_send(a->qs, buf, sizeof buf, &path, now);
+    for (int i = 0; n > 0 && i < CLOSE_SENDS; i++)
+      (void)send_on(a, a->qsock, &path.remote, 0, buf, (size_t)n);
   }
   session_reset(a);
 }
 
 NP_EXPORT void np_agent_close(np_agent *a) {
-  agent_end(a, BYE_NORMAL);
+  agent_end(a, 0);
 }
 
 NP_EXPORT void np_agent_abort(np_agent *a) {
-  agent_end(a, BYE_ABORT);
+  agent_end(a, 1);
 }
 
 NP_EXPORT void np_agent_stats(const np_agent *a, np_session_stats *out) {
   if (!a || !out)
     return;
   *out = a->stats;
+  if (a->qs) {
+    struct np__session_stats q;
+    np__session_stats(a->qs, &q);
+    out->rtt_ms = q.rtt_smoothed_ms;
+    out->rtt_min_ms = q.rtt_min_ms;
+    out->packets_sent = q.packets_sent;
+    out->packets_received = q.packets_received;
+    out->packets_lost = q.packets_lost;
+    out->cwnd = q.cwnd;
+  } else if (!a->stats.connected) {
+    out->rtt_ms = out->rtt_min_ms = -1;
+  }
 }

@@ -25,8 +25,6 @@ enum np_path_class np__path_classify(const uint8_t *buf, size_t len) {
   uint8_t b = buf[0];
   if (b <= 3)
     return NP_PATH_STUN;
-  if (b == NP_PATH_PKT_DATA || b == NP_PATH_PKT_BYE)
-    return NP_PATH_APP;
   if ((b >= 64 && b <= 127) || b >= 192)
     return NP_PATH_QUIC;
   return NP_PATH_OTHER;
@@ -59,6 +57,10 @@ static void on_ready(np_loop *loop, int fd, unsigned events, void *user);
 static int open_udp(np_path *p) {
   np_addr any = {0};
   any.u.sa.sa_family = (sa_family_t)p->cfg.family;
+  /* Socket 0, the one that is gathered and offered, may be asked for
+   * (--bind); the birthday sockets take ephemeral ports. */
+  if (p->n == 0 && np__addr_is_set(&p->cfg.bind))
+    any = p->cfg.bind;
   char err[NP_UDP_ERRLEN];
   int fd = np__udp_bind(&any, NP_UDP_NONBLOCK, err);
   if (fd < 0) {
@@ -175,7 +177,7 @@ static void read_batch(np_path *p, int sock, int64_t now) {
     if (np__addr_from_sockaddr((struct sockaddr *)&ss, sl, &from) != 0)
       continue;
     enum np_path_class cls = np__path_classify(buf, (size_t)n);
-    if ((cls == NP_PATH_STUN || cls == NP_PATH_APP) && p->cfg.on_datagram)
+    if ((cls == NP_PATH_STUN || cls == NP_PATH_QUIC) && p->cfg.on_datagram)
       p->cfg.on_datagram(p->cfg.user, cls, sock, &from, buf, (size_t)n, now);
   }
 }

@@ -14,18 +14,14 @@
 /* First bytes of the datagrams that share the path's sockets (RFC 9443,
  * which updates RFC 7983's table for QUIC):
  *   0..3     STUN (the traversal's probes, the discovery queries)
- *   4..5     the plain data path today: PKT_DATA, PKT_BYE
- *   64..127  QUIC (long headers and, from 64, short headers); with
- *   192..255 QUIC long headers: both for the session, later
+ *   64..127  QUIC short headers (the fixed bit set, RFC 9000 17.3)
+ *   192..255 QUIC long headers: both for the session
  * Anything else is dropped here, so a higher layer never sees a datagram
  * it does not speak. */
-#define NP_PATH_PKT_DATA 0x04
-#define NP_PATH_PKT_BYE 0x05
 
 enum np_path_class {
   NP_PATH_STUN,  /* 0..3 */
-  NP_PATH_APP,   /* PKT_DATA, PKT_BYE */
-  NP_PATH_QUIC,  /* 64..127, 192..255: no handler yet, dropped */
+  NP_PATH_QUIC,  /* 64..127, 192..255: the session */
   NP_PATH_OTHER, /* dropped */
 };
 
@@ -37,9 +33,10 @@ typedef struct np_path np_path;
 
 typedef struct np_path_config {
   int family;  /* AF_INET or AF_INET6: every socket is of this family */
+  np_addr bind; /* socket 0's address; unset: any address, an ephemeral port */
   np_loop *loop; /* every socket is watched there, for reading */
   np_logger log;
-  /* A datagram of class STUN or APP arrived on socket 'sock' (index). The
+  /* A datagram of class STUN or QUIC arrived on socket 'sock' (index). The
    * callback may close sockets (np__path_keep_only) but not open any. */
   void (*on_datagram)(void *user, enum np_path_class cls, int sock, const np_addr *from,
                       const uint8_t *buf, size_t len, int64_t now);

@@ -1470,3 +1470,34 @@ int np__session_migrate(np__session *s, const np_addr *new_local, const np_addr 
     return NP_ERR_INVAL;
   }
 }
+
+unsigned np__session_stream_state(const np__session *s, int64_t id) {
+  if (!s)
+    return 0;
+  const stream *st = find_stream((np__session *)s, id);
+  if (!st || !st->accepted || st->app_reset)
+    return 0;
+  unsigned f = NP__STREAM_KNOWN;
+  if (st->rx.len > 0 || st->rx_fin || st->rx_reset)
+    f |= NP__STREAM_READABLE;
+  if (st->rx_fin_read)
+    f |= NP__STREAM_READ_EOF;
+  if (!st->fin_wanted && !st->stopped && st->tx.len < s->stream_buffer && !np__session_closed(s))
+    f |= NP__STREAM_WRITABLE;
+  /* ngtcp2 lets a stream go once both ends are closed and our data and
+   * FIN are acknowledged: the one sure sign that the peer has it all. */
+  if (st->fin_wanted && st->fin_sent && !st->live && st->tx.len == 0)
+    f |= NP__STREAM_WRITE_ACKED;
+  if (st->rx_reset || st->stopped)
+    f |= NP__STREAM_RESET;
+  return f;
+}
+
+bool np__session_stream_pending(const np__session *s) {
+  if (!s || !s->was_up)
+    return false;
+  for (size_t i = 0; i < s->n_streams; i++)
+    if (!s->streams[i]->accepted)
+      return true;
+  return false;
+}

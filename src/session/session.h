@@ -256,4 +256,23 @@ void np__session_stats(const np__session *s, struct np__session_stats *st);
 int np__session_migrate(np__session *s, const np_addr *new_local, const np_addr *new_remote,
                         int64_t now_ms);
 
+/* Stream state bits from np__session_stream_state. */
+#define NP__STREAM_KNOWN 0x100      /* the session knows the stream */
+#define NP__STREAM_READABLE 0x01    /* data, the FIN or a reset waits to be read */
+#define NP__STREAM_WRITABLE 0x02    /* a write would take at least one byte */
+#define NP__STREAM_READ_EOF 0x04    /* the peer's FIN was read */
+#define NP__STREAM_WRITE_ACKED 0x08 /* our data and FIN are acknowledged (the
+                                     * transport closed the stream) */
+#define NP__STREAM_RESET 0x10       /* the peer reset it or asked us to stop */
+
+/* What the stream is doing: the NP__STREAM_* bits, 0 for a stream the
+ * session does not know (never opened or accepted, or forgotten once both
+ * directions ended and everything was read). The agent's public
+ * np_agent_stream_state() is this minus NP__STREAM_KNOWN. */
+unsigned np__session_stream_state(const np__session *s, int64_t id);
+
+/* True when a stream the peer opened waits for np__session_stream_accept
+ * (without taking it). */
+bool np__session_stream_pending(const np__session *s);
+
 #endif

@@ -25,8 +25,7 @@ static void classify(void **state) {
   for (int v = 0; v < 256; v++) {
     b[0] = (uint8_t)v;
     enum np_path_class want = v <= 3                              ? NP_PATH_STUN
-                              : v == 4 || v == 5                  ? NP_PATH_APP
-                              : (v >= 64 && v <= 127) || v >= 192 ? NP_PATH_QUIC
+                                                            : (v >= 64 && v <= 127) || v >= 192 ? NP_PATH_QUIC
                                                                   : NP_PATH_OTHER;
     assert_int_equal(np__path_classify(b, 1), want);
   }
@@ -67,9 +66,9 @@ static void demux_over_loopback(void **state) {
   np_addr to;
   assert_int_equal(np__udp_local(np__path_fd(p, 1), &to), 0);
   assert_int_equal(np_addr_parse("127.0.0.1", np_addr_port(&to), &to), 0);
-  /* From socket 0 to socket 1: one of each class; only STUN and APP are
-   * handed over. */
-  const uint8_t firsts[] = {0x01, NP_PATH_PKT_DATA, 0x40, 0xc3, 0x10, NP_PATH_PKT_BYE};
+  /* From socket 0 to socket 1: one of each class; only STUN and QUIC are
+   * handed over (4 and 5 were the old plain data path's, now nobody's). */
+  const uint8_t firsts[] = {0x01, 0x04, 0x40, 0xc3, 0x10, 0x05};
   for (size_t i = 0; i < sizeof firsts; i++) {
     uint8_t d[24] = {firsts[i]};
     assert_int_equal(np__path_send(p, 0, &to, 0, d, sizeof d), 0);
@@ -78,10 +77,10 @@ static void demux_over_loopback(void **state) {
     assert_true(np__loop_process(loop, 100) >= 0); /* bounded: 5 s at worst */
   assert_int_equal(s.n, 3);
   assert_int_equal(s.cls[0], NP_PATH_STUN);
-  assert_int_equal(s.cls[1], NP_PATH_APP);
-  assert_int_equal(s.first[1], NP_PATH_PKT_DATA);
-  assert_int_equal(s.cls[2], NP_PATH_APP);
-  assert_int_equal(s.first[2], NP_PATH_PKT_BYE);
+  assert_int_equal(s.cls[1], NP_PATH_QUIC);
+  assert_int_equal(s.first[1], 0x40);
+  assert_int_equal(s.cls[2], NP_PATH_QUIC);
+  assert_int_equal(s.first[2], 0xc3);
   for (int i = 0; i < 3; i++)
     assert_int_equal(s.sock[i], 1);
   /* Socket 1 closed: its slot reads -1, socket 0 stays. */
