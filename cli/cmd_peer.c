@@ -357,6 +357,7 @@ static void emit_connected(const struct peer_opts *opts, const np_session_stats 
   cJSON_AddStringToObject(o, "via", np_via_name(st->via));
   cJSON_AddStringToObject(o, "remote", remote);
   cJSON_AddNumberToObject(o, "elapsed_ms", (double)st->elapsed_ms);
+  cJSON_AddNumberToObject(o, "secure_ms", (double)st->secure_ms);
   cJSON_AddNumberToObject(o, "probes", st->probes_sent);
   cJSON_AddStringToObject(o, "peer", id);
   cJSON_AddNumberToObject(o, "rounds", st->rounds);
@@ -752,9 +753,9 @@ static void emit_summary(struct peer_run *r) {
   np_agent_stats(r->agent, &st);
   char remote[NP_ADDRSTRLEN], up[32], down[32], sentence[400];
   np_addr_format(&st.remote, remote, sizeof remote);
-  uint64_t sent = st.stream_bytes_sent - (r->svc_sent < st.stream_bytes_sent ? r->svc_sent : 0);
+  uint64_t sent = st.stream_bytes_sent - (r->svc_sent <= st.stream_bytes_sent ? r->svc_sent : 0);
   uint64_t got =
-      st.stream_bytes_received - (r->svc_read < st.stream_bytes_received ? r->svc_read : 0);
+      st.stream_bytes_received - (r->svc_read <= st.stream_bytes_received ? r->svc_read : 0);
   fmt_bytes(sent, up, sizeof up);
   fmt_bytes(got, down, sizeof down);
   int64_t dur = mono_ms() - r->connected_at;
@@ -998,16 +999,27 @@ static void take_service(struct peer_run *r, struct conn *c) {
   c->awaiting_svc = false;
   if (n == 1)
     r->svc_read++;
+  /* Bytes (a pipe, or one forwarded connection: the same to a listener,
+   * so `connect` as ssh's ProxyCommand reaches a --forward listener) or
+   * files. A pipe listener has one stdin and one stdout: one pipe at a
+   * time. */
+  bool files = n == 1 && svc == SVC_FILES;
+  bool bytes = n == 1 && (svc == SVC_PIPE || svc == SVC_FORWARD);
   int want = r->o->mode == MODE_RECEIVE ? SVC_FILES
              : r->o->mode == MODE_FORWARD ? SVC_FORWARD
                                           : SVC_PIPE;
-  if (n != 1 || svc != want) {
-    static const char *const names[] = {"a pipe", "a forwarded connection", "files"};
-    int got = n == 1 && svc == SVC_FORWARD ? 1 : n == 1 && svc == SVC_FILES ? 2 : 0;
+  bool busy = false;
+  for (int i = 0; want == SVC_PIPE && i < MAX_CONNS; i++)
+    busy |= &r->conns[i] != c && r->conns[i].used && !r->conns[i].awaiting_svc;
+  if ((want == SVC_FILES ? !files : !bytes) || busy) {
     char reason[200];
-    snprintf(reason, sizeof reason, "refused a stream: the peer asked for %s, and this %s serves %s",
-             n == 1 ? names[got] : "nothing", r->o->cmd,
-             names[want == SVC_FORWARD ? 1 : want == SVC_FILES ? 2 : 0]);
+    if (busy)
+      snprintf(reason, sizeof reason, "refused a second stream: this %s serves one pipe",
+               r->o->cmd);
+    else
+      snprintf(reason, sizeof reason, "refused a stream: the peer asked for %s, and this %s %s",
+               files ? "files (send)" : bytes ? "a byte stream (connect)" : "nothing",
+               r->o->cmd, want == SVC_FILES ? "takes files only" : "carries bytes, not files");
     say(r->o, NP_LOG_WARN, "%s", reason);
     (void)np_agent_stream_reset(r->agent, id);
     c->used = false;

@@ -77,8 +77,8 @@ dump() {
 
 impair() {
   lab_loss 10
-  lab_delay 25 || { rc=$?; [ "$rc" = 77 ] && { echo "SKIP: no latency emulation here"; exit 77; }; exit 1; }
-  echo "public segment: 10 % loss, +25 ms per crossing (NAT to NAT: 100 ms RTT)"
+  lab_delay 50 || { rc=$?; [ "$rc" = 77 ] && { echo "SKIP: no latency emulation here"; exit 77; }; exit 1; }
+  echo "public segment: 10 % loss, +50 ms per crossing (NAT to NAT: 100 ms RTT)"
 }
 
 case "$scenario" in
@@ -212,11 +212,14 @@ Host alice
   StrictHostKeyChecking accept-new
   ProxyCommand env XDG_CONFIG_HOME=$logs/bobcfg $cli connect %h --no-portmap
 EOF
-  out=$(lab_exec bob timeout 60 env HOME="$logs/bobhome" ssh -F "$logs/bobhome/.ssh/config" -o BatchMode=yes alice 'echo hello-from-$(hostname)-$((6*7))' 2>"$logs/bob.err")
+  # The command prints the addresses of the host it runs on: alice's LAN
+  # address proves it ran behind alice's NAT (bob's host has no such one).
+  out=$(lab_exec bob timeout 60 env HOME="$logs/bobhome" ssh -F "$logs/bobhome/.ssh/config" -o BatchMode=yes alice 'ip -o -4 addr show; echo sum=$((6*7))' 2>"$logs/bob.err")
   src=$?
-  echo "ssh said: $out"
+  echo "ssh said: $(echo "$out" | tr '\n' ' ' | cut -c1-300)"
   lab_check "ssh through ProxyCommand exits 0" "$src" 0
-  lab_check "the command ran on alice's side" "$(echo "$out" | grep -c -- '-42$')" 1
+  lab_check "the command ran on alice's host ($(lab_ip alice))" "$(echo "$out" | grep -c " $(lab_ip alice)/")" 1
+  lab_check "its output came back whole" "$(echo "$out" | grep -c '^sum=42$')" 1
   ;;
 *)
   echo "usage: $0 NATPUNCH_CLI pipe|flush|forward|ssh" >&2
