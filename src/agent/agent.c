@@ -50,6 +50,13 @@
  * dropped by the kernel between two turns of the loop. */
 #define SESSION_SOCKBUF (4 * 1024 * 1024)
 #define CLOSE_SENDS 3
+/* A dead path: this many probe timeouts in a row with nothing
+ * acknowledged (about seven PTO periods: a second or two) and the caller
+ * punches a new one through the rendezvous server, for the same session. */
+#define REPUNCH_PTOS 3
+#define REPUNCH_SILENCE_MS 3000 /* or nothing heard for this long (beyond the PINGs' period) */
+#define REPUNCH_TIMEOUT_MS 5000 /* one re-punch attempt */
+#define REPUNCH_RETRY_MS 1000   /* between attempts, until the idle timeout ends it */
 #define DEFAULT_TIMEOUT_MS 20000
 #define DEFAULT_MAX_PROBES 6000 /* punch.h's default max_probes */
 /* How long the callee's gathering waits for a port mapping still in
@@ -131,6 +138,11 @@ struct np_agent {
   np_punch *punch;
   np_session_stats stats;
   np__session *qs;    /* the QUIC session on the punched path */
+  bool up;            /* it is established and not over (CONNECTED reported) */
+  bool repunch;       /* a new path for it is being punched (st cycles again) */
+  int64_t repunch_next;
+  uint32_t qlabel_gen; /* see path_label() */
+  bool rdv_renewed;   /* this dead path's rendezvous reconnect is done */
   int qsock;          /* the path's socket it runs on */
   np_addr qlocal;     /* that socket's address, the session's "local" */
   int64_t punched_at;
@@ -185,6 +197,7 @@ static void session_reset(np_agent *a) {
   a->punch = NULL;
   np__session_free(a->qs);
   a->qs = NULL;
+  a->up = a->repunch = false;
   np__path_close_extra(a->path);
   sodium_memzero(a->kx_sk, sizeof a->kx_sk);
   a->n_early = 0;
@@ -192,6 +205,16 @@ static void session_reset(np_agent *a) {
 }
 
 static void session_fail(np_agent *a, int err, const char *reason) {
+  if (a->up) {
+    /* A re-punch failed, not the session: it goes on (its idle timeout
+     * ends it if no path comes back), and the caller tries again. */
+    NP_LOGW(&a->log, "agent: re-punch failed: %s; the session waits for its path", reason);
+    np__gather_stop(&a->gather);
+    a->st = S_CONNECTED;
+    a->repunch = false;
+    a->repunch_next = np__loop_now(a->loop) + REPUNCH_RETRY_MS;
+    return;
+  }
   NP_LOGI(&a->log, "agent: session failed: %s", reason);
   a->st = S_DONE;
   session_event(a, NP_AGENT_FAILED, err, reason);
@@ -287,6 +310,8 @@ static void punch_flush(np_agent *a, int64_t now) {
 /* Gathering is over: the caller offers, the callee answers and punches. */
 static void on_gathered(np_agent *a, int64_t now) {
   gather_finish(a, now);
+  if (a->repunch)
+    a->cand.flags |= NP_SIG_CAND_RESUME;
   if (!a->callee) {
     if (!a->registered)
       return; /* offered from on_state once registered */
@@ -383,9 +408,13 @@ static void on_rdv_offer(void *user, const np_sig_msg *offer) {
     }
     return;
   }
+  /* Our peer's session lost its path and it punches a new one: the
+   * session stays, a new traversal runs under it. */
+  bool resume = a->up && a->callee && (offer->cand.flags & NP_SIG_CAND_RESUME) &&
+                memcmp(offer->from, a->peer, NP_PUBKEY_LEN) == 0 && a->st == S_CONNECTED;
   if (a->st == S_DONE)
     session_reset(a); /* the last session is over: what it left unread goes */
-  if (a->st != S_NONE) {
+  if (a->st != S_NONE && !resume) {
     /* One session per agent. A signed "busy" lets the caller fail now,
      * with a reason, rather than at its timeout. */
     char id[NP_PEER_ID_LEN + 1];
@@ -416,6 +445,12 @@ static void on_rdv_offer(void *user, const np_sig_msg *offer) {
     NP_LOGI(&a->log, "agent: probe budget: this session may send %d probes (of %d)", granted,
             want);
   a->budget_granted = granted;
+  if (resume) {
+    NP_LOGI(&a->log, "agent: the caller re-punches our session's path");
+    np__punch_free(a->punch);
+    a->punch = NULL;
+    a->repunch = true;
+  }
   a->callee = true;
   memcpy(a->peer, offer->from, NP_PUBKEY_LEN);
   memcpy(a->session, offer->session, NP_SIG_SESSION_LEN);
@@ -429,13 +464,18 @@ static void on_rdv_offer(void *user, const np_sig_msg *offer) {
   clock_gettime(CLOCK_REALTIME, &wall);
   int64_t age = (int64_t)wall.tv_sec * 1000 + wall.tv_nsec / 1000000 - (int64_t)offer->timestamp_ms;
   a->hold_ms = age > 0 && age < HOLD_MAX_MS / 2 ? (int)(2 * age) + HOLD_MIN_MS : HOLD_MIN_MS;
-  memset(&a->stats, 0, sizeof a->stats);
-  memcpy(a->stats.peer, a->peer, NP_PUBKEY_LEN);
+  if (!resume) {
+    memset(&a->stats, 0, sizeof a->stats);
+    memcpy(a->stats.peer, a->peer, NP_PUBKEY_LEN);
+  }
   a->session_start = now;
   a->session_deadline =
-      now + (a->cfg.session_timeout_ms > 0 ? a->cfg.session_timeout_ms : DEFAULT_TIMEOUT_MS);
+      now + (resume                       ? REPUNCH_TIMEOUT_MS
+             : a->cfg.session_timeout_ms > 0 ? a->cfg.session_timeout_ms
+                                             : DEFAULT_TIMEOUT_MS);
   a->st = S_GATHERING;
-  session_event(a, NP_AGENT_CALL, 0, NULL);
+  if (!resume)
+    session_event(a, NP_AGENT_CALL, 0, NULL);
   int rc = gather_start(a, now);
   if (rc != 0) {
     session_fail(a, rc, "cannot gather candidates");
@@ -692,7 +732,7 @@ NP_EXPORT int np_agent_new(const np_agent_config *cfg, np_agent **out) {
 NP_EXPORT void np_agent_free(np_agent *a) {
   if (!a)
     return;
-  if (a->st == S_SECURING || a->st == S_CONNECTED)
+  if (a->st == S_SECURING || a->up)
     np_agent_close(a);
   agent_free_parts(a);
 }
@@ -745,6 +785,7 @@ static void session_flush(np_agent *a, int64_t now) {
 
 static void on_established(np_agent *a, int64_t now) {
   a->st = S_CONNECTED;
+  a->up = true;
   a->stats.connected = true;
   a->stats.secure_ms = now - a->punched_at;
   a->stats.elapsed_ms = now - a->session_start;
@@ -786,7 +827,9 @@ static void on_session_closed(np_agent *a) {
              ci.reason[0] ? ci.reason : np_strerror(err));
   }
   NP_LOGI(&a->log, "agent: %s", reason);
+  np__gather_stop(&a->gather);
   a->st = S_DONE;
+  a->up = a->repunch = false;
   session_event(a, NP_AGENT_CLOSED, err, reason);
 }
 
@@ -797,11 +840,11 @@ static void session_check(np_agent *a, int64_t now) {
     return;
   if (a->st == S_SECURING && np__session_established(a->qs))
     on_established(a, now);
-  if ((a->st == S_SECURING || a->st == S_CONNECTED) && np__session_closed(a->qs)) {
+  if ((a->st == S_SECURING || a->up) && np__session_closed(a->qs)) {
     on_session_closed(a);
     return;
   }
-  if (a->st != S_CONNECTED)
+  if (!a->up)
     return;
   /* New peer streams: one event, then the application accepts them all. */
   if (!a->stream_announced && np__session_stream_pending(a->qs)) {
@@ -824,9 +867,68 @@ static void session_check(np_agent *a, int64_t now) {
 
 /* The punch machine nominated a pair: the winner's socket stays, and the
  * QUIC session starts on it (the caller is its client). */
+/* The session's name for the local end of a path on socket sock. ngtcp2
+ * tells paths apart by their addresses and migrates only to a new local
+ * address, but a re-punch often keeps the socket and changes only what the
+ * NATs do with it: then the path gets a new name (the bound address with
+ * a generation number in place of the wildcard IP; nothing is sent to or
+ * from it, it only names the path). */
+static np_addr path_label(np_agent *a, int sock, bool fresh) {
+  np_addr l;
+  (void)np__udp_local(np__path_fd(a->path, sock), &l);
+  if (!fresh)
+    return l;
+  a->qlabel_gen++;
+  if (l.u.sa.sa_family == AF_INET)
+    l.u.in4.sin_addr.s_addr = htonl(a->qlabel_gen);
+  else
+    memcpy(&l.u.in6.sin6_addr.s6_addr[12], &(uint32_t){htonl(a->qlabel_gen)}, 4);
+  return l;
+}
+
+static void set_session_socket(np_agent *a, int sock) {
+  int fd = np__path_fd(a->path, sock);
+  int big = SESSION_SOCKBUF;
+  (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+  (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+  a->qsock = sock;
+}
+
+/* A re-punch found a new pair: the session moves to it (the caller's QUIC
+ * client migrates, and validates the path; the server follows the first
+ * packet that comes on it). Streams go on where they were. */
+static void on_repunched(np_agent *a, const np_punch_result *r, int64_t now) {
+  char t[NP_ADDRSTRLEN];
+  NP_LOGI(&a->log, "agent: re-punched: the peer is at %s (via %s) after %lld ms",
+          np_addr_format(&r->remote, t, sizeof t), np_via_name(r->via),
+          (long long)(now - a->session_start));
+  int old = a->qsock;
+  np__path_keep_only(a->path, r->sock);
+  set_session_socket(a, r->sock);
+  if (!a->callee) {
+    np_addr label = path_label(a, r->sock, r->sock == old);
+    int rc = np__session_migrate(a->qs, &label, &r->remote, now);
+    if (rc != 0)
+      NP_LOGW(&a->log, "agent: cannot move the session to the new path: %s", np_strerror(rc));
+    else
+      a->qlocal = label;
+  } else if (r->sock != old) {
+    a->qlocal = path_label(a, r->sock, false);
+  }
+  a->stats.via = r->via;
+  a->st = S_CONNECTED;
+  a->repunch = false;
+  a->repunch_next = now + REPUNCH_RETRY_MS;
+  session_flush(a, now);
+}
+
 static void on_punched(np_agent *a, int64_t now) {
   np_punch_result r;
   np__punch_result_get(a->punch, &r);
+  if (a->up) {
+    on_repunched(a, &r, now);
+    return;
+  }
   a->st = S_SECURING;
   a->punched_at = now;
   a->stats.via = r.via;
@@ -841,12 +943,8 @@ static void on_punched(np_agent *a, int64_t now) {
   a->stats.sockets = r.sockets;
   /* The winner stays; every other birthday socket goes. */
   np__path_keep_only(a->path, r.sock);
-  a->qsock = r.sock;
-  int fd = np__path_fd(a->path, r.sock);
-  int big = SESSION_SOCKBUF;
-  (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
-  (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
-  (void)np__udp_local(fd, &a->qlocal);
+  set_session_socket(a, r.sock);
+  a->qlocal = path_label(a, r.sock, false);
   np__session_config sc = {
       .client = !a->callee,
       .identity = a->cfg.identity,
@@ -939,6 +1037,31 @@ static void sync_rdv_fd(np_agent *a) {
   a->rdv_mask = mask;
 }
 
+/* The caller's answer to a dead path: the same traversal as a call (fresh
+ * gathering, since the NATs' mappings may be new; a signed offer, marked
+ * RESUME; punching), under the session that stays up meanwhile. */
+static void repunch_start(np_agent *a, int64_t now, uint64_t ptos) {
+  NP_LOGI(&a->log,
+          "agent: the path is dead (%llu probe timeouts in a row, or silence): punching a new one",
+          (unsigned long long)ptos);
+  np__punch_free(a->punch);
+  a->punch = NULL;
+  if (np__random_bytes(a->session, sizeof a->session) != 0)
+    return;
+  a->repunch = true;
+  a->repunch_next = now + REPUNCH_RETRY_MS;
+  memset(&a->peer_seen, 0, sizeof a->peer_seen);
+  a->session_start = now;
+  a->session_deadline = now + REPUNCH_TIMEOUT_MS;
+  a->st = S_GATHERING;
+  if (gather_start(a, now) != 0) {
+    session_fail(a, NP_ERR_SYS, "cannot gather candidates");
+    return;
+  }
+  if (!np__gather_active(&a->gather))
+    on_gathered(a, now);
+}
+
 static void run_machines(np_agent *a, int64_t now) {
   if (now >= np__gather_hop_next(&a->gather))
     np__gather_hop_send(&a->gather, a->path, now);
@@ -969,12 +1092,34 @@ static void run_machines(np_agent *a, int64_t now) {
     else if (a->st == S_PUNCHING && r.state == NP_PUNCH_FAILED)
       session_fail(a, r.error, r.reason);
   }
-  if (a->qs && (a->st == S_SECURING || a->st == S_CONNECTED)) {
+  if (a->qs && (a->st == S_SECURING || a->up)) {
     int64_t t = np__session_timeout(a->qs, now);
     if (t == 0)
       (void)np__session_on_timer(a->qs, now);
     session_flush(a, now);
     session_check(a, now);
+  }
+  if (a->up && a->st == S_CONNECTED) {
+    struct np__session_stats q;
+    np__session_stats(a->qs, &q);
+    /* Dead: probes unanswered, or silence longer than the peer's PINGs
+     * allow (a side that only receives sends nothing ack-eliciting, so
+     * its probe count never climbs). */
+    int64_t quiet = q.bytes_in_flight > 0 ? REPUNCH_SILENCE_MS : a->cfg.keepalive_ms + REPUNCH_SILENCE_MS;
+    bool dead = q.pto_count >= REPUNCH_PTOS || (q.last_heard_ms > 0 && now - q.last_heard_ms > quiet);
+    if (dead) {
+      /* What killed the path (a NAT that lost its state) killed our
+       * rendezvous connection too, likely without a word: both sides
+       * register again at once, so the re-punch can be signalled. */
+      if (!a->rdv_renewed) {
+        a->rdv_renewed = true;
+        np__rdv_client_reconnect(a->rdv, now, "the session's path died; renewing this connection");
+      }
+      if (!a->callee && !a->repunch && now >= a->repunch_next)
+        repunch_start(a, now, q.pto_count);
+    } else if (q.pto_count == 0 && now - q.last_heard_ms < REPUNCH_SILENCE_MS) {
+      a->rdv_renewed = false;
+    }
   }
 }
 
@@ -1015,7 +1160,7 @@ NP_EXPORT int np_agent_timeout(const np_agent *a) {
     int64_t p = np__punch_wakeup(a->punch);
     w = p < w ? p : w;
   }
-  if (a->qs && (a->st == S_SECURING || a->st == S_CONNECTED)) {
+  if (a->qs && (a->st == S_SECURING || a->up)) {
     int64_t t = np__session_timeout(a->qs, now);
     if (t >= 0 && now + t < w)
       w = now + t;
@@ -1067,7 +1212,7 @@ NP_EXPORT int np_agent_next_event(np_agent *a, np_agent_event *ev) {
 /* The session, for an application call: once up, and after it closed
  * (what arrived stays readable until np_agent_close()). */
 static np__session *app_session(const np_agent *a) {
-  if (!a || !a->qs || (a->st != S_CONNECTED && a->st != S_DONE))
+  if (!a || !a->qs || (!a->up && a->st != S_DONE))
     return NULL;
   return a->qs;
 }
@@ -1081,7 +1226,7 @@ static void after_app_call(np_agent *a) {
 }
 
 NP_EXPORT int np_agent_stream_open(np_agent *a, int64_t *id) {
-  if (!id || !a || a->st != S_CONNECTED)
+  if (!id || !a || !a->up)
     return NP_ERR_INVAL;
   return np__session_stream_open(a->qs, id);
 }
@@ -1101,7 +1246,7 @@ NP_EXPORT long np_agent_stream_write(np_agent *a, int64_t id, const void *buf, s
     return NP_ERR_INVAL;
   if (a->st == S_DONE && a->qs)
     return NP_ERR_CANCELLED;
-  if (a->st != S_CONNECTED)
+  if (!a->up)
     return NP_ERR_INVAL;
   int64_t n = np__session_stream_write(a->qs, id, buf, len, false);
   if (n > 0) {
@@ -1120,14 +1265,14 @@ NP_EXPORT long np_agent_stream_read(np_agent *a, int64_t id, void *buf, size_t c
   int64_t n = np__session_stream_read(qs, id, buf, cap, NULL);
   if (n > 0) {
     a->stats.stream_bytes_received += (uint64_t)n;
-    if (a->st == S_CONNECTED)
+    if (a->up)
       after_app_call(a); /* the credit returned may open the peer's window */
   }
   return (long)n;
 }
 
 NP_EXPORT int np_agent_stream_shutdown(np_agent *a, int64_t id) {
-  if (!a || a->st != S_CONNECTED)
+  if (!a || !a->up)
     return NP_ERR_INVAL;
   int rc = np__session_stream_shutdown(a->qs, id);
   if (rc == 0)
@@ -1140,7 +1285,7 @@ NP_EXPORT int np_agent_stream_reset(np_agent *a, int64_t id) {
   if (!qs)
     return NP_ERR_INVAL;
   int rc = np__session_stream_reset(qs, id, 1);
-  if (rc == 0 && a->st == S_CONNECTED)
+  if (rc == 0 && a->up)
     after_app_call(a);
   return rc;
 }
@@ -1152,13 +1297,13 @@ NP_EXPORT int np_agent_stream_state(const np_agent *a, int64_t id) {
   unsigned f = np__session_stream_state(qs, id);
   if (!(f & NP__STREAM_KNOWN))
     return NP_ERR_INVAL;
-  if (a->st != S_CONNECTED)
+  if (!a->up)
     f &= ~(unsigned)NP__STREAM_WRITABLE;
   return (int)(f & ~(unsigned)NP__STREAM_KNOWN);
 }
 
 NP_EXPORT int np_agent_send(np_agent *a, const void *buf, size_t len) {
-  if (!a || a->st != S_CONNECTED || len > MAX_PAYLOAD || (len && !buf))
+  if (!a || !a->up || len > MAX_PAYLOAD || (len && !buf))
     return NP_ERR_INVAL;
   int rc = np__session_dgram_send(a->qs, buf, len);
   if (rc == 0) {
@@ -1184,7 +1329,7 @@ NP_EXPORT int np_agent_recv(np_agent *a, void *buf, size_t cap) {
 static void agent_end(np_agent *a, uint64_t why) {
   if (!a)
     return;
-  if (a->qs && (a->st == S_SECURING || a->st == S_CONNECTED)) {
+  if (a->qs && (a->st == S_SECURING || a->up)) {
     int64_t now = np__loop_now(a->loop);
     (void)np__session_close(a->qs, why, why ? "aborted" : "done");
     /* The CONNECTION_CLOSE, in a few copies: a lost one would leave the

@@ -825,6 +825,13 @@ int np__rdv_client_send_ready(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
   return send_signed(c, NP_SIG_READY, to, session, NULL, NULL, 0, NULL);
 }
 
+void np__rdv_client_reconnect(np_rdv_client *c, int64_t now, const char *why) {
+  if (!c || c->replaced || c->fd < 0)
+    return;
+  c->backoff_ms = c->cfg.backoff_min_ms;
+  conn_lost(c, now, LOST_NORMAL, why);
+}
+
 void np__rdv_client_free(np_rdv_client *c) {
   if (!c)
     return;

@@ -105,6 +105,15 @@ int np__rdv_client_send_decline(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN
 int np__rdv_client_send_ready(np_rdv_client *c, const uint8_t to[NP_PUBKEY_LEN],
                              const uint8_t session[NP_SIG_SESSION_LEN]);
 
+/* Drops the connection and registers again after the shortest backoff,
+ * for when the owner has reason to think it is dead although TCP has not
+ * said so yet: a NAT that lost its state (the punched path died with it)
+ * silently drops this connection too, and a server that already saw it
+ * reset would leave us unreachable until the next keepalive fails. What
+ * was queued is resent by the owner on re-registration, as after any loss.
+ * Nothing happens while not connected. */
+void np__rdv_client_reconnect(np_rdv_client *c, int64_t now, const char *why);
+
 /* Closes the connection and frees. NULL is fine. */
 void np__rdv_client_free(np_rdv_client *c);
 

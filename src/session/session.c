@@ -902,7 +902,22 @@ int np__session_recv(np__session *s, const np_addr *local, const np_addr *from, 
   np_addr l = *local, r = *from;
   ngtcp2_path path = {addr_of(&l), addr_of(&r), NULL};
   ngtcp2_pkt_info pi = {0};
+  /* Was the peer heard, or only someone who can send us a datagram? A
+   * packet that fails to decrypt changes nothing in the connection; one
+   * of the peer's moves its timers (the idle timer restarts, RFC 9000
+   * 10.1; an ACK timer starts) or its ACKs change the flight. ngtcp2 0.12
+   * has no direct "last received" to ask. */
+  ngtcp2_conn_stat c0;
+  ngtcp2_conn_get_conn_stat(s->conn, &c0);
+  ngtcp2_tstamp e0 = ngtcp2_conn_get_expiry(s->conn);
   int rv = ngtcp2_conn_read_pkt(s->conn, &path, &pi, pkt, len, ts);
+  if (rv == 0 && s->conn) {
+    ngtcp2_conn_stat c1;
+    ngtcp2_conn_get_conn_stat(s->conn, &c1);
+    if (ngtcp2_conn_get_expiry(s->conn) != e0 || c1.latest_rtt != c0.latest_rtt ||
+        c1.bytes_in_flight != c0.bytes_in_flight || c1.pto_count != c0.pto_count)
+      s->st.last_heard_ms = now_ms;
+  }
   if (fresh && (rv != 0 || !s->got_crypto)) {
     /* Something shaped like an Initial but not a client's: forget it, or
      * one forged packet would bind us to connection IDs nobody uses. */
@@ -1431,6 +1446,7 @@ void np__session_stats(const np__session *s, struct np__session_stats *st) {
   }
   st->cwnd = cs.cwnd;
   st->bytes_in_flight = cs.bytes_in_flight;
+  st->pto_count = cs.pto_count;
   for (size_t i = 0; i < s->n_streams; i++)
     if (s->streams[i]->live)
       st->packets_lost += ngtcp2_conn_get_stream_loss_count(s->conn, s->streams[i]->id);

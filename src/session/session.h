@@ -102,6 +102,12 @@ struct np__session_stats {
    * connection-wide loss counter; spurious losses included). */
   uint64_t packets_lost;
   uint64_t cwnd, bytes_in_flight;
+  /* Probe timeouts in a row with nothing acknowledged (RFC 9002 6.2):
+   * reset by any ACK, so a count that climbs means the path is dead. */
+  uint64_t pto_count;
+  /* When a packet of the peer's was last decrypted and processed (ms, the
+   * owner's clock; 0 before any): junk or replays from others do not count. */
+  int64_t last_heard_ms;
   np__session_path path;   /* the path currently in use */
   uint64_t migrations;     /* path changes (ours or the peer's) */
   uint64_t path_failures;  /* path validations that failed */

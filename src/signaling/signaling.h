@@ -124,6 +124,10 @@ enum np_sig_cand_flag {
    * server's segment, so its primers would also reach a peer's gateway
    * there (see punch.h, "Flat segment"). */
   NP_SIG_CAND_FLAT = 1u << 0,
+  /* A re-punch: the session between these two peers is alive but its path
+   * died (a NAT flushed or changed its mapping); the callee punches a new
+   * path for it instead of taking a new call (or declining it as busy). */
+  NP_SIG_CAND_RESUME = 1u << 1,
 };
 /* Addresses in TLVs: family(1: 4 or 6) reserved(1) port(2) ip(4 or 16). */
 

@@ -38,7 +38,11 @@ lab_init
 logs=$(mktemp -d "/tmp/${LAB_ID}-session.XXXXXX")
 chmod 755 "$logs"
 # shellcheck disable=SC2317  # called from the trap
-on_exit() { lab_down; rm -rf "$logs"; }
+on_exit() {
+  lab_down
+  [ -n "${KEEP_LOGS:-}" ] && cp -r "$logs" "$KEEP_LOGS" # for a look afterwards
+  rm -rf "$logs"
+}
 trap on_exit EXIT
 lab_servers
 lab_server_host rdv 203.0.113.4
@@ -56,6 +60,7 @@ done
 A=$("$cli" id --key "$logs/alice.key") B=$("$cli" id --key "$logs/bob.key")
 common=(--rendezvous 203.0.113.4:7000 --discovery "$LAB_S1:3478" --discovery "$LAB_S2:3478"
   --no-portmap --json)
+[ "${VERBOSE:-0}" = 1 ] && common+=(--verbose)
 
 # wait_event FILE EVENT SEC PID: bounded wait for a JSON event line.
 wait_event() {
