@@ -5,8 +5,12 @@
 #   pipe     20 MB bob -> alice and 2 MB alice -> bob through the byte pipe
 #            (stdin to the peer's stdout), at 10 % loss and 100 ms RTT;
 #            both checksums equal, both exit 0, the summary line printed
-#   flush    the same, with the conntrack table of one NAT flushed in the
-#            middle of the transfer (FLUSH=alice|bob, default bob)
+#   flush_caller, flush_callee
+#            the same, with the conntrack table of one NAT (bob's symmetric
+#            one, or alice's cone one) flushed in the middle of the
+#            transfer: the NAT forgets the path and the rendezvous
+#            connection, and the session must follow (QUIC migration) or
+#            punch a new path (the re-punch) without losing a byte
 #   forward  alice `listen --forward` to a TCP echo service on her host; bob
 #            `connect --local`: 8 TCP connections at once, each 1 MB out and
 #            back, each checked
@@ -19,8 +23,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lab.sh
 source "$here/lab.sh"
 
-cli=${1:?usage: $0 NATPUNCH_CLI pipe|flush|forward|ssh [NP_DELAY]}
-scenario=${2:?usage: $0 NATPUNCH_CLI pipe|flush|forward|ssh [NP_DELAY]}
+cli=${1:?usage: $0 NATPUNCH_CLI pipe|flush_caller|flush_callee|forward|ssh [NP_DELAY]}
+scenario=${2:?usage: $0 NATPUNCH_CLI pipe|flush_caller|flush_callee|forward|ssh [NP_DELAY]}
 LAB_NP_DELAY=${3:-${LAB_NP_DELAY:-}}
 case "$cli" in /*) ;; *) cli=$PWD/$cli ;; esac
 [ -x "$cli" ] || { echo "FAIL: $cli is not an executable"; exit 1; }
@@ -87,7 +91,7 @@ impair() {
 }
 
 case "$scenario" in
-pipe | flush)
+pipe | flush_caller | flush_callee)
   impair
   head -c $((20 * 1024 * 1024)) /dev/urandom >"$logs/up.bin"
   head -c $((2 * 1024 * 1024)) /dev/urandom >"$logs/down.bin"
@@ -97,8 +101,9 @@ pipe | flush)
   start=$(date +%s.%N)
   lab_spawn bob "$logs/bob.err" sh -c "exec timeout 300 '$cli' connect ${common[*]} --key '$logs/bob.key' --peer $A <'$logs/up.bin' >'$logs/bob.out'"
   bpid=$LAB_LAST_PID
-  if [ "$scenario" = flush ]; then
-    who=${FLUSH:-bob}
+  if [ "$scenario" != pipe ]; then
+    who=bob
+    [ "$scenario" = flush_callee ] && who=alice
     # Flush once a few MB have arrived: the mapping is gone mid-transfer.
     for ((n = 0; n < 600; n++)); do
       [ "$(stat -c %s "$logs/alice.out" 2>/dev/null || echo 0)" -ge $((3 * 1024 * 1024)) ] && break
@@ -121,7 +126,7 @@ pipe | flush)
     lab_check "$who: one summary event" "$(grep -c '"event":"summary"' "$logs/$who.err")" 1
   done
   echo "summary (bob): $(grep '"event":"summary"' "$logs/bob.err" | head -n 1)"
-  if [ "$scenario" = flush ]; then
+  if [ "$scenario" != pipe ]; then
     echo "path events (bob): $(grep -c '"event":"path_changed"' "$logs/bob.err"), (alice): $(grep -c '"event":"path_changed"' "$logs/alice.err")"
   fi
   printf 'pipe: 22 MB in %.1f s\n' "$took"
@@ -227,7 +232,7 @@ EOF
   lab_check "its output came back whole" "$(echo "$out" | grep -c '^sum=42$')" 1
   ;;
 *)
-  echo "usage: $0 NATPUNCH_CLI pipe|flush|forward|ssh" >&2
+  echo "usage: $0 NATPUNCH_CLI pipe|flush_caller|flush_callee|forward|ssh" >&2
   exit 2
   ;;
 esac
