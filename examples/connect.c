@@ -1,7 +1,8 @@
 /*
- * A direct UDP path to a peer across NATs with libnatpunch's agent: one
- * side listens, the other calls it by peer ID; both send "hello from <id>"
- * over the punched path and print what the other sent.
+ * A direct path to a peer across NATs with libnatpunch's agent: one side
+ * listens, the other calls it by peer ID; once the encrypted session is up
+ * (the peer proved its key), the caller opens a stream, both send "hello
+ * from <id>" on it and half-close, and each prints what the other sent.
  *
  *   cc connect.c $(pkg-config --cflags --libs natpunch) -o connect_example
  *   ./connect_example 203.0.113.4:7000 203.0.113.1:3478 203.0.113.3:3478 alice.key
@@ -9,7 +10,7 @@
  *
  * The key file is created on first use. The agent never blocks on its own:
  * this program gives it the main thread and calls np_agent_wait(), which
- * processes I/O and timers until an event or a datagram is ready. (In an
+ * processes I/O and timers until an event or stream data is ready. (In an
  * event loop, poll np_agent_fd() with np_agent_timeout() instead and call
  * np_agent_process() when it is readable or the timeout expires.)
  */
@@ -67,12 +68,15 @@ int main(int argc, char **argv) {
   if (argc == 6)
     printf("calling %s\n", argv[5]);
 
-  /* One session, 60 s at most: until we have the peer's hello, and then
-   * half a second more for the peer to have ours. */
-  bool connected = false, ended = false, got = false;
-  long long deadline = now_ms() + 60000, next_hello = 0;
+  /* One session, 60 s at most: until the peer's hello has ended (its
+   * half-close) and ours is acknowledged, or the session ends. */
+  bool connected = false, ended = false, sent = false, got_all = false;
+  int64_t stream = -1;
+  char got[1200];
+  size_t got_len = 0;
+  long long deadline = now_ms() + 60000;
   while (!ended && now_ms() < deadline) {
-    rc = np_agent_wait(agent, 100); /* 0: an event or datagram is ready */
+    rc = np_agent_wait(agent, 100); /* 0: an event or stream news is ready */
     if (rc != 0 && rc != NP_ERR_TIMEOUT) {
       fprintf(stderr, "agent: %s\n", np_strerror(rc));
       break;
@@ -92,42 +96,53 @@ int main(int argc, char **argv) {
       case NP_AGENT_CONNECTED:
         printf("connected to %s\n", who);
         connected = true;
+        if (argc == 6 && np_agent_stream_open(agent, &stream) != 0)
+          ended = true; /* the caller opens the stream */
+        break;
+      case NP_AGENT_STREAM:
+        if (stream < 0)
+          (void)np_agent_stream_accept(agent, &stream);
         break;
       case NP_AGENT_FAILED:
         printf("failed: %s\n", ev.reason);
         ended = argc == 6; /* a listener waits for the next call */
         break;
       case NP_AGENT_CLOSED:
-        printf("closed by the peer\n");
+        printf("closed: %s\n", ev.reason);
         ended = true;
         break;
       case NP_AGENT_REPLACED:
         printf("%s\n", ev.reason);
         ended = true;
         break;
-      case NP_AGENT_STREAM: /* this example speaks in datagrams only */
-        break;
       case NP_AGENT_PATH_CHANGED:
         printf("the path moved to %s\n", np_addr_format(&ev.observed, text, sizeof text));
         break;
       }
     }
-    if (!connected)
+    if (!connected || stream < 0)
       continue;
-    char buf[1200];
-    int n = np_agent_recv(agent, buf, sizeof buf - 1); /* still readable after CLOSED */
-    if (n >= 0 && !got) {
-      buf[n] = '\0';
-      printf("received: %s\n", buf);
-      got = true;
-      deadline = now_ms() + 500;
+    if (!sent && np_agent_stream_write(agent, stream, hello, strlen(hello)) ==
+                     (long)strlen(hello)) {
+      (void)np_agent_stream_shutdown(agent, stream); /* our end: the peer reads 0 after it */
+      sent = true;
     }
-    /* Datagrams may be lost, and the peer drops them until its side of
-     * the path is up too: repeat ours every 200 ms. */
-    if (!ended && now_ms() >= next_hello) {
-      (void)np_agent_send(agent, hello, strlen(hello));
-      next_hello = now_ms() + 200;
+    /* Whatever arrived, also after CLOSED (it stays readable). */
+    long n;
+    while (!got_all && (n = np_agent_stream_read(agent, stream, got + got_len,
+                                                 sizeof got - 1 - got_len)) >= 0) {
+      if (n == 0 || got_len + (size_t)n == sizeof got - 1) {
+        got[got_len += (size_t)n] = '\0';
+        printf("received: %s\n", got);
+        got_all = true;
+      } else {
+        got_len += (size_t)n;
+      }
     }
+    /* Done when we have all of the peer's hello and it has all of ours. */
+    int st = np_agent_stream_state(agent, stream);
+    if (got_all && sent && (st < 0 || (st & NP_STREAM_WRITE_ACKED)))
+      ended = true;
   }
 
   np_session_stats st;
@@ -138,7 +153,7 @@ int main(int argc, char **argv) {
            np_via_name(st.via), np_addr_format(&st.remote, remote, sizeof remote),
            (long long)st.elapsed_ms, st.probes_sent, st.probes_received);
   }
-  np_agent_free(agent); /* says goodbye to the peer */
+  np_agent_free(agent); /* closes the session: the peer's CLOSED says normal */
   np_identity_free(me);
-  return got ? 0 : 1;
+  return got_all ? 0 : 1;
 }
