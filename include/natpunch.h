@@ -441,7 +441,9 @@ typedef struct np_agent np_agent;
 enum np_agent_event_type {
   NP_AGENT_REGISTERED = 1, /* registered with the rendezvous server (again) */
   NP_AGENT_CALL,           /* an allowed caller's offer arrived: traversal starts */
-  NP_AGENT_CONNECTED,      /* the direct path is up: np_agent_stats() has it */
+  NP_AGENT_CONNECTED,      /* the direct path is up and the peer proved its key in the
+                            * session's handshake: streams and datagrams flow;
+                            * np_agent_stats() has the path */
   NP_AGENT_FAILED,         /* the session failed; 'error' and 'reason' say why */
   NP_AGENT_CLOSED,         /* the session ended; 'error' and 'reason' say how: 0 the
                             * peer closed it normally (np_agent_close()),
@@ -495,9 +497,9 @@ typedef struct np_session_stats {
   uint32_t rounds;       /* prediction rounds run (0: direct candidates sufficed) */
   int sockets;           /* UDP sockets open at the peak (birthday method) */
   uint64_t bytes_sent, bytes_received, datagrams_sent, datagrams_received;
-  /* Datagrams from the peer dropped because np_agent_recv()'s queue (256)
-   * was full: the application did not read fast enough. Loss on the way,
-   * or in a full socket buffer, is not seen here. */
+  /* Datagrams from the peer dropped because np_agent_recv()'s queue was
+   * full: the application did not read fast enough. Loss on the way is not
+   * seen here (datagrams are never retransmitted). */
   uint64_t datagrams_dropped;
   /* The QUIC session on the path (0 or -1 before it is up): */
   int64_t rtt_ms, rtt_min_ms;      /* smoothed and lowest round-trip time */
@@ -580,7 +582,8 @@ NP_EXPORT int np_agent_timeout(const np_agent *a);
 NP_EXPORT int np_agent_process(np_agent *a);
 
 /* Blocks up to timeout_ms (-1: until something happens) processing I/O and
- * timers, and returns as soon as an event or a datagram is available
+ * timers, and returns as soon as an event, a datagram or stream news (data
+ * to read, room to write) is available
  * (0) or the time is up (NP_ERR_TIMEOUT). The loop for applications that
  * give the agent a thread. */
 NP_EXPORT int np_agent_wait(np_agent *a, int timeout_ms);

@@ -1364,6 +1364,7 @@ NP_EXPORT void np_agent_stats(const np_agent *a, np_session_stats *out) {
     out->packets_received = q.packets_received;
     out->packets_lost = q.packets_lost;
     out->cwnd = q.cwnd;
+    out->datagrams_dropped = q.dgrams_dropped;
   } else if (!a->stats.connected) {
     out->rtt_ms = out->rtt_min_ms = -1;
   }
