@@ -55,7 +55,7 @@
  * punches a new one through the rendezvous server, for the same session. */
 #define REPUNCH_PTOS 3
 #define REPUNCH_SILENCE_MS 3000 /* or nothing heard for this long (beyond the PINGs' period) */
-#define REPUNCH_TIMEOUT_MS 5000 /* one re-punch attempt */
+#define REPUNCH_TIMEOUT_MS 3500 /* one re-punch attempt: an answer takes a round trip and a gathering */
 #define REPUNCH_RETRY_MS 1000   /* between attempts, until the idle timeout ends it */
 #define DEFAULT_TIMEOUT_MS 20000
 #define DEFAULT_MAX_PROBES 6000 /* punch.h's default max_probes */
@@ -143,6 +143,7 @@ struct np_agent {
   int64_t repunch_next;
   uint32_t qlabel_gen; /* see path_label() */
   bool rdv_renewed;   /* this dead path's rendezvous reconnect is done */
+  int64_t heard_last, heard_gap; /* the peer last heard, and the gap before that */
   int qsock;          /* the path's socket it runs on */
   np_addr qlocal;     /* that socket's address, the session's "local" */
   int64_t punched_at;
@@ -786,6 +787,8 @@ static void session_flush(np_agent *a, int64_t now) {
 static void on_established(np_agent *a, int64_t now) {
   a->st = S_CONNECTED;
   a->up = true;
+  a->heard_last = a->heard_gap = 0;
+  a->rdv_renewed = false;
   a->stats.connected = true;
   a->stats.secure_ms = now - a->punched_at;
   a->stats.elapsed_ms = now - a->session_start;
@@ -1105,7 +1108,15 @@ static void run_machines(np_agent *a, int64_t now) {
     /* Dead: probes unanswered, or silence longer than the peer's PINGs
      * allow (a side that only receives sends nothing ack-eliciting, so
      * its probe count never climbs). */
-    int64_t quiet = q.bytes_in_flight > 0 ? REPUNCH_SILENCE_MS : a->cfg.keepalive_ms + REPUNCH_SILENCE_MS;
+    if (q.last_heard_ms != a->heard_last) {
+      a->heard_gap = q.last_heard_ms - a->heard_last;
+      a->heard_last = q.last_heard_ms;
+    }
+    /* Traffic was flowing (ours in flight, or the peer's packets close
+     * together): a few seconds of silence is a dead path. An idle session
+     * hears only PINGs, one per keepalive period. */
+    bool flowing = q.bytes_in_flight > 0 || (a->heard_gap > 0 && a->heard_gap < 1000);
+    int64_t quiet = flowing ? REPUNCH_SILENCE_MS : a->cfg.keepalive_ms + REPUNCH_SILENCE_MS;
     bool dead = q.pto_count >= REPUNCH_PTOS || (q.last_heard_ms > 0 && now - q.last_heard_ms > quiet);
     if (dead) {
       /* What killed the path (a NAT that lost its state) killed our
