@@ -242,8 +242,11 @@ static void check_done(np_xfer *x) {
     if (!terminal(x->files[i].pub.status))
       return;
   x->state = NP_XFER_DONE;
-  if (!x->sender)
-    x->out_done = true;
+  /* Every file resolved: the sender's END frames were all queued before
+   * their verdicts, and a refused file has nothing to send, so neither side
+   * has more to say. (A sender whose files were all refused never reaches
+   * sender_pump's end, and without this never half-closed.) */
+  x->out_done = true;
 }
 
 /* Copies a received name into a printable, NUL-terminated form. */

@@ -228,6 +228,15 @@ static np_xfer *receiver_for(const char *dir, bool force, bool auto_accept, seen
   return x;
 }
 
+/* True when x has nothing more to write and would half-close now: a side
+ * that never says so leaves the peer waiting for the stream's end. */
+static bool finished(np_xfer *x) {
+  uint8_t b[1];
+  bool fin = false;
+  assert_int_equal(np_xfer_output(x, b, 0, &fin), 0);
+  return fin;
+}
+
 static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -250,6 +259,8 @@ static void one_file(void **state) {
   assert_int_equal(np_xfer_file_at(s, 0)->status, NP_XFER_FILE_OK);
   assert_int_equal(np_xfer_file_at(r, 0)->status, NP_XFER_FILE_OK);
   assert_int_equal(np_xfer_file_at(r, 0)->offset, 0);
+  assert_true(finished(s));
+  assert_true(finished(r));
   snprintf(dst, sizeof dst, "%s/photo.jpg", d->dst);
   assert_true(same_content(src, dst));
   struct stat st;
@@ -465,6 +476,9 @@ static void overwrite_needs_force(void **state) {
   assert_int_equal(np_xfer_get_state(r), NP_XFER_DONE);
   assert_int_equal(np_xfer_file_at(s, 0)->status, NP_XFER_FILE_REFUSED);
   assert_int_equal(np_xfer_file_at(s, 0)->refusal, NP_XFER_REFUSE_EXISTS);
+  /* Both half-close: a sender whose only file was refused once never did. */
+  assert_true(finished(s));
+  assert_true(finished(r));
   assert_int_equal(size_of(d->dst, "report.txt"), 77);
   assert_int_equal(dir_entries(d->dst), 1);
   np_xfer_free(s);
@@ -535,6 +549,8 @@ static void offer_waits_for_decision(void **state) {
     assert_int_equal(np_xfer_file_at(s, i)->status, NP_XFER_FILE_REFUSED);
     assert_int_equal(np_xfer_file_at(s, i)->refusal, NP_XFER_REFUSE_DECLINED);
   }
+  assert_true(finished(s));
+  assert_true(finished(r));
   assert_int_equal(dir_entries(d->dst), 0);
   np_xfer_free(s);
   np_xfer_free(r);
