@@ -648,6 +648,7 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
       if (o->n_files == MAX_FILES)
         return cli_usage_error(o->cmd, "more than %d files", MAX_FILES);
       struct stat stf;
+      errno = 0;
       if (stat(argv[optind], &stf) != 0 || !S_ISREG(stf.st_mode) || access(argv[optind], R_OK) != 0)
         return cli_usage_error(o->cmd, "'%s' is not a readable file%s%s", argv[optind],
                                errno ? ": " : "", errno ? strerror(errno) : "");
@@ -702,6 +703,7 @@ struct conn {
   uint8_t out[PUMP_BUF];
   size_t out_len, out_off;
   bool out_fin, fin_sent, peer_eof;
+  bool reported; /* the transfer's failure was said */
 };
 
 struct peer_run {
@@ -725,6 +727,10 @@ struct peer_run {
   np_progress *progress;
   bool asking;       /* receive: waiting for the user's y/N */
   int ask_conn;
+  /* send: the offer, made (files opened and hashed) before the call, so a
+   * bad FILE is a usage error and hashing a large file does not stall a
+   * live session */
+  np_xfer *outgoing;
 };
 
 static int64_t mono_ms(void) {
@@ -811,6 +817,20 @@ static int n_conns(const struct peer_run *r) {
 
 static void xfer_event(void *user, const np_xfer_event *ev) {
   struct peer_run *r = user;
+  if (ev->kind == NP_XFER_EV_OFFER) {
+    /* Who sends what is shown before anything is written, also when the
+     * sender is trusted (--accept-from) and the offer is taken at once. */
+    for (int i = 0; i < MAX_CONNS; i++) {
+      struct conn *c = &r->conns[i];
+      if (c->used && c->is_xfer && c->x && np_xfer_get_state(c->x) == NP_XFER_OFFERED) {
+        char id[NP_PEER_ID_LEN + 1];
+        np_peer_id_format(r->peer, id);
+        np_progress_offer(r->progress, id, c->x);
+        break;
+      }
+    }
+    return;
+  }
   np_progress_xfer_event(r->progress, ev, mono_ms());
   if (ev->kind == NP_XFER_EV_END) {
     if (ev->file->status == NP_XFER_FILE_OK)
@@ -827,11 +847,11 @@ static int start_xfer(struct peer_run *r, struct conn *c, int64_t id, bool first
   c->stream = id;
   int rc;
   if (!r->o->listen) {
-    np_xfer_send_config sc = {.paths = (const char *const *)r->o->files,
-                              .count = (size_t)r->o->n_files,
-                              .on_event = xfer_event,
-                              .user = r};
-    rc = np_xfer_sender_new(&sc, &c->x, err, sizeof err);
+    /* One offer per run: a caller has one session. */
+    c->x = r->outgoing;
+    r->outgoing = NULL;
+    rc = c->x ? 0 : NP_ERR_INVAL;
+    snprintf(err, sizeof err, "the files were offered already");
   } else {
     bool trusted = false;
     for (int i = 0; i < r->o->n_accept_from; i++)
@@ -859,9 +879,6 @@ static int start_xfer(struct peer_run *r, struct conn *c, int64_t id, bool first
 
 /* The user's answer to "Accept?" (receive without --accept-from). */
 static void ask_user(struct peer_run *r, struct conn *c) {
-  char id[NP_PEER_ID_LEN + 1];
-  np_peer_id_format(r->peer, id);
-  np_progress_offer(r->progress, id, c->x);
   if (!isatty(STDIN_FILENO)) {
     emit_simple(r->o, "refused",
                 "no terminal to ask, and the sender is not in --accept-from: offer refused");
@@ -903,9 +920,24 @@ static bool run_xfer(struct peer_run *r, struct conn *c) {
         (void)np_xfer_input_eof(c->x);
         c->peer_eof = any = true;
       } else if (n != NP_ERR_AGAIN) {
-        np_xfer_cancel(c->x);
+        if (np_xfer_get_state(c->x) != NP_XFER_FAILED && !c->reported) {
+          /* A listener that serves no files resets the stream at once. */
+          emit_simple(r->o, "failed",
+                      np_xfer_get_state(c->x) == NP_XFER_DONE
+                          ? "the peer reset the transfer stream after the transfer"
+                          : "the peer reset the transfer stream (is it running `natpunch "
+                            "receive`? a `listen` takes no files)");
+          c->reported = true;
+        }
+        if (np_xfer_get_state(c->x) != NP_XFER_DONE) /* a finished transfer stays so */
+          np_xfer_cancel(c->x);
         c->peer_eof = any = true;
       }
+    }
+    const char *why;
+    if (np_xfer_error(c->x, &why) != 0 && !c->reported) {
+      emit_simple(r->o, "failed", why);
+      c->reported = true;
     }
     if (np_xfer_get_state(c->x) == NP_XFER_OFFERED && !r->asking && r->o->listen)
       ask_user(r, c);
@@ -1339,6 +1371,26 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
   }
   if (o->mode == MODE_SEND || o->mode == MODE_RECEIVE)
     run.progress = np_progress_new(stderr, np_progress_pick(stderr, o->json));
+  if (o->mode == MODE_SEND) {
+    /* Before the call: a FILE that cannot be sent is the command line's
+     * fault (exit 2), and the session does not idle while files are read. */
+    char err[PATH_MAX + 300];
+    np_xfer_send_config sc = {.paths = (const char *const *)o->files,
+                              .count = (size_t)o->n_files,
+                              .on_event = xfer_event,
+                              .user = &run};
+    rc = np_xfer_sender_new(&sc, &run.outgoing, err, sizeof err);
+    if (rc != 0) {
+      np_identity_free(id);
+      np_progress_free(run.progress);
+      close(sfd);
+      if (rc == NP_ERR_NOMEM) {
+        emit_simple(o, "failed", "out of memory");
+        return CLI_EXIT_FAIL;
+      }
+      return cli_usage_error(o->cmd, "%s", err);
+    }
+  }
 
   np_agent_config cfg = {
       .identity = id,
@@ -1362,6 +1414,7 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
     snprintf(reason, sizeof reason, "cannot start: %s", np_strerror(rc));
     emit_simple(o, "failed", reason);
     np_identity_free(id);
+    np_xfer_free(run.outgoing);
     np_progress_free(run.progress);
     if (run.listen_fd >= 0)
       close(run.listen_fd);
@@ -1440,6 +1493,7 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
     conn_free(&run, &run.conns[i]);
   restore_stdin();
   np_agent_free(run.agent); /* says goodbye to the peer, deletes the port mapping */
+  np_xfer_free(run.outgoing);
   np_progress_free(run.progress);
   if (run.listen_fd >= 0)
     close(run.listen_fd);

@@ -147,6 +147,10 @@ static void emit(np_xfer *x, np_xfer_event_kind kind, size_t i) {
   if (!x->on_event)
     return;
   np_xfer_event ev = {.kind = kind, .index = i, .file = i < x->count ? &x->files[i].pub : NULL};
+  if (kind == NP_XFER_EV_END && ev.file && ev.file->status == NP_XFER_FILE_FAILED)
+    ev.reason = x->state == NP_XFER_FAILED ? x->errmsg
+                : x->sender ? "the receiver could not write the file"
+                            : "writing the file failed";
   x->on_event(x->user, &ev);
 }
 

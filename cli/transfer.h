@@ -121,6 +121,9 @@ typedef struct np_xfer_event {
   np_xfer_event_kind kind;
   size_t index;             /* START/PROGRESS/END: the file; OFFER: 0 */
   const np_xfer_file *file; /* START/PROGRESS/END: the file; valid during the call */
+  /* END of a FAILED file: why (the transfer's error, or the receiver's
+   * write error), else NULL; valid during the call */
+  const char *reason;
 } np_xfer_event;
 
 /* Called from inside np_xfer_input/np_xfer_output/np_xfer_accept_all when

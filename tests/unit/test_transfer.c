@@ -968,6 +968,8 @@ static void progress_json(void **state) {
         assert_string_equal(name, "film.mkv");
         assert_string_equal(status, "ok");
         assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "size")), 10000000);
+        assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "offset")), 0);
+        assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "elapsed_ms")), 10000);
         const char *sha = cJSON_GetStringValue(cJSON_GetObjectItem(j, "sha256"));
         assert_non_null(sha);
         assert_int_equal(strlen(sha), 64);
