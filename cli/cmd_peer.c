@@ -235,6 +235,9 @@ static void send_usage(FILE *out) {
         "one's name (without its directories), size, permission bits and SHA-256.\n"
         "The receiver decides; each accepted file is sent, resumed where an earlier\n"
         "transfer of the same file stopped, and checked against its SHA-256 there.\n"
+        "The files are read (hashed) before the call. A FILE whose name the\n"
+        "receiver would refuse (a leading dot, control characters, over 255 bytes)\n"
+        "or two FILEs with the same name are a usage error.\n"
         "Progress: a bar on a terminal (bytes, rate, time left), plain lines without\n"
         "one, JSON events with --json.\n\n",
         out);
@@ -247,25 +250,32 @@ static void send_usage(FILE *out) {
         out);
   events_text(out);
   fputs("File events (--json): {\"event\":\"progress\",\"file\":...,\"bytes\":N,\"total\":N,\n"
-        "\"rate\":N} and {\"event\":\"file\",\"name\":...,\"size\":N,\"sha256\":...,\n"
-        "\"status\":\"ok|resumed|refused|mismatch|failed\"}.\n\n"
+        "\"rate\":N} about once a second, and at each file's end {\"event\":\"file\",\n"
+        "\"name\":...,\"size\":N,\"offset\":N,\"elapsed_ms\":N,\"sha256\":...,\"status\":\n"
+        "\"ok|resumed|refused|mismatch|failed\",\"reason\":...} (offset: where the data\n"
+        "began, > 0 for a resume; offset and elapsed_ms only for a file that started;\n"
+        "reason for refused, mismatch and failed). The summary's bytes_sent counts\n"
+        "what this run sent: a resumed file's data from its offset, and the framing.\n\n"
         "Exit status: 0 every file arrived with its checksum verified; 1 a file was\n"
-        "refused, failed or did not match, no path, the peer aborted or vanished, or\n"
-        "interrupted (what arrived is kept for a resume); 2 bad command line, config\n"
-        "file, or a FILE that cannot be read.\n",
+        "refused, failed or did not match, no path, the peer takes no files (it runs\n"
+        "`listen`), the peer aborted or vanished, or interrupted by SIGINT/SIGTERM\n"
+        "(what arrived is kept for a resume); 2 bad command line, config file, or a\n"
+        "FILE that cannot be read or sent.\n",
         out);
 }
 
 static void receive_usage(FILE *out) {
   fputs("Usage: natpunch receive [OPTIONS] [--accept-from PEER]... [--force] [DIR]\n\n"
         "Registers with the rendezvous server and waits for a peer's `natpunch send`.\n"
-        "It shows who offers which files, and asks on the terminal before accepting,\n"
-        "unless the sender is named by --accept-from (without a terminal, an offer\n"
-        "from anyone else is refused). Files go to DIR (default: the current\n"
-        "directory) as .NAME.natpunch-part and are renamed to NAME only once their\n"
-        "SHA-256 matches; an interrupted transfer is kept and resumed when the same\n"
-        "file is sent again. An existing file is never overwritten without --force;\n"
-        "names with '/', '..', a leading dot or control characters are refused.\n\n",
+        "It shows who offers which files, then takes them at once if the sender is\n"
+        "named by --accept-from, else asks \"Accept? [y/N]\" on the terminal; with\n"
+        "no terminal to ask, an offer from anyone else is refused. Files go to DIR\n"
+        "(default: the current directory) as .NAME.natpunch-part and are renamed to\n"
+        "NAME, with the sender's permission bits, only once their SHA-256 matches;\n"
+        "an interrupted transfer is kept and resumed when the same file (same size\n"
+        "and SHA-256) is sent again. An existing file is never overwritten without\n"
+        "--force; names with '/', '..', a leading dot or control characters are\n"
+        "refused.\n\n",
         out);
   session_text(out);
   fputs("Options:\n", out);
@@ -278,12 +288,19 @@ static void receive_usage(FILE *out) {
         "  -K, --keep                  after a transfer, wait for the next one\n\n",
         out);
   events_text(out);
-  fputs("File events (--json): {\"event\":\"offer\",\"from\":...,\"files\":[...]},\n"
-        "{\"event\":\"progress\",...} and {\"event\":\"file\",...,\"status\":...}.\n\n"
-        "Exit status: 0 every file offered arrived with its checksum verified (or\n"
-        "SIGINT/SIGTERM stopped the wait); 1 a file was refused, failed or did not\n"
-        "match, or the peer aborted or vanished; 2 bad command line or config file,\n"
-        "or DIR is not a directory.\n",
+  fputs("File events (--json): {\"event\":\"offer\",\"from\":...,\"files\":[{\"name\":...,\n"
+        "\"size\":N,\"sha256\":...},...]} before anything is written,\n"
+        "{\"event\":\"refused\",\"reason\":...} when the offer is refused for want of a\n"
+        "terminal, and {\"event\":\"progress\",...} and {\"event\":\"file\",...} as for\n"
+        "`natpunch send` (\"status\":\"resumed\" with the offset it resumed at).\n\n"
+        "Exit status: 0 every file offered arrived with its checksum verified, or\n"
+        "SIGINT/SIGTERM stopped the receiver (a transfer in progress is aborted;\n"
+        "what arrived is kept for a resume); 1 a file was refused (declined, no\n"
+        "terminal to ask, it exists, no space, a bad name), failed or did not\n"
+        "match, or the peer aborted or vanished (what arrived is kept); 2 bad\n"
+        "command line or config file, or DIR is not a directory this user may\n"
+        "write to. With --keep, only SIGINT/SIGTERM (exit 0) or a replacement (exit\n"
+        "1) end it.\n",
         out);
 }
 
@@ -896,6 +913,9 @@ static void answer_user(struct peer_run *r) {
   ssize_t n = read(STDIN_FILENO, line, sizeof line - 1);
   struct conn *c = &r->conns[r->ask_conn];
   r->asking = false;
+  /* The terminal echoed the answer's newline; a log file did not. */
+  if (!isatty(STDERR_FILENO))
+    fputc('\n', stderr);
   if (!c->used || !c->is_xfer)
     return;
   bool yes = n > 0 && (line[0] == 'y' || line[0] == 'Y');
