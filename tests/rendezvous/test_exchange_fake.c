@@ -5,8 +5,13 @@
  * with a bad signature, to another peer, or (offers) from a caller outside
  * the allow list; it must notice a silent server within two keepalive
  * intervals, back off exponentially with jitter, yield after a 409, and
- * survive malformed and split frames. Loopback only; every wait is the
- * shared poll loop with a deadline.
+ * survive malformed and split frames. And, with a calling agent (the
+ * public API) behind the fake as a man in the middle: a forged answer ends
+ * the call at once with an authentication error and no session, and a
+ * redirection to a third agent by someone who can sign as the callee gets
+ * through the signaling and the punch but stops at the QUIC handshake with
+ * a key mismatch. Loopback only; every wait is a poll loop with a
+ * deadline.
  */
 #include "rdv_test_util.h"
 
@@ -18,6 +23,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -571,26 +577,41 @@ typedef struct mitm {
   char reason[160];
 } mitm;
 
-/* One turn of the agent's loop (and of nothing else: the fake is read by
- * the callers with rdv_raw_take). */
-static void mitm_step(mitm *x) {
-  struct pollfd pfd[2] = {{np_agent_fd(x->agent), POLLIN, 0}, {x->f->conn.fd, POLLIN, 0}};
-  int t = np_agent_timeout(x->agent);
-  if (t < 0 || t > 10)
-    t = 10;
-  int rc = poll(pfd, x->f->conn.fd >= 0 ? 2 : 1, t);
+/* One turn of the agents' loops (and of nothing else: the fakes are read
+ * by the callers with rdv_raw_take). */
+static void mitm_step_all(mitm **xs, int n) {
+  struct pollfd pfd[4];
+  nfds_t np = 0;
+  int t = 10;
+  assert_true(n <= 2);
+  for (int i = 0; i < n; i++) {
+    pfd[np++] = (struct pollfd){np_agent_fd(xs[i]->agent), POLLIN, 0};
+    if (xs[i]->f->conn.fd >= 0)
+      pfd[np++] = (struct pollfd){xs[i]->f->conn.fd, POLLIN, 0};
+    int ti = np_agent_timeout(xs[i]->agent);
+    if (ti >= 0 && ti < t)
+      t = ti;
+  }
+  int rc = poll(pfd, np, t);
   assert_true(rc >= 0 || errno == EINTR);
-  assert_int_equal(np_agent_process(x->agent), 0);
-  np_agent_event ev;
-  while (np_agent_next_event(x->agent, &ev)) {
-    if (ev.type == NP_AGENT_CONNECTED)
-      x->connected++;
-    if (ev.type == NP_AGENT_FAILED) {
-      x->failed++;
-      x->error = ev.error;
-      snprintf(x->reason, sizeof x->reason, "%s", ev.reason);
+  for (int i = 0; i < n; i++) {
+    mitm *x = xs[i];
+    assert_int_equal(np_agent_process(x->agent), 0);
+    np_agent_event ev;
+    while (np_agent_next_event(x->agent, &ev)) {
+      if (ev.type == NP_AGENT_CONNECTED)
+        x->connected++;
+      if (ev.type == NP_AGENT_FAILED) {
+        x->failed++;
+        x->error = ev.error;
+        snprintf(x->reason, sizeof x->reason, "%s", ev.reason);
+      }
     }
   }
+}
+
+static void mitm_step(mitm *x) {
+  mitm_step_all(&x, 1);
 }
 
 /* Runs the agent until the fake got a frame from it (true) or timeout_ms
@@ -617,7 +638,13 @@ static bool mitm_until_failed(mitm *x, int timeout_ms) {
 /* The agent on loopback only (its socket on 127.0.0.1, no discovery, no
  * port mapping), registered with the fake; the traversal gives up after
  * 10 s, far longer than any check below waits. */
-static void mitm_start(mitm *x, fake *f) {
+/* The agents' warnings (and with NP_TEST_VERBOSE set, every step) on
+ * stderr, named by role. */
+static void mitm_log(void *user, enum np_log_level level, const char *msg) {
+  fprintf(stderr, "  [%s %s] %s\n", (const char *)user, level == NP_LOG_DEBUG ? "D" : "W", msg);
+}
+
+static void mitm_start(mitm *x, fake *f, bool listen) {
   memset(x, 0, sizeof *x);
   x->f = f;
   assert_int_equal(np_identity_generate(&x->id), 0);
@@ -626,8 +653,12 @@ static void mitm_start(mitm *x, fake *f) {
       .identity = x->id,
       .rendezvous = f->addr,
       .session_timeout_ms = 10000,
+      .listen = listen,
       .no_portmap = true,
       .bind = rdv_addr("127.0.0.1"),
+      .log = mitm_log,
+      .log_user = listen ? "callee" : "caller",
+      .log_level = getenv("NP_TEST_VERBOSE") ? NP_LOG_DEBUG : NP_LOG_WARN,
   };
   np_addr_set_port(&cfg.bind, 0); /* an ephemeral port */
   assert_int_equal(np_agent_new(&cfg, &x->agent), 0);
@@ -726,7 +757,7 @@ static void test_fake_forged_answer(void **state) {
   fake_listen(&f);
   rdv_peer *bob = rdv_peer_new("B", NULL), *mallory = rdv_peer_new("M", NULL);
   mitm alice;
-  mitm_start(&alice, &f);
+  mitm_start(&alice, &f, false);
   static uint8_t buf[4096];
   uint8_t session[NP_SIG_SESSION_LEN];
 
@@ -777,6 +808,133 @@ static void test_fake_forged_answer(void **state) {
   fake_close(&f);
   rdv_peer_free(bob);
   rdv_peer_free(mallory);
+}
+
+/* Runs both agents until the fake 'on' got a frame (true) or timeout_ms
+ * passed. */
+static bool mitm2_frame(mitm **xs, fake *on, int timeout_ms) {
+  int64_t deadline = rdv_now() + timeout_ms;
+  memset(&on->conn.msg, 0, sizeof on->conn.msg);
+  while (rdv_now() < deadline) {
+    if (!on->conn.closed && rdv_raw_take(&on->conn))
+      return true;
+    mitm_step_all(xs, 2);
+  }
+  return false;
+}
+
+/* msg (as decoded from one peer) re-addressed FROM by, TO to, signed by
+ * by's key, with the server's OBSERVED stamp 'observed'. */
+static int relabel_frame(const np_sig_msg *msg, const rdv_peer *by, const uint8_t to[NP_PUBKEY_LEN],
+                         const np_addr *observed, uint8_t *buf, size_t cap) {
+  static np_sig_msg m;
+  m = *msg;
+  memcpy(m.from, by->pk, NP_PUBKEY_LEN);
+  memcpy(m.to, to, NP_PUBKEY_LEN);
+  memset(&m.observed, 0, sizeof m.observed);
+  m.has_signature = false;
+  /* Both agents' sockets are bound to 127.0.0.1, but they offer the
+   * host's interface address with that port: the relay offers 127.0.0.1
+   * instead, as host and as mapped address (no NAT), which is where the
+   * punch then probes (nothing leaves loopback). */
+  if (m.cand.n_private > 0) {
+    np_addr lo = rdv_addr("127.0.0.1");
+    np_addr_set_port(&lo, np_addr_port(&m.cand.private_addrs[0]));
+    m.cand.private_addrs[0] = lo;
+    m.cand.n_private = 1;
+    m.cand.mapped[0] = lo;
+    m.cand.n_mapped = 1;
+  }
+  int len = np__sig_encode(&m, by->id, buf, cap);
+  assert_true(len > 0);
+  len = np__sig_stamp_observed(buf, (size_t)len, cap, observed);
+  assert_true(len > 0);
+  return len;
+}
+
+/* Past the signaling, the session layer's own check, through the public
+ * agent API: a party that can sign as the callee P (P's key stolen, or P
+ * itself redirecting the call) sends alice's call on to a third agent,
+ * mallory, who holds her own key. The server plays both ends: to mallory it
+ * offers alice's candidates and session key under an identity X it holds,
+ * to alice it answers with mallory's candidates and session key, signed as
+ * P. The punch succeeds (both derived the same probe key), and the QUIC
+ * handshake is where it stops: alice expected P's key and got mallory's,
+ * mallory expected X's and got alice's. Both fail with the key mismatch
+ * named, and neither reports CONNECTED. */
+static void test_fake_wrong_key_handshake(void **state) {
+  (void)state;
+  fake fa, fm; /* the one server, as alice and as mallory see it */
+  fake_listen(&fa);
+  fake_listen(&fm);
+  rdv_peer *p = rdv_peer_new("P", NULL), *x = rdv_peer_new("X", NULL);
+  mitm alice, mallory;
+  mitm_start(&alice, &fa, false);
+  mitm_start(&mallory, &fm, true);
+  mitm *both[] = {&alice, &mallory};
+  static uint8_t buf[4096];
+
+  uint8_t session[NP_SIG_SESSION_LEN];
+  mitm_call(&alice, p, session);
+  static np_sig_msg offer;
+  offer = fa.conn.msg;
+  assert_true(offer.cand.has_kx && offer.cand.n_private > 0);
+  np_addr alice_at = rdv_addr("127.0.0.1");
+  np_addr_set_port(&alice_at, np_addr_port(&offer.cand.private_addrs[0]));
+  rdv_raw_send(&fm.conn, buf, relabel_frame(&offer, x, mallory.pk, &alice_at, buf, sizeof buf));
+
+  for (;;) {
+    assert_true(mitm2_frame(both, &fm, 5000));
+    if (fm.conn.msg.type == NP_SIG_ANSWER)
+      break;
+    assert_int_equal(fm.conn.msg.type, NP_SIG_PONG);
+  }
+  static np_sig_msg answer;
+  answer = fm.conn.msg;
+  assert_memory_equal(answer.from, mallory.pk, NP_PUBKEY_LEN);
+  assert_memory_equal(answer.to, x->pk, NP_PUBKEY_LEN);
+  assert_int_equal(answer.error_code, 0);
+  assert_true(answer.cand.has_kx && answer.cand.n_private > 0);
+  np_addr mallory_at = rdv_addr("127.0.0.1");
+  np_addr_set_port(&mallory_at, np_addr_port(&answer.cand.private_addrs[0]));
+  rdv_raw_send(&fa.conn, buf, relabel_frame(&answer, p, alice.pk, &mallory_at, buf, sizeof buf));
+
+  /* alice's READY goes on to mallory, as X's. */
+  for (;;) {
+    assert_true(mitm2_frame(both, &fa, RDV_WAIT_MS));
+    if (fa.conn.msg.type == NP_SIG_READY)
+      break;
+    assert_int_equal(fa.conn.msg.type, NP_SIG_PONG);
+  }
+  static np_sig_msg ready;
+  ready = fa.conn.msg;
+  rdv_raw_send(&fm.conn, buf, relabel_frame(&ready, x, mallory.pk, &alice_at, buf, sizeof buf));
+
+  int64_t t0 = rdv_now(), deadline = t0 + 8000;
+  while (rdv_now() < deadline && (alice.failed == 0 || mallory.failed == 0)) {
+    while (rdv_raw_take(&fa.conn) || rdv_raw_take(&fm.conn))
+      ; /* keepalives only */
+    mitm_step_all(both, 2);
+  }
+  print_message("alice: %s\nmallory: %s\n", alice.reason, mallory.reason);
+  assert_int_equal(alice.connected, 0);
+  assert_int_equal(mallory.connected, 0);
+  assert_int_equal(alice.failed, 1);
+  assert_int_equal(mallory.failed, 1);
+  assert_int_equal(alice.error, NP_ERR_AUTH);
+  assert_int_equal(mallory.error, NP_ERR_AUTH);
+  /* alice's reason names the key mismatch (found by her, or by mallory
+   * and sent back in CONNECTION_CLOSE). */
+  assert_non_null(strstr(alice.reason, "did not prove the key of the peer ID"));
+  assert_non_null(strstr(alice.reason, "key mismatch"));
+  assert_non_null(strstr(mallory.reason, "key mismatch"));
+
+  mitm_stop(&alice);
+  mitm_stop(&mallory);
+  fake_close(&fa);
+  fake_close(&fm);
+  rdv_peer_free(p);
+  rdv_peer_free(x);
 }
 
 static bool connects_at_least(void *arg) {
@@ -950,6 +1108,7 @@ int main(void) {
       cmocka_unit_test(test_fake_replaced_stops),
       cmocka_unit_test(test_fake_forged_errors),
       cmocka_unit_test(test_fake_forged_answer),
+      cmocka_unit_test(test_fake_wrong_key_handshake),
       cmocka_unit_test(test_fake_backoff_growth),
       cmocka_unit_test(test_fake_backoff_jitter),
       cmocka_unit_test(test_fake_framing),
