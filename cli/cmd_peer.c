@@ -748,6 +748,7 @@ struct peer_run {
    * bad FILE is a usage error and hashing a large file does not stall a
    * live session */
   np_xfer *outgoing;
+  bool closing; /* the session is closed: reads fail for that, not a reset */
 };
 
 static int64_t mono_ms(void) {
@@ -813,10 +814,30 @@ static struct conn *conn_new(struct peer_run *r) {
   return NULL;
 }
 
+/* The session under a transfer ended (why: the agent's reason): files in
+ * flight are reported failed, and where what arrived is. */
+static void xfer_interrupted(struct peer_run *r, struct conn *c, const char *why) {
+  if (!c->is_xfer || !c->x)
+    return;
+  np_xfer_state s = np_xfer_get_state(c->x);
+  if (s == NP_XFER_DONE || s == NP_XFER_FAILED)
+    return;
+  char text[300];
+  /* The advice first: the agent's reason may be long enough to be cut. */
+  snprintf(text, sizeof text, "interrupted; %s: %s",
+           r->o->listen ? "what arrived is kept, and resumed when the file is sent again"
+                        : "what the receiver got is kept there, and resumed when the file is "
+                          "sent again",
+           why);
+  np_xfer_interrupt(c->x, text);
+  c->reported = true;
+}
+
 static void conn_free(struct peer_run *r, struct conn *c) {
   if (!c->used)
     return;
   if (c->is_xfer) {
+    xfer_interrupted(r, c, "interrupted");
     np_xfer_free(c->x);
     c->x = NULL;
   } else if (!c->awaiting_svc) {
@@ -939,6 +960,8 @@ static bool run_xfer(struct peer_run *r, struct conn *c) {
       } else if (n == 0) {
         (void)np_xfer_input_eof(c->x);
         c->peer_eof = any = true;
+      } else if (n != NP_ERR_AGAIN && r->closing) {
+        c->peer_eof = true; /* xfer_interrupted says why, with the session's reason */
       } else if (n != NP_ERR_AGAIN) {
         if (np_xfer_get_state(c->x) != NP_XFER_FAILED && !c->reported) {
           /* A listener that serves no files resets the stream at once. */
@@ -1018,6 +1041,7 @@ static int open_stream(struct peer_run *r, int in_fd, int out_fd, bool sockets) 
 
 static void on_connected(struct peer_run *r) {
   r->connected = true;
+  r->closing = false;
   r->summarized = false;
   r->session_ok = false;
   r->svc_sent = r->svc_read = 0;
@@ -1223,12 +1247,14 @@ static void on_event(struct peer_run *r, const np_agent_event *ev) {
     break;
   case NP_AGENT_CLOSED: {
     /* What arrived before the close is still readable: deliver it. */
+    r->closing = true;
     for (int i = 0; i < MAX_CONNS; i++) {
       struct conn *c = &r->conns[i];
       if (!c->used || c->awaiting_svc)
         continue;
       for (int k = 0; k < 64 && (c->is_xfer ? run_xfer(r, c) : pump_run(&c->p, r->agent)); k++)
         ;
+      xfer_interrupted(r, c, ev->reason);
     }
     const char *cause = ev->error == NP_ERR_CANCELLED ? "abort"
                         : ev->error == NP_ERR_TIMEOUT ? "vanished"

@@ -992,6 +992,12 @@ void np_xfer_cancel(np_xfer *x) {
   fail(x, NP_ERR_CANCELLED, NP_XFER_ABORT_CANCELLED, "cancelled");
 }
 
+void np_xfer_interrupt(np_xfer *x, const char *why) {
+  if (x->state == NP_XFER_DONE || x->state == NP_XFER_FAILED)
+    return;
+  fail(x, NP_ERR_CANCELLED, 0, "%s", why);
+}
+
 np_xfer_state np_xfer_get_state(const np_xfer *x) {
   return x->state;
 }

@@ -212,6 +212,13 @@ int np_xfer_refuse(np_xfer *x);
  * FAILED. A receiver keeps its .part files for a later resume. */
 void np_xfer_cancel(np_xfer *x);
 
+/* Stops the transfer because its stream or session ended under it (no
+ * ABORT is queued: nobody would read it): the machine becomes FAILED with
+ * why (NUL-terminated, cut to fit) as its error (NP_ERR_CANCELLED), and
+ * the files in flight end FAILED with that reason. A receiver keeps its
+ * .part files for a later resume. Nothing happens after DONE or FAILED. */
+void np_xfer_interrupt(np_xfer *x, const char *why);
+
 /* The machine's state (see np_xfer_state). */
 np_xfer_state np_xfer_get_state(const np_xfer *x);
 

@@ -113,6 +113,8 @@ lab_check "the .part had a few MB when bob was killed" "$([ "$had" -ge "$cut_at"
 wait_pid "$APID" 30
 lab_check "alice's receive exits 1 (the peer vanished)" "$RC" 1
 lab_check "alice says the peer vanished" "$(jq -r .cause <<<"$(event "$logs/alice.1.err" closed)")" vanished
+lab_check "alice's file event: failed, what arrived kept" \
+  "$(jq -r '"\(.status) \(.reason | test("kept"))"' <<<"$(event "$logs/alice.1.err" file)")" "failed true"
 kept=$(stat -c %s "$part" 2>/dev/null || echo 0)
 lab_check "the .part is kept for a resume" "$([ "$kept" -ge "$had" ] && echo yes || echo "no ($kept)")" yes
 lab_check "no big.bin yet" "$([ -e "$logs/in/big.bin" ] && echo yes || echo no)" no

@@ -354,6 +354,22 @@ static void interrupt_and_resume(void **state) {
   assert_int_equal(np_xfer_get_state(r), NP_XFER_RUNNING);
   uint64_t had = np_xfer_file_at(r, 0)->done;
   assert_true(had > 2u * 1000 * 1000 && had < 3u * 1000 * 1000);
+  /* The session goes away: the file in flight ends FAILED with the reason
+   * given, no ABORT is queued, the .part stays. */
+  int ends = rs.ends;
+  np_xfer_interrupt(r, "the peer vanished");
+  assert_int_equal(np_xfer_get_state(r), NP_XFER_FAILED);
+  assert_int_equal(np_xfer_file_at(r, 0)->status, NP_XFER_FILE_FAILED);
+  assert_int_equal(rs.ends, ends + 1);
+  const char *why = NULL;
+  assert_int_equal(np_xfer_error(r, &why), NP_ERR_CANCELLED);
+  assert_string_equal(why, "the peer vanished");
+  bool fin = false;
+  uint8_t junk[64];
+  assert_int_equal(np_xfer_output(r, junk, sizeof junk, &fin), 0);
+  assert_true(fin);
+  np_xfer_interrupt(r, "again"); /* once only */
+  assert_int_equal(rs.ends, ends + 1);
   np_xfer_free(s);
   np_xfer_free(r);
   assert_false(exists_in(d->dst, "movie.mkv"));
