@@ -235,6 +235,9 @@ static void send_usage(FILE *out) {
         "one's name (without its directories), size, permission bits and SHA-256.\n"
         "The receiver decides; each accepted file is sent, resumed where an earlier\n"
         "transfer of the same file stopped, and checked against its SHA-256 there.\n"
+        "The files are read (hashed) before the call. A FILE whose name the\n"
+        "receiver would refuse (a leading dot, control characters, over 255 bytes)\n"
+        "or two FILEs with the same name are a usage error.\n"
         "Progress: a bar on a terminal (bytes, rate, time left), plain lines without\n"
         "one, JSON events with --json.\n\n",
         out);
@@ -247,25 +250,32 @@ static void send_usage(FILE *out) {
         out);
   events_text(out);
   fputs("File events (--json): {\"event\":\"progress\",\"file\":...,\"bytes\":N,\"total\":N,\n"
-        "\"rate\":N} and {\"event\":\"file\",\"name\":...,\"size\":N,\"sha256\":...,\n"
-        "\"status\":\"ok|resumed|refused|mismatch|failed\"}.\n\n"
+        "\"rate\":N} about once a second, and at each file's end {\"event\":\"file\",\n"
+        "\"name\":...,\"size\":N,\"offset\":N,\"elapsed_ms\":N,\"sha256\":...,\"status\":\n"
+        "\"ok|resumed|refused|mismatch|failed\",\"reason\":...} (offset: where the data\n"
+        "began, > 0 for a resume; offset and elapsed_ms only for a file that started;\n"
+        "reason for refused, mismatch and failed). The summary's bytes_sent counts\n"
+        "what this run sent: a resumed file's data from its offset, and the framing.\n\n"
         "Exit status: 0 every file arrived with its checksum verified; 1 a file was\n"
-        "refused, failed or did not match, no path, the peer aborted or vanished, or\n"
-        "interrupted (what arrived is kept for a resume); 2 bad command line, config\n"
-        "file, or a FILE that cannot be read.\n",
+        "refused, failed or did not match, no path, the peer takes no files (it runs\n"
+        "`listen`), the peer aborted or vanished, or interrupted by SIGINT/SIGTERM\n"
+        "(what arrived is kept for a resume); 2 bad command line, config file, or a\n"
+        "FILE that cannot be read or sent.\n",
         out);
 }
 
 static void receive_usage(FILE *out) {
   fputs("Usage: natpunch receive [OPTIONS] [--accept-from PEER]... [--force] [DIR]\n\n"
         "Registers with the rendezvous server and waits for a peer's `natpunch send`.\n"
-        "It shows who offers which files, and asks on the terminal before accepting,\n"
-        "unless the sender is named by --accept-from (without a terminal, an offer\n"
-        "from anyone else is refused). Files go to DIR (default: the current\n"
-        "directory) as .NAME.natpunch-part and are renamed to NAME only once their\n"
-        "SHA-256 matches; an interrupted transfer is kept and resumed when the same\n"
-        "file is sent again. An existing file is never overwritten without --force;\n"
-        "names with '/', '..', a leading dot or control characters are refused.\n\n",
+        "It shows who offers which files, then takes them at once if the sender is\n"
+        "named by --accept-from, else asks \"Accept? [y/N]\" on the terminal; with\n"
+        "no terminal to ask, an offer from anyone else is refused. Files go to DIR\n"
+        "(default: the current directory) as .NAME.natpunch-part and are renamed to\n"
+        "NAME, with the sender's permission bits, only once their SHA-256 matches;\n"
+        "an interrupted transfer is kept and resumed when the same file (same size\n"
+        "and SHA-256) is sent again. An existing file is never overwritten without\n"
+        "--force; names with '/', '..', a leading dot or control characters are\n"
+        "refused.\n\n",
         out);
   session_text(out);
   fputs("Options:\n", out);
@@ -278,12 +288,19 @@ static void receive_usage(FILE *out) {
         "  -K, --keep                  after a transfer, wait for the next one\n\n",
         out);
   events_text(out);
-  fputs("File events (--json): {\"event\":\"offer\",\"from\":...,\"files\":[...]},\n"
-        "{\"event\":\"progress\",...} and {\"event\":\"file\",...,\"status\":...}.\n\n"
-        "Exit status: 0 every file offered arrived with its checksum verified (or\n"
-        "SIGINT/SIGTERM stopped the wait); 1 a file was refused, failed or did not\n"
-        "match, or the peer aborted or vanished; 2 bad command line or config file,\n"
-        "or DIR is not a directory.\n",
+  fputs("File events (--json): {\"event\":\"offer\",\"from\":...,\"files\":[{\"name\":...,\n"
+        "\"size\":N,\"sha256\":...},...]} before anything is written,\n"
+        "{\"event\":\"refused\",\"reason\":...} when the offer is refused for want of a\n"
+        "terminal, and {\"event\":\"progress\",...} and {\"event\":\"file\",...} as for\n"
+        "`natpunch send` (\"status\":\"resumed\" with the offset it resumed at).\n\n"
+        "Exit status: 0 every file offered arrived with its checksum verified, or\n"
+        "SIGINT/SIGTERM stopped the receiver (a transfer in progress is aborted;\n"
+        "what arrived is kept for a resume); 1 a file was refused (declined, no\n"
+        "terminal to ask, it exists, no space, a bad name), failed or did not\n"
+        "match, or the peer aborted or vanished (what arrived is kept); 2 bad\n"
+        "command line or config file, or DIR is not a directory this user may\n"
+        "write to. With --keep, only SIGINT/SIGTERM (exit 0) or a replacement (exit\n"
+        "1) end it.\n",
         out);
 }
 
@@ -648,6 +665,7 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
       if (o->n_files == MAX_FILES)
         return cli_usage_error(o->cmd, "more than %d files", MAX_FILES);
       struct stat stf;
+      errno = 0;
       if (stat(argv[optind], &stf) != 0 || !S_ISREG(stf.st_mode) || access(argv[optind], R_OK) != 0)
         return cli_usage_error(o->cmd, "'%s' is not a readable file%s%s", argv[optind],
                                errno ? ": " : "", errno ? strerror(errno) : "");
@@ -702,6 +720,7 @@ struct conn {
   uint8_t out[PUMP_BUF];
   size_t out_len, out_off;
   bool out_fin, fin_sent, peer_eof;
+  bool reported; /* the transfer's failure was said */
 };
 
 struct peer_run {
@@ -725,6 +744,11 @@ struct peer_run {
   np_progress *progress;
   bool asking;       /* receive: waiting for the user's y/N */
   int ask_conn;
+  /* send: the offer, made (files opened and hashed) before the call, so a
+   * bad FILE is a usage error and hashing a large file does not stall a
+   * live session */
+  np_xfer *outgoing;
+  bool closing; /* the session is closed: reads fail for that, not a reset */
 };
 
 static int64_t mono_ms(void) {
@@ -790,10 +814,30 @@ static struct conn *conn_new(struct peer_run *r) {
   return NULL;
 }
 
+/* The session under a transfer ended (why: the agent's reason): files in
+ * flight are reported failed, and where what arrived is. */
+static void xfer_interrupted(struct peer_run *r, struct conn *c, const char *why) {
+  if (!c->is_xfer || !c->x)
+    return;
+  np_xfer_state s = np_xfer_get_state(c->x);
+  if (s == NP_XFER_DONE || s == NP_XFER_FAILED)
+    return;
+  char text[300];
+  /* The advice first: the agent's reason may be long enough to be cut. */
+  snprintf(text, sizeof text, "interrupted; %s: %s",
+           r->o->listen ? "what arrived is kept, and resumed when the file is sent again"
+                        : "what the receiver got is kept there, and resumed when the file is "
+                          "sent again",
+           why);
+  np_xfer_interrupt(c->x, text);
+  c->reported = true;
+}
+
 static void conn_free(struct peer_run *r, struct conn *c) {
   if (!c->used)
     return;
   if (c->is_xfer) {
+    xfer_interrupted(r, c, "interrupted");
     np_xfer_free(c->x);
     c->x = NULL;
   } else if (!c->awaiting_svc) {
@@ -811,6 +855,20 @@ static int n_conns(const struct peer_run *r) {
 
 static void xfer_event(void *user, const np_xfer_event *ev) {
   struct peer_run *r = user;
+  if (ev->kind == NP_XFER_EV_OFFER) {
+    /* Who sends what is shown before anything is written, also when the
+     * sender is trusted (--accept-from) and the offer is taken at once. */
+    for (int i = 0; i < MAX_CONNS; i++) {
+      struct conn *c = &r->conns[i];
+      if (c->used && c->is_xfer && c->x && np_xfer_get_state(c->x) == NP_XFER_OFFERED) {
+        char id[NP_PEER_ID_LEN + 1];
+        np_peer_id_format(r->peer, id);
+        np_progress_offer(r->progress, id, c->x);
+        break;
+      }
+    }
+    return;
+  }
   np_progress_xfer_event(r->progress, ev, mono_ms());
   if (ev->kind == NP_XFER_EV_END) {
     if (ev->file->status == NP_XFER_FILE_OK)
@@ -827,11 +885,11 @@ static int start_xfer(struct peer_run *r, struct conn *c, int64_t id, bool first
   c->stream = id;
   int rc;
   if (!r->o->listen) {
-    np_xfer_send_config sc = {.paths = (const char *const *)r->o->files,
-                              .count = (size_t)r->o->n_files,
-                              .on_event = xfer_event,
-                              .user = r};
-    rc = np_xfer_sender_new(&sc, &c->x, err, sizeof err);
+    /* One offer per run: a caller has one session. */
+    c->x = r->outgoing;
+    r->outgoing = NULL;
+    rc = c->x ? 0 : NP_ERR_INVAL;
+    snprintf(err, sizeof err, "the files were offered already");
   } else {
     bool trusted = false;
     for (int i = 0; i < r->o->n_accept_from; i++)
@@ -859,9 +917,6 @@ static int start_xfer(struct peer_run *r, struct conn *c, int64_t id, bool first
 
 /* The user's answer to "Accept?" (receive without --accept-from). */
 static void ask_user(struct peer_run *r, struct conn *c) {
-  char id[NP_PEER_ID_LEN + 1];
-  np_peer_id_format(r->peer, id);
-  np_progress_offer(r->progress, id, c->x);
   if (!isatty(STDIN_FILENO)) {
     emit_simple(r->o, "refused",
                 "no terminal to ask, and the sender is not in --accept-from: offer refused");
@@ -879,6 +934,9 @@ static void answer_user(struct peer_run *r) {
   ssize_t n = read(STDIN_FILENO, line, sizeof line - 1);
   struct conn *c = &r->conns[r->ask_conn];
   r->asking = false;
+  /* The terminal echoed the answer's newline; a log file did not. */
+  if (!isatty(STDERR_FILENO))
+    fputc('\n', stderr);
   if (!c->used || !c->is_xfer)
     return;
   bool yes = n > 0 && (line[0] == 'y' || line[0] == 'Y');
@@ -902,10 +960,27 @@ static bool run_xfer(struct peer_run *r, struct conn *c) {
       } else if (n == 0) {
         (void)np_xfer_input_eof(c->x);
         c->peer_eof = any = true;
+      } else if (n != NP_ERR_AGAIN && r->closing) {
+        c->peer_eof = true; /* xfer_interrupted says why, with the session's reason */
       } else if (n != NP_ERR_AGAIN) {
-        np_xfer_cancel(c->x);
+        if (np_xfer_get_state(c->x) != NP_XFER_FAILED && !c->reported) {
+          /* A listener that serves no files resets the stream at once. */
+          emit_simple(r->o, "failed",
+                      np_xfer_get_state(c->x) == NP_XFER_DONE
+                          ? "the peer reset the transfer stream after the transfer"
+                          : "the peer reset the transfer stream (is it running `natpunch "
+                            "receive`? a `listen` takes no files)");
+          c->reported = true;
+        }
+        if (np_xfer_get_state(c->x) != NP_XFER_DONE) /* a finished transfer stays so */
+          np_xfer_cancel(c->x);
         c->peer_eof = any = true;
       }
+    }
+    const char *why;
+    if (np_xfer_error(c->x, &why) != 0 && !c->reported) {
+      emit_simple(r->o, "failed", why);
+      c->reported = true;
     }
     if (np_xfer_get_state(c->x) == NP_XFER_OFFERED && !r->asking && r->o->listen)
       ask_user(r, c);
@@ -966,6 +1041,7 @@ static int open_stream(struct peer_run *r, int in_fd, int out_fd, bool sockets) 
 
 static void on_connected(struct peer_run *r) {
   r->connected = true;
+  r->closing = false;
   r->summarized = false;
   r->session_ok = false;
   r->svc_sent = r->svc_read = 0;
@@ -1171,12 +1247,14 @@ static void on_event(struct peer_run *r, const np_agent_event *ev) {
     break;
   case NP_AGENT_CLOSED: {
     /* What arrived before the close is still readable: deliver it. */
+    r->closing = true;
     for (int i = 0; i < MAX_CONNS; i++) {
       struct conn *c = &r->conns[i];
       if (!c->used || c->awaiting_svc)
         continue;
       for (int k = 0; k < 64 && (c->is_xfer ? run_xfer(r, c) : pump_run(&c->p, r->agent)); k++)
         ;
+      xfer_interrupted(r, c, ev->reason);
     }
     const char *cause = ev->error == NP_ERR_CANCELLED ? "abort"
                         : ev->error == NP_ERR_TIMEOUT ? "vanished"
@@ -1339,6 +1417,26 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
   }
   if (o->mode == MODE_SEND || o->mode == MODE_RECEIVE)
     run.progress = np_progress_new(stderr, np_progress_pick(stderr, o->json));
+  if (o->mode == MODE_SEND) {
+    /* Before the call: a FILE that cannot be sent is the command line's
+     * fault (exit 2), and the session does not idle while files are read. */
+    char err[PATH_MAX + 300];
+    np_xfer_send_config sc = {.paths = (const char *const *)o->files,
+                              .count = (size_t)o->n_files,
+                              .on_event = xfer_event,
+                              .user = &run};
+    rc = np_xfer_sender_new(&sc, &run.outgoing, err, sizeof err);
+    if (rc != 0) {
+      np_identity_free(id);
+      np_progress_free(run.progress);
+      close(sfd);
+      if (rc == NP_ERR_NOMEM) {
+        emit_simple(o, "failed", "out of memory");
+        return CLI_EXIT_FAIL;
+      }
+      return cli_usage_error(o->cmd, "%s", err);
+    }
+  }
 
   np_agent_config cfg = {
       .identity = id,
@@ -1362,6 +1460,7 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
     snprintf(reason, sizeof reason, "cannot start: %s", np_strerror(rc));
     emit_simple(o, "failed", reason);
     np_identity_free(id);
+    np_xfer_free(run.outgoing);
     np_progress_free(run.progress);
     if (run.listen_fd >= 0)
       close(run.listen_fd);
@@ -1440,6 +1539,7 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
     conn_free(&run, &run.conns[i]);
   restore_stdin();
   np_agent_free(run.agent); /* says goodbye to the peer, deletes the port mapping */
+  np_xfer_free(run.outgoing);
   np_progress_free(run.progress);
   if (run.listen_fd >= 0)
     close(run.listen_fd);

@@ -223,7 +223,12 @@ void np_progress_end(np_progress *p, const char *name, uint64_t size,
   if (p->mode == NP_PROGRESS_JSON) {
     fputs("{\"event\":\"file\",\"name\":", p->out);
     json_str(p->out, name);
-    fprintf(p->out, ",\"size\":%llu,\"sha256\":", (unsigned long long)size);
+    fprintf(p->out, ",\"size\":%llu,", (unsigned long long)size);
+    /* Where the data started (> 0: resumed) and how long it took. */
+    if (was_active)
+      fprintf(p->out, "\"offset\":%llu,\"elapsed_ms\":%lld,", (unsigned long long)p->offset,
+              (long long)(now_ms - p->start_ms));
+    fputs("\"sha256\":", p->out);
     if (sha256)
       json_str(p->out, hex);
     else
@@ -288,6 +293,7 @@ void np_progress_xfer_event(np_progress *p, const np_xfer_event *ev, int64_t now
       detail = "the checksum differs; nothing was kept";
       break;
     default:
+      detail = ev->reason;
       break;
     }
     np_progress_end(p, f->name, f->size, f->sha256, status, detail, now_ms);

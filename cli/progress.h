@@ -48,7 +48,9 @@ void np_progress_update(np_progress *p, uint64_t bytes, int64_t now_ms);
 
 /* A file is finished: status is "ok", "resumed", "refused", "mismatch" or
  * "failed"; sha256 may be NULL; detail (may be NULL) is a sentence such as
- * a refusal's reason. Also for a file that never started (refused). */
+ * a refusal's reason (JSON: "reason"). Also for a file that never started
+ * (refused). In JSON, a file that started also gets "offset" (where its
+ * data began: > 0 for a resume) and "elapsed_ms" (since its start). */
 void np_progress_end(np_progress *p, const char *name, uint64_t size,
                      const uint8_t sha256[NP_XFER_SHA256_LEN], const char *status,
                      const char *detail, int64_t now_ms);

@@ -147,6 +147,10 @@ static void emit(np_xfer *x, np_xfer_event_kind kind, size_t i) {
   if (!x->on_event)
     return;
   np_xfer_event ev = {.kind = kind, .index = i, .file = i < x->count ? &x->files[i].pub : NULL};
+  if (kind == NP_XFER_EV_END && ev.file && ev.file->status == NP_XFER_FILE_FAILED)
+    ev.reason = x->state == NP_XFER_FAILED ? x->errmsg
+                : x->sender ? "the receiver could not write the file"
+                            : "writing the file failed";
   x->on_event(x->user, &ev);
 }
 
@@ -242,8 +246,11 @@ static void check_done(np_xfer *x) {
     if (!terminal(x->files[i].pub.status))
       return;
   x->state = NP_XFER_DONE;
-  if (!x->sender)
-    x->out_done = true;
+  /* Every file resolved: the sender's END frames were all queued before
+   * their verdicts, and a refused file has nothing to send, so neither side
+   * has more to say. (A sender whose files were all refused never reaches
+   * sender_pump's end, and without this never half-closed.) */
+  x->out_done = true;
 }
 
 /* Copies a received name into a printable, NUL-terminated form. */
@@ -983,6 +990,12 @@ size_t np_xfer_output(np_xfer *x, uint8_t *buf, size_t cap, bool *fin) {
 
 void np_xfer_cancel(np_xfer *x) {
   fail(x, NP_ERR_CANCELLED, NP_XFER_ABORT_CANCELLED, "cancelled");
+}
+
+void np_xfer_interrupt(np_xfer *x, const char *why) {
+  if (x->state == NP_XFER_DONE || x->state == NP_XFER_FAILED)
+    return;
+  fail(x, NP_ERR_CANCELLED, 0, "%s", why);
 }
 
 np_xfer_state np_xfer_get_state(const np_xfer *x) {

@@ -121,6 +121,9 @@ typedef struct np_xfer_event {
   np_xfer_event_kind kind;
   size_t index;             /* START/PROGRESS/END: the file; OFFER: 0 */
   const np_xfer_file *file; /* START/PROGRESS/END: the file; valid during the call */
+  /* END of a FAILED file: why (the transfer's error, or the receiver's
+   * write error), else NULL; valid during the call */
+  const char *reason;
 } np_xfer_event;
 
 /* Called from inside np_xfer_input/np_xfer_output/np_xfer_accept_all when
@@ -208,6 +211,13 @@ int np_xfer_refuse(np_xfer *x);
 /* Stops the transfer on this side: queues ABORT (CANCELLED) and becomes
  * FAILED. A receiver keeps its .part files for a later resume. */
 void np_xfer_cancel(np_xfer *x);
+
+/* Stops the transfer because its stream or session ended under it (no
+ * ABORT is queued: nobody would read it): the machine becomes FAILED with
+ * why (NUL-terminated, cut to fit) as its error (NP_ERR_CANCELLED), and
+ * the files in flight end FAILED with that reason. A receiver keeps its
+ * .part files for a later resume. Nothing happens after DONE or FAILED. */
+void np_xfer_interrupt(np_xfer *x, const char *why);
 
 /* The machine's state (see np_xfer_state). */
 np_xfer_state np_xfer_get_state(const np_xfer *x);

@@ -489,9 +489,23 @@ static void on_rdv_offer(void *user, const np_sig_msg *offer) {
 static void on_rdv_answer(void *user, const np_sig_msg *answer) {
   np_agent *a = user;
   if (a->callee || a->st != S_OFFERED ||
-      memcmp(answer->session, a->session, NP_SIG_SESSION_LEN) != 0 ||
-      memcmp(answer->from, a->peer, NP_PUBKEY_LEN) != 0)
+      memcmp(answer->session, a->session, NP_SIG_SESSION_LEN) != 0)
     return;
+  if (memcmp(answer->from, a->peer, NP_PUBKEY_LEN) != 0) {
+    /* Our session number went only to the peer called, through the server:
+     * an answer to it signed by anyone else is the server (or its path)
+     * playing man in the middle. Waiting on would only end in a timeout
+     * that hides this; the call cannot be trusted any more. */
+    char who[NP_PEER_ID_LEN + 1], reason[160];
+    np_peer_id_format(answer->from, who);
+    snprintf(reason, sizeof reason,
+             "forged answer: signed by another key (%.8s...), not by the peer called; the "
+             "rendezvous server or its path is tampering; call abandoned",
+             who);
+    NP_LOGW(&a->log, "agent: %s", reason);
+    session_fail(a, NP_ERR_AUTH, reason);
+    return;
+  }
   if (answer->error_code != 0) {
     char reason[NP_SIG_MAX_TEXT + 40];
     /* The peer's own words are cut short: the event's reason holds 160. */
@@ -514,6 +528,22 @@ static void on_rdv_answer(void *user, const np_sig_msg *answer) {
   if (rc != 0)
     NP_LOGW(&a->log, "agent: cannot send READY (%s); the callee falls back on its timer",
             np_strerror(rc));
+}
+
+/* A signed message to us failed its signature check (rendezvous_client.h:
+ * nothing in it is authenticated). An answer for our call claiming to be
+ * from the peer called ends the call with that reason, rather than a
+ * timeout that says nothing. Its session number is taken on trust only to
+ * pick the call: whoever knows it could equally stop the call by cutting
+ * the server's TCP connection. */
+static void on_rdv_forged(void *user, const np_sig_msg *m) {
+  np_agent *a = user;
+  if (m->type != NP_SIG_ANSWER || a->callee || a->st != S_OFFERED ||
+      memcmp(m->session, a->session, NP_SIG_SESSION_LEN) != 0)
+    return;
+  session_fail(a, NP_ERR_AUTH,
+               "forged answer: its signature is not the called peer's (the rendezvous server or "
+               "its path altered it); call abandoned");
 }
 
 static void on_rdv_ready(void *user, const np_sig_msg *ready) {
@@ -695,6 +725,7 @@ int np__agent_new_clocked(const np_agent_config *cfg, np_loop_clock_fn clock, vo
       .on_offer = on_rdv_offer,
       .on_answer = on_rdv_answer,
       .on_ready = on_rdv_ready,
+      .on_forged = on_rdv_forged,
       .on_error = on_rdv_error,
       .user = a,
       .log = cfg->log,

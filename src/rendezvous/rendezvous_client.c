@@ -484,6 +484,8 @@ static void on_signed(np_rdv_client *c, const uint8_t *body, size_t len) {
   if (np__sig_verify(body, len, m) != 0) {
     NP_LOGW(&c->lg, "rdv %.8s: dropped %s claiming to be from %.8s: bad signature", c->peer_id,
             what, from);
+    if (c->cfg.on_forged && memcmp(m->to, c->pubkey, NP_PUBKEY_LEN) == 0)
+      c->cfg.on_forged(c->cfg.user, m);
     return;
   }
   /* A signed message for someone else, replayed to us by the server or a

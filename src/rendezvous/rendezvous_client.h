@@ -40,6 +40,12 @@ typedef struct np_rdv_client_config {
   void (*on_offer)(void *user, const np_sig_msg *offer);   /* signature verified */
   void (*on_answer)(void *user, const np_sig_msg *answer); /* signature verified */
   void (*on_ready)(void *user, const np_sig_msg *ready);   /* signature verified */
+  /* A signed OFFER/ANSWER/READY addressed to us that was dropped because
+   * its signature does not verify under the key its FROM names: forged or
+   * altered on the way (the server relays; it cannot sign for a peer).
+   * None of m's fields is authenticated: it is for telling the user why a
+   * call cannot go on, never for acting on its content. May be NULL. */
+  void (*on_forged)(void *user, const np_sig_msg *m);
   /* A server ERROR (e.g. 404 for an offer to an unknown peer, 403 refused,
    * 409 our ID taken, 425 our clock off), only when authenticated by the
    * connection's MAC; session is NULL when it is not about a session. */

@@ -5,8 +5,13 @@
  * with a bad signature, to another peer, or (offers) from a caller outside
  * the allow list; it must notice a silent server within two keepalive
  * intervals, back off exponentially with jitter, yield after a 409, and
- * survive malformed and split frames. Loopback only; every wait is the
- * shared poll loop with a deadline.
+ * survive malformed and split frames. And, with a calling agent (the
+ * public API) behind the fake as a man in the middle: a forged answer ends
+ * the call at once with an authentication error and no session, and a
+ * redirection to a third agent by someone who can sign as the callee gets
+ * through the signaling and the punch but stops at the QUIC handshake with
+ * a key mismatch. Loopback only; every wait is a poll loop with a
+ * deadline.
  */
 #include "rdv_test_util.h"
 
@@ -18,6 +23,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -557,6 +563,380 @@ static void test_fake_forged_errors(void **state) {
   rdv_peer_free(b);
 }
 
+/* ---- an agent behind a man-in-the-middle server ---------------------------- */
+
+/* A calling agent (the public API) whose rendezvous server is the fake, and
+ * what it reported. */
+typedef struct mitm {
+  np_agent *agent;
+  np_identity *id;
+  uint8_t pk[NP_PUBKEY_LEN];
+  fake *f;
+  int connected, failed;
+  int error;
+  char reason[160];
+} mitm;
+
+/* One turn of the agents' loops (and of nothing else: the fakes are read
+ * by the callers with rdv_raw_take). */
+static void mitm_step_all(mitm **xs, int n) {
+  struct pollfd pfd[4];
+  nfds_t np = 0;
+  int t = 10;
+  assert_true(n <= 2);
+  for (int i = 0; i < n; i++) {
+    pfd[np++] = (struct pollfd){np_agent_fd(xs[i]->agent), POLLIN, 0};
+    if (xs[i]->f->conn.fd >= 0)
+      pfd[np++] = (struct pollfd){xs[i]->f->conn.fd, POLLIN, 0};
+    int ti = np_agent_timeout(xs[i]->agent);
+    if (ti >= 0 && ti < t)
+      t = ti;
+  }
+  int rc = poll(pfd, np, t);
+  assert_true(rc >= 0 || errno == EINTR);
+  for (int i = 0; i < n; i++) {
+    mitm *x = xs[i];
+    assert_int_equal(np_agent_process(x->agent), 0);
+    np_agent_event ev;
+    while (np_agent_next_event(x->agent, &ev)) {
+      if (ev.type == NP_AGENT_CONNECTED)
+        x->connected++;
+      if (ev.type == NP_AGENT_FAILED) {
+        x->failed++;
+        x->error = ev.error;
+        snprintf(x->reason, sizeof x->reason, "%s", ev.reason);
+      }
+    }
+  }
+}
+
+static void mitm_step(mitm *x) {
+  mitm_step_all(&x, 1);
+}
+
+/* Runs the agent until the fake got a frame from it (true) or timeout_ms
+ * passed. */
+static bool mitm_frame(mitm *x, int timeout_ms) {
+  int64_t deadline = rdv_now() + timeout_ms;
+  memset(&x->f->conn.msg, 0, sizeof x->f->conn.msg);
+  while (rdv_now() < deadline) {
+    if (x->f->conn.fd >= 0 && !x->f->conn.closed && rdv_raw_take(&x->f->conn))
+      return true;
+    mitm_step(x);
+  }
+  return false;
+}
+
+/* Runs the agent until it failed (true) or timeout_ms passed. */
+static bool mitm_until_failed(mitm *x, int timeout_ms) {
+  int64_t deadline = rdv_now() + timeout_ms;
+  while (rdv_now() < deadline && x->failed == 0)
+    mitm_step(x);
+  return x->failed > 0;
+}
+
+/* The agent on loopback only (its socket on 127.0.0.1, no discovery, no
+ * port mapping), registered with the fake; the traversal gives up after
+ * 10 s, far longer than any check below waits. */
+/* The agents' warnings (and with NP_TEST_VERBOSE set, every step) on
+ * stderr, named by role. */
+static void mitm_log(void *user, enum np_log_level level, const char *msg) {
+  fprintf(stderr, "  [%s %s] %s\n", (const char *)user, level == NP_LOG_DEBUG ? "D" : "W", msg);
+}
+
+static void mitm_start(mitm *x, fake *f, bool listen) {
+  memset(x, 0, sizeof *x);
+  x->f = f;
+  assert_int_equal(np_identity_generate(&x->id), 0);
+  np_identity_public_key(x->id, x->pk);
+  np_agent_config cfg = {
+      .identity = x->id,
+      .rendezvous = f->addr,
+      .session_timeout_ms = 10000,
+      .listen = listen,
+      .no_portmap = true,
+      .bind = rdv_addr("127.0.0.1"),
+      .log = mitm_log,
+      .log_user = listen ? "callee" : "caller",
+      .log_level = getenv("NP_TEST_VERBOSE") ? NP_LOG_DEBUG : NP_LOG_WARN,
+  };
+  np_addr_set_port(&cfg.bind, 0); /* an ephemeral port */
+  assert_int_equal(np_agent_new(&cfg, &x->agent), 0);
+  int64_t deadline = rdv_now() + RDV_WAIT_MS;
+  while (rdv_now() < deadline && !accept_cond(f))
+    mitm_step(x);
+  assert_true(f->conn.fd >= 0);
+  /* The server's side of the handshake, as fake_register plays it. */
+  assert_true(mitm_frame(x, RDV_WAIT_MS));
+  assert_int_equal(f->conn.msg.type, NP_SIG_HELLO);
+  assert_memory_equal(f->conn.msg.pubkey, x->pk, NP_PUBKEY_LEN);
+  static np_sig_msg m;
+  memset(&m, 0, sizeof m);
+  m.type = NP_SIG_CHALLENGE;
+  m.has_nonce = true;
+  rdv_random(f->nonce, sizeof f->nonce);
+  memcpy(m.nonce, f->nonce, sizeof f->nonce);
+  assert_true(f->conn.msg.cand.has_kx);
+  uint8_t sk[NP_SIG_KX_LEN];
+  assert_int_equal(np__sig_kx_keypair(m.cand.kx, sk), 0);
+  assert_int_equal(np__sig_channel_key(true, m.cand.kx, sk, f->conn.msg.cand.kx, f->nonce, f->key),
+                   0);
+  m.cand.has_kx = true;
+  f->has_key = true;
+  f->seq = 0;
+  m.observed = rdv_addr("127.0.0.1:4000");
+  send_msg(f, &m);
+  assert_true(mitm_frame(x, RDV_WAIT_MS));
+  assert_int_equal(f->conn.msg.type, NP_SIG_REGISTER);
+  assert_int_equal(np__sig_verify_register(&f->conn.msg, f->nonce), 0);
+  memset(&m, 0, sizeof m);
+  m.type = NP_SIG_REGISTERED;
+  m.observed = rdv_addr("127.0.0.1:4000");
+  send_mac(f, &m);
+}
+
+static void mitm_stop(mitm *x) {
+  np_agent_free(x->agent);
+  np_identity_free(x->id);
+}
+
+/* Calls callee and returns the OFFER as the fake received it (the session
+ * number the answer must carry). */
+static void mitm_call(mitm *x, const rdv_peer *callee, uint8_t session[NP_SIG_SESSION_LEN]) {
+  x->failed = x->connected = 0;
+  x->reason[0] = '\0';
+  assert_int_equal(np_agent_connect(x->agent, callee->pk), 0);
+  for (;;) {
+    assert_true(mitm_frame(x, 5000));
+    if (x->f->conn.msg.type == NP_SIG_OFFER)
+      break;
+    assert_int_equal(x->f->conn.msg.type, NP_SIG_PONG); /* nothing else is due */
+  }
+  const np_sig_msg *o = &x->f->conn.msg;
+  assert_memory_equal(o->from, x->pk, NP_PUBKEY_LEN);
+  assert_memory_equal(o->to, callee->pk, NP_PUBKEY_LEN);
+  memcpy(session, o->session, NP_SIG_SESSION_LEN);
+}
+
+/* An ANSWER signed by 'by' (FROM = its key), to the caller, for session,
+ * with a session key and candidates on loopback only (nothing listens
+ * there: were the answer taken, probes would stay on this host). */
+static int answer_frame(const rdv_peer *by, const uint8_t to[NP_PUBKEY_LEN],
+                        const uint8_t session[NP_SIG_SESSION_LEN], uint8_t *buf, size_t cap) {
+  static np_sig_msg m;
+  memset(&m, 0, sizeof m);
+  m.type = NP_SIG_ANSWER;
+  m.has_from = m.has_to = m.has_session = m.has_timestamp = true;
+  memcpy(m.from, by->pk, NP_PUBKEY_LEN);
+  memcpy(m.to, to, NP_PUBKEY_LEN);
+  memcpy(m.session, session, NP_SIG_SESSION_LEN);
+  m.timestamp_ms = rdv_unix_ms();
+  m.cand.private_addrs[0] = rdv_addr("127.0.0.1:9");
+  m.cand.n_private = 1;
+  uint8_t sk[NP_SIG_KX_LEN];
+  assert_int_equal(np__sig_kx_keypair(m.cand.kx, sk), 0);
+  m.cand.has_kx = true;
+  int len = np__sig_encode(&m, by->id, buf, cap);
+  assert_true(len > 0);
+  np_addr seen = rdv_addr("127.0.0.1:9");
+  len = np__sig_stamp_observed(buf, (size_t)len, cap, &seen);
+  assert_true(len > 0);
+  return len;
+}
+
+/* The server as man in the middle: alice calls bob, and the server hands
+ * her an answer that mallory made and signed, (1) relabelled as bob's
+ * (FROM rewritten) and (2) under mallory's own ID. Either way the call
+ * fails at once (well before the 10 s traversal timeout) with an
+ * authentication error that says the answer was forged, nothing is
+ * punched (no READY goes back to the server) and no session comes up.
+ * (3) Bob's own answer, as a control, is taken: READY follows. */
+static void test_fake_forged_answer(void **state) {
+  (void)state;
+  fake f;
+  fake_listen(&f);
+  rdv_peer *bob = rdv_peer_new("B", NULL), *mallory = rdv_peer_new("M", NULL);
+  mitm alice;
+  mitm_start(&alice, &f, false);
+  static uint8_t buf[4096];
+  uint8_t session[NP_SIG_SESSION_LEN];
+
+  for (int round = 0; round < 2; round++) {
+    mitm_call(&alice, bob, session);
+    int len = answer_frame(mallory, alice.pk, session, buf, sizeof buf);
+    if (round == 0)
+      assert_true(rdv_patch(buf, (size_t)len, mallory->pk, bob->pk, NP_PUBKEY_LEN));
+    int64_t t0 = rdv_now();
+    rdv_raw_send(&f.conn, buf, len);
+    assert_true(mitm_until_failed(&alice, 2000));
+    print_message("forged answer (%s): failed after %lld ms: %s\n",
+                  round == 0 ? "relabelled as bob's" : "under mallory's ID",
+                  (long long)(rdv_now() - t0), alice.reason);
+    assert_int_equal(alice.error, NP_ERR_AUTH);
+    assert_non_null(strstr(alice.reason, "forged answer"));
+    if (round == 0) {
+      assert_non_null(strstr(alice.reason, "signature"));
+    } else {
+      char m_id[NP_PEER_ID_LEN + 1];
+      np_peer_id_format(mallory->pk, m_id);
+      m_id[8] = '\0';
+      assert_non_null(strstr(alice.reason, m_id)); /* names the key that signed */
+    }
+    assert_int_equal(alice.connected, 0);
+    /* No READY (nor anything else but keepalives) went to the server. */
+    int64_t until = rdv_now() + 300;
+    while (rdv_now() < until) {
+      if (rdv_raw_take(&f.conn))
+        assert_int_equal(f.conn.msg.type, NP_SIG_PONG);
+      mitm_step(&alice);
+    }
+    assert_int_equal(alice.connected, 0);
+    assert_int_equal(alice.failed, 1);
+  }
+
+  /* Control: the genuine answer is acted upon (so the two above failed for
+   * the forgery, not for the frame's shape). */
+  mitm_call(&alice, bob, session);
+  rdv_raw_send(&f.conn, buf, answer_frame(bob, alice.pk, session, buf, sizeof buf));
+  assert_true(mitm_frame(&alice, RDV_WAIT_MS));
+  assert_int_equal(f.conn.msg.type, NP_SIG_READY);
+  assert_memory_equal(f.conn.msg.to, bob->pk, NP_PUBKEY_LEN);
+  assert_memory_equal(f.conn.msg.session, session, NP_SIG_SESSION_LEN);
+  assert_int_equal(alice.failed, 0);
+
+  mitm_stop(&alice);
+  fake_close(&f);
+  rdv_peer_free(bob);
+  rdv_peer_free(mallory);
+}
+
+/* Runs both agents until the fake 'on' got a frame (true) or timeout_ms
+ * passed. */
+static bool mitm2_frame(mitm **xs, fake *on, int timeout_ms) {
+  int64_t deadline = rdv_now() + timeout_ms;
+  memset(&on->conn.msg, 0, sizeof on->conn.msg);
+  while (rdv_now() < deadline) {
+    if (!on->conn.closed && rdv_raw_take(&on->conn))
+      return true;
+    mitm_step_all(xs, 2);
+  }
+  return false;
+}
+
+/* msg (as decoded from one peer) re-addressed FROM by, TO to, signed by
+ * by's key, with the server's OBSERVED stamp 'observed'. */
+static int relabel_frame(const np_sig_msg *msg, const rdv_peer *by, const uint8_t to[NP_PUBKEY_LEN],
+                         const np_addr *observed, uint8_t *buf, size_t cap) {
+  static np_sig_msg m;
+  m = *msg;
+  memcpy(m.from, by->pk, NP_PUBKEY_LEN);
+  memcpy(m.to, to, NP_PUBKEY_LEN);
+  memset(&m.observed, 0, sizeof m.observed);
+  m.has_signature = false;
+  /* Both agents' sockets are bound to 127.0.0.1, but they offer the
+   * host's interface address with that port: the relay offers 127.0.0.1
+   * instead, as host and as mapped address (no NAT), which is where the
+   * punch then probes (nothing leaves loopback). */
+  if (m.cand.n_private > 0) {
+    np_addr lo = rdv_addr("127.0.0.1");
+    np_addr_set_port(&lo, np_addr_port(&m.cand.private_addrs[0]));
+    m.cand.private_addrs[0] = lo;
+    m.cand.n_private = 1;
+    m.cand.mapped[0] = lo;
+    m.cand.n_mapped = 1;
+  }
+  int len = np__sig_encode(&m, by->id, buf, cap);
+  assert_true(len > 0);
+  len = np__sig_stamp_observed(buf, (size_t)len, cap, observed);
+  assert_true(len > 0);
+  return len;
+}
+
+/* Past the signaling, the session layer's own check, through the public
+ * agent API: a party that can sign as the callee P (P's key stolen, or P
+ * itself redirecting the call) sends alice's call on to a third agent,
+ * mallory, who holds her own key. The server plays both ends: to mallory it
+ * offers alice's candidates and session key under an identity X it holds,
+ * to alice it answers with mallory's candidates and session key, signed as
+ * P. The punch succeeds (both derived the same probe key), and the QUIC
+ * handshake is where it stops: alice expected P's key and got mallory's,
+ * mallory expected X's and got alice's. Both fail with the key mismatch
+ * named, and neither reports CONNECTED. */
+static void test_fake_wrong_key_handshake(void **state) {
+  (void)state;
+  fake fa, fm; /* the one server, as alice and as mallory see it */
+  fake_listen(&fa);
+  fake_listen(&fm);
+  rdv_peer *p = rdv_peer_new("P", NULL), *x = rdv_peer_new("X", NULL);
+  mitm alice, mallory;
+  mitm_start(&alice, &fa, false);
+  mitm_start(&mallory, &fm, true);
+  mitm *both[] = {&alice, &mallory};
+  static uint8_t buf[4096];
+
+  uint8_t session[NP_SIG_SESSION_LEN];
+  mitm_call(&alice, p, session);
+  static np_sig_msg offer;
+  offer = fa.conn.msg;
+  assert_true(offer.cand.has_kx && offer.cand.n_private > 0);
+  np_addr alice_at = rdv_addr("127.0.0.1");
+  np_addr_set_port(&alice_at, np_addr_port(&offer.cand.private_addrs[0]));
+  rdv_raw_send(&fm.conn, buf, relabel_frame(&offer, x, mallory.pk, &alice_at, buf, sizeof buf));
+
+  for (;;) {
+    assert_true(mitm2_frame(both, &fm, 5000));
+    if (fm.conn.msg.type == NP_SIG_ANSWER)
+      break;
+    assert_int_equal(fm.conn.msg.type, NP_SIG_PONG);
+  }
+  static np_sig_msg answer;
+  answer = fm.conn.msg;
+  assert_memory_equal(answer.from, mallory.pk, NP_PUBKEY_LEN);
+  assert_memory_equal(answer.to, x->pk, NP_PUBKEY_LEN);
+  assert_int_equal(answer.error_code, 0);
+  assert_true(answer.cand.has_kx && answer.cand.n_private > 0);
+  np_addr mallory_at = rdv_addr("127.0.0.1");
+  np_addr_set_port(&mallory_at, np_addr_port(&answer.cand.private_addrs[0]));
+  rdv_raw_send(&fa.conn, buf, relabel_frame(&answer, p, alice.pk, &mallory_at, buf, sizeof buf));
+
+  /* alice's READY goes on to mallory, as X's. */
+  for (;;) {
+    assert_true(mitm2_frame(both, &fa, RDV_WAIT_MS));
+    if (fa.conn.msg.type == NP_SIG_READY)
+      break;
+    assert_int_equal(fa.conn.msg.type, NP_SIG_PONG);
+  }
+  static np_sig_msg ready;
+  ready = fa.conn.msg;
+  rdv_raw_send(&fm.conn, buf, relabel_frame(&ready, x, mallory.pk, &alice_at, buf, sizeof buf));
+
+  int64_t t0 = rdv_now(), deadline = t0 + 8000;
+  while (rdv_now() < deadline && (alice.failed == 0 || mallory.failed == 0)) {
+    while (rdv_raw_take(&fa.conn) || rdv_raw_take(&fm.conn))
+      ; /* keepalives only */
+    mitm_step_all(both, 2);
+  }
+  print_message("alice: %s\nmallory: %s\n", alice.reason, mallory.reason);
+  assert_int_equal(alice.connected, 0);
+  assert_int_equal(mallory.connected, 0);
+  assert_int_equal(alice.failed, 1);
+  assert_int_equal(mallory.failed, 1);
+  assert_int_equal(alice.error, NP_ERR_AUTH);
+  assert_int_equal(mallory.error, NP_ERR_AUTH);
+  /* alice's reason names the key mismatch (found by her, or by mallory
+   * and sent back in CONNECTION_CLOSE). */
+  assert_non_null(strstr(alice.reason, "did not prove the key of the peer ID"));
+  assert_non_null(strstr(alice.reason, "key mismatch"));
+  assert_non_null(strstr(mallory.reason, "key mismatch"));
+
+  mitm_stop(&alice);
+  mitm_stop(&mallory);
+  fake_close(&fa);
+  fake_close(&fm);
+  rdv_peer_free(p);
+  rdv_peer_free(x);
+}
+
 static bool connects_at_least(void *arg) {
   rdv_peer *p = arg;
   return p->n_connects >= 9;
@@ -727,6 +1107,8 @@ int main(void) {
       cmocka_unit_test(test_fake_handshake_timeout),
       cmocka_unit_test(test_fake_replaced_stops),
       cmocka_unit_test(test_fake_forged_errors),
+      cmocka_unit_test(test_fake_forged_answer),
+      cmocka_unit_test(test_fake_wrong_key_handshake),
       cmocka_unit_test(test_fake_backoff_growth),
       cmocka_unit_test(test_fake_backoff_jitter),
       cmocka_unit_test(test_fake_framing),

@@ -228,6 +228,15 @@ static np_xfer *receiver_for(const char *dir, bool force, bool auto_accept, seen
   return x;
 }
 
+/* True when x has nothing more to write and would half-close now: a side
+ * that never says so leaves the peer waiting for the stream's end. */
+static bool finished(np_xfer *x) {
+  uint8_t b[1];
+  bool fin = false;
+  assert_int_equal(np_xfer_output(x, b, 0, &fin), 0);
+  return fin;
+}
+
 static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -250,6 +259,8 @@ static void one_file(void **state) {
   assert_int_equal(np_xfer_file_at(s, 0)->status, NP_XFER_FILE_OK);
   assert_int_equal(np_xfer_file_at(r, 0)->status, NP_XFER_FILE_OK);
   assert_int_equal(np_xfer_file_at(r, 0)->offset, 0);
+  assert_true(finished(s));
+  assert_true(finished(r));
   snprintf(dst, sizeof dst, "%s/photo.jpg", d->dst);
   assert_true(same_content(src, dst));
   struct stat st;
@@ -343,6 +354,22 @@ static void interrupt_and_resume(void **state) {
   assert_int_equal(np_xfer_get_state(r), NP_XFER_RUNNING);
   uint64_t had = np_xfer_file_at(r, 0)->done;
   assert_true(had > 2u * 1000 * 1000 && had < 3u * 1000 * 1000);
+  /* The session goes away: the file in flight ends FAILED with the reason
+   * given, no ABORT is queued, the .part stays. */
+  int ends = rs.ends;
+  np_xfer_interrupt(r, "the peer vanished");
+  assert_int_equal(np_xfer_get_state(r), NP_XFER_FAILED);
+  assert_int_equal(np_xfer_file_at(r, 0)->status, NP_XFER_FILE_FAILED);
+  assert_int_equal(rs.ends, ends + 1);
+  const char *why = NULL;
+  assert_int_equal(np_xfer_error(r, &why), NP_ERR_CANCELLED);
+  assert_string_equal(why, "the peer vanished");
+  bool fin = false;
+  uint8_t junk[64];
+  assert_int_equal(np_xfer_output(r, junk, sizeof junk, &fin), 0);
+  assert_true(fin);
+  np_xfer_interrupt(r, "again"); /* once only */
+  assert_int_equal(rs.ends, ends + 1);
   np_xfer_free(s);
   np_xfer_free(r);
   assert_false(exists_in(d->dst, "movie.mkv"));
@@ -465,6 +492,9 @@ static void overwrite_needs_force(void **state) {
   assert_int_equal(np_xfer_get_state(r), NP_XFER_DONE);
   assert_int_equal(np_xfer_file_at(s, 0)->status, NP_XFER_FILE_REFUSED);
   assert_int_equal(np_xfer_file_at(s, 0)->refusal, NP_XFER_REFUSE_EXISTS);
+  /* Both half-close: a sender whose only file was refused once never did. */
+  assert_true(finished(s));
+  assert_true(finished(r));
   assert_int_equal(size_of(d->dst, "report.txt"), 77);
   assert_int_equal(dir_entries(d->dst), 1);
   np_xfer_free(s);
@@ -535,6 +565,8 @@ static void offer_waits_for_decision(void **state) {
     assert_int_equal(np_xfer_file_at(s, i)->status, NP_XFER_FILE_REFUSED);
     assert_int_equal(np_xfer_file_at(s, i)->refusal, NP_XFER_REFUSE_DECLINED);
   }
+  assert_true(finished(s));
+  assert_true(finished(r));
   assert_int_equal(dir_entries(d->dst), 0);
   np_xfer_free(s);
   np_xfer_free(r);
@@ -952,6 +984,8 @@ static void progress_json(void **state) {
         assert_string_equal(name, "film.mkv");
         assert_string_equal(status, "ok");
         assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "size")), 10000000);
+        assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "offset")), 0);
+        assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "elapsed_ms")), 10000);
         const char *sha = cJSON_GetStringValue(cJSON_GetObjectItem(j, "sha256"));
         assert_non_null(sha);
         assert_int_equal(strlen(sha), 64);
