@@ -836,7 +836,8 @@ static void on_session_closed(np_agent *a) {
     return;
   char reason[160];
   if (a->st == S_SECURING) {
-    snprintf(reason, sizeof reason, "%s: %s",
+    /* The event's reason holds 160 bytes: the peer's words are cut. */
+    snprintf(reason, sizeof reason, "%s: %.50s",
              ci.key_mismatch ? "the peer did not prove the key of the peer ID (a man in the "
                                "middle, or the wrong peer): handshake refused"
                              : "the secure handshake failed",
@@ -857,7 +858,7 @@ static void on_session_closed(np_agent *a) {
     snprintf(reason, sizeof reason, "the peer aborted the session");
   } else {
     err = ci.err ? ci.err : NP_ERR_PROTO;
-    snprintf(reason, sizeof reason, "the session failed: %s",
+    snprintf(reason, sizeof reason, "the session failed: %.120s",
              ci.reason[0] ? ci.reason : np_strerror(err));
   }
   NP_LOGI(&a->log, "agent: %s", reason);
