@@ -701,6 +701,12 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
                                    "alias)");
   if (o->n_discovery == 2 && o->discovery[0].u.sa.sa_family != o->discovery[1].u.sa.sa_family)
     return cli_usage_error(o->cmd, "both --discovery servers must be IPv4, or both IPv6");
+  int fam = (o->n_discovery ? o->discovery[0] : o->rendezvous).u.sa.sa_family;
+  if (o->bind.u.sa.sa_family != 0 && o->bind.u.sa.sa_family != fam)
+    return cli_usage_error(o->cmd, "--bind is %s but the servers are %s: give an address of their "
+                                   "family",
+                           o->bind.u.sa.sa_family == AF_INET6 ? "IPv6" : "IPv4",
+                           fam == AF_INET6 ? "IPv6" : "IPv4");
   return 0;
 }
 

@@ -109,8 +109,8 @@ expect "the --keep listener goes on" 0 "$(kill -0 $listener 2>/dev/null; echo $?
 
 # --- 5 MB through connect ------------------------------------------------------
 head -c 5000000 /dev/urandom >"$tmp/big"
-transfer() { # transfer LABEL: A sends big to the --keep listener; sets rc_a, out
-  timeout 60 "$NP" connect "${common[@]}" --key "$tmp/a" --peer "$B" --timeout 10 \
+transfer() { # transfer LABEL [OPTION...]: A sends big to the listener; sets rc_a
+  timeout 60 "$NP" connect "${common[@]}" --key "$tmp/a" --peer "$B" --timeout 10 "${@:2}" \
     <"$tmp/big" >/dev/null 2>"$tmp/$1.a.log" 7>&-
   rc_a=$?
 }
@@ -125,6 +125,19 @@ ms=$(( ($(date +%s%N) - start) / 1000000 ))
 expect "5 MB: the caller exits 0" 0 "$rc_a"
 expect "5 MB: the listener exits 0" 0 "$rc_b"
 cmp -s "$tmp/big" "$tmp/big.out"; expect "5 MB arrive whole ($(wc -c <"$tmp/big.out") bytes in ${ms} ms)" 0 $?
+
+# --- --bind: the caller's socket where it was asked to be ----------------------
+bport=$(np_pick_ports 0) || np_fail "no free port"
+"$NP" listen "${common[@]}" --key "$tmp/b" </dev/null >"$tmp/bind.out" 2>"$tmp/bind.b.log" 7>&- & listener=$!; pids+=($listener)
+np_wait_log "$tmp/bind.b.log" '"event":"listening"' $listener 15 || np_fail "listener (bind) did not register"
+transfer bind --bind "127.0.0.1:$bport"
+np_wait_exit $listener 10
+expect "--bind 127.0.0.1:$bport: the caller exits 0" 0 "$rc_a"
+expect "--bind: the listener sees the caller at that port" "127.0.0.1:$bport" \
+  "$(event "$tmp/bind.b.log" connected | jq -r .remote)"
+"$NP" connect "${common[@]}" --key "$tmp/a" --peer "$B" --bind "[::1]:$bport" </dev/null >/dev/null 2>"$tmp/bind6.log"
+expect "--bind of the other family than the servers' is a usage error (exit 2)" 2 $?
+expect "  and says why" 1 "$(grep -c 'is IPv6 but the servers are IPv4' "$tmp/bind6.log")"
 
 if [ -n "${NP_TEST_NETNS:-}" ]; then
   # QUIC short-header packets (the first payload byte's top bits 01: the
