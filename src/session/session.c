@@ -52,6 +52,8 @@
 #define CLOSE_PTO_FACTOR 3
 
 #define NS_PER_MS 1000000ull
+/* The most one burst may hold (burst_limit): 4 MB per ms is 4 GB/s. */
+#define BURST_MAX (4u << 20)
 
 /* ---- byte queues ------------------------------------------------------- */
 
@@ -1023,6 +1025,22 @@ static void fall_back(np__session *s, ngtcp2_tstamp ts) {
   }
 }
 
+/* The bytes one burst may hold. ngtcp2's send quantum is what fits in 1 ms
+ * at the pacing rate, capped at 64 KB; but our clock ticks in whole
+ * milliseconds, so the next burst cannot come sooner than the next tick:
+ * with the quantum alone, the rate would stop at 64 KB per ms whatever the
+ * path can carry. A burst therefore covers one tick at the pacing rate
+ * (and at least a quantum). */
+static size_t burst_limit(np__session *s) {
+  size_t q = ngtcp2_conn_get_send_quantum(s->conn);
+  ngtcp2_conn_stat cs;
+  ngtcp2_conn_get_conn_stat(s->conn, &cs);
+  double tick = cs.pacing_rate * (double)NS_PER_MS; /* bytes per ns -> per ms */
+  if (tick > (double)BURST_MAX)
+    tick = (double)BURST_MAX;
+  return tick > (double)q ? (size_t)tick : q;
+}
+
 int np__session_send(np__session *s, uint8_t *buf, size_t cap, np__session_path *path,
                      int64_t now_ms) {
   if (!s || !buf)
@@ -1053,7 +1071,7 @@ int np__session_send(np__session *s, uint8_t *buf, size_t cap, np__session_path 
     fall_back(s, ts);
   /* Pacing: a burst is at most one send quantum, then ngtcp2 schedules the
    * next (its time shows in np__session_timeout). */
-  if (s->burst >= ngtcp2_conn_get_send_quantum(s->conn)) {
+  if (s->burst >= burst_limit(s)) {
     ngtcp2_conn_update_pkt_tx_time(s->conn, ts);
     s->burst = 0;
     return 0;
