@@ -10,6 +10,10 @@
 #include <unistd.h>
 
 #define PUMP_ROUNDS 16 /* moves per call: enough for bulk, bounded for fairness */
+/* What a pipe on stdin or stdout is grown to: with the default 64 KB, a
+ * bulk transfer wakes the process at the other end for every 64 KB (and
+ * is woken as often), which cost more CPU than the session's own work. */
+#define PIPE_SIZE (1 << 20)
 
 void pump_init(pump *p, int64_t stream, int in_fd, int out_fd, bool sockets) {
   memset(p, 0, sizeof *p);
@@ -24,6 +28,12 @@ void pump_init(pump *p, int64_t stream, int in_fd, int out_fd, bool sockets) {
     int fl = fcntl(fds[i], F_GETFL);
     if (fl >= 0)
       (void)fcntl(fds[i], F_SETFL, fl | O_NONBLOCK);
+#ifdef F_SETPIPE_SZ
+    /* Fails on what is not a pipe, and above /proc/sys/fs/pipe-max-size
+     * for an unprivileged user: then the pipe stays as it was. */
+    if (!sockets)
+      (void)fcntl(fds[i], F_SETPIPE_SZ, PIPE_SIZE);
+#endif
   }
 }
 
