@@ -7,9 +7,14 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PUMP_ROUNDS 16 /* moves per call: enough for bulk, bounded for fairness */
+/* What a pipe on stdin or stdout is grown to: with the default 64 KB, a
+ * bulk transfer wakes the process at the other end for every 64 KB (and
+ * is woken as often), which cost more CPU than the session's own work. */
+#define PIPE_SIZE (1 << 20)
 
 void pump_init(pump *p, int64_t stream, int in_fd, int out_fd, bool sockets) {
   memset(p, 0, sizeof *p);
@@ -24,6 +29,12 @@ void pump_init(pump *p, int64_t stream, int in_fd, int out_fd, bool sockets) {
     int fl = fcntl(fds[i], F_GETFL);
     if (fl >= 0)
       (void)fcntl(fds[i], F_SETFL, fl | O_NONBLOCK);
+#ifdef F_SETPIPE_SZ
+    /* Fails on what is not a pipe, and above /proc/sys/fs/pipe-max-size
+     * for an unprivileged user: then the pipe stays as it was. */
+    if (!sockets)
+      (void)fcntl(fds[i], F_SETPIPE_SZ, PIPE_SIZE);
+#endif
   }
 }
 
@@ -162,6 +173,29 @@ bool pump_run(pump *p, np_agent *a) {
     any = true;
   }
   return any;
+}
+
+bool pump_drain(pump *p, np_agent *a, int timeout_ms) {
+  struct timespec t0;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  /* Bounded in time, and in rounds should the clock stall. */
+  for (int round = 0; round < 100000; round++) {
+    while (!p->failed && move_down(p, a))
+      ;
+    if (p->failed || p->out_fd < 0 || p->out_closed)
+      return !p->failed;
+    if (p->down_len == p->down_off)
+      return false; /* the stream has no more, and no end: cut short */
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    long left = timeout_ms - ((t.tv_sec - t0.tv_sec) * 1000L + (t.tv_nsec - t0.tv_nsec) / 1000000L);
+    if (left <= 0)
+      return false;
+    struct pollfd pf = {p->out_fd, POLLOUT, 0};
+    if (poll(&pf, 1, (int)left) < 0 && errno != EINTR)
+      return false;
+  }
+  return false;
 }
 
 bool pump_done(const pump *p, const np_agent *a) {

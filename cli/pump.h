@@ -44,6 +44,15 @@ int pump_poll(const pump *p, struct pollfd *pfd);
  * something moved (so the caller loops again before sleeping). */
 bool pump_run(pump *p, np_agent *a);
 
+/* After the session closed: writes out what the stream still holds (it
+ * stays readable after a close) to out_fd, waiting for out_fd to take it
+ * (poll, at most timeout_ms in all), where pump_run would stop at the
+ * first EAGAIN of a full pipe and lose the rest: a sender's FIN is
+ * acknowledged by the peer's QUIC stack, not its reader, so the sender
+ * may close while the last megabytes still sit in our buffers. Returns
+ * true when the stream's end was written out (or there was no output). */
+bool pump_drain(pump *p, np_agent *a, int timeout_ms);
+
 /* Both directions finished: our FIN sent (and, when require_acked, the
  * peer has it), the peer's EOF written out; or the pump failed. */
 bool pump_done(const pump *p, const np_agent *a);

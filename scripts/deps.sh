@@ -16,7 +16,7 @@ case "${1:-build}" in
   build) want=("${build_pkgs[@]}") ;;
   test)  want=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
   demo)  want=("${build_pkgs[@]}" "${demo_pkgs[@]}") ;;
-  bench) want=("${build_pkgs[@]}" coturn iproute2 nftables iperf3) ;;
+  bench) want=("${build_pkgs[@]}" coturn iproute2 nftables iperf3 jq time libnetfilter-queue-dev) ;;
   *) echo "usage: $0 build|test|demo|bench" >&2; exit 2 ;;
 esac
 

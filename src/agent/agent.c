@@ -801,18 +801,43 @@ NP_EXPORT int np_agent_connect(np_agent *a, const uint8_t peer[NP_PUBKEY_LEN]) {
 
 /* Hands the session what it has to send, on its socket (a bounded batch:
  * congestion control and pacing stop it sooner; a full socket buffer is a
- * loss the session repairs). */
+ * loss the session repairs). Consecutive packets to one address go out as
+ * one train (np__path_send_train: UDP GSO, else sendmmsg) while they have
+ * the first one's size, the last one possibly shorter: one system call
+ * and one trip through the host's stack for up to NP_PATH_TRAIN_MAX of
+ * them, where a send per packet made the kernel's per-packet work the
+ * limit of a bulk transfer. */
 static void session_flush(np_agent *a, int64_t now) {
   if (!a->qs)
     return;
-  uint8_t buf[QUIC_MAX_PKT];
+  uint8_t train[NP_PATH_TRAIN_BYTES];
+  size_t len = 0, seg = 0;
+  np_addr to = {0};
   for (int i = 0; i < FLUSH_MAX; i++) {
     np__session_path path;
-    int n = np__session_send(a->qs, buf, sizeof buf, &path, now);
+    int n = np__session_send(a->qs, train + len, QUIC_MAX_PKT, &path, now);
     if (n <= 0)
       break;
-    (void)send_on(a, a->qsock, &path.remote, 0, buf, (size_t)n);
+    if (len > 0 && ((size_t)n > seg || !np_addr_equal(&path.remote, &to))) {
+      /* It does not belong to the train: the train goes, it starts the next. */
+      (void)np__path_send_train(a->path, a->qsock, &to, train, len, seg);
+      memmove(train, train + len, (size_t)n);
+      len = 0;
+    }
+    if (len == 0) {
+      seg = (size_t)n;
+      to = path.remote;
+    }
+    len += (size_t)n;
+    /* A short packet ends a train (GSO's rule), and so does a full one. */
+    if ((size_t)n < seg || len / seg >= NP_PATH_TRAIN_MAX ||
+        NP_PATH_TRAIN_BYTES - len < QUIC_MAX_PKT) {
+      (void)np__path_send_train(a->path, a->qsock, &to, train, len, seg);
+      len = 0;
+    }
   }
+  if (len > 0)
+    (void)np__path_send_train(a->path, a->qsock, &to, train, len, seg);
 }
 
 static void on_established(np_agent *a, int64_t now) {

@@ -50,8 +50,10 @@ typedef struct np_path_config {
  * ready the path reads its ICMP error queue, then a bounded batch of
  * datagrams (one busy socket cannot starve the rest of the loop:
  * level-triggered readiness calls again for what is left), each classified
- * and handed to on_datagram with the loop's time. Returns 0 or
- * NP_ERR_NOMEM. */
+ * and handed to on_datagram with the loop's time. Sockets take UDP GRO
+ * where the kernel has it (Linux 5.0): a train of equal datagrams from one
+ * sender arrives in one read and is split here, datagram by datagram.
+ * Returns 0 or NP_ERR_NOMEM. */
 int np__path_new(const np_path_config *cfg, np_path **out);
 
 /* Closes every socket and frees the path. NULL is accepted. */
@@ -85,6 +87,29 @@ void np__path_close_extra(np_path *p);
  * NP_ERR_SYS. */
 int np__path_send(np_path *p, int sock, const np_addr *to, int ttl, const void *buf,
                  size_t len);
+
+/* Most datagrams in one np__path_send_train call: the kernel's limit for
+ * one UDP GSO send (UDP_MAX_SEGMENTS). */
+#define NP_PATH_TRAIN_MAX 64
+/* Most bytes in one train: below the largest UDP payload of IPv4 (65507)
+ * and of IPv6 (65527). */
+#define NP_PATH_TRAIN_BYTES 65000
+
+/* Sends a train of datagrams to 'to' on socket 'sock': they lie back to
+ * back in buf (len bytes), each 'seg' bytes but the last, which may be
+ * shorter; at most NP_PATH_TRAIN_MAX of them and NP_PATH_TRAIN_BYTES in
+ * all. Where the kernel and the socket's device take it, this is one UDP
+ * GSO send (UDP_SEGMENT, Linux 4.18): the stack, and every router and NAT
+ * in the host, handles the train as one packet, and only the wire (or the
+ * receiving socket, unless it takes GRO) sees datagrams; else one
+ * sendmmsg. A GSO send the kernel refuses (EIO: a device without checksum
+ * offload; EINVAL, ENOPROTOOPT: no UDP GSO) switches the path to sendmmsg
+ * for good, and the train goes that way. ICMP errors are handled as
+ * np__path_send does. Returns how many datagrams the kernel took (a prefix
+ * of the train, at least 1), NP_ERR_AGAIN when it took none for a full
+ * buffer, NP_ERR_INVAL (no such socket, a malformed train) or NP_ERR_SYS. */
+int np__path_send_train(np_path *p, int sock, const np_addr *to, const uint8_t *buf, size_t len,
+                        size_t seg);
 
 /* Reads socket 'sock''s ICMP error queue to the end (bounded), reporting
  * each entry to on_icmp. */

@@ -45,7 +45,9 @@ typedef struct np__session_config {
    * mappings open and detects a vanished peer before the idle timeout. */
   int keepalive_ms;
   /* Largest UDP payload sent, bytes; 0 = 1200 (always safe on the
-   * Internet). Values below 1200 are raised to 1200 (RFC 9000 §14). */
+   * Internet), raised by path MTU discovery up to 1452 where the path
+   * carries it (datagrams stay within 1200). Values below 1200 are raised
+   * to 1200 (RFC 9000 §14); a value set turns discovery off. */
   size_t max_udp_payload;
   /* Per-stream cap on data written but not yet acknowledged, bytes;
    * 0 = 2 MiB. np__session_stream_write returns NP_ERR_AGAIN beyond it. */
@@ -144,12 +146,14 @@ int np__session_recv(np__session *s, const np_addr *local, const np_addr *from, 
                      size_t len, int64_t now_ms);
 
 /* Writes the next datagram to send into buf (cap at least 1200, better
- * max_udp_payload) and the path it must take into *path (NULL to ignore).
+ * max_udp_payload, or 1452 when it is 0 and path MTU discovery may grow
+ * packets) and the path it must take into *path (NULL to ignore).
  * Returns its length, 0 when there is nothing to send now (congestion,
  * pacing or idle: ask np__session_timeout), NP_ERR_NOSPACE for cap < 1200.
  * A session that fails while writing returns its CONNECTION_CLOSE instead.
  * Call it in a loop until it returns 0: a burst ends after one pacing
- * quantum, and the next one is due when np__session_timeout says. */
+ * quantum (at least what the pacing rate allows in one millisecond, the
+ * clock's tick), and the next one is due when np__session_timeout says. */
 int np__session_send(np__session *s, uint8_t *buf, size_t cap, np__session_path *path,
                      int64_t now_ms);
 
