@@ -46,6 +46,7 @@
 #define DEFAULT_TIMEOUT_MS 30000
 #define MAX_CONNS 256 /* streams at once (the session allows the peer 256 too) */
 #define MAX_FILES 1024
+#define CLOSE_DRAIN_MS 10000 /* after the peer's close, for stdout to take what arrived */
 /* A stream's first byte: what the caller wants of it. */
 #define SVC_PIPE 'p'
 #define SVC_FORWARD 'f'
@@ -717,6 +718,7 @@ static int parse(struct peer_opts *o, int argc, char **argv) {
  * transfer. */
 struct conn {
   bool used;
+  int index; /* in peer_run.conns */
   bool awaiting_svc; /* listener: the stream's service byte is not read yet */
   bool is_xfer;
   pump p;
@@ -738,7 +740,9 @@ struct peer_run {
   int exit_code;
   bool stdin_used; /* the pipe's stdin belongs to the first session */
   int listen_fd;   /* connect --local */
-  struct conn conns[MAX_CONNS];
+  /* Allocated as streams come (each holds its buffers); a slot whose
+   * conn is no longer used is freed by conns_sweep(). */
+  struct conn *conns[MAX_CONNS];
   int64_t connected_at;
   uint8_t peer[NP_PUBKEY_LEN];
   bool session_ok;   /* this session's work finished as it should */
@@ -810,14 +814,26 @@ static void emit_summary(struct peer_run *r) {
 
 static struct conn *conn_new(struct peer_run *r) {
   for (int i = 0; i < MAX_CONNS; i++)
-    if (!r->conns[i].used) {
-      struct conn *c = &r->conns[i];
-      memset(c, 0, sizeof *c);
+    if (!r->conns[i]) {
+      struct conn *c = calloc(1, sizeof *c);
+      if (!c)
+        return NULL;
       c->used = true;
+      c->index = i;
       c->p.in_fd = c->p.out_fd = -1;
+      r->conns[i] = c;
       return c;
     }
   return NULL;
+}
+
+/* Frees the slots of conns that are no longer used. */
+static void conns_sweep(struct peer_run *r) {
+  for (int i = 0; i < MAX_CONNS; i++)
+    if (r->conns[i] && !r->conns[i]->used) {
+      free(r->conns[i]);
+      r->conns[i] = NULL;
+    }
 }
 
 /* The session under a transfer ended (why: the agent's reason): files in
@@ -855,7 +871,7 @@ static void conn_free(struct peer_run *r, struct conn *c) {
 static int n_conns(const struct peer_run *r) {
   int n = 0;
   for (int i = 0; i < MAX_CONNS; i++)
-    n += r->conns[i].used;
+    n += r->conns[i] && r->conns[i]->used;
   return n;
 }
 
@@ -865,8 +881,8 @@ static void xfer_event(void *user, const np_xfer_event *ev) {
     /* Who sends what is shown before anything is written, also when the
      * sender is trusted (--accept-from) and the offer is taken at once. */
     for (int i = 0; i < MAX_CONNS; i++) {
-      struct conn *c = &r->conns[i];
-      if (c->used && c->is_xfer && c->x && np_xfer_get_state(c->x) == NP_XFER_OFFERED) {
+      struct conn *c = r->conns[i];
+      if (c && c->used && c->is_xfer && c->x && np_xfer_get_state(c->x) == NP_XFER_OFFERED) {
         char id[NP_PEER_ID_LEN + 1];
         np_peer_id_format(r->peer, id);
         np_progress_offer(r->progress, id, c->x);
@@ -932,18 +948,18 @@ static void ask_user(struct peer_run *r, struct conn *c) {
   fprintf(stderr, "Accept? [y/N] ");
   fflush(stderr);
   r->asking = true;
-  r->ask_conn = (int)(c - r->conns);
+  r->ask_conn = c->index;
 }
 
 static void answer_user(struct peer_run *r) {
   char line[64] = "";
   ssize_t n = read(STDIN_FILENO, line, sizeof line - 1);
-  struct conn *c = &r->conns[r->ask_conn];
+  struct conn *c = r->conns[r->ask_conn];
   r->asking = false;
   /* The terminal echoed the answer's newline; a log file did not. */
   if (!isatty(STDERR_FILENO))
     fputc('\n', stderr);
-  if (!c->used || !c->is_xfer)
+  if (!c || !c->used || !c->is_xfer)
     return;
   bool yes = n > 0 && (line[0] == 'y' || line[0] == 'Y');
   if (yes)
@@ -1092,7 +1108,7 @@ static void take_service(struct peer_run *r, struct conn *c) {
                                           : SVC_PIPE;
   bool busy = false;
   for (int i = 0; want == SVC_PIPE && i < MAX_CONNS; i++)
-    busy |= &r->conns[i] != c && r->conns[i].used && !r->conns[i].awaiting_svc;
+    busy |= r->conns[i] && r->conns[i] != c && r->conns[i]->used && !r->conns[i]->awaiting_svc;
   if ((want == SVC_FILES ? !files : !bytes) || busy) {
     char reason[200];
     if (busy)
@@ -1158,8 +1174,8 @@ static bool work_done(struct peer_run *r) {
   if (r->o->mode == MODE_FORWARD || r->o->mode == MODE_LOCAL || n_conns(r) == 0)
     return false;
   for (int i = 0; i < MAX_CONNS; i++) {
-    struct conn *c = &r->conns[i];
-    if (!c->used)
+    struct conn *c = r->conns[i];
+    if (!c || !c->used)
       continue;
     if (c->awaiting_svc)
       return false;
@@ -1174,8 +1190,8 @@ static bool work_ok(struct peer_run *r) {
   bool ok = true;
   int n = 0;
   for (int i = 0; i < MAX_CONNS; i++) {
-    struct conn *c = &r->conns[i];
-    if (!c->used)
+    struct conn *c = r->conns[i];
+    if (!c || !c->used)
       continue;
     n++;
     if (c->is_xfer)
@@ -1190,7 +1206,9 @@ static bool work_ok(struct peer_run *r) {
 static void end_session(struct peer_run *r, bool ok) {
   emit_summary(r);
   for (int i = 0; i < MAX_CONNS; i++)
-    conn_free(r, &r->conns[i]);
+    if (r->conns[i])
+      conn_free(r, r->conns[i]);
+  conns_sweep(r);
   r->connected = false;
   r->asking = false;
   r->exit_code = ok ? CLI_EXIT_OK : CLI_EXIT_FAIL;
@@ -1255,11 +1273,17 @@ static void on_event(struct peer_run *r, const np_agent_event *ev) {
     /* What arrived before the close is still readable: deliver it. */
     r->closing = true;
     for (int i = 0; i < MAX_CONNS; i++) {
-      struct conn *c = &r->conns[i];
-      if (!c->used || c->awaiting_svc)
+      struct conn *c = r->conns[i];
+      if (!c || !c->used || c->awaiting_svc)
         continue;
-      for (int k = 0; k < 64 && (c->is_xfer ? run_xfer(r, c) : pump_run(&c->p, r->agent)); k++)
-        ;
+      /* The peer may close as soon as its end is acknowledged, before all
+       * of it was written out here: a reader slow to take our stdout must
+       * not lose the tail (bounded: the session is over anyway). */
+      if (c->is_xfer)
+        for (int k = 0; k < 64 && run_xfer(r, c); k++)
+          ;
+      else
+        (void)pump_drain(&c->p, r->agent, CLOSE_DRAIN_MS);
       xfer_interrupted(r, c, ev->reason);
     }
     const char *cause = ev->error == NP_ERR_CANCELLED ? "abort"
@@ -1482,12 +1506,13 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
   stdin_flags = fcntl(STDIN_FILENO, F_GETFL);
 
   while (!run.done) {
+    conns_sweep(&run);
     /* Move what can move before sleeping, so that a wakeup is never
      * needed for work already possible. */
     bool busy = false;
     for (int i = 0; i < MAX_CONNS; i++) {
-      struct conn *c = &run.conns[i];
-      if (!c->used)
+      struct conn *c = run.conns[i];
+      if (!c || !c->used)
         continue;
       if (c->awaiting_svc)
         take_service(&run, c);
@@ -1517,8 +1542,9 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
     if (run.asking)
       pfd[n++] = (struct pollfd){STDIN_FILENO, POLLIN, 0};
     for (int i = 0; i < MAX_CONNS; i++)
-      if (run.conns[i].used && !run.conns[i].is_xfer && !run.conns[i].awaiting_svc)
-        n += (nfds_t)pump_poll(&run.conns[i].p, pfd + n);
+      if (run.conns[i] && run.conns[i]->used && !run.conns[i]->is_xfer &&
+          !run.conns[i]->awaiting_svc)
+        n += (nfds_t)pump_poll(&run.conns[i]->p, pfd + n);
     int wait = busy ? 0 : np_agent_timeout(run.agent);
     if (poll(pfd, n, wait) < 0 && errno != EINTR) {
       say(o, NP_LOG_ERROR, "poll: %s", strerror(errno));
@@ -1542,7 +1568,9 @@ static int run_peer(struct peer_opts *o, int argc, char **argv) {
       accept_streams(&run);
   }
   for (int i = 0; i < MAX_CONNS; i++)
-    conn_free(&run, &run.conns[i]);
+    if (run.conns[i])
+      conn_free(&run, run.conns[i]);
+  conns_sweep(&run);
   restore_stdin();
   np_agent_free(run.agent); /* says goodbye to the peer, deletes the port mapping */
   np_xfer_free(run.outgoing);

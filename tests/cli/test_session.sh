@@ -126,6 +126,18 @@ expect "5 MB: the caller exits 0" 0 "$rc_a"
 expect "5 MB: the listener exits 0" 0 "$rc_b"
 cmp -s "$tmp/big" "$tmp/big.out"; expect "5 MB arrive whole ($(wc -c <"$tmp/big.out") bytes in ${ms} ms)" 0 $?
 
+# --- a slow reader of the listener's stdout -----------------------------------
+# The caller is done, and closes, once the listener's QUIC stack has its
+# bytes: up to the stream window (4 MiB) plus the pipe may still be inside
+# the listener then. It must write them all out before it exits.
+"$NP" listen "${common[@]}" --key "$tmp/b" </dev/null 2>"$tmp/slow.b.log" 7>&- |
+  { sleep 1.5; cat >"$tmp/slow.out"; } & slowpipe=$!; pids+=($slowpipe)
+np_wait_log "$tmp/slow.b.log" '"event":"listening"' $slowpipe 15 || np_fail "listener (slow) did not register"
+transfer slow
+np_wait_exit $slowpipe 20
+expect "slow reader: the caller exits 0" 0 "$rc_a"
+cmp -s "$tmp/big" "$tmp/slow.out"; expect "slow reader: 5 MB arrive whole all the same ($(wc -c <"$tmp/slow.out") bytes)" 0 $?
+
 # --- --bind: the caller's socket where it was asked to be ----------------------
 bport=$(np_pick_ports 0) || np_fail "no free port"
 "$NP" listen "${common[@]}" --key "$tmp/b" </dev/null >"$tmp/bind.out" 2>"$tmp/bind.b.log" 7>&- & listener=$!; pids+=($listener)
