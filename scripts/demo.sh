@@ -127,7 +127,8 @@ show_events() { # show_events NAME LOG
     fromjson? |
     if .event == "listening" then "\($who)\tlistening as \(.id|s) (the server sees \(.observed))"
     elif .event == "call" then "\($who)\tcall from \(.from|s)"
-    elif .event == "connected" then "\($who)\tconnected: \(.path) path to \(.remote), via \(.via), \(.elapsed_ms) ms, \(.probes) probes sent"
+    elif .event == "connected" then "\($who)\tconnected: \(.path) path to \(.remote), via \(.via), \(.elapsed_ms) ms (handshake \(.secure_ms) ms), \(.probes) probes sent"
+    elif .event == "summary" then "\($who)\tsummary: sent \(.bytes_sent) B, received \(.bytes_received) B in \(.duration_ms) ms, encrypted session, rtt \(.rtt_ms) ms"
     elif .event == "failed" or .event == "closed" then "\($who)\t\(.event): \(.reason)"
     elif .event == "log" then "\($who)\t\(.level): \(.message)"
     else "\($who)\t\(.)" end' "$2" 2>/dev/null | sed 's/^/    /' | expand -t 12
