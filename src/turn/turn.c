@@ -718,6 +718,13 @@ int np__turn_bind(np__turn *t, const np_addr *peer) {
   }
   if (!free_slot)
     return NP_ERR_NOSPACE;
+  /* The permission a ChannelBind installs lasts 300 s, the channel 600 s
+   * (RFC 8656 §12: "permissions need to be refreshed independently of
+   * channel bindings"), so the IP also gets a permission of its own, which
+   * CreatePermission keeps alive every 240 s. */
+  int rc = np__turn_permit(t, peer);
+  if (rc != 0)
+    return rc;
   memset(free_slot, 0, sizeof *free_slot);
   free_slot->st = SLOT_PENDING;
   free_slot->peer = *peer;

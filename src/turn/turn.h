@@ -167,10 +167,12 @@ int np__turn_permit(np__turn *t, const np_addr *peer);
 /* True when the server confirmed a permission for peer's IP. */
 bool np__turn_permitted(const np__turn *t, const np_addr *peer);
 
-/* Binds a channel to peer (IP and port) and keeps it refreshed; also
- * installs the permission for its IP (RFC 8656 §11.2 does that on the
- * server). Sent once READY. Idempotent. Returns 0, NP_ERR_INVAL or
- * NP_ERR_NOSPACE (NP_TURN_MAX_CHANNELS reached). */
+/* Binds a channel to peer (IP and port) and keeps it refreshed; also asks
+ * for a permission for its IP (np__turn_permit), since the one a
+ * ChannelBind installs on the server outlives neither 300 s nor the
+ * channel. Sent once READY. Idempotent. Returns 0, NP_ERR_INVAL or
+ * NP_ERR_NOSPACE (NP_TURN_MAX_CHANNELS or NP_TURN_MAX_PERMISSIONS
+ * reached). */
 int np__turn_bind(np__turn *t, const np_addr *peer);
 
 /* The channel number bound to peer and confirmed by the server, or 0. */

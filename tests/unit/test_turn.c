@@ -501,7 +501,9 @@ static void test_channel_bind_and_refresh(void **state) {
   assert_int_equal(np__turn_channel(r.t, &peer), 0);
   assert_int_equal(np__turn_bind(r.t, &peer), 0);
   assert_int_equal(np__turn_bind(r.t, &peer2), 0);
-  assert_int_equal(pump(&r), 2);
+  /* Two ChannelBinds and one CreatePermission for their common IP. */
+  assert_int_equal(pump(&r), 3);
+  assert_int_equal(r.f.n_perm, 1);
   uint16_t c1 = np__turn_channel(r.t, &peer), c2 = np__turn_channel(r.t, &peer2);
   assert_true(c1 >= NP_TURN_CHANNEL_MIN && c1 <= NP_TURN_CHANNEL_MAX);
   assert_true(c2 >= NP_TURN_CHANNEL_MIN && c2 <= NP_TURN_CHANNEL_MAX);
@@ -511,8 +513,19 @@ static void test_channel_bind_and_refresh(void **state) {
   /* The binding installs the permission for the IP. */
   assert_true(np__turn_permitted(r.t, &peer));
   int64_t bound = r.now;
-  r.now = bound + 539999;
   unsigned before = r.f.n_bind;
+  /* The permission the binding installed lasts 300 s on the server, the
+   * channel 600 s: the permission is refreshed on its own at 240 s. */
+  r.now = bound + 239999;
+  assert_int_equal(pump(&r), 0);
+  r.now = bound + 240000;
+  assert_int_equal(pump(&r), 1);
+  assert_int_equal(r.f.n_perm, 2);
+  assert_int_equal(r.f.n_bind, before);
+  r.now = bound + 480000;
+  assert_int_equal(pump(&r), 1);
+  assert_int_equal(r.f.n_perm, 3);
+  r.now = bound + 539999;
   /* The allocation refresh (at 540 s too) is not due yet either. */
   assert_int_equal(pump(&r), 0);
   r.now = bound + 540000;
