@@ -190,8 +190,8 @@ static void op_answer(struct run *r, struct cursor *c) {
 
 static void op_api(struct run *r, struct cursor *c) {
   uint8_t what = u8(c), which = u8(c);
-  const np_addr peers[] = {v4("192.0.2.50", 9000), v4("192.0.2.50", 9001),
-                           v4("198.51.100.9", 53), v6("2001:db8::5", 443)};
+  const np_addr peers[] = {v4("192.0.2.50", 9000), v4("192.0.2.50", 9001), v4("198.51.100.9", 53),
+                           v6("2001:db8::5", 443)};
   const np_addr *peer = &peers[which % 4];
   uint8_t out[NP_TURN_MAX_DATAGRAM];
   uint8_t payload[64];

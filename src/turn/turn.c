@@ -112,11 +112,16 @@ static void default_random(void *user, uint8_t *buf, size_t len) {
 
 const char *np__turn_state_name(enum np__turn_state s) {
   switch (s) {
-  case NP_TURN_ALLOCATING: return "allocating";
-  case NP_TURN_READY: return "ready";
-  case NP_TURN_CLOSING: return "closing";
-  case NP_TURN_CLOSED: return "closed";
-  case NP_TURN_FAILED: return "failed";
+  case NP_TURN_ALLOCATING:
+    return "allocating";
+  case NP_TURN_READY:
+    return "ready";
+  case NP_TURN_CLOSING:
+    return "closing";
+  case NP_TURN_CLOSED:
+    return "closed";
+  case NP_TURN_FAILED:
+    return "failed";
   }
   return "?";
 }
@@ -214,9 +219,12 @@ static bool addr_ok(const np_addr *a) {
 /* The method of the request x stands for. */
 static uint16_t txn_method(const np__turn *t, const txn *x) {
   switch (x->kind) {
-  case KIND_PERM: return NP_TURN_CREATE_PERMISSION;
-  case KIND_CHAN: return NP_TURN_CHANNEL_BIND;
-  default: return t->state == NP_TURN_ALLOCATING ? NP_TURN_ALLOCATE : NP_TURN_REFRESH;
+  case KIND_PERM:
+    return NP_TURN_CREATE_PERMISSION;
+  case KIND_CHAN:
+    return NP_TURN_CHANNEL_BIND;
+  default:
+    return t->state == NP_TURN_ALLOCATING ? NP_TURN_ALLOCATE : NP_TURN_REFRESH;
   }
 }
 
@@ -347,7 +355,9 @@ bool np__turn_next(np__turn *t, int64_t now, np__turn_datagram *out) {
   return false;
 }
 
-static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t min64(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
 
 int64_t np__turn_timeout(const np__turn *t) {
   if (!t)
@@ -418,7 +428,8 @@ static bool learn_auth(np__turn *t, const np_stun_msg *m) {
 
 static void record_error(np__turn *t, const np_stun_msg *m) {
   t->error_code = m->error_code;
-  size_t n = m->reason_len < sizeof t->error_reason - 1 ? m->reason_len : sizeof t->error_reason - 1;
+  size_t n =
+      m->reason_len < sizeof t->error_reason - 1 ? m->reason_len : sizeof t->error_reason - 1;
   if (n)
     memcpy(t->error_reason, m->reason, n);
   t->error_reason[n] = '\0';
@@ -555,8 +566,7 @@ static bool permitted_ip(const np__turn *t, const np_addr *ip) {
   return false;
 }
 
-static bool input_channel_data(np__turn *t, const uint8_t *buf, size_t len,
-                               np__turn_recv *out) {
+static bool input_channel_data(np__turn *t, const uint8_t *buf, size_t len, np__turn_recv *out) {
   /*
    *  0                   1                   2                   3
    *  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
@@ -590,8 +600,7 @@ static bool input_channel_data(np__turn *t, const uint8_t *buf, size_t len,
   return true;
 }
 
-static void input_data_indication(np__turn *t, const uint8_t *buf, size_t len,
-                                  np__turn_recv *out) {
+static void input_data_indication(np__turn *t, const uint8_t *buf, size_t len, np__turn_recv *out) {
   const uint8_t *v, *d;
   size_t vl, dl;
   np_addr peer;
@@ -611,8 +620,7 @@ static void input_data_indication(np__turn *t, const uint8_t *buf, size_t len,
   }
 }
 
-bool np__turn_input(np__turn *t, int64_t now, const uint8_t *buf, size_t len,
-                    np__turn_recv *out) {
+bool np__turn_input(np__turn *t, int64_t now, const uint8_t *buf, size_t len, np__turn_recv *out) {
   if (out)
     memset(out, 0, sizeof *out);
   if (!t || !buf || len == 0)
@@ -669,11 +677,17 @@ const np_addr *np__turn_mapped(const np__turn *t) {
   return t && t->have_mapped ? &t->mapped : NULL;
 }
 
-int np__turn_error(const np__turn *t) { return t ? t->error : NP_ERR_INVAL; }
+int np__turn_error(const np__turn *t) {
+  return t ? t->error : NP_ERR_INVAL;
+}
 
-int np__turn_error_code(const np__turn *t) { return t ? t->error_code : 0; }
+int np__turn_error_code(const np__turn *t) {
+  return t ? t->error_code : 0;
+}
 
-const char *np__turn_error_reason(const np__turn *t) { return t ? t->error_reason : ""; }
+const char *np__turn_error_reason(const np__turn *t) {
+  return t ? t->error_reason : "";
+}
 
 static bool usable(const np__turn *t) {
   return t->state == NP_TURN_ALLOCATING || t->state == NP_TURN_READY;
@@ -773,8 +787,7 @@ int np__turn_send(np__turn *t, const np_addr *peer, const uint8_t *payload, size
   uint8_t txid[NP_STUN_TXID_LEN];
   t->random(t->random_user, txid, sizeof txid);
   np_stun_writer w;
-  np__stun_writer_init(&w, out, cap, NP_TURN_SEND | NP_STUN_INDICATION, NP_STUN_MAGIC_COOKIE,
-                       txid);
+  np__stun_writer_init(&w, out, cap, NP_TURN_SEND | NP_STUN_INDICATION, NP_STUN_MAGIC_COOKIE, txid);
   np__stun_put_xor_addr(&w, NP_TURN_ATTR_XOR_PEER_ADDRESS, peer);
   np__stun_put_bytes(&w, NP_TURN_ATTR_DATA, payload, len);
   return np__stun_writer_finish(&w);

@@ -82,7 +82,7 @@ typedef struct np__turn_config {
   np_addr server;       /* where datagrams from np__turn_next() go */
   const char *username; /* long-term credentials (copied) */
   const char *password;
-  uint32_t lifetime; /* requested, seconds; 0: NP_TURN_DEFAULT_LIFETIME */
+  uint32_t lifetime;   /* requested, seconds; 0: NP_TURN_DEFAULT_LIFETIME */
   np_random_fn random; /* NULL: the kernel's CSPRNG */
   void *random_user;
   np_logger log;
@@ -130,8 +130,7 @@ bool np__turn_next(np__turn *t, int64_t now, np__turn_datagram *out);
  * A relayed application payload is returned through *out (out->has_data),
  * pointing into buf; out may be NULL to discard payloads. Responses that do
  * not match a transaction in flight, or fail MESSAGE-INTEGRITY, are ignored. */
-bool np__turn_input(np__turn *t, int64_t now, const uint8_t *buf, size_t len,
-                    np__turn_recv *out);
+bool np__turn_input(np__turn *t, int64_t now, const uint8_t *buf, size_t len, np__turn_recv *out);
 
 /* Earliest time at which np__turn_next() may have something to send or a
  * timeout to apply; INT64_MAX when nothing is pending (CLOSED, FAILED). */
@@ -184,8 +183,8 @@ uint16_t np__turn_channel(const np__turn *t, const np_addr *peer);
  * or the server has not confirmed a permission or channel for the peer yet
  * (it would drop the data), NP_ERR_INVAL or NP_ERR_NOSPACE (payload over
  * NP_TURN_MAX_PAYLOAD or cap too small). */
-int np__turn_send(np__turn *t, const np_addr *peer, const uint8_t *payload,
-                  size_t len, uint8_t *out, size_t cap);
+int np__turn_send(np__turn *t, const np_addr *peer, const uint8_t *payload, size_t len,
+                  uint8_t *out, size_t cap);
 
 /* Ends the allocation: when one is granted, the next np__turn_next() sends
  * a Refresh with LIFETIME 0 (deallocation) and the client is CLOSED when it

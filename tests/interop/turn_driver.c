@@ -116,8 +116,12 @@ static bool is_ready(np__turn *t, void *arg) {
   (void)arg;
   return np__turn_get_state(t) != NP_TURN_ALLOCATING;
 }
-static bool is_permitted(np__turn *t, void *arg) { return np__turn_permitted(t, arg); }
-static bool is_bound(np__turn *t, void *arg) { return np__turn_channel(t, arg) != 0; }
+static bool is_permitted(np__turn *t, void *arg) {
+  return np__turn_permitted(t, arg);
+}
+static bool is_bound(np__turn *t, void *arg) {
+  return np__turn_channel(t, arg) != 0;
+}
 static bool is_closed(np__turn *t, void *arg) {
   (void)arg;
   return np__turn_get_state(t) == NP_TURN_CLOSED || np__turn_get_state(t) == NP_TURN_FAILED;

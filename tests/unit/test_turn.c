@@ -29,11 +29,11 @@ struct fake {
   const char *user, *password, *realm;
   char nonce[32];
   unsigned nonce_gen;
-  bool stale_next;     /* answer the next authenticated request with 438 */
-  bool always_stale;   /* answer every authenticated request with 438 */
-  uint32_t max_life;   /* lifetime the server grants at most */
-  bool silent;         /* drop everything */
-  bool refuse_perm;    /* 403 to CreatePermission */
+  bool stale_next;   /* answer the next authenticated request with 438 */
+  bool always_stale; /* answer every authenticated request with 438 */
+  uint32_t max_life; /* lifetime the server grants at most */
+  bool silent;       /* drop everything */
+  bool refuse_perm;  /* 403 to CreatePermission */
   np_addr relayed, mapped;
   bool allocated;
   /* What came in, per method. */
@@ -144,11 +144,20 @@ static size_t fake_handle(struct fake *f, int64_t now, const uint8_t *in, size_t
   assert_int_equal(m.cls, NP_STUN_REQUEST);
   assert_true(m.present & NP_STUN_HAS_FINGERPRINT);
   switch (m.method) {
-  case NP_TURN_ALLOCATE: f->n_alloc++; break;
-  case NP_TURN_REFRESH: f->n_refresh++; break;
-  case NP_TURN_CREATE_PERMISSION: f->n_perm++; break;
-  case NP_TURN_CHANNEL_BIND: f->n_bind++; break;
-  default: fail_msg("unexpected method %u", m.method);
+  case NP_TURN_ALLOCATE:
+    f->n_alloc++;
+    break;
+  case NP_TURN_REFRESH:
+    f->n_refresh++;
+    break;
+  case NP_TURN_CREATE_PERMISSION:
+    f->n_perm++;
+    break;
+  case NP_TURN_CHANNEL_BIND:
+    f->n_bind++;
+    break;
+  default:
+    fail_msg("unexpected method %u", m.method);
   }
   /* RFC 8489 §9.2.4: no MESSAGE-INTEGRITY: 401 with REALM and NONCE. */
   if (!(m.present & NP_STUN_HAS_INTEGRITY)) {
@@ -298,7 +307,9 @@ static void rig_ready(struct rig *r) {
   assert_int_equal(np__turn_get_state(r->t), NP_TURN_READY);
 }
 
-static void rig_end(struct rig *r) { np__turn_free(r->t); }
+static void rig_end(struct rig *r) {
+  np__turn_free(r->t);
+}
 
 /* ---- tests --------------------------------------------------------------- */
 
