@@ -29,11 +29,12 @@ struct fake {
   const char *user, *password, *realm;
   char nonce[32];
   unsigned nonce_gen;
-  bool stale_next;   /* answer the next authenticated request with 438 */
-  bool always_stale; /* answer every authenticated request with 438 */
-  uint32_t max_life; /* lifetime the server grants at most */
-  bool silent;       /* drop everything */
-  bool refuse_perm;  /* 403 to CreatePermission */
+  bool stale_next;     /* answer the next authenticated request with 438 */
+  bool always_stale;   /* answer every authenticated request with 438 */
+  uint32_t max_life;   /* lifetime the server grants at most */
+  bool silent;         /* drop everything */
+  bool refuse_perm;    /* 403 to CreatePermission */
+  bool refuse_refresh; /* 437 to Refresh */
   np_addr relayed, mapped;
   bool allocated;
   /* What came in, per method. */
@@ -200,6 +201,8 @@ static size_t fake_handle(struct fake *f, int64_t now, const uint8_t *in, size_t
     break;
   }
   case NP_TURN_REFRESH: {
+    if (f->refuse_refresh)
+      return fake_error(f, &m, 437, false, true, out);
     uint32_t life = attr_u32(in, len, NP_TURN_ATTR_LIFETIME, 600);
     if (life > f->max_life)
       life = f->max_life;
@@ -762,6 +765,63 @@ static void test_garbage_and_forgeries_ignored(void **state) {
   rig_end(&r);
 }
 
+static void test_refresh_refused_and_timeouts(void **state) {
+  (void)state;
+  struct rig r;
+  /* 437 to the Refresh: the allocation is gone, and the client says so. */
+  rig_ready(&r);
+  r.f.refuse_refresh = true;
+  r.now += 540000;
+  assert_int_equal(pump(&r), 1);
+  assert_int_equal(np__turn_get_state(r.t), NP_TURN_FAILED);
+  assert_int_equal(np__turn_error(r.t), NP_ERR_REFUSED);
+  assert_int_equal(np__turn_error_code(r.t), 437);
+  rig_end(&r);
+
+  /* A Refresh never answered: FAILED with a timeout 39.5 s later. */
+  rig_ready(&r);
+  r.f.silent = true;
+  r.now += 540000;
+  int64_t t0 = r.now;
+  for (int i = 0; i < 20 && np__turn_get_state(r.t) == NP_TURN_READY; i++) {
+    pump(&r);
+    if (np__turn_get_state(r.t) == NP_TURN_READY)
+      r.now = np__turn_timeout(r.t);
+  }
+  assert_int_equal(np__turn_get_state(r.t), NP_TURN_FAILED);
+  assert_int_equal(np__turn_error(r.t), NP_ERR_TIMEOUT);
+  assert_int_equal(r.now, t0 + 39500);
+  rig_end(&r);
+
+  /* A ChannelBind never answered: the channel is dropped, the permission
+   * (answered before the server went silent) stays and data goes by Send
+   * indication; the allocation lives on. */
+  rig_ready(&r);
+  np_addr peer = v4("192.0.2.50", 9000);
+  np__turn_permit(r.t, &peer);
+  pump(&r);
+  r.f.silent = true;
+  np__turn_bind(r.t, &peer);
+  int64_t b0 = r.now;
+  for (int i = 0; i < 20 && r.now < b0 + 39500; i++) {
+    pump(&r);
+    r.now = np__turn_timeout(r.t);
+  }
+  pump(&r);
+  assert_int_equal(np__turn_get_state(r.t), NP_TURN_READY);
+  assert_int_equal(np__turn_channel(r.t, &peer), 0);
+  assert_true(np__turn_permitted(r.t, &peer));
+  uint8_t buf[64];
+  int n = np__turn_send(r.t, &peer, (const uint8_t *)"x", 1, buf, sizeof buf);
+  assert_true(n > 0 && buf[0] < 0x40);
+  /* Binding again is allowed, with the next number. */
+  r.f.silent = false;
+  assert_int_equal(np__turn_bind(r.t, &peer), 0);
+  pump(&r);
+  assert_int_equal(np__turn_channel(r.t, &peer), NP_TURN_CHANNEL_MIN + 1);
+  rig_end(&r);
+}
+
 static void test_bad_config(void **state) {
   (void)state;
   np__turn_config cfg;
@@ -795,6 +855,7 @@ int main(void) {
       cmocka_unit_test(test_receive_data_and_channel_data),
       cmocka_unit_test(test_close_deallocates),
       cmocka_unit_test(test_garbage_and_forgeries_ignored),
+      cmocka_unit_test(test_refresh_refused_and_timeouts),
       cmocka_unit_test(test_bad_config),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
