@@ -437,6 +437,46 @@ fail:
   return NP_ERR_PROTO;
 }
 
+bool np__stun_find_attr(const uint8_t *buf, size_t len, uint16_t type,
+                        const uint8_t **value, size_t *value_len) {
+  if (!buf || len < NP_STUN_HEADER_LEN || !value || !value_len)
+    return false;
+  bool after_integrity = false, after_sha256 = false;
+  size_t pos = NP_STUN_HEADER_LEN;
+  while (len - pos >= ATTR_HEADER_LEN) {
+    uint16_t atype = rd16(buf + pos);
+    size_t alen = rd16(buf + pos + 2);
+    if (alen > len - pos - ATTR_HEADER_LEN)
+      return false;
+    bool ignore = after_sha256 ||
+                  (after_integrity && atype != NP_STUN_ATTR_MESSAGE_INTEGRITY_SHA256 &&
+                   atype != NP_STUN_ATTR_FINGERPRINT);
+    if (!ignore && atype == type) {
+      *value = buf + pos + ATTR_HEADER_LEN;
+      *value_len = alen;
+      return true;
+    }
+    if (!ignore && atype == NP_STUN_ATTR_MESSAGE_INTEGRITY)
+      after_integrity = true;
+    else if (!ignore && atype == NP_STUN_ATTR_MESSAGE_INTEGRITY_SHA256)
+      after_sha256 = true;
+    size_t step = ATTR_HEADER_LEN + pad4(alen);
+    if (step > len - pos)
+      return false;
+    pos += step;
+  }
+  return false;
+}
+
+int np__stun_read_xor_addr(const uint8_t *msg_start, const uint8_t *value,
+                           size_t value_len, np_addr *out) {
+  if (!msg_start || !value || !out)
+    return NP_ERR_PROTO;
+  uint8_t mask[16];
+  xor_mask(msg_start, mask);
+  return read_addr(value, value_len, mask, out);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Integrity                                                                 */
 /* ------------------------------------------------------------------------ */

@@ -167,6 +167,22 @@ bool np__stun_is_stun(const uint8_t *buf, size_t len);
  * NP_ERR_PROTO. Never reads outside buf. */
 int np__stun_read(const uint8_t *buf, size_t len, np_stun_msg *msg);
 
+/* Finds the first attribute of the given type in a message that
+ * np__stun_read() accepted from buf[0..len), for attributes the decoder does
+ * not interpret (TURN's XOR-RELAYED-ADDRESS, DATA, LIFETIME...). Applies the
+ * same rule as the decoder: attributes after MESSAGE-INTEGRITY(-SHA256) are
+ * ignored, except FINGERPRINT. Sets *value (into buf) and *value_len and
+ * returns true, or returns false when absent. Never reads outside buf. */
+bool np__stun_find_attr(const uint8_t *buf, size_t len, uint16_t type,
+                        const uint8_t **value, size_t *value_len);
+
+/* Decodes an XOR-MAPPED-ADDRESS style value (XOR-PEER-ADDRESS,
+ * XOR-RELAYED-ADDRESS of RFC 8656) found by np__stun_find_attr() in the
+ * message starting at msg_start (whose cookie and transaction ID are the
+ * XOR mask). Returns 0 or NP_ERR_PROTO for a bad length or family. */
+int np__stun_read_xor_addr(const uint8_t *msg_start, const uint8_t *value,
+                           size_t value_len, np_addr *out);
+
 /* Verifies MESSAGE-INTEGRITY (HMAC-SHA1) of a message decoded from buf
  * with np__stun_read(). key is the short-term password, or for long-term
  * credentials the key from np__stun_long_term_key(). Returns 0, NP_ERR_AUTH on
