@@ -24,6 +24,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Chunks waiting in the pool are poisoned under ASan, so that a pointer
+ * ngtcp2 (or we) kept into freed stream data still faults as it would
+ * after free(). */
+#if defined(__SANITIZE_ADDRESS__)
+#define NP_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define NP_ASAN 1
+#endif
+#endif
+#ifdef NP_ASAN
+#include <sanitizer/asan_interface.h>
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define POISON(p, n) ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 /* ---- limits ------------------------------------------------------------ */
 
 #define DEFAULT_IDLE_MS 20000
@@ -83,6 +102,7 @@ typedef struct chunk_pool {
 static chunk *pool_get(chunk_pool *p) {
   chunk *c = p->free;
   if (c) {
+    UNPOISON(c->data, sizeof c->data);
     p->free = c->next;
     p->n--;
   } else if (!(c = malloc(sizeof *c))) {
@@ -101,11 +121,13 @@ static void pool_put(chunk_pool *p, chunk *c) {
   c->next = p->free;
   p->free = c;
   p->n++;
+  POISON(c->data, sizeof c->data);
 }
 
 static void pool_drain(chunk_pool *p) {
   for (chunk *c = p->free, *next; c; c = next) {
     next = c->next;
+    UNPOISON(c->data, sizeof c->data);
     free(c);
   }
   p->free = NULL;
