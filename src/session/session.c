@@ -24,6 +24,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Chunks waiting in the pool are poisoned under ASan, so that a pointer
+ * ngtcp2 (or we) kept into freed stream data still faults as it would
+ * after free(). */
+#if defined(__SANITIZE_ADDRESS__)
+#define NP_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define NP_ASAN 1
+#endif
+#endif
+#ifdef NP_ASAN
+#include <sanitizer/asan_interface.h>
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define POISON(p, n) ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 /* ---- limits ------------------------------------------------------------ */
 
 #define DEFAULT_IDLE_MS 20000
@@ -52,6 +71,8 @@
 #define DGRAM_OVERHEAD 48
 #define CHUNK_SIZE 16384
 #define SEND_VECS 4
+/* Spare chunks a session keeps for reuse: 1 MiB. */
+#define CHUNK_POOL 64
 /* Closing and draining last 3 PTO (RFC 9000 §10.2). */
 #define CLOSE_PTO_FACTOR 3
 
@@ -69,21 +90,71 @@ typedef struct chunk {
   uint8_t data[CHUNK_SIZE];
 } chunk;
 
+/* Chunks given back by the session's queues, reused before malloc: a bulk
+ * stream fills and drains megabytes a second, and malloc/free of 16 KiB
+ * blocks hands pages back to the kernel and faults them in again (10 % of
+ * a receiver's time). Bounded so that an idle session keeps little. */
+typedef struct chunk_pool {
+  chunk *free;
+  size_t n;
+} chunk_pool;
+
+static chunk *pool_get(chunk_pool *p) {
+  chunk *c = p->free;
+  if (c) {
+    UNPOISON(c->data, sizeof c->data);
+    p->free = c->next;
+    p->n--;
+  } else if (!(c = malloc(sizeof *c))) {
+    return NULL;
+  }
+  c->next = NULL;
+  c->len = 0;
+  return c;
+}
+
+static void pool_put(chunk_pool *p, chunk *c) {
+  if (p->n >= CHUNK_POOL) {
+    free(c);
+    return;
+  }
+  c->next = p->free;
+  p->free = c;
+  p->n++;
+  POISON(c->data, sizeof c->data);
+}
+
+static void pool_drain(chunk_pool *p) {
+  for (chunk *c = p->free, *next; c; c = next) {
+    next = c->next;
+    UNPOISON(c->data, sizeof c->data);
+    free(c);
+  }
+  p->free = NULL;
+  p->n = 0;
+}
+
 typedef struct byteq {
   chunk *head, *tail;
   size_t head_off; /* bytes of head already consumed */
   size_t len;      /* bytes held */
+  /* Where q_vecs last stopped, so that sending (which asks for the bytes
+   * after what was sent, packet after packet) does not walk megabytes of
+   * unacknowledged chunks from the head each time: the chunk holding the
+   * byte `cur_skip` bytes past the front, at cur_off in it. NULL when
+   * unknown; q_consume keeps cur_skip relative to the new front and drops
+   * the cursor with its chunk. */
+  chunk *cur;
+  size_t cur_off, cur_skip;
 } byteq;
 
-static size_t q_append(byteq *q, const uint8_t *buf, size_t n) {
+static size_t q_append(byteq *q, chunk_pool *p, const uint8_t *buf, size_t n) {
   size_t done = 0;
   while (done < n) {
     if (!q->tail || q->tail->len == CHUNK_SIZE) {
-      chunk *c = malloc(sizeof *c);
+      chunk *c = pool_get(p);
       if (!c)
         break;
-      c->next = NULL;
-      c->len = 0;
       if (q->tail)
         q->tail->next = c;
       else
@@ -101,10 +172,16 @@ static size_t q_append(byteq *q, const uint8_t *buf, size_t n) {
   return done;
 }
 
-static void q_consume(byteq *q, size_t n) {
+static void q_consume(byteq *q, chunk_pool *p, size_t n) {
   if (n > q->len)
     n = q->len;
   q->len -= n;
+  if (q->cur) {
+    if (q->cur_skip >= n)
+      q->cur_skip -= n;
+    else
+      q->cur = NULL;
+  }
   while (n > 0 && q->head) {
     size_t avail = q->head->len - q->head_off;
     if (n < avail) {
@@ -117,31 +194,53 @@ static void q_consume(byteq *q, size_t n) {
     chunk *c = q->head;
     q->head = c->next;
     q->head_off = 0;
-    free(c);
+    if (q->cur == c)
+      q->cur = NULL;
+    pool_put(p, c);
     if (!q->head)
       q->tail = NULL;
   }
 }
 
-/* Vectors over the bytes from `skip` past the front, at most max of them. */
-static size_t q_vecs(const byteq *q, size_t skip, ngtcp2_vec *v, size_t max) {
+/* Vectors over the bytes from `skip` past the front, at most max of them.
+ * Starts from the cursor when it is at or before skip, and leaves it at
+ * skip. */
+static size_t q_vecs(byteq *q, size_t skip, ngtcp2_vec *v, size_t max) {
+  chunk *c = q->head;
+  size_t off = q->head_off, pos = 0;
+  if (q->cur && q->cur_skip <= skip) {
+    c = q->cur;
+    off = q->cur_off;
+    pos = q->cur_skip;
+  }
+  if (!c)
+    return 0;
+  size_t r = skip - pos;
+  /* A position at the end of the last chunk stays there: more may be
+   * appended to it, or a new chunk follows, which the next walk reaches. */
+  while (r >= c->len - off && c->next) {
+    r -= c->len - off;
+    c = c->next;
+    off = 0;
+  }
+  if (r > c->len - off)
+    return 0; /* beyond what is queued */
+  off += r;
+  q->cur = c;
+  q->cur_off = off;
+  q->cur_skip = skip;
   size_t n = 0;
-  size_t off = q->head_off;
-  for (const chunk *c = q->head; c && n < max; c = c->next, off = 0) {
-    size_t avail = c->len - off;
-    if (skip >= avail) {
-      skip -= avail;
+  for (; c && n < max; c = c->next, off = 0) {
+    if (off == c->len)
       continue;
-    }
-    v[n].base = (uint8_t *)c->data + off + skip;
-    v[n].len = avail - skip;
-    skip = 0;
+    v[n].base = c->data + off;
+    v[n].len = c->len - off;
     n++;
   }
   return n;
 }
 
-static size_t q_read(byteq *q, uint8_t *buf, size_t cap) {
+static size_t q_read(byteq *q, chunk_pool *p, uint8_t *buf, size_t cap) {
   size_t done = 0;
   while (done < cap && q->len > 0) {
     chunk *c = q->head;
@@ -150,15 +249,18 @@ static size_t q_read(byteq *q, uint8_t *buf, size_t cap) {
       k = cap - done;
     memcpy(buf + done, c->data + q->head_off, k);
     done += k;
-    q_consume(q, k);
+    q_consume(q, p, k);
   }
   return done;
 }
 
-static void q_free(byteq *q) {
+/* Empties the queue; its chunks go back to the pool (only once nothing
+ * points into them: callers free a stream's tx queue when ngtcp2 is done
+ * with the stream). */
+static void q_free(byteq *q, chunk_pool *p) {
   for (chunk *c = q->head, *next; c; c = next) {
     next = c->next;
-    free(c);
+    pool_put(p, c);
   }
   memset(q, 0, sizeof *q);
 }
@@ -245,8 +347,10 @@ struct np__session {
   size_t n_streams, cap_streams;
   size_t rr;
   unsigned gen;
-  size_t burst; /* bytes written since the last pacing update */
+  size_t burst;     /* bytes written since the last pacing update */
+  size_t burst_cap; /* burst_limit at the start of this burst */
 
+  chunk_pool pool; /* spare stream chunks */
   dgram_ring dtx, drx;
   uint64_t dgram_id;
 
@@ -324,8 +428,8 @@ static void remove_stream(np__session *s, stream *st) {
       break;
     }
   }
-  q_free(&st->tx);
-  q_free(&st->rx);
+  q_free(&st->tx, &s->pool);
+  q_free(&st->rx, &s->pool);
   free(st);
 }
 
@@ -342,7 +446,7 @@ static void maybe_forget(np__session *s, stream *st) {
 static void discard_rx(np__session *s, stream *st) {
   if (st->rx.len && s->conn)
     ngtcp2_conn_extend_max_offset(s->conn, st->rx.len);
-  q_free(&st->rx);
+  q_free(&st->rx, &s->pool);
 }
 
 /* ---- close bookkeeping ------------------------------------------------------ */
@@ -513,7 +617,7 @@ static int cb_recv_stream_data(ngtcp2_conn *conn, uint32_t flags, int64_t id, ui
   }
   /* Flow control bounds what can arrive to the window we granted, which
    * is what we allocate for. */
-  if (len && q_append(&st->rx, data, len) != len)
+  if (len && q_append(&st->rx, &s->pool, data, len) != len)
     return NGTCP2_ERR_CALLBACK_FAILURE;
   if (flags & NGTCP2_STREAM_DATA_FLAG_FIN)
     st->rx_fin = true;
@@ -538,7 +642,7 @@ static int cb_acked(ngtcp2_conn *conn, int64_t id, uint64_t offset, uint64_t len
     return 0;
   uint64_t end = offset + len;
   if (end > st->tx_acked) {
-    q_consume(&st->tx, (size_t)(end - st->tx_acked));
+    q_consume(&st->tx, &s->pool, (size_t)(end - st->tx_acked));
     st->tx_acked = end;
   }
   return 0;
@@ -559,7 +663,7 @@ static int cb_stream_close(ngtcp2_conn *conn, uint32_t flags, int64_t id, uint64
     return 0;
   st->live = false;
   /* Whatever was not acknowledged will never be. */
-  q_free(&st->tx);
+  q_free(&st->tx, &s->pool);
   st->tx_acked = st->tx_sent;
   maybe_forget(s, st);
   return 0;
@@ -844,8 +948,8 @@ void np__session_free(np__session *s) {
   if (!s)
     return;
   for (size_t i = 0; i < s->n_streams; i++) {
-    q_free(&s->streams[i]->tx);
-    q_free(&s->streams[i]->rx);
+    q_free(&s->streams[i]->tx, &s->pool);
+    q_free(&s->streams[i]->rx, &s->pool);
     free(s->streams[i]);
   }
   free(s->streams);
@@ -858,14 +962,25 @@ void np__session_free(np__session *s) {
   if (s->conn)
     ngtcp2_conn_del(s->conn);
   np__tls_free(s->tls);
+  pool_drain(&s->pool);
   free(s->close_pkt);
   free(s);
 }
 
 /* ---- receiving ------------------------------------------------------------------ */
 
+/* True when a is b byte for byte (what note_path stored from ngtcp2). */
+static bool addr_is(const ngtcp2_addr *a, const np_addr *b) {
+  size_t n = np_addr_len(b);
+  return n > 0 && (size_t)a->addrlen == n && memcmp(a->addr, &b->u, n) == 0;
+}
+
 static void note_path(np__session *s) {
   const ngtcp2_path *p = ngtcp2_conn_get_path(s->conn);
+  /* Called for every packet received: the unchanged path is the case to
+   * make cheap. */
+  if (addr_is(&p->local, &s->local) && addr_is(&p->remote, &s->remote))
+    return;
   np_addr l, r;
   addr_from(&l, &p->local);
   addr_from(&r, &p->remote);
@@ -877,6 +992,10 @@ static void note_path(np__session *s) {
     s->remote = r;
     s->st.migrations++;
   }
+  /* The same addresses in other bytes (a configured sockaddr's padding):
+   * keep ngtcp2's copy so that the check above matches next time. */
+  s->local = l;
+  s->remote = r;
 }
 
 static void check_established(np__session *s) {
@@ -920,11 +1039,18 @@ int np__session_recv(np__session *s, const np_addr *local, const np_addr *from, 
    * of the peer's moves its timers (the idle timer restarts, RFC 9000
    * 10.1; an ACK timer starts) or its ACKs change the flight. ngtcp2 0.12
    * has no direct "last received" to ask. */
+  /* The check costs two stats copies and two expiry computations per
+   * packet; once heard in this millisecond, another packet cannot change
+   * the answer. */
+  bool ask = s->st.last_heard_ms != now_ms;
   ngtcp2_conn_stat c0;
-  ngtcp2_conn_get_conn_stat(s->conn, &c0);
-  ngtcp2_tstamp e0 = ngtcp2_conn_get_expiry(s->conn);
+  ngtcp2_tstamp e0 = 0;
+  if (ask) {
+    ngtcp2_conn_get_conn_stat(s->conn, &c0);
+    e0 = ngtcp2_conn_get_expiry(s->conn);
+  }
   int rv = ngtcp2_conn_read_pkt(s->conn, &path, &pi, pkt, len, ts);
-  if (rv == 0 && s->conn) {
+  if (rv == 0 && s->conn && ask) {
     ngtcp2_conn_stat c1;
     ngtcp2_conn_get_conn_stat(s->conn, &c1);
     if (ngtcp2_conn_get_expiry(s->conn) != e0 || c1.latest_rtt != c0.latest_rtt ||
@@ -1097,7 +1223,11 @@ int np__session_send(np__session *s, uint8_t *buf, size_t cap, np__session_path 
     fall_back(s, ts);
   /* Pacing: a burst is at most one send quantum, then ngtcp2 schedules the
    * next (its time shows in np__session_timeout). */
-  if (s->burst >= burst_limit(s)) {
+  /* The limit is taken once per burst: asking ngtcp2 for every packet
+   * showed in profiles, and within one burst nothing changes it much. */
+  if (s->burst == 0)
+    s->burst_cap = burst_limit(s);
+  if (s->burst >= s->burst_cap) {
     ngtcp2_conn_update_pkt_tx_time(s->conn, ts);
     s->burst = 0;
     return 0;
@@ -1319,7 +1449,7 @@ int64_t np__session_stream_write(np__session *s, int64_t id, const uint8_t *buf,
   if (room == 0 && len > 0)
     return NP_ERR_AGAIN;
   size_t n = len < room ? len : room;
-  size_t took = q_append(&st->tx, buf, n);
+  size_t took = q_append(&st->tx, &s->pool, buf, n);
   if (took == 0 && n > 0)
     return NP_ERR_NOMEM;
   if (fin && took == len)
@@ -1349,7 +1479,7 @@ int64_t np__session_stream_read(np__session *s, int64_t id, uint8_t *buf, size_t
     }
     return np__session_closed(s) ? NP_ERR_CANCELLED : NP_ERR_AGAIN;
   }
-  size_t n = q_read(&st->rx, buf, cap);
+  size_t n = q_read(&st->rx, &s->pool, buf, cap);
   if (s->conn && !np__session_closed(s)) {
     /* Credit returns as the application consumes: this is the
      * back-pressure that keeps a slow reader's buffer bounded. */
