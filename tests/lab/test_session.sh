@@ -22,6 +22,8 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lab.sh
 source "$here/lab.sh"
+# shellcheck source=lab_peers.sh
+source "$here/lab_peers.sh"
 
 cli=${1:?usage: $0 NATPUNCH_CLI pipe|flush_caller|flush_callee|forward|ssh [NP_DELAY]}
 scenario=${2:?usage: $0 NATPUNCH_CLI pipe|flush_caller|flush_callee|forward|ssh [NP_DELAY]}
@@ -48,34 +50,9 @@ on_exit() {
   rm -rf "$logs"
 }
 trap on_exit EXIT
-lab_servers
-lab_server_host rdv 203.0.113.4
-lab_nat_host cone alice
-lab_nat_host symmetric bob
-lab_start_natpunch_servers "$cli" "$logs" || exit 1
-lab_spawn rdv "$logs/rdv.log" "$cli" rendezvous-server --listen 203.0.113.4:7000
-for ((n = 0; n < 50; n++)); do
-  lab_exec rdv ss -Hltn "sport = :7000" 2>/dev/null | grep -q . && break
-  sleep 0.1
-done
-
-"$cli" keygen "$logs/alice.key" >/dev/null 2>&1 || { echo "FAIL: keygen"; exit 1; }
-"$cli" keygen "$logs/bob.key" >/dev/null 2>&1 || { echo "FAIL: keygen"; exit 1; }
-A=$("$cli" id --key "$logs/alice.key") B=$("$cli" id --key "$logs/bob.key")
-common=(--rendezvous 203.0.113.4:7000 --discovery "$LAB_S1:3478" --discovery "$LAB_S2:3478"
-  --no-portmap --json)
+lab_two_peers "$cli" "$logs" || exit 1
 [ "${VERBOSE:-0}" = 1 ] && common+=(--verbose)
 
-# wait_event FILE EVENT SEC PID: bounded wait for a JSON event line.
-wait_event() {
-  local n
-  for ((n = 0; n < $3 * 10; n++)); do
-    grep -q "\"event\":\"$2\"" "$1" 2>/dev/null && return 0
-    kill -0 "$4" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 dump() {
   for f in "$logs"/alice.err "$logs"/bob.err; do
     [ -f "$f" ] || continue
@@ -97,7 +74,7 @@ pipe | flush_caller | flush_callee)
   head -c $((2 * 1024 * 1024)) /dev/urandom >"$logs/down.bin"
   lab_spawn alice "$logs/alice.err" sh -c "exec timeout 300 '$cli' listen ${common[*]} --key '$logs/alice.key' --allow $B <'$logs/down.bin' >'$logs/alice.out'"
   apid=$LAB_LAST_PID
-  wait_event "$logs/alice.err" listening 10 "$apid" || { echo "FAIL: alice did not register"; dump; exit 1; }
+  lab_wait_event "$logs/alice.err" listening 10 "$apid" || { echo "FAIL: alice did not register"; dump; exit 1; }
   start=$(date +%s.%N)
   lab_spawn bob "$logs/bob.err" sh -c "exec timeout 300 '$cli' connect ${common[*]} --key '$logs/bob.key' --peer $A <'$logs/up.bin' >'$logs/bob.out'"
   bpid=$LAB_LAST_PID
@@ -147,10 +124,10 @@ while True:
     c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()'
   lab_spawn alice "$logs/alice.err" timeout 120 "$cli" listen "${common[@]}" --key "$logs/alice.key" --allow "$B" --forward 127.0.0.1:9000
   apid=$LAB_LAST_PID
-  wait_event "$logs/alice.err" listening 10 "$apid" || { echo "FAIL: alice did not register"; dump; exit 1; }
+  lab_wait_event "$logs/alice.err" listening 10 "$apid" || { echo "FAIL: alice did not register"; dump; exit 1; }
   lab_spawn bob "$logs/bob.err" timeout 120 "$cli" connect "${common[@]}" --key "$logs/bob.key" --peer "$A" --local 127.0.0.1:9100
   bpid=$LAB_LAST_PID
-  wait_event "$logs/bob.err" connected 30 "$bpid" || { echo "FAIL: bob did not connect"; dump; exit 1; }
+  lab_wait_event "$logs/bob.err" connected 30 "$bpid" || { echo "FAIL: bob did not connect"; dump; exit 1; }
   # 8 clients at once, each 1 MB of its own random bytes, echoed back.
   lab_exec bob timeout 90 python3 -c '
 import hashlib, os, socket, sys, threading, time
@@ -179,7 +156,7 @@ sys.exit(0 if sum(ok) == 8 else 1)' >"$logs/clients.out" 2>&1
   brc=0
   wait "$bpid" || brc=$?
   lab_check "bob's connect --local ends on SIGINT (exit 1, interrupted)" "$brc" 1
-  wait_event "$logs/alice.err" closed 10 "$apid" || true
+  lab_wait_event "$logs/alice.err" closed 10 "$apid" || true
   lab_check "alice saw the session end" "$(grep -c '"event":"closed"' "$logs/alice.err")" 1
   ;;
 ssh)
@@ -206,7 +183,7 @@ EOF
   lab_spawn alice "$logs/sshd.log" /usr/sbin/sshd -D -e -f "$logs/sshd/config"
   lab_spawn alice "$logs/alice.err" timeout 120 "$cli" listen "${common[@]}" --key "$logs/alice.key" --allow "$B" --keep --forward 127.0.0.1:2222
   apid=$LAB_LAST_PID
-  wait_event "$logs/alice.err" listening 10 "$apid" || { echo "FAIL: alice did not register"; dump; exit 1; }
+  lab_wait_event "$logs/alice.err" listening 10 "$apid" || { echo "FAIL: alice did not register"; dump; exit 1; }
   cat >"$logs/bobcfg/natpunch/config" <<EOF
 rendezvous = 203.0.113.4:7000
 discovery = $LAB_S1:3478

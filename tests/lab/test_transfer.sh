@@ -12,6 +12,8 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lab.sh
 source "$here/lab.sh"
+# shellcheck source=lab_peers.sh
+source "$here/lab_peers.sh"
 
 cli=${1:?usage: $0 NATPUNCH_CLI [NP_DELAY]}
 LAB_NP_DELAY=${2:-${LAB_NP_DELAY:-}}
@@ -28,32 +30,8 @@ chmod 755 "$logs"
 # shellcheck disable=SC2317  # called from the trap
 on_exit() { lab_down; rm -rf "$logs"; }
 trap on_exit EXIT
-lab_servers
-lab_server_host rdv 203.0.113.4
-lab_nat_host cone alice
-lab_nat_host symmetric bob
-lab_start_natpunch_servers "$cli" "$logs" || exit 1
-lab_spawn rdv "$logs/rdv.log" "$cli" rendezvous-server --listen 203.0.113.4:7000
-for ((n = 0; n < 50; n++)); do
-  lab_exec rdv ss -Hltn "sport = :7000" 2>/dev/null | grep -q . && break
-  sleep 0.1
-done
+lab_two_peers "$cli" "$logs" || exit 1
 
-"$cli" keygen "$logs/alice.key" >/dev/null 2>&1 || { echo "FAIL: keygen"; exit 1; }
-"$cli" keygen "$logs/bob.key" >/dev/null 2>&1 || { echo "FAIL: keygen"; exit 1; }
-A=$("$cli" id --key "$logs/alice.key") B=$("$cli" id --key "$logs/bob.key")
-common=(--rendezvous 203.0.113.4:7000 --discovery "$LAB_S1:3478" --discovery "$LAB_S2:3478"
-  --no-portmap --json)
-
-wait_event() { # wait_event FILE EVENT SEC PID: bounded wait for a JSON event line
-  local n
-  for ((n = 0; n < $3 * 10; n++)); do
-    grep -q "\"event\":\"$2\"" "$1" 2>/dev/null && return 0
-    kill -0 "$4" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 wait_pid() { # wait_pid PID SEC: bounded wait; sets RC (137 when it had to be killed)
   local n
   for ((n = 0; n < $2 * 10; n++)); do
@@ -88,7 +66,7 @@ receive() { # receive RUN: alice's receiver, its log alice.RUN.err; sets APID
   lab_spawn alice "$logs/alice.$1.err" timeout 300 "$cli" receive "${common[@]}" --key "$logs/alice.key" \
     --accept-from "$B" --peer-timeout 5 "$logs/in"
   APID=$LAB_LAST_PID
-  wait_event "$logs/alice.$1.err" listening 15 "$APID" || { echo "FAIL: alice did not register ($1)"; dump; exit 1; }
+  lab_wait_event "$logs/alice.$1.err" listening 15 "$APID" || { echo "FAIL: alice did not register ($1)"; dump; exit 1; }
 }
 
 # Run 1: bob runs natpunch itself (no timeout wrapper), so that SIGKILL
